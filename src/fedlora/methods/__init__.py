@@ -1,0 +1,1 @@
+"""Federated LoRA methods: one module per method, each registered by name."""

@@ -1,0 +1,196 @@
+"""The method interface: the hooks one federated round needs, and the types they exchange.
+
+A round, as every runtime drives it::
+
+    payload_k = method.broadcast(state, setup, client_k)          # server, per client
+    merge     = method.base_merge(payload_k, setup)                # every client: W0 += L @ R
+    start_k   = method.client_start(view_k, payload_k, setup, client_k, seed)
+    trained_k = <local training of start_k.adapter, only start_k.trainable factors>
+    upload_k  = method.upload(start_k, trained_k, setup, client_k, seed)
+    state     = method.aggregate(state, [Upload(k, n_k, upload_k) ...], setup)
+
+Conventions (ALGORITHMS.md notation): per adapted layer, ``A`` is r×n, ``B`` is m×r, the
+adapter adds ``s·B·A`` with ``s = alpha / r``. A ``Factored`` pair ``(L, R)`` stands for the
+m×n matrix ``L @ R`` *with any scaling already folded in*; it is never formed densely.
+Every hook is a pure function of its arguments: inputs are never mutated, new objects are
+returned. Payloads are what crosses the wire and are encoded by ``fedlora.wire``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, Protocol
+
+import torch
+
+from fedlora.ops.sparse import Sparse
+
+Tensor = torch.Tensor
+
+
+class LoraPair(NamedTuple):
+    """One layer's LoRA factors: ``A`` (r×n) and ``B`` (m×r)."""
+
+    A: Tensor
+    B: Tensor
+
+
+Lora = dict[str, LoraPair]
+"""Adapter of one client: layer name -> (A, B)."""
+
+Factored = tuple[Tensor, Tensor]
+"""``(L, R)`` with L (m×q), R (q×n), standing for the scaled update ``L @ R``."""
+
+Payload = dict[str, "Tensor | Sparse"]
+"""Named tensors that cross the wire; names are chosen by the method."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """An adapted linear layer: ``W0`` is ``out_features × in_features`` (m×n)."""
+
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """A client's adapter shape: rank ``r_k`` and ``alpha_k`` (scaling ``alpha_k / r_k``)."""
+
+    cid: int
+    rank: int
+    alpha: float
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything about the federation a method may depend on, fixed for the whole run."""
+
+    layers: tuple[LayerSpec, ...]
+    clients: tuple[ClientSpec, ...]
+    seed: int = 0
+    weighting: str = "samples"  # "samples" | "uniform"
+
+    @property
+    def homogeneous(self) -> bool:
+        return len({(c.rank, c.alpha) for c in self.clients}) <= 1
+
+    @property
+    def max_rank(self) -> int:
+        return max(c.rank for c in self.clients)
+
+    @property
+    def global_alpha(self) -> float:
+        """Alpha of the global adapter: that of the highest-rank client."""
+        return max(self.clients, key=lambda c: (c.rank, c.alpha)).alpha
+
+    def client(self, cid: int) -> ClientSpec:
+        for c in self.clients:
+            if c.cid == cid:
+                return c
+        raise KeyError(f"no client with id {cid}")
+
+    def layer(self, name: str) -> LayerSpec:
+        for spec in self.layers:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no adapted layer named {name!r}")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A decoded client upload as the server aggregates it."""
+
+    cid: int
+    n_samples: int
+    payload: Payload
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """The server's explicit state; ``tensors`` and ``meta`` must round-trip through JSON +
+    safetensors, so checkpoints need no pickle."""
+
+    round: int
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientStart:
+    """What a client trains from after applying a broadcast.
+
+    ``adapter`` has the client's own rank; only factors named in ``trainable`` ("A", "B")
+    receive gradients; ``view`` is what the client must remember until the next broadcast
+    (e.g. FedSRD's synchronised global adapter), as plain tensors.
+    """
+
+    adapter: Lora
+    trainable: frozenset[str] = frozenset({"A", "B"})
+    view: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Method(Protocol):
+    """A federated LoRA method. See the module docstring for how a round calls it."""
+
+    name: ClassVar[str]
+
+    def validate(self, setup: Setup) -> None:
+        """Raise ``ConfigError`` if the method cannot run this federation."""
+
+    def init_server(self, setup: Setup) -> ServerState:
+        """The state before round 1."""
+
+    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+        """What the server sends ``client`` at the start of the next round."""
+
+    def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
+        """Scaled updates a client adds into its frozen base weights on receipt of
+        ``payload``; the same for every client of a round (empty for most methods)."""
+
+    def client_start(
+        self,
+        view: Mapping[str, Tensor] | None,
+        payload: Payload,
+        setup: Setup,
+        client: ClientSpec,
+        seed: int,
+    ) -> ClientStart:
+        """Turn a broadcast (and the client's remembered view) into its starting adapter."""
+
+    def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
+        """An extra local loss term (FedProx), or ``None``."""
+
+    def upload(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
+    ) -> Payload:
+        """What the client sends after training ``start.adapter`` into ``trained``."""
+
+    def aggregate(
+        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
+    ) -> ServerState:
+        """Fold the round's uploads into a new state (round + 1). Inputs are not mutated."""
+
+    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
+        """The global model's update on top of the (merged) base weights, per layer,
+        scaling folded in: used for evaluation and export."""
+
+
+def aggregation_weights(uploads: Sequence[Upload], weighting: str) -> list[float]:
+    """``p_k = n_k / Σ n_j`` ("samples") or ``1 / K`` ("uniform"), in upload order."""
+    if not uploads:
+        raise ValueError("no uploads to weight")
+    if weighting == "uniform":
+        return [1.0 / len(uploads)] * len(uploads)
+    if weighting != "samples":
+        raise ValueError(f"unknown weighting {weighting!r}")
+    total = sum(u.n_samples for u in uploads)
+    if total <= 0:
+        raise ValueError("uploads report no training samples")
+    return [u.n_samples / total for u in uploads]
