@@ -172,6 +172,10 @@ class Method(Protocol):
     ) -> Payload:
         """What the client sends after training ``start.adapter`` into ``trained``."""
 
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+        """Names and (logical) shapes of every tensor ``client`` uploads; the server decodes
+        uploads strictly against it."""
+
     def aggregate(
         self, state: ServerState, uploads: Sequence[Upload], setup: Setup
     ) -> ServerState:

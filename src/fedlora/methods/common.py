@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from fedlora.methods.base import ClientStart, Factored, Lora, LoraPair, Payload, Setup, Tensor
+from fedlora.methods.base import ClientSpec, ClientStart, Factored, Lora, LoraPair, Payload, Setup, Tensor
 from fedlora.ops.sparse import Sparse
 
 
@@ -22,6 +22,21 @@ class DefaultHooks:
 
     def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
         return None
+
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+        """Default: the client uploads ``layer.A`` (r×n) and ``layer.B`` (m×r) of every layer."""
+        return lora_schema(setup, client.rank)
+
+
+def lora_schema(setup: Setup, rank: int, parts: str = "AB") -> dict[str, tuple[int, ...]]:
+    """Shapes of ``layer.A`` / ``layer.B`` entries of a rank-``rank`` adapter payload."""
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in setup.layers:
+        if "A" in parts:
+            out[key(spec.name, "A")] = (rank, spec.in_features)
+        if "B" in parts:
+            out[key(spec.name, "B")] = (spec.out_features, rank)
+    return out
 
 
 def key(layer: str, part: str) -> str:

@@ -1,0 +1,323 @@
+"""Run configuration: frozen dataclasses, checked on construction, loaded from TOML.
+
+A run is described by one TOML file plus ``key=value`` overrides from the command line
+(``train.lr=1e-4``, ``method.name=fedsrd``, ``method.fedsrd.p_down=0.5``; ``method=NAME`` is
+short for ``method.name=NAME``). Every section is a dataclass below; unknown keys and bad
+values raise :class:`ConfigError` naming the dotted key. Method options live in
+``[method.<name>]`` and are validated by that method's own config dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedlora.errors import ConfigError
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which causal LM: a built-in name (``smollm2-135m``, ``tiny-llama``, ``tiny-qwen2``)
+    or a local Hugging Face folder."""
+
+    name: str = "smollm2-135m"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", "must not be empty")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Adapter shape. ``ranks`` (one per client) overrides ``rank`` for heterogeneous
+    federations; ``alphas`` likewise, defaulting to ``alpha_ratio · rank`` per client."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    ranks: tuple[int, ...] = ()
+    alphas: tuple[float, ...] = ()
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        _check(self.rank >= 1, "lora.rank", f"must be at least 1, got {self.rank}")
+        _check(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        for r in self.ranks:
+            _check(int(r) >= 1, "lora.ranks", f"every rank must be at least 1, got {r}")
+        for a in self.alphas:
+            _check(a > 0, "lora.alphas", f"every alpha must be positive, got {a}")
+        _check(bool(self.target_modules), "lora.target_modules", "must name at least one module")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where client data comes from and how it is split among clients."""
+
+    clients: int = 4
+    partition: str = "domain"  # domain | dirichlet | iid | files
+    domains: tuple[str, ...] = ("code", "literature", "email", "dictionary")
+    dirichlet_alpha: float = 0.5
+    files: tuple[str, ...] = ()
+    max_train_per_client: int = 0  # 0 = all
+    max_eval_per_domain: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.clients >= 1, "data.clients", f"must be at least 1, got {self.clients}")
+        _check(
+            self.partition in ("domain", "dirichlet", "iid", "files"),
+            "data.partition",
+            f"must be one of domain, dirichlet, iid, files; got {self.partition!r}",
+        )
+        _check(self.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be positive")
+        _check(self.max_train_per_client >= 0, "data.max_train_per_client", "must be >= 0")
+        _check(self.max_eval_per_domain >= 1, "data.max_eval_per_domain", "must be >= 1")
+        if self.partition == "files":
+            _check(
+                len(self.files) == self.clients,
+                "data.files",
+                f"needs one JSONL file per client ({self.clients}), got {len(self.files)}",
+            )
+        else:
+            _check(bool(self.domains), "data.domains", "must name at least one domain")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training of one client per round."""
+
+    local_steps: int = 10
+    batch_size: int = 4
+    grad_accum: int = 1
+    seq_len: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        for k in ("local_steps", "batch_size", "grad_accum", "seq_len"):
+            v = getattr(self, k)
+            _check(v >= 1, f"train.{k}", f"must be at least 1, got {v}")
+        _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Rounds, sampling and weighting."""
+
+    rounds: int = 3
+    clients_per_round: float = 1.0  # fraction in (0, 1] or a count > 1
+    weighting: str = "samples"  # samples | uniform
+    min_clients: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "federation.rounds", f"must be at least 1, got {self.rounds}")
+        _check(self.clients_per_round > 0, "federation.clients_per_round", "must be positive")
+        _check(
+            self.weighting in ("samples", "uniform"),
+            "federation.weighting",
+            f"must be 'samples' or 'uniform', got {self.weighting!r}",
+        )
+        _check(self.min_clients >= 1, "federation.min_clients", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation of the global model."""
+
+    every: int = 1  # rounds; the last round is always evaluated
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, "eval.every", "must be at least 1")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class WireConfig:
+    """How payloads are encoded."""
+
+    value_dtype: str = "float32"  # float32 | bfloat16 | float16
+    max_payload_mb: float = 2048.0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.value_dtype in ("float32", "bfloat16", "float16"),
+            "wire.value_dtype",
+            f"must be float32, bfloat16 or float16; got {self.value_dtype!r}",
+        )
+        _check(self.max_payload_mb > 0, "wire.max_payload_mb", "must be positive")
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """``name`` selects a registered method; ``options`` are ``[method.<name>]``."""
+
+    name: str = "fedavg"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run."""
+
+    seed: int = 0
+    out_dir: str = "runs/latest"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wire: WireConfig = field(default_factory=WireConfig)
+    method: MethodChoice = field(default_factory=MethodChoice)
+
+    def client_ranks(self) -> list[int]:
+        if self.lora.ranks:
+            return [int(r) for r in self.lora.ranks]
+        return [self.lora.rank] * self.data.clients
+
+    def client_alphas(self) -> list[float]:
+        if self.lora.alphas:
+            return [float(a) for a in self.lora.alphas]
+        ratio = self.lora.alpha / self.lora.rank
+        return [ratio * r for r in self.client_ranks()]
+
+    def __post_init__(self) -> None:
+        n = self.data.clients
+        _check(not self.lora.ranks or len(self.lora.ranks) == n, "lora.ranks",
+               f"needs one rank per client ({n}), got {len(self.lora.ranks)}")
+        _check(not self.lora.alphas or len(self.lora.alphas) == n, "lora.alphas",
+               f"needs one alpha per client ({n}), got {len(self.lora.alphas)}")
+        _check(self.federation.min_clients <= n, "federation.min_clients",
+               f"is {self.federation.min_clients} but there are only {n} clients")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        return _coerce(value, [a for a in typing.get_args(tp) if a is not type(None)][0], key)
+    if origin is tuple:
+        _check(isinstance(value, list | tuple), key, f"must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        _check(isinstance(value, int | float) and not isinstance(value, bool), key,
+               f"must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key,
+               f"must be an integer, got {value!r}")
+        return value
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            raise ConfigError(f"unknown config key {key!r}; known: {', '.join(sorted(fields))}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            _check(isinstance(v, dict), key, "must be a table")
+            kwargs[k] = _build(tp, v, key + ".")  # type: ignore[arg-type]
+        else:
+            kwargs[k] = _coerce(v, tp, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``dotted.key=value`` set (value parsed as TOML)."""
+    out = json.loads(json.dumps(raw))  # deep copy of plain TOML data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if parts == ["method"]:
+            parts = ["method", "name"]
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {p!r} is not a table")
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    """Build and check a RunConfig from plain TOML data."""
+    raw = dict(raw)
+    method_raw = raw.pop("method", {})
+    if isinstance(method_raw, str):
+        method_raw = {"name": method_raw}
+    _check(isinstance(method_raw, dict), "method", "must be a table or a method name")
+    name = method_raw.get("name", "fedavg")
+    _check(isinstance(name, str), "method.name", "must be a string")
+    unknown = [k for k, v in method_raw.items() if k != "name" and not isinstance(v, dict)]
+    _check(not unknown, f"method.{unknown[0] if unknown else ''}",
+           "method options belong in [method.<name>] tables")
+    options = dict(method_raw.get(name, {}))
+    cfg: RunConfig = _build(RunConfig, raw, "")
+    # Validate the method name and its options now, so a bad option stops the run at start.
+    from fedlora.methods.registry import make_config
+
+    make_config(name, options)
+    return dataclasses.replace(cfg, method=MethodChoice(name=name, options=options))
+
+
+def load(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load ``path`` (TOML; None = defaults only) and apply ``overrides``."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain data of a config (method options under ``method.<name>``), JSON/TOML-able."""
+    out = dataclasses.asdict(cfg)
+    choice = out.pop("method")
+    out["method"] = {"name": choice["name"], choice["name"]: dict(choice["options"])}
+    return out
