@@ -1,0 +1,208 @@
+"""Shared fixtures for method tests: a tiny federation and a one-round simulator.
+
+Stable API (other test modules import it):
+
+- ``tiny_setup(ranks=(4, 4, 4), d=16, layers=2, ...) -> Setup``
+- ``random_lora(setup, rank, gen, dtype=float32, scale=1.0) -> Lora``
+- ``perturb(start, gen, scale=0.1) -> Lora``: fake local training of the trainable factors
+- ``dense(factored) -> Tensor``: float64 ``L @ R`` (tests only; shapes are tiny)
+- ``run_round(method, state, setup, ...) -> RoundResult``: broadcast → base_merge →
+  client_start → training → upload → aggregate, recording every intermediate object and
+  accumulating the (shared) merged base offsets as dense float64 matrices.
+- ``global_dense(method, state, setup, base) -> {layer: Tensor}``: the dense global update
+  on top of the original W0 (merged base offsets + ``global_delta``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fedlora.methods.base import (
+    ClientSpec,
+    ClientStart,
+    Factored,
+    LayerSpec,
+    Lora,
+    LoraPair,
+    Method,
+    Payload,
+    ServerState,
+    Setup,
+    Tensor,
+    Upload,
+)
+
+Trainer = Callable[[ClientStart, torch.Generator], Lora]
+
+
+def tiny_setup(
+    ranks: Sequence[int] = (4, 4, 4),
+    d: int = 16,
+    layers: int = 2,
+    *,
+    out_features: int | None = None,
+    alpha_ratio: float = 2.0,
+    seed: int = 0,
+    weighting: str = "samples",
+) -> Setup:
+    """``len(ranks)`` clients (cids 0..K-1, alpha = alpha_ratio·rank) on ``layers`` layers of
+    shape (out_features or d) × d; layer i is named ``l{i}``."""
+    m = out_features if out_features is not None else d
+    return Setup(
+        layers=tuple(LayerSpec(f"l{i}", d, m) for i in range(layers)),
+        clients=tuple(ClientSpec(k, r, alpha_ratio * r) for k, r in enumerate(ranks)),
+        seed=seed,
+        weighting=weighting,
+    )
+
+
+def random_lora(
+    setup: Setup,
+    rank: int,
+    gen: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    scale: float = 1.0,
+) -> Lora:
+    """A dense random adapter of ``rank`` on every layer (both factors nonzero)."""
+    return {
+        s.name: LoraPair(
+            scale * torch.randn(rank, s.in_features, generator=gen, dtype=dtype),
+            scale * torch.randn(s.out_features, rank, generator=gen, dtype=dtype),
+        )
+        for s in setup.layers
+    }
+
+
+def perturb(start: ClientStart, gen: torch.Generator, scale: float = 0.1) -> Lora:
+    """Fake local training: add Gaussian noise to the trainable factors only."""
+    out: Lora = {}
+    for layer, pair in start.adapter.items():
+        a, b = pair.A.clone(), pair.B.clone()
+        if "A" in start.trainable:
+            a = a + scale * torch.randn(a.shape, generator=gen, dtype=a.dtype)
+        if "B" in start.trainable:
+            b = b + scale * torch.randn(b.shape, generator=gen, dtype=b.dtype)
+        out[layer] = LoraPair(a, b)
+    return out
+
+
+def dense(factored: Factored) -> Tensor:
+    """``L @ R`` in float64 (tests only)."""
+    left, right = factored
+    return left.double() @ right.double()
+
+
+def client_seed(round_: int, cid: int) -> int:
+    """The seed the simulated runtime passes to ``client_start`` / ``upload``."""
+    return 10_000 * (round_ + 1) + cid
+
+
+@dataclass
+class RoundResult:
+    """Everything one simulated round produced."""
+
+    state: ServerState
+    payloads: dict[int, Payload]
+    merges: dict[int, dict[str, Factored]]
+    starts: dict[int, ClientStart]
+    trained: dict[int, Lora]
+    uploads: list[Upload]
+    views: dict[int, dict[str, Tensor]]
+    base: dict[str, Tensor] = field(default_factory=dict)
+
+
+def run_round(
+    method: Method,
+    state: ServerState,
+    setup: Setup,
+    *,
+    cids: Sequence[int] | None = None,
+    n_samples: Mapping[int, int] | None = None,
+    gen: torch.Generator | None = None,
+    train: Trainer = perturb,
+    views: Mapping[int, Mapping[str, Tensor]] | None = None,
+    base: Mapping[str, Tensor] | None = None,
+    upload_order: Sequence[int] | None = None,
+) -> RoundResult:
+    """One round as a runtime drives it (see ``methods/base.py``).
+
+    ``base`` is the dense float64 offset already merged into W0 per layer; the result's
+    ``base`` adds this round's ``base_merge`` (which must be identical for every client).
+    ``upload_order`` permutes the uploads handed to ``aggregate`` (default: ``cids``).
+    """
+    cids = list(cids) if cids is not None else [c.cid for c in setup.clients]
+    gen = gen if gen is not None else torch.Generator().manual_seed(1234)
+    n_samples = n_samples or {cid: 10 + 7 * cid for cid in cids}
+    views = views or {}
+    new_base = {
+        s.name: (base[s.name].clone() if base else torch.zeros(s.out_features, s.in_features,
+                                                                dtype=torch.float64))
+        for s in setup.layers
+    }
+    payloads, merges, starts, trained, uploads_by_cid, new_views = {}, {}, {}, {}, {}, {}
+    for cid in cids:
+        client = setup.client(cid)
+        payloads[cid] = method.broadcast(state, setup, client)
+        merges[cid] = method.base_merge(payloads[cid], setup)
+    _check_same_merge(merges)
+    for layer, factored in merges[cids[0]].items():
+        new_base[layer] = new_base[layer] + dense(factored)
+    for cid in cids:
+        client = setup.client(cid)
+        seed = client_seed(state.round, cid)
+        starts[cid] = method.client_start(views.get(cid), payloads[cid], setup, client, seed)
+        trained[cid] = train(starts[cid], gen)
+        payload = method.upload(starts[cid], trained[cid], setup, client, seed)
+        uploads_by_cid[cid] = Upload(cid, n_samples[cid], payload)
+        new_views[cid] = dict(starts[cid].view)
+    order = list(upload_order) if upload_order is not None else cids
+    uploads = [uploads_by_cid[c] for c in order]
+    new_state = method.aggregate(state, uploads, setup)
+    return RoundResult(new_state, payloads, merges, starts, trained, uploads, new_views, new_base)
+
+
+def _check_same_merge(merges: Mapping[int, dict[str, Factored]]) -> None:
+    first = next(iter(merges.values()))
+    for cid, merge in merges.items():
+        assert merge.keys() == first.keys(), f"client {cid} merges other layers"
+        for layer in merge:
+            assert torch.equal(dense(merge[layer]), dense(first[layer])), (
+                f"client {cid} merges a different update into {layer}"
+            )
+
+
+def global_dense(
+    method: Method, state: ServerState, setup: Setup, base: Mapping[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Dense float64 global update on top of the original W0: merged offsets + global_delta."""
+    delta = method.global_delta(state, setup)
+    out = {}
+    for s in setup.layers:
+        d = dense(delta[s.name])
+        out[s.name] = d + base[s.name] if base else d
+    return out
+
+
+def trained_sum(
+    result: RoundResult, setup: Setup, weights: Mapping[int, float] | None = None
+) -> dict[str, Tensor]:
+    """Dense float64 ``Σ p_k s_k B_k A_k`` of the trained adapters (p from n_samples)."""
+    if weights is None:
+        total = sum(u.n_samples for u in result.uploads)
+        weights = {u.cid: u.n_samples / total for u in result.uploads}
+    out = {}
+    for s in setup.layers:
+        acc = torch.zeros(s.out_features, s.in_features, dtype=torch.float64)
+        for cid, p in weights.items():
+            pair = result.trained[cid][s.name]
+            acc += p * setup.client(cid).scaling * (pair.B.double() @ pair.A.double())
+        out[s.name] = acc
+    return out
+
+
+def rel_err(x: Tensor, ref: Tensor) -> float:
+    """``||x - ref||_F / ||ref||_F`` in float64."""
+    return float(torch.linalg.norm(x.double() - ref.double()) / torch.linalg.norm(ref.double()))
