@@ -1,0 +1,371 @@
+"""Encode payloads to bytes and decode them strictly.
+
+``encode`` writes every entry faithfully (non-finite values included: refusing them is the
+receiver's job). Dense tensors are sent as they are; a :class:`~fedlora.ops.sparse.Sparse`
+entry sends its values plus its positions in the smallest of the position codes of
+:mod:`fedlora.wire.positions`, or only its seed when its mask is a portable seeded mask
+(``mask_seed`` set; positions are ``seeded_keep_mask(seed, numel, keep_prob)``). Values
+travel as float32 unless ``value_dtype`` asks for bfloat16 / float16, and always decode to
+float32. The byte layout is documented in :mod:`fedlora.wire.container`.
+
+``decode`` validates everything before it returns anything: container structure, names,
+shapes and dtypes (against ``expected`` when given), size limits, finiteness, positions
+(in range, strictly increasing, count equal to the values) and, for seeded masks, the
+regenerated count. Any failure raises :class:`~fedlora.errors.PayloadError` naming the
+tensor and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from fedlora.errors import PayloadError
+from fedlora.methods.base import Payload
+from fedlora.ops.prng import seeded_keep_mask
+from fedlora.ops.sparse import Sparse
+from fedlora.wire import container as ct
+from fedlora.wire.positions import MAX_NUMEL, decode_positions, encode_smallest
+from fedlora.wire.stats import TensorStats, WireStats
+
+DEFAULT_MAX_BYTES = 1 << 30
+"""Largest buffer ``decode`` accepts by default (1 GiB; a dense Llama-3.2-3B r=64 adapter is
+371 MiB)."""
+
+DEFAULT_MAX_ELEMENTS = 1 << 28
+"""Largest total dense size (sum of ``numel``) of a decoded payload: seeded masks are tiny on
+the wire but cost ``numel`` work and memory to regenerate."""
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode(payload: Mapping[str, torch.Tensor | Sparse], *, value_dtype: str = "float32") -> bytes:
+    """Serialise ``payload`` (see :func:`encode_with_stats`)."""
+    return encode_with_stats(payload, value_dtype=value_dtype)[0]
+
+
+def encode_with_stats(
+    payload: Mapping[str, torch.Tensor | Sparse], *, value_dtype: str = "float32"
+) -> tuple[bytes, WireStats]:
+    """Serialise ``payload`` and account for every byte.
+
+    Parameters
+    ----------
+    payload : mapping of name -> dense float tensor or ``Sparse``
+    value_dtype : "float32" (default), "bfloat16" or "float16": how values travel.
+
+    Returns
+    -------
+    (bytes, WireStats) : the buffer and its per-entry accounting.
+
+    Raises
+    ------
+    ValueError
+        For payloads that cannot be valid on the wire (bad names, non-float tensors, sparse
+        entries with inconsistent positions): these are sender bugs, not wire errors.
+    """
+    if value_dtype not in TORCH_DTYPES:
+        raise ValueError(f"value_dtype must be one of {sorted(TORCH_DTYPES)}, got {value_dtype!r}")
+    tensors: dict[str, torch.Tensor] = {}
+    description: dict[str, dict[str, object]] = {}
+    stats: list[TensorStats] = []
+    for name, entry in payload.items():
+        if not isinstance(name, str) or not name or ct.SEP in name:
+            raise ValueError(f"payload name {name!r} must be a non-empty str without {ct.SEP!r}")
+        if isinstance(entry, Sparse):
+            desc, stored, st = _encode_sparse(name, entry, value_dtype)
+        elif isinstance(entry, torch.Tensor):
+            desc, stored, st = _encode_dense(name, entry, value_dtype)
+        else:
+            raise ValueError(f"tensor {name!r}: unsupported payload entry {type(entry).__name__}")
+        description[name] = desc
+        tensors.update(stored)
+        stats.append(st)
+    buf = ct.write(tensors, description)
+    return buf, WireStats(len(buf), tuple(stats))
+
+
+def _values(name: str, values: torch.Tensor, value_dtype: str) -> torch.Tensor:
+    if not values.is_floating_point():
+        raise ValueError(f"tensor {name!r}: values must be floating point, got {values.dtype}")
+    return values.detach().to("cpu", TORCH_DTYPES[value_dtype]).contiguous()
+
+
+def _encode_dense(
+    name: str, tensor: torch.Tensor, value_dtype: str
+) -> tuple[dict[str, object], dict[str, torch.Tensor], TensorStats]:
+    values = _values(name, tensor, value_dtype)
+    desc = {"kind": "dense", "shape": list(values.shape), "dtype": value_dtype}
+    st = TensorStats(
+        name, "dense", tuple(values.shape), values.numel(), int(torch.count_nonzero(values)),
+        "dense", value_dtype, values.numel() * values.element_size(), 0,
+    )
+    return desc, {name: values}, st
+
+
+def _encode_sparse(
+    name: str, sparse: Sparse, value_dtype: str
+) -> tuple[dict[str, object], dict[str, torch.Tensor], TensorStats]:
+    numel = sparse.numel
+    indices = sparse.indices.detach().cpu().reshape(-1).to(torch.int64).numpy()
+    values = _values(name, sparse.values.reshape(-1), value_dtype)
+    if values.numel() != indices.size:
+        raise ValueError(f"tensor {name!r}: {values.numel()} values for {indices.size} positions")
+    stored = {ct.values_key(name): values}
+    if sparse.mask_seed is not None:
+        positions = _seed_positions(name, sparse, indices)
+        pos_bytes = 0
+    else:
+        try:
+            enc = encode_smallest(indices, numel)
+        except ValueError as exc:
+            raise ValueError(f"tensor {name!r}: {exc}") from None
+        positions = {"encoding": enc.encoding, **enc.params}
+        stored[ct.positions_key(name)] = torch.frombuffer(bytearray(enc.data), dtype=torch.uint8)
+        pos_bytes = len(enc.data)
+    desc = {
+        "kind": "sparse", "shape": list(sparse.shape), "dtype": value_dtype,
+        "nnz": int(indices.size), "positions": positions,
+    }
+    st = TensorStats(
+        name, "sparse", tuple(sparse.shape), int(indices.size),
+        int(torch.count_nonzero(values)), str(positions["encoding"]), value_dtype,
+        values.numel() * values.element_size(), pos_bytes,
+    )
+    return desc, stored, st
+
+
+def _seed_positions(name: str, sparse: Sparse, indices: np.ndarray) -> dict[str, object]:
+    seed, keep = sparse.mask_seed, sparse.keep_prob
+    if not isinstance(seed, int) or not 0 <= seed < 1 << 64 or keep is None:
+        raise ValueError(f"tensor {name!r}: seeded mask needs an int seed in [0, 2^64) and keep_prob")
+    # Sending a seed whose mask differs from the positions would silently corrupt the
+    # receiver, so the sender proves the match once here.
+    regen = np.flatnonzero(seeded_keep_mask(seed, sparse.numel, float(keep)).numpy())
+    if not np.array_equal(regen, indices):
+        raise ValueError(f"tensor {name!r}: positions are not the seeded mask of seed {seed}")
+    return {"encoding": "seed", "seed": seed, "keep_prob": float(keep)}
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def decode(
+    buf: bytes | bytearray | memoryview,
+    *,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> Payload:
+    """Decode and fully validate a payload (see :func:`decode_with_stats`)."""
+    return decode_with_stats(
+        buf, expected=expected, max_bytes=max_bytes, max_elements=max_elements
+    )[0]
+
+
+def describe(
+    buf: bytes | bytearray | memoryview,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> WireStats:
+    """The accounting of a received buffer (it is fully validated on the way)."""
+    return decode_with_stats(buf, max_bytes=max_bytes, max_elements=max_elements)[1]
+
+
+def decode_with_stats(
+    buf: bytes | bytearray | memoryview,
+    *,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> tuple[Payload, WireStats]:
+    """Decode a buffer into a payload, validating everything first.
+
+    Parameters
+    ----------
+    buf : the encoded payload.
+    expected : name -> dense shape the receiver accepts; when given, the payload must hold
+        exactly these names with these shapes.
+    max_bytes : buffers longer than this are refused before parsing.
+    max_elements : the payload's total dense size (sum of numel) may not exceed this.
+
+    Returns
+    -------
+    (Payload, WireStats) : dense entries as float32 tensors, sparse entries as ``Sparse``
+    (with ``mask_seed`` / ``keep_prob`` when sent as a seed); nothing is returned unless
+    every entry is valid.
+
+    Raises
+    ------
+    PayloadError
+        With a message naming the tensor (or "payload") and the problem.
+    """
+    if not isinstance(buf, (bytes, bytearray, memoryview)):
+        raise PayloadError(f"payload: expected bytes, got {type(buf).__name__}")
+    data = bytes(buf)
+    if len(data) > max_bytes:
+        raise PayloadError(f"payload: {len(data)} bytes is above the limit of {max_bytes}")
+    try:
+        header = ct.read_header(data)
+        specs = {name: _check_entry(name, d, header) for name, d in header.description.items()}
+        _check_stored_keys(specs, header)
+        _check_expected(specs, expected)
+        _check_elements(specs, max_elements)
+        tensors = ct.load_tensors(data)
+        decoded = {name: _decode_entry(name, spec, tensors) for name, spec in specs.items()}
+    except ct.ContainerError as exc:
+        where = f"tensor {exc.tensor!r}" if exc.tensor is not None else "payload"
+        raise PayloadError(f"{where}: {exc.problem}") from None
+    payload: Payload = {name: entry for name, (entry, _) in decoded.items()}
+    stats = WireStats(len(data), tuple(st for _, st in decoded.values()))
+    return payload, stats
+
+
+# A validated description entry: (kind, shape, dtype, nnz, positions-dict).
+_Spec = tuple[str, tuple[int, ...], str, int, dict[str, object]]
+
+
+def _fail(name: str, problem: str) -> ct.ContainerError:
+    return ct.ContainerError(name, problem)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _check_entry(name: str, desc: object, header: ct.Header) -> _Spec:
+    if not name or ct.SEP in name:
+        raise _fail(name, f"invalid payload name (empty or containing {ct.SEP!r})")
+    if not isinstance(desc, dict):
+        raise _fail(name, "description entry is not an object")
+    kind, shape, dtype = desc.get("kind"), desc.get("shape"), desc.get("dtype")
+    if kind not in ("dense", "sparse"):
+        raise _fail(name, f"unknown kind {kind!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise _fail(name, f"shape {shape!r} is not a list of non-negative integers")
+    shape_t = tuple(shape)
+    if _numel(shape_t) > MAX_NUMEL:
+        raise _fail(name, f"shape {list(shape_t)} has more than 2^31 elements")
+    if dtype not in ct.VALUE_DTYPES:
+        raise _fail(name, f"dtype {dtype!r} is not one of {sorted(ct.VALUE_DTYPES)}")
+    if kind == "dense":
+        _check_stored(name, header, name, ct.VALUE_DTYPES[dtype], shape_t)
+        return ("dense", shape_t, dtype, _numel(shape_t), {})
+    nnz, positions = desc.get("nnz"), desc.get("positions")
+    if not _is_int(nnz) or not 0 <= nnz <= _numel(shape_t):
+        raise _fail(name, f"nnz {nnz!r} is not an integer in [0, {_numel(shape_t)}]")
+    if not isinstance(positions, dict) or not isinstance(positions.get("encoding"), str):
+        raise _fail(name, "sparse entry has no positions description")
+    _check_stored(name, header, ct.values_key(name), ct.VALUE_DTYPES[dtype], (nnz,))
+    if positions["encoding"] == "seed":
+        seed, keep = positions.get("seed"), positions.get("keep_prob")
+        if not _is_int(seed) or not 0 <= seed < 1 << 64:
+            raise _fail(name, f"mask seed {seed!r} is not an integer in [0, 2^64)")
+        if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0.0 <= keep <= 1.0:
+            raise _fail(name, f"keep_prob {keep!r} is not a number in [0, 1]")
+    else:
+        key = ct.positions_key(name)
+        if key not in header.stored or header.stored[key].dtype != "U8":
+            raise _fail(name, "positions stream missing or not bytes")
+        if len(header.stored[key].shape) != 1:
+            raise _fail(name, "positions stream is not 1-D")
+    return ("sparse", shape_t, dtype, nnz, positions)
+
+
+def _check_stored(
+    name: str, header: ct.Header, key: str, st_dtype: str, shape: tuple[int, ...]
+) -> None:
+    stored = header.stored.get(key)
+    if stored is None:
+        raise _fail(name, f"stored tensor {key!r} is missing")
+    if stored.dtype != st_dtype:
+        raise _fail(name, f"stored dtype {stored.dtype} does not match the declared one ({st_dtype})")
+    if stored.shape != shape:
+        raise _fail(name, f"stored shape {list(stored.shape)} does not match {list(shape)}")
+
+
+def _check_stored_keys(specs: Mapping[str, _Spec], header: ct.Header) -> None:
+    wanted: set[str] = set()
+    for name, (kind, _, _, _, positions) in specs.items():
+        if kind == "dense":
+            wanted.add(name)
+        else:
+            wanted.add(ct.values_key(name))
+            if positions.get("encoding") != "seed":
+                wanted.add(ct.positions_key(name))
+    extra = sorted(set(header.stored) - wanted)
+    if extra:
+        raise _fail(extra[0], "stored tensor is not described in the payload header")
+
+
+def _check_expected(
+    specs: Mapping[str, _Spec], expected: Mapping[str, tuple[int, ...]] | None
+) -> None:
+    if expected is None:
+        return
+    missing = sorted(set(expected) - set(specs))
+    if missing:
+        raise _fail(missing[0], "expected by the receiver but missing from the payload")
+    unexpected = sorted(set(specs) - set(expected))
+    if unexpected:
+        raise _fail(unexpected[0], "not a tensor the receiver expects")
+    for name, (_, shape, _, _, _) in specs.items():
+        if tuple(expected[name]) != shape:
+            raise _fail(name, f"shape {list(shape)} does not match the expected {list(expected[name])}")
+
+
+def _check_elements(specs: Mapping[str, _Spec], max_elements: int) -> None:
+    total = 0
+    for name, (_, shape, _, _, _) in specs.items():
+        total += _numel(shape)
+        if total > max_elements:
+            raise _fail(name, f"payload size exceeds the limit of {max_elements} elements")
+
+
+def _decode_entry(
+    name: str, spec: _Spec, tensors: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor | Sparse, TensorStats]:
+    kind, shape, dtype, nnz, positions = spec
+    raw = tensors[name if kind == "dense" else ct.values_key(name)]
+    if raw.dtype != TORCH_DTYPES[dtype] or tuple(raw.shape) != (shape if kind == "dense" else (nnz,)):
+        raise _fail(name, "stored tensor disagrees with its header entry")
+    if not bool(torch.isfinite(raw).all()):
+        bad = int((~torch.isfinite(raw)).sum())
+        raise _fail(name, f"{bad} non-finite value(s) (NaN or Inf)")
+    values = raw.to(torch.float32)
+    value_bytes = raw.numel() * raw.element_size()
+    nonzero = int(torch.count_nonzero(raw))
+    if kind == "dense":
+        st = TensorStats(name, "dense", shape, raw.numel(), nonzero, "dense", dtype, value_bytes, 0)
+        return values, st
+    encoding = str(positions["encoding"])
+    numel = _numel(shape)
+    if encoding == "seed":
+        seed, keep = int(positions["seed"]), float(positions["keep_prob"])  # type: ignore[arg-type]
+        idx = np.flatnonzero(seeded_keep_mask(seed, numel, keep).numpy())
+        if idx.size != nnz:
+            raise _fail(name, f"seeded mask keeps {idx.size} positions but {nnz} values were sent")
+        entry = Sparse(shape, torch.from_numpy(idx.astype(np.int64)), values, seed, keep)
+        pos_bytes = 0
+    else:
+        stream = tensors[ct.positions_key(name)].numpy().tobytes()
+        params = {k: v for k, v in positions.items() if k != "encoding"}
+        try:
+            idx = decode_positions(encoding, params, stream, numel, nnz)
+        except ValueError as exc:
+            raise _fail(name, f"bad positions ({encoding}): {exc}") from None
+        entry = Sparse(shape, torch.from_numpy(idx), values)
+        pos_bytes = len(stream)
+    st = TensorStats(name, "sparse", shape, nnz, nonzero, encoding, dtype, value_bytes, pos_bytes)
+    return entry, st
