@@ -1,0 +1,117 @@
+"""FlexLoRA: aggregate the full update, give each client its own rank's truncated SVD.
+
+Paper: Bai et al., "Federated Fine-tuning of Large Language Models under Heterogeneous Tasks
+and Client Resources", NeurIPS 2024, arXiv 2402.11505 (equation numbers not checked). The
+server forms ``ΔW = Σ p_k s_k B_k A_k``, takes its SVD ``U S Vᵀ``, and client ``i`` (rank
+``r_i``, scaling ``s_i``) receives ``B_i = U_{r_i} S_{r_i} / s_i``, ``A_i = V_{r_i}ᵀ``; it
+continues training from that pair.
+
+Departures and choices:
+
+- The paper forms the dense m×n ``ΔW``; here ``ΔW`` is the FLoRIST stack ``B_st A_st`` and
+  its SVD is computed from the factors (``ops.factored``): same numbers, O((m+n)·Σr_k) memory.
+- The server state keeps the whole aggregate at its numerical rank (singular values above
+  ``S_1·1e-7``) as ``layer.B = U S`` (scaling folded in) and ``layer.A = Vᵀ``; the global
+  model (``global_delta``) is that full aggregate, and each client's broadcast is its
+  truncation. ``state.meta["ranks"]`` records the numerical rank per layer.
+- A client receives only ``min(rank(ΔW), r_i)`` directions and zero-pads the rest (only when
+  ``ΔW`` has lower rank than the client's adapter).
+- Before round 1 the state is the usual LoRA init of the largest rank (A random from the
+  setup seed, B = 0), truncated per client like any other state.
+- Uploads are stacked in client-id order (result independent of arrival order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fedlora.methods.base import (
+    ClientSpec,
+    ClientStart,
+    Factored,
+    Lora,
+    LoraPair,
+    Payload,
+    ServerState,
+    Setup,
+    Tensor,
+    Upload,
+)
+from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload
+from fedlora.methods.registry import register
+from fedlora.methods.stacked import global_scaling, stacked_update
+from fedlora.ops.stack import compress, fit_rank
+
+
+@dataclass(frozen=True)
+class FlexLoraConfig:
+    """FlexLoRA has no options of its own."""
+
+
+def _state(round_: int, factored: Mapping[str, Factored]) -> ServerState:
+    """State from per-layer ``(U S, Vᵀ)`` (scaling folded into the left factor)."""
+    tensors: dict[str, Tensor] = {}
+    for layer, (left, right) in factored.items():
+        tensors[key(layer, "B")] = left.detach().clone()
+        tensors[key(layer, "A")] = right.detach().clone()
+    ranks = {layer: int(right.shape[0]) for layer, (_, right) in factored.items()}
+    return ServerState(round=round_, tensors=tensors, meta={"ranks": ranks})
+
+
+def _factored(state: ServerState, setup: Setup) -> dict[str, Factored]:
+    return {
+        s.name: (state.tensors[key(s.name, "B")], state.tensors[key(s.name, "A")])
+        for s in setup.layers
+    }
+
+
+@register("flexlora", FlexLoraConfig)
+class FlexLora(DefaultHooks):
+    """FlexLoRA (see module docstring)."""
+
+    name = "flexlora"
+
+    def __init__(self, config: FlexLoraConfig) -> None:
+        self.config = config
+
+    def init_server(self, setup: Setup) -> ServerState:
+        s_g = global_scaling(setup)
+        init = fresh_lora(setup, setup.max_rank, setup.seed)
+        return _state(0, {layer: (s_g * p.B, p.A) for layer, p in init.items()})
+
+    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+        out: dict[str, LoraPair] = {}
+        for layer, (left, right) in _factored(state, setup).items():
+            k = min(right.shape[0], client.rank)
+            out[layer] = LoraPair(right[:k], left[:, :k] / client.scaling)
+        return lora_payload(out)
+
+    def client_start(
+        self,
+        view: Mapping[str, Tensor] | None,
+        payload: Payload,
+        setup: Setup,
+        client: ClientSpec,
+        seed: int,
+    ) -> ClientStart:
+        adapter: Lora = {}
+        for spec in setup.layers:
+            a = dense(payload[key(spec.name, "A")])
+            b = dense(payload[key(spec.name, "B")])
+            adapter[spec.name] = LoraPair(*fit_rank(a, b, client.rank))
+        return ClientStart(adapter=adapter)
+
+    def upload(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
+    ) -> Payload:
+        return lora_payload(trained)
+
+    def aggregate(
+        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
+    ) -> ServerState:
+        stacks = stacked_update(uploads, setup)
+        return _state(state.round + 1, {n: compress(l, r) for n, (l, r) in stacks.items()})
+
+    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
+        return {n: (l.clone(), r.clone()) for n, (l, r) in _factored(state, setup).items()}
