@@ -1,0 +1,125 @@
+"""The factored SVD kernel against dense float64 references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedlora.ops.factored import energy_rank, factored_svd, numerical_rank, truncated_factors
+
+
+def _factors(seed: int, m: int, n: int, q: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random float64 L (m×q), R (q×n) whose product has rank <= ``rank``."""
+    gen = torch.Generator().manual_seed(seed)
+    left = torch.randn(m, rank, generator=gen, dtype=torch.float64) @ torch.randn(
+        rank, q, generator=gen, dtype=torch.float64
+    )
+    right = torch.randn(q, n, generator=gen, dtype=torch.float64)
+    return left, right
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    m=st.integers(1, 12),
+    n=st.integers(1, 12),
+    q=st.integers(1, 6),
+    deficit=st.integers(0, 3),
+)
+def test_factored_svd_equals_dense_svd_on_nonzero_triplets(seed, m, n, q, deficit):
+    # Prepare: a product of rank q - deficit (rank-deficient when deficit > 0)
+    left, right = _factors(seed, m, n, q, max(q - deficit, 1))
+    dense = left @ right
+    u_ref, s_ref, vh_ref = torch.linalg.svd(dense, full_matrices=False)
+    k = numerical_rank(s_ref, 1e-9)
+
+    # Execute
+    u, s, v = factored_svd(left, right)
+
+    # Assert: same nonzero spectrum, the rest is noise, same singular subspaces
+    scale = float(s_ref[0]) if s_ref.numel() else 1.0
+    assert s.shape[0] == min(q, m, n)
+    torch.testing.assert_close(s[:k], s_ref[:k], rtol=1e-9, atol=1e-9 * scale)
+    assert all(float(x) <= 1e-9 * max(scale, 1.0) for x in s[k:].abs())
+    torch.testing.assert_close((u * s) @ v.T, dense, rtol=0, atol=1e-9 * max(scale, 1.0))
+    eye = torch.eye(k, dtype=torch.float64)
+    torch.testing.assert_close(u[:, :k].T @ u[:, :k], eye, rtol=0, atol=1e-9)
+    torch.testing.assert_close(v[:, :k].T @ v[:, :k], eye, rtol=0, atol=1e-9)
+    # Projectors onto the top-k subspaces do not depend on signs or rotations.
+    torch.testing.assert_close(
+        u[:, :k] @ u[:, :k].T, u_ref[:, :k] @ u_ref[:, :k].T, rtol=0, atol=1e-7
+    )
+    torch.testing.assert_close(
+        v[:, :k] @ v[:, :k].T, vh_ref[:k].T @ vh_ref[:k], rtol=0, atol=1e-7
+    )
+
+
+def test_factored_svd_rejects_factors_that_do_not_chain():
+    with pytest.raises(ValueError, match="do not chain"):
+        factored_svd(torch.zeros(4, 2), torch.zeros(3, 5))
+
+
+def _energy_rank_reference(values: list[float], tau: float) -> int:
+    """Independent loop: smallest k with cumulative energy share >= tau."""
+    kept = [v for v in values if v > values[0] * 1e-7]
+    total = sum(v * v for v in kept)
+    acc = 0.0
+    for k, v in enumerate(kept, start=1):
+        acc += v * v
+        if acc / total >= tau - 1e-15:
+            return k
+    return len(kept)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.floats(0.01, 100.0), min_size=1, max_size=10),
+    tau=st.floats(0.05, 1.0),
+)
+def test_energy_rank_matches_reference_loop(values, tau):
+    # Prepare
+    values = sorted(values, reverse=True)
+    s = torch.tensor(values, dtype=torch.float64)
+
+    # Execute
+    k = energy_rank(s, tau)
+
+    # Assert
+    assert k == _energy_rank_reference(values, tau)
+
+
+def test_energy_rank_hand_example_and_noise_cutoff():
+    # Prepare: energies 9, 4, 1 (total 14) and a float-noise tail
+    s = torch.tensor([3.0, 2.0, 1.0, 3e-8], dtype=torch.float64)
+
+    # Execute / Assert
+    assert energy_rank(s, 9 / 14) == 1
+    assert energy_rank(s, 0.65) == 2
+    assert energy_rank(s, 0.95) == 3
+    assert energy_rank(s, 1.0) == 3  # the 3e-8 value is below S_1·1e-7: not rank
+    assert energy_rank(torch.zeros(3), 0.9) == 0
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.1, 1.5])
+def test_energy_rank_rejects_tau_outside_unit_interval(tau):
+    with pytest.raises(ValueError, match="tau"):
+        energy_rank(torch.ones(3), tau)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 5])
+def test_truncated_factors_equal_dense_truncated_svd(rank):
+    # Prepare
+    left, right = _factors(7, 10, 9, 4, 4)
+    u, s, vh = torch.linalg.svd(left @ right, full_matrices=False)
+    k = min(rank, 4)
+    expected = (u[:, :k] * s[:k]) @ vh[:k]
+
+    # Execute
+    b, a = truncated_factors(left, right, rank)
+
+    # Assert
+    assert b.shape == (10, k) and a.shape == (k, 9)
+    torch.testing.assert_close(b @ a, expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(a @ a.T, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-10)
