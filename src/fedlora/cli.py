@@ -1,0 +1,184 @@
+"""``fedlora`` command line: run, merge, comm, bench, report.
+
+Every ``FedloraError`` (bad config, bad file, bad payload, bad checkpoint) is printed as one
+line and exits with status 2; nothing else in the package prints or exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedlora.errors import FedloraError
+
+MB = 2**20
+
+
+def _mean(values: Any) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+class RoundTable:
+    """Prints one line per round: train loss, held-out scores, MB on the wire."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self.header_done = False
+        self.cum_up = 0.0
+        self.cum_down = 0.0
+        self.bar: Any = None
+
+    def _line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "status":
+            self._line(f"· {info['text']}")
+        elif kind == "round_start" and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=None, desc="round", unit="client", leave=False,
+                            file=sys.stderr, disable=None)
+        elif kind == "round_start":
+            self.bar.set_description(f"round {info['round']}")
+        elif kind == "client_done" and self.bar is not None:
+            self.bar.update(1)
+        elif kind == "eval_start" and self.bar is not None:
+            self.bar.set_description(f"round {info['round']} eval")
+        elif kind == "round_done":
+            self._round(info["record"])
+        elif kind == "done":
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            self._line(f"cumulative MB per client: up {self.cum_up:.3f}, down {self.cum_down:.3f}")
+
+    def _round(self, rec: dict[str, Any]) -> None:
+        ev = rec.get("eval", {})
+        domains = sorted(ev)
+        if not self.header_done:
+            cols = ["round", "train_loss"] + [f"{d}" for d in domains] + ["MB_up", "MB_down",
+                                                                           "cum_MB"]
+            self._line(" | ".join(f"{c:>14}" for c in cols))
+            self.header_done = True
+        up = _mean(rec.get("upload_bytes", {}).values())
+        down = _mean(rec.get("download_bytes", {}).values())
+        self.cum_up += (up or 0.0) / MB
+        self.cum_down += (down or 0.0) / MB
+        cells = [str(rec["round"])]
+        loss = _mean(rec.get("train_loss", {}).values())
+        cells.append("-" if loss is None else f"{loss:.4f}")
+        for d in domains:
+            e = ev[d]
+            cell = f"{e['loss']:.3f}"
+            if "acc" in e:
+                cell += f"/{e['acc']:.2f}"
+            cells.append(cell)
+        cells.append("-" if up is None else f"{up / MB:.3f}")
+        cells.append("-" if down is None else f"{down / MB:.3f}")
+        cells.append(f"{self.cum_up + self.cum_down:.3f}")
+        if rec.get("dropped"):
+            cells.append(f"dropped {sorted(rec['dropped'])}")
+        if rec.get("skipped"):
+            cells.append("SKIPPED")
+        self._line(" | ".join(f"{c:>14}" for c in cells))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedlora import config
+    from fedlora.runtime import simulation
+
+    if args.resume:
+        import json
+
+        run_dir = Path(args.resume)
+        cfg_file = run_dir / "config.json"
+        if not cfg_file.is_file():
+            raise FedloraError(f"nothing to resume in {run_dir}: no config.json")
+        raw = json.loads(cfg_file.read_text())
+        cfg = config.from_dict(config.apply_overrides(raw, args.overrides))
+    else:
+        cfg = config.load(args.config, args.overrides)
+    print(f"fedlora run: method={cfg.method.name} model={cfg.model.name} "
+          f"clients={cfg.data.clients} rounds={cfg.federation.rounds} -> {cfg.out_dir}",
+          flush=True)
+    out = simulation.run(cfg, resume=bool(args.resume), report=RoundTable())
+    print(f"metrics: {out / 'metrics.jsonl'}\nadapter: {out / 'adapter'}", flush=True)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from fedlora.merge import merge_main
+
+    return merge_main(args)
+
+
+def cmd_comm(args: argparse.Namespace) -> int:
+    from fedlora.comm import main as comm_main
+
+    return comm_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedlora",
+        description="Communication-efficient federated LoRA fine-tuning of language models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a federation in-process",
+                         description="Run a federation described by a TOML config. "
+                         "Overrides: key=value, e.g. method=fedsrd train.lr=1e-4 "
+                         "method.fedsrd.p_down=0.5.")
+    run.add_argument("--config", "-c", help="TOML config file")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last "
+                     "complete round")
+    run.add_argument("overrides", nargs="*", metavar="key=value")
+    run.set_defaults(func=cmd_run)
+
+    merge = sub.add_parser("merge", help="aggregate existing PEFT adapter folders offline")
+    merge.add_argument("--method", required=True, help="fedavg, florist, flexlora or flora")
+    merge.add_argument("--threshold", type=float, default=None, help="FLoRIST energy threshold")
+    merge.add_argument("--rank", type=int, default=None, help="output rank (flexlora, fedavg)")
+    merge.add_argument("--weights", default=None, help="comma-separated client weights")
+    merge.add_argument("--out", required=True, help="output adapter folder")
+    merge.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR")
+    merge.set_defaults(func=cmd_merge)
+
+    comm = sub.add_parser("comm", help="bytes per round per client of every method for a "
+                          "model shape", add_help=False)
+    comm.add_argument("rest", nargs=argparse.REMAINDER)
+    comm.set_defaults(func=cmd_comm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except FedloraError as exc:
+        print(f"fedlora: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedlora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Held-out evaluation: completion loss and likelihood-scored multiple choice."""

@@ -1,0 +1,88 @@
+"""Scores of a model on held-out data, with gradients off.
+
+- :func:`completion_loss`: token-weighted mean cross-entropy over completion tokens only.
+- :func:`choice_accuracy`: each choice scored by the summed log-likelihood of its tokens
+  after the prompt (the end-of-text token is not scored); the highest wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedlora.train.batches import IGNORE, Encoded, collate, encode_example
+
+
+@dataclass(frozen=True)
+class ChoiceQuestion:
+    """A multiple-choice item: ``choices[answer]`` is right."""
+
+    prompt: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+def _token_logprob_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed log-prob of labelled tokens and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    mask = targets != IGNORE
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1), mask.sum(-1)
+
+
+@torch.no_grad()
+def completion_loss(
+    model: nn.Module, examples: Sequence[Encoded], batch_size: int, pad_id: int
+) -> float:
+    """Mean per-token cross-entropy over the completion tokens of ``examples``."""
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        sums, counts = _token_logprob_sums(model, collate(examples[i : i + batch_size], pad_id))
+        total -= float(sums.sum())
+        count += int(counts.sum())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def choice_accuracy(
+    model: nn.Module,
+    tokenizer: object,
+    questions: Sequence[ChoiceQuestion],
+    seq_len: int,
+    batch_size: int,
+    pad_id: int,
+) -> float:
+    """Fraction of ``questions`` whose right choice has the highest likelihood."""
+    if not questions:
+        raise ValueError("no questions to evaluate")
+    model.eval()
+    rows: list[Encoded] = []
+    for q in questions:
+        for choice in q.choices:
+            enc = encode_example(tokenizer, q.prompt, choice, seq_len)
+            labels = list(enc.labels)
+            # Score the choice's own tokens: the end-of-text label says nothing about it.
+            eos = getattr(tokenizer, "eos_token_id", None)
+            scored = [j for j, lab in enumerate(labels) if lab != IGNORE]
+            if len(scored) > 1 and labels[scored[-1]] == eos:
+                labels[scored[-1]] = IGNORE
+            rows.append(Encoded(enc.input_ids, labels))
+    scores: list[float] = []
+    for i in range(0, len(rows), batch_size):
+        sums, _ = _token_logprob_sums(model, collate(rows[i : i + batch_size], pad_id))
+        scores.extend(float(s) for s in sums)
+    right, k = 0, 0
+    for q in questions:
+        best = max(range(len(q.choices)), key=lambda j: scores[k + j])
+        right += int(best == q.answer)
+        k += len(q.choices)
+    return right / len(questions)

@@ -1,0 +1,1 @@
+"""Runtimes that drive a federation: in-process simulation and Flower."""

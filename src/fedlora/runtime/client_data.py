@@ -1,0 +1,81 @@
+"""Which examples each client trains on and what every domain is evaluated on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedlora.config import DataConfig
+from fedlora.data.domains import load_domain
+from fedlora.data.jsonl import load_jsonl
+from fedlora.data.partition import by_domain, dirichlet, iid
+from fedlora.data.types import Example
+from fedlora.errors import DataError
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice item built from held-out data."""
+
+    prompt: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+@dataclass(frozen=True)
+class Heldout:
+    """A domain's held-out completions and its multiple-choice questions (may be empty)."""
+
+    examples: list[Example]
+    questions: list[Question] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClientSplit:
+    """Training examples per client (index = client id) and held-out sets per domain."""
+
+    clients: list[list[Example]]
+    heldout: dict[str, Heldout]
+
+
+def _cap(items: list[Example], limit: int) -> list[Example]:
+    return items[:limit] if limit > 0 else items
+
+
+def _file_split(cfg: DataConfig) -> ClientSplit:
+    """User files: each client's file, its last tenth held out as domain ``client<k>``."""
+    clients: list[list[Example]] = []
+    heldout: dict[str, Heldout] = {}
+    for k, path in enumerate(cfg.files):
+        examples = load_jsonl(path)
+        if len(examples) < 2:
+            raise DataError(f"{path}: needs at least 2 examples (train and held-out), "
+                            f"has {len(examples)}")
+        cut = max(1, len(examples) // 10)
+        clients.append(_cap(examples[:-cut], cfg.max_train_per_client))
+        heldout[f"client{k}"] = Heldout(examples[-cut:][: cfg.max_eval_per_domain])
+    return ClientSplit(clients, heldout)
+
+
+def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
+    """Assign training data to ``cfg.clients`` clients as ``cfg.partition`` says."""
+    if cfg.partition == "files":
+        return _file_split(cfg)
+    from fedlora.data.tasks import questions_for
+
+    domains = {name: load_domain(name) for name in cfg.domains}
+    train = {name: d.train for name, d in domains.items()}
+    if cfg.partition == "domain":
+        clients = by_domain(train, cfg.clients)
+    elif cfg.partition == "dirichlet":
+        clients = dirichlet(train, cfg.clients, cfg.dirichlet_alpha, seed)
+    else:
+        clients = iid([ex for exs in train.values() for ex in exs], cfg.clients, seed)
+    heldout = {
+        name: Heldout(
+            d.heldout[: cfg.max_eval_per_domain],
+            [Question(q.prompt, tuple(q.choices), q.answer)
+             for q in questions_for(d)[: cfg.max_eval_per_domain]],
+        )
+        for name, d in domains.items()
+    }
+    return ClientSplit([_cap(c, cfg.max_train_per_client) for c in clients], heldout)

@@ -1,0 +1,184 @@
+"""The client step and the server step, shared by every runtime.
+
+Both runtimes (in-process simulation and Flower) call exactly these two functions; they only
+differ in how the bytes travel. Everything that crosses between client and server is
+encoded by ``fedlora.wire`` and decoded strictly on the other side, so the bytes measured
+here are the bytes a network carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from fedlora.config import RunConfig
+from fedlora.errors import PayloadError
+from fedlora.methods.base import ClientSpec, Method, Payload, ServerState, Setup, Tensor, Upload
+from fedlora.ops.prng import splitmix64
+from fedlora.train.adapters import slot_name
+from fedlora.train.batches import Encoded
+from fedlora.train.local import train_local
+from fedlora.wire import decode, encode_with_stats
+
+log = logging.getLogger(__name__)
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed for (run seed, parts...), stable everywhere (SplitMix64 chain)."""
+    value = seed & 0xFFFFFFFFFFFFFFFF
+    for part in parts:
+        value = int(splitmix64(value ^ (part & 0xFFFFFFFFFFFFFFFF), 0, 1)[0])
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+def max_bytes(cfg: RunConfig) -> int:
+    return int(cfg.wire.max_payload_mb * 2**20)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One encoded payload and what it carries."""
+
+    data: bytes
+    params: int
+    encodings: dict[str, dict[str, int]]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+def send(payload: Payload, cfg: RunConfig) -> Transfer:
+    """Encode a payload for the wire."""
+    data, stats = encode_with_stats(payload, value_dtype=cfg.wire.value_dtype)
+    return Transfer(data, stats.nonzero, stats.encodings())
+
+
+@dataclass
+class ClientOutcome:
+    """What one client's round produced (``upload`` is None when it failed)."""
+
+    cid: int
+    view: dict[str, Tensor]
+    upload: Transfer | None = None
+    n_samples: int = 0
+    train_loss: float | None = None
+    tokens: int = 0
+    train_seconds: float = 0.0
+    overhead_seconds: float = 0.0
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def receive_broadcast(
+    method: Method, setup: Setup, client: ClientSpec, data: bytes, cfg: RunConfig
+) -> Payload:
+    """Decode a broadcast on the client (strict; the client trusts no server bytes blindly)."""
+    return decode(data, expected=None, max_bytes=max_bytes(cfg))
+
+
+def client_step(
+    *,
+    model: nn.Module,
+    method: Method,
+    setup: Setup,
+    client: ClientSpec,
+    view: Mapping[str, Tensor] | None,
+    broadcast: Payload,
+    examples: Sequence[Encoded],
+    cfg: RunConfig,
+    round_: int,
+    pad_id: int,
+    train: bool = True,
+) -> ClientOutcome:
+    """Apply a decoded broadcast; when ``train``, train locally and encode the upload.
+
+    The caller has already applied the round's base merge to ``model``.
+    """
+    began = time.perf_counter()
+    start = method.client_start(
+        view, broadcast, setup, client, derive_seed(setup.seed, 1, round_, client.cid)
+    )
+    outcome = ClientOutcome(cid=client.cid, view=dict(start.view))
+    if not train:
+        return outcome
+    result = train_local(
+        model,
+        slot_name(client.rank, client.alpha),
+        start,
+        examples,
+        cfg.train,
+        derive_seed(setup.seed, 2, round_, client.cid),
+        pad_id,
+        regulariser=lambda current: method.regulariser(current, start),
+    )
+    payload = method.upload(
+        start, result.adapter, setup, client, derive_seed(setup.seed, 3, round_, client.cid)
+    )
+    outcome.upload = send(payload, cfg)
+    outcome.n_samples = len(examples)
+    outcome.train_loss = result.mean_loss
+    outcome.tokens = result.tokens
+    outcome.train_seconds = result.seconds
+    outcome.overhead_seconds = time.perf_counter() - began - result.seconds
+    return outcome
+
+
+@dataclass
+class ServerOutcome:
+    """The server step's result: the new state (unchanged if the round was skipped)."""
+
+    state: ServerState
+    accepted: list[int]
+    dropped: dict[int, str]
+    skipped: bool
+    seconds: float
+
+
+def server_step(
+    *,
+    method: Method,
+    state: ServerState,
+    setup: Setup,
+    uploads: Mapping[int, tuple[bytes, int]],
+    failures: Mapping[int, str],
+    cfg: RunConfig,
+) -> ServerOutcome:
+    """Decode every upload strictly, drop the bad ones, aggregate the rest.
+
+    ``uploads`` maps client id -> (encoded bytes, n_samples); ``failures`` maps client id ->
+    why it sent nothing. With fewer valid uploads than ``federation.min_clients`` the round is
+    skipped and ``state`` is returned unchanged.
+    """
+    began = time.perf_counter()
+    dropped = dict(failures)
+    decoded: list[Upload] = []
+    for cid in sorted(uploads):
+        data, n_samples = uploads[cid]
+        client = setup.client(cid)
+        try:
+            payload = decode(
+                data, expected=method.upload_schema(setup, client), max_bytes=max_bytes(cfg)
+            )
+            if n_samples <= 0:
+                raise PayloadError(f"client {cid} reports {n_samples} training samples")
+        except PayloadError as exc:
+            log.warning("round %d: dropping client %d: %s", state.round + 1, cid, exc)
+            dropped[cid] = f"invalid upload: {exc}"
+            continue
+        decoded.append(Upload(cid=cid, n_samples=n_samples, payload=payload))
+    if len(decoded) < cfg.federation.min_clients:
+        log.warning(
+            "round %d skipped: %d valid uploads, fewer than min_clients=%d",
+            state.round + 1, len(decoded), cfg.federation.min_clients,
+        )
+        return ServerOutcome(state, [u.cid for u in decoded], dropped, True,
+                             time.perf_counter() - began)
+    new_state = method.aggregate(state, decoded, setup)
+    return ServerOutcome(new_state, [u.cid for u in decoded], dropped, False,
+                         time.perf_counter() - began)

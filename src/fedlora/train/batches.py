@@ -1,0 +1,66 @@
+"""Tokenisation of prompt/completion pairs with the chat template; completion-only labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example: token ids and labels (``IGNORE`` on the prompt part)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def prompt_ids(tokenizer: object, prompt: str) -> list[int]:
+    """Token ids of ``prompt`` as a user turn followed by the assistant header."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+    return list(tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+
+
+def encode_example(tokenizer: object, prompt: str, completion: str, seq_len: int) -> Encoded:
+    """Encode one pair; the prompt is cut from the left (keeping its end, next to the answer)
+    so that at least half of ``seq_len`` stays for the completion, which is cut on the right."""
+    p_ids = prompt_ids(tokenizer, prompt)
+    c_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        c_ids.append(int(eos))
+    room_for_prompt = max(seq_len - len(c_ids), seq_len // 2)
+    p_ids = p_ids[-room_for_prompt:] if room_for_prompt > 0 else []
+    ids = (p_ids + c_ids)[:seq_len]
+    labels = ([IGNORE] * len(p_ids) + c_ids)[:seq_len]
+    return Encoded(ids, labels)
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its longest member."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pad_id_of(tokenizer: object) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    return int(pad) if pad is not None else 0
