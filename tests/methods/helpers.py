@@ -11,14 +11,24 @@ Stable API (other test modules import it):
   accumulating the (shared) merged base offsets as dense float64 matrices.
 - ``global_dense(method, state, setup, base) -> {layer: Tensor}``: the dense global update
   on top of the original W0 (merged base offsets + ``global_delta``).
+- ``make_uploads(setup, gen, dtype=float32, n_samples=None) -> list[Upload]``: random trained
+  adapters of every client as A/B payloads; ``reference_aggregate(uploads, setup)``: their
+  dense float64 ``Σ p_k s_k B_k A_k`` computed independently of the package.
+- ``snapshot(obj)`` / ``assert_same(a, b)``: deep copies of nested tensors for "inputs are not
+  mutated" checks; ``MaxNumel``: a dispatch mode recording the largest tensor any op creates.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from fedlora.methods.base import (
     ClientSpec,
@@ -206,3 +216,85 @@ def trained_sum(
 def rel_err(x: Tensor, ref: Tensor) -> float:
     """``||x - ref||_F / ||ref||_F`` in float64."""
     return float(torch.linalg.norm(x.double() - ref.double()) / torch.linalg.norm(ref.double()))
+
+
+def make_uploads(
+    setup: Setup,
+    gen: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    n_samples: Mapping[int, int] | None = None,
+) -> list[Upload]:
+    """One random trained adapter per client (its own rank) as an A/B upload."""
+    out = []
+    for c in setup.clients:
+        adapter = random_lora(setup, c.rank, gen, dtype)
+        payload: Payload = {}
+        for layer, pair in adapter.items():
+            payload[f"{layer}.A"] = pair.A
+            payload[f"{layer}.B"] = pair.B
+        n = n_samples[c.cid] if n_samples else 5 + 3 * c.cid
+        out.append(Upload(c.cid, n, payload))
+    return out
+
+
+def upload_weights(uploads: Sequence[Upload], weighting: str = "samples") -> dict[int, float]:
+    """Aggregation weights computed independently of the package."""
+    if weighting == "uniform":
+        return {u.cid: 1.0 / len(uploads) for u in uploads}
+    total = sum(u.n_samples for u in uploads)
+    return {u.cid: u.n_samples / total for u in uploads}
+
+
+def reference_aggregate(uploads: Sequence[Upload], setup: Setup) -> dict[str, Tensor]:
+    """Dense float64 ``Σ p_k s_k B_k A_k`` per layer."""
+    weights = upload_weights(uploads, setup.weighting)
+    out = {}
+    for s in setup.layers:
+        acc = torch.zeros(s.out_features, s.in_features, dtype=torch.float64)
+        for u in uploads:
+            a = u.payload[f"{s.name}.A"].double()
+            b = u.payload[f"{s.name}.B"].double()
+            acc += weights[u.cid] * setup.client(u.cid).scaling * (b @ a)
+        out[s.name] = acc
+    return out
+
+
+def snapshot(obj: Any) -> Any:
+    """A deep copy (tensors cloned) for later comparison with :func:`assert_same`."""
+    return copy.deepcopy(obj)
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """Nested dicts / sequences / dataclasses of tensors are bit-identical."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, Mapping):
+        assert isinstance(b, Mapping) and list(a.keys()) == list(b.keys())
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    elif dataclasses.is_dataclass(a) and not isinstance(a, type):
+        assert type(a) is type(b)
+        for f in dataclasses.fields(a):
+            assert_same(getattr(a, f.name), getattr(b, f.name))
+    else:
+        assert a == b
+
+
+class MaxNumel(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an op returns while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.max_numel = 0
+        self.op = ""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.numel() > self.max_numel:
+                self.max_numel, self.op = t.numel(), str(func)
+        return out
