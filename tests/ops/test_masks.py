@@ -1,0 +1,174 @@
+"""Quantile / magnitude / DARE masks, the pruning rescale and seed derivation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedlora.ops.masks import (
+    dare,
+    dare_mask,
+    derive_seed,
+    magnitude_mask,
+    quantile_mask,
+    quantile_threshold,
+    rescale_pruned,
+)
+from fedlora.ops.prng import seeded_keep_mask
+
+D, R = 16, 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 200),
+    rho=st.floats(0.0, 0.999),
+    levels=st.integers(1, 50),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_quantile_mask_matches_torch_quantile_lower(
+    n: int, rho: float, levels: int, seed: int
+) -> None:
+    # Prepare: few distinct levels so ties at the threshold are common
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (n,), generator=gen).double() / levels
+    # Execute
+    mask = quantile_mask(scores, rho)
+    # Assert
+    q = torch.quantile(scores, rho, interpolation="lower")
+    assert torch.equal(mask, scores >= q)
+
+
+def test_distinct_scores_keep_exactly_n_minus_floor_rho_n_minus_1() -> None:
+    # Prepare
+    scores = torch.randperm(D * R, generator=torch.Generator().manual_seed(0)).float()
+    n = scores.numel()
+    for rho in (0.0, 0.3, 0.85, 0.96):
+        # Execute
+        mask = quantile_mask(scores.reshape(D, R), rho)
+        # Assert: the kept ones are the largest, and as many as the definition says
+        kept = n - math.floor(rho * (n - 1))
+        assert mask.shape == (D, R)
+        assert int(mask.sum()) == kept
+        if kept < n:
+            assert scores.reshape(D, R)[mask].min() > scores.reshape(D, R)[~mask].max()
+
+
+def test_ties_at_threshold_are_all_kept() -> None:
+    scores = torch.tensor([0.0, 1.0, 1.0, 1.0, 2.0])
+    # lower 0.5-quantile of 5 values is x_(2) = 1.0: every 1.0 stays
+    assert quantile_mask(scores, 0.5).tolist() == [False, True, True, True, True]
+    assert bool(quantile_mask(torch.full((D, R), 3.0), 0.9).all())
+
+
+def test_rho_zero_keeps_everything() -> None:
+    scores = torch.randn(D, R, generator=torch.Generator().manual_seed(1)).abs()
+    assert bool(quantile_mask(scores, 0.0).all())
+
+
+def test_quantile_refuses_bad_ratio_and_non_finite_scores() -> None:
+    with pytest.raises(ValueError, match="rho"):
+        quantile_mask(torch.ones(4), 1.0)
+    with pytest.raises(ValueError, match="rho"):
+        quantile_mask(torch.ones(4), -0.1)
+    with pytest.raises(ValueError, match="finite"):
+        quantile_mask(torch.tensor([1.0, float("nan")]), 0.5)
+
+
+def test_quantile_mask_works_above_torch_quantile_limit() -> None:
+    # Prepare: 2^24 + 3 scores (torch.quantile refuses more than 2^24 elements) cycling
+    # through the exact values 0..999, so the order statistics follow from counting
+    n, levels, rho = (1 << 24) + 3, 1000, 0.9
+    scores = (torch.arange(n, dtype=torch.int32) % levels).float()
+    counts = [(n - 1 - v) // levels + 1 for v in range(levels)]  # occurrences of value v
+    j = math.floor(rho * (n - 1))  # 0-based rank of the lower quantile
+    below, q = 0, None
+    for v, c in enumerate(counts):
+        if below + c > j:
+            q = v
+            break
+        below += c
+    assert q is not None
+    # Execute
+    mask = quantile_mask(scores, rho)
+    # Assert
+    assert float(quantile_threshold(scores, rho)) == float(q)
+    assert int(mask.sum()) == sum(counts[q:])
+
+
+def test_magnitude_mask_keeps_largest_magnitudes() -> None:
+    values = torch.tensor([-5.0, 0.1, 3.0, -0.2, 0.05, 4.0])
+    mask = magnitude_mask(values, 0.5)
+    assert torch.equal(mask, quantile_mask(values.abs(), 0.5))
+    # |values| sorted: 0.05 0.1 0.2 3 4 5; lower 0.5-quantile is x_(floor(2.5)) = 0.2
+    assert mask.tolist() == [True, False, True, True, False, True]
+
+
+def test_dare_mask_is_the_portable_seeded_mask() -> None:
+    mask = dare_mask(42, (D, R), 0.9)
+    assert mask.shape == (D, R)
+    assert torch.equal(mask.reshape(-1), seeded_keep_mask(42, D * R, 0.1))
+    assert torch.equal(mask, dare_mask(42, (D, R), 0.9))
+    assert not torch.equal(mask, dare_mask(43, (D, R), 0.9))
+
+
+def test_dare_rescales_survivors_and_carries_its_seed() -> None:
+    # Prepare
+    delta = torch.randn(D, R, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    # Execute
+    sparse = dare(delta, 0.75, 7)
+    # Assert
+    mask = dare_mask(7, (D, R), 0.75)
+    assert sparse.mask_seed == 7 and sparse.keep_prob == pytest.approx(0.25)
+    assert torch.equal(sparse.indices, mask.reshape(-1).nonzero().reshape(-1))
+    expected = torch.where(mask, delta * 4.0, torch.zeros_like(delta))
+    torch.testing.assert_close(sparse.to_dense(), expected, rtol=1e-15, atol=0)
+
+
+def test_dare_is_unbiased_within_its_standard_error() -> None:
+    # Prepare: each element of DARE(δ) is δ/(1−p) w.p. 1−p, else 0, so its variance is
+    # δ²·p/(1−p); the mean of S independent draws has standard deviation |δ|·sqrt(p/((1−p)S)).
+    p, draws = 0.9, 400
+    delta = torch.randn(D, R, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    # Execute
+    total = torch.zeros_like(delta)
+    for s in range(draws):
+        total += dare(delta, p, derive_seed("unbiased", s)).to_dense()
+    mean = total / draws
+    # Assert: every element's z-score is within 5 sd (false alarm chance < 1e-4 for 64
+    # elements) and the z-scores' mean square is near its expectation 1
+    sd = delta.abs() * math.sqrt(p / ((1 - p) * draws))
+    z = (mean - delta) / sd
+    assert float(z.abs().max()) < 5.0
+    assert abs(float((z * z).mean()) - 1.0) < 5 * math.sqrt(2 / z.numel())
+
+
+def test_rescale_preserves_total_magnitude() -> None:
+    # Prepare
+    original = torch.randn(D, R, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    pruned = torch.where(magnitude_mask(original, 0.8), original, torch.zeros_like(original))
+    # Execute
+    rescaled = rescale_pruned(original, pruned)
+    # Assert: same support, positive factor, L1 norm of the original
+    assert torch.equal(rescaled != 0, pruned != 0)
+    assert float(rescaled.abs().sum()) == pytest.approx(float(original.abs().sum()), rel=1e-12)
+    ratio = rescaled[pruned != 0] / pruned[pruned != 0]
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio)) and float(ratio[0]) > 1.0
+
+
+def test_rescale_of_nothing_kept_is_zero() -> None:
+    out = rescale_pruned(torch.ones(D, R), torch.zeros(D, R))
+    assert torch.equal(out, torch.zeros(D, R))
+
+
+def test_derive_seed_is_stable_distinct_and_63_bit() -> None:
+    a = derive_seed(0, "fedsrd-downlink", 1, "l0")
+    assert a == derive_seed(0, "fedsrd-downlink", 1, "l0")
+    others = {derive_seed(0, "fedsrd-downlink", 2, "l0"), derive_seed(1, "fedsrd-downlink", 1, "l0"),
+              derive_seed(0, "fedsrd-downlink", 1, "l1")}
+    assert a not in others and len(others) == 3
+    assert all(0 <= s < 2**63 for s in others | {a})
