@@ -1,0 +1,72 @@
+"""Turn a model name or folder into a ready (model, tokenizer) pair."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedlora.errors import ConfigError
+from fedlora.models.local import load_model_folder
+from fedlora.models.offline import set_offline
+from fedlora.models.smollm2 import SMOLLM2_NAME, provision_smollm2
+from fedlora.models.tiny import build_tiny_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    ModelAndTokenizer = tuple[PreTrainedModel, PreTrainedTokenizerBase]
+
+#: Names that :func:`resolve_model` accepts besides local folders.
+BUILTIN_MODELS: tuple[str, ...] = (SMOLLM2_NAME, "tiny-llama", "tiny-qwen2")
+
+
+def _builtin_loaders() -> dict[str, Callable[[int], ModelAndTokenizer]]:
+    # Built per call (it is tiny) so the module holds no state.
+    return {
+        SMOLLM2_NAME: lambda seed: load_model_folder(provision_smollm2()),
+        "tiny-llama": lambda seed: build_tiny_model("llama", seed=seed),
+        "tiny-qwen2": lambda seed: build_tiny_model("qwen2", seed=seed),
+    }
+
+
+def resolve_model(name_or_path: str | os.PathLike[str], *, seed: int = 0) -> ModelAndTokenizer:
+    """Return the model and tokenizer named by ``name_or_path``, without any network access.
+
+    Parameters
+    ----------
+    name_or_path
+        One of :data:`BUILTIN_MODELS` (``smollm2-135m`` is converted and cached on first
+        use; the ``tiny-*`` models are built in code) or a local Hugging Face causal-LM
+        folder with safetensors weights. A built-in name wins over a folder of the same
+        name in the working directory; write ``./tiny-llama`` to mean the folder.
+    seed
+        Weight-initialisation seed of the ``tiny-*`` models; ignored by pretrained models.
+
+    Returns
+    -------
+    tuple[PreTrainedModel, PreTrainedTokenizerBase]
+        The model in float32, eval mode, on CPU, and its tokenizer (with a chat template for
+        every built-in model).
+
+    Raises
+    ------
+    ConfigError
+        If the name is not built in and is not a valid causal-LM folder.
+    DataError
+        If ``smollm2-135m`` must be provisioned and its download or hash check fails.
+    """
+    # Before anything imports transformers, so that the hub client starts in offline mode.
+    set_offline()
+    name = os.fspath(name_or_path)
+    loader = _builtin_loaders().get(name)
+    if loader is not None:
+        return loader(seed)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"model folder {path} does not exist and {name!r} is not a built-in model "
+            f"({', '.join(BUILTIN_MODELS)}); fedlora loads local folders only, never a model hub"
+        )
+    return load_model_folder(path)
