@@ -250,14 +250,14 @@ def _check_entry(name: str, desc: object, header: ct.Header) -> _Spec:
     if not isinstance(desc, dict):
         raise _fail(name, "description entry is not an object")
     kind, shape, dtype = desc.get("kind"), desc.get("shape"), desc.get("dtype")
-    if kind not in ("dense", "sparse"):
+    if not isinstance(kind, str) or kind not in ("dense", "sparse"):
         raise _fail(name, f"unknown kind {kind!r}")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise _fail(name, f"shape {shape!r} is not a list of non-negative integers")
     shape_t = tuple(shape)
     if _numel(shape_t) > MAX_NUMEL:
         raise _fail(name, f"shape {list(shape_t)} has more than 2^31 elements")
-    if dtype not in ct.VALUE_DTYPES:
+    if not isinstance(dtype, str) or dtype not in ct.VALUE_DTYPES:
         raise _fail(name, f"dtype {dtype!r} is not one of {sorted(ct.VALUE_DTYPES)}")
     if kind == "dense":
         _check_stored(name, header, name, ct.VALUE_DTYPES[dtype], shape_t)

@@ -145,7 +145,7 @@ def _stored(name: str, entry: Any, data_len: int) -> StoredTensor:
     if not isinstance(entry, dict):
         raise ContainerError(name, "header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in ST_DTYPES:
+    if not isinstance(dtype, str) or dtype not in ST_DTYPES:
         raise ContainerError(name, f"unsupported stored dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_int(d) and d >= 0 for d in shape):
         raise ContainerError(name, f"shape {shape!r} is not a list of non-negative integers")
