@@ -60,6 +60,7 @@ def write(root: Path, ckpt: Checkpoint) -> Path:
         tensors[f"merge/{layer}/L"] = left.contiguous()
         tensors[f"merge/{layer}/R"] = right.contiguous()
     tmp = Path(tempfile.mkdtemp(prefix=".round-", dir=root))
+    tmp.chmod(0o755)
     save_file(tensors, str(tmp / "tensors.safetensors"))
     meta = {
         "round": ckpt.round,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedlora.config import DataConfig
-from fedlora.data.domains import load_domain
+from fedlora.data.domains import load_domain, load_split_records
+from fedlora.data.eval_tasks import definition_items, ood_arithmetic, play_items, spam_items
 from fedlora.data.jsonl import load_jsonl
 from fedlora.data.partition import by_domain, dirichlet, iid
 from fedlora.data.types import Example
@@ -56,12 +57,27 @@ def _file_split(cfg: DataConfig) -> ClientSplit:
     return ClientSplit(clients, heldout)
 
 
+OOD_NAME = "ood-arithmetic"
+
+
+def _questions(domain: str, seed: int) -> list[Question]:
+    """The domain's multiple-choice task on its held-out records (none for code)."""
+    records = load_split_records(domain)[1]
+    if domain == "email":
+        items = spam_items(records)
+    elif domain == "literature":
+        items = play_items(records)
+    elif domain == "dictionary":
+        items = definition_items(records, seed)
+    else:
+        return []
+    return [Question(q.prompt, tuple(q.choices), q.answer) for q in items]
+
+
 def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     """Assign training data to ``cfg.clients`` clients as ``cfg.partition`` says."""
     if cfg.partition == "files":
         return _file_split(cfg)
-    from fedlora.data.tasks import questions_for
-
     domains = {name: load_domain(name) for name in cfg.domains}
     train = {name: d.train for name, d in domains.items()}
     if cfg.partition == "domain":
@@ -71,11 +87,10 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     else:
         clients = iid([ex for exs in train.values() for ex in exs], cfg.clients, seed)
     heldout = {
-        name: Heldout(
-            d.heldout[: cfg.max_eval_per_domain],
-            [Question(q.prompt, tuple(q.choices), q.answer)
-             for q in questions_for(d)[: cfg.max_eval_per_domain]],
-        )
+        name: Heldout(d.heldout[: cfg.max_eval_per_domain],
+                      _questions(name, seed)[: cfg.max_eval_per_domain])
         for name, d in domains.items()
     }
+    # Out of domain: arithmetic word problems that no client trains on (loss only).
+    heldout[OOD_NAME] = Heldout(ood_arithmetic(cfg.max_eval_per_domain, seed))
     return ClientSplit([_cap(c, cfg.max_train_per_client) for c in clients], heldout)
