@@ -1,0 +1,148 @@
+"""Fed-DARE: clients upload DARE-sparsified LoRA deltas; the server averages them.
+
+DARE (Drop And REscale) is from L. Yu, B. Yu, H. Yu, F. Huang, Y. Li, "Language Models are
+Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch", ICML 2024: drop each
+element of a fine-tuning delta with probability ``p`` and scale the survivors by
+``1/(1 − p)`` (their Eq. for DARE), an unbiased random sparsification. The FedSRD paper
+(arXiv 2510.04601, WWW 2026) uses it as a federated baseline, "Fed-DARE", which is what this
+module implements:
+
+- Client: deltas ``ΔA = A_k − A``, ``ΔB = B_k − B`` against the global adapter it started
+  from (kept in ``ClientStart.view``), each DARE'd with ``p_up`` (default 0.9).
+- Server: ``Δ̄ = Σ p_k DARE(Δ_k)`` per factor, added to the global adapter.
+- Broadcast: the averaged sparse delta (its positions are the union of the clients' kept
+  positions); clients add it to their view, so both sides stay bit-identical (:mod:`.synced`).
+
+Choices and departures:
+
+- Mask positions come from the portable seeded generator with a seed derived from the seed
+  the runtime gives the client, the round, the client id, the layer and the factor; the
+  seed travels with each :class:`Sparse` so the wire may send it instead of the positions.
+- Aggregation weights follow ``setup.weighting``; uploads are summed in client-id order.
+- The broadcast leaves out positions whose averaged value is exactly 0 (they change
+  nothing). The first broadcast is the initial adapter (A dense, ``B^0 = 0`` as an empty
+  sparse tensor).
+- Heterogeneous ranks (or alphas) are refused: there is one shared global adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedlora.methods import synced
+from fedlora.methods.base import (
+    ClientSpec,
+    ClientStart,
+    Factored,
+    Lora,
+    Payload,
+    ServerState,
+    Setup,
+    Tensor,
+    Upload,
+    aggregation_weights,
+)
+from fedlora.methods.common import DefaultHooks, fresh_lora, key
+from fedlora.methods.registry import register
+from fedlora.ops.masks import dare, derive_seed
+from fedlora.ops.sparse import Sparse
+
+
+@dataclass(frozen=True)
+class FedDareConfig:
+    """``p_up``: probability of dropping each element of an uploaded delta."""
+
+    p_up: float = 0.9
+
+    def __post_init__(self) -> None:
+        if isinstance(self.p_up, bool) or not isinstance(self.p_up, (int, float)):
+            raise ValueError(f"p_up must be a number, got {self.p_up!r}")
+        if not 0.0 <= float(self.p_up) < 1.0:
+            raise ValueError(f"p_up must be in [0, 1), got {self.p_up}")
+
+
+def upload_seed(client_seed: int, round_: int, cid: int, layer: str, part: str) -> int:
+    """Seed of a client's DARE mask for one factor of one layer in one round."""
+    return derive_seed(client_seed, "fed_dare-uplink", round_, cid, layer, part)
+
+
+@register("fed_dare", FedDareConfig)
+class FedDare(DefaultHooks):
+    """Fed-DARE (see module docstring)."""
+
+    name = "fed_dare"
+
+    def __init__(self, config: FedDareConfig) -> None:
+        self.config = config
+
+    def validate(self, setup: Setup) -> None:
+        synced.require_homogeneous(setup, self.name)
+
+    def init_server(self, setup: Setup) -> ServerState:
+        self.validate(setup)
+        tensors: dict[str, Tensor] = {}
+        for layer, pair in fresh_lora(setup, setup.max_rank, setup.seed).items():
+            tensors[key(layer, "A")] = pair.A
+            tensors[key(layer, "B")] = pair.B
+        return ServerState(round=0, tensors=tensors)
+
+    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
+        return synced.global_scaled(state, setup)
+
+    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+        if state.round == 0:
+            return synced.initial_payload(synced.global_lora(state, setup))
+        out: Payload = {}
+        for s in setup.layers:
+            for part in ("dA", "dB"):
+                avg = state.tensors[key(s.name, part)]
+                out[key(s.name, part)] = Sparse.from_mask(avg, avg != 0)
+        return out
+
+    def client_start(
+        self,
+        view: Mapping[str, Tensor] | None,
+        payload: Payload,
+        setup: Setup,
+        client: ClientSpec,
+        seed: int,
+    ) -> ClientStart:
+        new_view = synced.apply_broadcast(view, payload, setup)
+        return ClientStart(adapter=synced.lora_from_view(new_view, setup), view=new_view)
+
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+        return synced.delta_schema(setup, client.rank)
+
+    def upload(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
+    ) -> Payload:
+        round_ = synced.view_round(start.view) + 1
+        out: Payload = {}
+        for s in setup.layers:
+            new = {"A": trained[s.name].A.detach(), "B": trained[s.name].B.detach()}
+            for part in ("A", "B"):
+                delta = new[part] - start.view[key(s.name, part)]
+                mask_seed = upload_seed(seed, round_, client.cid, s.name, part)
+                out[key(s.name, "d" + part)] = dare(delta, self.config.p_up, mask_seed)
+        return out
+
+    def aggregate(
+        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
+    ) -> ServerState:
+        ordered = sorted(uploads, key=lambda u: u.cid)
+        weights = aggregation_weights(ordered, setup.weighting)
+        tensors: dict[str, Tensor] = {}
+        for s in setup.layers:
+            for part in ("A", "B"):
+                prev = state.tensors[key(s.name, part)]
+                avg = torch.zeros_like(prev)
+                for p, u in zip(weights, ordered, strict=True):
+                    avg = avg + p * synced.upload_delta(u.payload, s.name, part, prev)
+                # Apply exactly what is broadcast, so clients reproduce the same bits.
+                sent = Sparse.from_mask(avg, avg != 0)
+                tensors[key(s.name, part)] = synced.add_delta(prev, sent)
+                tensors[key(s.name, "d" + part)] = sent.to_dense()
+        return ServerState(round=state.round + 1, tensors=tensors)

@@ -1,0 +1,151 @@
+"""A global adapter that server and clients keep in sync by exchanging sparse deltas.
+
+Shared by FedSRD / FedSRD-e and Fed-DARE. The protocol:
+
+- Round 0 (``state.round == 0``): the server sends the initial global adapter in full:
+  ``layer.A`` dense (random init) and ``layer.B`` as a :class:`Sparse` holding only its
+  nonzeros (none: ``B^0 = 0``), so the zero matrix costs next to nothing on the wire.
+- Later rounds: the server sends only the delta it applied in its last aggregation,
+  ``layer.dA`` and/or ``layer.dB`` (sparse). Server and client both apply a delta with
+  :func:`add_delta` to identical tensors, so their copies stay bit-identical.
+- The client remembers the synced global in ``ClientStart.view`` as ``layer.A``,
+  ``layer.B`` and a 0-d ``round`` counter (local only, never on the wire). A delta arriving
+  at a client without a view is refused: such a client missed the full broadcast.
+
+Server state tensors: ``layer.A``, ``layer.B`` (the global adapter) and, after round 0, the
+dense delta applied in the last round (``layer.dA`` / ``layer.dB``), from which the next
+broadcast is rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from fedlora.errors import ConfigError, PayloadError
+from fedlora.methods.base import Factored, Lora, LoraPair, Payload, ServerState, Setup, Tensor
+from fedlora.methods.common import dense, key
+from fedlora.ops.sparse import Sparse
+
+ROUND = "round"
+"""View entry holding the number of broadcasts the client has applied minus one."""
+
+DeltaCheck = Callable[[str, str, Sparse | Tensor, int], None]
+"""``check(layer, part, delta, round)``: raise if a received delta is not the expected one."""
+
+
+def require_homogeneous(setup: Setup, method: str) -> None:
+    """Refuse federations whose clients differ in rank or alpha (one shared global adapter)."""
+    if not setup.homogeneous:
+        shapes = sorted({(c.rank, c.alpha) for c in setup.clients})
+        raise ConfigError(
+            f"{method} keeps one global adapter that every client shares, so all clients "
+            f"need the same LoRA rank and alpha; got (rank, alpha) pairs {shapes}"
+        )
+
+
+def global_lora(state: ServerState, setup: Setup) -> Lora:
+    """The global adapter held in ``state``."""
+    return {
+        s.name: LoraPair(state.tensors[key(s.name, "A")], state.tensors[key(s.name, "B")])
+        for s in setup.layers
+    }
+
+
+def global_scaled(state: ServerState, setup: Setup) -> dict[str, Factored]:
+    """``(s·B, A)`` per layer with the clients' common scaling ``s``."""
+    scaling = setup.clients[0].scaling
+    return {name: (scaling * p.B, p.A) for name, p in global_lora(state, setup).items()}
+
+
+def initial_payload(adapter: Mapping[str, LoraPair]) -> Payload:
+    """The full first broadcast: A dense, B as a sparse tensor of its nonzeros."""
+    out: Payload = {}
+    for layer, pair in adapter.items():
+        out[key(layer, "A")] = pair.A.detach().clone()
+        out[key(layer, "B")] = Sparse.from_mask(pair.B, pair.B != 0)
+    return out
+
+
+def add_delta(x: Tensor, delta: Sparse | Tensor | None) -> Tensor:
+    """``x + delta`` as both sides compute it (a new tensor; ``None`` means no change)."""
+    if delta is None:
+        return x.clone()
+    d = dense(delta)
+    if tuple(d.shape) != tuple(x.shape):
+        raise PayloadError(f"delta of shape {tuple(d.shape)} does not fit {tuple(x.shape)}")
+    return x + d.to(x.dtype)
+
+
+def is_full(payload: Payload, setup: Setup) -> bool:
+    """Whether ``payload`` is the full round-0 broadcast rather than a delta."""
+    return key(setup.layers[0].name, "A") in payload
+
+
+def apply_broadcast(
+    view: Mapping[str, Tensor] | None,
+    payload: Payload,
+    setup: Setup,
+    check: DeltaCheck | None = None,
+) -> dict[str, Tensor]:
+    """The client's new view after receiving ``payload``.
+
+    ``check`` is called on every received delta with the round it brings the view to.
+    """
+    if is_full(payload, setup):
+        out = {
+            key(s.name, part): dense(payload[key(s.name, part)]).clone()
+            for s in setup.layers
+            for part in ("A", "B")
+        }
+        out[ROUND] = torch.tensor(0, dtype=torch.int64)
+        return out
+    if view is None or ROUND not in view:
+        raise PayloadError(
+            "received a delta broadcast without a synchronised global adapter: this client "
+            "missed an earlier broadcast (every client must receive every broadcast)"
+        )
+    round_ = int(view[ROUND]) + 1
+    out = {}
+    for s in setup.layers:
+        for part in ("A", "B"):
+            delta = payload.get(key(s.name, "d" + part))
+            if delta is not None and check is not None:
+                check(s.name, part, delta, round_)
+            out[key(s.name, part)] = add_delta(view[key(s.name, part)], delta)
+    out[ROUND] = torch.tensor(round_, dtype=torch.int64)
+    return out
+
+
+def lora_from_view(view: Mapping[str, Tensor], setup: Setup) -> Lora:
+    """Fresh copies of the synced global adapter (the client's starting point)."""
+    return {
+        s.name: LoraPair(view[key(s.name, "A")].clone(), view[key(s.name, "B")].clone())
+        for s in setup.layers
+    }
+
+
+def view_round(view: Mapping[str, Tensor]) -> int:
+    """The round of the view (0 after the full broadcast)."""
+    return int(view[ROUND])
+
+
+def delta_schema(setup: Setup, rank: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the ``layer.dA`` (r×n) and ``layer.dB`` (m×r) upload entries."""
+    out: dict[str, tuple[int, ...]] = {}
+    for s in setup.layers:
+        out[key(s.name, "dA")] = (rank, s.in_features)
+        out[key(s.name, "dB")] = (s.out_features, rank)
+    return out
+
+
+def upload_delta(payload: Payload, layer: str, part: str, like: Tensor) -> Tensor:
+    """A client's uploaded delta of ``part`` as a dense tensor shaped and typed like ``like``."""
+    name = key(layer, "d" + part)
+    if name not in payload:
+        raise PayloadError(f"upload lacks {name}")
+    d = dense(payload[name])
+    if tuple(d.shape) != tuple(like.shape):
+        raise PayloadError(f"{name} has shape {tuple(d.shape)}, expected {tuple(like.shape)}")
+    return d.to(like.dtype)
