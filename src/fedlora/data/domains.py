@@ -99,7 +99,8 @@ def load_records(name: str, cache_dir: str | os.PathLike[str] | None = None) -> 
     """
     spec = _domain(name)
     folder = Path(data_cache_dir(cache_dir)) / name
-    return provisioned_records(spec.source.SOURCE, folder, spec.source.extract)
+    return provisioned_records(spec.source.SOURCE, folder, spec.source.extract,
+                               spec.source.FORMAT_VERSION)
 
 
 def load_split_records(

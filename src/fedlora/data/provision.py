@@ -6,7 +6,7 @@ folder, check its sha256 against the value pinned in the code (a registry that l
 a different build is an error, never a silent change of data), turn it into a list of plain
 records, and write them as ``records.jsonl`` next to a ``source.sha256`` stamp. The archive
 itself is not kept. A later call that finds both files, with the stamp equal to the pinned
-hash, reads the JSONL and touches no network.
+hash and processing version, reads the JSONL and touches no network.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def read_records(path: Path) -> list[Record]:
 
 
 def provisioned_records(
-    source: Source, folder: Path, extract: Callable[[Path], list[Record]]
+    source: Source, folder: Path, extract: Callable[[Path], list[Record]], version: int = 1
 ) -> list[Record]:
     """Return the processed records of ``source``, provisioning them on a cache miss.
 
@@ -205,6 +205,9 @@ def provisioned_records(
         The domain's cache folder; holds ``records.jsonl`` and ``source.sha256``.
     extract
         Turns the verified archive into records (each a dict of strings with an ``id``).
+    version
+        Version of ``extract``'s output; bump it when the processing changes so that caches
+        built by older code are rebuilt rather than trusted.
 
     Returns
     -------
@@ -212,11 +215,12 @@ def provisioned_records(
         The records, in the order ``extract`` produced them.
     """
     records_path, stamp_path = folder / RECORDS_FILE, folder / STAMP_FILE
+    stamp = f"{source.sha256} v{version}"
     if records_path.is_file() and stamp_path.is_file():
-        if stamp_path.read_text(encoding="utf-8").strip() == source.sha256:
+        if stamp_path.read_text(encoding="utf-8").strip() == stamp:
             log.debug("cache hit for %s in %s", source.label, folder)
             return read_records(records_path)
-        log.info("cache in %s was built from another archive; rebuilding", folder)
+        log.info("cache in %s was built from another archive or by older code; rebuilding", folder)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedlora-dl-") as tmp:
@@ -228,7 +232,7 @@ def provisioned_records(
     # The stamp is written last: a crash in between leaves a cache miss, never a bad hit.
     stamp_path.unlink(missing_ok=True)
     _write_atomic(records_path, lines)
-    _write_atomic(stamp_path, source.sha256 + "\n")
+    _write_atomic(stamp_path, stamp + "\n")
     log.info("provisioned %d records from %s in %.1f s", len(records), source.label,
              time.monotonic() - started)
     return records

@@ -14,7 +14,7 @@ from fedlora.data.types import Example
 
 CODE_PROMPT_CHARS = 360
 CODE_COMPLETION_CHARS = 240
-EMAIL_BODY_CHARS = 240
+EMAIL_BODY_CHARS = 240  # equal to the stored length; see sources.spamassassin.BODY_CHARS
 LITERATURE_PROMPT = "Continue this passage from {play}:\n{context}"
 EMAIL_PROMPT = "Classify this email as spam or ham.\nSubject: {subject}\n{body}"
 DICTIONARY_PROMPT = "Define the {pos} '{word}':"

