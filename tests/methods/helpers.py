@@ -269,7 +269,7 @@ def assert_same(a: Any, b: Any) -> None:
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
     elif isinstance(a, Mapping):
-        assert isinstance(b, Mapping) and list(a.keys()) == list(b.keys())
+        assert isinstance(b, Mapping) and set(a.keys()) == set(b.keys())
         for k in a:
             assert_same(a[k], b[k])
     elif isinstance(a, list | tuple):

@@ -106,3 +106,17 @@ def test_aggregation_never_allocates_an_m_by_n_matrix():
         method.global_delta(state, setup)
 
     assert rec.max_numel < 512 * 512 // 8, rec.op
+
+
+def test_malformed_uploads_are_refused():
+    from fedlora.errors import PayloadError
+
+    setup = tiny_setup(HETERO)
+    uploads = make_uploads(setup, torch.Generator().manual_seed(3))
+    method = Flora(FloraConfig())
+    state0 = method.init_server(setup)
+    with pytest.raises(PayloadError, match="uploaded twice"):
+        method.aggregate(state0, [uploads[0], uploads[1], uploads[0]], setup)
+    wrong = type(uploads[0])(0, 5, make_uploads(tiny_setup((4, 4, 4)), torch.Generator())[1].payload)
+    with pytest.raises(PayloadError, match="expected rank 2"):
+        method.aggregate(state0, [wrong, uploads[1]], setup)
