@@ -3,7 +3,7 @@
 DARE (Drop And REscale) is from L. Yu, B. Yu, H. Yu, F. Huang, Y. Li, "Language Models are
 Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch", ICML 2024: drop each
 element of a fine-tuning delta with probability ``p`` and scale the survivors by
-``1/(1 − p)`` (their Eq. for DARE), an unbiased random sparsification. The FedSRD paper
+``1/(1 − p)``, an unbiased random sparsification. The FedSRD paper
 (arXiv 2510.04601, WWW 2026) uses it as a federated baseline, "Fed-DARE", which is what this
 module implements:
 
