@@ -117,6 +117,7 @@ def test_malformed_uploads_are_refused():
     state0 = method.init_server(setup)
     with pytest.raises(PayloadError, match="uploaded twice"):
         method.aggregate(state0, [uploads[0], uploads[1], uploads[0]], setup)
-    wrong = type(uploads[0])(0, 5, make_uploads(tiny_setup((4, 4, 4)), torch.Generator())[1].payload)
+    rank4 = make_uploads(tiny_setup((4, 4, 4)), torch.Generator())[1].payload
+    wrong = type(uploads[0])(0, 5, rank4)  # client 0 has rank 2
     with pytest.raises(PayloadError, match="expected rank 2"):
         method.aggregate(state0, [wrong, uploads[1]], setup)

@@ -240,4 +240,5 @@ def test_broadcast_is_rescaled_when_client_scaling_differs():
 
         # Assert: each client's s_k B A is the same top-4 truncation of the global update
         pair: LoraPair = start.adapter["l0"]
-        assert rel_err(client.scaling * dense((pair.B, pair.A)), (u[:, :4] * s[:4]) @ vh[:4]) < 1e-10
+        top4 = (u[:, :4] * s[:4]) @ vh[:4]
+        assert rel_err(client.scaling * dense((pair.B, pair.A)), top4) < 1e-10

@@ -47,6 +47,7 @@ from fedlora.methods.base import (
 from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import client_pair, ordered, weighted_sum
+from fedlora.ops.sparse import Sparse
 from fedlora.ops.stack import compress, stack_products
 
 RES_L, RES_R = "res_L", "res_R"
@@ -66,7 +67,11 @@ class FedExConfig:
 def residual(
     pairs: Sequence[LoraPair], weights: Sequence[float], mean: LoraPair, scaling: float
 ) -> Factored:
-    """``s Σ p_k (B_k − B̄)(A_k − Ā)`` as a stacked pair (equals ``Σ p_k s B_k A_k − s B̄Ā``)."""
+    """``s Σ p_k (B_k − B̄)(A_k − Ā)`` as a stacked pair.
+
+    Equals ``Σ p_k s B_k A_k − s B̄Ā`` when the weights sum to one and ``mean`` is their
+    weighted mean; the rank is at most ``Σ r_k``.
+    """
     return stack_products(
         [p.B - mean.B for p in pairs],
         [p.A - mean.A for p in pairs],
@@ -85,9 +90,9 @@ def _state(round_: int, mean: Mapping[str, LoraPair], res: Mapping[str, Factored
     return ServerState(round=round_, tensors=tensors, meta={"residual_ranks": ranks})
 
 
-def _residuals(tensors: Mapping[str, object], setup: Setup) -> dict[str, Factored]:
+def _residuals(tensors: Mapping[str, Tensor | Sparse], setup: Setup) -> dict[str, Factored]:
     return {
-        s.name: (dense(tensors[key(s.name, RES_L)]), dense(tensors[key(s.name, RES_R)]))  # type: ignore[arg-type]
+        s.name: (dense(tensors[key(s.name, RES_L)]), dense(tensors[key(s.name, RES_R)]))
         for s in setup.layers
     }
 

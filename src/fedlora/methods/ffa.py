@@ -137,4 +137,6 @@ class Ffa(DefaultHooks):
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
         scaling = setup.clients[0].scaling
         a = frozen_a(setup, setup.max_rank)
-        return {s.name: (scaling * state.tensors[key(s.name, "B")], a[s.name]) for s in setup.layers}
+        return {
+            s.name: (scaling * state.tensors[key(s.name, "B")], a[s.name]) for s in setup.layers
+        }

@@ -92,9 +92,8 @@ def threshold_svd(
 
 
 def _state(round_: int, adapter: Mapping[str, LoraPair], ranks: Mapping[str, int]) -> ServerState:
-    return ServerState(
-        round=round_, tensors=lora_payload(adapter), meta={"ranks": dict(ranks)}  # type: ignore[arg-type]
-    )
+    tensors = {name: dense(t) for name, t in lora_payload(adapter).items()}
+    return ServerState(round=round_, tensors=tensors, meta={"ranks": dict(ranks)})
 
 
 def _adapter(state: ServerState, setup: Setup) -> dict[str, LoraPair]:

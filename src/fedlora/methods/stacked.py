@@ -68,7 +68,9 @@ def global_scaling(setup: Setup) -> float:
 def weighted_sum(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     """``Σ_k w_k T_k`` in the tensors' own dtype (float64 inputs stay float64)."""
     if not tensors or len(tensors) != len(weights):
-        raise ValueError(f"need K >= 1 tensors with one weight each, got {len(tensors)} / {len(weights)}")
+        raise ValueError(
+            f"need K >= 1 tensors with one weight each, got {len(tensors)} / {len(weights)}"
+        )
     out = weights[0] * tensors[0]
     for w, t in zip(weights[1:], tensors[1:], strict=True):
         out = out + w * t
