@@ -109,13 +109,13 @@ def test_million_element_tensor_encodes_and_decodes_fast() -> None:
     idx = random_positions(numel, numel // 10, seed=5)
 
     # Execute
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for fn in CODES.values():
         enc = fn(idx, numel)
         P.decode_positions(enc.encoding, enc.params, enc.data, numel, idx.size)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
 
-    # Assert: all three codes, both directions.
+    # Assert: all three codes, both directions, in CPU time (robust to a busy machine).
     assert elapsed < 1.0
 
 

@@ -1,0 +1,121 @@
+"""``fedlora comm``: measured bytes per round per client for every registered method."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from fedlora import comm, shapes
+from fedlora.methods import registry
+
+HEADER_PER_TENSOR = 256
+"""Generous container overhead allowance per payload entry (JSON header, alignment)."""
+
+DENSE_AB_METHODS = ("fedavg", "fedprox", "florist", "flexlora")
+
+
+@pytest.fixture(scope="module")
+def small_rows() -> dict[str, dict[str, Any]]:
+    rows = comm.comm_table("smollm2-135m", rank=2, clients=2, blocks=2)
+    return {r["method"]: r for r in rows}
+
+
+def test_every_registered_method_is_measured(small_rows: dict[str, dict[str, Any]]) -> None:
+    assert sorted(small_rows) == registry.names()
+    failed = {m: r["error"] for m, r in small_rows.items() if "error" in r}
+    assert not failed
+    for row in small_rows.values():
+        assert row["upload"]["bytes"] > 0 and row["download"]["bytes"] > 0
+
+
+def test_dense_methods_cost_four_bytes_per_parameter_plus_a_small_header(
+    small_rows: dict[str, dict[str, Any]],
+) -> None:
+    # Prepare: parameter count from the shapes, independently of comm.
+    layers = shapes.layer_specs("smollm2-135m", blocks=2)
+    params = shapes.lora_params(layers, 2)
+    allowance = HEADER_PER_TENSOR * 2 * len(layers)
+
+    for name in DENSE_AB_METHODS:
+        if name not in small_rows:
+            continue
+        for direction in ("upload", "download"):
+            # Execute
+            got = small_rows[name][direction]
+
+            # Assert
+            assert got["values"] == params, (name, direction)
+            assert 4 * params < got["bytes"] <= 4 * params + allowance, (name, direction)
+            assert got["encodings"] == {"A": {"dense": len(layers)}, "B": {"dense": len(layers)}}
+
+
+def test_ffa_sends_only_b(small_rows: dict[str, dict[str, Any]]) -> None:
+    if "ffa" not in small_rows:
+        pytest.skip("ffa not registered")
+    layers = shapes.layer_specs("smollm2-135m", blocks=2)
+    b_params = sum(2 * s.out_features for s in layers)
+    assert small_rows["ffa"]["upload"]["values"] == b_params
+
+
+def test_sparse_payloads_stay_within_1_10_of_the_information_bound(
+    small_rows: dict[str, dict[str, Any]],
+) -> None:
+    ratios = [
+        row[d]["sparse_bound_ratio"]
+        for row in small_rows.values()
+        for d in ("upload", "download")
+        if row[d]["sparse_bound_ratio"] is not None
+    ]
+    assert all(1.0 <= r <= 1.10 for r in ratios), ratios
+
+
+def test_sparse_methods_send_fewer_values_than_dense_ones(
+    small_rows: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("fedsrd", "fed_dare"):
+        if name in small_rows:
+            assert small_rows[name]["upload"]["values"] < small_rows["fedavg"]["upload"]["values"]
+
+
+def test_default_measures_two_blocks_and_scales_to_the_whole_model() -> None:
+    # Execute
+    (row,) = comm.comm_table("smollm2-135m", rank=2, clients=1, targets="q_proj", methods=["fedavg"])
+
+    # Assert
+    params = shapes.lora_params(shapes.layer_specs("smollm2-135m", "q_proj"), 2)
+    assert (row["measured_blocks"], row["blocks"]) == (2, 30)
+    assert row["lora_params"] == row["upload"]["values"] == params
+    assert 4 * params < row["upload"]["bytes"] <= 4 * params + HEADER_PER_TENSOR * 2 * 30
+
+
+def test_llama_3b_rank_64_reproduces_the_papers_dense_figures() -> None:
+    # Execute
+    (row,) = comm.comm_table("llama-3.2-3b", rank=64, clients=1, methods=["fedavg"])
+
+    # Assert: 97,255,424 parameters, 371 MiB each way, 742 per round per client.
+    assert row["lora_params"] == 97_255_424
+    assert round(row["upload"]["mb"]) == round(row["download"]["mb"]) == 371
+    assert round(row["total_mb"]) == 742 == row["paper_mb"]
+
+
+def test_main_prints_json_and_a_labelled_table(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--shape", "smollm2-135m", "--rank", "2", "--clients", "1", "--blocks", "1",
+            "--methods", "fedavg"]
+
+    assert comm.main(argv + ["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["unit_mb"].startswith("MiB") and data["rows"][0]["method"] == "fedavg"
+
+    assert comm.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "MiB" in text and "fedavg" in text
+
+
+def test_unknown_method_is_reported_not_fatal(capsys: pytest.CaptureFixture[str]) -> None:
+    status = comm.main(["--shape", "smollm2-135m", "--rank", "2", "--clients", "1",
+                        "--blocks", "1", "--methods", "fedavg,nope"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "nope" in out and "unknown method" in out
