@@ -127,7 +127,8 @@ def _encode_sparse(
         except ValueError as exc:
             raise ValueError(f"tensor {name!r}: {exc}") from None
         positions = {"encoding": enc.encoding, **enc.params}
-        stored[ct.positions_key(name)] = torch.frombuffer(bytearray(enc.data), dtype=torch.uint8)
+        # torch.frombuffer refuses an empty buffer (a sparse entry with no values).
+        stored[ct.positions_key(name)] = torch.tensor(list(enc.data), dtype=torch.uint8) if not enc.data else torch.frombuffer(bytearray(enc.data), dtype=torch.uint8)
         pos_bytes = len(enc.data)
     desc = {
         "kind": "sparse", "shape": list(sparse.shape), "dtype": value_dtype,

@@ -1,0 +1,45 @@
+"""Every registered method runs 2 rounds through `fedlora run` on the tiny model; methods
+that support heterogeneous ranks run with them, the others refuse them with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedlora.cli import main
+from fedlora.methods.registry import names
+from tests.conftest import tiny_overrides
+
+HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora"}
+
+
+@pytest.mark.parametrize("method", names())
+def test_method_runs_two_rounds(
+    method: str, tmp_path: Path, client_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    ranks = ["lora.ranks=[4, 2, 2]"] if method in HETERO else []
+
+    code = main(["run", *tiny_overrides(run, client_files), f"method={method}", *ranks])
+
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert all(r["accepted"] == [0, 1, 2] for r in records[1:])
+    tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert tensors and all(torch.isfinite(t).all() for t in tensors.values())
+    assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("method", sorted(set(names()) - HETERO))
+def test_method_without_hetero_support_refuses_mixed_ranks(
+    method: str, tmp_path: Path, client_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", *tiny_overrides(tmp_path / "r", client_files), f"method={method}",
+                 "lora.ranks=[4, 2, 2]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "rank" in err.lower() and "Traceback" not in err
