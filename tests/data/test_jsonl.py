@@ -35,7 +35,8 @@ def test_reads_examples_in_order_with_optional_label(tmp_path: Path) -> None:
 
 def test_accepts_crlf_and_missing_final_newline(tmp_path: Path) -> None:
     # Prepare
-    path = _write(tmp_path, '{"prompt": "a", "completion": "b"}\r\n{"prompt": "c", "completion": "d"}')
+    content = '{"prompt": "a", "completion": "b"}\r\n{"prompt": "c", "completion": "d"}'
+    path = _write(tmp_path, content)
     # Execute
     examples = load_jsonl(path)
     # Assert

@@ -100,20 +100,43 @@ def test_stale_stamp_triggers_rebuild(tmp_path: Path, fake_pip: FakePip) -> None
     assert records == _extract_payload()
 
 
+def test_pip_hash_refusal_is_reported_with_both_hashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: pip checks --hash itself and exits before we can hash the file
+    served = "c" * 64
+    stderr = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n"
+              f"        Expected sha256 {'0' * 64}\n             Got        {served}\n")
+
+    def refuse(cmd: list[str], cwd: Path, timeout: float, what: str) -> str:
+        raise provision.ToolFailed(f"{what}: failed", stderr)
+
+    monkeypatch.setattr(provision, "run_tool", refuse)
+    # Execute
+    with pytest.raises(DataError) as caught:
+        provision.fetch_verified(_source("0" * 64), tmp_path)
+    # Assert
+    assert "fake-pkg==1.0" in str(caught.value)
+    assert served in str(caught.value) and "0" * 64 in str(caught.value)
+
+
 def test_run_tool_reports_missing_command_and_failure(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         provision.run_tool(["fedlora-no-such-tool-xyz"], tmp_path, 5.0, "fetching x")
     with pytest.raises(DataError, match=r"fetching x: .*failed \(exit 3\): boom"):
-        provision.run_tool([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"],
-                           tmp_path, 30.0, "fetching x")
+        failing = "import sys; sys.stderr.write('boom'); sys.exit(3)"
+        provision.run_tool([sys.executable, "-c", failing], tmp_path, 30.0, "fetching x")
 
 
 def test_run_tool_times_out(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="did not finish"):
-        provision.run_tool([sys.executable, "-c", "import time; time.sleep(10)"], tmp_path, 0.5, "x")
+        provision.run_tool([sys.executable, "-c", "import time; time.sleep(10)"], tmp_path, 0.5,
+                           "x")
 
 
-def test_apt_without_apt_get_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apt_without_apt_get_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Prepare
     monkeypatch.setattr(provision.shutil, "which", lambda name: None)
     source = Source(client="apt", name="wordnet-base", version="1:3.0-37", sha256="0" * 64, size=1)

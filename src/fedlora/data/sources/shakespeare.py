@@ -138,7 +138,8 @@ def extract(archive: Path) -> list[Record]:
     titles.read_string(metadata)
     records: list[Record] = []
     for key in sorted(texts):
-        title = titles.get(key, "title", fallback=key.removesuffix("_gut").replace("_", " ").title())
+        fallback = key.removesuffix("_gut").replace("_", " ").title()
+        title = titles.get(key, "title", fallback=fallback)
         for line_no, context, following in passages(texts[key]):
             records.append({
                 "id": f"{key}:{line_no}", "play": title,

@@ -28,45 +28,38 @@ SOURCE = Source(
     sha256="8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
     size=19_941_393,
 )
-FORMAT_VERSION = 2  # bump when extract() output changes
+FORMAT_VERSION = 3  # bump when extract() output changes
 GROUPS = ("easy-ham-1", "easy-ham-2", "hard-ham-1", "spam-1", "spam-2")
 # Only as much body as a training prompt can show, so that two mails that look the same to
 # the model are caught by dedupe() and cannot straddle the train/held-out split.
-BODY_CHARS = 240
+BODY_CHARS = 160
 
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 
 
-def _decode_header(value: str | None) -> str:
-    if not value:
-        return ""
-    parts = []
-    for chunk, charset in email.header.decode_header(str(value)):
-        if isinstance(chunk, bytes):
-            parts.append(chunk.decode(charset or "latin-1", errors="replace")
-                         if _known_charset(charset) else chunk.decode("latin-1", errors="replace"))
-        else:
-            parts.append(chunk)
-    return _SPACE.sub(" ", "".join(parts)).strip()
-
-
-def _known_charset(charset: str | None) -> bool:
+def _codec(charset: str | None) -> str:
+    # Spam declares made-up charsets; latin-1 decodes any byte, so it is the safe fallback.
     try:
         "".encode(charset or "latin-1")
     except LookupError:
-        return False
-    return True
+        return "latin-1"
+    return charset or "latin-1"
+
+
+def _decode_header(value: str | None) -> str:
+    if not value:
+        return ""
+    parts = [chunk.decode(_codec(charset), errors="replace") if isinstance(chunk, bytes) else chunk
+             for chunk, charset in email.header.decode_header(str(value))]
+    return _SPACE.sub(" ", "".join(parts)).strip()
 
 
 def _part_text(part: email.message.Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
-    charset = part.get_content_charset() or "latin-1"
-    if not _known_charset(charset):
-        charset = "latin-1"
-    text = payload.decode(charset, errors="replace")
+    text = payload.decode(_codec(part.get_content_charset()), errors="replace")
     if part.get_content_type() == "text/html":
         text = html.unescape(_TAG.sub(" ", text))
     return text
