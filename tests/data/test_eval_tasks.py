@@ -69,6 +69,16 @@ def test_definition_items_skip_words_without_enough_distractors() -> None:
     assert eval_tasks.definition_items(words, seed=0) == []
 
 
+def test_choice_task_dispatches_by_domain() -> None:
+    # Prepare
+    emails = [{"id": "g/1", "label": "spam", "subject": "s", "body": "b"}]
+    words = [_word(i, "noun") for i in range(5)]
+    # Execute / Assert
+    assert eval_tasks.choice_task("email", emails, 0) == eval_tasks.spam_items(emails)
+    assert eval_tasks.choice_task("dictionary", words, 3) == eval_tasks.definition_items(words, 3)
+    assert eval_tasks.choice_task("code", [{"id": "HumanEval/0"}], 0) == []
+
+
 def test_choice_item_checks_answer_index() -> None:
     with pytest.raises(DataError):
         eval_tasks.ChoiceItem("q", ("a", "b"), 2)

@@ -107,6 +107,15 @@ def test_dirichlet_huge_alpha_splits_each_domain_evenly() -> None:
     np.testing.assert_allclose(_domain_shares(clients, domains), 0.25, atol=0.01)
 
 
+def test_dirichlet_client_lists_mix_their_domains() -> None:
+    # Prepare
+    domains = _domains([100, 100])
+    # Execute
+    clients = dirichlet(domains, 1, alpha=1.0, seed=0)
+    # Assert: one client holds both domains; its first 40 items are not all from one
+    assert 8 <= sum(item.startswith("d1") for item in clients[0][:40]) <= 32
+
+
 def test_dirichlet_seed_changes_the_split() -> None:
     # Prepare
     domains = _domains([50, 50])

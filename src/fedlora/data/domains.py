@@ -12,7 +12,9 @@ name           source (registry package)                       example
 A record is held out iff a hash of ``"<domain>/<record id>"`` falls below the held-out
 fraction. The split therefore depends on nothing but the record itself: not on the order of
 the source, on other records, on the Python version or on any seed, and a record never moves
-between parts when others are added or removed.
+between parts when others are added or removed. Both parts are ordered by that same hash,
+a fixed pseudo-random order: sources come sorted (all ham before spam, play after play), and
+callers that take the first N items must get a fair sample, not the first play.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def _domain(name: str) -> _Domain:
     return table[name]
 
 
+def _record_hash(domain: str, record_id: str) -> int:
+    digest = hashlib.sha256(f"{domain}/{record_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def is_heldout(domain: str, record_id: str, fraction: float = HELDOUT_FRACTION) -> bool:
     """Return whether a record belongs to the held-out part.
 
@@ -65,18 +72,22 @@ def is_heldout(domain: str, record_id: str, fraction: float = HELDOUT_FRACTION) 
     """
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"held-out fraction must be in [0, 1], got {fraction}")
-    digest = hashlib.sha256(f"{domain}/{record_id}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") < fraction * 2.0**64
+    return _record_hash(domain, record_id) < fraction * 2.0**64
 
 
 def split_records(
     domain: str, records: list[Record], fraction: float = HELDOUT_FRACTION
 ) -> tuple[list[Record], list[Record]]:
-    """Split records into (train, held-out) with :func:`is_heldout`, keeping their order."""
-    train: list[Record] = []
-    heldout: list[Record] = []
-    for record in records:
-        (heldout if is_heldout(domain, record["id"], fraction) else train).append(record)
+    """Split records into (train, held-out) with :func:`is_heldout`, each part in hash order.
+
+    The output does not depend on the order of ``records``.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"held-out fraction must be in [0, 1], got {fraction}")
+    keyed = sorted((_record_hash(domain, r["id"]), r["id"], i) for i, r in enumerate(records))
+    threshold = fraction * 2.0**64
+    train = [records[i] for h, _, i in keyed if not h < threshold]
+    heldout = [records[i] for h, _, i in keyed if h < threshold]
     return train, heldout
 
 

@@ -95,6 +95,21 @@ def definition_items(
     return items
 
 
+def choice_task(domain: str, heldout_records: Sequence[Record], seed: int) -> list[ChoiceItem]:
+    """The multiple-choice task of ``domain`` on its held-out records; [] if it has none.
+
+    ``email`` -> :func:`spam_items`, ``literature`` -> :func:`play_items`, ``dictionary`` ->
+    :func:`definition_items`; ``code`` has no choice task (it is scored by loss).
+    """
+    if domain == "email":
+        return spam_items(heldout_records)
+    if domain == "literature":
+        return play_items(heldout_records)
+    if domain == "dictionary":
+        return definition_items(heldout_records, seed)
+    return []
+
+
 def heldout_choice_tasks(
     cache_dir: str | os.PathLike[str] | None = None, seed: int = 0
 ) -> dict[str, list[ChoiceItem]]:
@@ -105,11 +120,9 @@ def heldout_choice_tasks(
     dict
         ``"spam"``, ``"play"`` and ``"definition"`` to their items.
     """
-    return {
-        "spam": spam_items(load_split_records("email", cache_dir)[1]),
-        "play": play_items(load_split_records("literature", cache_dir)[1]),
-        "definition": definition_items(load_split_records("dictionary", cache_dir)[1], seed),
-    }
+    tasks = {"spam": "email", "play": "literature", "definition": "dictionary"}
+    return {task: choice_task(domain, load_split_records(domain, cache_dir)[1], seed)
+            for task, domain in tasks.items()}
 
 
 def ood_arithmetic(count: int = 200, seed: int = 0) -> list[Example]:

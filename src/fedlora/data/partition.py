@@ -29,7 +29,8 @@ def by_domain(domains: Mapping[str, Sequence[T]], num_clients: int) -> list[list
     With ``D`` domains (in mapping order) and ``K`` clients, client ``k`` gets domain
     ``k mod D``. When several clients share a domain (``K > D``), its items are dealt to them
     round-robin so that no item is duplicated; when ``K < D``, client ``k`` takes every
-    domain ``d`` with ``d mod K == k`` so that no item is dropped.
+    domain ``d`` with ``d mod K == k`` so that no item is dropped. Items keep their input
+    order (``load_domain`` already returns them in a fixed pseudo-random order).
 
     Parameters
     ----------
@@ -71,7 +72,8 @@ def dirichlet(
     For each domain in mapping order, client shares ``p ~ Dir(alpha * 1_K)`` are drawn, the
     domain's items are shuffled and cut at ``floor(cumsum(p) * n)``. Small ``alpha`` gives
     each domain to few clients (strong heterogeneity); large ``alpha`` approaches an even
-    split of every domain (IID over domains).
+    split of every domain (IID over domains). Each client's items are then shuffled, so that
+    a prefix of a client's list mixes its domains.
 
     Parameters
     ----------
@@ -113,7 +115,7 @@ def dirichlet(
             for k, part in enumerate(np.split(order, cuts)):
                 clients[k].extend(items[int(i)] for i in part)
         if min(len(c) for c in clients) >= min_examples:
-            return clients
+            return [[c[int(i)] for i in rng.permutation(len(c))] for c in clients]
     raise DataError(
         f"no Dirichlet(alpha={alpha}) split gave every one of {num_clients} clients "
         f"{min_examples} items in {MAX_DIRICHLET_TRIES} draws; raise alpha or lower min_examples"
