@@ -1,0 +1,165 @@
+"""``fedlora bench server`` at a tiny size, so the benchmark cannot rot.
+
+No wall-time assertions: timings on a shared 2-core machine mean nothing in a test. What is
+asserted is what must hold at any size: every registered method is measured and listed, each
+agrees with its dense reference, the memory probe counts what it should, and the dense
+reference (which forms m×n matrices) is caught by the same probe that clears the methods.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from fedlora.bench import dense_reference as ref
+from fedlora.bench.memory import measure
+from fedlora.bench.server import BenchConfig, format_table, main, report_json, run_bench
+from fedlora.methods import registry
+
+TINY = BenchConfig(
+    shape="smollm2-135m",
+    targets=("q_proj", "v_proj"),
+    ranks=(4, 4),
+    blocks=1,
+    model_blocks=2,
+    repeats=1,
+    ref_repeats=1,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_report():  # type: ignore[no-untyped-def]
+    return run_bench(TINY, progress=lambda _: None)
+
+
+def test_every_registered_method_is_measured_and_matches_its_dense_reference(tiny_report) -> None:  # type: ignore[no-untyped-def]
+    # Prepare
+    expected = set(registry.names())
+    # Execute
+    data = json.loads(json.dumps(report_json(tiny_report)))
+    # Assert
+    methods = {m["method"]: m for m in data["methods"]}
+    assert set(methods) == expected
+    for name, m in methods.items():
+        assert m["rel_error"] is not None, f"{name} has no dense reference"
+        assert m["rel_error"] < 1e-4, (name, m["rel_error"])
+        assert m["project_subset"]["runs"] == 1 and m["project_full"]["median"] > 0
+        assert m["stacked_bytes"] > 0
+
+
+def test_table_has_a_row_per_method_and_every_target_line(tiny_report) -> None:  # type: ignore[no-untyped-def]
+    # Execute
+    table = format_table(tiny_report)
+    # Assert
+    rows = {line.split()[0] for line in table.splitlines()[3:] if line and not line.startswith(" ")}
+    assert set(registry.names()) <= rows
+    assert "targets:" in table
+    for name in registry.names():
+        assert f"{name}: rel. error vs dense reference" in table
+        assert f"{name}: peak <=" in table
+    # The absolute-size targets do not apply to the tiny shape and must say so, not pass.
+    assert "n/a   fedsrd whole llama-3.2-3b server step" in table
+
+
+def test_memory_probe_sees_dense_reference_but_no_method_forms_an_m_by_n_matrix(tiny_report) -> None:  # type: ignore[no-untyped-def]
+    # Assert
+    for r in tiny_report.results:
+        assert r.reference_memory is not None and r.memory is not None
+        assert r.memory.dense_shapes == (), (r.method, r.memory.dense_shapes)
+        if r.method in ("florist", "flexlora", "fedsrd", "fedex"):
+            assert r.reference_memory.dense_shapes, r.method
+
+
+def test_main_prints_json_and_rejects_an_unknown_shape() -> None:
+    # Prepare
+    out = io.StringIO()
+    argv = [
+        "--shape", "smollm2-135m", "--targets", "q_proj", "--rank", "2", "--clients", "2",
+        "--blocks", "1", "--model-blocks", "1", "--methods", "fedavg,florist", "--repeats", "1",
+        "--json", "--quiet",
+    ]
+    # Execute
+    status = main(argv, out=out)
+    bad = main(["--shape", "no-such-model", "--quiet"], out=io.StringIO())
+    # Assert
+    assert status == 0
+    data = json.loads(out.getvalue())
+    assert [m["method"] for m in data["methods"]] == ["fedavg", "florist"]
+    assert bad == 2
+
+
+def test_memory_probe_counts_new_storages_not_views_and_releases_freed_ones() -> None:
+    # Prepare
+    base = torch.zeros(100, 10)
+
+    def step() -> torch.Tensor:
+        view = base[:50]  # a view of an input: no new memory
+        tmp = torch.ones(1000)  # 4000 bytes ...
+        del tmp  # ... released: the next 4000 must not stack on top of it
+        tmp = torch.ones(1000)
+        kept = view * 2  # 50×10 float32 = 2000 bytes, alive together with tmp
+        del tmp
+        return kept
+
+    # Execute
+    use = measure(step, watch=[(50, 10)]).use
+    # Assert
+    assert use.peak_tensor_bytes == 4000 + 2000
+    assert use.largest_tensor_bytes == 4000
+    assert use.dense_shapes == ((50, 10),)
+
+
+def _inputs(uploads, starts, ranks, options=None, round_=1):  # type: ignore[no-untyped-def]
+    return ref.LayerInputs(
+        uploads=tuple(uploads),
+        starts=tuple(starts),
+        n_samples=tuple(10 * (k + 1) for k in range(len(uploads))),
+        ranks=tuple(ranks),
+        alphas=tuple(2.0 * r for r in ranks),
+        round=round_,
+        options=options or {},
+    )
+
+
+def test_florist_reference_at_tau_one_is_the_weighted_sum_of_client_products() -> None:
+    # Prepare: two clients of ranks 3 and 2 on a 6×5 layer, float64
+    gen = torch.Generator().manual_seed(1)
+    pairs = [(torch.randn(r, 5, generator=gen, dtype=torch.float64),
+              torch.randn(6, r, generator=gen, dtype=torch.float64)) for r in (3, 2)]
+    ups = [{"A": a, "B": b} for a, b in pairs]
+    inp = _inputs(ups, pairs, (3, 2), {"tau": 1.0})
+    # p = (10, 20) / 30, s_k = 2
+    expected = (1 / 3) * 2 * pairs[0][1] @ pairs[0][0] + (2 / 3) * 2 * pairs[1][1] @ pairs[1][0]
+    # Execute
+    got = ref.florist(inp)
+    # Assert
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+def test_fedsrd_e_reference_projects_the_aggregate_onto_the_row_space_of_a() -> None:
+    # Prepare: B^0 = 0, so round 1 gives s·W·pinv(A)·A with W = Σ p_k ΔB_k (A + ΔA_k)
+    gen = torch.Generator().manual_seed(2)
+    a0 = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    b0 = torch.zeros(4, 2, dtype=torch.float64)
+    ups = [{"dA": torch.randn(2, 6, generator=gen, dtype=torch.float64),
+            "dB": torch.randn(4, 2, generator=gen, dtype=torch.float64)} for _ in range(2)]
+    inp = _inputs(ups, [(a0, b0)] * 2, (2, 2))
+    w = (1 / 3) * ups[0]["dB"] @ (a0 + ups[0]["dA"]) + (2 / 3) * ups[1]["dB"] @ (a0 + ups[1]["dA"])
+    q, _ = torch.linalg.qr(a0.T)  # orthonormal basis of A's row space
+    expected = 2.0 * w @ q @ q.T
+    # Execute
+    got = ref.fedsrd_e(inp)
+    # Assert
+    assert torch.allclose(got, expected, atol=1e-10)
+
+
+def test_relative_error_and_stacked_bytes() -> None:
+    # Prepare
+    x = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    # Execute / Assert
+    assert ref.relative_error(x, x) == 0.0
+    assert ref.relative_error(torch.zeros(2, 2), x) == pytest.approx(1.0)
+    assert ref.stacked_bytes([4, 2], out_features=10, in_features=6) == 6 * 16 * 4
