@@ -92,7 +92,9 @@ def test_default_measures_two_blocks_and_scales_to_the_whole_model() -> None:
 
 def test_llama_3b_rank_64_reproduces_the_papers_dense_figures() -> None:
     # Execute
-    (row,) = comm.comm_table("llama-3.2-3b", rank=64, clients=1, methods=["fedavg"])
+    (row,) = comm.comm_table(
+        "llama-3.2-3b", rank=64, clients=1, methods=["fedavg"], rounds=1, measured_blocks=1
+    )
 
     # Assert: 97,255,424 parameters, 371 MiB each way, 742 per round per client.
     assert row["lora_params"] == 97_255_424

@@ -103,22 +103,31 @@ class _Tally:
             "mb": self.bytes / n * scale / MIB,
             "values": round(self.values / n * scale),
             "nonzero": round(self.nonzero / n * scale),
-            "encodings": self.encodings,
+            # Entries per payload using each encoding, per group ("A", "B", ...).
+            "encodings": {
+                g: {e: round(c / n * scale) for e, c in counts.items()}
+                for g, counts in self.encodings.items()
+            },
             "sparse_bound_ratio": ratio,
         }
 
 
 def measure_method(
-    method: Method, setup: Setup, *, value_dtype: str = "float32", seed: int = 0
+    method: Method,
+    setup: Setup,
+    *,
+    value_dtype: str = "float32",
+    seed: int = 0,
+    rounds: int = ROUNDS,
 ) -> tuple[_Tally, _Tally]:
-    """Run ``ROUNDS`` rounds of ``method`` on ``setup``; tally uploads and the broadcasts
-    that follow each aggregation."""
+    """Run ``rounds`` rounds of ``method`` on ``setup``; tally uploads and the broadcasts
+    that follow each aggregation (the one-time initial broadcast is not counted)."""
     method.validate(setup)
     gen = torch.Generator().manual_seed(seed)
     state = method.init_server(setup)
     views: dict[int, Any] = {}
     up, down = _Tally(), _Tally()
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         uploads = []
         for client in setup.clients:
             payload = method.broadcast(state, setup, client)
@@ -149,6 +158,8 @@ def comm_table(
     blocks: int | None = None,
     methods: Sequence[str] | None = None,
     value_dtype: str = "float32",
+    rounds: int = ROUNDS,
+    measured_blocks: int = DEFAULT_MEASURED_BLOCKS,
 ) -> list[dict[str, Any]]:
     """One row per method: measured upload / download bytes per round per client.
 
@@ -162,6 +173,8 @@ def comm_table(
         two blocks and scale to the whole model.
     methods : method names (default every registered method).
     value_dtype : how values travel ("float32", "bfloat16", "float16").
+    rounds : rounds simulated (figures are means over them).
+    measured_blocks : blocks actually run when ``blocks`` is None (then scaled).
 
     Returns
     -------
@@ -171,7 +184,7 @@ def comm_table(
     if rank < 1 or clients < 1:
         raise FedloraError(f"rank and clients must be positive, got rank={rank}, clients={clients}")
     total_blocks = shapes.model_shape(shape).layers
-    measured = blocks if blocks is not None else min(DEFAULT_MEASURED_BLOCKS, total_blocks)
+    measured = blocks if blocks is not None else min(measured_blocks, total_blocks)
     reported = blocks if blocks is not None else total_blocks
     scale = reported / measured
     layers = shapes.layer_specs(shape, targets, measured)
@@ -189,11 +202,13 @@ def comm_table(
             "method": name, "shape": shape, "rank": rank, "clients": clients,
             "targets": list(target_names), "blocks": reported, "measured_blocks": measured,
             "lora_params": round(params), "dense_mb": 4 * params / MIB, "value_dtype": value_dtype,
-            "paper_mb": PAPER_MB.get(name) if paper_applies else None,
+            "paper_mb": PAPER_MB.get(name) if paper_applies else None, "rounds": rounds,
         }
         started = time.perf_counter()
         try:
-            up, down = measure_method(registry.build(name), setup, value_dtype=value_dtype)
+            up, down = measure_method(
+                registry.build(name), setup, value_dtype=value_dtype, rounds=rounds
+            )
         except Exception as exc:  # one broken or inapplicable method must not hide the others
             logger.warning("comm: method %s failed: %s", name, exc, exc_info=not isinstance(exc, FedloraError))
             row["error"] = f"{type(exc).__name__}: {exc}"
@@ -227,7 +242,7 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
         f"{head['shape']}: LoRA rank {head['rank']} on {','.join(head['targets'])}, "
         f"{head['blocks']} blocks, {head['clients']} clients; {head['lora_params']:,} LoRA "
         f"parameters = {head['dense_mb']:.1f} MB dense fp32 each way",
-        "MB = MiB (2^20 bytes), per round per client, mean of 2 rounds; values "
+        f"MB = MiB (2^20 bytes), per round per client, mean of {head['rounds']} rounds; values "
         f"{head['value_dtype']}"
         + (f"; measured on {head['measured_blocks']} identical blocks, scaled x"
            f"{head['blocks'] / head['measured_blocks']:g}" if scaled else ""),

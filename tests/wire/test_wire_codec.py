@@ -148,6 +148,13 @@ def test_dense_payload_bytes_are_values_plus_small_header() -> None:
     assert 5 * 8 * 32 * 4 < len(buf) < 5 * 8 * 32 * 4 + 200 * 5
 
 
+def test_one_tensor_under_two_names_round_trips() -> None:
+    shared = torch.randn(3, 2)
+    out = decode(encode({"x.A": shared, "y.A": shared, "z.A": shared[1:]}))
+    assert torch.equal(out["x.A"], shared) and torch.equal(out["y.A"], shared)
+    assert torch.equal(out["z.A"], shared[1:])
+
+
 def test_empty_payload_round_trips() -> None:
     assert decode(encode({})) == {}
 

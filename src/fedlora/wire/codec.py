@@ -75,6 +75,7 @@ def encode_with_stats(
     tensors: dict[str, torch.Tensor] = {}
     description: dict[str, dict[str, object]] = {}
     stats: list[TensorStats] = []
+    storages: set[int] = set()
     for name, entry in payload.items():
         if not isinstance(name, str) or not name or ct.SEP in name:
             raise ValueError(f"payload name {name!r} must be a non-empty str without {ct.SEP!r}")
@@ -85,7 +86,12 @@ def encode_with_stats(
         else:
             raise ValueError(f"tensor {name!r}: unsupported payload entry {type(entry).__name__}")
         description[name] = desc
-        tensors.update(stored)
+        for key, tensor in stored.items():
+            # safetensors refuses tensors sharing storage (e.g. one tensor under two names);
+            # such entries get their own copy.
+            ptr = tensor.untyped_storage().data_ptr()
+            tensors[key] = tensor.clone() if ptr in storages and tensor.numel() else tensor
+            storages.add(ptr)
         stats.append(st)
     buf = ct.write(tensors, description)
     return buf, WireStats(len(buf), tuple(stats))
