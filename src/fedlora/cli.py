@@ -94,8 +94,12 @@ class RoundTable:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from fedlora import config
     from fedlora.runtime import simulation
+
+    hf_logging.disable_progress_bar()  # our own progress is shown; theirs is noise here
 
     if args.resume:
         import json
@@ -126,6 +130,20 @@ def cmd_comm(args: argparse.Namespace) -> int:
     from fedlora.comm import main as comm_main
 
     return comm_main(args.rest)
+
+
+BENCHES = {
+    "server": "fedlora.bench.server",
+    "client": "fedlora.bench.client",
+    "quality": "fedlora.bench.quality",
+}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(BENCHES[args.which])
+    return int(module.main(args.rest))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "model shape", add_help=False)
     comm.add_argument("rest", nargs=argparse.REMAINDER)
     comm.set_defaults(func=cmd_comm)
+
+    bench = sub.add_parser("bench", help="benchmarks: server aggregation, client training, "
+                           "quality per byte", description="Run `fedlora bench WHICH --help` "
+                           "for a benchmark's options.")
+    bench.add_argument("which", choices=sorted(BENCHES))
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -167,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -120,6 +120,8 @@ class FederationConfig:
     clients_per_round: float = 1.0  # fraction in (0, 1] or a count > 1
     weighting: str = "samples"  # samples | uniform
     min_clients: int = 1
+    client_timeout_s: float = 0.0  # a client training longer is dropped; 0 = no limit
+    outlier_norm_ratio: float = 20.0  # reject uploads above ratio x median norm; 0 = off
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", f"must be at least 1, got {self.rounds}")
@@ -130,6 +132,9 @@ class FederationConfig:
             f"must be 'samples' or 'uniform', got {self.weighting!r}",
         )
         _check(self.min_clients >= 1, "federation.min_clients", "must be at least 1")
+        _check(self.client_timeout_s >= 0, "federation.client_timeout_s", "must be >= 0")
+        _check(self.outlier_norm_ratio == 0 or self.outlier_norm_ratio > 1,
+               "federation.outlier_norm_ratio", "must be 0 (off) or above 1")
 
 
 @dataclass(frozen=True)

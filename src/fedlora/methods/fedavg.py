@@ -54,14 +54,19 @@ class FedAvgConfig:
 
 def average_factors(uploads: Sequence[Upload], setup: Setup) -> Lora:
     """``Σ p_k A_k`` and ``Σ p_k B_k`` per layer, zero-padded to the largest rank."""
+    # Sum in client-id order so the result does not depend on arrival order, even in the
+    # last bit; accumulate in the uploads' own precision.
+    uploads = sorted(uploads, key=lambda u: u.cid)
     weights = aggregation_weights(uploads, setup.weighting)
     rank = setup.max_rank
+    adapters = [lora_from_payload(up.payload, setup) for up in uploads]
     out: Lora = {}
     for spec in setup.layers:
-        a_sum = torch.zeros(rank, spec.in_features)
-        b_sum = torch.zeros(spec.out_features, rank)
-        for p, up in zip(weights, uploads, strict=True):
-            pair = pad_rank(lora_from_payload(up.payload, setup)[spec.name], rank)
+        dtype = adapters[0][spec.name].A.dtype
+        a_sum = torch.zeros(rank, spec.in_features, dtype=dtype)
+        b_sum = torch.zeros(spec.out_features, rank, dtype=dtype)
+        for p, adapter in zip(weights, adapters, strict=True):
+            pair = pad_rank(adapter[spec.name], rank)
             a_sum += p * pair.A
             b_sum += p * pair.B
         out[spec.name] = LoraPair(a_sum, b_sum)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from fedlora.config import DataConfig
 from fedlora.data.domains import load_domain, load_split_records
-from fedlora.data.eval_tasks import definition_items, ood_arithmetic, play_items, spam_items
+from fedlora.data.eval_tasks import ChoiceItem, choice_task, ood_arithmetic
 from fedlora.data.jsonl import load_jsonl
 from fedlora.data.partition import by_domain, dirichlet, iid
 from fedlora.data.types import Example
@@ -14,20 +14,11 @@ from fedlora.errors import DataError
 
 
 @dataclass(frozen=True)
-class Question:
-    """A multiple-choice item built from held-out data."""
-
-    prompt: str
-    choices: tuple[str, ...]
-    answer: int
-
-
-@dataclass(frozen=True)
 class Heldout:
     """A domain's held-out completions and its multiple-choice questions (may be empty)."""
 
     examples: list[Example]
-    questions: list[Question] = field(default_factory=list)
+    questions: list[ChoiceItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -60,20 +51,6 @@ def _file_split(cfg: DataConfig) -> ClientSplit:
 OOD_NAME = "ood-arithmetic"
 
 
-def _questions(domain: str, seed: int) -> list[Question]:
-    """The domain's multiple-choice task on its held-out records (none for code)."""
-    records = load_split_records(domain)[1]
-    if domain == "email":
-        items = spam_items(records)
-    elif domain == "literature":
-        items = play_items(records)
-    elif domain == "dictionary":
-        items = definition_items(records, seed)
-    else:
-        return []
-    return [Question(q.prompt, tuple(q.choices), q.answer) for q in items]
-
-
 def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     """Assign training data to ``cfg.clients`` clients as ``cfg.partition`` says."""
     if cfg.partition == "files":
@@ -88,7 +65,8 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
         clients = iid([ex for exs in train.values() for ex in exs], cfg.clients, seed)
     heldout = {
         name: Heldout(d.heldout[: cfg.max_eval_per_domain],
-                      _questions(name, seed)[: cfg.max_eval_per_domain])
+                      choice_task(name, load_split_records(name)[1], seed)
+                      [: cfg.max_eval_per_domain])
         for name, d in domains.items()
     }
     # Out of domain: arithmetic word problems that no client trains on (loss only).

@@ -186,8 +186,7 @@ def run_round(fed: Federation, rs: RunState, report: Reporter) -> dict[str, Any]
     server = server_step(method=method, state=rs.state, setup=setup, uploads=uploads,
                          failures=failures, cfg=cfg)
     for cid, o in outcomes.items():
-        if o.error is None:
-            rs.views[cid] = o.view
+        rs.views[cid] = o.view
     rs.state = server.state
     rs.round = t
 

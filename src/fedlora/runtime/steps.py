@@ -9,6 +9,8 @@ here are the bytes a network carries.
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from fedlora.config import RunConfig
 from fedlora.errors import PayloadError
 from fedlora.methods.base import ClientSpec, Method, Payload, ServerState, Setup, Tensor, Upload
 from fedlora.ops.prng import splitmix64
+from fedlora.ops.sparse import Sparse
 from fedlora.train.adapters import slot_name
 from fedlora.train.batches import Encoded
 from fedlora.train.local import train_local
@@ -107,19 +110,28 @@ def client_step(
     outcome = ClientOutcome(cid=client.cid, view=dict(start.view))
     if not train:
         return outcome
-    result = train_local(
-        model,
-        slot_name(client.rank, client.alpha),
-        start,
-        examples,
-        cfg.train,
-        derive_seed(setup.seed, 2, round_, client.cid),
-        pad_id,
-        regulariser=lambda current: method.regulariser(current, start),
-    )
-    payload = method.upload(
-        start, result.adapter, setup, client, derive_seed(setup.seed, 3, round_, client.cid)
-    )
+    # The broadcast is applied (the view above) even if training fails below, so a client
+    # that crashes in one round is still in sync for the next.
+    try:
+        result = train_local(
+            model,
+            slot_name(client.rank, client.alpha),
+            start,
+            examples,
+            cfg.train,
+            derive_seed(setup.seed, 2, round_, client.cid),
+            pad_id,
+            regulariser=lambda current: method.regulariser(current, start),
+            timeout_s=cfg.federation.client_timeout_s,
+        )
+        payload = method.upload(
+            start, result.adapter, setup, client, derive_seed(setup.seed, 3, round_, client.cid)
+        )
+    except Exception as exc:  # noqa: BLE001 - any local failure drops this client only
+        log.warning("round %d: client %d failed: %s: %s", round_, client.cid,
+                    type(exc).__name__, exc)
+        outcome.error = f"client failed: {type(exc).__name__}: {exc}"
+        return outcome
     outcome.upload = send(payload, cfg)
     outcome.n_samples = len(examples)
     outcome.train_loss = result.mean_loss
@@ -127,6 +139,39 @@ def client_step(
     outcome.train_seconds = result.seconds
     outcome.overhead_seconds = time.perf_counter() - began - result.seconds
     return outcome
+
+
+def payload_norm(payload: Payload) -> float:
+    """Frobenius norm of everything a payload carries."""
+    total = 0.0
+    for value in payload.values():
+        vals = value.values if isinstance(value, Sparse) else value
+        total += float(vals.double().pow(2).sum())
+    return math.sqrt(total)
+
+
+def _reject_outliers(
+    uploads: list[Upload], ratio: float, dropped: dict[int, str], round_: int
+) -> list[Upload]:
+    """Drop uploads whose norm exceeds ``ratio`` times the round's median upload norm.
+
+    A median needs company: with fewer than 3 uploads nothing is judged. One client sending a
+    wildly scaled update cannot move the median, so it cannot hide itself.
+    """
+    if ratio <= 0 or len(uploads) < 3:
+        return uploads
+    norms = {u.cid: payload_norm(u.payload) for u in uploads}
+    median = statistics.median(norms.values())
+    kept = []
+    for u in uploads:
+        if median > 0 and norms[u.cid] > ratio * median:
+            why = (f"outlier upload: norm {norms[u.cid]:.4g} is above {ratio:g} x the median "
+                   f"{median:.4g}")
+            log.warning("round %d: dropping client %d: %s", round_, u.cid, why)
+            dropped[u.cid] = why
+        else:
+            kept.append(u)
+    return kept
 
 
 @dataclass
@@ -172,6 +217,7 @@ def server_step(
             dropped[cid] = f"invalid upload: {exc}"
             continue
         decoded.append(Upload(cid=cid, n_samples=n_samples, payload=payload))
+    decoded = _reject_outliers(decoded, cfg.federation.outlier_norm_ratio, dropped, state.round + 1)
     if len(decoded) < cfg.federation.min_clients:
         log.warning(
             "round %d skipped: %d valid uploads, fewer than min_clients=%d",

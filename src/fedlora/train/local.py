@@ -59,8 +59,12 @@ def train_local(
     seed: int,
     pad_id: int,
     regulariser: Callable[[Lora], Tensor | None] | None = None,
+    timeout_s: float = 0.0,
 ) -> LocalResult:
-    """Train ``start.adapter`` in ``slot`` on ``examples`` and return the trained factors."""
+    """Train ``start.adapter`` in ``slot`` on ``examples`` and return the trained factors.
+
+    With ``timeout_s > 0``, raises ``TimeoutError`` once an optimiser step ends past it.
+    """
     began = time.perf_counter()
     set_lora(model, slot, start.adapter)
     model.set_adapter(slot)  # type: ignore[operator]
@@ -83,6 +87,9 @@ def train_local(
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimiser.step()
+        if timeout_s > 0 and time.perf_counter() - began > timeout_s:
+            model.eval()
+            raise TimeoutError(f"local training exceeded {timeout_s:g} s")
     model.eval()
     for p in params:
         p.requires_grad_(False)

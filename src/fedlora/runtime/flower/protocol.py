@@ -1,0 +1,220 @@
+"""What a Flower message between the fedlora ServerApp and ClientApp holds.
+
+Translation only: fedlora payloads travel as the exact bytes ``fedlora.wire`` produced (one
+``bytes`` value in a ``ConfigRecord``), so the bytes a run records are the bytes encoded,
+exactly as in the in-process runtime. Everything else is a few scalars.
+
+A client's memory between rounds (its ``view`` and the base merges it has added to its own
+copy of the base weights) is kept in Flower's per-node ``context.state`` as one safetensors
+blob: tensors of any dtype round-trip bit-exactly and nothing is pickled. The same blob is
+what the server sends to re-synchronise a client that missed a round or joined late.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord, RecordDict
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fedlora.errors import PayloadError
+from fedlora.methods.base import Factored, Tensor
+
+TRAIN = "train"  # Flower message type of a round (every client gets one each round)
+QUERY = "query"  # Flower message type asking a SuperNode which partition it serves
+RECORD = "fedlora"  # key of the ConfigRecord in every message
+SYNC = "fedlora-sync"  # key of the optional re-synchronisation record
+STATE_KEY = "fedlora-memory"  # key in ``context.state`` of the client's memory
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """The server's message to one client for one round.
+
+    ``config`` is the run's config as JSON (``config.to_dict``), so the server's config is
+    the only one; ``broadcast`` is the wire-encoded broadcast; ``sync``, when present, is a
+    :class:`Memory` blob that replaces what the client remembers.
+    """
+
+    round: int
+    cid: int
+    train: bool
+    config: str
+    broadcast: bytes
+    sync: bytes | None = None
+
+
+@dataclass
+class Report:
+    """A client's reply for one round. ``status`` is ``ok``, ``failed`` (training failed;
+    the broadcast was still applied) or ``out-of-sync`` (the client's memory is not that of
+    the previous round and no sync came with the message)."""
+
+    cid: int
+    round: int
+    status: str
+    upload: bytes | None = None
+    params: int = 0
+    encodings: dict[str, dict[str, int]] = field(default_factory=dict)
+    n_samples: int = 0
+    train_loss: float | None = None
+    tokens: int = 0
+    train_seconds: float = 0.0
+    overhead_seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a client carries from round to round: the last round it applied, its view
+    (``None`` before its first broadcast, as in the in-process runtime) and every base
+    merge so far, in order (replayed onto a freshly built base model)."""
+
+    round: int
+    view: dict[str, Tensor] | None
+    merges: tuple[dict[str, Factored], ...] = ()
+
+
+def _get(rec: ConfigRecord, key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in rec:
+        raise PayloadError(f"flower message lacks {key!r}")
+    value = rec[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise PayloadError(f"flower message field {key!r} has type {type(value).__name__}")
+    return value
+
+
+def instruction_content(ins: Instruction) -> RecordDict:
+    """The ``RecordDict`` of a round message."""
+    rec = ConfigRecord({"round": ins.round, "cid": ins.cid, "train": ins.train,
+                        "config": ins.config, "broadcast": ins.broadcast})
+    content = RecordDict({RECORD: rec})
+    if ins.sync is not None:
+        content[SYNC] = ConfigRecord({"memory": ins.sync})
+    return content
+
+
+def read_instruction(content: RecordDict) -> Instruction:
+    """Parse a round message (raises ``PayloadError`` on anything malformed)."""
+    if RECORD not in content.config_records:
+        raise PayloadError("flower message has no fedlora record")
+    rec = content.config_records[RECORD]
+    sync = None
+    if SYNC in content.config_records:
+        sync = _get(content.config_records[SYNC], "memory", bytes)
+    return Instruction(round=_get(rec, "round", int), cid=_get(rec, "cid", int),
+                       train=_get(rec, "train", bool), config=_get(rec, "config", str),
+                       broadcast=_get(rec, "broadcast", bytes), sync=sync)
+
+
+def report_content(rep: Report) -> RecordDict:
+    """The ``RecordDict`` of a client's reply."""
+    values: dict[str, Any] = {
+        "cid": rep.cid, "round": rep.round, "status": rep.status, "params": rep.params,
+        "encodings": json.dumps(rep.encodings), "n_samples": rep.n_samples,
+        "tokens": rep.tokens, "train_seconds": rep.train_seconds,
+        "overhead_seconds": rep.overhead_seconds,
+    }
+    if rep.upload is not None:
+        values["upload"] = rep.upload
+    if rep.train_loss is not None:
+        values["train_loss"] = rep.train_loss
+    if rep.error is not None:
+        values["error"] = rep.error
+    return RecordDict({RECORD: ConfigRecord(values)})
+
+
+def read_report(content: RecordDict) -> Report:
+    """Parse a client's reply (raises ``PayloadError`` on anything malformed)."""
+    if RECORD not in content.config_records:
+        raise PayloadError("flower reply has no fedlora record")
+    rec = content.config_records[RECORD]
+    try:
+        encodings = json.loads(_get(rec, "encodings", str))
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"flower reply has bad encodings: {exc}") from None
+    status = _get(rec, "status", str)
+    if status not in ("ok", "failed", "out-of-sync"):
+        raise PayloadError(f"flower reply has unknown status {status!r}")
+    return Report(
+        cid=_get(rec, "cid", int), round=_get(rec, "round", int), status=status,
+        upload=_get(rec, "upload", bytes) if "upload" in rec else None,
+        params=_get(rec, "params", int), encodings=encodings,
+        n_samples=_get(rec, "n_samples", int),
+        train_loss=float(_get(rec, "train_loss", (int, float))) if "train_loss" in rec else None,
+        tokens=_get(rec, "tokens", int),
+        train_seconds=float(_get(rec, "train_seconds", (int, float))),
+        overhead_seconds=float(_get(rec, "overhead_seconds", (int, float))),
+        error=_get(rec, "error", str) if "error" in rec else None,
+    )
+
+
+def pack_memory(memory: Memory) -> bytes:
+    """Serialise a client's memory (safetensors; exact for every dtype)."""
+    tensors: dict[str, Tensor] = {}
+    for name, t in (memory.view or {}).items():
+        tensors[f"view/{name}"] = t.detach().contiguous().clone()
+    for i, merge in enumerate(memory.merges):
+        for layer, (left, right) in merge.items():
+            tensors[f"merge/{i}/{layer}/L"] = left.detach().contiguous().clone()
+            tensors[f"merge/{i}/{layer}/R"] = right.detach().contiguous().clone()
+    meta = {"round": str(memory.round), "has_view": str(int(memory.view is not None)),
+            "merges": str(len(memory.merges))}
+    return st_save(tensors, metadata=meta)
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    # safetensors' Python API loads tensors but not the header metadata; the header is an
+    # 8-byte little-endian length followed by that much JSON.
+    if len(blob) < 8:
+        raise PayloadError("client memory blob is truncated")
+    size = int.from_bytes(blob[:8], "little")
+    if size > len(blob) - 8:
+        raise PayloadError("client memory blob header is truncated")
+    try:
+        header = json.loads(blob[8:8 + size])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"client memory blob header is corrupt: {exc}") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise PayloadError("client memory blob has no metadata")
+    return meta
+
+
+def unpack_memory(blob: bytes) -> Memory:
+    """Inverse of :func:`pack_memory` (raises ``PayloadError`` on a corrupt blob)."""
+    meta = _metadata(blob)
+    try:
+        tensors = st_load(blob)
+        round_, has_view, count = int(meta["round"]), meta["has_view"] == "1", int(meta["merges"])
+    except (SafetensorError, KeyError, ValueError) as exc:
+        raise PayloadError(f"client memory blob is corrupt: {exc}") from None
+    view: dict[str, Tensor] = {}
+    parts: list[dict[str, dict[str, Tensor]]] = [{} for _ in range(count)]
+    for key, t in tensors.items():
+        kind, _, rest = key.partition("/")
+        if kind == "view":
+            view[rest] = t
+        elif kind == "merge":
+            index, _, tail = rest.partition("/")
+            layer, _, side = tail.rpartition("/")
+            if not index.isdigit() or int(index) >= count or side not in ("L", "R"):
+                raise PayloadError(f"client memory blob has a bad key {key!r}")
+            parts[int(index)].setdefault(layer, {})[side] = t
+        else:
+            raise PayloadError(f"client memory blob has a bad key {key!r}")
+    merges: list[dict[str, Factored]] = []
+    for part in parts:
+        if any(set(p) != {"L", "R"} for p in part.values()):
+            raise PayloadError("client memory blob has a half merge")
+        merges.append({layer: (p["L"], p["R"]) for layer, p in part.items()})
+    return Memory(round_, view if has_view else None, tuple(merges))
+
+
+def empty_memory() -> Memory:
+    """The memory of a client before round 1."""
+    return Memory(0, None, ())
