@@ -79,13 +79,13 @@ def test_sparse_methods_send_fewer_values_than_dense_ones(
             assert small_rows[name]["upload"]["values"] < small_rows["fedavg"]["upload"]["values"]
 
 
-def test_default_measures_two_blocks_and_scales_to_the_whole_model() -> None:
+def test_default_measures_one_block_and_scales_to_the_whole_model() -> None:
     # Execute
     (row,) = comm.comm_table("smollm2-135m", rank=2, clients=1, targets="q_proj", methods=["fedavg"])
 
     # Assert
     params = shapes.lora_params(shapes.layer_specs("smollm2-135m", "q_proj"), 2)
-    assert (row["measured_blocks"], row["blocks"]) == (2, 30)
+    assert (row["measured_blocks"], row["blocks"]) == (1, 30)
     assert row["lora_params"] == row["upload"]["values"] == params
     assert 4 * params < row["upload"]["bytes"] <= 4 * params + HEADER_PER_TENSOR * 2 * 30
 
@@ -93,7 +93,7 @@ def test_default_measures_two_blocks_and_scales_to_the_whole_model() -> None:
 def test_llama_3b_rank_64_reproduces_the_papers_dense_figures() -> None:
     # Execute
     (row,) = comm.comm_table(
-        "llama-3.2-3b", rank=64, clients=1, methods=["fedavg"], rounds=1, measured_blocks=1
+        "llama-3.2-3b", rank=64, clients=1, methods=["fedavg"], rounds=1
     )
 
     # Assert: 97,255,424 parameters, 371 MiB each way, 742 per round per client.

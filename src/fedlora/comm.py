@@ -11,9 +11,10 @@ Synthetic training adds Gaussian noise (std 0.01) to the trainable factors; meth
 their default options, so sparse methods use their default sparsity.
 
 Scaling: every decoder block of a model has identical layer shapes, so by default only the
-first two blocks are run and bytes and parameter counts are multiplied by
+first block is run and bytes and parameter counts are multiplied by
 ``blocks / measured_blocks`` (the container's fixed ~70-byte preamble is scaled with them,
-an overstatement under 1 KB). ``blocks=`` measures exactly that many blocks, unscaled.
+an overstatement under 2 KB). ``blocks=`` measures exactly that many blocks, unscaled.
+Container overhead (the JSON header, about 200 bytes per tensor) is reported separately.
 
 Units: "MB" in this module's output means MiB (2^20 bytes). That is the convention of the
 FedSRD paper's figures: 97,255,424 float32 parameters (Llama-3.2-3B, r=64, all linear
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 MIB = 1 << 20
 ROUNDS = 2
 TRAIN_NOISE = 0.01
-DEFAULT_MEASURED_BLOCKS = 2
+DEFAULT_MEASURED_BLOCKS = 1
 
 PAPER_SHAPE, PAPER_RANK = "llama-3.2-3b", 64
 PAPER_MB = {"fedavg": 742.0, "ffa": 371.0, "fed_dare": 190.0, "fedsrd": 74.0}
@@ -73,6 +74,7 @@ class _Tally:
     def __init__(self) -> None:
         self.count = 0
         self.bytes = 0
+        self.overhead = 0
         self.values = 0
         self.nonzero = 0
         self.spent_bits = 0.0
@@ -83,6 +85,7 @@ class _Tally:
     def add(self, stats: WireStats) -> None:
         self.count += 1
         self.bytes += stats.total_bytes
+        self.overhead += stats.overhead_bytes
         self.values += stats.values
         self.nonzero += stats.nonzero
         self.dtypes.update(stats.value_dtypes)
@@ -101,6 +104,7 @@ class _Tally:
         return {
             "bytes": round(self.bytes / n * scale),
             "mb": self.bytes / n * scale / MIB,
+            "overhead_bytes": round(self.overhead / n * scale),
             "values": round(self.values / n * scale),
             "nonzero": round(self.nonzero / n * scale),
             # Entries per payload using each encoding, per group ("A", "B", ...).
@@ -170,7 +174,7 @@ def comm_table(
     clients : number of clients, all sampled every round.
     targets : target modules (default all seven linear layers of a block).
     blocks : measure exactly this many blocks and report them unscaled; default: measure
-        two blocks and scale to the whole model.
+        ``measured_blocks`` blocks and scale to the whole model.
     methods : method names (default every registered method).
     value_dtype : how values travel ("float32", "bfloat16", "float16").
     rounds : rounds simulated (figures are means over them).
@@ -218,8 +222,14 @@ def comm_table(
         row["download"] = down.summary(scale)
         row["total_mb"] = row["upload"]["mb"] + row["download"]["mb"]
         row["seconds"] = time.perf_counter() - started
+        logger.info("comm: %s measured in %.1f s", name, row["seconds"])
         rows.append(row)
     return rows
+
+
+def _fmt_mb(value: float) -> str:
+    # Two decimals for small models so their rows are not all "0.0".
+    return f"{value:>9.1f}" if value >= 10 else f"{value:>9.3f}"
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -244,11 +254,12 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
         f"parameters = {head['dense_mb']:.1f} MB dense fp32 each way",
         f"MB = MiB (2^20 bytes), per round per client, mean of {head['rounds']} rounds; values "
         f"{head['value_dtype']}"
-        + (f"; measured on {head['measured_blocks']} identical blocks, scaled x"
-           f"{head['blocks'] / head['measured_blocks']:g}" if scaled else ""),
+        + (f"; measured on {head['measured_blocks']} of {head['blocks']} identical blocks, "
+           f"scaled x{head['blocks'] / head['measured_blocks']:g}" if scaled else ""),
         "",
         f"{'method':<10} {'up MB':>9} {'down MB':>9} {'total MB':>9} {'paper MB':>9} "
-        f"{'up vals':>12} {'down vals':>12} {'bound up':>8} {'bound dn':>8}  encodings up / down",
+        f"{'hdr KB':>7} {'up vals':>12} {'down vals':>12} {'bound up':>8} {'bound dn':>8}  "
+        "encodings up / down",
     ]
     for r in rows:
         paper = "-" if r.get("paper_mb") is None else f"{r['paper_mb']:.0f}"
@@ -257,13 +268,15 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
             continue
         u, d = r["upload"], r["download"]
         lines.append(
-            f"{r['method']:<10} {u['mb']:>9.1f} {d['mb']:>9.1f} {r['total_mb']:>9.1f} {paper:>9} "
+            f"{r['method']:<10} {_fmt_mb(u['mb'])} {_fmt_mb(d['mb'])} {_fmt_mb(r['total_mb'])} "
+            f"{paper:>9} {(u['overhead_bytes'] + d['overhead_bytes']) / 1024:>7.1f} "
             f"{u['values']:>12,} {d['values']:>12,} {_fmt_ratio(u['sparse_bound_ratio']):>8} "
             f"{_fmt_ratio(d['sparse_bound_ratio']):>8}  {_fmt_enc(u['encodings'])} / "
             f"{_fmt_enc(d['encodings'])}"
         )
     lines.append("")
-    lines.append("bound = bytes of sparse entries / information bound (log2 C(N,k) + value bits); "
+    lines.append("hdr KB = container header (up + down, included in the MB columns); bound = "
+                 "bits of sparse entries / information bound (log2 C(N,k) + value bits), "
                  "'-' = no sparse entries")
     return "\n".join(lines)
 
