@@ -81,7 +81,9 @@ def test_sparse_methods_send_fewer_values_than_dense_ones(
 
 def test_default_measures_one_block_and_scales_to_the_whole_model() -> None:
     # Execute
-    (row,) = comm.comm_table("smollm2-135m", rank=2, clients=1, targets="q_proj", methods=["fedavg"])
+    (row,) = comm.comm_table(
+        "smollm2-135m", rank=2, clients=1, targets="q_proj", methods=["fedavg"]
+    )
 
     # Assert
     params = shapes.lora_params(shapes.layer_specs("smollm2-135m", "q_proj"), 2)

@@ -148,7 +148,8 @@ def measure_method(
             uploads.append(Upload(client.cid, 100 + client.cid, received))
         state = method.aggregate(state, uploads, setup)
         for client in setup.clients:
-            _, stats = encode_with_stats(method.broadcast(state, setup, client), value_dtype=value_dtype)
+            payload = method.broadcast(state, setup, client)
+            _, stats = encode_with_stats(payload, value_dtype=value_dtype)
             down.add(stats)
     return up, down
 
@@ -199,7 +200,7 @@ def comm_table(
         seed=0,
     )
     params = shapes.lora_params(layers, rank) * scale
-    paper_applies = shape == PAPER_SHAPE and rank == PAPER_RANK and target_names == shapes.ALL_LINEAR
+    paper_applies = (shape, rank, target_names) == (PAPER_SHAPE, PAPER_RANK, shapes.ALL_LINEAR)
     rows = []
     for name in methods if methods is not None else registry.names():
         row: dict[str, Any] = {
@@ -214,7 +215,9 @@ def comm_table(
                 registry.build(name), setup, value_dtype=value_dtype, rounds=rounds
             )
         except Exception as exc:  # one broken or inapplicable method must not hide the others
-            logger.warning("comm: method %s failed: %s", name, exc, exc_info=not isinstance(exc, FedloraError))
+            logger.warning(
+                "comm: method %s failed: %s", name, exc, exc_info=not isinstance(exc, FedloraError)
+            )
             row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
             continue
@@ -264,7 +267,8 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
     for r in rows:
         paper = "-" if r.get("paper_mb") is None else f"{r['paper_mb']:.0f}"
         if "error" in r:
-            lines.append(f"{r['method']:<10} {'n/a':>9} {'n/a':>9} {'n/a':>9} {paper:>9}  {r['error']}")
+            na = f"{'n/a':>9}"
+            lines.append(f"{r['method']:<10} {na} {na} {na} {paper:>9}  {r['error']}")
             continue
         u, d = r["upload"], r["download"]
         lines.append(

@@ -80,7 +80,8 @@ def model_shape(name: str) -> ModelShape:
     """The shape called ``name``, or ConfigError naming the choices."""
     shapes = _shapes()
     if name not in shapes:
-        raise ConfigError(f"unknown model shape {name!r}; choose one of: {', '.join(sorted(shapes))}")
+        choices = ", ".join(sorted(shapes))
+        raise ConfigError(f"unknown model shape {name!r}; choose one of: {choices}")
     return shapes[name]
 
 

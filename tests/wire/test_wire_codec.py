@@ -36,12 +36,18 @@ def craft(description: dict[str, object], tensors: dict[str, torch.Tensor]) -> b
     return ct.write(tensors, description)
 
 
-def sparse_description(shape: list[int], nnz: int, positions: dict[str, object]) -> dict[str, object]:
-    return {"kind": "sparse", "shape": shape, "dtype": "float32", "nnz": nnz, "positions": positions}
+def sparse_description(
+    shape: list[int], nnz: int, positions: dict[str, object]
+) -> dict[str, object]:
+    return {
+        "kind": "sparse", "shape": shape, "dtype": "float32", "nnz": nnz, "positions": positions
+    }
 
 
 def stream(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    if not data:
+        return torch.zeros(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 # --------------------------------------------------------------------------- round trips
@@ -83,9 +89,8 @@ def test_sparse_round_trip_with_each_position_code(code: str) -> None:
     # Prepare: positions written with one specific code.
     numel, idx = 60, np.array([0, 7, 8, 30, 59], dtype=np.int64)
     values = torch.tensor([1.0, -2.0, 3.5, 0.25, -7.0])
-    enc = {"bitmap": P.encode_bitmap, "elias-fano": P.encode_elias_fano, "rice": P.encode_rice}[code](
-        idx, numel
-    )
+    encoders = {"bitmap": P.encode_bitmap, "elias-fano": P.encode_elias_fano, "rice": P.encode_rice}
+    enc = encoders[code](idx, numel)
     buf = craft(
         {"t.B": sparse_description([6, 10], 5, {"encoding": code, **enc.params})},
         {ct.values_key("t.B"): values, ct.positions_key("t.B"): stream(enc.data)},
@@ -153,6 +158,21 @@ def test_one_tensor_under_two_names_round_trips() -> None:
     out = decode(encode({"x.A": shared, "y.A": shared, "z.A": shared[1:]}))
     assert torch.equal(out["x.A"], shared) and torch.equal(out["y.A"], shared)
     assert torch.equal(out["z.A"], shared[1:])
+
+
+def test_sparse_entries_without_values_round_trip() -> None:
+    # Prepare: an all-zero factor (B^0 = 0) and an empty seeded mask.
+    empty = Sparse((6, 3), torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+    seeded = Sparse.from_seeded_mask(torch.ones(5), seed=1, keep_prob=0.0)
+
+    # Execute
+    out, stats = decode_with_stats(encode({"e.B": empty, "s.B": seeded}))
+
+    # Assert
+    assert out["e.B"].nnz == 0 and out["e.B"].shape == (6, 3)
+    assert torch.equal(out["e.B"].to_dense(), torch.zeros(6, 3))
+    assert out["s.B"].nnz == 0 and out["s.B"].mask_seed == 1
+    assert stats.values == 0
 
 
 def test_empty_payload_round_trips() -> None:
@@ -275,7 +295,8 @@ def test_positions_count_must_equal_values_count() -> None:
 def test_seeded_mask_count_must_equal_values_count() -> None:
     true_count = int(Sparse.from_seeded_mask(torch.ones(100), 5, 0.5).nnz)
     buf = craft(
-        {"s.B": sparse_description([100], true_count + 1, {"encoding": "seed", "seed": 5, "keep_prob": 0.5})},
+        {"s.B": sparse_description([100], true_count + 1, {"encoding": "seed", "seed": 5,
+                                                            "keep_prob": 0.5})},
         {ct.values_key("s.B"): torch.ones(true_count + 1)},
     )
     assert_rejected(buf, "s.B", "seeded mask keeps")
@@ -288,7 +309,9 @@ def test_size_limits_are_enforced() -> None:
     assert_rejected(buf, "payload size exceeds", "elements", max_elements=64 + 64)
 
 
-def test_huge_declared_seeded_tensor_is_refused_before_regeneration(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_huge_declared_seeded_tensor_is_refused_before_regeneration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Prepare: a few bytes claiming a 2^40-element tensor; regeneration must never start.
     import fedlora.wire.codec as codec
 
@@ -297,7 +320,8 @@ def test_huge_declared_seeded_tensor_is_refused_before_regeneration(monkeypatch:
 
     monkeypatch.setattr(codec, "seeded_keep_mask", forbidden)
     buf = craft(
-        {"h.B": sparse_description([1 << 20, 1 << 20], 1, {"encoding": "seed", "seed": 1, "keep_prob": 0.5})},
+        {"h.B": sparse_description([1 << 20, 1 << 20], 1, {"encoding": "seed", "seed": 1,
+                                                             "keep_prob": 0.5})},
         {ct.values_key("h.B"): torch.ones(1)},
     )
 

@@ -16,7 +16,10 @@ from fedlora.wire import decode, encode
 
 FUZZ = settings(
     # A few seconds in the suite; set FEDLORA_FUZZ_EXAMPLES for a longer local campaign.
-    max_examples=int(os.environ.get("FEDLORA_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=int(os.environ.get("FEDLORA_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
 )
 LIMITS = {"max_bytes": 1 << 16, "max_elements": 1 << 16}
 
@@ -26,7 +29,9 @@ def valid_buffer() -> bytes:
     return encode(
         {
             "a.A": torch.randn(2, 6, generator=gen),
-            "a.B": Sparse.from_mask(torch.randn(6, 2, generator=gen), torch.rand(6, 2, generator=gen) < 0.5),
+            "a.B": Sparse.from_mask(
+                torch.randn(6, 2, generator=gen), torch.rand(6, 2, generator=gen) < 0.5
+            ),
             "b.B": Sparse((200,), torch.tensor([3, 50, 51, 199]), torch.ones(4)),
             "c.B": Sparse.from_seeded_mask(torch.randn(30, generator=gen), seed=2, keep_prob=0.3),
         }
@@ -54,7 +59,11 @@ def test_random_bytes(buf: bytes) -> None:
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8
+    )
+)
 def test_byte_flips_of_a_valid_payload(edits: list[tuple[int, int]]) -> None:
     buf = bytearray(VALID)
     for pos, byte in edits:
@@ -70,7 +79,9 @@ def test_insertions_into_a_valid_payload(pos: int, junk: bytes) -> None:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 

@@ -133,8 +133,7 @@ def _encode_sparse(
         except ValueError as exc:
             raise ValueError(f"tensor {name!r}: {exc}") from None
         positions = {"encoding": enc.encoding, **enc.params}
-        # torch.frombuffer refuses an empty buffer (a sparse entry with no values).
-        stored[ct.positions_key(name)] = torch.tensor(list(enc.data), dtype=torch.uint8) if not enc.data else torch.frombuffer(bytearray(enc.data), dtype=torch.uint8)
+        stored[ct.positions_key(name)] = _byte_tensor(enc.data)
         pos_bytes = len(enc.data)
     desc = {
         "kind": "sparse", "shape": list(sparse.shape), "dtype": value_dtype,
@@ -148,10 +147,19 @@ def _encode_sparse(
     return desc, stored, st
 
 
+def _byte_tensor(data: bytes) -> torch.Tensor:
+    # torch.frombuffer refuses an empty buffer (a sparse entry with no values).
+    if not data:
+        return torch.zeros(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
 def _seed_positions(name: str, sparse: Sparse, indices: np.ndarray) -> dict[str, object]:
     seed, keep = sparse.mask_seed, sparse.keep_prob
     if not isinstance(seed, int) or not 0 <= seed < 1 << 64 or keep is None:
-        raise ValueError(f"tensor {name!r}: seeded mask needs an int seed in [0, 2^64) and keep_prob")
+        raise ValueError(
+            f"tensor {name!r}: a seeded mask needs an int seed in [0, 2^64) and a keep_prob"
+        )
     # Sending a seed whose mask differs from the positions would silently corrupt the
     # receiver, so the sender proves the match once here.
     regen = np.flatnonzero(seeded_keep_mask(seed, sparse.numel, float(keep)).numpy())
@@ -297,7 +305,7 @@ def _check_stored(
     if stored is None:
         raise _fail(name, f"stored tensor {key!r} is missing")
     if stored.dtype != st_dtype:
-        raise _fail(name, f"stored dtype {stored.dtype} does not match the declared one ({st_dtype})")
+        raise _fail(name, f"stored dtype {stored.dtype} does not match the declared {st_dtype}")
     if stored.shape != shape:
         raise _fail(name, f"stored shape {list(stored.shape)} does not match {list(shape)}")
 
@@ -329,7 +337,9 @@ def _check_expected(
         raise _fail(unexpected[0], "not a tensor the receiver expects")
     for name, (_, shape, _, _, _) in specs.items():
         if tuple(expected[name]) != shape:
-            raise _fail(name, f"shape {list(shape)} does not match the expected {list(expected[name])}")
+            raise _fail(
+                name, f"shape {list(shape)} does not match the expected {list(expected[name])}"
+            )
 
 
 def _check_elements(specs: Mapping[str, _Spec], max_elements: int) -> None:
@@ -345,7 +355,8 @@ def _decode_entry(
 ) -> tuple[torch.Tensor | Sparse, TensorStats]:
     kind, shape, dtype, nnz, positions = spec
     raw = tensors[name if kind == "dense" else ct.values_key(name)]
-    if raw.dtype != TORCH_DTYPES[dtype] or tuple(raw.shape) != (shape if kind == "dense" else (nnz,)):
+    stored_shape = shape if kind == "dense" else (nnz,)
+    if raw.dtype != TORCH_DTYPES[dtype] or tuple(raw.shape) != stored_shape:
         raise _fail(name, "stored tensor disagrees with its header entry")
     if not bool(torch.isfinite(raw).all()):
         bad = int((~torch.isfinite(raw)).sum())
