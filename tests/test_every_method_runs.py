@@ -1,5 +1,6 @@
-"""Every registered method runs 2 rounds through `fedlora run` on the tiny model; methods
-that support heterogeneous ranks run with them, the others refuse them with exit code 2."""
+"""Every registered method runs 2 rounds through `fedlora run` on the tiny model, twice,
+bit-identically; methods that support heterogeneous ranks run with them, the others refuse
+them with exit code 2."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from fedlora.cli import main
 from fedlora.methods.registry import names
 from tests.conftest import tiny_overrides
+from tests.runtime.test_resume import metrics
 
 HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora"}
 
@@ -27,6 +29,12 @@ def test_method_runs_two_rounds(
     code = main(["run", *tiny_overrides(run, client_files), f"method={method}", *ranks])
 
     assert code == 0, capsys.readouterr().err
+    # Determinism: the same config and seed again give the same adapter bytes and metrics.
+    again = tmp_path / "again"
+    assert main(["run", *tiny_overrides(again, client_files), f"method={method}", *ranks]) == 0
+    assert ((again / "adapter" / "adapter_model.safetensors").read_bytes()
+            == (run / "adapter" / "adapter_model.safetensors").read_bytes())
+    assert metrics(again) == metrics(run)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1, 2]
     assert all(r["accepted"] == [0, 1, 2] for r in records[1:])
