@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import re
@@ -36,11 +37,11 @@ import statistics
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedlora.errors import FedloraError
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,16 @@ class Budget:
     """
 
     model: str = "smollm2-135m"
-    rounds: int = 3
-    local_steps: int = 5
+    rounds: int = 4
+    local_steps: int = 3
     batch_size: int = 4
     seq_len: int = 64
     lr: float = 5e-4
     rank: int = 8
     hetero_ranks: tuple[int, ...] = HETERO_RANKS
     max_train: int = 256
-    max_eval: int = 24
-    eval_every: int = 1
+    max_eval: int = 10
+    eval_every: int = 2
     weighting: str = "uniform"
     quick_files: bool = False
 
@@ -111,8 +112,8 @@ class Budget:
 
 DEFAULT_BUDGET = Budget()
 QUICK_BUDGET = Budget(model="tiny-llama", rounds=2, local_steps=1, batch_size=2, seq_len=32,
-                      lr=5e-4, rank=4, hetero_ranks=(8, 4, 4, 2), max_train=0, max_eval=4,
-                      quick_files=True)
+                      lr=5e-3, rank=4, hetero_ranks=(8, 4, 4, 2), max_train=0, max_eval=4,
+                      eval_every=1, quick_files=True)
 """``--quick``: the in-code tiny Llama on generated JSONL client files (one task each);
 no choice task and no OOD set there, so it checks the plumbing, not the papers' claims."""
 
@@ -416,12 +417,16 @@ def _complete(run_dir: Path, rounds: int) -> bool:
     return bool(recs) and int(recs[-1]["round"]) >= rounds and "eval" in recs[-1]
 
 
+def _run_dir(root: Path, spec: RunSpec) -> Path:
+    return root / "runs" / spec.slug() / f"seed{spec.seed}"
+
+
 def run_one(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str]) -> dict[str, Any]:
     """Run (or reuse, or resume) one federation and summarise it."""
     from fedlora import config
     from fedlora.runtime.simulation import run
 
-    run_dir = root / "runs" / spec.slug() / f"seed{spec.seed}"
+    run_dir = _run_dir(root, spec)
     began = time.perf_counter()
     reused = _complete(run_dir, budget.rounds)
     if not reused:
@@ -436,35 +441,93 @@ def run_one(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str]) -> 
             "wall_s": None if reused else time.perf_counter() - began, **summary}
 
 
+def _worker(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str],
+            threads: int) -> dict[str, Any]:
+    """A run in a child process with ``threads`` torch threads (``--jobs`` > 1)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run_one(spec, budget, root, files)
+
+
 def run_all(specs: Sequence[RunSpec], budget: Budget, root: Path, command: str,
-            deadline: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run every spec in order; a failed run is recorded, not fatal. Stops starting new runs
-    once ``deadline`` (``time.time()``) has passed; those runs are reported as not run."""
+            deadline: float | None = None, jobs: int = 1, report_only: bool = False
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run every spec in plan order, ``jobs`` at a time; a failed run is recorded, not fatal.
+
+    No new run starts once ``deadline`` (``time.time()``) has passed; those are reported as
+    not run; with ``report_only`` only finished runs are read and nothing is run. The table
+    (not the plots) is rewritten after every run, so a killed benchmark still leaves its
+    results so far.
+    """
     files = write_quick_files(root / "data", len(budget.hetero_ranks)) if budget.quick_files \
         else []
-    done: list[dict[str, Any]] = []
-    missing: list[dict[str, Any]] = []
-    for i, spec in enumerate(specs):
+    done: dict[int, dict[str, Any]] = {}
+    missing: dict[int, dict[str, Any]] = {}
+
+    def finish(i: int, outcome: dict[str, Any] | BaseException) -> None:
+        spec = specs[i]
+        if isinstance(outcome, BaseException):
+            log.warning("%s seed %d failed: %s", spec.label, spec.seed, outcome)
+            missing[i] = {"label": spec.label, "seed": spec.seed,
+                          "why": f"{type(outcome).__name__}: {outcome}"}
+        else:
+            done[i] = outcome
+            log.info("finished %s seed %d (%d/%d)", spec.label, spec.seed, len(done),
+                     len(specs))
+        write_results(root, specs, budget, [done[k] for k in sorted(done)],
+                      [missing[k] for k in sorted(missing)], command,
+                      partial=len(done) < len(specs), plots=False)
+
+    def late(i: int) -> bool:
+        if report_only and not _complete(_run_dir(root, specs[i]), budget.rounds):
+            missing[i] = {"label": specs[i].label, "seed": specs[i].seed,
+                          "why": "not run (report only)"}
+            return True
         if deadline is not None and time.time() > deadline:
-            missing.append({"label": spec.label, "seed": spec.seed, "why": "time limit"})
-            continue
-        log.info("[%d/%d] %s seed %d", i + 1, len(specs), spec.label, spec.seed)
-        try:
-            done.append(run_one(spec, budget, root, files))
-        except (FedloraError, RuntimeError, ValueError) as exc:
-            log.warning("%s seed %d failed: %s", spec.label, spec.seed, exc)
-            missing.append({"label": spec.label, "seed": spec.seed,
-                            "why": f"{type(exc).__name__}: {exc}"})
-        # Write partial results after every run so a killed benchmark still leaves a table.
-        write_results(root, specs, budget, done, missing, command,
-                      partial=i + 1 < len(specs) or bool(missing))
-    return done, missing
+            missing[i] = {"label": specs[i].label, "seed": specs[i].seed,
+                          "why": "not started: time limit"}
+            return True
+        return False
+
+    if jobs <= 1:
+        for i, spec in enumerate(specs):
+            if late(i):
+                continue
+            log.info("[%d/%d] %s seed %d", i + 1, len(specs), spec.label, spec.seed)
+            try:
+                finish(i, run_one(spec, budget, root, files))
+            except Exception as exc:  # one broken run must not lose the others' results
+                finish(i, exc)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            pending: dict[Future[dict[str, Any]], int] = {}
+            queue = list(range(len(specs)))
+            while queue or pending:
+                while queue and len(pending) < jobs:
+                    i = queue.pop(0)
+                    if not late(i):
+                        log.info("[%d/%d] %s seed %d", i + 1, len(specs), specs[i].label,
+                                 specs[i].seed)
+                        pending[pool.submit(_worker, specs[i], budget, root, files,
+                                            threads)] = i
+                if not pending:
+                    break
+                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    i = pending.pop(fut)
+                    exc = fut.exception()
+                    finish(i, exc if exc is not None else fut.result())
+    return [done[k] for k in sorted(done)], [missing[k] for k in sorted(missing)]
 
 
 def write_results(root: Path, specs: Sequence[RunSpec], budget: Budget,
                   done: Sequence[Mapping[str, Any]], missing: Sequence[Mapping[str, Any]],
-                  command: str, partial: bool) -> None:
-    """Write ``results.json``, ``results.md`` and the plots from the runs so far."""
+                  command: str, partial: bool, plots: bool = True) -> None:
+    """Write ``results.json``, ``results.md`` and (if ``plots``) the PNGs of the runs so far."""
     from fedlora.bench.plots import plot_group
 
     if not done:
@@ -486,7 +549,7 @@ def write_results(root: Path, specs: Sequence[RunSpec], budget: Budget,
     }
     (root / "results.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     images = []
-    for group in dict.fromkeys(r["group"] for r in rows):
+    for group in dict.fromkeys(r["group"] for r in rows) if plots else ():
         mine = [r for r in rows if r["group"] == group]
         for x in ("round", "cum_mb"):
             path = root / f"{group}_vs_{'round' if x == 'round' else 'mb'}.png"
@@ -523,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny in-code model on generated files, 2 rounds of 1 step (tests)")
     p.add_argument("--no-extras", action="store_true",
                    help="skip the FLoRIST threshold sweep and heterogeneous-rank runs")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process with cores/jobs torch threads")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: tabulate and plot the finished runs in --out")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no new run after this many minutes; report the rest as not run")
     return p
@@ -548,7 +615,9 @@ def main(argv: list[str]) -> int:
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     began = time.time()
     command = "fedlora bench quality " + " ".join(shlex.quote(a) for a in argv)
-    done, missing = run_all(specs, budget, root, command, deadline)
+    done, missing = run_all(specs, budget, root, command, deadline, jobs=args.jobs,
+                            report_only=args.report_only)
+    write_results(root, specs, budget, done, missing, command, partial=bool(missing))
     log.info("benchmark took %.1f min", (time.time() - began) / 60)
     print(f"results: {root / 'results.md'} ({len(done)} of {len(specs)} runs)", flush=True)
     return 0 if done and not missing else 1
