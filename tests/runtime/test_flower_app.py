@@ -14,7 +14,6 @@ import pytest
 import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
-from flwr.proto.run_pb2 import Run  # noqa: F401  (Grid.set_run's type)
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
@@ -124,3 +123,157 @@ def _pair(tmp: Path, files: list[str], *extra: str) -> tuple[config.RunConfig, c
     sim = config.load(None, base)
     flw = config.load(None, tiny_overrides(tmp / "flower", files) + list(extra))
     return sim, flw
+
+
+# --------------------------------------------------------------------------- message format
+
+
+def test_memory_round_trips_bit_exactly_with_none_view_and_empty_merges() -> None:
+    # Prepare: odd dtypes, a merge-less round, and the None-vs-empty view distinction
+    gen = torch.Generator().manual_seed(0)
+    view = {"a.b": torch.randn(4, 16, generator=gen, dtype=torch.float64),
+            "c": torch.randn(3, generator=gen).to(torch.bfloat16)}
+    merge = {"layers.0.q": (torch.randn(16, 2, generator=gen), torch.randn(2, 16, generator=gen))}
+    memories = [Memory(0, None, ()), Memory(2, {}, ({}, merge)), Memory(5, view, (merge, {}))]
+
+    # Execute
+    back = [unpack_memory(pack_memory(m)) for m in memories]
+
+    # Assert
+    for m, b in zip(memories, back, strict=True):
+        assert b.round == m.round and (b.view is None) == (m.view is None)
+        assert set(b.view or {}) == set(m.view or {})
+        for name, t in (m.view or {}).items():
+            assert b.view is not None and b.view[name].dtype == t.dtype
+            assert torch.equal(b.view[name], t)
+        assert len(b.merges) == len(m.merges)
+        for mb, mm in zip(b.merges, m.merges, strict=True):
+            assert set(mb) == set(mm)
+            assert all(torch.equal(mb[k][i], mm[k][i]) for k in mm for i in (0, 1))
+
+
+@pytest.mark.parametrize("cut", [3, 20, -1])
+def test_corrupt_memory_is_refused(cut: int) -> None:
+    blob = pack_memory(Memory(1, {"x": torch.ones(4, 4)}, ()))
+
+    with pytest.raises(PayloadError):
+        unpack_memory(blob[:cut])
+
+
+def test_instruction_and_report_round_trip() -> None:
+    ins = Instruction(round=3, cid=1, train=True, config='{"seed": 1}', broadcast=b"\x00\x01",
+                      sync=b"memory")
+    rep = Report(cid=1, round=3, status="ok", upload=b"\xff" * 7, params=12,
+                 encodings={"x": {"dense": 1}}, n_samples=9, train_loss=0.5, tokens=40,
+                 train_seconds=1.5, overhead_seconds=0.25)
+
+    assert read_instruction(instruction_content(ins)) == ins
+    assert read_report(report_content(rep)) == rep
+    assert read_instruction(instruction_content(
+        Instruction(1, 0, False, "{}", b""))).sync is None
+
+
+def test_run_config_carries_the_whole_config(tmp_path: Path, client_files: list[str]) -> None:
+    cfg = config.load(None, tiny_overrides(tmp_path, client_files) + ["method=fedsrd",
+                                                                      "method.fedsrd.p_down=0.5"])
+    toml = tmp_path / "run.toml"
+    toml.write_text('seed = 3\n[method]\nname = "florist"\n')
+
+    from_b64, resume, opts = settings({"fedlora-config": encode_config(cfg), "resume": True,
+                                       "round-timeout": 12.5})
+    from_file, _, _ = settings({"config-file": str(toml), "overrides": "federation.rounds=4"})
+
+    assert from_b64 == cfg and decode_config(encode_config(cfg)) == cfg
+    assert resume and opts.round_timeout == 12.5
+    assert (from_file.seed, from_file.method.name, from_file.federation.rounds) == (3, "florist", 4)
+    with pytest.raises(config.ConfigError):
+        settings({})
+
+
+# --------------------------------------------------------------------------- whole runs
+
+FAST = {"fedsrd", "flexlora"}
+HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora"}
+
+
+@pytest.mark.parametrize("method", [
+    m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in names()])
+def test_flower_run_equals_in_process_run(method: str, tmp_path: Path,
+                                          client_files: list[str]) -> None:
+    # Prepare: hetero ranks where the method supports them (per-client broadcasts)
+    extra = [f"method={method}"] + (["lora.ranks=[4, 2, 2]"] if method in HETERO else [])
+    sim, flw = _pair(tmp_path, client_files, *extra)
+
+    # Execute
+    simulation.run(sim)
+    grid = LocalGrid(3)
+    serve(grid, flw)
+
+    # Assert: same adapter bits, same records (bytes per client included) but timings
+    a, b = _adapter(tmp_path / "sim"), _adapter(tmp_path / "flower")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = _records(tmp_path / "sim"), _records(tmp_path / "flower")
+    assert [_strip(r) for r in ra] == [_strip(r) for r in rb]
+    assert all(set(r["upload_bytes"]) == {"0", "1", "2"} for r in rb[1:])
+    assert [kind for kind, _ in grid.log].count("query") == 3
+
+
+def test_dead_node_is_dropped_and_the_round_completes(tmp_path: Path,
+                                                      client_files: list[str]) -> None:
+    _, flw = _pair(tmp_path, client_files, "method=fedsrd", "federation.min_clients=2")
+
+    serve(LocalGrid(3, dead={1}), flw)
+
+    records = _records(tmp_path / "flower")
+    assert [r["accepted"] for r in records[1:]] == [[0, 2], [0, 2]]
+    assert all("node is down" in r["dropped"]["1"] for r in records[1:])
+    assert not any(r["skipped"] for r in records[1:])
+    assert (tmp_path / "flower" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_too_few_answers_skip_the_round(tmp_path: Path, client_files: list[str]) -> None:
+    _, flw = _pair(tmp_path, client_files, "method=fedsrd", "federation.min_clients=3")
+
+    serve(LocalGrid(3, dead={2}), flw)
+
+    records = _records(tmp_path / "flower")
+    assert all(r["skipped"] and r["accepted"] == [0, 1] for r in records[1:])
+
+
+def test_restarted_node_is_resynchronised_and_matches_in_process_failure(
+    tmp_path: Path, client_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: in Flower, node 1 loses its memory before round 2 (a SuperNode restart), so
+    # it answers out-of-sync in round 2 and is re-synchronised in round 3. In-process,
+    # client 1's training fails in round 2. Both lose exactly client 1's round-2 upload.
+    from fedlora.runtime import steps
+
+    sim, flw = _pair(tmp_path, client_files, "method=fedsrd", "federation.rounds=3")
+    bad_seed = steps.derive_seed(sim.seed, 2, 2, 1)
+    real_train = steps.train_local
+
+    def failing_train(*args: Any, **kw: Any) -> Any:
+        if args[5] == bad_seed:
+            raise RuntimeError("injected failure")
+        return real_train(*args, **kw)
+
+    def wipe(grid: LocalGrid, msg: Message) -> None:
+        if msg.metadata.message_type == "train" and msg.metadata.group_id == "2":
+            grid.contexts[1001].state = RecordDict()
+
+    grid = LocalGrid(3)
+    grid.before_push = wipe
+
+    # Execute
+    serve(grid, flw)
+    monkeypatch.setattr(steps, "train_local", failing_train)
+    simulation.run(sim)
+
+    # Assert
+    rb = _records(tmp_path / "flower")
+    assert "out of sync" in rb[2]["dropped"]["1"] and rb[2]["accepted"] == [0, 2]
+    assert rb[3]["accepted"] == [0, 1, 2]
+    ra = _records(tmp_path / "sim")
+    assert ra[2]["accepted"] == [0, 2]
+    a, b = _adapter(tmp_path / "sim"), _adapter(tmp_path / "flower")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, RecordDict
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from fedlora.errors import PayloadError
-from fedlora.methods.base import Factored, Tensor
+
+if TYPE_CHECKING:  # torch is imported only where tensors are (un)packed: see client_app
+    from fedlora.methods.base import Factored, Tensor
 
 TRAIN = "train"  # Flower message type of a round (every client gets one each round)
 QUERY = "query"  # Flower message type asking a SuperNode which partition it serves
@@ -155,6 +154,8 @@ def read_report(content: RecordDict) -> Report:
 
 def pack_memory(memory: Memory) -> bytes:
     """Serialise a client's memory (safetensors; exact for every dtype)."""
+    from safetensors.torch import save as st_save
+
     tensors: dict[str, Tensor] = {}
     for name, t in (memory.view or {}).items():
         tensors[f"view/{name}"] = t.detach().contiguous().clone()
@@ -187,6 +188,9 @@ def _metadata(blob: bytes) -> dict[str, str]:
 
 def unpack_memory(blob: bytes) -> Memory:
     """Inverse of :func:`pack_memory` (raises ``PayloadError`` on a corrupt blob)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
     meta = _metadata(blob)
     try:
         tensors = st_load(blob)
