@@ -1,0 +1,771 @@
+"""``fedlora bench client``: local training throughput and the cost of everything around it.
+
+What is measured, in one process (so machine noise hits both sides alike):
+
+1. **Bare loop**: a PEFT LoRA model built straight from the same base model (same rank,
+   alpha and target modules, LoRA dropout 0), AdamW over the same LoRA factors the method
+   trains, gradient clipping and accumulation as configured, on exactly the token tensors
+   fedlora's client will see in that round (same sampler seed, same collation, computed
+   before the clock starts). The timed region holds only PyTorch/PEFT calls.
+2. **fedlora's client round** for each method, driven the way
+   :func:`fedlora.runtime.simulation.run_round` drives it, for client 0: the server builds
+   and encodes its broadcast, the client decodes it, the round's base merge is added, then
+   the real :func:`fedlora.runtime.steps.client_step` (``client_start`` → ``train_local`` →
+   ``upload`` → wire encode) runs, and the server decodes the upload strictly. The server
+   then aggregates (untimed; ``fedlora bench server`` covers it) so that every repeat is a
+   genuine next round (FedSRD alternates B- and A-rounds).
+
+   The time is split into *training* (``train_local`` minus the adapter copies it makes)
+   and *everything else*: broadcast build+encode, broadcast decode, base merge,
+   ``client_start``, adapter copies into and out of the PEFT slot (``set_lora``,
+   ``set_adapter``, ``set_trainable``, ``get_lora``), ``upload`` (sparsification), upload
+   encode and upload decode. The pieces are timed by wrapping those functions for the
+   duration of the benchmark (the library code is not changed). Two per-micro-batch costs
+   inside fedlora's loop that the bare loop does not pay are timed as well and stay counted
+   as training: collation of the batch and the ``live_lora`` view handed to the method's
+   regulariser.
+
+Repeats are interleaved: bare, fedlora, then fedlora, bare, ... with every method in each
+repeat, after one untimed warm-up round of each; the figures are medians over repeats, and
+the throughput ratio is the median of the per-repeat paired ratios.
+
+With ``--rss`` the peak resident set of short federations (1 round, 1 local step, small
+eval) is read from subprocesses for each ``--rss-clients`` count, next to a subprocess that
+only loads the model and the model's parameter bytes: since every simulated client shares
+one base model, adding clients should add far less than one model copy each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import nn
+
+from fedlora import config as config_mod
+from fedlora.config import RunConfig, TrainConfig
+from fedlora.errors import ConfigError, FedloraError
+from fedlora.methods.base import ClientSpec, ClientStart, Method, Payload, Setup, Upload
+from fedlora.methods.registry import build
+from fedlora.runtime import steps as steps_mod
+from fedlora.runtime.assemble import Federation, assemble
+from fedlora.runtime.steps import client_step, derive_seed, max_bytes, send
+from fedlora.train import local as local_mod
+from fedlora.train.adapters import add_into_base
+from fedlora.train.batches import Encoded, collate
+from fedlora.train.local import BatchSampler
+from fedlora.wire import decode
+
+log = logging.getLogger(__name__)
+
+MIB = 2**20
+RATIO_TARGET = 0.95
+SHARE_TARGET = 0.05
+DEFAULT_METHODS = ("fedavg", "fedsrd")
+BENCH_OVERRIDES: tuple[str, ...] = (
+    "data.max_train_per_client=64",  # only a few batches are drawn; encoding more is waste
+    "data.max_eval_per_domain=1",  # nothing is evaluated
+)
+"""Applied before the user's ``--set`` overrides; they do not change what is timed."""
+RSS_OVERRIDES: tuple[str, ...] = (
+    "federation.rounds=1",
+    "train.local_steps=1",
+    "data.max_eval_per_domain=4",
+    "data.max_train_per_client=16",
+    "eval.every=1000000",
+)
+"""The short federation whose peak RSS is read (the user's ``--set`` overrides come after)."""
+
+OVERHEAD_PHASES = (
+    "broadcast_encode", "broadcast_decode", "base_merge", "client_start", "swap_in",
+    "swap_out", "upload", "upload_encode", "upload_decode", "other",
+)
+"""Parts of a client round outside training (``other``: client_step's own bookkeeping)."""
+IN_LOOP_PROBES = ("collate", "live_lora")
+"""Costs inside fedlora's training loop that the bare loop does not pay (counted as training)."""
+
+
+# ----------------------------------------------------------------------------- timing probes
+
+
+class Stopwatch:
+    """Accumulates wall seconds per name; wrapped callables add to it on every call."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    @contextlib.contextmanager
+    def time(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - began)
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.time(name):
+                return fn(*args, **kwargs)
+
+        return timed
+
+    def get(self, name: str) -> float:
+        return self.seconds.get(name, 0.0)
+
+
+@contextlib.contextmanager
+def probes(watch: Stopwatch, model: nn.Module) -> Iterator[None]:
+    """Time fedlora's adapter copies, per-batch helpers and upload encoding while active.
+
+    The functions are looked up by ``train_local`` and ``client_step`` as module globals, so
+    replacing those globals (and ``model.set_adapter`` on the instance) times every call
+    without touching the library; everything is restored on exit.
+    """
+    patches: list[tuple[Any, str, Any]] = [
+        (local_mod, "set_lora", "swap_in"),
+        (local_mod, "set_trainable", "swap_in"),
+        (local_mod, "get_lora", "swap_out"),
+        (local_mod, "collate", "collate"),
+        (local_mod, "live_lora", "live_lora"),
+        (steps_mod, "send", "upload_encode"),
+    ]
+    saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches]
+    try:
+        for mod, attr, name in patches:
+            setattr(mod, attr, watch.wrap(name, getattr(mod, attr)))
+        # An instance attribute shadows PeftModel.set_adapter; deleting it restores the method.
+        object.__setattr__(model, "set_adapter", watch.wrap("swap_in", model.set_adapter))
+        yield
+    finally:
+        for mod, attr, original in saved:
+            setattr(mod, attr, original)
+        if "set_adapter" in model.__dict__:
+            object.__delattr__(model, "set_adapter")
+
+
+class TimedMethod:
+    """A method whose ``client_start`` and ``upload`` are timed; everything else delegates.
+
+    It also remembers the factors the last ``client_start`` made trainable, so the bare loop
+    trains the same ones.
+    """
+
+    def __init__(self, method: Method, watch: Stopwatch) -> None:
+        self._method = method
+        self._watch = watch
+        self.trainable: frozenset[str] = frozenset({"A", "B"})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._method, name)
+
+    def client_start(self, *args: Any, **kwargs: Any) -> ClientStart:
+        with self._watch.time("client_start"):
+            start: ClientStart = self._method.client_start(*args, **kwargs)
+        self.trainable = start.trainable
+        return start
+
+    def upload(self, *args: Any, **kwargs: Any) -> Payload:
+        with self._watch.time("upload"):
+            return self._method.upload(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the bare loop
+
+
+def plan_batches(
+    examples: Sequence[Encoded], train: TrainConfig, seed: int, pad_id: int
+) -> list[list[dict[str, torch.Tensor]]]:
+    """The micro-batches ``train_local`` draws with ``seed``: ``[step][micro] -> batch``.
+
+    Same sampler, same order, same collation, so the bare loop sees identical tensors.
+    """
+    sampler = BatchSampler(len(examples), seed)
+    return [
+        [collate([examples[i] for i in sampler.take(train.batch_size)], pad_id)
+         for _ in range(train.grad_accum)]
+        for _ in range(train.local_steps)
+    ]
+
+
+def batch_tokens(batches: Sequence[Sequence[dict[str, torch.Tensor]]]) -> int:
+    """Non-padding tokens of a plan (what ``train_local`` counts)."""
+    return sum(int(b["attention_mask"].sum()) for step in batches for b in step)
+
+
+def bare_peft_model(cfg: RunConfig, client: ClientSpec) -> nn.Module:
+    """A fresh copy of the base model with one plain PEFT LoRA adapter of ``client``'s shape."""
+    from peft import LoraConfig, get_peft_model
+
+    from fedlora.models import resolve_model
+
+    model, _ = resolve_model(cfg.model.name, seed=cfg.seed)
+    lora = LoraConfig(r=client.rank, lora_alpha=client.alpha, lora_dropout=0.0,
+                      target_modules=list(cfg.lora.target_modules), bias="none",
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def bare_params(model: nn.Module, factors: frozenset[str]) -> list[nn.Parameter]:
+    """Make exactly the LoRA ``factors`` ("A", "B") trainable; return them."""
+    params: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        wanted = any(f"lora_{f}." in name for f in factors)
+        p.requires_grad_(wanted)
+        if wanted:
+            params.append(p)
+    return params
+
+
+def bare_train(
+    model: nn.Module,
+    params: Sequence[nn.Parameter],
+    batches: Sequence[Sequence[dict[str, torch.Tensor]]],
+    train: TrainConfig,
+) -> float:
+    """One round of plain PyTorch + PEFT training on ``batches``; returns its wall seconds.
+
+    Mirrors ``train_local``'s optimisation (fresh AdamW, accumulation, clipping) with nothing
+    else in the timed region.
+    """
+    began = time.perf_counter()
+    optimiser = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    model.train()
+    for step in batches:
+        optimiser.zero_grad(set_to_none=True)
+        for batch in step:
+            (model(**batch).loss / len(step)).backward()
+        if train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        optimiser.step()
+    model.eval()
+    return time.perf_counter() - began
+
+
+# ----------------------------------------------------------------------------- fedlora's round
+
+
+@dataclass
+class Sample:
+    """One timed repeat of one method: the bare loop and fedlora's round on the same batches."""
+
+    round: int
+    tokens: int
+    bare_tokens: int
+    bare_seconds: float
+    train_seconds: float
+    overhead: dict[str, float]
+    in_loop: dict[str, float]
+
+    @property
+    def overhead_seconds(self) -> float:
+        return sum(self.overhead.values())
+
+    @property
+    def round_seconds(self) -> float:
+        return self.train_seconds + self.overhead_seconds
+
+
+@dataclass
+class MethodRun:
+    """A method's live federation state while it is benchmarked (one base model for all)."""
+
+    method: TimedMethod
+    watch: Stopwatch
+    state: Any
+    view: dict[str, torch.Tensor] | None = None
+    round: int = 0
+
+
+def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample:
+    """Play the next round for ``client`` through the real code and time its parts."""
+    cfg, setup, watch = fed.cfg, fed.setup, run.watch
+    watch.seconds.clear()
+    watch.calls.clear()
+    t = run.round + 1
+    with watch.time("broadcast_encode"):
+        tx = send(run.method.broadcast(run.state, setup, client), cfg)
+    with watch.time("broadcast_decode"):
+        broadcast = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
+    with watch.time("base_merge"):
+        add_into_base(fed.model, run.method.base_merge(broadcast, setup))
+    examples = fed.train_sets[client.cid]
+    with probes(watch, fed.model):
+        began = time.perf_counter()
+        outcome = client_step(
+            model=fed.model, method=run.method, setup=setup, client=client, view=run.view,
+            broadcast=broadcast, examples=examples, cfg=cfg, round_=t, pad_id=fed.pad_id,
+        )
+        step_seconds = time.perf_counter() - began
+    if outcome.upload is None:
+        raise FedloraError(f"{run.method.name}: client step failed: {outcome.error}")
+    with watch.time("upload_decode"):
+        payload = decode(outcome.upload.data, expected=run.method.upload_schema(setup, client),
+                         max_bytes=max_bytes(cfg))
+    # Untimed: advance the server so the next repeat is a genuine next round.
+    run.state = run.method.aggregate(
+        run.state, [Upload(cid=client.cid, n_samples=outcome.n_samples, payload=payload)], setup
+    )
+    run.view, run.round = outcome.view, t
+
+    swaps = watch.get("swap_in") + watch.get("swap_out")
+    train_seconds = outcome.train_seconds - swaps
+    overhead = {name: watch.get(name) for name in OVERHEAD_PHASES if name != "other"}
+    # client_step's own bookkeeping: its wall time minus every part timed inside it.
+    inside = (outcome.train_seconds + watch.get("client_start") + watch.get("upload")
+              + watch.get("upload_encode"))
+    overhead["other"] = max(0.0, step_seconds - inside)
+    return Sample(
+        round=t, tokens=outcome.tokens, bare_tokens=0, bare_seconds=0.0,
+        train_seconds=train_seconds, overhead=overhead,
+        in_loop={name: watch.get(name) for name in IN_LOOP_PROBES},
+    )
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Medians over repeats for one method (seconds per round, tokens per second)."""
+
+    method: str
+    repeats: int
+    tokens_per_round: int
+    bare_tokens_per_s: float
+    train_tokens_per_s: float
+    round_tokens_per_s: float
+    train_ratio: float
+    round_ratio: float
+    non_training_share: float
+    bare_seconds: float
+    train_seconds: float
+    round_seconds: float
+    overhead_seconds: dict[str, float]
+    in_loop_seconds: dict[str, float]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def summarise(method: str, samples: Sequence[Sample]) -> MethodResult:
+    """Medians of a method's samples; ratios are medians of the per-repeat paired ratios."""
+    med = statistics.median
+    return MethodResult(
+        method=method,
+        repeats=len(samples),
+        tokens_per_round=int(med(s.tokens for s in samples)),
+        bare_tokens_per_s=med(s.tokens / s.bare_seconds for s in samples),
+        train_tokens_per_s=med(s.tokens / s.train_seconds for s in samples),
+        round_tokens_per_s=med(s.tokens / s.round_seconds for s in samples),
+        train_ratio=med(s.bare_seconds / s.train_seconds for s in samples),
+        round_ratio=med(s.bare_seconds / s.round_seconds for s in samples),
+        non_training_share=med(s.overhead_seconds / s.round_seconds for s in samples),
+        bare_seconds=med(s.bare_seconds for s in samples),
+        train_seconds=med(s.train_seconds for s in samples),
+        round_seconds=med(s.round_seconds for s in samples),
+        overhead_seconds={k: med(s.overhead[k] for s in samples) for k in OVERHEAD_PHASES},
+        in_loop_seconds={k: med(s.in_loop[k] for s in samples) for k in IN_LOOP_PROBES},
+        samples=[dataclasses.asdict(s) for s in samples],
+    )
+
+
+@dataclass(frozen=True)
+class RssRun:
+    """Peak resident set of one subprocess (``clients`` None: the model is only loaded)."""
+
+    clients: int | None
+    peak_rss_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RssResult:
+    model: str
+    param_bytes: int
+    runs: list[RssRun]
+
+
+@dataclass(frozen=True)
+class ClientBenchReport:
+    model: str
+    settings: dict[str, Any]
+    threads: int
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    methods: list[MethodResult]
+    rss: RssResult | None
+    checks: list[dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class ClientBenchConfig:
+    """One benchmark run; see ``main``'s ``--help`` for the meaning of each field."""
+
+    model: str = "smollm2-135m"
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    repeats: int = 5
+    overrides: tuple[str, ...] = ()
+    threads: int | None = None
+    rss: bool = False
+    rss_clients: tuple[int, ...] = (4, 16)
+    skip_timing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
+        if not self.methods:
+            raise ConfigError("--methods must name at least one method")
+        if any(k < 1 for k in self.rss_clients):
+            raise ConfigError(f"--rss-clients must be positive, got {self.rss_clients}")
+
+    def run_config(self) -> RunConfig:
+        return config_mod.load(
+            None, [f"model.name={json.dumps(self.model)}", *BENCH_OVERRIDES, *self.overrides]
+        )
+
+
+def _load() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+def time_methods(
+    cfg: RunConfig, methods: Sequence[str], repeats: int,
+    progress: Callable[[str], None] = lambda text: None,
+) -> list[MethodResult]:
+    """Interleaved bare-vs-fedlora repeats for every method on one shared federation."""
+    progress(f"assembling {cfg.model.name} federation")
+    fed = assemble(cfg, lambda kind, info: None)
+    client = fed.setup.clients[0]
+    runs: dict[str, MethodRun] = {}
+    for name in methods:
+        options = cfg.method.options if name == cfg.method.name else {}
+        method: Method = build(name, options)
+        method.validate(fed.setup)
+        watch = Stopwatch()
+        timed = TimedMethod(method, watch)
+        runs[name] = MethodRun(method=timed, watch=watch, state=method.init_server(fed.setup))
+    progress("loading the bare PEFT model")
+    bare = bare_peft_model(cfg, client)
+    examples = fed.train_sets[client.cid]
+
+    def pair(run: MethodRun, bare_first: bool) -> Sample:
+        t = run.round + 1
+        batches = plan_batches(examples, cfg.train, derive_seed(fed.setup.seed, 2, t, client.cid),
+                               fed.pad_id)
+        params = bare_params(bare, run.method.trainable)
+        if bare_first:
+            bare_seconds = bare_train(bare, params, batches, cfg.train)
+            sample = fedlora_round(fed, run, client)
+        else:
+            sample = fedlora_round(fed, run, client)
+            params = bare_params(bare, run.method.trainable)
+            bare_seconds = bare_train(bare, params, batches, cfg.train)
+        sample.bare_seconds, sample.bare_tokens = bare_seconds, batch_tokens(batches)
+        if sample.bare_tokens != sample.tokens:
+            raise FedloraError(f"{run.method.name} round {t}: the bare loop saw "
+                               f"{sample.bare_tokens} tokens, fedlora {sample.tokens}")
+        return sample
+
+    for name, run in runs.items():
+        progress(f"warm-up: {name}")
+        pair(run, bare_first=True)
+    samples: dict[str, list[Sample]] = {name: [] for name in runs}
+    for i in range(repeats):
+        for name, run in runs.items():
+            progress(f"repeat {i + 1}/{repeats}: {name} (load {_load()[0]:.1f})")
+            samples[name].append(pair(run, bare_first=i % 2 == 1))
+    return [summarise(name, samples[name]) for name in runs]
+
+
+def _src_pythonpath() -> str:
+    """PYTHONPATH for children: this package's source root first (works uninstalled too)."""
+    root = str(Path(__file__).resolve().parents[2])
+    rest = os.environ.get("PYTHONPATH", "")
+    return root + (os.pathsep + rest if rest else "")
+
+
+def _child(argv: Sequence[str], timeout_s: float) -> tuple[int, str, float]:
+    """Run ``argv``; return (peak RSS bytes, stdout, seconds). Raises on a non-zero exit."""
+    env = dict(os.environ, PYTHONPATH=_src_pythonpath())
+    began = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env)
+        try:
+            # wait4 reports this child's own rusage (RUSAGE_CHILDREN would be the max over all).
+            deadline = time.monotonic() + timeout_s
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    raise FedloraError(f"{argv[2:5]}... timed out after {timeout_s:g} s")
+                time.sleep(0.2)
+        finally:
+            proc.returncode = 0  # reaped above; stop Popen from waiting on the pid again
+        seconds = time.perf_counter() - began
+        code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if code != 0:
+        tail = stderr.strip().splitlines()[-1:] or ["(no stderr)"]
+        raise FedloraError(f"RSS child exited with {code}: {tail[0]}")
+    return usage.ru_maxrss * 1024, stdout, seconds  # Linux reports KiB
+
+
+_LOAD_ONLY = (
+    "import json, sys\n"
+    "from fedlora.models import resolve_model\n"
+    "model, _ = resolve_model(sys.argv[1])\n"
+    "print(json.dumps({'param_bytes': sum(p.numel() * p.element_size()"
+    " for p in model.parameters())}))\n"
+)
+
+
+def measure_rss(
+    model: str, clients: Sequence[int], overrides: Sequence[str] = (), timeout_s: float = 3600.0,
+    progress: Callable[[str], None] = lambda text: None,
+) -> RssResult:
+    """Peak RSS of a model-only child and of a short federation per client count.
+
+    Each child is a fresh interpreter (``python -m fedlora.cli run ...``), one after the
+    other, so peaks do not mix. ``overrides`` (``key=value``) follow :data:`RSS_OVERRIDES`.
+    """
+    progress(f"RSS: loading {model} alone")
+    rss, stdout, seconds = _child([sys.executable, "-c", _LOAD_ONLY, model], timeout_s)
+    param_bytes = int(json.loads(stdout.strip().splitlines()[-1])["param_bytes"])
+    runs = [RssRun(clients=None, peak_rss_bytes=rss, seconds=seconds)]
+    for k in clients:
+        progress(f"RSS: {model} federation with {k} clients")
+        with tempfile.TemporaryDirectory(prefix="fedlora-rss-") as tmp:
+            argv = [sys.executable, "-m", "fedlora.cli", "run",
+                    f"model.name={json.dumps(model)}", f"data.clients={k}", *RSS_OVERRIDES,
+                    *overrides, f"out_dir={json.dumps(str(Path(tmp) / 'run'))}"]
+            rss, _, seconds = _child(argv, timeout_s)
+        runs.append(RssRun(clients=k, peak_rss_bytes=rss, seconds=seconds))
+    return RssResult(model=model, param_bytes=param_bytes, runs=runs)
+
+
+def check_targets(results: Sequence[MethodResult], model: str) -> list[dict[str, Any]]:
+    """The issue's targets, evaluated from the measured numbers only."""
+    checks: list[dict[str, Any]] = []
+    for r in results:
+        checks.append({"check": f"{r.method}: training throughput >= {RATIO_TARGET:g} x bare",
+                       "value": r.train_ratio, "passed": r.train_ratio >= RATIO_TARGET})
+        checks.append({"check": f"{r.method}: non-training share < {SHARE_TARGET:.0%}"
+                                f" ({model})",
+                       "value": r.non_training_share,
+                       "passed": r.non_training_share < SHARE_TARGET})
+    return checks
+
+
+def run_bench(
+    config: ClientBenchConfig, progress: Callable[[str], None] = lambda text: None
+) -> ClientBenchReport:
+    """Run the benchmark described by ``config``."""
+    threads = config.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    cfg = config.run_config()
+    load_before = _load()
+    results = [] if config.skip_timing else time_methods(cfg, config.methods, config.repeats,
+                                                         progress)
+    rss = (measure_rss(cfg.model.name, config.rss_clients, config.overrides, progress=progress)
+           if config.rss else None)
+    t = cfg.train
+    settings = {
+        "clients": cfg.data.clients, "timed_client": 0, "rank": cfg.lora.rank,
+        "alpha": cfg.lora.alpha, "target_modules": list(cfg.lora.target_modules),
+        "batch_size": t.batch_size, "seq_len": t.seq_len, "local_steps": t.local_steps,
+        "grad_accum": t.grad_accum, "wire_value_dtype": cfg.wire.value_dtype,
+        "repeats": config.repeats, "overrides": list(config.overrides),
+    }
+    return ClientBenchReport(
+        model=cfg.model.name, settings=settings, threads=torch.get_num_threads(),
+        load_before=load_before, load_after=_load(), methods=results, rss=rss,
+        checks=check_targets(results, cfg.model.name),
+    )
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / MIB:.0f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))])
+
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def format_table(report: ClientBenchReport) -> str:
+    """A readable multi-table summary of ``report``."""
+    s = report.settings
+    load = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
+    out = [
+        f"fedlora bench client: {report.model}, client 0 of {s['clients']}, rank {s['rank']} "
+        f"(alpha {s['alpha']:g}) on {','.join(s['target_modules'])}",
+        f"  batch {s['batch_size']} x seq_len {s['seq_len']}, {s['local_steps']} local steps, "
+        f"grad_accum {s['grad_accum']}, wire {s['wire_value_dtype']}; torch threads "
+        f"{report.threads}, {os.cpu_count()} cores",
+        f"  load average before {load(report.load_before)}, after {load(report.load_after)} "
+        "(1/5/15 min; a shared machine makes every figure noisy)",
+    ]
+    if report.methods:
+        out += ["", f"Throughput (median of {s['repeats']} interleaved repeats; ratio = median "
+                "of paired per-repeat ratios)"]
+        rows = [[r.method, str(r.tokens_per_round), f"{r.bare_tokens_per_s:.0f}",
+                 f"{r.train_tokens_per_s:.0f}", f"{r.train_ratio:.3f}",
+                 f"{r.round_tokens_per_s:.0f}", f"{r.round_ratio:.3f}",
+                 f"{r.non_training_share:.2%}", f"{r.round_seconds:.2f}"]
+                for r in report.methods]
+        out += _table(["method", "tokens", "bare tok/s", "train tok/s", "ratio",
+                       "round tok/s", "round ratio", "non-train", "round s"], rows)
+        out += ["", "Non-training time per client round (median ms)"]
+        short = {"broadcast_encode": "bc enc", "broadcast_decode": "bc dec",
+                 "base_merge": "merge", "client_start": "start", "swap_in": "swap in",
+                 "swap_out": "swap out", "upload": "upload", "upload_encode": "up enc",
+                 "upload_decode": "up dec", "other": "other"}
+        rows = [[r.method, *(_ms(r.overhead_seconds[k]) for k in OVERHEAD_PHASES),
+                 _ms(sum(r.overhead_seconds.values())),
+                 *(_ms(r.in_loop_seconds[k]) for k in IN_LOOP_PROBES)]
+                for r in report.methods]
+        out += _table(["method", *(short[k] for k in OVERHEAD_PHASES), "sum",
+                       "collate*", "live_lora*"], rows)
+        out.append("  * inside the training loop, counted as training (the bare loop has its "
+                   "batches collated before the clock starts)")
+    if report.rss is not None:
+        rss = report.rss
+        out += ["", f"Peak RSS ({rss.model}, one process each; parameters "
+                f"{_mib(rss.param_bytes)} MiB)"]
+        base = rss.runs[0].peak_rss_bytes
+        rows = [["model only" if r.clients is None else f"{r.clients} clients",
+                 _mib(r.peak_rss_bytes), _mib(r.peak_rss_bytes - base),
+                 f"{(r.peak_rss_bytes - base) / rss.param_bytes:.2f}", f"{r.seconds:.0f}"]
+                for r in rss.runs]
+        out += _table(["run", "peak MiB", "over model-only MiB", "x params", "seconds"], rows)
+        feds = [r for r in rss.runs if r.clients is not None]
+        if len(feds) >= 2:
+            lo, hi = feds[0], feds[-1]
+            assert lo.clients is not None and hi.clients is not None
+            extra = hi.peak_rss_bytes - lo.peak_rss_bytes
+            per = extra / max(1, hi.clients - lo.clients)
+            out.append(f"  {hi.clients} vs {lo.clients} clients: {extra / MIB:+.0f} MiB, "
+                       f"{per / MIB:+.1f} MiB per extra client = "
+                       f"{per / rss.param_bytes:.3f} model copies per client")
+    if report.checks:
+        out += ["", "Targets"]
+        for c in report.checks:
+            verdict = "PASS" if c["passed"] else "FAIL"
+            value = c["value"]
+            shown = f"{value:.2%}" if "share" in c["check"] else f"{value:.3f}"
+            out.append(f"  {verdict}  {c['check']}: {shown}")
+    return "\n".join(out)
+
+
+def report_json(report: ClientBenchReport) -> dict[str, Any]:
+    return dataclasses.asdict(report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedlora bench client",
+        description="Local training throughput of fedlora's client step against a bare "
+                    "PyTorch + PEFT loop, the share of a round outside training, and "
+                    "(--rss) peak memory of federations with different client counts.",
+    )
+    p.add_argument("--model", default="smollm2-135m",
+                   help="built-in model name or local folder (default smollm2-135m)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated methods to time (default fedavg,fedsrd)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per method (default 5)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="run-config override (repeatable), e.g. --set train.local_steps=5")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--rss", action="store_true",
+                   help="also measure peak RSS of short federations in subprocesses")
+    p.add_argument("--rss-clients", default="4,16",
+                   help="client counts of the RSS runs (default 4,16)")
+    p.add_argument("--rss-only", action="store_true", help="skip the timing part")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    """Entry point of ``fedlora bench client``; returns the process exit status.
+
+    0 on success (target failures included: they are reported, not fatal); 2 on a bad
+    configuration or a failed run, with a one-line message on stderr.
+    """
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+
+    def progress(text: str) -> None:
+        if not args.quiet:
+            print(f"· {text}", file=sys.stderr, flush=True)
+
+    try:
+        config = ClientBenchConfig(
+            model=args.model,
+            methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+            repeats=args.repeats, overrides=tuple(args.overrides), threads=args.threads,
+            rss=args.rss or args.rss_only, rss_clients=_ints(args.rss_clients, "--rss-clients"),
+            skip_timing=args.rss_only,
+        )
+        report = run_bench(config, progress)
+    except (FedloraError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(report_json(report), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(format_table(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
