@@ -195,7 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `comm` and `bench X` own their options; argparse's REMAINDER cannot pass a leading
+    # "--option" through a subparser, so hand those argument lists over directly.
+    if argv[:1] == ["comm"] and argv[1:2] not in (["-h"], ["--help"], []):
+        args = argparse.Namespace(func=cmd_comm, rest=argv[1:], verbose=False)
+    elif argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in BENCHES:
+        args = argparse.Namespace(func=cmd_bench, which=argv[1], rest=argv[2:], verbose=False)
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
