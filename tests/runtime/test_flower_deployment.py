@@ -1,0 +1,220 @@
+"""A real Flower deployment on 127.0.0.1: one SuperLink and two SuperNodes, each its own
+process group on free ports, all stopped at the end even on failure.
+
+FedSRD and FLoRIST run 2 rounds each through ``run_flower(runtime="flower")`` and give the
+in-process runtime's adapter and bytes per client; then a SuperNode is SIGKILLed while it
+holds a round's message and the run completes with the other client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedlora import config
+from fedlora.runtime import simulation
+from fedlora.runtime.flower.launch import flower_env, run_flower
+from fedlora.runtime.flower.server import ServerOptions
+from tests.conftest import tiny_overrides, write_client_files
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 90.0
+RUN_TIMEOUT = 900.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Flower detaches some children into new sessions)."""
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    for p in tree(pid):
+        try:
+            os.killpg(os.getpgid(p), sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@dataclass
+class Cluster:
+    """A SuperLink and SuperNodes started by this test (only these are ever signalled)."""
+
+    root: Path
+    env: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    address: str = ""
+
+    def start(self, name: str, cmd: list[str]) -> None:
+        log = (self.root / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def superlink(self) -> None:
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host",
+                                 "127.0.0.1", "--port", str(port),
+                                 "--disable-runtime-dependency-installation"])
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.procs["superlink"].poll() is None, self.log("superlink")[-3000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"SuperLink did not listen on {port}: {self.log('superlink')[-3000:]}")
+
+    def supernode(self, k: int, n: int) -> None:
+        self.start(f"supernode{k}", [
+            str(BIN / "flower-supernode"), "--insecure", "--superlink", self.address,
+            "--port", str(free_port()), "--max-wait-time", "120",
+            "--node-config", f"partition-id={k} num-partitions={n}"])
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            kill_tree(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            kill_tree(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    # Every Flower process finds the venv's entry points (the SuperLink spawns
+    # `flower-superexec` by name) and imports fedlora from this checkout.
+    pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("PYTHONPATH", pythonpath)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "cluster"
+    root.mkdir()
+    env = flower_env(root / "flwr-home")
+    c = Cluster(root=root, env=env)
+    try:
+        c.superlink()
+        for k in range(2):
+            c.supernode(k, 2)
+        yield c
+    finally:
+        c.stop()
+
+
+def _records(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _adapter(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def _cfg(out: Path, files: list[str], *extra: str) -> config.RunConfig:
+    return config.load(None, tiny_overrides(out, files) + list(extra))
+
+
+OPTIONS = ServerOptions(join_timeout=START_TIMEOUT)
+
+
+def test_deployment_matches_in_process_and_survives_a_killed_supernode(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    files = write_client_files(tmp_path, 2)
+
+    # --- FedSRD and FLoRIST: same adapter and bytes per client as in-process
+    for method in ("fedsrd", "florist"):
+        sim = _cfg(tmp_path / f"sim-{method}", files, f"method={method}")
+        flw = _cfg(tmp_path / f"flower-{method}", files, f"method={method}")
+
+        simulation.run(sim)
+        run_flower(flw, runtime="flower", superlink=cluster.address, resume=False,
+                   options=OPTIONS, timeout=RUN_TIMEOUT)
+
+        a, b = _adapter(tmp_path / f"sim-{method}"), _adapter(tmp_path / f"flower-{method}")
+        assert a.keys() == b.keys()
+        for k in a:
+            rel = float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-30))
+            assert rel < 1e-4, (method, k, rel)
+        ra, rb = _records(tmp_path / f"sim-{method}"), _records(tmp_path / f"flower-{method}")
+        assert [r["round"] for r in rb] == [0, 1, 2]
+        for x, y in zip(ra[1:], rb[1:], strict=True):
+            assert y["accepted"] == [0, 1]
+            assert x["upload_bytes"] == y["upload_bytes"]
+            assert x["download_bytes"] == y["download_bytes"]
+
+    # --- Kill SuperNode 1 while it holds round 1's message: the round ends without it
+    kill = _cfg(tmp_path / "flower-kill", files, "method=fedsrd", "federation.min_clients=1")
+    seen = cluster.log("supernode1").count("Receiving: train message")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_flower(kill, runtime="flower", superlink=cluster.address, resume=False,
+                       options=OPTIONS, timeout=RUN_TIMEOUT)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while cluster.log("supernode1").count("Receiving: train message") == seen:
+        assert worker.is_alive() and time.monotonic() < deadline, "round 1 never reached node 1"
+        time.sleep(0.1)
+    kill_tree(cluster.procs["supernode1"].pid, signal.SIGKILL)
+    worker.join(timeout=RUN_TIMEOUT)
+
+    assert not worker.is_alive() and not errors, errors
+    records = _records(tmp_path / "flower-kill")
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert records[1]["accepted"] == [0] and "1" in records[1]["dropped"]
+    assert records[2]["accepted"] == [0] and not records[2]["skipped"]
+    assert (tmp_path / "flower-kill" / "adapter" / "adapter_model.safetensors").is_file()
