@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import gc
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -158,8 +157,14 @@ def measure(fn: Callable[[], T], watch: Iterable[tuple[int, int]] = ()) -> Measu
     fn : the call to measure (its return value is kept alive until the peak is read, so
         memory the result holds counts as extra memory, as it would in a real round).
     watch : 2-D shapes whose creation is reported (see :class:`MemoryUse`).
+
+    Notes
+    -----
+    The garbage collector is not run first: only storages created by the call are counted,
+    and garbage freed during the call can only lower the RSS, never its high-water mark.
+    The first use of a dispatch mode imports part of ``torch._dynamo`` (seconds); call
+    :func:`warm_up` before timing anything that includes a measurement.
     """
-    gc.collect()
     rss_before = _status_kib("VmRSS")
     can_reset = _reset_peak_rss()
     tracker = TensorMemoryTracker(watch)
@@ -178,3 +183,8 @@ def measure(fn: Callable[[], T], watch: Iterable[tuple[int, int]] = ()) -> Measu
         peak_rss_bytes=peak_rss,
     )
     return Measured(use=use, value=value)
+
+
+def warm_up() -> None:
+    """Pay the one-time import cost of torch's dispatch-mode machinery now."""
+    measure(lambda: torch.zeros(1))

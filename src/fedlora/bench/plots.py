@@ -46,11 +46,12 @@ def plot_group(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(k, name) for k, name in PANELS
               if any(p.get(k) is not None for r in rows for p in r["curve"])]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4.2),
-                             squeeze=False)
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(max(7.0, 5.2 * n), 4.6), squeeze=False)
     markers = "osD^v<>pXh*"
     for ax, (key, name) in zip(axes[0], panels, strict=False):
         for i, row in enumerate(rows):
@@ -66,14 +67,16 @@ def plot_group(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None
             ax.axhline(ref["mean"], color="grey", linestyle="--", linewidth=1, label="base model")
         if x == "cum_mb":
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(X_LABELS[x])
         ax.set_title(name, fontsize=10)
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=8,
-               frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(2 + 2 * n, max(1, len(labels))),
+               fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.16, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -41,7 +41,7 @@ from typing import Any, TextIO
 import torch
 
 from fedlora.bench.dense_reference import LayerInputs, references, relative_error, stacked_bytes
-from fedlora.bench.memory import MemoryUse, measure
+from fedlora.bench.memory import MemoryUse, measure, warm_up
 from fedlora.bench.synthetic import RoundInputs, make_setup, synthetic_round
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.methods import registry
@@ -72,6 +72,7 @@ class BenchConfig:
     repeats: int = 3
     ref_repeats: int = 1
     seed: int = 0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not self.ranks or any(r < 1 for r in self.ranks):
@@ -82,6 +83,8 @@ class BenchConfig:
             raise ConfigError(f"--model-blocks must be >= 1, got {self.model_blocks}")
         if self.repeats < 1 or self.ref_repeats < 1:
             raise ConfigError("--repeats and --ref-repeats must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
 
 
 @dataclass(frozen=True)
@@ -259,10 +262,20 @@ def bench_method(
         def run_reference() -> dict[str, torch.Tensor]:
             return {layer: reference(inp) for layer, inp in inputs.items()}
 
-        measured = measure(run_reference, _watch(subset))
-        result.reference_memory = measured.use
-        del measured
-        result.reference, ref_out = time_call(run_reference, config.ref_repeats)
+        # The dense reference is a few large ops, so the memory probe's per-op cost is
+        # negligible next to it: its first timed run is also its measured run.
+        watch = _watch(subset)
+        probe: list[MemoryUse] = []
+
+        def first_measured() -> dict[str, torch.Tensor]:
+            if probe:
+                return run_reference()
+            measured = measure(run_reference, watch)
+            probe.append(measured.use)
+            return measured.value  # type: ignore[no-any-return]
+
+        result.reference, ref_out = time_call(first_measured, config.ref_repeats)
+        result.reference_memory = probe[0]
         ours = global_dense(check_method, check_state, setup_sub)
         result.rel_error = max(relative_error(ours[layer], ref_out[layer]) for layer in ref_out)
         del inputs, ref_out, ours
@@ -384,8 +397,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     targets = list(config.targets) if config.targets else None
     subset = tuple(layer_specs(config.shape, targets, config.blocks))
     full = tuple(layer_specs(config.shape, targets, config.model_blocks))
+    warm_up()
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or threads)
+    torch.set_num_threads(config.threads or os.cpu_count() or threads)
     try:
         report = BenchReport(
             config=config,
@@ -399,11 +413,25 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             },
         )
         for n in names:
-            report.results.append(bench_method(n, config, subset, full, say))
+            result = bench_method(n, config, subset, full, say)
+            report.results.append(result)
+            say(_summary(result))
     finally:
         torch.set_num_threads(threads)
     report.checks = check_targets(config, report.results)
     return report
+
+
+def _summary(r: MethodResult) -> str:
+    """One progress line with a method's figures, so a run cut short still tells something."""
+    err = "-" if r.rel_error is None else f"{r.rel_error:.1e}"
+    ratio = "-" if r.ratio is None else f"{r.ratio:.0f}x"
+    peak = "-" if r.memory is None else _mb(r.memory.peak_tensor_bytes)
+    return (
+        f"{r.method}: proj {_secs(r.project_subset)} s / ref {_secs(r.reference)} s "
+        f"({ratio}) on the subset, rel.err {err}; whole model {_secs(r.project_full)} s, "
+        f"peak {peak} MB, stacked {_mb(r.stacked_bytes)} MB"
+    )
 
 
 def _load_average() -> float | None:
@@ -529,7 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the project step")
     p.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the dense reference")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: every core)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--json-out", default=None, metavar="PATH",
+                   help="also write the JSON report to PATH")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target check fails")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -548,8 +580,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         config = BenchConfig(
             shape=args.shape, targets=args.targets, ranks=ranks, blocks=args.blocks,
             model_blocks=args.model_blocks, methods=args.methods, repeats=args.repeats,
-            ref_repeats=args.ref_repeats,
-            seed=args.seed,
+            ref_repeats=args.ref_repeats, seed=args.seed, threads=args.threads,
         )
 
         def progress(text: str) -> None:
@@ -560,6 +591,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     except FedloraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(report_json(report), fh, indent=2)
     if args.json:
         json.dump(report_json(report), out, indent=2)
         out.write("\n")

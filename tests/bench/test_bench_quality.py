@@ -1,0 +1,175 @@
+"""`fedlora bench quality`: the quick benchmark writes a table, JSON and plots holding every
+method; the summaries it prints are the arithmetic of the runs' metrics records."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedlora.bench import quality
+from fedlora.bench.quality import (
+    HETERO_METHODS,
+    MB,
+    OOD_NAME,
+    aggregate,
+    main,
+    plan,
+    scores,
+    summarise_run,
+)
+from fedlora.methods.registry import names
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "quick"
+    code = main(["--quick", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
+    # Prepare
+    doc = json.loads((quick / "results.json").read_text())
+    table = (quick / "results.md").read_text()
+    expected_labels = {s.label for s in plan(names(), [0], quality.QUICK_BUDGET)}
+
+    # Execute
+    labels = {row["label"] for row in doc["rows"]}
+    md_labels = {line.split("|")[1].strip() for line in table.splitlines()
+                 if line.startswith("| ") and not line.startswith("| method")}
+
+    # Assert
+    assert labels == expected_labels
+    assert expected_labels | {"base model (round 0)"} == md_labels
+    assert {r["method"] for r in doc["rows"]} == set(names())
+    assert not doc["partial"] and doc["finished_runs"] == len(expected_labels)
+    for row in doc["rows"]:
+        assert math.isfinite(row["id_loss"]["mean"]) and row["cum_mb"]["mean"] > 0
+        assert [p["round"] for p in row["curve"]] == [0, 1, 2]
+    pngs = sorted(quick.glob("*.png"))
+    assert {p.name for p in pngs} >= {"main_vs_round.png", "main_vs_mb.png",
+                                      "hetero_vs_round.png", "florist-tau_vs_mb.png"}
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
+
+
+def test_quick_runs_share_one_budget_and_differ_only_in_method(quick: Path) -> None:
+    # Prepare
+    configs = [json.loads(p.read_text()) for p in quick.glob("runs/*/seed0/config.json")]
+
+    # Execute
+    shared = {json.dumps({k: c[k] for k in ("train", "federation", "eval", "model")},
+                         sort_keys=True) for c in configs}
+
+    # Assert
+    assert len(configs) == len(plan(names(), [0], quality.QUICK_BUDGET))
+    assert len(shared) == 1
+    hetero = [c for c in configs if c["lora"]["ranks"]]
+    assert sorted(c["method"]["name"] for c in hetero) == sorted(HETERO_METHODS)
+
+
+def test_report_only_rereads_finished_runs_without_running(quick: Path) -> None:
+    # Prepare
+    before = json.loads((quick / "results.json").read_text())
+
+    # Execute
+    code = main(["--quick", "--out", str(quick), "--report-only"])
+    after = json.loads((quick / "results.json").read_text())
+
+    # Assert
+    assert code == 0
+    assert all(r["reused"] for r in after["runs"])
+    assert [r["id_loss"] for r in after["rows"]] == [r["id_loss"] for r in before["rows"]]
+
+
+def _records() -> list[dict[str, Any]]:
+    """Metrics records of a 2-round run with choice tasks and an OOD set."""
+    ev = [{"code": {"loss": 2.0 - 0.1 * t}, "email": {"loss": 1.5, "acc": 0.5 + 0.1 * t},
+           "dictionary": {"loss": 3.0, "acc": 0.25}, OOD_NAME: {"loss": 4.0 + 0.05 * t}}
+          for t in range(3)]
+    recs: list[dict[str, Any]] = [{"round": 0, "eval": ev[0]}]
+    for t in (1, 2):
+        recs.append({"round": t, "eval": ev[t], "server_seconds": 0.5 * t,
+                     "upload_bytes": {"0": 1000 * t, "1": 3000 * t},
+                     "download_bytes": {"0": 500, "1": 700}})
+    return recs
+
+
+def test_scores_keep_ood_apart_and_average_only_choice_tasks_for_accuracy() -> None:
+    # Prepare
+    ev = _records()[2]["eval"]
+
+    # Execute
+    s = scores(ev)
+
+    # Assert
+    assert s["id_loss"] == pytest.approx(statistics.fmean(
+        ev[d]["loss"] for d in ("code", "email", "dictionary")))
+    assert s["id_acc"] == pytest.approx((ev["email"]["acc"] + ev["dictionary"]["acc"]) / 2)
+    assert s["ood_loss"] == ev[OOD_NAME]["loss"]
+
+
+def test_run_summary_is_the_per_client_mean_of_the_records() -> None:
+    # Prepare
+    recs = _records()
+    rounds = recs[1:]
+    up = [statistics.fmean(r["upload_bytes"].values()) / MB for r in rounds]
+    down = [statistics.fmean(r["download_bytes"].values()) / MB for r in rounds]
+
+    # Execute
+    s = summarise_run(recs)
+
+    # Assert
+    assert s["mb_up"] == pytest.approx(statistics.fmean(up))
+    assert s["mb_down"] == pytest.approx(statistics.fmean(down))
+    assert s["cum_mb"] == pytest.approx(sum(up) + sum(down))
+    assert s["server_s"] == pytest.approx(statistics.fmean(r["server_seconds"] for r in rounds))
+    assert s["tasks"]["email.acc"] == recs[-1]["eval"]["email"]["acc"]
+    assert [p["round"] for p in s["curve"]] == [0, 1, 2]
+    assert s["curve"][1]["cum_mb"] == pytest.approx(up[0] + down[0])
+    assert s["id_loss"] == scores(recs[-1]["eval"])["id_loss"]
+
+
+def test_aggregate_reports_mean_and_sample_sd_over_seeds() -> None:
+    # Prepare
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.3)):
+        recs = _records()
+        recs[-1]["eval"]["code"]["loss"] += shift
+        runs.append({"label": "m", "group": "main", "method": "m", "options": {}, "ranks": [],
+                     "seed": seed, **summarise_run(recs)})
+
+    # Execute
+    (row,) = aggregate(runs)
+
+    # Assert
+    losses = [r["id_loss"] for r in runs]
+    assert row["id_loss"]["mean"] == pytest.approx(statistics.fmean(losses))
+    assert row["id_loss"]["sd"] == pytest.approx(statistics.stdev(losses))
+    assert row["tasks"]["code.loss"]["sd"] > 0 and row["seeds"] == [0, 1]
+
+
+def test_plan_runs_main_methods_of_every_seed_first_and_hetero_only_where_supported() -> None:
+    # Prepare
+    methods = ["fedavg", "fedsrd", "florist"]
+
+    # Execute
+    specs = plan(methods, [0, 1], quality.DEFAULT_BUDGET)
+
+    # Assert
+    main_part = specs[: 2 * len(methods)]
+    assert all(s.group == "main" for s in main_part)
+    assert [s.seed for s in main_part] == [0, 0, 0, 1, 1, 1]
+    hetero = [s for s in specs if s.group == "hetero"]
+    assert {s.method for s in hetero} == {"fedavg", "florist"}
+    assert all(s.ranks == quality.HETERO_RANKS for s in hetero)
+    assert [s.options["tau"] for s in hetero if s.method == "florist"] == [0.85, 0.85]
+    taus = sorted(s.options["tau"] for s in specs if s.method == "florist" and not s.ranks)
+    assert taus == sorted(quality.FLORIST_TAUS * 2)
