@@ -4,6 +4,7 @@ round, restart or fail are dropped for that round and re-synchronised."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable
@@ -192,7 +193,7 @@ def test_run_config_carries_the_whole_config(tmp_path: Path, client_files: list[
 
 # --------------------------------------------------------------------------- whole runs
 
-FAST = {"fedsrd", "flexlora"}
+FAST = {"fedsrd"}
 HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora"}
 
 
@@ -277,3 +278,22 @@ def test_restarted_node_is_resynchronised_and_matches_in_process_failure(
     assert ra[2]["accepted"] == [0, 2]
     a, b = _adapter(tmp_path / "sim"), _adapter(tmp_path / "flower")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_resumed_flower_run_resynchronises_fresh_nodes(tmp_path: Path,
+                                                      client_files: list[str]) -> None:
+    # Prepare: the in-process run of 2 rounds, and a Flower run stopped after round 1
+    sim, flw = _pair(tmp_path, client_files, "method=fedsrd")
+    simulation.run(sim)
+    serve(LocalGrid(3), dataclasses.replace(
+        flw, federation=dataclasses.replace(flw.federation, rounds=1)))
+
+    # Execute: resume on SuperNodes that remember nothing (a new Flower run)
+    grid = LocalGrid(3)
+    serve(grid, flw, resume=True)
+
+    # Assert
+    a, b = _adapter(tmp_path / "sim"), _adapter(tmp_path / "flower")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["round"] for r in _records(tmp_path / "flower")] == [0, 1, 2]
