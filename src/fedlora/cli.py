@@ -115,7 +115,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"fedlora run: method={cfg.method.name} model={cfg.model.name} "
           f"clients={cfg.data.clients} rounds={cfg.federation.rounds} -> {cfg.out_dir}",
           flush=True)
-    out = simulation.run(cfg, resume=bool(args.resume), report=RoundTable())
+    if args.runtime == "inprocess":
+        if args.superlink:
+            raise FedloraError("--superlink needs --runtime flower")
+        out = simulation.run(cfg, resume=bool(args.resume), report=RoundTable())
+    else:
+        from fedlora.runtime.flower.launch import run_flower
+
+        out = run_flower(cfg, runtime=args.runtime, superlink=args.superlink,
+                         resume=bool(args.resume), report=RoundTable(),
+                         root_certificates=args.root_certificates)
     print(f"metrics: {out / 'metrics.jsonl'}\nadapter: {out / 'adapter'}", flush=True)
     return 0
 
@@ -161,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", help="TOML config file")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last "
                      "complete round")
+    run.add_argument("--runtime", choices=["inprocess", "flower-sim", "flower"],
+                     default="inprocess", help="where clients run: in this process (default), "
+                     "Flower's simulation engine, or a Flower deployment (--superlink)")
+    run.add_argument("--superlink", metavar="HOST:PORT", help="SuperLink of a Flower deployment")
+    run.add_argument("--root-certificates", metavar="PEM", help="CA certificate of a TLS "
+                     "SuperLink")
     run.add_argument("overrides", nargs="*", metavar="key=value")
     run.set_defaults(func=cmd_run)
 
