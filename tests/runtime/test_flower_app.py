@@ -35,7 +35,7 @@ from fedlora.runtime.flower.protocol import (
     report_content,
     unpack_memory,
 )
-from fedlora.runtime.flower.server import ServerOptions, serve
+from fedlora.runtime.flower.server import serve
 from fedlora.runtime.flower.server_app import decode_config, encode_config, settings
 from tests.conftest import tiny_overrides
 
@@ -81,7 +81,8 @@ class LocalGrid(Grid):
             node = msg.metadata.dst_node_id
             self.log.append((msg.metadata.message_type, node))
             ctx = self.contexts[node]
-            if msg.metadata.message_type == "train" and ctx.node_config["partition-id"] in self.dead:
+            down = ctx.node_config["partition-id"] in self.dead
+            if msg.metadata.message_type == "train" and down:
                 reply = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node is down"),
                                 reply_to=msg)
             else:
@@ -175,8 +176,8 @@ def test_instruction_and_report_round_trip() -> None:
 
 
 def test_run_config_carries_the_whole_config(tmp_path: Path, client_files: list[str]) -> None:
-    cfg = config.load(None, tiny_overrides(tmp_path, client_files) + ["method=fedsrd",
-                                                                      "method.fedsrd.p_down=0.5"])
+    cfg = config.load(None, [*tiny_overrides(tmp_path, client_files), "method=fedsrd",
+                             "method.fedsrd.p_down=0.5"])
     toml = tmp_path / "run.toml"
     toml.write_text('seed = 3\n[method]\nname = "florist"\n')
 

@@ -8,6 +8,7 @@ holds a round's message and the run completes with the other client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,10 +72,8 @@ def tree(pid: int) -> list[int]:
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
     for p in tree(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(os.getpgid(p), sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @dataclass
@@ -121,10 +120,8 @@ class Cluster:
             kill_tree(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for proc in self.procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             kill_tree(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
@@ -200,7 +197,7 @@ def test_deployment_matches_in_process_and_survives_a_killed_supernode(
         try:
             run_flower(kill, runtime="flower", superlink=cluster.address, resume=False,
                        options=OPTIONS, timeout=RUN_TIMEOUT)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+        except BaseException as exc:
             errors.append(exc)
 
     worker = threading.Thread(target=run, daemon=True)

@@ -82,7 +82,7 @@ def _get(rec: ConfigRecord, key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in rec:
         raise PayloadError(f"flower message lacks {key!r}")
     value = rec[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise PayloadError(f"flower message field {key!r} has type {type(value).__name__}")
     return value
 

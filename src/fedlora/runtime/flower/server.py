@@ -138,7 +138,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Messag
     while len(replies) < len(ids):
         for reply in grid.pull_messages([i for i in ids if i not in replies]):
             replies[reply.metadata.reply_to_message_id] = reply
-        if len(replies) == len(ids) or deadline is not None and time.monotonic() > deadline:
+        if len(replies) == len(ids) or (deadline is not None and time.monotonic() > deadline):
             break
         time.sleep(0.2)
     return [replies.get(i) for i in ids]
@@ -293,7 +293,7 @@ def round_record(fed: Federation, rnd: Round, targets: Iterable[int],
 def restore(fed: Federation, out: Path) -> RunState | None:
     """The in-process runtime's resume (checkpoints are the same in both runtimes)."""
     # simulation._restore is private today; the lead is asked to make it public.
-    return simulation._restore(fed, out)  # noqa: SLF001
+    return simulation._restore(fed, out)
 
 
 def serve(grid: Grid, cfg: RunConfig, *, resume: bool = False,
@@ -314,7 +314,7 @@ def serve(grid: Grid, cfg: RunConfig, *, resume: bool = False,
                                             "eval": base_eval}) + "\n")
         report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
     else:
-        simulation._truncate_metrics(metrics_path, rs.round)  # noqa: SLF001
+        simulation._truncate_metrics(metrics_path, rs.round)
         log.info("resuming %s after round %d", out, rs.round)
     nodes = Nodes(clients=cfg.data.clients)
     report("status", {"text": f"waiting for {cfg.data.clients} SuperNodes"})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import shlex
 from collections.abc import Mapping
 from typing import Any
@@ -70,6 +71,22 @@ def settings(run_config: Mapping[str, Any]) -> tuple[RunConfig, bool, ServerOpti
     return cfg, bool(run_config.get("resume", False)), opts
 
 
+def log_progress(kind: str, info: dict[str, Any]) -> None:
+    """Round summaries on Flower's logger, so ``flwr run --stream`` / ``flwr log`` show them
+    (a deployed ServerApp has no terminal of its own)."""
+    flwr_log = logging.getLogger("flwr")
+    if kind == "status":
+        flwr_log.info("fedlora: %s", info["text"])
+    elif kind == "round_done" and info["round"] > 0:
+        rec = info["record"]
+        flwr_log.info("fedlora round %d: accepted %s, dropped %s%s, bytes up %s, down %s",
+                      info["round"], rec.get("accepted"), rec.get("dropped"),
+                      " (skipped)" if rec.get("skipped") else "", rec.get("upload_bytes"),
+                      rec.get("download_bytes"))
+    elif kind == "done":
+        flwr_log.info("fedlora: run folder %s", info["out"])
+
+
 def make_server_app(cfg: RunConfig | None = None, *, resume: bool = False,
                     options: ServerOptions | None = None,
                     report: Reporter | None = None) -> ServerApp:
@@ -82,7 +99,7 @@ def make_server_app(cfg: RunConfig | None = None, *, resume: bool = False,
             run_cfg, run_resume, opts = settings(context.run_config)
         else:
             run_cfg, run_resume, opts = cfg, resume, options or ServerOptions()
-        serve(grid, run_cfg, resume=run_resume, options=opts, report=report)
+        serve(grid, run_cfg, resume=run_resume, options=opts, report=report or log_progress)
 
     return server_app
 
