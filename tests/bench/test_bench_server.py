@@ -27,6 +27,7 @@ TINY = BenchConfig(
     model_blocks=2,
     repeats=1,
     ref_repeats=1,
+    threads=1,  # no timing is asserted; one thread avoids OpenMP stalls on a busy machine
 )
 
 
@@ -78,7 +79,7 @@ def test_main_prints_json_and_rejects_an_unknown_shape() -> None:
     out = io.StringIO()
     argv = [
         "--shape", "smollm2-135m", "--targets", "q_proj", "--rank", "2", "--clients", "2",
-        "--blocks", "1", "--model-blocks", "1", "--methods", "fedavg,florist", "--repeats", "1",
+        "--blocks", "1", "--model-blocks", "1", "--methods", "fedavg,florist", "--repeats", "1", "--threads", "1",
         "--json", "--quiet",
     ]
     # Execute
