@@ -242,6 +242,7 @@ def test_too_few_answers_skip_the_round(tmp_path: Path, client_files: list[str])
     assert all(r["skipped"] and r["accepted"] == [0, 1] for r in records[1:])
 
 
+@pytest.mark.slow
 def test_restarted_node_is_resynchronised_and_matches_in_process_failure(
     tmp_path: Path, client_files: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
