@@ -67,11 +67,13 @@ def client_examples_raw(
     return client_split(cfg.data, seed=cfg.seed).clients[cid]
 
 
-def build_client(cfg: RunConfig, cid: int, data_file: str | None = None) -> ClientParts:
+def build_client(cfg: RunConfig, cid: int, data_file: str | None = None, *,
+                 with_data: bool = True) -> ClientParts:
     """Build client ``cid``'s model, method and data the way ``assemble`` builds them.
 
     The model gets the same seed and the same adapter slots (one per client shape) as the
-    in-process runtime's shared model, so training starts from identical weights.
+    in-process runtime's shared model, so training starts from identical weights. Without
+    ``with_data`` (a round where the client only applies the broadcast) no data is read.
     """
     torch.manual_seed(cfg.seed)
     model, tokenizer = resolve_model(cfg.model.name, seed=cfg.seed)
@@ -83,8 +85,8 @@ def build_client(cfg: RunConfig, cid: int, data_file: str | None = None) -> Clie
     method = build(cfg.method.name, cfg.method.options)
     method.validate(setup)
     seq_len = cfg.train.seq_len
-    examples = [encode_example(tokenizer, ex.prompt, ex.completion, seq_len)
-                for ex in client_examples_raw(cfg, cid, data_file)]
+    raw = client_examples_raw(cfg, cid, data_file) if with_data else []
+    examples = [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in raw]
     return ClientParts(peft_model, method, setup, setup.client(cid), examples,
                        pad_id_of(tokenizer))
 
@@ -105,7 +107,7 @@ def client_round(
         log.warning("client %d out of sync: %s", ins.cid, why)
         return Report(cid=ins.cid, round=ins.round, status="out-of-sync", error=why), memory
     cfg = config_mod.from_dict(json.loads(ins.config))
-    parts = build_client(cfg, ins.cid, data_file)
+    parts = build_client(cfg, ins.cid, data_file, with_data=ins.train)
     broadcast = receive_broadcast(parts.method, parts.setup, parts.client, ins.broadcast, cfg)
     merges = (*memory.merges, parts.method.base_merge(broadcast, parts.setup))
     # Replay every merge in order, as the shared in-process model received them.

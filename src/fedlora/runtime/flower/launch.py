@@ -125,7 +125,6 @@ def _run_sim(cfg: RunConfig, resume: bool, options: ServerOptions,
     from fedlora.runtime.flower.client_app import app as client_app
     from fedlora.runtime.flower.server_app import make_server_app
 
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read by Flower in this process
     cpus = os.cpu_count() or 1
     # One CPU per virtual SuperNode: Ray then runs up to `cpus` clients at once; each
     # ClientApp gets the node config partition-id = k, as a deployed SuperNode would.
