@@ -19,6 +19,24 @@ def _check_chain(left: Tensor, right: Tensor) -> None:
         raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
 
 
+def _min_norm_lstsq(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """``pinv(matrix) @ rhs`` for a tall thin ``matrix`` (k×r, k >= r), via the r×r Gram
+    matrix's eigendecomposition: ``pinv(M) = V diag(1/λ) Vᵀ Mᵀ`` over eigenvalues above
+    the same relative cutoff as ``torch.linalg.pinv`` (on singular values, ``λ = σ²``).
+    Costs O(k·r² + k·r·q) and never builds the k×r pseudo-inverse."""
+    # The r×r algebra runs in float64: squaring σ into λ would otherwise cost float32 half
+    # its digits.
+    wide = matrix.double()
+    lam, vec = torch.linalg.eigh(wide.T @ wide)
+    top = lam.max().clamp(min=0)
+    rtol = max(matrix.shape) * torch.finfo(matrix.dtype).eps
+    keep = lam > (rtol**2) * top if top > 0 else torch.zeros_like(lam, dtype=torch.bool)
+    inv = torch.where(keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)),
+                      torch.zeros_like(lam))
+    projected = (matrix.T @ rhs).double()
+    return (vec @ (inv[:, None] * (vec.T @ projected))).to(rhs.dtype)
+
+
 def solve_b_update(left: Tensor, right: Tensor, a: Tensor) -> Tensor:
     """``ΔB = (L @ R) @ pinv(A)``, evaluated as ``L @ (R @ pinv(A))``.
 
@@ -34,7 +52,9 @@ def solve_b_update(left: Tensor, right: Tensor, a: Tensor) -> Tensor:
     _check_chain(left, right)
     if a.ndim != 2 or a.shape[1] != right.shape[1]:
         raise ValueError(f"A {tuple(a.shape)} does not match ΔW's {right.shape[1]} columns")
-    return left @ (right @ torch.linalg.pinv(a))
+    # X = R·pinv(A) is the minimum-norm least-squares solution of X·A = R, i.e. of
+    # Aᵀ·Xᵀ = Rᵀ: an n×r system with q right-hand sides, never an n×r pseudo-inverse.
+    return left @ _min_norm_lstsq(a.T, right.T).T
 
 
 def solve_a_update(left: Tensor, right: Tensor, b: Tensor) -> Tensor:
@@ -52,4 +72,4 @@ def solve_a_update(left: Tensor, right: Tensor, b: Tensor) -> Tensor:
     _check_chain(left, right)
     if b.ndim != 2 or b.shape[0] != left.shape[0]:
         raise ValueError(f"B {tuple(b.shape)} does not match ΔW's {left.shape[0]} rows")
-    return (torch.linalg.pinv(b) @ left) @ right
+    return _min_norm_lstsq(b, left) @ right
