@@ -202,8 +202,10 @@ HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora"}
     m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in names()])
 def test_flower_run_equals_in_process_run(method: str, tmp_path: Path,
                                           client_files: list[str]) -> None:
-    # Prepare: hetero ranks where the method supports them (per-client broadcasts)
-    extra = [f"method={method}"] + (["lora.ranks=[4, 2, 2]"] if method in HETERO else [])
+    # Prepare: hetero ranks where the method supports them (per-client broadcasts); 2 of 3
+    # clients train each round, so one client only applies the broadcast
+    extra = [f"method={method}", "federation.clients_per_round=2"] + (
+        ["lora.ranks=[4, 2, 2]"] if method in HETERO else [])
     sim, flw = _pair(tmp_path, client_files, *extra)
 
     # Execute
@@ -216,7 +218,9 @@ def test_flower_run_equals_in_process_run(method: str, tmp_path: Path,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = _records(tmp_path / "sim"), _records(tmp_path / "flower")
     assert [_strip(r) for r in ra] == [_strip(r) for r in rb]
-    assert all(set(r["upload_bytes"]) == {"0", "1", "2"} for r in rb[1:])
+    assert all(len(r["sampled"]) == 2 for r in rb[1:])
+    assert all(set(r["upload_bytes"]) == {str(c) for c in r["sampled"]} for r in rb[1:])
+    assert all(set(r["download_bytes"]) == {"0", "1", "2"} for r in rb[1:])
     assert [kind for kind, _ in grid.log].count("query") == 3
 
 
