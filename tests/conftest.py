@@ -20,8 +20,15 @@ def write_client_files(folder: Path, clients: int, per_client: int = 16) -> list
                 a, b = rng.randint(1, 99), rng.randint(1, 99)
                 op = ["plus", "minus", "times"][k % 3]
                 value = {"plus": a + b, "minus": a - b, "times": a * b}[op]
-                f.write(json.dumps({"prompt": f"What is {a} {op} {b}?",
-                                    "completion": f"{a} {op} {b} is {value}."}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt": f"What is {a} {op} {b}?",
+                            "completion": f"{a} {op} {b} is {value}.",
+                        }
+                    )
+                    + "\n"
+                )
         paths.append(str(path))
     return paths
 

@@ -19,14 +19,21 @@ TESTS = Path(__file__).parent
 # Rank of each top-level part of the package: a module may import only parts of equal or
 # lower rank (ops -> methods -> wire -> train -> runtime -> cli, with the leaves beside them).
 RANK = {
-    "errors": 0, "__init__": 0,
+    "errors": 0,
+    "__init__": 0,
     "ops": 1,
     "methods": 2,
-    "wire": 3, "shapes": 3, "data": 3, "config": 3,
+    "wire": 3,
+    "shapes": 3,
+    "data": 3,
+    "config": 3,
     "models": 4,
-    "train": 5, "eval": 5,
+    "train": 5,
+    "eval": 5,
     "runtime": 6,
-    "comm": 7, "merge": 7, "bench": 7,
+    "comm": 7,
+    "merge": 7,
+    "bench": 7,
     "cli": 8,
 }
 FORBIDDEN_IN_OPS = ("torch.nn", "transformers", "peft", "flwr")
@@ -65,15 +72,19 @@ def test_every_part_has_a_rank() -> None:
 @pytest.mark.parametrize(("module", "path"), _modules(), ids=[m for m, _ in _modules()])
 def test_imports_point_down(module: str, path: Path) -> None:
     own = RANK[_part(module)]
-    upward = [imp for imp in _imports(path)
-              if imp.startswith("fedlora.") and RANK.get(_part(imp), 0) > own]
+    upward = [
+        imp
+        for imp in _imports(path)
+        if imp.startswith("fedlora.") and RANK.get(_part(imp), 0) > own
+    ]
     assert upward == [], f"{module} imports a higher layer: {upward}"
     if _part(module) == "ops":
         bad = [i for i in _imports(path) if i.startswith(FORBIDDEN_IN_OPS)]
         assert bad == [], f"{module} imports {bad}"
     if module != "fedlora.cli":
-        assert not any(i == "fedlora.cli" or i.startswith("fedlora.cli.")
-                       for i in _imports(path)), f"{module} imports the CLI"
+        assert not any(
+            i == "fedlora.cli" or i.startswith("fedlora.cli.") for i in _imports(path)
+        ), f"{module} imports the CLI"
 
 
 @pytest.mark.parametrize("name", names())
@@ -82,10 +93,17 @@ def test_method_ships_config_paper_and_tests(name: str) -> None:
     assert dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen
     module = importlib.import_module(cls.__module__)
     doc = module.__doc__ or ""
-    assert re.search(r"(arXiv \d{4}\.\d{4,5}|Paper:|\b(19|20)\d{2}\b)", doc), \
+    assert re.search(r"(arXiv \d{4}\.\d{4,5}|Paper:|\b(19|20)\d{2}\b)", doc), (
         f"{cls.__module__} docstring names no paper"
-    exercised = [p for p in TESTS.rglob("test_*.py")
-                 if p.name != "test_architecture.py"
-                 and (f'"{name}"' in p.read_text() or cls.__module__ in p.read_text()
-                      or f"import {cls.__name__}" in p.read_text())]
+    )
+    exercised = [
+        p
+        for p in TESTS.rglob("test_*.py")
+        if p.name != "test_architecture.py"
+        and (
+            f'"{name}"' in p.read_text()
+            or cls.__module__ in p.read_text()
+            or f"import {cls.__name__}" in p.read_text()
+        )
+    ]
     assert exercised, f"no test module exercises method {name!r}"

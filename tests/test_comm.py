@@ -94,9 +94,7 @@ def test_default_measures_one_block_and_scales_to_the_whole_model() -> None:
 
 def test_llama_3b_rank_64_reproduces_the_papers_dense_figures() -> None:
     # Execute
-    (row,) = comm.comm_table(
-        "llama-3.2-3b", rank=64, clients=1, methods=["fedavg"], rounds=1
-    )
+    (row,) = comm.comm_table("llama-3.2-3b", rank=64, clients=1, methods=["fedavg"], rounds=1)
 
     # Assert: 97,255,424 parameters, 371 MiB each way, 742 per round per client.
     assert row["lora_params"] == 97_255_424
@@ -105,8 +103,18 @@ def test_llama_3b_rank_64_reproduces_the_papers_dense_figures() -> None:
 
 
 def test_main_prints_json_and_a_labelled_table(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--shape", "smollm2-135m", "--rank", "2", "--clients", "1", "--blocks", "1",
-            "--methods", "fedavg"]
+    argv = [
+        "--shape",
+        "smollm2-135m",
+        "--rank",
+        "2",
+        "--clients",
+        "1",
+        "--blocks",
+        "1",
+        "--methods",
+        "fedavg",
+    ]
 
     assert comm.main(argv + ["--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -118,8 +126,20 @@ def test_main_prints_json_and_a_labelled_table(capsys: pytest.CaptureFixture[str
 
 
 def test_unknown_method_is_reported_not_fatal(capsys: pytest.CaptureFixture[str]) -> None:
-    status = comm.main(["--shape", "smollm2-135m", "--rank", "2", "--clients", "1",
-                        "--blocks", "1", "--methods", "fedavg,nope"])
+    status = comm.main(
+        [
+            "--shape",
+            "smollm2-135m",
+            "--rank",
+            "2",
+            "--clients",
+            "1",
+            "--blocks",
+            "1",
+            "--methods",
+            "fedavg,nope",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 1
     assert "nope" in out and "unknown method" in out

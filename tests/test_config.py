@@ -31,7 +31,7 @@ def test_overrides_set_nested_values_and_method_shorthand(tmp_path: Path) -> Non
         ("method=nope", "nope"),
         ("method=florist", None),
         ("wire.value_dtype=int8", "wire.value_dtype"),
-        ("train.batch_size=\"four\"", "train.batch_size"),
+        ('train.batch_size="four"', "train.batch_size"),
     ],
 )
 def test_bad_values_name_the_key(override: str, named: str | None) -> None:
@@ -65,8 +65,9 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_per_client_ranks_must_match_clients_and_default_alpha_is_ratio() -> None:
-    cfg = config.load(None, ["data.clients=3", "lora.ranks=[8, 4, 2]", "lora.rank=8",
-                             "lora.alpha=16"])
+    cfg = config.load(
+        None, ["data.clients=3", "lora.ranks=[8, 4, 2]", "lora.rank=8", "lora.alpha=16"]
+    )
     assert cfg.client_ranks() == [8, 4, 2]
     assert cfg.client_alphas() == [16.0, 8.0, 4.0]
     with pytest.raises(ConfigError, match="lora.ranks"):

@@ -46,8 +46,7 @@ def test_options_out_of_range(
 ) -> None:
     method = override.split(".")[1] if override.startswith("method.") else None
     extra = [f"method={method}"] if method else []
-    _fails(["run", *extra, override, f"out_dir={json.dumps(str(tmp_path / 'r'))}"], capsys,
-           needle)
+    _fails(["run", *extra, override, f"out_dir={json.dumps(str(tmp_path / 'r'))}"], capsys, needle)
 
 
 def test_model_folder_that_is_not_a_causal_lm(
@@ -55,19 +54,33 @@ def test_model_folder_that_is_not_a_causal_lm(
 ) -> None:
     folder = tmp_path / "notalm"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "bert",
-                                                    "architectures": ["BertForMaskedLM"]}))
-    _fails(["run", *tiny_overrides(tmp_path / "r", client_files),
-            f"model.name={json.dumps(str(folder))}"], capsys, "notalm")
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]})
+    )
+    _fails(
+        [
+            "run",
+            *tiny_overrides(tmp_path / "r", client_files),
+            f"model.name={json.dumps(str(folder))}",
+        ],
+        capsys,
+        "notalm",
+    )
 
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [("", "empty"), ('{"prompt": "a", "completion": 3}\n', "completion"),
-     ("not json\n", "bad.jsonl:1: bad JSON")],
+    [
+        ("", "empty"),
+        ('{"prompt": "a", "completion": 3}\n', "completion"),
+        ("not json\n", "bad.jsonl:1: bad JSON"),
+    ],
 )
 def test_empty_or_malformed_client_files(
-    content: str, needle: str, tmp_path: Path, client_files: list[str],
+    content: str,
+    needle: str,
+    tmp_path: Path,
+    client_files: list[str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     bad = tmp_path / "bad.jsonl"

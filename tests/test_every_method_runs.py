@@ -32,8 +32,9 @@ def test_method_runs_two_rounds(
     # Determinism: the same config and seed again give the same adapter bytes and metrics.
     again = tmp_path / "again"
     assert main(["run", *tiny_overrides(again, client_files), f"method={method}", *ranks]) == 0
-    assert ((again / "adapter" / "adapter_model.safetensors").read_bytes()
-            == (run / "adapter" / "adapter_model.safetensors").read_bytes())
+    assert (again / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        run / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
     assert metrics(again) == metrics(run)
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1, 2]
@@ -47,7 +48,13 @@ def test_method_runs_two_rounds(
 def test_method_without_hetero_support_refuses_mixed_ranks(
     method: str, tmp_path: Path, client_files: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["run", *tiny_overrides(tmp_path / "r", client_files), f"method={method}",
-                 "lora.ranks=[4, 2, 2]"])
+    code = main(
+        [
+            "run",
+            *tiny_overrides(tmp_path / "r", client_files),
+            f"method={method}",
+            "lora.ranks=[4, 2, 2]",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "rank" in err.lower() and "Traceback" not in err

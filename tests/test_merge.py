@@ -16,8 +16,9 @@ from fedlora.train.peft_io import read_adapter
 
 def _save_adapter(folder: Path, rank: int, seed: int, targets: list[str]) -> Path:
     model, _ = resolve_model("tiny-llama", seed=0)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank,
-                                                  target_modules=targets))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -39,8 +40,20 @@ def test_florist_at_threshold_one_is_exact_and_reports_ranks(
     folders = [_save_adapter(tmp_path / f"a{k}", r, k, targets) for k, r in enumerate([8, 4, 2])]
     out = tmp_path / "merged"
 
-    code = main(["merge", "--method", "florist", "--threshold", "1.0", "--weights", "1,2,1",
-                 "--out", str(out), *map(str, folders)])
+    code = main(
+        [
+            "merge",
+            "--method",
+            "florist",
+            "--threshold",
+            "1.0",
+            "--weights",
+            "1,2,1",
+            "--out",
+            str(out),
+            *map(str, folders),
+        ]
+    )
 
     assert code == 0
     weights = [0.25, 0.5, 0.25]
@@ -86,6 +99,17 @@ def test_mismatched_target_modules_are_named(
 
 def test_bad_weights_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = _save_adapter(tmp_path / "a", 4, 0, ["q_proj"])
-    code = main(["merge", "--method", "fedavg", "--weights", "1,x", "--out",
-                 str(tmp_path / "m"), str(a), str(a)])
+    code = main(
+        [
+            "merge",
+            "--method",
+            "fedavg",
+            "--weights",
+            "1,x",
+            "--out",
+            str(tmp_path / "m"),
+            str(a),
+            str(a),
+        ]
+    )
     assert code == 2 and "--weights" in capsys.readouterr().err

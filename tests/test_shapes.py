@@ -25,14 +25,19 @@ def test_block_shapes_follow_the_config(name: str) -> None:
     q_out, kv_out = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
 
     # Execute
-    block = {s.name.rsplit(".", 1)[-1]: (s.in_features, s.out_features)
-             for s in shapes.layer_specs(name, blocks=1)}
+    block = {
+        s.name.rsplit(".", 1)[-1]: (s.in_features, s.out_features)
+        for s in shapes.layer_specs(name, blocks=1)
+    }
 
     # Assert
     assert block == {
-        "q_proj": (cfg.hidden, q_out), "k_proj": (cfg.hidden, kv_out),
-        "v_proj": (cfg.hidden, kv_out), "o_proj": (q_out, cfg.hidden),
-        "gate_proj": (cfg.hidden, cfg.intermediate), "up_proj": (cfg.hidden, cfg.intermediate),
+        "q_proj": (cfg.hidden, q_out),
+        "k_proj": (cfg.hidden, kv_out),
+        "v_proj": (cfg.hidden, kv_out),
+        "o_proj": (q_out, cfg.hidden),
+        "gate_proj": (cfg.hidden, cfg.intermediate),
+        "up_proj": (cfg.hidden, cfg.intermediate),
         "down_proj": (cfg.intermediate, cfg.hidden),
     }
 

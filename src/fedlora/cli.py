@@ -46,8 +46,9 @@ class RoundTable:
         elif kind == "round_start" and self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=None, desc="round", unit="client", leave=False,
-                            file=sys.stderr, disable=None)
+            self.bar = tqdm(
+                total=None, desc="round", unit="client", leave=False, file=sys.stderr, disable=None
+            )
         elif kind == "round_start":
             self.bar.set_description(f"round {info['round']}")
         elif kind == "client_done" and self.bar is not None:
@@ -66,8 +67,9 @@ class RoundTable:
         ev = rec.get("eval", {})
         domains = sorted(ev)
         if not self.header_done:
-            cols = ["round", "train_loss"] + [f"{d}" for d in domains] + ["MB_up", "MB_down",
-                                                                           "cum_MB"]
+            cols = (
+                ["round", "train_loss"] + [f"{d}" for d in domains] + ["MB_up", "MB_down", "cum_MB"]
+            )
             self._line(" | ".join(f"{c:>14}" for c in cols))
             self.header_done = True
         up = _mean(rec.get("upload_bytes", {}).values())
@@ -112,9 +114,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = config.from_dict(config.apply_overrides(raw, args.overrides))
     else:
         cfg = config.load(args.config, args.overrides)
-    print(f"fedlora run: method={cfg.method.name} model={cfg.model.name} "
-          f"clients={cfg.data.clients} rounds={cfg.federation.rounds} -> {cfg.out_dir}",
-          flush=True)
+    print(
+        f"fedlora run: method={cfg.method.name} model={cfg.model.name} "
+        f"clients={cfg.data.clients} rounds={cfg.federation.rounds} -> {cfg.out_dir}",
+        flush=True,
+    )
     if args.runtime == "inprocess":
         if args.superlink:
             raise FedloraError("--superlink needs --runtime flower")
@@ -122,9 +126,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from fedlora.runtime.flower.launch import run_flower
 
-        out = run_flower(cfg, runtime=args.runtime, superlink=args.superlink,
-                         resume=bool(args.resume), report=RoundTable(),
-                         root_certificates=args.root_certificates)
+        out = run_flower(
+            cfg,
+            runtime=args.runtime,
+            superlink=args.superlink,
+            resume=bool(args.resume),
+            report=RoundTable(),
+            root_certificates=args.root_certificates,
+        )
     print(f"metrics: {out / 'metrics.jsonl'}\nadapter: {out / 'adapter'}", flush=True)
     return 0
 
@@ -163,19 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run (or resume) a federation in-process",
-                         description="Run a federation described by a TOML config. "
-                         "Overrides: key=value, e.g. method=fedsrd train.lr=1e-4 "
-                         "method.fedsrd.p_down=0.5.")
+    run = sub.add_parser(
+        "run",
+        help="run (or resume) a federation in-process",
+        description="Run a federation described by a TOML config. "
+        "Overrides: key=value, e.g. method=fedsrd train.lr=1e-4 "
+        "method.fedsrd.p_down=0.5.",
+    )
     run.add_argument("--config", "-c", help="TOML config file")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last "
-                     "complete round")
-    run.add_argument("--runtime", choices=["inprocess", "flower-sim", "flower"],
-                     default="inprocess", help="where clients run: in this process (default), "
-                     "Flower's simulation engine, or a Flower deployment (--superlink)")
+    run.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a killed run from its last complete round"
+    )
+    run.add_argument(
+        "--runtime",
+        choices=["inprocess", "flower-sim", "flower"],
+        default="inprocess",
+        help="where clients run: in this process (default), "
+        "Flower's simulation engine, or a Flower deployment (--superlink)",
+    )
     run.add_argument("--superlink", metavar="HOST:PORT", help="SuperLink of a Flower deployment")
-    run.add_argument("--root-certificates", metavar="PEM", help="CA certificate of a TLS "
-                     "SuperLink")
+    run.add_argument("--root-certificates", metavar="PEM", help="CA certificate of a TLS SuperLink")
     run.add_argument("overrides", nargs="*", metavar="key=value")
     run.set_defaults(func=cmd_run)
 
@@ -188,14 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR")
     merge.set_defaults(func=cmd_merge)
 
-    comm = sub.add_parser("comm", help="bytes per round per client of every method for a "
-                          "model shape", add_help=False)
+    comm = sub.add_parser(
+        "comm", help="bytes per round per client of every method for a model shape", add_help=False
+    )
     comm.add_argument("rest", nargs=argparse.REMAINDER)
     comm.set_defaults(func=cmd_comm)
 
-    bench = sub.add_parser("bench", help="benchmarks: server aggregation, client training, "
-                           "quality per byte", description="Run `fedlora bench WHICH --help` "
-                           "for a benchmark's options.")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: server aggregation, client training, quality per byte",
+        description="Run `fedlora bench WHICH --help` for a benchmark's options.",
+    )
     bench.add_argument("which", choices=sorted(BENCHES))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
@@ -220,8 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(func=cmd_bench, which=argv[1], rest=argv[2:], verbose=False)
     else:
         args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args))
     except FedloraError as exc:

@@ -204,10 +204,18 @@ def comm_table(
     rows = []
     for name in methods if methods is not None else registry.names():
         row: dict[str, Any] = {
-            "method": name, "shape": shape, "rank": rank, "clients": clients,
-            "targets": list(target_names), "blocks": reported, "measured_blocks": measured,
-            "lora_params": round(params), "dense_mb": 4 * params / MIB, "value_dtype": value_dtype,
-            "paper_mb": PAPER_MB.get(name) if paper_applies else None, "rounds": rounds,
+            "method": name,
+            "shape": shape,
+            "rank": rank,
+            "clients": clients,
+            "targets": list(target_names),
+            "blocks": reported,
+            "measured_blocks": measured,
+            "lora_params": round(params),
+            "dense_mb": 4 * params / MIB,
+            "value_dtype": value_dtype,
+            "paper_mb": PAPER_MB.get(name) if paper_applies else None,
+            "rounds": rounds,
         }
         started = time.perf_counter()
         try:
@@ -257,8 +265,12 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
         f"parameters = {head['dense_mb']:.1f} MB dense fp32 each way",
         f"MB = MiB (2^20 bytes), per round per client, mean of {head['rounds']} rounds; values "
         f"{head['value_dtype']}"
-        + (f"; measured on {head['measured_blocks']} of {head['blocks']} identical blocks, "
-           f"scaled x{head['blocks'] / head['measured_blocks']:g}" if scaled else ""),
+        + (
+            f"; measured on {head['measured_blocks']} of {head['blocks']} identical blocks, "
+            f"scaled x{head['blocks'] / head['measured_blocks']:g}"
+            if scaled
+            else ""
+        ),
         "",
         f"{'method':<10} {'up MB':>9} {'down MB':>9} {'total MB':>9} {'paper MB':>9} "
         f"{'hdr KB':>7} {'up vals':>12} {'down vals':>12} {'bound up':>8} {'bound dn':>8}  "
@@ -279,9 +291,11 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
             f"{_fmt_enc(d['encodings'])}"
         )
     lines.append("")
-    lines.append("hdr KB = container header (up + down, included in the MB columns); bound = "
-                 "bits of sparse entries / information bound (log2 C(N,k) + value bits), "
-                 "'-' = no sparse entries")
+    lines.append(
+        "hdr KB = container header (up + down, included in the MB columns); bound = "
+        "bits of sparse entries / information bound (log2 C(N,k) + value bits), "
+        "'-' = no sparse entries"
+    )
     return "\n".join(lines)
 
 
@@ -294,8 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--targets", default=None, help="comma-separated, e.g. q_proj,v_proj")
-    p.add_argument("--blocks", type=int, default=None,
-                   help="measure exactly this many blocks (default: 2, scaled to the model)")
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=None,
+        help="measure exactly this many blocks (default: 2, scaled to the model)",
+    )
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
     p.add_argument("--value-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -306,9 +324,13 @@ def main(argv: list[str]) -> int:
     """Entry point of ``fedlora comm``; returns the exit status (1 if any method failed)."""
     args = build_parser().parse_args(argv)
     rows = comm_table(
-        args.shape, args.rank, args.clients, args.targets, blocks=args.blocks,
-        methods=args.methods.split(",") if args.methods else None, value_dtype=args.value_dtype,
+        args.shape,
+        args.rank,
+        args.clients,
+        args.targets,
+        blocks=args.blocks,
+        methods=args.methods.split(",") if args.methods else None,
+        value_dtype=args.value_dtype,
     )
     print(render(rows, args.json))  # the CLI's output, not library logging
     return 1 if any("error" in r for r in rows) else 0
-

@@ -133,8 +133,11 @@ class FederationConfig:
         )
         _check(self.min_clients >= 1, "federation.min_clients", "must be at least 1")
         _check(self.client_timeout_s >= 0, "federation.client_timeout_s", "must be >= 0")
-        _check(self.outlier_norm_ratio == 0 or self.outlier_norm_ratio > 1,
-               "federation.outlier_norm_ratio", "must be 0 (off) or above 1")
+        _check(
+            self.outlier_norm_ratio == 0 or self.outlier_norm_ratio > 1,
+            "federation.outlier_norm_ratio",
+            "must be 0 (off) or above 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -201,12 +204,21 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         n = self.data.clients
-        _check(not self.lora.ranks or len(self.lora.ranks) == n, "lora.ranks",
-               f"needs one rank per client ({n}), got {len(self.lora.ranks)}")
-        _check(not self.lora.alphas or len(self.lora.alphas) == n, "lora.alphas",
-               f"needs one alpha per client ({n}), got {len(self.lora.alphas)}")
-        _check(self.federation.min_clients <= n, "federation.min_clients",
-               f"is {self.federation.min_clients} but there are only {n} clients")
+        _check(
+            not self.lora.ranks or len(self.lora.ranks) == n,
+            "lora.ranks",
+            f"needs one rank per client ({n}), got {len(self.lora.ranks)}",
+        )
+        _check(
+            not self.lora.alphas or len(self.lora.alphas) == n,
+            "lora.alphas",
+            f"needs one alpha per client ({n}), got {len(self.lora.alphas)}",
+        )
+        _check(
+            self.federation.min_clients <= n,
+            "federation.min_clients",
+            f"is {self.federation.min_clients} but there are only {n} clients",
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -223,12 +235,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item,) = typing.get_args(tp)[:1]
         return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key,
-               f"must be a number, got {value!r}")
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            key,
+            f"must be a number, got {value!r}",
+        )
         return float(value)
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key,
-               f"must be an integer, got {value!r}")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool),
+            key,
+            f"must be an integer, got {value!r}",
+        )
         return value
     if tp is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
@@ -295,8 +313,11 @@ def from_dict(raw: Mapping[str, Any]) -> RunConfig:
     name = method_raw.get("name", "fedavg")
     _check(isinstance(name, str), "method.name", "must be a string")
     unknown = [k for k, v in method_raw.items() if k != "name" and not isinstance(v, dict)]
-    _check(not unknown, f"method.{unknown[0] if unknown else ''}",
-           "method options belong in [method.<name>] tables")
+    _check(
+        not unknown,
+        f"method.{unknown[0] if unknown else ''}",
+        "method options belong in [method.<name>] tables",
+    )
     options = dict(method_raw.get(name, {}))
     cfg: RunConfig = _build(RunConfig, raw, "")
     # Validate the method name and its options now, so a bad option stops the run at start.

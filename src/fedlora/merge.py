@@ -44,17 +44,23 @@ def setup_from_adapters(adapters: Sequence[PeftAdapter]) -> Setup:
     for k, ad in enumerate(adapters):
         if set(ad.lora) != set(first.lora):
             extra = sorted(set(ad.lora) ^ set(first.lora))
-            raise ConfigError(f"{ad.path} adapts different layers than {first.path} "
-                              f"(e.g. {extra[0]}): target modules differ")
+            raise ConfigError(
+                f"{ad.path} adapts different layers than {first.path} "
+                f"(e.g. {extra[0]}): target modules differ"
+            )
         for spec in layers:
             pair = ad.lora[spec.name]
             if (pair.A.shape[1], pair.B.shape[0]) != (spec.in_features, spec.out_features):
-                raise ConfigError(f"{ad.path}: layer {spec.name} is {tuple(pair.B.shape[:1])}x"
-                                  f"{tuple(pair.A.shape[1:])}, unlike {first.path}")
+                raise ConfigError(
+                    f"{ad.path}: layer {spec.name} is {tuple(pair.B.shape[:1])}x"
+                    f"{tuple(pair.A.shape[1:])}, unlike {first.path}"
+                )
         ranks, alphas = set(ad.rank.values()), set(ad.alpha.values())
         if len(ranks) != 1 or len(alphas) != 1:
-            raise ConfigError(f"{ad.path} has per-layer ranks or alphas ({sorted(ranks)}, "
-                              f"{sorted(alphas)}); merge needs one rank and alpha per adapter")
+            raise ConfigError(
+                f"{ad.path} has per-layer ranks or alphas ({sorted(ranks)}, "
+                f"{sorted(alphas)}); merge needs one rank and alpha per adapter"
+            )
         clients.append(ClientSpec(cid=k, rank=ranks.pop(), alpha=alphas.pop()))
     return Setup(layers=tuple(layers), clients=tuple(clients), seed=0, weighting="samples")
 
@@ -77,8 +83,10 @@ def merge_adapters(
     method = build(method_name, options)
     setup = setup_from_adapters(adapters)
     method.validate(setup)
-    uploads = [Upload(cid=k, n_samples=w, payload=lora_payload(ad.lora))  # type: ignore[arg-type]
-               for k, (ad, w) in enumerate(zip(adapters, weights, strict=True))]
+    uploads = [
+        Upload(cid=k, n_samples=w, payload=lora_payload(ad.lora))  # type: ignore[arg-type]
+        for k, (ad, w) in enumerate(zip(adapters, weights, strict=True))
+    ]
     state = method.aggregate(method.init_server(setup), uploads, setup)
     update = method.global_delta(state, setup)
     if rank is not None:
@@ -92,16 +100,25 @@ def merge_main(args: argparse.Namespace) -> int:
     """Entry point of ``fedlora merge`` (arguments parsed by the CLI)."""
     adapters = [read_adapter(p) for p in args.adapters]
     weights = parse_weights(args.weights, len(adapters))
-    update, ranks = merge_adapters(adapters, args.method, weights, threshold=args.threshold,
-                                   rank=args.rank)
+    update, ranks = merge_adapters(
+        adapters, args.method, weights, threshold=args.threshold, rank=args.rank
+    )
     targets = sorted({t for ad in adapters for t in ad.target_modules})
     out = write_adapter(args.out, update, base_model=adapters[0].base_model, target_modules=targets)
-    report = {"method": args.method, "threshold": args.threshold, "rank": args.rank,
-              "weights": weights, "adapters": [str(a) for a in args.adapters], "ranks": ranks}
+    report = {
+        "method": args.method,
+        "threshold": args.threshold,
+        "rank": args.rank,
+        "weights": weights,
+        "adapters": [str(a) for a in args.adapters],
+        "ranks": ranks,
+    }
     (Path(out) / "merge_report.json").write_text(json.dumps(report, indent=2) + "\n")
     width = max(len(n) for n in ranks)
     for name, r in ranks.items():
         print(f"{name:<{width}}  rank {r}")
-    print(f"merged {len(adapters)} adapters with {args.method} -> {out} "
-          f"(ranks: min {min(ranks.values())}, max {max(ranks.values())})")
+    print(
+        f"merged {len(adapters)} adapters with {args.method} -> {out} "
+        f"(ranks: min {min(ranks.values())}, max {max(ranks.values())})"
+    )
     return 0

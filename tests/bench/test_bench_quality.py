@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,24 @@ def test_plan_runs_main_methods_of_every_seed_first_and_hetero_only_where_suppor
     assert [s.options["tau"] for s in hetero if s.method == "florist"] == [0.85, 0.85]
     taus = sorted(s.options["tau"] for s in specs if s.method == "florist" and not s.ranks)
     assert taus == sorted(quality.FLORIST_TAUS * 2)
+
+
+def test_report_only_shows_an_unfinished_run_under_its_own_label(
+    quick: Path, tmp_path: Path
+) -> None:
+    # Prepare: a copy of the quick benchmark whose fedavg run stopped after round 1.
+    out = tmp_path / "cut"
+    shutil.copytree(quick, out)
+    metrics = out / "runs" / "fedavg" / "seed0" / "metrics.jsonl"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
+
+    # Execute
+    code = main(["--quick", "--out", str(out), "--report-only"])
+    doc = json.loads((out / "results.json").read_text())
+
+    # Assert
+    labels = {r["label"] for r in doc["rows"]}
+    assert code == 1 and doc["partial"]
+    assert "fedavg [1/2 rounds]" in labels and "fedavg" not in labels
+    assert doc["finished_runs"] == doc["planned_runs"] - 1
+    assert [m["label"] for m in doc["not_run"]] == ["fedavg"]

@@ -17,8 +17,10 @@ def _word(i: int, pos: str) -> dict[str, str]:
 
 def test_spam_items_answer_is_the_label() -> None:
     # Prepare
-    records = [{"id": f"g/{i}", "label": lab, "subject": "s", "body": "b"}
-               for i, lab in enumerate(["spam", "ham", "spam"])]
+    records = [
+        {"id": f"g/{i}", "label": lab, "subject": "s", "body": "b"}
+        for i, lab in enumerate(["spam", "ham", "spam"])
+    ]
     # Execute
     items = eval_tasks.spam_items(records)
     # Assert
@@ -27,8 +29,10 @@ def test_spam_items_answer_is_the_label() -> None:
 
 def test_play_items_keep_only_chosen_plays() -> None:
     # Prepare
-    records = [{"id": f"x:{i}", "play": play, "context": f"a{i}\nb{i}", "next": f"c{i}"}
-               for i, play in enumerate(["Hamlet", "Othello", "Macbeth", "Hamlet"])]
+    records = [
+        {"id": f"x:{i}", "play": play, "context": f"a{i}\nb{i}", "next": f"c{i}"}
+        for i, play in enumerate(["Hamlet", "Othello", "Macbeth", "Hamlet"])
+    ]
     # Execute
     items = eval_tasks.play_items(records, plays=("Macbeth", "Hamlet"))
     # Assert

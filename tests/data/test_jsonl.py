@@ -23,9 +23,11 @@ def _write(tmp_path: Path, content: str | bytes) -> Path:
 
 def test_reads_examples_in_order_with_optional_label(tmp_path: Path) -> None:
     # Prepare
-    rows = [{"prompt": "p1", "completion": "c1"},
-            {"prompt": "", "completion": "c2", "label": "x", "extra": 1},
-            {"prompt": "é", "completion": "ü", "label": None}]
+    rows = [
+        {"prompt": "p1", "completion": "c1"},
+        {"prompt": "", "completion": "c2", "label": "x", "extra": 1},
+        {"prompt": "é", "completion": "ü", "label": None},
+    ]
     path = _write(tmp_path, "".join(json.dumps(r) + "\n" for r in rows))
     # Execute
     examples = load_jsonl(path)
@@ -46,19 +48,22 @@ def test_accepts_crlf_and_missing_final_newline(tmp_path: Path) -> None:
 GOOD = '{"prompt": "a", "completion": "b"}\n'
 
 
-@pytest.mark.parametrize(("content", "where", "what"), [
-    ("", "", "empty"),
-    (GOOD + '{"prompt": "a", "completion": \n', ":2", "bad JSON"),
-    (GOOD + GOOD + '{"completion": "b"}\n', ":3", "missing key 'prompt'"),
-    ('{"prompt": "a"}\n', ":1", "missing key 'completion'"),
-    ('{"prompt": 3, "completion": "b"}\n', ":1", "'prompt' must be a string"),
-    ('{"prompt": "a", "completion": ["b"]}\n', ":1", "'completion' must be a string"),
-    ('{"prompt": "a", "completion": ""}\n', ":1", "empty"),
-    ('{"prompt": "a", "completion": "b", "label": 1}\n', ":1", "'label'"),
-    ('["a", "b"]\n', ":1", "JSON object"),
-    (GOOD + "\n" + GOOD, ":2", "blank line"),
-    (GOOD.encode() + b'{"prompt": "\xff", "completion": "b"}\n', ":2", "UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("content", "where", "what"),
+    [
+        ("", "", "empty"),
+        (GOOD + '{"prompt": "a", "completion": \n', ":2", "bad JSON"),
+        (GOOD + GOOD + '{"completion": "b"}\n', ":3", "missing key 'prompt'"),
+        ('{"prompt": "a"}\n', ":1", "missing key 'completion'"),
+        ('{"prompt": 3, "completion": "b"}\n', ":1", "'prompt' must be a string"),
+        ('{"prompt": "a", "completion": ["b"]}\n', ":1", "'completion' must be a string"),
+        ('{"prompt": "a", "completion": ""}\n', ":1", "empty"),
+        ('{"prompt": "a", "completion": "b", "label": 1}\n', ":1", "'label'"),
+        ('["a", "b"]\n', ":1", "JSON object"),
+        (GOOD + "\n" + GOOD, ":2", "blank line"),
+        (GOOD.encode() + b'{"prompt": "\xff", "completion": "b"}\n', ":2", "UTF-8"),
+    ],
+)
 def test_rejects_bad_content_naming_file_and_line(
     tmp_path: Path, content: str | bytes, where: str, what: str
 ) -> None:

@@ -64,8 +64,12 @@ def test_by_domain_with_fewer_clients_than_domains_keeps_every_domain() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(sizes=sizes_st, num_clients=st.integers(1, 8),
-       alpha=st.floats(1e-3, 1e3), seed=st.integers(0, 2**32 - 1))
+@given(
+    sizes=sizes_st,
+    num_clients=st.integers(1, 8),
+    alpha=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_dirichlet_covers_every_item_once_and_is_deterministic(
     sizes: list[int], num_clients: int, alpha: float, seed: int
 ) -> None:
@@ -168,11 +172,14 @@ def test_iid_shuffles() -> None:
     assert clients[0] != items[:50]
 
 
-@pytest.mark.parametrize("partition", [
-    lambda: by_domain({"a": [1]}, 0),
-    lambda: dirichlet({"a": [1]}, 0, 1.0, 0),
-    lambda: iid([1], 0, 0),
-])
+@pytest.mark.parametrize(
+    "partition",
+    [
+        lambda: by_domain({"a": [1]}, 0),
+        lambda: dirichlet({"a": [1]}, 0, 1.0, 0),
+        lambda: iid([1], 0, 0),
+    ],
+)
 def test_partitioners_reject_zero_clients(partition) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="num_clients"):
         partition()

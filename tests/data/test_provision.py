@@ -105,8 +105,10 @@ def test_pip_hash_refusal_is_reported_with_both_hashes(
 ) -> None:
     # Prepare: pip checks --hash itself and exits before we can hash the file
     served = "c" * 64
-    stderr = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n"
-              f"        Expected sha256 {'0' * 64}\n             Got        {served}\n")
+    stderr = (
+        "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n"
+        f"        Expected sha256 {'0' * 64}\n             Got        {served}\n"
+    )
 
     def refuse(cmd: list[str], cwd: Path, timeout: float, what: str) -> str:
         raise provision.ToolFailed(f"{what}: failed", stderr)
@@ -130,8 +132,9 @@ def test_run_tool_reports_missing_command_and_failure(tmp_path: Path) -> None:
 
 def test_run_tool_times_out(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="did not finish"):
-        provision.run_tool([sys.executable, "-c", "import time; time.sleep(10)"], tmp_path, 0.5,
-                           "x")
+        provision.run_tool(
+            [sys.executable, "-c", "import time; time.sleep(10)"], tmp_path, 0.5, "x"
+        )
 
 
 def test_apt_without_apt_get_is_a_clear_error(

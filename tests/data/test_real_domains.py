@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from fedlora.data import DOMAINS, load_domain, load_split_records
+from fedlora.data.eval_tasks import PLAYS, heldout_choice_tasks
 from fedlora.data.provision import fetch_verified
 from fedlora.data.sources import humaneval
-from fedlora.data.eval_tasks import PLAYS, heldout_choice_tasks
 from fedlora.data.templates import EMAIL_LABELS
 from fedlora.errors import DataError
 

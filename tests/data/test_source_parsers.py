@@ -88,14 +88,18 @@ def test_ar_members_reads_odd_and_even_sized_members() -> None:
 
 def test_wordnet_records_from_tiny_database() -> None:
     # Prepare: two synsets for "bank", an untagged word, a multiword lemma
-    data_noun = (b"  1 licence header\n"
-                 b"00000030 17 n 01 bank 0 000 | sloping land beside water; \"on the bank\"\n")
+    data_noun = (
+        b"  1 licence header\n"
+        b'00000030 17 n 01 bank 0 000 | sloping land beside water; "on the bank"\n'
+    )
     second = len(data_noun)
     data_noun += b"00000099 17 n 01 bank 1 000 | a financial institution\n"
-    index_noun = (b"  1 licence header\n"
-                  + f"bank n 2 1 @ 2 1 {second:08d} 00000030  \n".encode()
-                  + b"obscure n 1 0 1 0 00000030  \n"
-                  + b"river_bank n 1 0 1 1 00000030  \n")
+    index_noun = (
+        b"  1 licence header\n"
+        + f"bank n 2 1 @ 2 1 {second:08d} 00000030  \n".encode()
+        + b"obscure n 1 0 1 0 00000030  \n"
+        + b"river_bank n 1 0 1 1 00000030  \n"
+    )
     # index offsets point at byte positions: the first listed sense is the financial one
     files = {"index.noun": index_noun, "data.noun": data_noun}
     for short in ("verb", "adj", "adv"):
@@ -104,8 +108,9 @@ def test_wordnet_records_from_tiny_database() -> None:
     # Execute
     records = wordnet.records_from_db(files)
     # Assert
-    assert records == [{"id": "bank.noun", "word": "bank", "pos": "noun",
-                        "gloss": "a financial institution"}]
+    assert records == [
+        {"id": "bank.noun", "word": "bank", "pos": "noun", "gloss": "a financial institution"}
+    ]
 
 
 def test_gloss_drops_usage_examples() -> None:

@@ -35,8 +35,12 @@ def test_clip_rejects_non_positive_limit() -> None:
 def test_code_example_keeps_signature_and_clips_long_bodies() -> None:
     # Prepare
     body = "".join(f"    x{i} = {i}\n" for i in range(100))
-    record = {"id": "HumanEval/0", "prompt": 'def f(x):\n    """Doc."""\n',
-              "solution": body, "entry_point": "f"}
+    record = {
+        "id": "HumanEval/0",
+        "prompt": 'def f(x):\n    """Doc."""\n',
+        "solution": body,
+        "entry_point": "f",
+    }
     # Execute
     example = templates.code_example(record)
     # Assert

@@ -148,8 +148,11 @@ def run_round(
     n_samples = n_samples or {cid: 10 + 7 * cid for cid in cids}
     views = views or {}
     new_base = {
-        s.name: (base[s.name].clone() if base else torch.zeros(s.out_features, s.in_features,
-                                                                dtype=torch.float64))
+        s.name: (
+            base[s.name].clone()
+            if base
+            else torch.zeros(s.out_features, s.in_features, dtype=torch.float64)
+        )
         for s in setup.layers
     }
     payloads, merges, starts, trained, uploads_by_cid, new_views = {}, {}, {}, {}, {}, {}

@@ -47,7 +47,8 @@ def test_upload_is_the_seeded_dare_of_the_delta() -> None:
     for u in res.uploads:
         view, trained = res.starts[u.cid].view, res.trained[u.cid]
         assert {k: tuple(v.shape) for k, v in u.payload.items()} == method.upload_schema(
-            setup, setup.client(u.cid))
+            setup, setup.client(u.cid)
+        )
         for s in setup.layers:
             for part in ("A", "B"):
                 sparse = u.payload[f"{s.name}.d{part}"]
@@ -57,8 +58,9 @@ def test_upload_is_the_seeded_dare_of_the_delta() -> None:
                 mask = seeded_keep_mask(sparse.mask_seed, delta.numel(), 0.1)
                 assert torch.equal(sparse.indices, mask.nonzero().reshape(-1))
                 expected = torch.where(mask.reshape(delta.shape), delta / 0.1, 0.0)
-                torch.testing.assert_close(sparse.to_dense().double(), expected,
-                                           rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(
+                    sparse.to_dense().double(), expected, rtol=1e-5, atol=1e-6
+                )
 
 
 def test_masks_differ_between_clients_layers_and_rounds() -> None:
@@ -80,8 +82,9 @@ def test_no_drop_is_fedavg_of_the_factors() -> None:
     for s in setup.layers:
         for part in ("A", "B"):
             avg = sum(p * getattr(res.trained[c][s.name], part).double() for c, p in w.items())
-            torch.testing.assert_close(res.state.tensors[f"{s.name}.{part}"].double(), avg,
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                res.state.tensors[f"{s.name}.{part}"].double(), avg, rtol=1e-5, atol=1e-6
+            )
 
 
 def test_server_adds_the_weighted_average_of_sparse_deltas() -> None:
@@ -101,8 +104,9 @@ def test_server_adds_the_weighted_average_of_sparse_deltas() -> None:
                 mask = seeded_keep_mask(seed, prev.numel(), 0.1).reshape(prev.shape)
                 delta = getattr(res.trained[u.cid][s.name], part).double() - prev
                 ref += w[u.cid] * torch.where(mask, delta / 0.1, 0.0)
-            torch.testing.assert_close(res.state.tensors[f"{s.name}.{part}"].double(), ref,
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                res.state.tensors[f"{s.name}.{part}"].double(), ref, rtol=1e-5, atol=1e-6
+            )
 
 
 def test_broadcast_is_the_sparse_union_of_the_uploads() -> None:
@@ -132,8 +136,9 @@ def test_server_and_clients_stay_bit_identical() -> None:
     for res, state in zip(results, states, strict=False):
         for cid, view in res.views.items():
             for key in (f"{s.name}.{p}" for s in setup.layers for p in ("A", "B")):
-                assert torch.equal(view[key].view(torch.int32),
-                                   state.tensors[key].view(torch.int32)), (state.round, cid, key)
+                assert torch.equal(
+                    view[key].view(torch.int32), state.tensors[key].view(torch.int32)
+                ), (state.round, cid, key)
 
 
 def test_result_does_not_depend_on_upload_order() -> None:
@@ -141,8 +146,9 @@ def test_result_does_not_depend_on_upload_order() -> None:
     method = registry.build("fed_dare")
     state = method.init_server(setup)
     forward = run_round(method, state, setup, gen=torch.Generator().manual_seed(3))
-    backward = run_round(method, state, setup, gen=torch.Generator().manual_seed(3),
-                         upload_order=[1, 2, 0])
+    backward = run_round(
+        method, state, setup, gen=torch.Generator().manual_seed(3), upload_order=[1, 2, 0]
+    )
     assert_same(forward.state, backward.state)
 
 

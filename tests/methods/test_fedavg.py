@@ -19,8 +19,9 @@ def _padded_mean(uploads, setup, layer, part):
     for u in uploads:
         x = u.payload[f"{layer}.{part}"].double()
         r = x.shape[0] if part == "A" else x.shape[1]
-        padded = torch.zeros((r_max, x.shape[1]) if part == "A" else (x.shape[0], r_max),
-                             dtype=torch.float64)
+        padded = torch.zeros(
+            (r_max, x.shape[1]) if part == "A" else (x.shape[0], r_max), dtype=torch.float64
+        )
         if part == "A":
             padded[:r] = x
         else:
@@ -45,8 +46,9 @@ def test_average_with_zero_padding_matches_dense_reference(ranks, weighting):
     for layer in ("l0", "l1"):
         for part in ("A", "B"):
             ref = _padded_mean(uploads, setup, layer, part)
-            torch.testing.assert_close(state.tensors[f"{layer}.{part}"].double(), ref,
-                                       rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(
+                state.tensors[f"{layer}.{part}"].double(), ref, rtol=1e-6, atol=1e-6
+            )
         b, a = method.global_delta(state, setup)[layer]
         b_ref = _padded_mean(uploads, setup, layer, "B")
         ref = 2.0 * b_ref @ _padded_mean(uploads, setup, layer, "A")

@@ -86,5 +86,7 @@ def test_rounds_are_fedavg_rounds(ranks):
     assert_same(p2.state.tensors, a2.state.tensors)
     assert_same(p2.payloads, a2.payloads)
     uploads = make_uploads(setup, torch.Generator().manual_seed(2))
-    assert_same(prox.aggregate(p1.state, uploads, setup).tensors,
-                avg.aggregate(p1.state, uploads, setup).tensors)
+    assert_same(
+        prox.aggregate(p1.state, uploads, setup).tensors,
+        avg.aggregate(p1.state, uploads, setup).tensors,
+    )

@@ -77,8 +77,15 @@ def bits(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("p_down", 1.0), ("base", -0.1), ("fixed_rho", 1.0), ("coeff", -1.0), ("upper", float("nan")),
-     ("rescale", "yes"), ("p_down", True)],
+    [
+        ("p_down", 1.0),
+        ("base", -0.1),
+        ("fixed_rho", 1.0),
+        ("coeff", -1.0),
+        ("upper", float("nan")),
+        ("rescale", "yes"),
+        ("p_down", True),
+    ],
 )
 def test_bad_options_are_refused_naming_the_option(option: str, value: object) -> None:
     with pytest.raises(ConfigError, match=option):
@@ -218,10 +225,12 @@ def test_alternation_starts_with_a_b_round(name: str) -> None:
     for t in (1, 2, 3):
         frozen, moved = ("A", "B") if t % 2 == 1 else ("B", "A")
         for layer in ("l0", "l1"):
-            assert torch.equal(states[t].tensors[f"{layer}.{frozen}"],
-                               states[t - 1].tensors[f"{layer}.{frozen}"]), (t, layer)
-            assert not torch.equal(states[t].tensors[f"{layer}.{moved}"],
-                                   states[t - 1].tensors[f"{layer}.{moved}"]), (t, layer)
+            assert torch.equal(
+                states[t].tensors[f"{layer}.{frozen}"], states[t - 1].tensors[f"{layer}.{frozen}"]
+            ), (t, layer)
+            assert not torch.equal(
+                states[t].tensors[f"{layer}.{moved}"], states[t - 1].tensors[f"{layer}.{moved}"]
+            ), (t, layer)
 
 
 def test_downlink_is_one_seeded_dare_delta_per_layer() -> None:
@@ -250,10 +259,16 @@ def test_server_and_clients_stay_bit_identical(name: str) -> None:
     method = registry.build(name)
     results = run_rounds(method, setup, 4)
     final = results[-1].state
-    views = {cid: method.client_start(results[-1].views[cid],
-                                      method.broadcast(final, setup, setup.client(cid)),
-                                      setup, setup.client(cid), 0).view
-             for cid in results[-1].views}
+    views = {
+        cid: method.client_start(
+            results[-1].views[cid],
+            method.broadcast(final, setup, setup.client(cid)),
+            setup,
+            setup.client(cid),
+            0,
+        ).view
+        for cid in results[-1].views
+    }
     # Assert: every client's view of round t equals the server's state t, bit for bit
     prev_states = [method.init_server(setup)] + [r.state for r in results[:-1]]
     checks = [(r.views, st) for r, st in zip(results, prev_states, strict=True)] + [(views, final)]
@@ -283,8 +298,9 @@ def test_result_does_not_depend_on_upload_order(name: str) -> None:
     method = registry.build(name)
     state = method.init_server(setup)
     forward = run_round(method, state, setup, gen=torch.Generator().manual_seed(5))
-    backward = run_round(method, state, setup, gen=torch.Generator().manual_seed(5),
-                         upload_order=[2, 1, 0])
+    backward = run_round(
+        method, state, setup, gen=torch.Generator().manual_seed(5), upload_order=[2, 1, 0]
+    )
     assert_same(forward.state, backward.state)
 
 
@@ -343,8 +359,9 @@ def test_perturb_helper_trains_both_factors() -> None:
     setup = tiny_setup()
     method = registry.build("fedsrd")
     state = method.init_server(setup)
-    start = method.client_start(None, method.broadcast(state, setup, setup.clients[0]),
-                                setup, setup.clients[0], 0)
+    start = method.client_start(
+        None, method.broadcast(state, setup, setup.clients[0]), setup, setup.clients[0], 0
+    )
     assert start.trainable == frozenset({"A", "B"})
     trained = perturb(start, torch.Generator().manual_seed(0))
     assert not torch.equal(trained["l0"].A, start.adapter["l0"].A)

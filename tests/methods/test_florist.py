@@ -143,8 +143,10 @@ def test_two_round_trip_tracks_the_exact_aggregate_at_tau_one(mode, ranks):
     # Execute / Assert, round by round
     r1 = run_round(method, state, setup)
     assert r1.merges[0] == {}  # nothing merged before round 1 in either mode
-    assert rel_err(global_dense(method, r1.state, setup, r1.base)["l0"],
-                   trained_sum(r1, setup)["l0"]) < 1e-5
+    assert (
+        rel_err(global_dense(method, r1.state, setup, r1.base)["l0"], trained_sum(r1, setup)["l0"])
+        < 1e-5
+    )
     r2 = run_round(method, r1.state, setup, views=r1.views, base=r1.base)
     target = trained_sum(r2, setup)
     if mode == "merge":
@@ -180,10 +182,12 @@ def test_warm_round_one_starts_from_shared_lora_init():
     setup = tiny_setup(HETERO)
     method = Florist(FloristConfig())
     state = method.init_server(setup)
-    starts = [method.client_start(None, method.broadcast(state, setup, c), setup, c, c.cid)
-              for c in setup.clients]
+    starts = [
+        method.client_start(None, method.broadcast(state, setup, c), setup, c, c.cid)
+        for c in setup.clients
+    ]
     init = fresh_lora(setup, setup.max_rank, setup.seed)["l0"]
-    for c, start in zip(setup.clients, starts):
+    for c, start in zip(setup.clients, starts, strict=True):
         assert torch.equal(start.adapter["l0"].A, init.A[: c.rank])
         assert torch.count_nonzero(start.adapter["l0"].B) == 0
 
@@ -209,8 +213,12 @@ def test_aggregation_never_allocates_an_m_by_n_matrix():
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"tau": 1.5}, "tau must be in \\(0, 1\\], got 1.5"), ({"tau": 0.0}, "tau"),
-     ({"mode": "cold"}, "mode must be one of"), ({"tau": "high"}, "tau must be a number")],
+    [
+        ({"tau": 1.5}, "tau must be in \\(0, 1\\], got 1.5"),
+        ({"tau": 0.0}, "tau"),
+        ({"mode": "cold"}, "mode must be one of"),
+        ({"tau": "high"}, "tau must be a number"),
+    ],
 )
 def test_config_rejects_bad_options(options, message):
     with pytest.raises(ValueError, match=message):

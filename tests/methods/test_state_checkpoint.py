@@ -15,8 +15,14 @@ from fedlora.methods.registry import build
 
 @pytest.mark.parametrize(
     ("name", "ranks"),
-    [("florist", (2, 4, 6)), ("flora", (2, 4, 6)), ("flexlora", (2, 4, 6)),
-     ("fedex", (4, 4, 4)), ("fedprox", (2, 4, 6)), ("ffa", (4, 4, 4))],
+    [
+        ("florist", (2, 4, 6)),
+        ("flora", (2, 4, 6)),
+        ("flexlora", (2, 4, 6)),
+        ("fedex", (4, 4, 4)),
+        ("fedprox", (2, 4, 6)),
+        ("ffa", (4, 4, 4)),
+    ],
 )
 def test_state_round_trips_and_the_next_round_is_identical(name, ranks):
     # Prepare
@@ -30,10 +36,12 @@ def test_state_round_trips_and_the_next_round_is_identical(name, ranks):
         tensors=load(save(r1.state.tensors)),
         meta=json.loads(json.dumps(r1.state.meta)),
     )
-    from_live = run_round(method, r1.state, setup, views=r1.views,
-                          gen=torch.Generator().manual_seed(5))
-    from_disk = run_round(method, restored, setup, views=r1.views,
-                          gen=torch.Generator().manual_seed(5))
+    from_live = run_round(
+        method, r1.state, setup, views=r1.views, gen=torch.Generator().manual_seed(5)
+    )
+    from_disk = run_round(
+        method, restored, setup, views=r1.views, gen=torch.Generator().manual_seed(5)
+    )
 
     # Assert
     assert restored.meta == r1.state.meta

@@ -75,10 +75,12 @@ def test_state_round_trips_and_the_next_round_is_identical(name: str) -> None:
         tensors=load(save(r1.state.tensors)),
         meta=json.loads(json.dumps(r1.state.meta)),
     )
-    from_live = run_round(method, r1.state, setup, views=r1.views,
-                          gen=torch.Generator().manual_seed(5))
-    from_disk = run_round(method, restored, setup, views=r1.views,
-                          gen=torch.Generator().manual_seed(5))
+    from_live = run_round(
+        method, r1.state, setup, views=r1.views, gen=torch.Generator().manual_seed(5)
+    )
+    from_disk = run_round(
+        method, restored, setup, views=r1.views, gen=torch.Generator().manual_seed(5)
+    )
     # Assert
     assert_same(from_live.state.tensors, from_disk.state.tensors)
     assert_same(from_live.payloads, from_disk.payloads)

@@ -51,9 +51,7 @@ def test_factored_svd_equals_dense_svd_on_nonzero_triplets(seed, m, n, q, defici
     torch.testing.assert_close(
         u[:, :k] @ u[:, :k].T, u_ref[:, :k] @ u_ref[:, :k].T, rtol=0, atol=1e-7
     )
-    torch.testing.assert_close(
-        v[:, :k] @ v[:, :k].T, vh_ref[:k].T @ vh_ref[:k], rtol=0, atol=1e-7
-    )
+    torch.testing.assert_close(v[:, :k] @ v[:, :k].T, vh_ref[:k].T @ vh_ref[:k], rtol=0, atol=1e-7)
 
 
 def test_factored_svd_rejects_factors_that_do_not_chain():

@@ -168,7 +168,10 @@ def test_rescale_of_nothing_kept_is_zero() -> None:
 def test_derive_seed_is_stable_distinct_and_63_bit() -> None:
     a = derive_seed(0, "fedsrd-downlink", 1, "l0")
     assert a == derive_seed(0, "fedsrd-downlink", 1, "l0")
-    others = {derive_seed(0, "fedsrd-downlink", 2, "l0"), derive_seed(1, "fedsrd-downlink", 1, "l0"),
-              derive_seed(0, "fedsrd-downlink", 1, "l1")}
+    others = {
+        derive_seed(0, "fedsrd-downlink", 2, "l0"),
+        derive_seed(1, "fedsrd-downlink", 1, "l0"),
+        derive_seed(0, "fedsrd-downlink", 1, "l1"),
+    }
     assert a not in others and len(others) == 3
     assert all(0 <= s < 2**63 for s in others | {a})

@@ -12,8 +12,10 @@ M, N, R, Q = 16, 12, 4, 6
 
 def _factors(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(M, Q, generator=gen, dtype=torch.float64),
-            torch.randn(Q, N, generator=gen, dtype=torch.float64))
+    return (
+        torch.randn(M, Q, generator=gen, dtype=torch.float64),
+        torch.randn(Q, N, generator=gen, dtype=torch.float64),
+    )
 
 
 def test_b_update_solves_the_normal_equations() -> None:
@@ -42,8 +44,10 @@ def test_a_update_solves_the_normal_equations() -> None:
 
 def test_zero_factor_gives_zero_update() -> None:
     left, right = _factors(4)
-    assert torch.equal(solve_a_update(left, right, torch.zeros(M, R, dtype=torch.float64)),
-                       torch.zeros(R, N, dtype=torch.float64))
+    assert torch.equal(
+        solve_a_update(left, right, torch.zeros(M, R, dtype=torch.float64)),
+        torch.zeros(R, N, dtype=torch.float64),
+    )
 
 
 def test_shapes_must_chain() -> None:

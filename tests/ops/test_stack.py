@@ -18,7 +18,7 @@ def test_stack_products_equals_weighted_sum_of_products():
     ranks, coeffs = [2, 4, 3], [0.5, -1.25, 2.0]
     bs = [_rand(gen, 7, r) for r in ranks]
     as_ = [_rand(gen, r, 5) for r in ranks]
-    expected = sum(c * b @ a for c, b, a in zip(coeffs, bs, as_))
+    expected = sum(c * b @ a for c, b, a in zip(coeffs, bs, as_, strict=True))
 
     # Execute
     left, right = stack_products(bs, as_, coeffs)

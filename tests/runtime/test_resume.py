@@ -33,7 +33,9 @@ def without_timings(value: Any) -> Any:
 
 
 def metrics(run: Path) -> list[Any]:
-    return [without_timings(json.loads(x)) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        without_timings(json.loads(x)) for x in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def adapter_bytes(run: Path) -> bytes:
@@ -48,14 +50,20 @@ def _kill_mid_run(run: Path, files: list[str], method: str, after_round: int) ->
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedlora.cli", "run", *_overrides(run, files, method)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
         path = run / "metrics.jsonl"
         while time.monotonic() < deadline:
-            if path.exists() and any(json.loads(x)["round"] >= after_round
-                                     for x in path.read_text().splitlines() if x.strip()):
+            if path.exists() and any(
+                json.loads(x)["round"] >= after_round
+                for x in path.read_text().splitlines()
+                if x.strip()
+            ):
                 break
             if proc.poll() is not None:
                 pytest.fail(f"the run ended (code {proc.returncode}) before it could be killed")

@@ -16,16 +16,26 @@ TARGETS = ["q_proj", "v_proj"]
 
 def _model(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def _random_lora(model: torch.nn.Module, rank: int, seed: int) -> dict[str, LoraPair]:
     gen = torch.Generator().manual_seed(seed)
-    return {s.name: LoraPair(torch.randn(rank, s.in_features, generator=gen),
-                             torch.randn(s.out_features, rank, generator=gen))
-            for s in adapters.layer_specs(model)}
+    return {
+        s.name: LoraPair(
+            torch.randn(rank, s.in_features, generator=gen),
+            torch.randn(s.out_features, rank, generator=gen),
+        )
+        for s in adapters.layer_specs(model)
+    }
 
 
 def test_one_slot_per_shape_and_round_trip_of_factors() -> None:
@@ -62,8 +72,9 @@ def test_base_plus_equals_dense_update_and_restores_exactly() -> None:
         inside = w.detach().clone()
         _ = peft_model(input_ids=ids)
 
-    torch.testing.assert_close(inside.double(), before.double() + left.double() @ right.double(),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        inside.double(), before.double() + left.double() @ right.double(), rtol=1e-5, atol=1e-5
+    )
     assert torch.equal(w, before)
 
 
@@ -72,9 +83,13 @@ def test_written_adapter_loads_in_peft_and_reproduces_the_update(tmp_path: Path)
     specs = adapters.layer_specs(adapters.attach_slots(_model(seed=3), [(2, 2.0)], TARGETS))
     gen = torch.Generator().manual_seed(5)
     # Different ranks per layer, as FLoRIST produces.
-    deltas = {s.name: (torch.randn(s.out_features, 1 + i % 3, generator=gen) * 0.1,
-                       torch.randn(1 + i % 3, s.in_features, generator=gen))
-              for i, s in enumerate(specs)}
+    deltas = {
+        s.name: (
+            torch.randn(s.out_features, 1 + i % 3, generator=gen) * 0.1,
+            torch.randn(1 + i % 3, s.in_features, generator=gen),
+        )
+        for i, s in enumerate(specs)
+    }
     folder = write_adapter(tmp_path / "ad", deltas, base_model="tiny", target_modules=TARGETS)
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     base_out = base(input_ids=ids).logits

@@ -40,7 +40,11 @@ def sparse_description(
     shape: list[int], nnz: int, positions: dict[str, object]
 ) -> dict[str, object]:
     return {
-        "kind": "sparse", "shape": shape, "dtype": "float32", "nnz": nnz, "positions": positions
+        "kind": "sparse",
+        "shape": shape,
+        "dtype": "float32",
+        "nnz": nnz,
+        "positions": positions,
     }
 
 
@@ -255,9 +259,7 @@ def test_wrong_stored_dtype_is_rejected() -> None:
 
 
 def test_unsupported_declared_dtype_is_rejected() -> None:
-    buf = craft(
-        {"w.A": {"kind": "dense", "shape": [2], "dtype": "int8"}}, {"w.A": torch.zeros(2)}
-    )
+    buf = craft({"w.A": {"kind": "dense", "shape": [2], "dtype": "int8"}}, {"w.A": torch.zeros(2)})
     assert_rejected(buf, "w.A", "dtype 'int8'")
 
 
@@ -295,8 +297,11 @@ def test_positions_count_must_equal_values_count() -> None:
 def test_seeded_mask_count_must_equal_values_count() -> None:
     true_count = int(Sparse.from_seeded_mask(torch.ones(100), 5, 0.5).nnz)
     buf = craft(
-        {"s.B": sparse_description([100], true_count + 1, {"encoding": "seed", "seed": 5,
-                                                            "keep_prob": 0.5})},
+        {
+            "s.B": sparse_description(
+                [100], true_count + 1, {"encoding": "seed", "seed": 5, "keep_prob": 0.5}
+            )
+        },
         {ct.values_key("s.B"): torch.ones(true_count + 1)},
     )
     assert_rejected(buf, "s.B", "seeded mask keeps")
@@ -320,8 +325,11 @@ def test_huge_declared_seeded_tensor_is_refused_before_regeneration(
 
     monkeypatch.setattr(codec, "seeded_keep_mask", forbidden)
     buf = craft(
-        {"h.B": sparse_description([1 << 20, 1 << 20], 1, {"encoding": "seed", "seed": 1,
-                                                             "keep_prob": 0.5})},
+        {
+            "h.B": sparse_description(
+                [1 << 20, 1 << 20], 1, {"encoding": "seed", "seed": 1, "keep_prob": 0.5}
+            )
+        },
         {ct.values_key("h.B"): torch.ones(1)},
     )
 

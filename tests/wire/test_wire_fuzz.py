@@ -60,9 +60,7 @@ def test_random_bytes(buf: bytes) -> None:
 
 @FUZZ
 @given(
-    st.lists(
-        st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8
-    )
+    st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 255)), min_size=1, max_size=8)
 )
 def test_byte_flips_of_a_valid_payload(edits: list[tuple[int, int]]) -> None:
     buf = bytearray(VALID)

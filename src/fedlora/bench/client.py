@@ -59,7 +59,7 @@ from torch import nn
 from fedlora import config as config_mod
 from fedlora.config import RunConfig, TrainConfig
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.methods.base import ClientSpec, ClientStart, Method, Payload, Setup, Upload
+from fedlora.methods.base import ClientSpec, ClientStart, Method, Payload, Upload
 from fedlora.methods.registry import build
 from fedlora.runtime import steps as steps_mod
 from fedlora.runtime.assemble import Federation, assemble
@@ -407,6 +407,7 @@ class ClientBenchReport:
     model: str
     settings: dict[str, Any]
     threads: int
+    threads_why: str
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
     methods: list[MethodResult]
@@ -449,6 +450,26 @@ def _load() -> tuple[float, float, float]:
         return os.getloadavg()
     except OSError:
         return (float("nan"),) * 3
+
+
+def choose_threads(requested: int | None) -> tuple[int, str]:
+    """Torch threads for the run, and why.
+
+    All cores help only when they are free: on a machine whose run queue already exceeds its
+    cores, each extra intra-op thread mostly waits for a descheduled sibling at every
+    barrier (measured at load 10 on 2 cores: bare training 4x slower for tiny-llama and over
+    5x slower for smollm2-135m with 2 threads than with 1). So the default is every core
+    unless the 1-minute load average is at least the core count, then one thread.
+    """
+    cores = os.cpu_count() or 1
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--threads must be >= 1, got {requested}")
+        return requested, "requested"
+    load = _load()[0]
+    if cores > 1 and load >= cores:
+        return 1, f"load average {load:.1f} >= {cores} cores: one thread avoids barrier stalls"
+    return cores, "all cores"
 
 
 def time_methods(
@@ -507,9 +528,9 @@ def _src_pythonpath() -> str:
     return root + (os.pathsep + rest if rest else "")
 
 
-def _child(argv: Sequence[str], timeout_s: float) -> tuple[int, str, float]:
+def _child(argv: Sequence[str], timeout_s: float, threads: int) -> tuple[int, str, float]:
     """Run ``argv``; return (peak RSS bytes, stdout, seconds). Raises on a non-zero exit."""
-    env = dict(os.environ, PYTHONPATH=_src_pythonpath())
+    env = dict(os.environ, PYTHONPATH=_src_pythonpath(), OMP_NUM_THREADS=str(threads))
     began = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env)
@@ -549,24 +570,25 @@ _LOAD_ONLY = (
 
 def measure_rss(
     model: str, clients: Sequence[int], overrides: Sequence[str] = (), timeout_s: float = 3600.0,
-    progress: Callable[[str], None] = lambda text: None,
+    threads: int = 1, progress: Callable[[str], None] = lambda text: None,
 ) -> RssResult:
     """Peak RSS of a model-only child and of a short federation per client count.
 
     Each child is a fresh interpreter (``python -m fedlora.cli run ...``), one after the
-    other, so peaks do not mix. ``overrides`` (``key=value``) follow :data:`RSS_OVERRIDES`.
+    other, so peaks do not mix. ``overrides`` (``key=value``) follow :data:`RSS_OVERRIDES`;
+    the client count and the (temporary) run folder come last and always win.
     """
     progress(f"RSS: loading {model} alone")
-    rss, stdout, seconds = _child([sys.executable, "-c", _LOAD_ONLY, model], timeout_s)
+    rss, stdout, seconds = _child([sys.executable, "-c", _LOAD_ONLY, model], timeout_s, threads)
     param_bytes = int(json.loads(stdout.strip().splitlines()[-1])["param_bytes"])
     runs = [RssRun(clients=None, peak_rss_bytes=rss, seconds=seconds)]
     for k in clients:
         progress(f"RSS: {model} federation with {k} clients")
         with tempfile.TemporaryDirectory(prefix="fedlora-rss-") as tmp:
             argv = [sys.executable, "-m", "fedlora.cli", "run",
-                    f"model.name={json.dumps(model)}", f"data.clients={k}", *RSS_OVERRIDES,
-                    *overrides, f"out_dir={json.dumps(str(Path(tmp) / 'run'))}"]
-            rss, _, seconds = _child(argv, timeout_s)
+                    f"model.name={json.dumps(model)}", *RSS_OVERRIDES, *overrides,
+                    f"data.clients={k}", f"out_dir={json.dumps(str(Path(tmp) / 'run'))}"]
+            rss, _, seconds = _child(argv, timeout_s, threads)
         runs.append(RssRun(clients=k, peak_rss_bytes=rss, seconds=seconds))
     return RssResult(model=model, param_bytes=param_bytes, runs=runs)
 
@@ -588,13 +610,25 @@ def run_bench(
     config: ClientBenchConfig, progress: Callable[[str], None] = lambda text: None
 ) -> ClientBenchReport:
     """Run the benchmark described by ``config``."""
-    threads = config.threads or os.cpu_count() or 1
+    threads, why = choose_threads(config.threads)
+    progress(f"torch threads: {threads} ({why})")
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _run_bench(config, threads, why, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_bench(
+    config: ClientBenchConfig, threads: int, why: str, progress: Callable[[str], None]
+) -> ClientBenchReport:
     cfg = config.run_config()
     load_before = _load()
     results = [] if config.skip_timing else time_methods(cfg, config.methods, config.repeats,
                                                          progress)
-    rss = (measure_rss(cfg.model.name, config.rss_clients, config.overrides, progress=progress)
+    rss = (measure_rss(cfg.model.name, config.rss_clients, config.overrides, threads=threads,
+                       progress=progress)
            if config.rss else None)
     t = cfg.train
     settings = {
@@ -605,7 +639,7 @@ def run_bench(
         "repeats": config.repeats, "overrides": list(config.overrides),
     }
     return ClientBenchReport(
-        model=cfg.model.name, settings=settings, threads=torch.get_num_threads(),
+        model=cfg.model.name, settings=settings, threads=threads, threads_why=why,
         load_before=load_before, load_after=_load(), methods=results, rss=rss,
         checks=check_targets(results, cfg.model.name),
     )
@@ -628,7 +662,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
     def line(cells: Sequence[str]) -> str:
         first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
 
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
@@ -642,7 +676,7 @@ def format_table(report: ClientBenchReport) -> str:
         f"(alpha {s['alpha']:g}) on {','.join(s['target_modules'])}",
         f"  batch {s['batch_size']} x seq_len {s['seq_len']}, {s['local_steps']} local steps, "
         f"grad_accum {s['grad_accum']}, wire {s['wire_value_dtype']}; torch threads "
-        f"{report.threads}, {os.cpu_count()} cores",
+        f"{report.threads} of {os.cpu_count()} cores ({report.threads_why})",
         f"  load average before {load(report.load_before)}, after {load(report.load_after)} "
         "(1/5/15 min; a shared machine makes every figure noisy)",
     ]
@@ -716,13 +750,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per method (default 5)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="run-config override (repeatable), e.g. --set train.local_steps=5")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: all cores, or 1 when the load average "
+                        "already fills them)")
     p.add_argument("--rss", action="store_true",
                    help="also measure peak RSS of short federations in subprocesses")
     p.add_argument("--rss-clients", default="4,16",
                    help="client counts of the RSS runs (default 4,16)")
     p.add_argument("--rss-only", action="store_true", help="skip the timing part")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--json-out", metavar="PATH", help="also write the JSON report to PATH")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -759,6 +796,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     except (FedloraError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report_json(report), indent=2) + "\n",
+                                       encoding="utf-8")
     if args.json:
         json.dump(report_json(report), out, indent=2)
         out.write("\n")

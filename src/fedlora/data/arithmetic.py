@@ -31,8 +31,10 @@ def _problem(rng: np.random.Generator) -> tuple[str, int]:
     if shape == 2:
         a, b = (int(x) for x in rng.integers(5, 40, size=2))
         c = int(rng.integers(1, a + b))
-        text = (f"{name} has {a} {thing}, buys {b} more, then loses {c}. "
-                f"How many {thing} does {name} have?")
+        text = (
+            f"{name} has {a} {thing}, buys {b} more, then loses {c}. "
+            f"How many {thing} does {name} have?"
+        )
         return text, a + b - c
     groups, each = int(rng.integers(2, 10)), int(rng.integers(2, 12))
     text = f"{name} has {groups} boxes with {each} {thing} in each box. How many {thing} in total?"

@@ -56,7 +56,7 @@ def _domain(name: str) -> _Domain:
 
 
 def _record_hash(domain: str, record_id: str) -> int:
-    digest = hashlib.sha256(f"{domain}/{record_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{domain}/{record_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
@@ -110,8 +110,9 @@ def load_records(name: str, cache_dir: str | os.PathLike[str] | None = None) -> 
     """
     spec = _domain(name)
     folder = Path(data_cache_dir(cache_dir)) / name
-    return provisioned_records(spec.source.SOURCE, folder, spec.source.extract,
-                               spec.source.FORMAT_VERSION)
+    return provisioned_records(
+        spec.source.SOURCE, folder, spec.source.extract, spec.source.FORMAT_VERSION
+    )
 
 
 def load_split_records(

@@ -26,8 +26,14 @@ from fedlora.data.provision import Record
 from fedlora.data.types import Example
 from fedlora.errors import DataError
 
-PLAYS = ("Hamlet", "Macbeth", "Romeo and Juliet", "A Midsummer Night's Dream",
-         "Julius Caesar", "The Tempest")
+PLAYS = (
+    "Hamlet",
+    "Macbeth",
+    "Romeo and Juliet",
+    "A Midsummer Night's Dream",
+    "Julius Caesar",
+    "The Tempest",
+)
 PLAY_PROMPT = "Which Shakespeare play is this passage from?\n{passage}"
 DEFINITION_PROMPT = "Which is the meaning of the {pos} '{word}'?"
 
@@ -48,22 +54,28 @@ class ChoiceItem:
 def spam_items(heldout_emails: Sequence[Record]) -> list[ChoiceItem]:
     """Spam/ham classification of held-out emails (same prompt as training)."""
     labels = templates.EMAIL_LABELS
-    return [ChoiceItem(templates.email_prompt(r), labels, labels.index(r["label"]))
-            for r in heldout_emails]
+    return [
+        ChoiceItem(templates.email_prompt(r), labels, labels.index(r["label"]))
+        for r in heldout_emails
+    ]
 
 
 def play_items(
     heldout_passages: Sequence[Record], plays: Sequence[str] = PLAYS
 ) -> list[ChoiceItem]:
-    """"Which play is this from?" over held-out passages of ``plays`` (the choices)."""
+    """ "Which play is this from?" over held-out passages of ``plays`` (the choices)."""
     choices = tuple(plays)
     unknown = set(choices) - {r["play"] for r in heldout_passages}
     if unknown:
         raise DataError(f"no held-out passages for plays {sorted(unknown)}")
     return [
-        ChoiceItem(PLAY_PROMPT.format(passage=f"{r['context']}\n{r['next']}"), choices,
-                   choices.index(r["play"]))
-        for r in heldout_passages if r["play"] in choices
+        ChoiceItem(
+            PLAY_PROMPT.format(passage=f"{r['context']}\n{r['next']}"),
+            choices,
+            choices.index(r["play"]),
+        )
+        for r in heldout_passages
+        if r["play"] in choices
     ]
 
 
@@ -121,8 +133,10 @@ def heldout_choice_tasks(
         ``"spam"``, ``"play"`` and ``"definition"`` to their items.
     """
     tasks = {"spam": "email", "play": "literature", "definition": "dictionary"}
-    return {task: choice_task(domain, load_split_records(domain, cache_dir)[1], seed)
-            for task, domain in tasks.items()}
+    return {
+        task: choice_task(domain, load_split_records(domain, cache_dir)[1], seed)
+        for task, domain in tasks.items()
+    }
 
 
 def ood_arithmetic(count: int = 200, seed: int = 0) -> list[Example]:

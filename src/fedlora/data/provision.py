@@ -101,8 +101,9 @@ def run_tool(cmd: list[str], cwd: Path, timeout: float, what: str) -> str:
         raise DataError(f"{what}: {' '.join(cmd)} did not finish within {timeout:g} s") from exc
     if done.returncode != 0:
         tail = " | ".join(line for line in done.stderr.strip().splitlines()[-3:])
-        raise ToolFailed(f"{what}: {' '.join(cmd)} failed (exit {done.returncode}): {tail}",
-                         done.stderr)
+        raise ToolFailed(
+            f"{what}: {' '.join(cmd)} failed (exit {done.returncode}): {tail}", done.stderr
+        )
     return done.stdout
 
 
@@ -129,8 +130,19 @@ def _fetch_pip(source: Source, dest: Path) -> Path:
     archive_dir = dest / "archive"
     archive_dir.mkdir()
     fmt = ["--only-binary", ":all:"] if source.client == "pip-wheel" else ["--no-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           *fmt, "-d", str(archive_dir), "-r", str(requirements)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        *fmt,
+        "-d",
+        str(archive_dir),
+        "-r",
+        str(requirements),
+    ]
     try:
         run_tool(cmd, dest, DOWNLOAD_TIMEOUT_S, f"pip download {source.label}")
     except ToolFailed as exc:
@@ -186,7 +198,10 @@ def fetch_verified(source: Source, dest: Path) -> Path:
         If the client is missing, fails or times out, or the archive's hash differs.
     """
     fetchers: dict[str, Callable[[Source, Path], Path]] = {
-        "pip-wheel": _fetch_pip, "pip-sdist": _fetch_pip, "npm": _fetch_npm, "apt": _fetch_apt,
+        "pip-wheel": _fetch_pip,
+        "pip-sdist": _fetch_pip,
+        "npm": _fetch_npm,
+        "apt": _fetch_apt,
     }
     started = time.monotonic()
     log.info("downloading %s with %s", source.label, source.client)
@@ -194,8 +209,12 @@ def fetch_verified(source: Source, dest: Path) -> Path:
     actual = sha256_file(archive)
     if actual != source.sha256:
         raise _hash_mismatch(source, actual)
-    log.info("verified %s (%d bytes) in %.1f s", archive.name, archive.stat().st_size,
-             time.monotonic() - started)
+    log.info(
+        "verified %s (%d bytes) in %.1f s",
+        archive.name,
+        archive.stat().st_size,
+        time.monotonic() - started,
+    )
     return archive
 
 
@@ -261,6 +280,10 @@ def provisioned_records(
     stamp_path.unlink(missing_ok=True)
     _write_atomic(records_path, lines)
     _write_atomic(stamp_path, stamp + "\n")
-    log.info("provisioned %d records from %s in %.1f s", len(records), source.label,
-             time.monotonic() - started)
+    log.info(
+        "provisioned %d records from %s in %.1f s",
+        len(records),
+        source.label,
+        time.monotonic() - started,
+    )
     return records

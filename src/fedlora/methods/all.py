@@ -1,11 +1,13 @@
 """Imports every method module so that each registers itself (one line per method)."""
 
-from fedlora.methods import fedavg  # noqa: F401
-from fedlora.methods import florist  # noqa: F401
-from fedlora.methods import flora  # noqa: F401
-from fedlora.methods import flexlora  # noqa: F401
-from fedlora.methods import fedex  # noqa: F401
-from fedlora.methods import fedprox  # noqa: F401
-from fedlora.methods import ffa  # noqa: F401
-from fedlora.methods import fedsrd  # noqa: F401
-from fedlora.methods import fed_dare  # noqa: F401
+from fedlora.methods import (
+    fed_dare,  # noqa: F401
+    fedavg,  # noqa: F401
+    fedex,  # noqa: F401
+    fedprox,  # noqa: F401
+    fedsrd,  # noqa: F401
+    ffa,  # noqa: F401
+    flexlora,  # noqa: F401
+    flora,  # noqa: F401
+    florist,  # noqa: F401
+)

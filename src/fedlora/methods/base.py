@@ -176,9 +176,7 @@ class Method(Protocol):
         """Names and (logical) shapes of every tensor ``client`` uploads; the server decodes
         uploads strictly against it."""
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         """Fold the round's uploads into a new state (round + 1). Inputs are not mutated."""
 
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:

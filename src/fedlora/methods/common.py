@@ -7,7 +7,16 @@ from collections.abc import Mapping
 
 import torch
 
-from fedlora.methods.base import ClientSpec, ClientStart, Factored, Lora, LoraPair, Payload, Setup, Tensor
+from fedlora.methods.base import (
+    ClientSpec,
+    ClientStart,
+    Factored,
+    Lora,
+    LoraPair,
+    Payload,
+    Setup,
+    Tensor,
+)
 from fedlora.ops.sparse import Sparse
 
 
@@ -78,7 +87,9 @@ def lora_payload(adapter: Mapping[str, LoraPair]) -> Payload:
 def lora_from_payload(payload: Payload, setup: Setup) -> Lora:
     """Inverse of :func:`lora_payload`."""
     return {
-        spec.name: LoraPair(dense(payload[key(spec.name, "A")]), dense(payload[key(spec.name, "B")]))
+        spec.name: LoraPair(
+            dense(payload[key(spec.name, "A")]), dense(payload[key(spec.name, "B")])
+        )
         for spec in setup.layers
     }
 

@@ -129,9 +129,7 @@ class FedDare(DefaultHooks):
                 out[key(s.name, "d" + part)] = dare(delta, self.config.p_up, mask_seed)
         return out
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         ordered = sorted(uploads, key=lambda u: u.cid)
         weights = aggregation_weights(ordered, setup.weighting)
         tensors: dict[str, Tensor] = {}

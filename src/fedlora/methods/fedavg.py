@@ -39,7 +39,6 @@ from fedlora.methods.base import (
 from fedlora.methods.common import (
     DefaultHooks,
     fresh_lora,
-    key,
     lora_from_payload,
     lora_payload,
     pad_rank,
@@ -112,9 +111,7 @@ class FedAvg(DefaultHooks):
     ) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         return state_from_lora(state.round + 1, average_factors(uploads, setup))
 
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:

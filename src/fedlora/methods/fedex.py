@@ -154,9 +154,7 @@ class FedEx(DefaultHooks):
     ) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         self.validate(setup)
         ups = ordered(uploads)
         weights = aggregation_weights(ups, setup.weighting)

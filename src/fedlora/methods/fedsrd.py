@@ -154,9 +154,7 @@ def stacked_aggregate(
     return torch.cat(lefts, dim=1), torch.cat(rights, dim=0)
 
 
-def least_squares_step(
-    target: Factored, a_prev: Tensor, b_prev: Tensor, factor: str
-) -> Tensor:
+def least_squares_step(target: Factored, a_prev: Tensor, b_prev: Tensor, factor: str) -> Tensor:
     """The closed-form update of ``factor`` toward ``target − B^{t-1}A^{t-1}`` (factored).
 
     Returns ``ΔB = ΔW·pinv(A^{t-1})`` (m×r) for ``factor == "B"``, else
@@ -268,9 +266,7 @@ class _FedSRDBase(DefaultHooks):
 
     # -- server ----------------------------------------------------------------------------
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         ordered = sorted(uploads, key=lambda u: u.cid)
         weights = aggregation_weights(ordered, setup.weighting)
         round_ = state.round + 1
@@ -318,4 +314,3 @@ class FedSRDE(_FedSRDBase):
 
     def decompose(self, left: Tensor, right: Tensor, rank: int) -> Factored:
         return left, right
-

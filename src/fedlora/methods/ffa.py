@@ -122,9 +122,7 @@ class Ffa(DefaultHooks):
     def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
         return lora_schema(setup, client.rank, "B")
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         self.validate(setup)
         ups = ordered(uploads)
         weights = aggregation_weights(ups, setup.weighting)

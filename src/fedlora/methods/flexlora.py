@@ -107,11 +107,9 @@ class FlexLora(DefaultHooks):
     ) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         stacks = stacked_update(uploads, setup)
-        return _state(state.round + 1, {n: compress(l, r) for n, (l, r) in stacks.items()})
+        return _state(state.round + 1, {n: compress(lf, rf) for n, (lf, rf) in stacks.items()})
 
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        return {n: (l.clone(), r.clone()) for n, (l, r) in _factored(state, setup).items()}
+        return {n: (lf.clone(), rf.clone()) for n, (lf, rf) in _factored(state, setup).items()}

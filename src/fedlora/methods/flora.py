@@ -110,9 +110,7 @@ class Flora(DefaultHooks):
     ) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         return _stack_state(state.round + 1, stacked_update(uploads, setup))
 
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:

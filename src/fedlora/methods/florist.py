@@ -167,9 +167,7 @@ class Florist(DefaultHooks):
     ) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(
-        self, state: ServerState, uploads: Sequence[Upload], setup: Setup
-    ) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         s_g = global_scaling(setup)
         adapter: dict[str, LoraPair] = {}
         ranks: dict[str, int] = {}

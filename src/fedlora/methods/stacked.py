@@ -18,7 +18,7 @@ from fedlora.ops.stack import stack_products
 def ordered(uploads: Sequence[Upload]) -> list[Upload]:
     """Uploads sorted by client id; a client that answers twice is an error."""
     out = sorted(uploads, key=lambda u: u.cid)
-    for prev, cur in zip(out, out[1:]):
+    for prev, cur in zip(out, out[1:], strict=False):
         if prev.cid == cur.cid:
             raise PayloadError(f"client {cur.cid} uploaded twice in one round")
     return out

@@ -81,7 +81,8 @@ def truncated_factors(left: Tensor, right: Tensor, rank: int) -> tuple[Tensor, T
     k = min(rank, s.numel())
     us = left @ (t_r.T @ vh_c[:k].T)
     kept = s[:k] > s[0] * RELATIVE_RANK_CUTOFF if s.numel() else s[:k] > 0
-    inverse = torch.where(kept, 1.0 / torch.where(kept, s[:k], torch.ones_like(s[:k])),
-                          torch.zeros_like(s[:k]))
+    inverse = torch.where(
+        kept, 1.0 / torch.where(kept, s[:k], torch.ones_like(s[:k])), torch.zeros_like(s[:k])
+    )
     vt = (inverse[:, None] * (u_c[:, :k].T @ t_l)) @ right
     return us * kept.to(us.dtype), vt

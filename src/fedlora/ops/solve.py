@@ -31,8 +31,9 @@ def _min_norm_lstsq(matrix: Tensor, rhs: Tensor) -> Tensor:
     top = lam.max().clamp(min=0)
     rtol = max(matrix.shape) * torch.finfo(matrix.dtype).eps
     keep = lam > (rtol**2) * top if top > 0 else torch.zeros_like(lam, dtype=torch.bool)
-    inv = torch.where(keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)),
-                      torch.zeros_like(lam))
+    inv = torch.where(
+        keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam)
+    )
     projected = (matrix.T @ rhs).double()
     return (vec @ (inv[:, None] * (vec.T @ projected))).to(rhs.dtype)
 

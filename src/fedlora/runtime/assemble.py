@@ -60,15 +60,15 @@ def assemble(cfg: RunConfig, report: Callable[[str, dict[str, Any]], None]) -> F
     model, tokenizer = resolve_model(cfg.model.name, seed=cfg.seed)
     clients = client_specs(cfg)
     try:
-        peft_model = attach_slots(model, [(c.rank, c.alpha) for c in clients],
-                                  cfg.lora.target_modules)
+        peft_model = attach_slots(
+            model, [(c.rank, c.alpha) for c in clients], cfg.lora.target_modules
+        )
     except ValueError as exc:
         raise ConfigError(f"lora.target_modules {list(cfg.lora.target_modules)}: {exc}") from None
     layers = layer_specs(peft_model)
     if not layers:
         raise ConfigError(f"lora.target_modules {list(cfg.lora.target_modules)} match no layer")
-    setup = Setup(layers=layers, clients=clients, seed=cfg.seed,
-                  weighting=cfg.federation.weighting)
+    setup = Setup(layers=layers, clients=clients, seed=cfg.seed, weighting=cfg.federation.weighting)
     method = build(cfg.method.name, cfg.method.options)
     method.validate(setup)
 
@@ -81,8 +81,10 @@ def assemble(cfg: RunConfig, report: Callable[[str, dict[str, Any]], None]) -> F
     }
     for cid, examples in train_sets.items():
         if not examples:
-            raise ConfigError(f"client {cid} has no training examples (data.partition="
-                              f"{cfg.data.partition!r}); use fewer clients or more data")
+            raise ConfigError(
+                f"client {cid} has no training examples (data.partition="
+                f"{cfg.data.partition!r}); use fewer clients or more data"
+            )
     eval_sets = {
         name: EvalSet(
             [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in held.examples],
@@ -90,6 +92,14 @@ def assemble(cfg: RunConfig, report: Callable[[str, dict[str, Any]], None]) -> F
         )
         for name, held in split.heldout.items()
     }
-    return Federation(cfg=cfg, model=peft_model, tokenizer=tokenizer, method=method, setup=setup,
-                      train_sets=train_sets, eval_sets=eval_sets, pad_id=pad_id_of(tokenizer),
-                      base_model_ref=cfg.model.name)
+    return Federation(
+        cfg=cfg,
+        model=peft_model,
+        tokenizer=tokenizer,
+        method=method,
+        setup=setup,
+        train_sets=train_sets,
+        eval_sets=eval_sets,
+        pad_id=pad_id_of(tokenizer),
+        base_model_ref=cfg.model.name,
+    )

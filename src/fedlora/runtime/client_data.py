@@ -40,8 +40,9 @@ def _file_split(cfg: DataConfig) -> ClientSplit:
     for k, path in enumerate(cfg.files):
         examples = load_jsonl(path)
         if len(examples) < 2:
-            raise DataError(f"{path}: needs at least 2 examples (train and held-out), "
-                            f"has {len(examples)}")
+            raise DataError(
+                f"{path}: needs at least 2 examples (train and held-out), has {len(examples)}"
+            )
         cut = max(1, len(examples) // 10)
         clients.append(_cap(examples[:-cut], cfg.max_train_per_client))
         heldout[f"client{k}"] = Heldout(examples[-cut:][: cfg.max_eval_per_domain])
@@ -64,9 +65,10 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     else:
         clients = iid([ex for exs in train.values() for ex in exs], cfg.clients, seed)
     heldout = {
-        name: Heldout(d.heldout[: cfg.max_eval_per_domain],
-                      choice_task(name, load_split_records(name)[1], seed)
-                      [: cfg.max_eval_per_domain])
+        name: Heldout(
+            d.heldout[: cfg.max_eval_per_domain],
+            choice_task(name, load_split_records(name)[1], seed)[: cfg.max_eval_per_domain],
+        )
         for name, d in domains.items()
     }
     # Out of domain: arithmetic word problems that no client trains on (loss only).

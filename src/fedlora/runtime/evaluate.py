@@ -23,11 +23,19 @@ def evaluate(fed: Federation, update: Mapping[str, Factored]) -> dict[str, dict[
     scores: dict[str, dict[str, float]] = {}
     with base_plus(fed.model, update):
         for name, ev in fed.eval_sets.items():
-            entry = {"loss": completion_loss(fed.model, ev.loss_examples, fed.cfg.eval.batch_size,
-                                             fed.pad_id)}
+            entry = {
+                "loss": completion_loss(
+                    fed.model, ev.loss_examples, fed.cfg.eval.batch_size, fed.pad_id
+                )
+            }
             if ev.questions:
-                entry["acc"] = choice_accuracy(fed.model, fed.tokenizer, ev.questions,
-                                               fed.cfg.train.seq_len, fed.cfg.eval.batch_size,
-                                               fed.pad_id)
+                entry["acc"] = choice_accuracy(
+                    fed.model,
+                    fed.tokenizer,
+                    ev.questions,
+                    fed.cfg.train.seq_len,
+                    fed.cfg.eval.batch_size,
+                    fed.pad_id,
+                )
             scores[name] = entry
     return scores

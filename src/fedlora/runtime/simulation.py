@@ -22,7 +22,7 @@ import torch
 from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import CheckpointError, ConfigError
-from fedlora.methods.base import Factored, Method, ServerState, Setup, Tensor
+from fedlora.methods.base import Factored, ServerState, Tensor
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation, assemble
 from fedlora.runtime.evaluate import evaluate
@@ -80,7 +80,9 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
         except json.JSONDecodeError:
             raise ConfigError(f"{cfg_path} is corrupt; choose another out_dir") from None
         prev_cfg = dict(previous)
-        if _fingerprint(config_mod.from_dict({k: v for k, v in prev_cfg.items()})) != _fingerprint(cfg):
+        if _fingerprint(config_mod.from_dict({k: v for k, v in prev_cfg.items()})) != _fingerprint(
+            cfg
+        ):
             raise ConfigError(
                 f"run directory {out} already holds a different run; choose another out_dir"
             )
@@ -141,8 +143,11 @@ def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
     out: dict[str, Factored] = {}
     for spec in fed.setup.layers:
         f = total[spec.name]
-        out[spec.name] = f if f is not None else (
-            torch.zeros(spec.out_features, 1), torch.zeros(1, spec.in_features))
+        out[spec.name] = (
+            f
+            if f is not None
+            else (torch.zeros(spec.out_features, 1), torch.zeros(1, spec.in_features))
+        )
     return out
 
 
@@ -152,13 +157,19 @@ def run_round(fed: Federation, rs: RunState, report: Reporter) -> dict[str, Any]
     t = rs.round + 1
     sampled = sample_clients(cfg, t)
     report("round_start", {"round": t, "sampled": sampled})
-    record: dict[str, Any] = {"round": t, "method": method.name, "sampled": sampled,
-                              "value_dtype": cfg.wire.value_dtype}
+    record: dict[str, Any] = {
+        "round": t,
+        "method": method.name,
+        "sampled": sampled,
+        "value_dtype": cfg.wire.value_dtype,
+    }
     down_bytes, down_params, down_enc = {}, {}, {}
     decoded = {}
     for c in setup.clients:
         tx = send(method.broadcast(rs.state, setup, c), cfg)
-        decoded[c.cid] = decode(tx.data, expected=None, max_bytes=int(cfg.wire.max_payload_mb * 2**20))
+        decoded[c.cid] = decode(
+            tx.data, expected=None, max_bytes=int(cfg.wire.max_payload_mb * 2**20)
+        )
         down_bytes[str(c.cid)], down_params[str(c.cid)] = tx.nbytes, tx.params
         down_enc[str(c.cid)] = tx.encodings
     merge = method.base_merge(decoded[setup.clients[0].cid], setup)
@@ -170,45 +181,62 @@ def run_round(fed: Federation, rs: RunState, report: Reporter) -> dict[str, Any]
         train = c.cid in sampled
         try:
             outcomes[c.cid] = client_step(
-                model=fed.model, method=method, setup=setup, client=c, view=rs.views[c.cid],
-                broadcast=decoded[c.cid], examples=fed.train_sets[c.cid], cfg=cfg, round_=t,
-                pad_id=fed.pad_id, train=train,
+                model=fed.model,
+                method=method,
+                setup=setup,
+                client=c,
+                view=rs.views[c.cid],
+                broadcast=decoded[c.cid],
+                examples=fed.train_sets[c.cid],
+                cfg=cfg,
+                round_=t,
+                pad_id=fed.pad_id,
+                train=train,
             )
         except Exception as exc:  # a client's failure must not end the federation
             log.warning("round %d: client %d failed: %s", t, c.cid, exc)
-            outcomes[c.cid] = ClientOutcome(cid=c.cid, view=rs.views[c.cid] or {},
-                                            error=f"{type(exc).__name__}: {exc}")
+            outcomes[c.cid] = ClientOutcome(
+                cid=c.cid, view=rs.views[c.cid] or {}, error=f"{type(exc).__name__}: {exc}"
+            )
         if train:
             report("client_done", {"round": t, "cid": c.cid})
-    uploads = {cid: (o.upload.data, o.n_samples) for cid, o in outcomes.items()
-               if o.upload is not None}
+    uploads = {
+        cid: (o.upload.data, o.n_samples) for cid, o in outcomes.items() if o.upload is not None
+    }
     failures = {cid: o.error for cid, o in outcomes.items() if cid in sampled and o.error}
-    server = server_step(method=method, state=rs.state, setup=setup, uploads=uploads,
-                         failures=failures, cfg=cfg)
+    server = server_step(
+        method=method, state=rs.state, setup=setup, uploads=uploads, failures=failures, cfg=cfg
+    )
     for cid, o in outcomes.items():
         rs.views[cid] = o.view
     rs.state = server.state
     rs.round = t
 
     up = {str(cid): o.upload for cid, o in outcomes.items() if o.upload is not None}
-    record.update({
-        "train_loss": {str(cid): o.train_loss for cid, o in outcomes.items()
-                       if o.train_loss is not None},
-        "n_samples": {str(cid): o.n_samples for cid, o in outcomes.items() if o.upload},
-        "upload_bytes": {cid: tx.nbytes for cid, tx in up.items()},
-        "upload_params": {cid: tx.params for cid, tx in up.items()},
-        "download_bytes": down_bytes,
-        "download_params": down_params,
-        "encodings": {"upload": {cid: tx.encodings for cid, tx in up.items()},
-                      "download": down_enc},
-        "accepted": server.accepted,
-        "dropped": {str(cid): why for cid, why in server.dropped.items()},
-        "skipped": server.skipped,
-        "server_seconds": server.seconds,
-        "train_seconds": {str(cid): o.train_seconds for cid, o in outcomes.items() if o.upload},
-        "client_overhead_seconds": {str(cid): o.overhead_seconds
-                                    for cid, o in outcomes.items() if o.upload},
-    })
+    record.update(
+        {
+            "train_loss": {
+                str(cid): o.train_loss for cid, o in outcomes.items() if o.train_loss is not None
+            },
+            "n_samples": {str(cid): o.n_samples for cid, o in outcomes.items() if o.upload},
+            "upload_bytes": {cid: tx.nbytes for cid, tx in up.items()},
+            "upload_params": {cid: tx.params for cid, tx in up.items()},
+            "download_bytes": down_bytes,
+            "download_params": down_params,
+            "encodings": {
+                "upload": {cid: tx.encodings for cid, tx in up.items()},
+                "download": down_enc,
+            },
+            "accepted": server.accepted,
+            "dropped": {str(cid): why for cid, why in server.dropped.items()},
+            "skipped": server.skipped,
+            "server_seconds": server.seconds,
+            "train_seconds": {str(cid): o.train_seconds for cid, o in outcomes.items() if o.upload},
+            "client_overhead_seconds": {
+                str(cid): o.overhead_seconds for cid, o in outcomes.items() if o.upload
+            },
+        }
+    )
     if "ranks" in rs.state.meta:
         record["ranks"] = rs.state.meta["ranks"]
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
@@ -225,12 +253,16 @@ def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None)
     metrics_path = out / "metrics.jsonl"
     rs = _restore(fed, out) if resume else None
     if rs is None:
-        rs = RunState(round=0, state=fed.method.init_server(fed.setup),
-                      views={c.cid: None for c in fed.setup.clients})
+        rs = RunState(
+            round=0,
+            state=fed.method.init_server(fed.setup),
+            views={c.cid: None for c in fed.setup.clients},
+        )
         report("eval_start", {"round": 0})
         base_eval = evaluate(fed, {})
-        metrics_path.write_text(json.dumps({"round": 0, "method": fed.method.name,
-                                            "eval": base_eval}) + "\n")
+        metrics_path.write_text(
+            json.dumps({"round": 0, "method": fed.method.name, "eval": base_eval}) + "\n"
+        )
         report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
     else:
         _truncate_metrics(metrics_path, rs.round)
@@ -243,12 +275,22 @@ def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None)
         # checkpoint, so a crash between the two only repeats the round.
         with metrics_path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-        checkpoint.write(out / "checkpoints", checkpoint.Checkpoint(
-            round=rs.round, state=rs.state,
-            views={cid: v for cid, v in rs.views.items() if v is not None},
-            merge=rs.merges[-1], extra={}))
+        checkpoint.write(
+            out / "checkpoints",
+            checkpoint.Checkpoint(
+                round=rs.round,
+                state=rs.state,
+                views={cid: v for cid, v in rs.views.items() if v is not None},
+                merge=rs.merges[-1],
+                extra={},
+            ),
+        )
         report("round_done", {"round": rs.round, "record": record})
-    write_adapter(out / "adapter", compact(global_update(fed, rs)),
-                  base_model=fed.base_model_ref, target_modules=list(cfg.lora.target_modules))
+    write_adapter(
+        out / "adapter",
+        compact(global_update(fed, rs)),
+        base_model=fed.base_model_ref,
+        target_modules=list(cfg.lora.target_modules),
+    )
     report("done", {"out": str(out)})
     return out

@@ -127,9 +127,10 @@ def client_step(
         payload = method.upload(
             start, result.adapter, setup, client, derive_seed(setup.seed, 3, round_, client.cid)
         )
-    except Exception as exc:  # noqa: BLE001 - any local failure drops this client only
-        log.warning("round %d: client %d failed: %s: %s", round_, client.cid,
-                    type(exc).__name__, exc)
+    except Exception as exc:
+        log.warning(
+            "round %d: client %d failed: %s: %s", round_, client.cid, type(exc).__name__, exc
+        )
         outcome.error = f"client failed: {type(exc).__name__}: {exc}"
         return outcome
     outcome.upload = send(payload, cfg)
@@ -165,8 +166,10 @@ def _reject_outliers(
     kept = []
     for u in uploads:
         if median > 0 and norms[u.cid] > ratio * median:
-            why = (f"outlier upload: norm {norms[u.cid]:.4g} is above {ratio:g} x the median "
-                   f"{median:.4g}")
+            why = (
+                f"outlier upload: norm {norms[u.cid]:.4g} is above {ratio:g} x the median "
+                f"{median:.4g}"
+            )
             log.warning("round %d: dropping client %d: %s", round_, u.cid, why)
             dropped[u.cid] = why
         else:
@@ -221,10 +224,14 @@ def server_step(
     if len(decoded) < cfg.federation.min_clients:
         log.warning(
             "round %d skipped: %d valid uploads, fewer than min_clients=%d",
-            state.round + 1, len(decoded), cfg.federation.min_clients,
+            state.round + 1,
+            len(decoded),
+            cfg.federation.min_clients,
         )
-        return ServerOutcome(state, [u.cid for u in decoded], dropped, True,
-                             time.perf_counter() - began)
+        return ServerOutcome(
+            state, [u.cid for u in decoded], dropped, True, time.perf_counter() - began
+        )
     new_state = method.aggregate(state, decoded, setup)
-    return ServerOutcome(new_state, [u.cid for u in decoded], dropped, False,
-                         time.perf_counter() - began)
+    return ServerOutcome(
+        new_state, [u.cid for u in decoded], dropped, False, time.perf_counter() - began
+    )

@@ -37,8 +37,12 @@ def attach_slots(
     peft_model: PeftModel | None = None
     for rank, alpha in distinct:
         cfg = LoraConfig(
-            r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules),
-            bias="none", task_type="CAUSAL_LM",
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            target_modules=list(target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
         )
         if peft_model is None:
             peft_model = get_peft_model(model, cfg, adapter_name=slot_name(rank, alpha))
@@ -64,7 +68,9 @@ def layer_specs(model: nn.Module) -> tuple[LayerSpec, ...]:
     specs = []
     for name, layer in lora_layers(model).items():
         w = layer.get_base_layer().weight
-        specs.append(LayerSpec(name=name, in_features=int(w.shape[1]), out_features=int(w.shape[0])))
+        specs.append(
+            LayerSpec(name=name, in_features=int(w.shape[1]), out_features=int(w.shape[0]))
+        )
     return tuple(specs)
 
 

@@ -111,8 +111,10 @@ def read_adapter(folder: str | Path) -> PeftAdapter:
     if not folder.is_dir():
         raise ConfigError(f"adapter folder not found: {folder}")
     if not cfg_path.is_file() or not st_path.is_file():
-        raise ConfigError(f"{folder} is not a PEFT adapter folder (needs adapter_config.json "
-                          "and adapter_model.safetensors)")
+        raise ConfigError(
+            f"{folder} is not a PEFT adapter folder (needs adapter_config.json "
+            "and adapter_model.safetensors)"
+        )
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
@@ -136,8 +138,12 @@ def read_adapter(folder: str | Path) -> PeftAdapter:
         b = tensors[b_key]
         r = int(a.shape[0])
         if b.shape[1] != r:
-            raise ConfigError(f"{folder}: layer {name}: A is {tuple(a.shape)} but B is {tuple(b.shape)}")
-        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, name, float(cfg.get("lora_alpha", r)))
+            raise ConfigError(
+                f"{folder}: layer {name}: A is {tuple(a.shape)} but B is {tuple(b.shape)}"
+            )
+        alpha = _pattern_value(
+            cfg.get("alpha_pattern") or {}, name, float(cfg.get("lora_alpha", r))
+        )
         lora[name] = LoraPair(a.float(), b.float())
         ranks[name] = r
         alphas[name] = alpha
@@ -147,5 +153,6 @@ def read_adapter(folder: str | Path) -> PeftAdapter:
     targets = cfg.get("target_modules") or []
     if isinstance(targets, str):
         targets = [targets]
-    return PeftAdapter(folder, lora, scaling, ranks, alphas, tuple(targets),
-                       cfg.get("base_model_name_or_path"))
+    return PeftAdapter(
+        folder, lora, scaling, ranks, alphas, tuple(targets), cfg.get("base_model_name_or_path")
+    )

@@ -109,8 +109,15 @@ def _encode_dense(
     values = _values(name, tensor, value_dtype)
     desc = {"kind": "dense", "shape": list(values.shape), "dtype": value_dtype}
     st = TensorStats(
-        name, "dense", tuple(values.shape), values.numel(), int(torch.count_nonzero(values)),
-        "dense", value_dtype, values.numel() * values.element_size(), 0,
+        name,
+        "dense",
+        tuple(values.shape),
+        values.numel(),
+        int(torch.count_nonzero(values)),
+        "dense",
+        value_dtype,
+        values.numel() * values.element_size(),
+        0,
     )
     return desc, {name: values}, st
 
@@ -136,13 +143,22 @@ def _encode_sparse(
         stored[ct.positions_key(name)] = _byte_tensor(enc.data)
         pos_bytes = len(enc.data)
     desc = {
-        "kind": "sparse", "shape": list(sparse.shape), "dtype": value_dtype,
-        "nnz": int(indices.size), "positions": positions,
+        "kind": "sparse",
+        "shape": list(sparse.shape),
+        "dtype": value_dtype,
+        "nnz": int(indices.size),
+        "positions": positions,
     }
     st = TensorStats(
-        name, "sparse", tuple(sparse.shape), int(indices.size),
-        int(torch.count_nonzero(values)), str(positions["encoding"]), value_dtype,
-        values.numel() * values.element_size(), pos_bytes,
+        name,
+        "sparse",
+        tuple(sparse.shape),
+        int(indices.size),
+        int(torch.count_nonzero(values)),
+        str(positions["encoding"]),
+        value_dtype,
+        values.numel() * values.element_size(),
+        pos_bytes,
     )
     return desc, stored, st
 

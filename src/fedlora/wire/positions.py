@@ -168,14 +168,14 @@ def decode_bitmap(data: bytes, numel: int, nnz: int) -> np.ndarray:
 def encode_elias_fano(indices: np.ndarray, numel: int, low_bits: int | None = None) -> Encoded:
     idx = _check_positions(indices, numel)
     k = idx.size
-    l = best_low_bits(numel, k) if low_bits is None else low_bits
+    low = best_low_bits(numel, k) if low_bits is None else low_bits
     if k == 0:
-        return Encoded("elias-fano", {"low_bits": l}, b"")
-    upper_len = k + ((numel - 1) >> l) + 1
-    lows = _fixed_width_bits((idx & ((1 << l) - 1)).astype(np.uint64), l)
+        return Encoded("elias-fano", {"low_bits": low}, b"")
+    upper_len = k + ((numel - 1) >> low) + 1
+    lows = _fixed_width_bits((idx & ((1 << low) - 1)).astype(np.uint64), low)
     upper = np.zeros(upper_len, dtype=np.bool_)
-    upper[(idx >> l) + np.arange(k, dtype=np.int64)] = True
-    return Encoded("elias-fano", {"low_bits": l}, _pack(np.concatenate([lows, upper])))
+    upper[(idx >> low) + np.arange(k, dtype=np.int64)] = True
+    return Encoded("elias-fano", {"low_bits": low}, _pack(np.concatenate([lows, upper])))
 
 
 def decode_elias_fano(data: bytes, numel: int, nnz: int, low_bits: int) -> np.ndarray:

@@ -40,10 +40,12 @@ def extract(archive: Path) -> list[Record]:
         if not line.strip():
             continue
         item = json.loads(line)
-        records.append({
-            "id": str(item["task_id"]),
-            "prompt": str(item["prompt"]),
-            "solution": str(item["canonical_solution"]),
-            "entry_point": str(item["entry_point"]),
-        })
+        records.append(
+            {
+                "id": str(item["task_id"]),
+                "prompt": str(item["prompt"]),
+                "solution": str(item["canonical_solution"]),
+                "entry_point": str(item["entry_point"]),
+            }
+        )
     return records

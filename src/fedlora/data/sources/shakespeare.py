@@ -80,9 +80,12 @@ def speech_segments(text: str) -> list[tuple[int, list[str]]]:
         if in_direction or line.startswith("["):
             close()
             in_direction = "]" not in line
-        elif blank or _HEADING.match(line):
-            close()
-        elif (previous_blank and following and _is_speaker(line)) or _is_shouted(line):
+        elif (
+            blank
+            or _HEADING.match(line)
+            or (previous_blank and following and _is_speaker(line))
+            or _is_shouted(line)
+        ):
             close()
         else:
             if not current:
@@ -141,10 +144,14 @@ def extract(archive: Path) -> list[Record]:
         fallback = key.removesuffix("_gut").replace("_", " ").title()
         title = titles.get(key, "title", fallback=fallback)
         for line_no, context, following in passages(texts[key]):
-            records.append({
-                "id": f"{key}:{line_no}", "play": title,
-                "context": "\n".join(context), "next": following,
-            })
+            records.append(
+                {
+                    "id": f"{key}:{line_no}",
+                    "play": title,
+                    "context": "\n".join(context),
+                    "next": following,
+                }
+            )
     if not records:
         raise DataError(f"{archive.name}: no plays found under {TEXTS_DIR}")
     return records

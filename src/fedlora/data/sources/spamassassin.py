@@ -50,8 +50,10 @@ def _codec(charset: str | None) -> str:
 def _decode_header(value: str | None) -> str:
     if not value:
         return ""
-    parts = [chunk.decode(_codec(charset), errors="replace") if isinstance(chunk, bytes) else chunk
-             for chunk, charset in email.header.decode_header(str(value))]
+    parts = [
+        chunk.decode(_codec(charset), errors="replace") if isinstance(chunk, bytes) else chunk
+        for chunk, charset in email.header.decode_header(str(value))
+    ]
     return _SPACE.sub(" ", "".join(parts)).strip()
 
 
@@ -109,12 +111,14 @@ def extract(archive: Path) -> list[Record]:
                 item = json.loads(handle.read().decode("utf-8"))
                 subject, body = parse_email(str(item["text"]))
                 group = path.parent.name
-                records.append({
-                    "id": f"{group}/{item['id']}",
-                    "label": "spam" if group.startswith("spam") else "ham",
-                    "subject": subject,
-                    "body": body,
-                })
+                records.append(
+                    {
+                        "id": f"{group}/{item['id']}",
+                        "label": "spam" if group.startswith("spam") else "ham",
+                        "subject": subject,
+                        "body": body,
+                    }
+                )
     except (tarfile.TarError, OSError, KeyError, json.JSONDecodeError) as exc:
         raise DataError(f"{archive.name}: cannot read the npm tarball: {exc}") from exc
     records.sort(key=lambda r: r["id"])
