@@ -97,7 +97,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
     return out
 
 
-def _restore(fed: Federation, out: Path) -> RunState | None:
+def restore(fed: Federation, out: Path) -> RunState | None:
     ck_root = out / "checkpoints"
     done = checkpoint.rounds(ck_root)
     if not done:
@@ -118,7 +118,7 @@ def _restore(fed: Federation, out: Path) -> RunState | None:
     return RunState(round=last.round, state=last.state, views=views, merges=merges)
 
 
-def _truncate_metrics(path: Path, last_round: int) -> None:
+def truncate_metrics(path: Path, last_round: int) -> None:
     if not path.exists():
         return
     keep = []
@@ -251,7 +251,7 @@ def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None)
     out = prepare_run_dir(cfg, resume)
     fed = assemble(cfg, report)
     metrics_path = out / "metrics.jsonl"
-    rs = _restore(fed, out) if resume else None
+    rs = restore(fed, out) if resume else None
     if rs is None:
         rs = RunState(
             round=0,
@@ -265,7 +265,7 @@ def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None)
         )
         report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
     else:
-        _truncate_metrics(metrics_path, rs.round)
+        truncate_metrics(metrics_path, rs.round)
         log.info("resuming %s after round %d", out, rs.round)
     while rs.round < cfg.federation.rounds:
         began = time.perf_counter()

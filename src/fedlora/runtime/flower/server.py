@@ -292,8 +292,7 @@ def round_record(fed: Federation, rnd: Round, targets: Iterable[int],
 
 def restore(fed: Federation, out: Path) -> RunState | None:
     """The in-process runtime's resume (checkpoints are the same in both runtimes)."""
-    # simulation._restore is private today; the lead is asked to make it public.
-    return simulation._restore(fed, out)
+    return simulation.restore(fed, out)
 
 
 def serve(grid: Grid, cfg: RunConfig, *, resume: bool = False,
@@ -314,7 +313,7 @@ def serve(grid: Grid, cfg: RunConfig, *, resume: bool = False,
                                             "eval": base_eval}) + "\n")
         report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
     else:
-        simulation._truncate_metrics(metrics_path, rs.round)
+        simulation.truncate_metrics(metrics_path, rs.round)
         log.info("resuming %s after round %d", out, rs.round)
     nodes = Nodes(clients=cfg.data.clients)
     report("status", {"text": f"waiting for {cfg.data.clients} SuperNodes"})
