@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import torch
 from torch import nn
@@ -153,7 +153,8 @@ def probes(watch: Stopwatch, model: nn.Module) -> Iterator[None]:
         for mod, attr, name in patches:
             setattr(mod, attr, watch.wrap(name, getattr(mod, attr)))
         # An instance attribute shadows PeftModel.set_adapter; deleting it restores the method.
-        object.__setattr__(model, "set_adapter", watch.wrap("swap_in", model.set_adapter))
+        object.__setattr__(model, "set_adapter",
+                           watch.wrap("swap_in", cast(Callable[..., Any], model.set_adapter)))
         yield
     finally:
         for mod, attr, original in saved:
@@ -218,7 +219,10 @@ def bare_peft_model(cfg: RunConfig, client: ClientSpec) -> nn.Module:
     from fedlora.models import resolve_model
 
     model, _ = resolve_model(cfg.model.name, seed=cfg.seed)
-    lora = LoraConfig(r=client.rank, lora_alpha=client.alpha, lora_dropout=0.0,
+    # PEFT annotates lora_alpha as int but uses it as a number; fedlora's slots pass the
+    # same float, so the scaling is identical.
+    lora = LoraConfig(r=client.rank, lora_alpha=client.alpha,  # type: ignore[arg-type]
+                      lora_dropout=0.0,
                       target_modules=list(cfg.lora.target_modules), bias="none",
                       task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
@@ -311,7 +315,8 @@ def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample
     with probes(watch, fed.model):
         began = time.perf_counter()
         outcome = client_step(
-            model=fed.model, method=run.method, setup=setup, client=client, view=run.view,
+            model=fed.model, method=cast(Method, run.method), setup=setup, client=client,
+            view=run.view,
             broadcast=broadcast, examples=examples, cfg=cfg, round_=t, pad_id=fed.pad_id,
         )
         step_seconds = time.perf_counter() - began
@@ -528,44 +533,72 @@ def _src_pythonpath() -> str:
     return root + (os.pathsep + rest if rest else "")
 
 
-def _child(argv: Sequence[str], timeout_s: float, threads: int) -> tuple[int, str, float]:
-    """Run ``argv``; return (peak RSS bytes, stdout, seconds). Raises on a non-zero exit."""
-    env = dict(os.environ, PYTHONPATH=_src_pythonpath(), OMP_NUM_THREADS=str(threads))
-    began = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=env)
-        try:
-            # wait4 reports this child's own rusage (RUSAGE_CHILDREN would be the max over all).
-            deadline = time.monotonic() + timeout_s
-            while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    pid, status, usage = os.wait4(proc.pid, 0)
-                    raise FedloraError(f"{argv[2:5]}... timed out after {timeout_s:g} s")
-                time.sleep(0.2)
-        finally:
-            proc.returncode = 0  # reaped above; stop Popen from waiting on the pid again
-        seconds = time.perf_counter() - began
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode()
-    if code != 0:
-        tail = stderr.strip().splitlines()[-1:] or ["(no stderr)"]
-        raise FedloraError(f"RSS child exited with {code}: {tail[0]}")
-    return usage.ru_maxrss * 1024, stdout, seconds  # Linux reports KiB
+def _vmhwm_bytes() -> int | None:
+    """This process's resident-set high-water mark (Linux ``VmHWM``), or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
-_LOAD_ONLY = (
-    "import json, sys\n"
-    "from fedlora.models import resolve_model\n"
-    "model, _ = resolve_model(sys.argv[1])\n"
-    "print(json.dumps({'param_bytes': sum(p.numel() * p.element_size()"
-    " for p in model.parameters())}))\n"
+def child_main(argv: Sequence[str]) -> int:
+    """Body of an RSS child: ``REPORT load MODEL`` or ``REPORT run KEY=VALUE...``.
+
+    Writes ``{"vmhwm_bytes": ..., "param_bytes": ...}`` to REPORT on the way out. The child
+    reads its own ``VmHWM`` because the parent's view (``ru_maxrss`` from ``wait4``) also
+    counts the parent's resident set copied at fork time, which here is two loaded models.
+    """
+    report_path, mode, *rest = argv
+    info: dict[str, Any] = {}
+    code = 1
+    try:
+        if mode == "load":
+            from fedlora.models import resolve_model
+
+            model, _ = resolve_model(rest[0])
+            info["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+            code = 0
+        else:
+            from fedlora.cli import main as cli_main
+
+            code = cli_main(["run", *rest])
+    finally:
+        info["vmhwm_bytes"] = _vmhwm_bytes()
+        Path(report_path).write_text(json.dumps(info), encoding="utf-8")
+    return code
+
+
+_CHILD = (
+    "import sys\n"
+    "from fedlora.bench.client import child_main\n"
+    "sys.exit(child_main(sys.argv[1:]))\n"
 )
+
+
+def _child(args: Sequence[str], timeout_s: float, threads: int) -> tuple[dict[str, Any], float]:
+    """Run :func:`child_main` with ``args`` in a fresh interpreter; return (report, seconds)."""
+    env = dict(os.environ, PYTHONPATH=_src_pythonpath(), OMP_NUM_THREADS=str(threads))
+    with tempfile.TemporaryDirectory(prefix="fedlora-rss-") as tmp:
+        report = Path(tmp) / "report.json"
+        began = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, "-c", _CHILD, str(report), *args], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise FedloraError(f"RSS child {args[0]} timed out after {timeout_s:g} s") from None
+        seconds = time.perf_counter() - began
+        if proc.returncode != 0 or not report.exists():
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            raise FedloraError(f"RSS child {args[0]} exited with {proc.returncode}: "
+                               f"{tail[0] if tail else '(no stderr)'}")
+        info: dict[str, Any] = json.loads(report.read_text(encoding="utf-8"))
+    if info.get("vmhwm_bytes") is None:
+        raise FedloraError("this system does not report VmHWM in /proc/self/status")
+    return info, seconds
 
 
 def measure_rss(
@@ -574,22 +607,21 @@ def measure_rss(
 ) -> RssResult:
     """Peak RSS of a model-only child and of a short federation per client count.
 
-    Each child is a fresh interpreter (``python -m fedlora.cli run ...``), one after the
-    other, so peaks do not mix. ``overrides`` (``key=value``) follow :data:`RSS_OVERRIDES`;
+    Each child is a fresh interpreter (:func:`child_main`: the model loader, or
+    ``fedlora run``), one after the other, and reports its own ``VmHWM``. ``overrides`` (``key=value``) follow :data:`RSS_OVERRIDES`;
     the client count and the (temporary) run folder come last and always win.
     """
     progress(f"RSS: loading {model} alone")
-    rss, stdout, seconds = _child([sys.executable, "-c", _LOAD_ONLY, model], timeout_s, threads)
-    param_bytes = int(json.loads(stdout.strip().splitlines()[-1])["param_bytes"])
-    runs = [RssRun(clients=None, peak_rss_bytes=rss, seconds=seconds)]
+    info, seconds = _child(["load", model], timeout_s, threads)
+    param_bytes = int(info["param_bytes"])
+    runs = [RssRun(clients=None, peak_rss_bytes=int(info["vmhwm_bytes"]), seconds=seconds)]
     for k in clients:
         progress(f"RSS: {model} federation with {k} clients")
-        with tempfile.TemporaryDirectory(prefix="fedlora-rss-") as tmp:
-            argv = [sys.executable, "-m", "fedlora.cli", "run",
-                    f"model.name={json.dumps(model)}", *RSS_OVERRIDES, *overrides,
+        with tempfile.TemporaryDirectory(prefix="fedlora-rss-run-") as tmp:
+            args = ["run", f"model.name={json.dumps(model)}", *RSS_OVERRIDES, *overrides,
                     f"data.clients={k}", f"out_dir={json.dumps(str(Path(tmp) / 'run'))}"]
-            rss, _, seconds = _child(argv, timeout_s, threads)
-        runs.append(RssRun(clients=k, peak_rss_bytes=rss, seconds=seconds))
+            info, seconds = _child(args, timeout_s, threads)
+        runs.append(RssRun(clients=k, peak_rss_bytes=int(info["vmhwm_bytes"]), seconds=seconds))
     return RssResult(model=model, param_bytes=param_bytes, runs=runs)
 
 
@@ -670,7 +702,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def format_table(report: ClientBenchReport) -> str:
     """A readable multi-table summary of ``report``."""
     s = report.settings
-    load = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
+
+    def load(v: Sequence[float]) -> str:
+        return "/".join(f"{x:.2f}" for x in v)
+
     out = [
         f"fedlora bench client: {report.model}, client 0 of {s['clients']}, rank {s['rank']} "
         f"(alpha {s['alpha']:g}) on {','.join(s['target_modules'])}",

@@ -1,0 +1,206 @@
+"""``fedlora bench client`` runs end to end at a tiny size (no absolute-time asserts).
+
+The benchmark is a script; these tests only make sure it cannot rot: it runs, the bare loop
+sees exactly fedlora's batches and trains only the factors fedlora trains, the timing probes
+leave the library as they found it, the figures it prints are consistent with each other,
+and the RSS children run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import tiny_overrides, write_client_files
+
+from fedlora import config as config_mod
+from fedlora.bench import client as bench
+from fedlora.methods.base import ClientStart
+from fedlora.runtime.assemble import Federation, assemble
+from fedlora.runtime.steps import send
+from fedlora.train import local as local_mod
+from fedlora.train.adapters import get_lora, set_lora, slot_name
+from fedlora.train.local import train_local
+
+
+def _tiny_set(tmp_path: Path, clients: int = 2) -> list[str]:
+    files = write_client_files(tmp_path, clients)
+    return tiny_overrides(tmp_path / "run", files, **{"train.local_steps": "2"})
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> bench.ClientBenchReport:
+    # Prepare
+    overrides = _tiny_set(tmp_path_factory.mktemp("bench_client"))
+    cfg = bench.ClientBenchConfig(model="tiny-llama", methods=("fedavg", "fedsrd"), repeats=2,
+                                  overrides=tuple(overrides), threads=1)
+    # Execute
+    return bench.run_bench(cfg)
+
+
+def test_bare_loop_sees_fedlora_tokens_and_figures_agree(
+    tiny_report: bench.ClientBenchReport,
+) -> None:
+    # Assert
+    assert [r.method for r in tiny_report.methods] == ["fedavg", "fedsrd"]
+    for result in tiny_report.methods:
+        assert result.repeats == 2
+        rounds = [s["round"] for s in result.samples]
+        assert rounds == [2, 3]  # round 1 was the warm-up; each repeat is a genuine next round
+        for s in result.samples:
+            assert s["tokens"] == s["bare_tokens"] > 0
+            assert s["bare_seconds"] > 0 and s["train_seconds"] > 0
+            assert set(s["overhead"]) == set(bench.OVERHEAD_PHASES)
+            assert all(v >= 0 for v in s["overhead"].values())
+        shares = sorted(sum(s["overhead"].values())
+                        / (s["train_seconds"] + sum(s["overhead"].values()))
+                        for s in result.samples)
+        assert math.isclose(result.non_training_share, (shares[0] + shares[1]) / 2)
+        assert 0 < result.non_training_share < 1
+        # The end-to-end ratio can only be below the training-only ratio.
+        assert result.round_ratio <= result.train_ratio
+    fedsrd = tiny_report.methods[1]
+    assert fedsrd.overhead_seconds["upload"] > 0  # sparsification is timed, not lost
+    assert len(tiny_report.checks) == 4
+
+
+def test_table_and_json_show_every_method(tiny_report: bench.ClientBenchReport) -> None:
+    # Execute
+    table = bench.format_table(tiny_report)
+    data = json.loads(json.dumps(bench.report_json(tiny_report)))
+    # Assert
+    assert "load average" in table and "Targets" in table
+    for name in ("fedavg", "fedsrd"):
+        assert sum(line.startswith(name) for line in table.splitlines()) == 2
+    assert [m["method"] for m in data["methods"]] == ["fedavg", "fedsrd"]
+    assert data["threads"] == 1
+
+
+def test_paired_ratio_cancels_noise_shared_by_both_sides() -> None:
+    # Prepare: each repeat slows both loops by the same factor; fedlora is 0.8x the bare loop.
+    noise = [1.0, 7.0, 2.5]
+    samples = [
+        bench.Sample(round=i, tokens=100, bare_tokens=100, bare_seconds=f,
+                     train_seconds=f / 0.8,
+                     overhead={k: 0.0 for k in bench.OVERHEAD_PHASES},
+                     in_loop={k: 0.0 for k in bench.IN_LOOP_PROBES})
+        for i, f in enumerate(noise)
+    ]
+    # Execute
+    result = bench.summarise("m", samples)
+    # Assert
+    assert math.isclose(result.train_ratio, 0.8)
+    assert math.isclose(result.bare_tokens_per_s, 100 / 2.5)
+    assert result.non_training_share == 0.0
+
+
+@pytest.fixture
+def tiny_fed(tmp_path: Path) -> Federation:
+    cfg = config_mod.load(None, _tiny_set(tmp_path))
+    return assemble(cfg, lambda kind, info: None)
+
+
+def test_plan_batches_are_the_batches_train_local_draws(
+    tiny_fed: Federation, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare
+    fed, seen = tiny_fed, []
+    client = fed.setup.clients[0]
+    slot = slot_name(client.rank, client.alpha)
+    original = local_mod.collate
+
+    def recording(batch, pad_id):  # type: ignore[no-untyped-def]
+        out = original(batch, pad_id)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(local_mod, "collate", recording)
+    start = ClientStart(adapter=get_lora(fed.model, slot))
+    # Execute
+    planned = bench.plan_batches(fed.train_sets[0], fed.cfg.train, 11, fed.pad_id)
+    result = train_local(fed.model, slot, start, fed.train_sets[0], fed.cfg.train, 11, fed.pad_id)
+    # Assert
+    flat = [b for step in planned for b in step]
+    assert len(flat) == len(seen) == fed.cfg.train.local_steps * fed.cfg.train.grad_accum
+    for mine, theirs in zip(flat, seen, strict=True):
+        for k in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(mine[k], theirs[k])
+    assert bench.batch_tokens(planned) == result.tokens
+
+
+def test_bare_loop_trains_only_the_requested_factors(tiny_fed: Federation) -> None:
+    # Prepare
+    fed = tiny_fed
+    model = bench.bare_peft_model(fed.cfg, fed.setup.clients[0])
+    params = bench.bare_params(model, frozenset({"B"}))
+    named = dict(model.named_parameters())
+    with torch.no_grad():  # PEFT starts B at zero; make the gradient of A non-zero too
+        for name, p in named.items():
+            if "lora_B." in name:
+                p.normal_(0.0, 0.01)
+    before = {n: p.detach().clone() for n, p in named.items()}
+    batches = bench.plan_batches(fed.train_sets[0], fed.cfg.train, 3, fed.pad_id)
+    # Execute
+    seconds = bench.bare_train(model, params, batches, fed.cfg.train)
+    # Assert
+    assert seconds > 0
+    assert params and all("lora_B." in n for n, p in named.items() if p.requires_grad)
+    changed = {n for n, p in named.items() if not torch.equal(p, before[n])}
+    assert changed == {n for n in named if "lora_B." in n}
+
+
+def test_probes_time_the_swaps_and_restore_the_library(tiny_fed: Federation) -> None:
+    # Prepare
+    fed = tiny_fed
+    client = fed.setup.clients[0]
+    slot = slot_name(client.rank, client.alpha)
+    originals = {a: getattr(local_mod, a) for a in ("set_lora", "get_lora", "collate")}
+    from fedlora.runtime import steps as steps_mod
+
+    watch = bench.Stopwatch()
+    # Execute
+    with bench.probes(watch, fed.model):
+        local_mod.set_lora(fed.model, slot, local_mod.get_lora(fed.model, slot))
+        fed.model.set_adapter(slot)
+        steps_mod.send({"x": torch.ones(2)}, fed.cfg)
+    # Assert
+    assert watch.calls == {"swap_out": 1, "swap_in": 2, "upload_encode": 1}
+    assert {a: getattr(local_mod, a) for a in originals} == originals
+    assert steps_mod.send is send
+    assert "set_adapter" not in fed.model.__dict__
+    set_lora(fed.model, slot, get_lora(fed.model, slot))  # still works unwrapped
+
+
+def test_bad_override_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    code = bench.main(["--model", "tiny-llama", "--quiet", "--set", "train.nonsense=1"],
+                      out=io.StringIO())
+    # Assert
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.nonsense" in err
+
+
+def test_main_json_and_rss_children(tmp_path: Path) -> None:
+    # Prepare: the RSS runs need one JSONL file per client, so both counts use 2 clients.
+    overrides = _tiny_set(tmp_path, clients=2)
+    argv = ["--model", "tiny-llama", "--methods", "fedavg", "--repeats", "1", "--threads", "1",
+            "--rss", "--rss-clients", "2", "--json", "--quiet"]
+    for o in overrides:
+        argv += ["--set", o]
+    out = io.StringIO()
+    # Execute
+    code = bench.main(argv, out=out)
+    # Assert
+    assert code == 0
+    data = json.loads(out.getvalue())
+    rss = data["rss"]
+    assert [r["clients"] for r in rss["runs"]] == [None, 2]
+    assert rss["param_bytes"] > 0
+    for run in rss["runs"]:
+        assert run["peak_rss_bytes"] > rss["param_bytes"]
+    assert data["methods"][0]["tokens_per_round"] > 0
