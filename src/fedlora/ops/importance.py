@@ -37,7 +37,9 @@ def importance_b(delta_b: Tensor, a: Tensor) -> Tensor:
     if delta_b.ndim != 2 or a.ndim != 2 or delta_b.shape[1] != a.shape[0]:
         raise ValueError(f"ΔB {tuple(delta_b.shape)} does not chain with A {tuple(a.shape)}")
     row_norms = torch.linalg.vector_norm(a, dim=1).to(delta_b.dtype)
-    return delta_b.abs() * row_norms.unsqueeze(0)
+    # Tensor arithmetic operators are typed loosely (Any) in torch's stubs.
+    scores: Tensor = delta_b.abs() * row_norms.unsqueeze(0)
+    return scores
 
 
 def importance_a(delta_a: Tensor, b: Tensor) -> Tensor:
@@ -57,7 +59,8 @@ def importance_a(delta_a: Tensor, b: Tensor) -> Tensor:
     if delta_a.ndim != 2 or b.ndim != 2 or b.shape[1] != delta_a.shape[0]:
         raise ValueError(f"B {tuple(b.shape)} does not chain with ΔA {tuple(delta_a.shape)}")
     col_norms = torch.linalg.vector_norm(b, dim=0).to(delta_a.dtype)
-    return delta_a.abs() * col_norms.unsqueeze(1)
+    scores: Tensor = delta_a.abs() * col_norms.unsqueeze(1)
+    return scores
 
 
 def pearson_kurtosis(scores: Tensor) -> float:

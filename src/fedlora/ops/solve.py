@@ -35,7 +35,9 @@ def _min_norm_lstsq(matrix: Tensor, rhs: Tensor) -> Tensor:
         keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam)
     )
     projected = (matrix.T @ rhs).double()
-    return (vec @ (inv[:, None] * (vec.T @ projected))).to(rhs.dtype)
+    # Tensor arithmetic operators are typed loosely (Any) in torch's stubs.
+    solution: Tensor = (vec @ (inv[:, None] * (vec.T @ projected))).to(rhs.dtype)
+    return solution
 
 
 def solve_b_update(left: Tensor, right: Tensor, a: Tensor) -> Tensor:
