@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TypeGuard, cast
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ def _encode_dense(
     name: str, tensor: torch.Tensor, value_dtype: str
 ) -> tuple[dict[str, object], dict[str, torch.Tensor], TensorStats]:
     values = _values(name, tensor, value_dtype)
-    desc = {"kind": "dense", "shape": list(values.shape), "dtype": value_dtype}
+    desc: dict[str, object] = {"kind": "dense", "shape": list(values.shape), "dtype": value_dtype}
     st = TensorStats(
         name,
         "dense",
@@ -267,7 +268,7 @@ def _fail(name: str, problem: str) -> ct.ContainerError:
     return ct.ContainerError(name, problem)
 
 
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -386,7 +387,9 @@ def _decode_entry(
     encoding = str(positions["encoding"])
     numel = _numel(shape)
     if encoding == "seed":
-        seed, keep = int(positions["seed"]), float(positions["keep_prob"])  # type: ignore[arg-type]
+        # Both were type-checked by _check_entry before decoding started.
+        seed = int(cast(int, positions["seed"]))
+        keep = float(cast(float, positions["keep_prob"]))
         idx = np.flatnonzero(seeded_keep_mask(seed, numel, keep).numpy())
         if idx.size != nnz:
             raise _fail(name, f"seeded mask keeps {idx.size} positions but {nnz} values were sent")
