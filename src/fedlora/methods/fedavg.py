@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 
@@ -80,13 +81,17 @@ def lora_from_state(state: ServerState, setup: Setup) -> Lora:
     return lora_from_payload(state.tensors, setup)  # type: ignore[arg-type]
 
 
+ConfigT = TypeVar("ConfigT")
+"""Config type of a FedAvg-based method: subclasses (FedProx) bring their own options."""
+
+
 @register("fedavg", FedAvgConfig)
-class FedAvg(DefaultHooks):
+class FedAvg(DefaultHooks, Generic[ConfigT]):
     """FedIT: separate weighted averages of A and B (see module docstring)."""
 
     name = "fedavg"
 
-    def __init__(self, config: FedAvgConfig) -> None:
+    def __init__(self, config: ConfigT) -> None:
         self.config = config
 
     def init_server(self, setup: Setup) -> ServerState:

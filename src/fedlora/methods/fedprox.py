@@ -59,13 +59,13 @@ def proximal_term(current: Lora, start: ClientStart, mu: float) -> Tensor:
 
 
 @register("fedprox", FedProxConfig)
-class FedProx(FedAvg):
+class FedProx(FedAvg[FedProxConfig]):
     """FedAvg with the FedProx proximal term (see module docstring)."""
 
     name = "fedprox"
 
-    def __init__(self, config: FedProxConfig) -> None:  # type: ignore[override]
-        self.config = config  # type: ignore[assignment]
+    def __init__(self, config: FedProxConfig) -> None:
+        super().__init__(config)
 
     def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
         if self.config.mu == 0:
