@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -38,7 +39,9 @@ def attach_slots(
     for rank, alpha in distinct:
         cfg = LoraConfig(
             r=rank,
-            lora_alpha=alpha,
+            # peft annotates lora_alpha as int but only ever divides it by r (or √r);
+            # a float alpha is what the methods' scaling needs.
+            lora_alpha=alpha,  # type: ignore[arg-type]
             lora_dropout=0.0,
             target_modules=list(target_modules),
             bias="none",
@@ -54,6 +57,21 @@ def attach_slots(
     return peft_model
 
 
+def _factor(layer: LoraLayer, part: str, slot: str) -> nn.Parameter:
+    """Weight of ``slot``'s A or B (``part``) in ``layer``.
+
+    PEFT keeps one ``nn.Linear`` per slot in the ``lora_A`` / ``lora_B`` module dicts;
+    ``nn.Module.__getattr__`` types attribute access as ``Tensor | Module``, hence the cast.
+    """
+    store = layer.lora_A if part == "A" else layer.lora_B
+    return cast(nn.Parameter, store[slot].weight)
+
+
+def _base_weight(layer: LoraLayer) -> torch.Tensor:
+    """Weight of the frozen linear layer ``layer`` wraps (see :func:`_factor` for the cast)."""
+    return cast(torch.Tensor, layer.get_base_layer().weight)
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
     """Every LoRA-wrapped linear layer, by base-model module path."""
     out: dict[str, LoraLayer] = {}
@@ -67,7 +85,7 @@ def layer_specs(model: nn.Module) -> tuple[LayerSpec, ...]:
     """Shapes of the adapted layers (m = out_features, n = in_features)."""
     specs = []
     for name, layer in lora_layers(model).items():
-        w = layer.get_base_layer().weight
+        w = _base_weight(layer)
         specs.append(
             LayerSpec(name=name, in_features=int(w.shape[1]), out_features=int(w.shape[0]))
         )
@@ -83,15 +101,15 @@ def set_lora(model: nn.Module, slot: str, adapter: Mapping[str, LoraPair]) -> No
     with torch.no_grad():
         for name, layer in layers.items():
             pair = adapter[name]
-            layer.lora_A[slot].weight.copy_(pair.A)
-            layer.lora_B[slot].weight.copy_(pair.B)
+            _factor(layer, "A", slot).copy_(pair.A)
+            _factor(layer, "B", slot).copy_(pair.B)
 
 
 def get_lora(model: nn.Module, slot: str) -> Lora:
     """Detached float32 copies of ``slot``'s factors."""
     return {
         name: LoraPair(
-            layer.lora_A[slot].weight.detach().clone(), layer.lora_B[slot].weight.detach().clone()
+            _factor(layer, "A", slot).detach().clone(), _factor(layer, "B", slot).detach().clone()
         )
         for name, layer in lora_layers(model).items()
     }
@@ -100,7 +118,7 @@ def get_lora(model: nn.Module, slot: str) -> Lora:
 def live_lora(model: nn.Module, slot: str) -> Lora:
     """The slot's parameters themselves (for differentiable regularisers)."""
     return {
-        name: LoraPair(layer.lora_A[slot].weight, layer.lora_B[slot].weight)
+        name: LoraPair(_factor(layer, "A", slot), _factor(layer, "B", slot))
         for name, layer in lora_layers(model).items()
     }
 
@@ -111,9 +129,9 @@ def set_trainable(model: nn.Module, slot: str, factors: frozenset[str]) -> list[
         p.requires_grad_(False)
     params: list[nn.Parameter] = []
     for layer in lora_layers(model).values():
-        for part, store in (("A", layer.lora_A), ("B", layer.lora_B)):
+        for part in ("A", "B"):
             if part in factors:
-                w = store[slot].weight
+                w = _factor(layer, part, slot)
                 w.requires_grad_(True)
                 params.append(w)
     return params
@@ -124,7 +142,7 @@ def add_into_base(model: nn.Module, deltas: Mapping[str, Factored]) -> None:
     layers = lora_layers(model)
     with torch.no_grad():
         for name, (left, right) in deltas.items():
-            w = layers[name].get_base_layer().weight
+            w = _base_weight(layers[name])
             w.addmm_(left.to(w.dtype), right.to(w.dtype))
 
 
@@ -133,7 +151,7 @@ def base_plus(model: PeftModel, deltas: Mapping[str, Factored]) -> Iterator[None
     """Temporarily evaluate ``W0 + L @ R`` with every adapter disabled; the exact original
     weights are restored afterwards (copies, not a subtraction, so no float drift)."""
     layers = lora_layers(model)
-    saved = {n: layers[n].get_base_layer().weight.detach().clone() for n in deltas}
+    saved = {n: _base_weight(layers[n]).detach().clone() for n in deltas}
     try:
         add_into_base(model, deltas)
         with model.disable_adapter():
@@ -141,4 +159,4 @@ def base_plus(model: PeftModel, deltas: Mapping[str, Factored]) -> Iterator[None
     finally:
         with torch.no_grad():
             for name, w in saved.items():
-                layers[name].get_base_layer().weight.copy_(w)
+                _base_weight(layers[name]).copy_(w)
