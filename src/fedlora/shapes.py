@@ -22,6 +22,7 @@ Layer names follow Hugging Face: ``model.layers.{i}.self_attn.q_proj`` etc.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedlora.errors import ConfigError
@@ -95,7 +96,7 @@ def model_shape(name: str) -> ModelShape:
     return shapes[name]
 
 
-def parse_targets(targets: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+def parse_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
     """Target modules from a list or a comma-separated string; ``None`` means all linear."""
     if targets is None:
         return ALL_LINEAR
@@ -113,7 +114,7 @@ def parse_targets(targets: str | tuple[str, ...] | list[str] | None) -> tuple[st
 
 def layer_specs(
     name: str,
-    targets: str | tuple[str, ...] | list[str] | None = None,
+    targets: str | Sequence[str] | None = None,
     blocks: int | None = None,
 ) -> tuple[LayerSpec, ...]:
     """Adapted layers of model ``name``.
