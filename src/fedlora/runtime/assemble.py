@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from peft import PeftModel
 
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
@@ -33,10 +33,11 @@ class EvalSet:
 
 @dataclass
 class Federation:
-    """A run's long-lived parts; ``model`` is the one shared base model."""
+    """A run's long-lived parts; ``model`` is the one shared base model, wrapped with every
+    client shape's LoRA slot."""
 
     cfg: RunConfig
-    model: nn.Module
+    model: PeftModel
     tokenizer: Any
     method: Method
     setup: Setup

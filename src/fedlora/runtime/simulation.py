@@ -142,10 +142,10 @@ def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
         total[name] = _concat(total[name], f)
     out: dict[str, Factored] = {}
     for spec in fed.setup.layers:
-        f = total[spec.name]
+        merged = total[spec.name]
         out[spec.name] = (
-            f
-            if f is not None
+            merged
+            if merged is not None
             else (torch.zeros(spec.out_features, 1), torch.zeros(1, spec.in_features))
         )
     return out
