@@ -186,7 +186,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     )
     # The weights are already dense float32; without this the saved config would claim a
     # GGUF quantisation and loading the folder would look for a .gguf file again.
-    model.hf_quantizer = None
+    # transformers sets hf_quantizer dynamically without declaring it on PreTrainedModel,
+    # so mypy falls back to nn.Module.__getattr__'s Tensor | Module.
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if tokenizer.chat_template is None:

@@ -8,7 +8,7 @@ a forked RNG so the caller's global torch RNG is left exactly as it was.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -47,7 +47,8 @@ def tiny_config(arch: TinyArch) -> PretrainedConfig:
     from transformers import LlamaConfig, Qwen2Config
 
     tokenizer_ids = {"bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 258}
-    common = {**TINY_SHAPE, **tokenizer_ids, "vocab_size": BYTE_VOCAB_SIZE}
+    # Any: the config classes take many differently typed keywords; these are all ints/bools.
+    common: dict[str, Any] = {**TINY_SHAPE, **tokenizer_ids, "vocab_size": BYTE_VOCAB_SIZE}
     common["tie_word_embeddings"] = False
     if arch == "llama":
         config: PretrainedConfig = LlamaConfig(**common)
