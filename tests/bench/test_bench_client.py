@@ -185,11 +185,11 @@ def test_bad_override_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) 
     assert len(err.splitlines()) == 1 and "train.nonsense" in err
 
 
-def test_main_json_and_rss_children(tmp_path: Path) -> None:
-    # Prepare: the RSS runs need one JSONL file per client, so both counts use 2 clients.
+def test_main_prints_json(tmp_path: Path) -> None:
+    # Prepare
     overrides = _tiny_set(tmp_path, clients=2)
     argv = ["--model", "tiny-llama", "--methods", "fedavg", "--repeats", "1", "--threads", "1",
-            "--rss", "--rss-clients", "2", "--json", "--quiet"]
+            "--json", "--quiet"]
     for o in overrides:
         argv += ["--set", o]
     out = io.StringIO()
@@ -198,9 +198,30 @@ def test_main_json_and_rss_children(tmp_path: Path) -> None:
     # Assert
     assert code == 0
     data = json.loads(out.getvalue())
-    rss = data["rss"]
-    assert [r["clients"] for r in rss["runs"]] == [None, 2]
-    assert rss["param_bytes"] > 0
-    for run in rss["runs"]:
-        assert run["peak_rss_bytes"] > rss["param_bytes"]
+    assert data["rss"] is None
     assert data["methods"][0]["tokens_per_round"] > 0
+
+
+def test_measure_rss_runs_each_child_and_collects_their_peaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: the children's bodies run in-process (a fresh interpreter per child costs tens
+    # of seconds on a loaded machine); what they are given and report is the same.
+    calls: list[list[str]] = []
+
+    def in_process(args, timeout_s, threads):  # type: ignore[no-untyped-def]
+        calls.append(list(args))
+        report = tmp_path / f"report{len(calls)}.json"
+        assert bench.child_main([str(report), *args]) == 0
+        return json.loads(report.read_text()), 0.0
+
+    monkeypatch.setattr(bench, "_child", in_process)
+    overrides = _tiny_set(tmp_path, clients=2)
+    # Execute
+    result = bench.measure_rss("tiny-llama", (2,), overrides)
+    # Assert
+    assert [r.clients for r in result.runs] == [None, 2]
+    assert calls[0] == ["load", "tiny-llama"]
+    assert calls[1][-2] == "data.clients=2" and calls[1][-1].startswith("out_dir=")
+    assert result.param_bytes > 0
+    assert all(r.peak_rss_bytes > result.param_bytes for r in result.runs)
