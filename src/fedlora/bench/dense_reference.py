@@ -202,7 +202,7 @@ def fed_dare(inp: LayerInputs) -> Tensor:
     weights = inp.weights()
     a_new = a_prev + sum(p * up["dA"] for p, up in zip(weights, inp.uploads, strict=True))
     b_new = b_prev + sum(p * up["dB"] for p, up in zip(weights, inp.uploads, strict=True))
-    return inp.scalings()[0] * (b_new @ a_new)  # type: ignore[operator]
+    return inp.scalings()[0] * (b_new @ a_new)
 
 
 def references() -> dict[str, Reference]:
@@ -230,6 +230,8 @@ def relative_error(result: Tensor, reference: Tensor) -> float:
     return diff / norm
 
 
-def stacked_bytes(ranks: Sequence[int], out_features: int, in_features: int, itemsize: int = 4) -> int:
+def stacked_bytes(
+    ranks: Sequence[int], out_features: int, in_features: int, itemsize: int = 4
+) -> int:
     """Bytes of the stacked client factors of one layer: ``Σ_k r_k (m + n) · itemsize``."""
     return sum(ranks) * (out_features + in_features) * itemsize

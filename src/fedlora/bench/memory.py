@@ -83,7 +83,13 @@ class TensorMemoryTracker(TorchDispatchMode):
         self.largest_shape: tuple[int, ...] = ()
         self._tracked: dict[int, Any] = {}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         inputs = {
             id(a.untyped_storage())

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -159,7 +160,11 @@ def layer_inputs(
 ) -> LayerInputs:
     """One layer's round as dense tensors, for the dense reference."""
     uploads = sorted(inputs.uploads, key=lambda u: u.cid)
-    starts = {s_cid: start for s_cid, start in zip((c.cid for c in setup.clients), inputs.starts)}
+    # Not strict: ``starts`` is empty when the round was built without keep_starts.
+    starts = {
+        s_cid: start
+        for s_cid, start in zip((c.cid for c in setup.clients), inputs.starts, strict=False)
+    }
     clients = [setup.client(u.cid) for u in uploads]
     return LayerInputs(
         uploads=tuple(
@@ -241,8 +246,10 @@ def bench_method(
     # Project on the --blocks subset: timing, and the state used for the accuracy check.
     progress(f"{name}: project step on {config.blocks} block(s)")
     sub = synthetic_round(method, setup_sub, config.seed, keep_starts=True)
+    # partial, not a lambda: the arguments are bound now, so ``del sub`` below leaves no
+    # closure referring to a deleted name.
     result.project_subset, new_state = time_call(
-        lambda: method.aggregate(sub.state, sub.uploads, setup_sub), config.repeats
+        functools.partial(method.aggregate, sub.state, sub.uploads, setup_sub), config.repeats
     )
     check_method, check_inputs, check_state = method, sub, new_state
     overrides = _check_overrides(name)
@@ -272,7 +279,7 @@ def bench_method(
                 return run_reference()
             measured = measure(run_reference, watch)
             probe.append(measured.use)
-            return measured.value  # type: ignore[no-any-return]
+            return measured.value
 
         result.reference, ref_out = time_call(first_measured, config.ref_repeats)
         result.reference_memory = probe[0]
@@ -285,12 +292,10 @@ def bench_method(
     progress(f"{name}: project step on the whole model ({len(full)} layers)")
     setup_full, _ = _method_setup(method, full, config.ranks, config.seed)
     whole = synthetic_round(method, setup_full, config.seed)
-    result.project_full, _ = time_call(
-        lambda: method.aggregate(whole.state, whole.uploads, setup_full), config.repeats
-    )
-    result.memory = measure(
-        lambda: method.aggregate(whole.state, whole.uploads, setup_full), _watch(full)
-    ).use
+    aggregate_full = functools.partial(method.aggregate, whole.state, whole.uploads, setup_full)
+    result.project_full, _ = time_call(aggregate_full, config.repeats)
+    result.memory = measure(aggregate_full, _watch(full)).use
+    del aggregate_full
     ranks = [c.rank for c in setup_full.clients]
     result.stacked_bytes = sum(stacked_bytes(ranks, s.out_features, s.in_features) for s in full)
     result.dense_layer_bytes = max(s.out_features * s.in_features * 4 for s in full)
@@ -320,26 +325,46 @@ def check_targets(config: BenchConfig, results: Sequence[MethodResult]) -> list[
     all_linear = config.targets is None and config.model_blocks is None
     srd, srd_e, avg, florist = (res.get(n) for n in ("fedsrd", "fedsrd-e", "fedavg", "florist"))
 
-    if llama and config.targets is None and config.blocks == 1 and srd is not None and srd.ratio is not None:
-        checks.append(TargetCheck(
-            "fedsrd >= 50x faster than dense reference (llama-3.2-3b, 1 block, r=64, K=4)",
-            srd.ratio >= 50.0, f"{srd.ratio:.0f}x",
-        ))
+    if (
+        llama
+        and config.targets is None
+        and config.blocks == 1
+        and srd is not None
+        and srd.ratio is not None
+    ):
+        checks.append(
+            TargetCheck(
+                "fedsrd >= 50x faster than dense reference (llama-3.2-3b, 1 block, r=64, K=4)",
+                srd.ratio >= 50.0,
+                f"{srd.ratio:.0f}x",
+            )
+        )
     else:
-        checks.append(TargetCheck(
-            "fedsrd >= 50x faster than dense reference (llama-3.2-3b, 1 block, r=64, K=4)",
-            None, "-", "run: --shape llama-3.2-3b --rank 64 --clients 4 --blocks 1",
-        ))
+        checks.append(
+            TargetCheck(
+                "fedsrd >= 50x faster than dense reference (llama-3.2-3b, 1 block, r=64, K=4)",
+                None,
+                "-",
+                "run: --shape llama-3.2-3b --rank 64 --clients 4 --blocks 1",
+            )
+        )
     if llama and all_linear and srd is not None and srd.project_full is not None:
-        checks.append(TargetCheck(
-            "fedsrd whole llama-3.2-3b server step < 30 s", srd.project_full.median < 30.0,
-            _seconds(srd.project_full),
-        ))
+        checks.append(
+            TargetCheck(
+                "fedsrd whole llama-3.2-3b server step < 30 s",
+                srd.project_full.median < 30.0,
+                _seconds(srd.project_full),
+            )
+        )
     else:
-        checks.append(TargetCheck(
-            "fedsrd whole llama-3.2-3b server step < 30 s", None, "-",
-            "run: --shape llama-3.2-3b --rank 64 --clients 4 (all linear layers)",
-        ))
+        checks.append(
+            TargetCheck(
+                "fedsrd whole llama-3.2-3b server step < 30 s",
+                None,
+                "-",
+                "run: --shape llama-3.2-3b --rank 64 --clients 4 (all linear layers)",
+            )
+        )
     for other, limit in ((srd_e, 2.0), (avg, 3.0)):
         label = f"fedsrd server time <= {limit:g}x {other.method if other else '?'}'s"
         if srd is not None and other is not None and srd.project_full and other.project_full:
@@ -354,32 +379,46 @@ def check_targets(config: BenchConfig, results: Sequence[MethodResult]) -> list[
         and config.model_blocks is None
     )
     if florist_cfg and florist is not None and florist.project_full is not None:
-        checks.append(TargetCheck(
-            "florist tinyllama-1.1b, 10 clients r=64..4: server step < 2 s",
-            florist.project_full.median < 2.0, _seconds(florist.project_full),
-        ))
+        checks.append(
+            TargetCheck(
+                "florist tinyllama-1.1b, 10 clients r=64..4: server step < 2 s",
+                florist.project_full.median < 2.0,
+                _seconds(florist.project_full),
+            )
+        )
     else:
-        checks.append(TargetCheck(
-            "florist tinyllama-1.1b, 10 clients r=64..4: server step < 2 s", None, "-",
-            "run: --shape tinyllama-1.1b --targets q_proj,v_proj "
-            "--ranks 64,32,16,16,8,8,4,4,4,4",
-        ))
+        checks.append(
+            TargetCheck(
+                "florist tinyllama-1.1b, 10 clients r=64..4: server step < 2 s",
+                None,
+                "-",
+                "run: --shape tinyllama-1.1b --targets q_proj,v_proj "
+                "--ranks 64,32,16,16,8,8,4,4,4,4",
+            )
+        )
     for r in results:
         if r.memory is None:
             continue
         multiple = r.memory.peak_tensor_bytes / max(r.stacked_bytes, 1)
         ok = multiple <= MEMORY_MULTIPLE and not r.memory.dense_shapes
         formed = f", forms m×n {list(r.memory.dense_shapes)}" if r.memory.dense_shapes else ""
-        checks.append(TargetCheck(
-            f"{r.method}: peak <= {MEMORY_MULTIPLE:g}x stacked factors, no m×n matrix",
-            ok, f"{multiple:.2f}x{formed}",
-        ))
+        checks.append(
+            TargetCheck(
+                f"{r.method}: peak <= {MEMORY_MULTIPLE:g}x stacked factors, no m×n matrix",
+                ok,
+                f"{multiple:.2f}x{formed}",
+            )
+        )
     for r in results:
         if r.rel_error is not None:
-            checks.append(TargetCheck(
-                f"{r.method}: rel. error vs dense reference < {ERROR_LIMIT:g} (float32)",
-                r.rel_error < ERROR_LIMIT, f"{r.rel_error:.1e}", r.error_run,
-            ))
+            checks.append(
+                TargetCheck(
+                    f"{r.method}: rel. error vs dense reference < {ERROR_LIMIT:g} (float32)",
+                    r.rel_error < ERROR_LIMIT,
+                    f"{r.rel_error:.1e}",
+                    r.error_run,
+                )
+            )
     return checks
 
 
@@ -455,28 +494,40 @@ def format_table(report: BenchReport) -> str:
     cfg = report.config
     blocks = f"{cfg.blocks} blk"
     header = [
-        "method", "clients", f"proj s ({blocks})", f"ref s ({blocks})", "ref/proj", "rel.err",
-        "proj s (all)", "peak MB", "stacked MB", "peak/stacked", "rss MB", "m×n formed",
+        "method",
+        "clients",
+        f"proj s ({blocks})",
+        f"ref s ({blocks})",
+        "ref/proj",
+        "rel.err",
+        "proj s (all)",
+        "peak MB",
+        "stacked MB",
+        "peak/stacked",
+        "rss MB",
+        "m×n formed",
         f"ref peak MB ({blocks})",
     ]
     rows = [header]
     for r in report.results:
         mem = r.memory
-        rows.append([
-            r.method,
-            _clients(r.ranks),
-            _secs(r.project_subset),
-            _secs(r.reference),
-            "-" if r.ratio is None else f"{r.ratio:.0f}x",
-            "-" if r.rel_error is None else f"{r.rel_error:.1e}",
-            _secs(r.project_full),
-            _mb(mem.peak_tensor_bytes if mem else None),
-            _mb(r.stacked_bytes),
-            "-" if mem is None else f"{mem.peak_tensor_bytes / max(r.stacked_bytes, 1):.2f}",
-            _mb(mem.peak_rss_bytes if mem else None),
-            "-" if mem is None else ("yes" if mem.dense_shapes else "no"),
-            _mb(r.reference_memory.peak_tensor_bytes if r.reference_memory else None),
-        ])
+        rows.append(
+            [
+                r.method,
+                _clients(r.ranks),
+                _secs(r.project_subset),
+                _secs(r.reference),
+                "-" if r.ratio is None else f"{r.ratio:.0f}x",
+                "-" if r.rel_error is None else f"{r.rel_error:.1e}",
+                _secs(r.project_full),
+                _mb(mem.peak_tensor_bytes if mem else None),
+                _mb(r.stacked_bytes),
+                "-" if mem is None else f"{mem.peak_tensor_bytes / max(r.stacked_bytes, 1):.2f}",
+                _mb(mem.peak_rss_bytes if mem else None),
+                "-" if mem is None else ("yes" if mem.dense_shapes else "no"),
+                _mb(r.reference_memory.peak_tensor_bytes if r.reference_memory else None),
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         f"fedlora bench server: shape {cfg.shape}, targets {','.join(cfg.targets) if cfg.targets else 'all linear'}, "
@@ -486,13 +537,20 @@ def format_table(report: BenchReport) -> str:
         f"load average at start {report.machine['load_average_1min']}",
     ]
     for i, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w)
-                               for j, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if j < 2 else cell.rjust(w)
+                for j, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     notes = [f"  {r.method}: {r.note}" for r in report.results if r.note]
-    notes += [f"  {r.method}: rel. error from a {r.error_run}" for r in report.results
-              if r.rel_error is not None and r.error_run != "timed run"]
+    notes += [
+        f"  {r.method}: rel. error from a {r.error_run}"
+        for r in report.results
+        if r.rel_error is not None and r.error_run != "timed run"
+    ]
     if notes:
         lines += ["notes:", *notes]
     lines.append("targets:")
@@ -541,27 +599,49 @@ def build_parser() -> argparse.ArgumentParser:
         description="Server aggregation time and peak extra memory of every method on a named "
         "model shape, against a dense reference computed the authors' way on --blocks blocks.",
     )
-    p.add_argument("--shape", default="llama-3.2-3b", help="named model shape (default: %(default)s)")
-    p.add_argument("--targets", type=_csv, default=None,
-                   help="comma-separated module names to adapt (default: every linear layer)")
-    p.add_argument("--rank", type=int, default=64, help="LoRA rank of every client (default: %(default)s)")
-    p.add_argument("--clients", type=int, default=4, help="number of clients (default: %(default)s)")
-    p.add_argument("--ranks", type=_ranks, default=None,
-                   help="comma-separated per-client ranks (overrides --rank/--clients); methods "
-                   "that refuse mixed ranks run with every client at the largest")
-    p.add_argument("--blocks", type=int, default=1,
-                   help="transformer blocks the dense reference covers (default: %(default)s)")
-    p.add_argument("--model-blocks", type=int, default=None,
-                   help="blocks of the 'whole model' project run (default: all)")
+    p.add_argument(
+        "--shape", default="llama-3.2-3b", help="named model shape (default: %(default)s)"
+    )
+    p.add_argument(
+        "--targets",
+        type=_csv,
+        default=None,
+        help="comma-separated module names to adapt (default: every linear layer)",
+    )
+    p.add_argument(
+        "--rank", type=int, default=64, help="LoRA rank of every client (default: %(default)s)"
+    )
+    p.add_argument(
+        "--clients", type=int, default=4, help="number of clients (default: %(default)s)"
+    )
+    p.add_argument(
+        "--ranks",
+        type=_ranks,
+        default=None,
+        help="comma-separated per-client ranks (overrides --rank/--clients); methods "
+        "that refuse mixed ranks run with every client at the largest",
+    )
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=1,
+        help="transformer blocks the dense reference covers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model-blocks",
+        type=int,
+        default=None,
+        help="blocks of the 'whole model' project run (default: all)",
+    )
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated subset of methods")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the project step")
     p.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the dense reference")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: every core)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.add_argument("--json-out", default=None, metavar="PATH",
-                   help="also write the JSON report to PATH")
+    p.add_argument(
+        "--json-out", default=None, metavar="PATH", help="also write the JSON report to PATH"
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target check fails")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -578,9 +658,16 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     ranks = args.ranks if args.ranks else (args.rank,) * args.clients
     try:
         config = BenchConfig(
-            shape=args.shape, targets=args.targets, ranks=ranks, blocks=args.blocks,
-            model_blocks=args.model_blocks, methods=args.methods, repeats=args.repeats,
-            ref_repeats=args.ref_repeats, seed=args.seed, threads=args.threads,
+            shape=args.shape,
+            targets=args.targets,
+            ranks=ranks,
+            blocks=args.blocks,
+            model_blocks=args.model_blocks,
+            methods=args.methods,
+            repeats=args.repeats,
+            ref_repeats=args.ref_repeats,
+            seed=args.seed,
+            threads=args.threads,
         )
 
         def progress(text: str) -> None:

@@ -51,9 +51,7 @@ class RoundInputs:
     starts: list[ClientStart] = field(default_factory=list)
 
 
-def make_setup(
-    layers: tuple[LayerSpec, ...], ranks: tuple[int, ...], seed: int = 0
-) -> Setup:
+def make_setup(layers: tuple[LayerSpec, ...], ranks: tuple[int, ...], seed: int = 0) -> Setup:
     """Clients ``0..K-1`` with ranks ``ranks`` and ``alpha = 2r`` (the papers' setting)."""
     clients = tuple(ClientSpec(k, r, 2.0 * r) for k, r in enumerate(ranks))
     return Setup(layers=layers, clients=clients, seed=seed, weighting="samples")
@@ -72,9 +70,7 @@ def _shared_direction(spec: LayerSpec, rank: int, index: int, seed: int) -> Lora
     return LoraPair(a, b)
 
 
-def trained_adapter(
-    start: ClientStart, setup: Setup, client: ClientSpec, seed: int
-) -> Lora:
+def trained_adapter(start: ClientStart, setup: Setup, client: ClientSpec, seed: int) -> Lora:
     """``start.adapter`` moved along the shared + client directions (see module docstring).
 
     Only factors in ``start.trainable`` move. Step sizes: A by ``0.1/√n`` per unit direction
