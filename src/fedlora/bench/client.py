@@ -559,7 +559,13 @@ def child_main(argv: Sequence[str]) -> int:
             from fedlora.models import resolve_model
 
             model, _ = resolve_model(rest[0])
-            info["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+            params = list(model.parameters())
+            info["param_bytes"] = sum(p.numel() * p.element_size() for p in params)
+            # Weights may be memory-mapped from safetensors: read every one so the baseline
+            # holds the whole model resident, as any forward pass would.
+            with torch.no_grad():
+                for p in params:
+                    p.sum()
             code = 0
         else:
             from fedlora.cli import main as cli_main
