@@ -71,6 +71,8 @@ def train_local(
     params = set_trainable(model, slot, start.trainable)
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = BatchSampler(len(examples), seed)
+    # The slot's parameter objects stay the same all round: look them up once, not per batch.
+    live = live_lora(model, slot) if regulariser is not None else None
     model.train()
     losses: list[float] = []
     tokens = 0
@@ -81,7 +83,7 @@ def train_local(
             loss = model(**batch).loss
             losses.append(float(loss.detach()))
             tokens += int(batch["attention_mask"].sum())
-            extra = regulariser(live_lora(model, slot)) if regulariser is not None else None
+            extra = regulariser(live) if regulariser is not None and live is not None else None
             total = loss if extra is None else loss + extra
             (total / cfg.grad_accum).backward()
         if cfg.max_grad_norm > 0:
