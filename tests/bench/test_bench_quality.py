@@ -44,8 +44,11 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
 
     # Execute
     labels = {row["label"] for row in doc["rows"]}
-    md_labels = {line.split("|")[1].strip() for line in table.splitlines()
-                 if line.startswith("| ") and not line.startswith("| method")}
+    md_labels = {
+        line.split("|")[1].strip()
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith("| method")
+    }
 
     # Assert
     assert labels == expected_labels
@@ -56,8 +59,12 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
         assert math.isfinite(row["id_loss"]["mean"]) and row["cum_mb"]["mean"] > 0
         assert [p["round"] for p in row["curve"]] == [0, 1, 2]
     pngs = sorted(quick.glob("*.png"))
-    assert {p.name for p in pngs} >= {"main_vs_round.png", "main_vs_mb.png",
-                                      "hetero_vs_round.png", "florist-tau_vs_mb.png"}
+    assert {p.name for p in pngs} >= {
+        "main_vs_round.png",
+        "main_vs_mb.png",
+        "hetero_vs_round.png",
+        "florist-tau_vs_mb.png",
+    }
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
 
 
@@ -66,8 +73,10 @@ def test_quick_runs_share_one_budget_and_differ_only_in_method(quick: Path) -> N
     configs = [json.loads(p.read_text()) for p in quick.glob("runs/*/seed0/config.json")]
 
     # Execute
-    shared = {json.dumps({k: c[k] for k in ("train", "federation", "eval", "model")},
-                         sort_keys=True) for c in configs}
+    shared = {
+        json.dumps({k: c[k] for k in ("train", "federation", "eval", "model")}, sort_keys=True)
+        for c in configs
+    }
 
     # Assert
     assert len(configs) == len(plan(names(), [0], quality.QUICK_BUDGET))
@@ -92,14 +101,26 @@ def test_report_only_rereads_finished_runs_without_running(quick: Path) -> None:
 
 def _records() -> list[dict[str, Any]]:
     """Metrics records of a 2-round run with choice tasks and an OOD set."""
-    ev = [{"code": {"loss": 2.0 - 0.1 * t}, "email": {"loss": 1.5, "acc": 0.5 + 0.1 * t},
-           "dictionary": {"loss": 3.0, "acc": 0.25}, OOD_NAME: {"loss": 4.0 + 0.05 * t}}
-          for t in range(3)]
+    ev = [
+        {
+            "code": {"loss": 2.0 - 0.1 * t},
+            "email": {"loss": 1.5, "acc": 0.5 + 0.1 * t},
+            "dictionary": {"loss": 3.0, "acc": 0.25},
+            OOD_NAME: {"loss": 4.0 + 0.05 * t},
+        }
+        for t in range(3)
+    ]
     recs: list[dict[str, Any]] = [{"round": 0, "eval": ev[0]}]
     for t in (1, 2):
-        recs.append({"round": t, "eval": ev[t], "server_seconds": 0.5 * t,
-                     "upload_bytes": {"0": 1000 * t, "1": 3000 * t},
-                     "download_bytes": {"0": 500, "1": 700}})
+        recs.append(
+            {
+                "round": t,
+                "eval": ev[t],
+                "server_seconds": 0.5 * t,
+                "upload_bytes": {"0": 1000 * t, "1": 3000 * t},
+                "download_bytes": {"0": 500, "1": 700},
+            }
+        )
     return recs
 
 
@@ -111,8 +132,9 @@ def test_scores_keep_ood_apart_and_average_only_choice_tasks_for_accuracy() -> N
     s = scores(ev)
 
     # Assert
-    assert s["id_loss"] == pytest.approx(statistics.fmean(
-        ev[d]["loss"] for d in ("code", "email", "dictionary")))
+    assert s["id_loss"] == pytest.approx(
+        statistics.fmean(ev[d]["loss"] for d in ("code", "email", "dictionary"))
+    )
     assert s["id_acc"] == pytest.approx((ev["email"]["acc"] + ev["dictionary"]["acc"]) / 2)
     assert s["ood_loss"] == ev[OOD_NAME]["loss"]
 
@@ -144,8 +166,17 @@ def test_aggregate_reports_mean_and_sample_sd_over_seeds() -> None:
     for seed, shift in ((0, 0.0), (1, 0.3)):
         recs = _records()
         recs[-1]["eval"]["code"]["loss"] += shift
-        runs.append({"label": "m", "group": "main", "method": "m", "options": {}, "ranks": [],
-                     "seed": seed, **summarise_run(recs)})
+        runs.append(
+            {
+                "label": "m",
+                "group": "main",
+                "method": "m",
+                "options": {},
+                "ranks": [],
+                "seed": seed,
+                **summarise_run(recs),
+            }
+        )
 
     # Execute
     (row,) = aggregate(runs)

@@ -19,8 +19,13 @@ PANELS: tuple[tuple[str, str], ...] = (
 X_LABELS: Mapping[str, str] = {"round": "round", "cum_mb": "cumulative MB per client (log)"}
 
 
-def plot_group(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None, x: str,
-               path: Path, title: str) -> Path:
+def plot_group(
+    rows: Sequence[Mapping[str, Any]],
+    base: Mapping[str, Any] | None,
+    x: str,
+    path: Path,
+    title: str,
+) -> Path:
     """Draw every row's mean curve against ``x`` (``"round"`` or ``"cum_mb"``) into ``path``.
 
     Parameters
@@ -48,8 +53,11 @@ def plot_group(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    panels = [(k, name) for k, name in PANELS
-              if any(p.get(k) is not None for r in rows for p in r["curve"])]
+    panels = [
+        (k, name)
+        for k, name in PANELS
+        if any(p.get(k) is not None for r in rows for p in r["curve"])
+    ]
     n = max(1, len(panels))
     fig, axes = plt.subplots(1, n, figsize=(max(7.0, 5.2 * n), 4.6), squeeze=False)
     markers = "osD^v<>pXh*"
@@ -60,8 +68,14 @@ def plot_group(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None
                 pts = [p for p in pts if p["cum_mb"] > 0]  # round 0 sits at 0 MB: off a log axis
             if not pts:
                 continue
-            ax.plot([p[x] for p in pts], [p[key] for p in pts], marker=markers[i % len(markers)],
-                    linewidth=1.2, markersize=4, label=row["label"])
+            ax.plot(
+                [p[x] for p in pts],
+                [p[key] for p in pts],
+                marker=markers[i % len(markers)],
+                linewidth=1.2,
+                markersize=4,
+                label=row["label"],
+            )
         ref = (base or {}).get(key) or {}
         if ref.get("mean") is not None:
             ax.axhline(ref["mean"], color="grey", linestyle="--", linewidth=1, label="base model")
@@ -73,8 +87,14 @@ def plot_group(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None
         ax.set_title(name, fontsize=10)
         ax.grid(True, alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(2 + 2 * n, max(1, len(labels))),
-               fontsize=8, frameon=False)
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=min(2 + 2 * n, max(1, len(labels))),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.16, 1, 0.95))
     fig.savefig(path, dpi=110)

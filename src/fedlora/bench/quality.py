@@ -116,9 +116,20 @@ class Budget:
 
 
 DEFAULT_BUDGET = Budget()
-QUICK_BUDGET = Budget(model="tiny-llama", rounds=2, local_steps=1, batch_size=2, seq_len=32,
-                      lr=5e-3, rank=4, hetero_ranks=(8, 4, 4, 2), max_train=0, max_eval=4,
-                      eval_every=1, quick_files=True)
+QUICK_BUDGET = Budget(
+    model="tiny-llama",
+    rounds=2,
+    local_steps=1,
+    batch_size=2,
+    seq_len=32,
+    lr=5e-3,
+    rank=4,
+    hetero_ranks=(8, 4, 4, 2),
+    max_train=0,
+    max_eval=4,
+    eval_every=1,
+    quick_files=True,
+)
 """``--quick``: the in-code tiny Llama on generated JSONL client files (one task each);
 no choice task and no OOD set there, so it checks the plumbing, not the papers' claims."""
 
@@ -139,8 +150,12 @@ class RunSpec:
 
     def overrides(self, budget: Budget, out_dir: Path, files: Sequence[str]) -> list[str]:
         """Every override of this run on top of the defaults."""
-        out = [*budget.overrides(), f"method={self.method}", f"seed={self.seed}",
-               f"out_dir={json.dumps(str(out_dir))}"]
+        out = [
+            *budget.overrides(),
+            f"method={self.method}",
+            f"seed={self.seed}",
+            f"out_dir={json.dumps(str(out_dir))}",
+        ]
         for k, v in self.options.items():
             out.append(f"method.{self.method}.{k}={json.dumps(v)}")
         if self.ranks:
@@ -150,23 +165,28 @@ class RunSpec:
         return out
 
 
-def plan(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
-         extras: bool = True) -> list[RunSpec]:
+def plan(
+    methods: Sequence[str], seeds: Sequence[int], budget: Budget, extras: bool = True
+) -> list[RunSpec]:
     """The runs of a benchmark, in the order they are run.
 
     Every main method over every seed comes first (so an interrupted benchmark still has the
     seed-to-seed spread of the main table), then FLoRIST's other thresholds and the
     heterogeneous-rank runs, seed by seed.
     """
-    main = [RunSpec(m, "main", m, s, dict(PAPER_OPTIONS.get(m, {})))
-            for s in seeds for m in methods]
+    main = [
+        RunSpec(m, "main", m, s, dict(PAPER_OPTIONS.get(m, {}))) for s in seeds for m in methods
+    ]
     if not extras:
         return main
     more: list[RunSpec] = []
     for s in seeds:
         if "florist" in methods:
-            more += [RunSpec(f"florist tau={t:.2f}", "florist-tau", "florist", s, {"tau": t})
-                     for t in FLORIST_TAUS if not math.isclose(t, FLORIST_TAU_HOMO)]
+            more += [
+                RunSpec(f"florist tau={t:.2f}", "florist-tau", "florist", s, {"tau": t})
+                for t in FLORIST_TAUS
+                if not math.isclose(t, FLORIST_TAU_HOMO)
+            ]
         ranks = "-".join(str(r) for r in budget.hetero_ranks)
         for m in HETERO_METHODS:
             if m not in methods:
@@ -184,8 +204,20 @@ def plan(methods: Sequence[str], seeds: Sequence[int], budget: Budget,
 def write_quick_files(folder: Path, clients: int, per_client: int = 40) -> list[str]:
     """Deterministic prompt/completion JSONL files, a different small task per client."""
     folder.mkdir(parents=True, exist_ok=True)
-    words = ["apple", "river", "stone", "cloud", "lamp", "tiger", "bread", "glass", "music",
-             "paper", "north", "green"]
+    words = [
+        "apple",
+        "river",
+        "stone",
+        "cloud",
+        "lamp",
+        "tiger",
+        "bread",
+        "glass",
+        "music",
+        "paper",
+        "north",
+        "green",
+    ]
     tasks = [
         lambda i: (f"Add {i} and {i + 3}.", f"{i} plus {i + 3} is {2 * i + 3}."),
         lambda i: (f"Reverse the word {words[i % 12]}.", words[i % 12][::-1]),
@@ -298,9 +330,14 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     labels = list(dict.fromkeys(r["label"] for r in runs))
     for label in labels:
         mine = [r for r in runs if r["label"] == label]
-        row: dict[str, Any] = {"label": label, "group": mine[0]["group"],
-                               "method": mine[0]["method"], "options": mine[0]["options"],
-                               "ranks": mine[0]["ranks"], "seeds": [r["seed"] for r in mine]}
+        row: dict[str, Any] = {
+            "label": label,
+            "group": mine[0]["group"],
+            "method": mine[0]["method"],
+            "options": mine[0]["options"],
+            "ranks": mine[0]["ranks"],
+            "seeds": [r["seed"] for r in mine],
+        }
         for k in SCALARS:
             row[k] = spread([r[k] for r in mine])
         task_names = list(dict.fromkeys(t for r in mine for t in r["tasks"]))
@@ -318,8 +355,15 @@ def _mean_curve(curves: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str,
     out = []
     for rnd in sorted(by_round):
         pts = by_round[rnd]
-        out.append({"round": rnd, **{k: spread([p[k] for p in pts])["mean"]
-                                     for k in ("cum_mb", "id_loss", "id_acc", "ood_loss")}})
+        out.append(
+            {
+                "round": rnd,
+                **{
+                    k: spread([p[k] for p in pts])["mean"]
+                    for k in ("cum_mb", "id_loss", "id_acc", "ood_loss")
+                },
+            }
+        )
     return out
 
 
@@ -335,8 +379,11 @@ def base_row(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             for k, v in e.items():
                 tasks.setdefault(f"{d}.{k}", []).append(float(v))
     heads = [scores(ev) for ev in evs]
-    row: dict[str, Any] = {"label": "base model (round 0)", "group": "base",
-                           "seeds": sorted(per_seed)}
+    row: dict[str, Any] = {
+        "label": "base model (round 0)",
+        "group": "base",
+        "seeds": sorted(per_seed),
+    }
     for k in ("id_loss", "id_acc", "ood_loss"):
         row[k] = spread([h[k] for h in heads])
     row["tasks"] = {t: spread(v) for t, v in tasks.items()}
@@ -363,10 +410,21 @@ def task_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def render_table(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None) -> str:
     """The results table as Markdown (mean ± sd over seeds)."""
-    tasks = [t for t in task_columns([*rows, *([base] if base else [])])
-             if not t.startswith(OOD_NAME)]
-    head = ["method", "seeds", "ID loss ↓", "ID acc ↑", *tasks, "OOD loss ↓",
-            "MB up /rnd/client", "MB down /rnd/client", "cum MB /client", "server s /rnd"]
+    tasks = [
+        t for t in task_columns([*rows, *([base] if base else [])]) if not t.startswith(OOD_NAME)
+    ]
+    head = [
+        "method",
+        "seeds",
+        "ID loss ↓",
+        "ID acc ↑",
+        *tasks,
+        "OOD loss ↓",
+        "MB up /rnd/client",
+        "MB down /rnd/client",
+        "cum MB /client",
+        "server s /rnd",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     all_rows = ([base] if base else []) + list(rows)
     for r in all_rows:
@@ -376,8 +434,12 @@ def render_table(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | No
         if r.get("group") == "base":
             cells += ["–", "–", "–", "–"]
         else:
-            cells += [_cell(r["mb_up"], 4), _cell(r["mb_down"], 4), _cell(r["cum_mb"], 3),
-                      _cell(r["server_s"], 3)]
+            cells += [
+                _cell(r["mb_up"], 4),
+                _cell(r["mb_down"], 4),
+                _cell(r["cum_mb"], 3),
+                _cell(r["server_s"], 3),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -440,10 +502,19 @@ def run_one(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str]) -> 
         log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)
         run(cfg, resume=resume)
     summary = summarise_run(read_metrics(run_dir / "metrics.jsonl"))
-    return {"label": spec.label, "group": spec.group, "method": spec.method,
-            "seed": spec.seed, "options": dict(spec.options), "ranks": list(spec.ranks),
-            "run_dir": str(run_dir), "reused": reused, "finished": True,
-            "wall_s": None if reused else time.perf_counter() - began, **summary}
+    return {
+        "label": spec.label,
+        "group": spec.group,
+        "method": spec.method,
+        "seed": spec.seed,
+        "options": dict(spec.options),
+        "ranks": list(spec.ranks),
+        "run_dir": str(run_dir),
+        "reused": reused,
+        "finished": True,
+        "wall_s": None if reused else time.perf_counter() - began,
+        **summary,
+    }
 
 
 def _unfinished(spec: RunSpec, root: Path, rounds: int) -> dict[str, Any] | None:
@@ -459,14 +530,24 @@ def _unfinished(spec: RunSpec, root: Path, rounds: int) -> dict[str, Any] | None
         return None
     last = int(evaluated[-1]["round"])
     summary = summarise_run([r for r in recs if int(r["round"]) <= last])
-    return {"label": f"{spec.label} [{last}/{rounds} rounds]", "group": spec.group,
-            "method": spec.method, "seed": spec.seed, "options": dict(spec.options),
-            "ranks": list(spec.ranks), "run_dir": str(path.parent), "reused": True,
-            "finished": False, "wall_s": None, **summary}
+    return {
+        "label": f"{spec.label} [{last}/{rounds} rounds]",
+        "group": spec.group,
+        "method": spec.method,
+        "seed": spec.seed,
+        "options": dict(spec.options),
+        "ranks": list(spec.ranks),
+        "run_dir": str(path.parent),
+        "reused": True,
+        "finished": False,
+        "wall_s": None,
+        **summary,
+    }
 
 
-def _worker(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str],
-            threads: int) -> dict[str, Any]:
+def _worker(
+    spec: RunSpec, budget: Budget, root: Path, files: Sequence[str], threads: int
+) -> dict[str, Any]:
     """A run in a child process with ``threads`` torch threads (``--jobs`` > 1)."""
     import torch
 
@@ -475,9 +556,15 @@ def _worker(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str],
     return run_one(spec, budget, root, files)
 
 
-def run_all(specs: Sequence[RunSpec], budget: Budget, root: Path, command: str,
-            deadline: float | None = None, jobs: int = 1, report_only: bool = False
-            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run_all(
+    specs: Sequence[RunSpec],
+    budget: Budget,
+    root: Path,
+    command: str,
+    deadline: float | None = None,
+    jobs: int = 1,
+    report_only: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run every spec in plan order, ``jobs`` at a time; a failed run is recorded, not fatal.
 
     No new run starts once ``deadline`` (``time.time()``) has passed; those are reported as
@@ -485,8 +572,7 @@ def run_all(specs: Sequence[RunSpec], budget: Budget, root: Path, command: str,
     (not the plots) is rewritten after every run, so a killed benchmark still leaves its
     results so far.
     """
-    files = write_quick_files(root / "data", len(budget.hetero_ranks)) if budget.quick_files \
-        else []
+    files = write_quick_files(root / "data", len(budget.hetero_ranks)) if budget.quick_files else []
     done: dict[int, dict[str, Any]] = {}
     missing: dict[int, dict[str, Any]] = {}
 
@@ -494,28 +580,43 @@ def run_all(specs: Sequence[RunSpec], budget: Budget, root: Path, command: str,
         spec = specs[i]
         if isinstance(outcome, BaseException):
             log.warning("%s seed %d failed: %s", spec.label, spec.seed, outcome)
-            missing[i] = {"label": spec.label, "seed": spec.seed,
-                          "why": f"{type(outcome).__name__}: {outcome}"}
+            missing[i] = {
+                "label": spec.label,
+                "seed": spec.seed,
+                "why": f"{type(outcome).__name__}: {outcome}",
+            }
         else:
             done[i] = outcome
-            log.info("finished %s seed %d (%d/%d)", spec.label, spec.seed, len(done),
-                     len(specs))
-        write_results(root, specs, budget, [done[k] for k in sorted(done)],
-                      [missing[k] for k in sorted(missing)], command,
-                      partial=len(done) < len(specs), plots=False)
+            log.info("finished %s seed %d (%d/%d)", spec.label, spec.seed, len(done), len(specs))
+        write_results(
+            root,
+            specs,
+            budget,
+            [done[k] for k in sorted(done)],
+            [missing[k] for k in sorted(missing)],
+            command,
+            partial=len(done) < len(specs),
+            plots=False,
+        )
 
     def late(i: int) -> bool:
         if report_only and not _complete(_run_dir(root, specs[i]), budget.rounds):
             cut = _unfinished(specs[i], root, budget.rounds)
             if cut is not None:
                 done[i] = cut
-            missing[i] = {"label": specs[i].label, "seed": specs[i].seed,
-                          "why": "not finished (report only)" + (
-                              f"; shown as {cut['label']!r}" if cut else "")}
+            missing[i] = {
+                "label": specs[i].label,
+                "seed": specs[i].seed,
+                "why": "not finished (report only)"
+                + (f"; shown as {cut['label']!r}" if cut else ""),
+            }
             return True
         if deadline is not None and time.time() > deadline:
-            missing[i] = {"label": specs[i].label, "seed": specs[i].seed,
-                          "why": "not started: time limit"}
+            missing[i] = {
+                "label": specs[i].label,
+                "seed": specs[i].seed,
+                "why": "not started: time limit",
+            }
             return True
         return False
 
@@ -538,23 +639,30 @@ def run_all(specs: Sequence[RunSpec], budget: Budget, root: Path, command: str,
                 while queue and len(pending) < jobs:
                     i = queue.pop(0)
                     if not late(i):
-                        log.info("[%d/%d] %s seed %d", i + 1, len(specs), specs[i].label,
-                                 specs[i].seed)
-                        pending[pool.submit(_worker, specs[i], budget, root, files,
-                                            threads)] = i
+                        log.info(
+                            "[%d/%d] %s seed %d", i + 1, len(specs), specs[i].label, specs[i].seed
+                        )
+                        pending[pool.submit(_worker, specs[i], budget, root, files, threads)] = i
                 if not pending:
                     break
                 ready, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in ready:
                     i = pending.pop(fut)
-                    exc = fut.exception()
-                    finish(i, exc if exc is not None else fut.result())
+                    error = fut.exception()
+                    finish(i, error if error is not None else fut.result())
     return [done[k] for k in sorted(done)], [missing[k] for k in sorted(missing)]
 
 
-def write_results(root: Path, specs: Sequence[RunSpec], budget: Budget,
-                  done: Sequence[Mapping[str, Any]], missing: Sequence[Mapping[str, Any]],
-                  command: str, partial: bool, plots: bool = True) -> None:
+def write_results(
+    root: Path,
+    specs: Sequence[RunSpec],
+    budget: Budget,
+    done: Sequence[Mapping[str, Any]],
+    missing: Sequence[Mapping[str, Any]],
+    command: str,
+    partial: bool,
+    plots: bool = True,
+) -> None:
     """Write ``results.json``, ``results.md`` and (if ``plots``) the PNGs of the runs so far."""
     from fedlora.bench.plots import plot_group
 
@@ -584,16 +692,25 @@ def write_results(root: Path, specs: Sequence[RunSpec], budget: Budget,
             path = root / f"{group}_vs_{'round' if x == 'round' else 'mb'}.png"
             plot_group(mine, base, x, path, title=f"{group} ({budget.model})")
             images.append(path.name)
-    md = [f"# fedlora bench quality{' (PARTIAL)' if partial else ''}", "",
-          f"- command: `{doc['command']}`", f"- date: {doc['date']}",
-          f"- runs finished: {finished} of {len(specs)}",
-          f"- budget: {json.dumps(asdict(budget))}",
-          f"- environment: {json.dumps(doc['environment'])}", "",
-          "Mean ± sample sd over seeds; losses are held-out completion losses (nats/token).",
-          "", render_table(rows, base)]
+    md = [
+        f"# fedlora bench quality{' (PARTIAL)' if partial else ''}",
+        "",
+        f"- command: `{doc['command']}`",
+        f"- date: {doc['date']}",
+        f"- runs finished: {finished} of {len(specs)}",
+        f"- budget: {json.dumps(asdict(budget))}",
+        f"- environment: {json.dumps(doc['environment'])}",
+        "",
+        "Mean ± sample sd over seeds; losses are held-out completion losses (nats/token).",
+        "",
+        render_table(rows, base),
+    ]
     if missing:
-        md += ["Not run / failed:", ""] + [f"- {m['label']} seed {m['seed']}: {m['why']}"
-                                          for m in missing] + [""]
+        md += (
+            ["Not run / failed:", ""]
+            + [f"- {m['label']} seed {m['seed']}: {m['why']}" for m in missing]
+            + [""]
+        )
     md += [f"![{name}]({name})" for name in images]
     (root / "results.md").write_text("\n".join(md) + "\n")
 
@@ -604,23 +721,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedlora bench quality",
         description="Run every method under one budget on 4 clients (one domain each) and "
-        "write a results table (Markdown + JSON) and plots of score against round and MB.")
-    p.add_argument("--methods", nargs="+", default=None, choices=names(), metavar="METHOD",
-                   help="methods to run (default: all registered)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None,
-                   help="seeds (default: 0 1; --quick: 0)")
-    p.add_argument("--rounds", type=int, default=None, help="federation rounds (default 3)")
+        "write a results table (Markdown + JSON) and plots of score against round and MB.",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=names(),
+        metavar="METHOD",
+        help="methods to run (default: all registered)",
+    )
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="seeds (default: 0 1; --quick: 0)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=None, help="federation rounds (default 4; --quick: 2)"
+    )
     p.add_argument("--out", default="runs/bench-quality", help="output folder")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny in-code model on generated files, 2 rounds of 1 step (tests)")
-    p.add_argument("--no-extras", action="store_true",
-                   help="skip the FLoRIST threshold sweep and heterogeneous-rank runs")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once, each in its own process with cores/jobs torch threads")
-    p.add_argument("--report-only", action="store_true",
-                   help="run nothing: tabulate and plot the finished runs in --out")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="start no new run after this many minutes; report the rest as not run")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny in-code model on generated files, 2 rounds of 1 step (tests)",
+    )
+    p.add_argument(
+        "--no-extras",
+        action="store_true",
+        help="skip the FLoRIST threshold sweep and heterogeneous-rank runs",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process with cores/jobs torch threads",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: tabulate and plot the finished runs in --out",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="start no new run after this many minutes; report the rest as not run",
+    )
     return p
 
 
@@ -634,8 +778,9 @@ def main(argv: list[str]) -> int:
         if args.rounds < 1:
             print("fedlora bench quality: --rounds must be at least 1", file=sys.stderr)
             return 2
-        budget = Budget(**{**asdict(budget), "rounds": args.rounds,
-                           "hetero_ranks": tuple(budget.hetero_ranks)})
+        budget = Budget(
+            **{**asdict(budget), "rounds": args.rounds, "hetero_ranks": tuple(budget.hetero_ranks)}
+        )
     methods = args.methods or names()
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
     specs = plan(methods, seeds, budget, extras=not args.no_extras)
@@ -644,11 +789,11 @@ def main(argv: list[str]) -> int:
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     began = time.time()
     command = "fedlora bench quality " + " ".join(shlex.quote(a) for a in argv)
-    done, missing = run_all(specs, budget, root, command, deadline, jobs=args.jobs,
-                            report_only=args.report_only)
+    done, missing = run_all(
+        specs, budget, root, command, deadline, jobs=args.jobs, report_only=args.report_only
+    )
     write_results(root, specs, budget, done, missing, command, partial=bool(missing))
     log.info("benchmark took %.1f min", (time.time() - began) / 60)
     finished = sum(1 for r in done if r["finished"])
-    print(f"results: {root / 'results.md'} ({finished} of {len(specs)} runs finished)",
-          flush=True)
+    print(f"results: {root / 'results.md'} ({finished} of {len(specs)} runs finished)", flush=True)
     return 0 if done and not missing else 1
