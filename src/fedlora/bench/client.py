@@ -568,9 +568,11 @@ def child_main(argv: Sequence[str]) -> int:
                     p.sum()
             code = 0
         else:
-            from fedlora.cli import main as cli_main
+            from fedlora import config
+            from fedlora.runtime.simulation import run
 
-            code = cli_main(["run", *rest])
+            run(config.load(None, list(rest)))
+            code = 0
     finally:
         info["vmhwm_bytes"] = _vmhwm_bytes()
         Path(report_path).write_text(json.dumps(info), encoding="utf-8")
