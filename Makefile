@@ -17,7 +17,14 @@ demo: $(STAMP)
 	$(BIN)/fedlora run --config configs/demo.toml out_dir=runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -36,8 +36,13 @@ def _tiny_set(tmp_path: Path, clients: int = 2) -> list[str]:
 def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> bench.ClientBenchReport:
     # Prepare
     overrides = _tiny_set(tmp_path_factory.mktemp("bench_client"))
-    cfg = bench.ClientBenchConfig(model="tiny-llama", methods=("fedavg", "fedsrd"), repeats=2,
-                                  overrides=tuple(overrides), threads=1)
+    cfg = bench.ClientBenchConfig(
+        model="tiny-llama",
+        methods=("fedavg", "fedsrd"),
+        repeats=2,
+        overrides=tuple(overrides),
+        threads=1,
+    )
     # Execute
     return bench.run_bench(cfg)
 
@@ -56,9 +61,10 @@ def test_bare_loop_sees_fedlora_tokens_and_figures_agree(
             assert s["bare_seconds"] > 0 and s["train_seconds"] > 0
             assert set(s["overhead"]) == set(bench.OVERHEAD_PHASES)
             assert all(v >= 0 for v in s["overhead"].values())
-        shares = sorted(sum(s["overhead"].values())
-                        / (s["train_seconds"] + sum(s["overhead"].values()))
-                        for s in result.samples)
+        shares = sorted(
+            sum(s["overhead"].values()) / (s["train_seconds"] + sum(s["overhead"].values()))
+            for s in result.samples
+        )
         assert math.isclose(result.non_training_share, (shares[0] + shares[1]) / 2)
         assert 0 < result.non_training_share < 1
         # The end-to-end ratio can only be below the training-only ratio.
@@ -84,10 +90,15 @@ def test_paired_ratio_cancels_noise_shared_by_both_sides() -> None:
     # Prepare: each repeat slows both loops by the same factor; fedlora is 0.8x the bare loop.
     noise = [1.0, 7.0, 2.5]
     samples = [
-        bench.Sample(round=i, tokens=100, bare_tokens=100, bare_seconds=f,
-                     train_seconds=f / 0.8,
-                     overhead={k: 0.0 for k in bench.OVERHEAD_PHASES},
-                     in_loop={k: 0.0 for k in bench.IN_LOOP_PROBES})
+        bench.Sample(
+            round=i,
+            tokens=100,
+            bare_tokens=100,
+            bare_seconds=f,
+            train_seconds=f / 0.8,
+            overhead={k: 0.0 for k in bench.OVERHEAD_PHASES},
+            in_loop={k: 0.0 for k in bench.IN_LOOP_PROBES},
+        )
         for i, f in enumerate(noise)
     ]
     # Execute
@@ -105,7 +116,8 @@ def tiny_fed(tmp_path: Path) -> Federation:
 
 
 def test_plan_batches_are_the_batches_train_local_draws(
-    tiny_fed: Federation, monkeypatch: pytest.MonkeyPatch,
+    tiny_fed: Federation,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare
     fed, seen = tiny_fed, []
@@ -177,8 +189,9 @@ def test_probes_time_the_swaps_and_restore_the_library(tiny_fed: Federation) -> 
 
 def test_bad_override_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     # Execute
-    code = bench.main(["--model", "tiny-llama", "--quiet", "--set", "train.nonsense=1"],
-                      out=io.StringIO())
+    code = bench.main(
+        ["--model", "tiny-llama", "--quiet", "--set", "train.nonsense=1"], out=io.StringIO()
+    )
     # Assert
     assert code == 2
     err = capsys.readouterr().err.strip()
@@ -188,8 +201,18 @@ def test_bad_override_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) 
 def test_main_prints_json(tmp_path: Path) -> None:
     # Prepare
     overrides = _tiny_set(tmp_path, clients=2)
-    argv = ["--model", "tiny-llama", "--methods", "fedavg", "--repeats", "1", "--threads", "1",
-            "--json", "--quiet"]
+    argv = [
+        "--model",
+        "tiny-llama",
+        "--methods",
+        "fedavg",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        "--quiet",
+    ]
     for o in overrides:
         argv += ["--set", o]
     out = io.StringIO()
@@ -203,7 +226,8 @@ def test_main_prints_json(tmp_path: Path) -> None:
 
 
 def test_measure_rss_runs_each_child_and_collects_their_peaks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: the children's bodies run in-process (a fresh interpreter per child costs tens
     # of seconds on a loaded machine); what they are given and report is the same.

@@ -65,7 +65,9 @@ def test_table_has_a_row_per_method_and_every_target_line(tiny_report) -> None: 
     assert "n/a   fedsrd whole llama-3.2-3b server step" in table
 
 
-def test_memory_probe_sees_dense_reference_but_no_method_forms_an_m_by_n_matrix(tiny_report) -> None:  # type: ignore[no-untyped-def]
+def test_memory_probe_sees_dense_reference_but_no_method_forms_an_m_by_n_matrix(
+    tiny_report,
+) -> None:  # type: ignore[no-untyped-def]
     # Assert
     for r in tiny_report.results:
         assert r.reference_memory is not None and r.memory is not None
@@ -78,9 +80,26 @@ def test_main_prints_json_and_rejects_an_unknown_shape() -> None:
     # Prepare
     out = io.StringIO()
     argv = [
-        "--shape", "smollm2-135m", "--targets", "q_proj", "--rank", "2", "--clients", "2",
-        "--blocks", "1", "--model-blocks", "1", "--methods", "fedavg,florist", "--repeats", "1", "--threads", "1",
-        "--json", "--quiet",
+        "--shape",
+        "smollm2-135m",
+        "--targets",
+        "q_proj",
+        "--rank",
+        "2",
+        "--clients",
+        "2",
+        "--blocks",
+        "1",
+        "--model-blocks",
+        "1",
+        "--methods",
+        "fedavg,florist",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        "--quiet",
     ]
     # Execute
     status = main(argv, out=out)
@@ -128,8 +147,13 @@ def _inputs(uploads, starts, ranks, options=None, round_=1):  # type: ignore[no-
 def test_florist_reference_at_tau_one_is_the_weighted_sum_of_client_products() -> None:
     # Prepare: two clients of ranks 3 and 2 on a 6×5 layer, float64
     gen = torch.Generator().manual_seed(1)
-    pairs = [(torch.randn(r, 5, generator=gen, dtype=torch.float64),
-              torch.randn(6, r, generator=gen, dtype=torch.float64)) for r in (3, 2)]
+    pairs = [
+        (
+            torch.randn(r, 5, generator=gen, dtype=torch.float64),
+            torch.randn(6, r, generator=gen, dtype=torch.float64),
+        )
+        for r in (3, 2)
+    ]
     ups = [{"A": a, "B": b} for a, b in pairs]
     inp = _inputs(ups, pairs, (3, 2), {"tau": 1.0})
     # p = (10, 20) / 30, s_k = 2
@@ -145,8 +169,13 @@ def test_fedsrd_e_reference_projects_the_aggregate_onto_the_row_space_of_a() -> 
     gen = torch.Generator().manual_seed(2)
     a0 = torch.randn(2, 6, generator=gen, dtype=torch.float64)
     b0 = torch.zeros(4, 2, dtype=torch.float64)
-    ups = [{"dA": torch.randn(2, 6, generator=gen, dtype=torch.float64),
-            "dB": torch.randn(4, 2, generator=gen, dtype=torch.float64)} for _ in range(2)]
+    ups = [
+        {
+            "dA": torch.randn(2, 6, generator=gen, dtype=torch.float64),
+            "dB": torch.randn(4, 2, generator=gen, dtype=torch.float64),
+        }
+        for _ in range(2)
+    ]
     inp = _inputs(ups, [(a0, b0)] * 2, (2, 2))
     w = (1 / 3) * ups[0]["dB"] @ (a0 + ups[0]["dA"]) + (2 / 3) * ups[1]["dB"] @ (a0 + ups[1]["dA"])
     q, _ = torch.linalg.qr(a0.T)  # orthonormal basis of A's row space

@@ -48,8 +48,13 @@ class LocalGrid(Grid):
 
     def __init__(self, clients: int, dead: Iterable[int] = ()) -> None:
         self.contexts = {
-            1000 + k: Context(run_id=7, node_id=1000 + k, node_config={"partition-id": k},
-                              state=RecordDict(), run_config={})
+            1000 + k: Context(
+                run_id=7,
+                node_id=1000 + k,
+                node_config={"partition-id": k},
+                state=RecordDict(),
+                run_config={},
+            )
             for k in range(clients)
         }
         self.dead = set(dead)  # partitions whose node errors on every train message
@@ -64,8 +69,14 @@ class LocalGrid(Grid):
     def run(self) -> Any:
         return None
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
         return Message(content, dst_node_id, message_type, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -83,8 +94,9 @@ class LocalGrid(Grid):
             ctx = self.contexts[node]
             down = ctx.node_config["partition-id"] in self.dead
             if msg.metadata.message_type == "train" and down:
-                reply = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node is down"),
-                                reply_to=msg)
+                reply = Message(
+                    Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node is down"), reply_to=msg
+                )
             else:
                 reply = client_app.app(msg, ctx)
             self.replies[mid] = reply
@@ -94,8 +106,9 @@ class LocalGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
 
@@ -133,8 +146,10 @@ def _pair(tmp: Path, files: list[str], *extra: str) -> tuple[config.RunConfig, c
 def test_memory_round_trips_bit_exactly_with_none_view_and_empty_merges() -> None:
     # Prepare: odd dtypes, a merge-less round, and the None-vs-empty view distinction
     gen = torch.Generator().manual_seed(0)
-    view = {"a.b": torch.randn(4, 16, generator=gen, dtype=torch.float64),
-            "c": torch.randn(3, generator=gen).to(torch.bfloat16)}
+    view = {
+        "a.b": torch.randn(4, 16, generator=gen, dtype=torch.float64),
+        "c": torch.randn(3, generator=gen).to(torch.bfloat16),
+    }
     merge = {"layers.0.q": (torch.randn(16, 2, generator=gen), torch.randn(2, 16, generator=gen))}
     memories = [Memory(0, None, ()), Memory(2, {}, ({}, merge)), Memory(5, view, (merge, {}))]
 
@@ -163,26 +178,38 @@ def test_corrupt_memory_is_refused(cut: int) -> None:
 
 
 def test_instruction_and_report_round_trip() -> None:
-    ins = Instruction(round=3, cid=1, train=True, config='{"seed": 1}', broadcast=b"\x00\x01",
-                      sync=b"memory")
-    rep = Report(cid=1, round=3, status="ok", upload=b"\xff" * 7, params=12,
-                 encodings={"x": {"dense": 1}}, n_samples=9, train_loss=0.5, tokens=40,
-                 train_seconds=1.5, overhead_seconds=0.25)
+    ins = Instruction(
+        round=3, cid=1, train=True, config='{"seed": 1}', broadcast=b"\x00\x01", sync=b"memory"
+    )
+    rep = Report(
+        cid=1,
+        round=3,
+        status="ok",
+        upload=b"\xff" * 7,
+        params=12,
+        encodings={"x": {"dense": 1}},
+        n_samples=9,
+        train_loss=0.5,
+        tokens=40,
+        train_seconds=1.5,
+        overhead_seconds=0.25,
+    )
 
     assert read_instruction(instruction_content(ins)) == ins
     assert read_report(report_content(rep)) == rep
-    assert read_instruction(instruction_content(
-        Instruction(1, 0, False, "{}", b""))).sync is None
+    assert read_instruction(instruction_content(Instruction(1, 0, False, "{}", b""))).sync is None
 
 
 def test_run_config_carries_the_whole_config(tmp_path: Path, client_files: list[str]) -> None:
-    cfg = config.load(None, [*tiny_overrides(tmp_path, client_files), "method=fedsrd",
-                             "method.fedsrd.p_down=0.5"])
+    cfg = config.load(
+        None, [*tiny_overrides(tmp_path, client_files), "method=fedsrd", "method.fedsrd.p_down=0.5"]
+    )
     toml = tmp_path / "run.toml"
     toml.write_text('seed = 3\n[method]\nname = "florist"\n')
 
-    from_b64, resume, opts = settings({"fedlora-config": encode_config(cfg), "resume": True,
-                                       "round-timeout": 12.5})
+    from_b64, resume, opts = settings(
+        {"fedlora-config": encode_config(cfg), "resume": True, "round-timeout": 12.5}
+    )
     from_file, _, _ = settings({"config-file": str(toml), "overrides": "federation.rounds=4"})
 
     assert from_b64 == cfg and decode_config(encode_config(cfg)) == cfg
@@ -198,14 +225,17 @@ FAST = {"fedsrd"}
 HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora"}
 
 
-@pytest.mark.parametrize("method", [
-    m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in names()])
-def test_flower_run_equals_in_process_run(method: str, tmp_path: Path,
-                                          client_files: list[str]) -> None:
+@pytest.mark.parametrize(
+    "method", [m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in names()]
+)
+def test_flower_run_equals_in_process_run(
+    method: str, tmp_path: Path, client_files: list[str]
+) -> None:
     # Prepare: hetero ranks where the method supports them (per-client broadcasts); 2 of 3
     # clients train each round, so one client only applies the broadcast
     extra = [f"method={method}", "federation.clients_per_round=2"] + (
-        ["lora.ranks=[4, 2, 2]"] if method in HETERO else [])
+        ["lora.ranks=[4, 2, 2]"] if method in HETERO else []
+    )
     sim, flw = _pair(tmp_path, client_files, *extra)
 
     # Execute
@@ -224,8 +254,9 @@ def test_flower_run_equals_in_process_run(method: str, tmp_path: Path,
     assert [kind for kind, _ in grid.log].count("query") == 3
 
 
-def test_dead_node_is_dropped_and_the_round_completes(tmp_path: Path,
-                                                      client_files: list[str]) -> None:
+def test_dead_node_is_dropped_and_the_round_completes(
+    tmp_path: Path, client_files: list[str]
+) -> None:
     _, flw = _pair(tmp_path, client_files, "method=fedsrd", "federation.min_clients=2")
 
     serve(LocalGrid(3, dead={1}), flw)
@@ -287,13 +318,16 @@ def test_restarted_node_is_resynchronised_and_matches_in_process_failure(
 
 
 @pytest.mark.slow
-def test_resumed_flower_run_resynchronises_fresh_nodes(tmp_path: Path,
-                                                      client_files: list[str]) -> None:
+def test_resumed_flower_run_resynchronises_fresh_nodes(
+    tmp_path: Path, client_files: list[str]
+) -> None:
     # Prepare: the in-process run of 2 rounds, and a Flower run stopped after round 1
     sim, flw = _pair(tmp_path, client_files, "method=fedsrd")
     simulation.run(sim)
-    serve(LocalGrid(3), dataclasses.replace(
-        flw, federation=dataclasses.replace(flw.federation, rounds=1)))
+    serve(
+        LocalGrid(3),
+        dataclasses.replace(flw, federation=dataclasses.replace(flw.federation, rounds=1)),
+    )
 
     # Execute: resume on SuperNodes that remember nothing (a new Flower run)
     grid = LocalGrid(3)

@@ -87,8 +87,9 @@ class Cluster:
 
     def start(self, name: str, cmd: list[str]) -> None:
         log = (self.root / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
@@ -96,9 +97,18 @@ class Cluster:
     def superlink(self) -> None:
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host",
-                                 "127.0.0.1", "--port", str(port),
-                                 "--disable-runtime-dependency-installation"])
+        self.start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             assert self.procs["superlink"].poll() is None, self.log("superlink")[-3000:]
@@ -110,10 +120,21 @@ class Cluster:
         raise TimeoutError(f"SuperLink did not listen on {port}: {self.log('superlink')[-3000:]}")
 
     def supernode(self, k: int, n: int) -> None:
-        self.start(f"supernode{k}", [
-            str(BIN / "flower-supernode"), "--insecure", "--superlink", self.address,
-            "--port", str(free_port()), "--max-wait-time", "120",
-            "--node-config", f"partition-id={k} num-partitions={n}"])
+        self.start(
+            f"supernode{k}",
+            [
+                str(BIN / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                self.address,
+                "--port",
+                str(free_port()),
+                "--max-wait-time",
+                "120",
+                "--node-config",
+                f"partition-id={k} num-partitions={n}",
+            ],
+        )
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -173,8 +194,14 @@ def test_deployment_matches_in_process_and_survives_a_killed_supernode(
         flw = _cfg(tmp_path / f"flower-{method}", files, f"method={method}")
 
         simulation.run(sim)
-        run_flower(flw, runtime="flower", superlink=cluster.address, resume=False,
-                   options=OPTIONS, timeout=RUN_TIMEOUT)
+        run_flower(
+            flw,
+            runtime="flower",
+            superlink=cluster.address,
+            resume=False,
+            options=OPTIONS,
+            timeout=RUN_TIMEOUT,
+        )
 
         a, b = _adapter(tmp_path / f"sim-{method}"), _adapter(tmp_path / f"flower-{method}")
         assert a.keys() == b.keys()
@@ -195,8 +222,14 @@ def test_deployment_matches_in_process_and_survives_a_killed_supernode(
 
     def run() -> None:
         try:
-            run_flower(kill, runtime="flower", superlink=cluster.address, resume=False,
-                       options=OPTIONS, timeout=RUN_TIMEOUT)
+            run_flower(
+                kill,
+                runtime="flower",
+                superlink=cluster.address,
+                resume=False,
+                options=OPTIONS,
+                timeout=RUN_TIMEOUT,
+            )
         except BaseException as exc:
             errors.append(exc)
 

@@ -24,8 +24,13 @@ def test_flower_simulation_equals_in_process(tmp_path: Path, client_files: list[
     flw = config.load(None, tiny_overrides(tmp_path / "flower", client_files) + args)
     seen: list[str] = []
 
-    out = run_flower(flw, runtime="flower-sim", superlink=None, resume=False,
-                     report=lambda kind, info: seen.append(kind))
+    out = run_flower(
+        flw,
+        runtime="flower-sim",
+        superlink=None,
+        resume=False,
+        report=lambda kind, info: seen.append(kind),
+    )
     simulation.run(sim)
 
     a = load_file(str(tmp_path / "sim" / "adapter" / "adapter_model.safetensors"))
@@ -37,10 +42,12 @@ def test_flower_simulation_equals_in_process(tmp_path: Path, client_files: list[
     assert seen.count("round_done") == 3 and seen[-1] == "done"
 
 
-@pytest.mark.parametrize(("runtime", "superlink"), [("ray", None), ("flower", None),
-                                                    ("flower-sim", "127.0.0.1:1")])
-def test_bad_runtime_arguments_are_config_errors(tmp_path: Path, client_files: list[str],
-                                                 runtime: str, superlink: str | None) -> None:
+@pytest.mark.parametrize(
+    ("runtime", "superlink"), [("ray", None), ("flower", None), ("flower-sim", "127.0.0.1:1")]
+)
+def test_bad_runtime_arguments_are_config_errors(
+    tmp_path: Path, client_files: list[str], runtime: str, superlink: str | None
+) -> None:
     cfg = config.load(None, tiny_overrides(tmp_path, client_files))
 
     with pytest.raises(ConfigError):

@@ -91,8 +91,16 @@ RSS_OVERRIDES: tuple[str, ...] = (
 """The short federation whose peak RSS is read (the user's ``--set`` overrides come after)."""
 
 OVERHEAD_PHASES = (
-    "broadcast_encode", "broadcast_decode", "base_merge", "client_start", "swap_in",
-    "swap_out", "upload", "upload_encode", "upload_decode", "other",
+    "broadcast_encode",
+    "broadcast_decode",
+    "base_merge",
+    "client_start",
+    "swap_in",
+    "swap_out",
+    "upload",
+    "upload_encode",
+    "upload_decode",
+    "other",
 )
 """Parts of a client round outside training (``other``: client_step's own bookkeeping)."""
 IN_LOOP_PROBES = ("collate", "live_lora")
@@ -153,8 +161,9 @@ def probes(watch: Stopwatch, model: nn.Module) -> Iterator[None]:
         for mod, attr, name in patches:
             setattr(mod, attr, watch.wrap(name, getattr(mod, attr)))
         # An instance attribute shadows PeftModel.set_adapter; deleting it restores the method.
-        object.__setattr__(model, "set_adapter",
-                           watch.wrap("swap_in", cast(Callable[..., Any], model.set_adapter)))
+        object.__setattr__(
+            model, "set_adapter", watch.wrap("swap_in", cast(Callable[..., Any], model.set_adapter))
+        )
         yield
     finally:
         for mod, attr, original in saved:
@@ -201,8 +210,10 @@ def plan_batches(
     """
     sampler = BatchSampler(len(examples), seed)
     return [
-        [collate([examples[i] for i in sampler.take(train.batch_size)], pad_id)
-         for _ in range(train.grad_accum)]
+        [
+            collate([examples[i] for i in sampler.take(train.batch_size)], pad_id)
+            for _ in range(train.grad_accum)
+        ]
         for _ in range(train.local_steps)
     ]
 
@@ -221,10 +232,14 @@ def bare_peft_model(cfg: RunConfig, client: ClientSpec) -> nn.Module:
     model, _ = resolve_model(cfg.model.name, seed=cfg.seed)
     # PEFT annotates lora_alpha as int but uses it as a number; fedlora's slots pass the
     # same float, so the scaling is identical.
-    lora = LoraConfig(r=client.rank, lora_alpha=client.alpha,  # type: ignore[arg-type]
-                      lora_dropout=0.0,
-                      target_modules=list(cfg.lora.target_modules), bias="none",
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=client.rank,
+        lora_alpha=client.alpha,  # type: ignore[arg-type]
+        lora_dropout=0.0,
+        target_modules=list(cfg.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -315,16 +330,26 @@ def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample
     with probes(watch, fed.model):
         began = time.perf_counter()
         outcome = client_step(
-            model=fed.model, method=cast(Method, run.method), setup=setup, client=client,
+            model=fed.model,
+            method=cast(Method, run.method),
+            setup=setup,
+            client=client,
             view=run.view,
-            broadcast=broadcast, examples=examples, cfg=cfg, round_=t, pad_id=fed.pad_id,
+            broadcast=broadcast,
+            examples=examples,
+            cfg=cfg,
+            round_=t,
+            pad_id=fed.pad_id,
         )
         step_seconds = time.perf_counter() - began
     if outcome.upload is None:
         raise FedloraError(f"{run.method.name}: client step failed: {outcome.error}")
     with watch.time("upload_decode"):
-        payload = decode(outcome.upload.data, expected=run.method.upload_schema(setup, client),
-                         max_bytes=max_bytes(cfg))
+        payload = decode(
+            outcome.upload.data,
+            expected=run.method.upload_schema(setup, client),
+            max_bytes=max_bytes(cfg),
+        )
     # Untimed: advance the server so the next repeat is a genuine next round.
     run.state = run.method.aggregate(
         run.state, [Upload(cid=client.cid, n_samples=outcome.n_samples, payload=payload)], setup
@@ -335,12 +360,20 @@ def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample
     train_seconds = outcome.train_seconds - swaps
     overhead = {name: watch.get(name) for name in OVERHEAD_PHASES if name != "other"}
     # client_step's own bookkeeping: its wall time minus every part timed inside it.
-    inside = (outcome.train_seconds + watch.get("client_start") + watch.get("upload")
-              + watch.get("upload_encode"))
+    inside = (
+        outcome.train_seconds
+        + watch.get("client_start")
+        + watch.get("upload")
+        + watch.get("upload_encode")
+    )
     overhead["other"] = max(0.0, step_seconds - inside)
     return Sample(
-        round=t, tokens=outcome.tokens, bare_tokens=0, bare_seconds=0.0,
-        train_seconds=train_seconds, overhead=overhead,
+        round=t,
+        tokens=outcome.tokens,
+        bare_tokens=0,
+        bare_seconds=0.0,
+        train_seconds=train_seconds,
+        overhead=overhead,
         in_loop={name: watch.get(name) for name in IN_LOOP_PROBES},
     )
 
@@ -478,7 +511,9 @@ def choose_threads(requested: int | None) -> tuple[int, str]:
 
 
 def time_methods(
-    cfg: RunConfig, methods: Sequence[str], repeats: int,
+    cfg: RunConfig,
+    methods: Sequence[str],
+    repeats: int,
     progress: Callable[[str], None] = lambda text: None,
 ) -> list[MethodResult]:
     """Interleaved bare-vs-fedlora repeats for every method on one shared federation."""
@@ -499,8 +534,9 @@ def time_methods(
 
     def pair(run: MethodRun, bare_first: bool) -> Sample:
         t = run.round + 1
-        batches = plan_batches(examples, cfg.train, derive_seed(fed.setup.seed, 2, t, client.cid),
-                               fed.pad_id)
+        batches = plan_batches(
+            examples, cfg.train, derive_seed(fed.setup.seed, 2, t, client.cid), fed.pad_id
+        )
         params = bare_params(bare, run.method.trainable)
         if bare_first:
             bare_seconds = bare_train(bare, params, batches, cfg.train)
@@ -511,8 +547,10 @@ def time_methods(
             bare_seconds = bare_train(bare, params, batches, cfg.train)
         sample.bare_seconds, sample.bare_tokens = bare_seconds, batch_tokens(batches)
         if sample.bare_tokens != sample.tokens:
-            raise FedloraError(f"{run.method.name} round {t}: the bare loop saw "
-                               f"{sample.bare_tokens} tokens, fedlora {sample.tokens}")
+            raise FedloraError(
+                f"{run.method.name} round {t}: the bare loop saw "
+                f"{sample.bare_tokens} tokens, fedlora {sample.tokens}"
+            )
         return sample
 
     for name, run in runs.items():
@@ -580,9 +618,7 @@ def child_main(argv: Sequence[str]) -> int:
 
 
 _CHILD = (
-    "import sys\n"
-    "from fedlora.bench.client import child_main\n"
-    "sys.exit(child_main(sys.argv[1:]))\n"
+    "import sys\nfrom fedlora.bench.client import child_main\nsys.exit(child_main(sys.argv[1:]))\n"
 )
 
 
@@ -593,16 +629,23 @@ def _child(args: Sequence[str], timeout_s: float, threads: int) -> tuple[dict[st
         report = Path(tmp) / "report.json"
         began = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-c", _CHILD, str(report), *args], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  timeout=timeout_s, check=False)
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(report), *args],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             raise FedloraError(f"RSS child {args[0]} timed out after {timeout_s:g} s") from None
         seconds = time.perf_counter() - began
         if proc.returncode != 0 or not report.exists():
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            raise FedloraError(f"RSS child {args[0]} exited with {proc.returncode}: "
-                               f"{tail[0] if tail else '(no stderr)'}")
+            raise FedloraError(
+                f"RSS child {args[0]} exited with {proc.returncode}: "
+                f"{tail[0] if tail else '(no stderr)'}"
+            )
         info: dict[str, Any] = json.loads(report.read_text(encoding="utf-8"))
     if info.get("vmhwm_bytes") is None:
         raise FedloraError("this system does not report VmHWM in /proc/self/status")
@@ -610,8 +653,12 @@ def _child(args: Sequence[str], timeout_s: float, threads: int) -> tuple[dict[st
 
 
 def measure_rss(
-    model: str, clients: Sequence[int], overrides: Sequence[str] = (), timeout_s: float = 3600.0,
-    threads: int = 1, progress: Callable[[str], None] = lambda text: None,
+    model: str,
+    clients: Sequence[int],
+    overrides: Sequence[str] = (),
+    timeout_s: float = 3600.0,
+    threads: int = 1,
+    progress: Callable[[str], None] = lambda text: None,
 ) -> RssResult:
     """Peak RSS of a model-only child and of a short federation per client count.
 
@@ -626,8 +673,14 @@ def measure_rss(
     for k in clients:
         progress(f"RSS: {model} federation with {k} clients")
         with tempfile.TemporaryDirectory(prefix="fedlora-rss-run-") as tmp:
-            args = ["run", f"model.name={json.dumps(model)}", *RSS_OVERRIDES, *overrides,
-                    f"data.clients={k}", f"out_dir={json.dumps(str(Path(tmp) / 'run'))}"]
+            args = [
+                "run",
+                f"model.name={json.dumps(model)}",
+                *RSS_OVERRIDES,
+                *overrides,
+                f"data.clients={k}",
+                f"out_dir={json.dumps(str(Path(tmp) / 'run'))}",
+            ]
             info, seconds = _child(args, timeout_s, threads)
         runs.append(RssRun(clients=k, peak_rss_bytes=int(info["vmhwm_bytes"]), seconds=seconds))
     return RssResult(model=model, param_bytes=param_bytes, runs=runs)
@@ -637,12 +690,20 @@ def check_targets(results: Sequence[MethodResult], model: str) -> list[dict[str,
     """The issue's targets, evaluated from the measured numbers only."""
     checks: list[dict[str, Any]] = []
     for r in results:
-        checks.append({"check": f"{r.method}: training throughput >= {RATIO_TARGET:g} x bare",
-                       "value": r.train_ratio, "passed": r.train_ratio >= RATIO_TARGET})
-        checks.append({"check": f"{r.method}: non-training share < {SHARE_TARGET:.0%}"
-                                f" ({model})",
-                       "value": r.non_training_share,
-                       "passed": r.non_training_share < SHARE_TARGET})
+        checks.append(
+            {
+                "check": f"{r.method}: training throughput >= {RATIO_TARGET:g} x bare",
+                "value": r.train_ratio,
+                "passed": r.train_ratio >= RATIO_TARGET,
+            }
+        )
+        checks.append(
+            {
+                "check": f"{r.method}: non-training share < {SHARE_TARGET:.0%} ({model})",
+                "value": r.non_training_share,
+                "passed": r.non_training_share < SHARE_TARGET,
+            }
+        )
     return checks
 
 
@@ -665,22 +726,40 @@ def _run_bench(
 ) -> ClientBenchReport:
     cfg = config.run_config()
     load_before = _load()
-    results = [] if config.skip_timing else time_methods(cfg, config.methods, config.repeats,
-                                                         progress)
-    rss = (measure_rss(cfg.model.name, config.rss_clients, config.overrides, threads=threads,
-                       progress=progress)
-           if config.rss else None)
+    results = (
+        [] if config.skip_timing else time_methods(cfg, config.methods, config.repeats, progress)
+    )
+    rss = (
+        measure_rss(
+            cfg.model.name, config.rss_clients, config.overrides, threads=threads, progress=progress
+        )
+        if config.rss
+        else None
+    )
     t = cfg.train
     settings = {
-        "clients": cfg.data.clients, "timed_client": 0, "rank": cfg.lora.rank,
-        "alpha": cfg.lora.alpha, "target_modules": list(cfg.lora.target_modules),
-        "batch_size": t.batch_size, "seq_len": t.seq_len, "local_steps": t.local_steps,
-        "grad_accum": t.grad_accum, "wire_value_dtype": cfg.wire.value_dtype,
-        "repeats": config.repeats, "overrides": list(config.overrides),
+        "clients": cfg.data.clients,
+        "timed_client": 0,
+        "rank": cfg.lora.rank,
+        "alpha": cfg.lora.alpha,
+        "target_modules": list(cfg.lora.target_modules),
+        "batch_size": t.batch_size,
+        "seq_len": t.seq_len,
+        "local_steps": t.local_steps,
+        "grad_accum": t.grad_accum,
+        "wire_value_dtype": cfg.wire.value_dtype,
+        "repeats": config.repeats,
+        "overrides": list(config.overrides),
     }
     return ClientBenchReport(
-        model=cfg.model.name, settings=settings, threads=threads, threads_why=why,
-        load_before=load_before, load_after=_load(), methods=results, rss=rss,
+        model=cfg.model.name,
+        settings=settings,
+        threads=threads,
+        threads_why=why,
+        load_before=load_before,
+        load_after=_load(),
+        methods=results,
+        rss=rss,
         checks=check_targets(results, cfg.model.name),
     )
 
@@ -697,8 +776,9 @@ def _mib(nbytes: int) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
 
     def line(cells: Sequence[str]) -> str:
         first = cells[0].ljust(widths[0])
@@ -724,37 +804,85 @@ def format_table(report: ClientBenchReport) -> str:
         "(1/5/15 min; a shared machine makes every figure noisy)",
     ]
     if report.methods:
-        out += ["", f"Throughput (median of {s['repeats']} interleaved repeats; ratio = median "
-                "of paired per-repeat ratios)"]
-        rows = [[r.method, str(r.tokens_per_round), f"{r.bare_tokens_per_s:.0f}",
-                 f"{r.train_tokens_per_s:.0f}", f"{r.train_ratio:.3f}",
-                 f"{r.round_tokens_per_s:.0f}", f"{r.round_ratio:.3f}",
-                 f"{r.non_training_share:.2%}", f"{r.round_seconds:.2f}"]
-                for r in report.methods]
-        out += _table(["method", "tokens", "bare tok/s", "train tok/s", "ratio",
-                       "round tok/s", "round ratio", "non-train", "round s"], rows)
+        out += [
+            "",
+            f"Throughput (median of {s['repeats']} interleaved repeats; ratio = median "
+            "of paired per-repeat ratios)",
+        ]
+        rows = [
+            [
+                r.method,
+                str(r.tokens_per_round),
+                f"{r.bare_tokens_per_s:.0f}",
+                f"{r.train_tokens_per_s:.0f}",
+                f"{r.train_ratio:.3f}",
+                f"{r.round_tokens_per_s:.0f}",
+                f"{r.round_ratio:.3f}",
+                f"{r.non_training_share:.2%}",
+                f"{r.round_seconds:.2f}",
+            ]
+            for r in report.methods
+        ]
+        out += _table(
+            [
+                "method",
+                "tokens",
+                "bare tok/s",
+                "train tok/s",
+                "ratio",
+                "round tok/s",
+                "round ratio",
+                "non-train",
+                "round s",
+            ],
+            rows,
+        )
         out += ["", "Non-training time per client round (median ms)"]
-        short = {"broadcast_encode": "bc enc", "broadcast_decode": "bc dec",
-                 "base_merge": "merge", "client_start": "start", "swap_in": "swap in",
-                 "swap_out": "swap out", "upload": "upload", "upload_encode": "up enc",
-                 "upload_decode": "up dec", "other": "other"}
-        rows = [[r.method, *(_ms(r.overhead_seconds[k]) for k in OVERHEAD_PHASES),
-                 _ms(sum(r.overhead_seconds.values())),
-                 *(_ms(r.in_loop_seconds[k]) for k in IN_LOOP_PROBES)]
-                for r in report.methods]
-        out += _table(["method", *(short[k] for k in OVERHEAD_PHASES), "sum",
-                       "collate*", "live_lora*"], rows)
-        out.append("  * inside the training loop, counted as training (the bare loop has its "
-                   "batches collated before the clock starts)")
+        short = {
+            "broadcast_encode": "bc enc",
+            "broadcast_decode": "bc dec",
+            "base_merge": "merge",
+            "client_start": "start",
+            "swap_in": "swap in",
+            "swap_out": "swap out",
+            "upload": "upload",
+            "upload_encode": "up enc",
+            "upload_decode": "up dec",
+            "other": "other",
+        }
+        rows = [
+            [
+                r.method,
+                *(_ms(r.overhead_seconds[k]) for k in OVERHEAD_PHASES),
+                _ms(sum(r.overhead_seconds.values())),
+                *(_ms(r.in_loop_seconds[k]) for k in IN_LOOP_PROBES),
+            ]
+            for r in report.methods
+        ]
+        out += _table(
+            ["method", *(short[k] for k in OVERHEAD_PHASES), "sum", "collate*", "live_lora*"], rows
+        )
+        out.append(
+            "  * inside the training loop, counted as training (the bare loop has its "
+            "batches collated before the clock starts)"
+        )
     if report.rss is not None:
         rss = report.rss
-        out += ["", f"Peak RSS ({rss.model}, one process each; parameters "
-                f"{_mib(rss.param_bytes)} MiB)"]
+        out += [
+            "",
+            f"Peak RSS ({rss.model}, one process each; parameters {_mib(rss.param_bytes)} MiB)",
+        ]
         base = rss.runs[0].peak_rss_bytes
-        rows = [["model only" if r.clients is None else f"{r.clients} clients",
-                 _mib(r.peak_rss_bytes), _mib(r.peak_rss_bytes - base),
-                 f"{(r.peak_rss_bytes - base) / rss.param_bytes:.2f}", f"{r.seconds:.0f}"]
-                for r in rss.runs]
+        rows = [
+            [
+                "model only" if r.clients is None else f"{r.clients} clients",
+                _mib(r.peak_rss_bytes),
+                _mib(r.peak_rss_bytes - base),
+                f"{(r.peak_rss_bytes - base) / rss.param_bytes:.2f}",
+                f"{r.seconds:.0f}",
+            ]
+            for r in rss.runs
+        ]
         out += _table(["run", "peak MiB", "over model-only MiB", "x params", "seconds"], rows)
         feds = [r for r in rss.runs if r.clients is not None]
         if len(feds) >= 2:
@@ -762,9 +890,11 @@ def format_table(report: ClientBenchReport) -> str:
             assert lo.clients is not None and hi.clients is not None
             extra = hi.peak_rss_bytes - lo.peak_rss_bytes
             per = extra / max(1, hi.clients - lo.clients)
-            out.append(f"  {hi.clients} vs {lo.clients} clients: {extra / MIB:+.0f} MiB, "
-                       f"{per / MIB:+.1f} MiB per extra client = "
-                       f"{per / rss.param_bytes:.3f} model copies per client")
+            out.append(
+                f"  {hi.clients} vs {lo.clients} clients: {extra / MIB:+.0f} MiB, "
+                f"{per / MIB:+.1f} MiB per extra client = "
+                f"{per / rss.param_bytes:.3f} model copies per client"
+            )
     if report.checks:
         out += ["", "Targets"]
         for c in report.checks:
@@ -783,23 +913,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedlora bench client",
         description="Local training throughput of fedlora's client step against a bare "
-                    "PyTorch + PEFT loop, the share of a round outside training, and "
-                    "(--rss) peak memory of federations with different client counts.",
+        "PyTorch + PEFT loop, the share of a round outside training, and "
+        "(--rss) peak memory of federations with different client counts.",
     )
-    p.add_argument("--model", default="smollm2-135m",
-                   help="built-in model name or local folder (default smollm2-135m)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated methods to time (default fedavg,fedsrd)")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="built-in model name or local folder (default smollm2-135m)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma-separated methods to time (default fedavg,fedsrd)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per method (default 5)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="run-config override (repeatable), e.g. --set train.local_steps=5")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: all cores, or 1 when the load average "
-                        "already fills them)")
-    p.add_argument("--rss", action="store_true",
-                   help="also measure peak RSS of short federations in subprocesses")
-    p.add_argument("--rss-clients", default="4,16",
-                   help="client counts of the RSS runs (default 4,16)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config override (repeatable), e.g. --set train.local_steps=5",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: all cores, or 1 when the load average already fills them)",
+    )
+    p.add_argument(
+        "--rss",
+        action="store_true",
+        help="also measure peak RSS of short federations in subprocesses",
+    )
+    p.add_argument(
+        "--rss-clients", default="4,16", help="client counts of the RSS runs (default 4,16)"
+    )
     p.add_argument("--rss-only", action="store_true", help="skip the timing part")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--json-out", metavar="PATH", help="also write the JSON report to PATH")
@@ -831,8 +980,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         config = ClientBenchConfig(
             model=args.model,
             methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-            repeats=args.repeats, overrides=tuple(args.overrides), threads=args.threads,
-            rss=args.rss or args.rss_only, rss_clients=_ints(args.rss_clients, "--rss-clients"),
+            repeats=args.repeats,
+            overrides=tuple(args.overrides),
+            threads=args.threads,
+            rss=args.rss or args.rss_only,
+            rss_clients=_ints(args.rss_clients, "--rss-clients"),
             skip_timing=args.rss_only,
         )
         report = run_bench(config, progress)
@@ -840,8 +992,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report_json(report), indent=2) + "\n",
-                                       encoding="utf-8")
+        Path(args.json_out).write_text(
+            json.dumps(report_json(report), indent=2) + "\n", encoding="utf-8"
+        )
     if args.json:
         json.dump(report_json(report), out, indent=2)
         out.write("\n")

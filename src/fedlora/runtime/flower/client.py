@@ -47,9 +47,7 @@ class ClientParts:
     pad_id: int
 
 
-def client_examples_raw(
-    cfg: RunConfig, cid: int, data_file: str | None = None
-) -> list[Example]:
+def client_examples_raw(cfg: RunConfig, cid: int, data_file: str | None = None) -> list[Example]:
     """Client ``cid``'s training examples, split exactly as the in-process runtime splits.
 
     With ``data.partition = "files"`` only this client's file is read (``data_file`` if
@@ -58,17 +56,22 @@ def client_examples_raw(
     """
     if cfg.data.partition == "files":
         path = data_file or cfg.data.files[cid]
-        one = DataConfig(clients=1, partition="files", files=(path,),
-                         max_train_per_client=cfg.data.max_train_per_client,
-                         max_eval_per_domain=cfg.data.max_eval_per_domain)
+        one = DataConfig(
+            clients=1,
+            partition="files",
+            files=(path,),
+            max_train_per_client=cfg.data.max_train_per_client,
+            max_eval_per_domain=cfg.data.max_eval_per_domain,
+        )
         return client_split(one, seed=cfg.seed).clients[0]
     if data_file:
         raise ConfigError("node config data-file only applies to data.partition = 'files'")
     return client_split(cfg.data, seed=cfg.seed).clients[cid]
 
 
-def build_client(cfg: RunConfig, cid: int, data_file: str | None = None, *,
-                 with_data: bool = True) -> ClientParts:
+def build_client(
+    cfg: RunConfig, cid: int, data_file: str | None = None, *, with_data: bool = True
+) -> ClientParts:
     """Build client ``cid``'s model, method and data the way ``assemble`` builds them.
 
     The model gets the same seed and the same adapter slots (one per client shape) as the
@@ -78,17 +81,19 @@ def build_client(cfg: RunConfig, cid: int, data_file: str | None = None, *,
     torch.manual_seed(cfg.seed)
     model, tokenizer = resolve_model(cfg.model.name, seed=cfg.seed)
     clients = client_specs(cfg)
-    peft_model = attach_slots(model, [(c.rank, c.alpha) for c in clients],
-                              cfg.lora.target_modules)
-    setup = Setup(layers=layer_specs(peft_model), clients=clients, seed=cfg.seed,
-                  weighting=cfg.federation.weighting)
+    peft_model = attach_slots(model, [(c.rank, c.alpha) for c in clients], cfg.lora.target_modules)
+    setup = Setup(
+        layers=layer_specs(peft_model),
+        clients=clients,
+        seed=cfg.seed,
+        weighting=cfg.federation.weighting,
+    )
     method = build(cfg.method.name, cfg.method.options)
     method.validate(setup)
     seq_len = cfg.train.seq_len
     raw = client_examples_raw(cfg, cid, data_file) if with_data else []
     examples = [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in raw]
-    return ClientParts(peft_model, method, setup, setup.client(cid), examples,
-                       pad_id_of(tokenizer))
+    return ClientParts(peft_model, method, setup, setup.client(cid), examples, pad_id_of(tokenizer))
 
 
 def client_round(
@@ -113,16 +118,35 @@ def client_round(
     # Replay every merge in order, as the shared in-process model received them.
     for merge in merges:
         add_into_base(parts.model, merge)
-    outcome = client_step(model=parts.model, method=parts.method, setup=parts.setup,
-                          client=parts.client, view=memory.view, broadcast=broadcast,
-                          examples=parts.examples, cfg=cfg, round_=ins.round,
-                          pad_id=parts.pad_id, train=ins.train)
-    report = Report(cid=ins.cid, round=ins.round, status="failed" if outcome.error else "ok",
-                    n_samples=outcome.n_samples, train_loss=outcome.train_loss,
-                    tokens=outcome.tokens, train_seconds=outcome.train_seconds,
-                    overhead_seconds=outcome.overhead_seconds, error=outcome.error)
+    outcome = client_step(
+        model=parts.model,
+        method=parts.method,
+        setup=parts.setup,
+        client=parts.client,
+        view=memory.view,
+        broadcast=broadcast,
+        examples=parts.examples,
+        cfg=cfg,
+        round_=ins.round,
+        pad_id=parts.pad_id,
+        train=ins.train,
+    )
+    report = Report(
+        cid=ins.cid,
+        round=ins.round,
+        status="failed" if outcome.error else "ok",
+        n_samples=outcome.n_samples,
+        train_loss=outcome.train_loss,
+        tokens=outcome.tokens,
+        train_seconds=outcome.train_seconds,
+        overhead_seconds=outcome.overhead_seconds,
+        error=outcome.error,
+    )
     if outcome.upload is not None:
-        report = dataclasses.replace(report, upload=outcome.upload.data,
-                                     params=outcome.upload.params,
-                                     encodings=outcome.upload.encodings)
+        report = dataclasses.replace(
+            report,
+            upload=outcome.upload.data,
+            params=outcome.upload.params,
+            encodings=outcome.upload.encodings,
+        )
     return report, Memory(ins.round, outcome.view, merges)

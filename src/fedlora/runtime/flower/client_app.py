@@ -39,8 +39,9 @@ def partition_id(context: Context) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ConfigError(f"SuperNode node config partition-id={value!r} is not an integer") \
-            from None
+        raise ConfigError(
+            f"SuperNode node config partition-id={value!r} is not an integer"
+        ) from None
 
 
 def _data_file(context: Context) -> str | None:
@@ -64,8 +65,9 @@ app = ClientApp()
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition (client id) this SuperNode serves."""
-    return Message(RecordDict({RECORD: ConfigRecord({"partition-id": partition_id(context)})}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({RECORD: ConfigRecord({"partition-id": partition_id(context)})}), reply_to=msg
+    )
 
 
 @app.train()
@@ -74,7 +76,6 @@ def train(msg: Message, context: Context) -> Message:
     from fedlora.runtime.flower.client import client_round  # heavy: torch, transformers
 
     ins = read_instruction(msg.content)
-    report, memory = client_round(ins, _memory(context), partition_id(context),
-                                  _data_file(context))
+    report, memory = client_round(ins, _memory(context), partition_id(context), _data_file(context))
     context.state[STATE_KEY] = ConfigRecord({"memory": pack_memory(memory)})
     return Message(report_content(report), reply_to=msg)

@@ -97,8 +97,14 @@ def flwr_executable() -> str:
 
 def connection_toml(address: str, *, insecure: bool, root_certificates: str | None) -> str:
     """A Flower config (``$FLWR_HOME/config.toml``) whose default connection is ``address``."""
-    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
-             f"address = {json.dumps(address)}", f"insecure = {'true' if insecure else 'false'}"]
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION}"',
+        "",
+        f"[superlink.{CONNECTION}]",
+        f"address = {json.dumps(address)}",
+        f"insecure = {'true' if insecure else 'false'}",
+    ]
     if root_certificates:
         lines.append(f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}")
     return "\n".join(lines) + "\n"
@@ -113,13 +119,15 @@ def run_config_args(cfg: RunConfig, resume: bool, options: ServerOptions) -> lis
     """``--run-config`` items for ``flwr run`` carrying the whole fedlora config."""
     from fedlora.runtime.flower.server_app import encode_config
 
-    return [f'fedlora-config="{encode_config(cfg)}"', f"resume={'true' if resume else 'false'}",
-            f"round-timeout={float(options.round_timeout)}",
-            f"join-timeout={float(options.join_timeout)}"]
+    return [
+        f'fedlora-config="{encode_config(cfg)}"',
+        f"resume={'true' if resume else 'false'}",
+        f"round-timeout={float(options.round_timeout)}",
+        f"join-timeout={float(options.join_timeout)}",
+    ]
 
 
-def _run_sim(cfg: RunConfig, resume: bool, options: ServerOptions,
-             report: Reporter | None) -> Path:
+def _run_sim(cfg: RunConfig, resume: bool, options: ServerOptions, report: Reporter | None) -> Path:
     from flwr.simulation import run_simulation
 
     from fedlora.runtime.flower.client_app import app as client_app
@@ -128,17 +136,27 @@ def _run_sim(cfg: RunConfig, resume: bool, options: ServerOptions,
     cpus = os.cpu_count() or 1
     # One CPU per virtual SuperNode: Ray then runs up to `cpus` clients at once; each
     # ClientApp gets the node config partition-id = k, as a deployed SuperNode would.
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": cpus, "num_gpus": 0, "log_to_driver": False}}
-    run_simulation(server_app=make_server_app(cfg, resume=resume, options=options,
-                                              report=report),
-                   client_app=client_app, num_supernodes=cfg.data.clients,
-                   backend_config=backend)  # type: ignore[arg-type]
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "num_gpus": 0, "log_to_driver": False},
+    }
+    run_simulation(
+        server_app=make_server_app(cfg, resume=resume, options=options, report=report),
+        client_app=client_app,
+        num_supernodes=cfg.data.clients,
+        backend_config=backend,  # type: ignore[arg-type]  # Flower's annotation is too narrow
+    )
     return Path(cfg.out_dir)
 
 
-def submit(app_dir: Path, run_config: list[str], env: dict[str, str], *,
-           connection: str | None = None, timeout: float | None = None) -> int:
+def submit(
+    app_dir: Path,
+    run_config: list[str],
+    env: dict[str, str],
+    *,
+    connection: str | None = None,
+    timeout: float | None = None,
+) -> int:
     """``flwr run`` the app in ``app_dir``, stream its log until it ends; returns the run id."""
     cmd = [flwr_executable(), "run", str(app_dir)]
     if connection:
@@ -146,13 +164,16 @@ def submit(app_dir: Path, run_config: list[str], env: dict[str, str], *,
     cmd += ["--run-config", " ".join(run_config), "--stream"]
     log.info("submitting: flwr run %s %s", app_dir, connection or "")
     began = time.monotonic()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     sys.stderr.write(proc.stdout[-20000:])
     run_id = _run_id(proc.stdout + proc.stderr)
     if proc.returncode != 0 or run_id is None:
-        raise FedloraError(f"flwr run failed (exit {proc.returncode}): "
-                           f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+        raise FedloraError(
+            f"flwr run failed (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
+        )
     remaining = None if timeout is None else max(10.0, timeout - (time.monotonic() - began))
     status = wait_finished(run_id, env, connection=connection, timeout=remaining)
     if not status.endswith("completed"):
@@ -176,21 +197,27 @@ def run_status(run_id: int, env: dict[str, str], connection: str | None = None) 
     if connection:
         cmd.append(connection)
     cmd += ["--run-id", str(run_id), "--format", "json"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     try:
         data: Any = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        raise FedloraError(f"flwr list gave no JSON: {proc.stdout[-500:]} "
-                           f"{proc.stderr[-500:]}") from None
+        raise FedloraError(
+            f"flwr list gave no JSON: {proc.stdout[-500:]} {proc.stderr[-500:]}"
+        ) from None
     for run in data.get("runs", []):
         if int(run.get("run-id", -1)) == run_id:
             return str(run.get("status", "unknown"))
     raise FedloraError(f"flwr list does not know run {run_id}: {proc.stdout[-500:]}")
 
 
-def wait_finished(run_id: int, env: dict[str, str], *, connection: str | None = None,
-                  timeout: float | None = None, poll: float = 2.0) -> str:
+def wait_finished(
+    run_id: int,
+    env: dict[str, str],
+    *,
+    connection: str | None = None,
+    timeout: float | None = None,
+    poll: float = 2.0,
+) -> str:
     """Poll until the run has finished; returns its final status."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -202,8 +229,14 @@ def wait_finished(run_id: int, env: dict[str, str], *, connection: str | None = 
         time.sleep(poll)
 
 
-def _run_deployment(cfg: RunConfig, superlink: str, resume: bool, options: ServerOptions,
-                    root_certificates: str | None, timeout: float | None) -> Path:
+def _run_deployment(
+    cfg: RunConfig,
+    superlink: str,
+    resume: bool,
+    options: ServerOptions,
+    root_certificates: str | None,
+    timeout: float | None,
+) -> Path:
     with tempfile.TemporaryDirectory(prefix="fedlora-flower-") as tmp:
         app_dir = write_app(Path(tmp) / "app")
         if ":" in superlink:
@@ -212,22 +245,37 @@ def _run_deployment(cfg: RunConfig, superlink: str, resume: bool, options: Serve
             home.mkdir()
             insecure = root_certificates is None and _is_loopback(superlink)
             if not insecure and root_certificates is None:
-                log.info("%s is not loopback: using TLS with the system's root certificates",
-                         superlink)
+                log.info(
+                    "%s is not loopback: using TLS with the system's root certificates", superlink
+                )
             (home / "config.toml").write_text(
-                connection_toml(superlink, insecure=insecure, root_certificates=root_certificates))
+                connection_toml(superlink, insecure=insecure, root_certificates=root_certificates)
+            )
             env, connection = flower_env(home), None
         else:
             # A connection name from the user's own Flower config (TLS, certificates, auth).
             env, connection = flower_env(), superlink
-        submit(app_dir, run_config_args(cfg, resume, options), env, connection=connection,
-               timeout=timeout)
+        submit(
+            app_dir,
+            run_config_args(cfg, resume, options),
+            env,
+            connection=connection,
+            timeout=timeout,
+        )
     return Path(cfg.out_dir)
 
 
-def run_flower(cfg: RunConfig, *, runtime: str, superlink: str | None, resume: bool,
-               report: Reporter | None = None, options: ServerOptions | None = None,
-               root_certificates: str | None = None, timeout: float | None = None) -> Path:
+def run_flower(
+    cfg: RunConfig,
+    *,
+    runtime: str,
+    superlink: str | None,
+    resume: bool,
+    report: Reporter | None = None,
+    options: ServerOptions | None = None,
+    root_certificates: str | None = None,
+    timeout: float | None = None,
+) -> Path:
     """Run (or resume) ``cfg`` on Flower; returns the run folder.
 
     Parameters
@@ -268,6 +316,7 @@ def run_flower(cfg: RunConfig, *, runtime: str, superlink: str | None, resume: b
             raise ConfigError("--superlink is for --runtime flower, not flower-sim")
         return _run_sim(cfg, resume, opts, report)
     if not superlink:
-        raise ConfigError("--runtime flower needs --superlink HOST:PORT (or a Flower "
-                          "connection name)")
+        raise ConfigError(
+            "--runtime flower needs --superlink HOST:PORT (or a Flower connection name)"
+        )
     return _run_deployment(cfg, superlink, resume, opts, root_certificates, timeout)

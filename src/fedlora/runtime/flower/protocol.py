@@ -89,8 +89,15 @@ def _get(rec: ConfigRecord, key: str, kind: type | tuple[type, ...]) -> Any:
 
 def instruction_content(ins: Instruction) -> RecordDict:
     """The ``RecordDict`` of a round message."""
-    rec = ConfigRecord({"round": ins.round, "cid": ins.cid, "train": ins.train,
-                        "config": ins.config, "broadcast": ins.broadcast})
+    rec = ConfigRecord(
+        {
+            "round": ins.round,
+            "cid": ins.cid,
+            "train": ins.train,
+            "config": ins.config,
+            "broadcast": ins.broadcast,
+        }
+    )
     content = RecordDict({RECORD: rec})
     if ins.sync is not None:
         content[SYNC] = ConfigRecord({"memory": ins.sync})
@@ -105,17 +112,27 @@ def read_instruction(content: RecordDict) -> Instruction:
     sync = None
     if SYNC in content.config_records:
         sync = _get(content.config_records[SYNC], "memory", bytes)
-    return Instruction(round=_get(rec, "round", int), cid=_get(rec, "cid", int),
-                       train=_get(rec, "train", bool), config=_get(rec, "config", str),
-                       broadcast=_get(rec, "broadcast", bytes), sync=sync)
+    return Instruction(
+        round=_get(rec, "round", int),
+        cid=_get(rec, "cid", int),
+        train=_get(rec, "train", bool),
+        config=_get(rec, "config", str),
+        broadcast=_get(rec, "broadcast", bytes),
+        sync=sync,
+    )
 
 
 def report_content(rep: Report) -> RecordDict:
     """The ``RecordDict`` of a client's reply."""
     values: dict[str, Any] = {
-        "cid": rep.cid, "round": rep.round, "status": rep.status, "params": rep.params,
-        "encodings": json.dumps(rep.encodings), "n_samples": rep.n_samples,
-        "tokens": rep.tokens, "train_seconds": rep.train_seconds,
+        "cid": rep.cid,
+        "round": rep.round,
+        "status": rep.status,
+        "params": rep.params,
+        "encodings": json.dumps(rep.encodings),
+        "n_samples": rep.n_samples,
+        "tokens": rep.tokens,
+        "train_seconds": rep.train_seconds,
         "overhead_seconds": rep.overhead_seconds,
     }
     if rep.upload is not None:
@@ -140,9 +157,12 @@ def read_report(content: RecordDict) -> Report:
     if status not in ("ok", "failed", "out-of-sync"):
         raise PayloadError(f"flower reply has unknown status {status!r}")
     return Report(
-        cid=_get(rec, "cid", int), round=_get(rec, "round", int), status=status,
+        cid=_get(rec, "cid", int),
+        round=_get(rec, "round", int),
+        status=status,
         upload=_get(rec, "upload", bytes) if "upload" in rec else None,
-        params=_get(rec, "params", int), encodings=encodings,
+        params=_get(rec, "params", int),
+        encodings=encodings,
         n_samples=_get(rec, "n_samples", int),
         train_loss=float(_get(rec, "train_loss", (int, float))) if "train_loss" in rec else None,
         tokens=_get(rec, "tokens", int),
@@ -163,8 +183,11 @@ def pack_memory(memory: Memory) -> bytes:
         for layer, (left, right) in merge.items():
             tensors[f"merge/{i}/{layer}/L"] = left.detach().contiguous().clone()
             tensors[f"merge/{i}/{layer}/R"] = right.detach().contiguous().clone()
-    meta = {"round": str(memory.round), "has_view": str(int(memory.view is not None)),
-            "merges": str(len(memory.merges))}
+    meta = {
+        "round": str(memory.round),
+        "has_view": str(int(memory.view is not None)),
+        "merges": str(len(memory.merges)),
+    }
     return st_save(tensors, metadata=meta)
 
 
@@ -177,7 +200,7 @@ def _metadata(blob: bytes) -> dict[str, str]:
     if size > len(blob) - 8:
         raise PayloadError("client memory blob header is truncated")
     try:
-        header = json.loads(blob[8:8 + size])
+        header = json.loads(blob[8 : 8 + size])
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PayloadError(f"client memory blob header is corrupt: {exc}") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None

@@ -105,12 +105,20 @@ class Nodes:
             self.asked.add(node)
             pid = reply.content.config_records[RECORD].get("partition-id")
             if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < self.clients:
-                log.warning("SuperNode %d has partition-id %r outside 0..%d; ignored", node,
-                            pid, self.clients - 1)
+                log.warning(
+                    "SuperNode %d has partition-id %r outside 0..%d; ignored",
+                    node,
+                    pid,
+                    self.clients - 1,
+                )
                 continue
             if pid in self.by_cid:
-                log.warning("SuperNode %d also claims partition %d (served by %d); ignored",
-                            node, pid, self.by_cid[pid])
+                log.warning(
+                    "SuperNode %d also claims partition %d (served by %d); ignored",
+                    node,
+                    pid,
+                    self.by_cid[pid],
+                )
                 continue
             self.by_cid[pid] = node
             added.append(pid)
@@ -159,7 +167,8 @@ def wait_for_nodes(grid: Grid, nodes: Nodes, cfg: RunConfig, opts: ServerOptions
         raise FedloraError(
             f"only {len(nodes.by_cid)} SuperNode(s) joined within {opts.join_timeout:g} s; "
             f"federation.min_clients is {cfg.federation.min_clients} (start one SuperNode "
-            f"per client with --node-config 'partition-id=<k>')")
+            f"per client with --node-config 'partition-id=<k>')"
+        )
     log.warning("starting with clients %s of %d", sorted(nodes.by_cid), nodes.clients)
 
 
@@ -174,8 +183,9 @@ class Round:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-def _collect(rnd: Round, cid: int, reply: Message | None, nodes: Nodes,
-             needs_sync: set[int]) -> None:
+def _collect(
+    rnd: Round, cid: int, reply: Message | None, nodes: Nodes, needs_sync: set[int]
+) -> None:
     """Record one client's reply; anything but a clean reply means it may be out of sync."""
     why: str | None = None
     if reply is None:
@@ -205,8 +215,15 @@ def _collect(rnd: Round, cid: int, reply: Message | None, nodes: Nodes,
     rnd.failures[cid] = why or "unknown"
 
 
-def play_round(fed: Federation, rs: RunState, grid: Grid, nodes: Nodes, needs_sync: set[int],
-               opts: ServerOptions, report: Reporter) -> dict[str, Any]:
+def play_round(
+    fed: Federation,
+    rs: RunState,
+    grid: Grid,
+    nodes: Nodes,
+    needs_sync: set[int],
+    opts: ServerOptions,
+    report: Reporter,
+) -> dict[str, Any]:
     """One round over Flower; ``rs`` is updated as the in-process runtime updates it."""
     cfg, method, setup = fed.cfg, fed.method, fed.setup
     t = rs.round + 1
@@ -232,8 +249,14 @@ def play_round(fed: Federation, rs: RunState, grid: Grid, nodes: Nodes, needs_sy
         sync = None
         if c.cid in needs_sync:
             sync = pack_memory(Memory(t - 1, rs.views[c.cid], tuple(rs.merges)))
-        ins = Instruction(round=t, cid=c.cid, train=c.cid in rnd.sampled, config=config_json,
-                          broadcast=rnd.down[c.cid].data, sync=sync)
+        ins = Instruction(
+            round=t,
+            cid=c.cid,
+            train=c.cid in rnd.sampled,
+            config=config_json,
+            broadcast=rnd.down[c.cid].data,
+            sync=sync,
+        )
         targets.append(c.cid)
         msgs.append(Message(instruction_content(ins), node, TRAIN, group_id=str(t)))
     rs.merges.append(merge)
@@ -242,17 +265,30 @@ def play_round(fed: Federation, rs: RunState, grid: Grid, nodes: Nodes, needs_sy
         if cid in rnd.sampled:
             report("client_done", {"round": t, "cid": cid})
 
-    uploads = {cid: (r.upload, r.n_samples) for cid, r in rnd.reports.items()
-               if r.upload is not None and cid in rnd.sampled}
+    uploads = {
+        cid: (r.upload, r.n_samples)
+        for cid, r in rnd.reports.items()
+        if r.upload is not None and cid in rnd.sampled
+    }
     failures = {cid: why for cid, why in rnd.failures.items() if cid in rnd.sampled}
-    server = server_step(method=method, state=rs.state, setup=setup, uploads=uploads,
-                         failures=failures, cfg=cfg)
+    server = server_step(
+        method=method, state=rs.state, setup=setup, uploads=uploads, failures=failures, cfg=cfg
+    )
     # Mirror every client's view: the same client_start the clients ran (no training).
     for c in setup.clients:
         rs.views[c.cid] = client_step(
-            model=fed.model, method=method, setup=setup, client=c, view=rs.views[c.cid],
-            broadcast=decoded[c.cid], examples=[], cfg=cfg, round_=t, pad_id=fed.pad_id,
-            train=False).view
+            model=fed.model,
+            method=method,
+            setup=setup,
+            client=c,
+            view=rs.views[c.cid],
+            broadcast=decoded[c.cid],
+            examples=[],
+            cfg=cfg,
+            round_=t,
+            pad_id=fed.pad_id,
+            train=False,
+        ).view
     rs.state = server.state
     rs.round = t
     record = round_record(fed, rnd, targets, uploads, server)
@@ -264,23 +300,33 @@ def play_round(fed: Federation, rs: RunState, grid: Grid, nodes: Nodes, needs_sy
     return record
 
 
-def round_record(fed: Federation, rnd: Round, targets: Iterable[int],
-                 uploads: dict[int, tuple[bytes, int]], server: Any) -> dict[str, Any]:
+def round_record(
+    fed: Federation,
+    rnd: Round,
+    targets: Iterable[int],
+    uploads: dict[int, tuple[bytes, int]],
+    server: Any,
+) -> dict[str, Any]:
     """The metrics.jsonl record of a round, with the in-process runtime's fields."""
     up = {cid: r for cid, r in rnd.reports.items() if cid in uploads}
     sent = sorted(targets)
     return {
-        "round": rnd.t, "method": fed.method.name, "sampled": rnd.sampled,
+        "round": rnd.t,
+        "method": fed.method.name,
+        "sampled": rnd.sampled,
         "value_dtype": fed.cfg.wire.value_dtype,
-        "train_loss": {str(cid): r.train_loss for cid, r in rnd.reports.items()
-                       if r.train_loss is not None},
+        "train_loss": {
+            str(cid): r.train_loss for cid, r in rnd.reports.items() if r.train_loss is not None
+        },
         "n_samples": {str(cid): r.n_samples for cid, r in up.items()},
         "upload_bytes": {str(cid): len(uploads[cid][0]) for cid in up},
         "upload_params": {str(cid): r.params for cid, r in up.items()},
         "download_bytes": {str(cid): rnd.down[cid].nbytes for cid in sent},
         "download_params": {str(cid): rnd.down[cid].params for cid in sent},
-        "encodings": {"upload": {str(cid): r.encodings for cid, r in up.items()},
-                      "download": {str(cid): rnd.down[cid].encodings for cid in sent}},
+        "encodings": {
+            "upload": {str(cid): r.encodings for cid, r in up.items()},
+            "download": {str(cid): rnd.down[cid].encodings for cid in sent},
+        },
         "accepted": server.accepted,
         "dropped": {str(cid): why for cid, why in server.dropped.items()},
         "skipped": server.skipped,
@@ -295,8 +341,14 @@ def restore(fed: Federation, out: Path) -> RunState | None:
     return simulation.restore(fed, out)
 
 
-def serve(grid: Grid, cfg: RunConfig, *, resume: bool = False,
-          options: ServerOptions | None = None, report: Reporter | None = None) -> Path:
+def serve(
+    grid: Grid,
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    options: ServerOptions | None = None,
+    report: Reporter | None = None,
+) -> Path:
     """Run (or resume) the federation ``cfg`` over ``grid``; returns the run folder."""
     opts = options or ServerOptions()
     report = report or (lambda kind, info: None)
@@ -305,12 +357,16 @@ def serve(grid: Grid, cfg: RunConfig, *, resume: bool = False,
     metrics_path = out / "metrics.jsonl"
     rs = restore(fed, out) if resume else None
     if rs is None:
-        rs = RunState(round=0, state=fed.method.init_server(fed.setup),
-                      views={c.cid: None for c in fed.setup.clients})
+        rs = RunState(
+            round=0,
+            state=fed.method.init_server(fed.setup),
+            views={c.cid: None for c in fed.setup.clients},
+        )
         report("eval_start", {"round": 0})
         base_eval = evaluate(fed, {})
-        metrics_path.write_text(json.dumps({"round": 0, "method": fed.method.name,
-                                            "eval": base_eval}) + "\n")
+        metrics_path.write_text(
+            json.dumps({"round": 0, "method": fed.method.name, "eval": base_eval}) + "\n"
+        )
         report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
     else:
         simulation.truncate_metrics(metrics_path, rs.round)
@@ -327,12 +383,22 @@ def serve(grid: Grid, cfg: RunConfig, *, resume: bool = False,
         record["round_seconds"] = time.perf_counter() - began
         with metrics_path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-        checkpoint.write(out / "checkpoints", checkpoint.Checkpoint(
-            round=rs.round, state=rs.state,
-            views={cid: v for cid, v in rs.views.items() if v is not None},
-            merge=rs.merges[-1], extra={"runtime": "flower"}))
+        checkpoint.write(
+            out / "checkpoints",
+            checkpoint.Checkpoint(
+                round=rs.round,
+                state=rs.state,
+                views={cid: v for cid, v in rs.views.items() if v is not None},
+                merge=rs.merges[-1],
+                extra={"runtime": "flower"},
+            ),
+        )
         report("round_done", {"round": rs.round, "record": record})
-    write_adapter(out / "adapter", compact(global_update(fed, rs)),
-                  base_model=fed.base_model_ref, target_modules=list(cfg.lora.target_modules))
+    write_adapter(
+        out / "adapter",
+        compact(global_update(fed, rs)),
+        base_model=fed.base_model_ref,
+        target_modules=list(cfg.lora.target_modules),
+    )
     report("done", {"out": str(out)})
     return out

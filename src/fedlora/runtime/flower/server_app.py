@@ -61,11 +61,15 @@ def settings(run_config: Mapping[str, Any]) -> tuple[RunConfig, bool, ServerOpti
     elif path:
         cfg = config_mod.load(str(path), shlex.split(str(run_config.get("overrides") or "")))
     else:
-        raise ConfigError("run config needs fedlora-config or config-file "
-                          "(e.g. flwr run . --run-config 'config-file=\"/abs/run.toml\"')")
+        raise ConfigError(
+            "run config needs fedlora-config or config-file "
+            "(e.g. flwr run . --run-config 'config-file=\"/abs/run.toml\"')"
+        )
     try:
-        opts = ServerOptions(round_timeout=float(run_config.get("round-timeout", 0.0)),
-                             join_timeout=float(run_config.get("join-timeout", 300.0)))
+        opts = ServerOptions(
+            round_timeout=float(run_config.get("round-timeout", 0.0)),
+            join_timeout=float(run_config.get("join-timeout", 300.0)),
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"run config round-timeout/join-timeout: {exc}") from None
     return cfg, bool(run_config.get("resume", False)), opts
@@ -79,17 +83,26 @@ def log_progress(kind: str, info: dict[str, Any]) -> None:
         flwr_log.info("fedlora: %s", info["text"])
     elif kind == "round_done" and info["round"] > 0:
         rec = info["record"]
-        flwr_log.info("fedlora round %d: accepted %s, dropped %s%s, bytes up %s, down %s",
-                      info["round"], rec.get("accepted"), rec.get("dropped"),
-                      " (skipped)" if rec.get("skipped") else "", rec.get("upload_bytes"),
-                      rec.get("download_bytes"))
+        flwr_log.info(
+            "fedlora round %d: accepted %s, dropped %s%s, bytes up %s, down %s",
+            info["round"],
+            rec.get("accepted"),
+            rec.get("dropped"),
+            " (skipped)" if rec.get("skipped") else "",
+            rec.get("upload_bytes"),
+            rec.get("download_bytes"),
+        )
     elif kind == "done":
         flwr_log.info("fedlora: run folder %s", info["out"])
 
 
-def make_server_app(cfg: RunConfig | None = None, *, resume: bool = False,
-                    options: ServerOptions | None = None,
-                    report: Reporter | None = None) -> ServerApp:
+def make_server_app(
+    cfg: RunConfig | None = None,
+    *,
+    resume: bool = False,
+    options: ServerOptions | None = None,
+    report: Reporter | None = None,
+) -> ServerApp:
     """A ServerApp serving ``cfg`` (or, when None, the config in Flower's run config)."""
     server_app = ServerApp()
 
