@@ -113,3 +113,45 @@ def test_bad_weights_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
         ]
     )
     assert code == 2 and "--weights" in capsys.readouterr().err
+
+
+def test_adapters_with_per_layer_ranks_merge_exactly(tmp_path: Path) -> None:
+    # Run folders hold adapters with a rank per layer (rank_pattern); merge pads them.
+    from fedlora.train.peft_io import write_adapter
+
+    base, _ = resolve_model("tiny-llama", seed=0)
+    names = [n for n, _ in base.named_modules() if n.endswith("q_proj")]
+    gen = torch.Generator().manual_seed(3)
+    folders = []
+    for k in range(2):
+        deltas = {
+            n: (torch.randn(64, 1 + (i + k) % 3, generator=gen), torch.randn(1 + (i + k) % 3, 64))
+            for i, n in enumerate(names)
+        }
+        folders.append(
+            write_adapter(
+                tmp_path / f"r{k}", deltas, base_model="tiny-llama", target_modules=["q_proj"]
+            )
+        )
+    out = tmp_path / "merged"
+
+    assert (
+        main(
+            [
+                "merge",
+                "--method",
+                "florist",
+                "--threshold",
+                "1.0",
+                "--out",
+                str(out),
+                *map(str, folders),
+            ]
+        )
+        == 0
+    )
+
+    got = _dense(out)
+    for n in names:
+        expected = 0.5 * _dense(folders[0])[n] + 0.5 * _dense(folders[1])[n]
+        assert torch.linalg.norm(got[n] - expected) / torch.linalg.norm(expected) < 1e-5

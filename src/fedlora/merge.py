@@ -8,8 +8,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from fedlora.errors import ConfigError
-from fedlora.methods.base import ClientSpec, Factored, LayerSpec, Setup, Upload
+from fedlora.methods.base import ClientSpec, Factored, LayerSpec, LoraPair, Setup, Upload
 from fedlora.methods.common import lora_payload
 from fedlora.methods.registry import build
 from fedlora.ops.factored import truncated_factors
@@ -32,6 +34,33 @@ def parse_weights(text: str | None, count: int) -> list[float]:
         raise ConfigError(f"--weights {text!r} must be non-negative with a positive sum")
     total = sum(values)
     return [v / total for v in values]
+
+
+def uniform_shape(ad: PeftAdapter) -> PeftAdapter:
+    """The same adapter with one rank and alpha on every layer: layers are zero-padded to the
+    largest rank and each layer's scaling is folded into B (alpha = rank, scaling 1), so every
+    product ``s·B·A`` is unchanged. Adapters that already have one shape are returned as is."""
+    if len(set(ad.rank.values())) == 1 and len(set(ad.scaling.values())) == 1:
+        return ad
+    top = max(ad.rank.values())
+    lora = {}
+    for name, pair in ad.lora.items():
+        a = torch.zeros(top, pair.A.shape[1], dtype=pair.A.dtype)
+        b = torch.zeros(pair.B.shape[0], top, dtype=pair.B.dtype)
+        r = pair.A.shape[0]
+        a[:r] = pair.A
+        b[:, :r] = ad.scaling[name] * pair.B
+        lora[name] = LoraPair(a, b)
+    names = list(ad.lora)
+    return PeftAdapter(
+        ad.path,
+        lora,
+        dict.fromkeys(names, 1.0),
+        dict.fromkeys(names, top),
+        dict.fromkeys(names, float(top)),
+        ad.target_modules,
+        ad.base_model,
+    )
 
 
 def setup_from_adapters(adapters: Sequence[PeftAdapter]) -> Setup:
@@ -98,7 +127,7 @@ def merge_adapters(
 
 def merge_main(args: argparse.Namespace) -> int:
     """Entry point of ``fedlora merge`` (arguments parsed by the CLI)."""
-    adapters = [read_adapter(p) for p in args.adapters]
+    adapters = [uniform_shape(read_adapter(p)) for p in args.adapters]
     weights = parse_weights(args.weights, len(adapters))
     update, ranks = merge_adapters(
         adapters, args.method, weights, threshold=args.threshold, rank=args.rank
