@@ -245,28 +245,36 @@ def run_round(fed: Federation, rs: RunState, report: Reporter) -> dict[str, Any]
     return record
 
 
+def start_or_resume(fed: Federation, out: Path, resume: bool, report: Reporter) -> RunState:
+    """The run's progress: restored from the last checkpoint (metrics cut back to it), or a
+    fresh state whose round-0 record is the base model's evaluation. Shared by the runtimes."""
+    metrics_path = out / "metrics.jsonl"
+    rs = restore(fed, out) if resume else None
+    if rs is not None:
+        truncate_metrics(metrics_path, rs.round)
+        log.info("resuming %s after round %d", out, rs.round)
+        return rs
+    rs = RunState(
+        round=0,
+        state=fed.method.init_server(fed.setup),
+        views={c.cid: None for c in fed.setup.clients},
+    )
+    report("eval_start", {"round": 0})
+    base_eval = evaluate(fed, {})
+    metrics_path.write_text(
+        json.dumps({"round": 0, "method": fed.method.name, "eval": base_eval}) + "\n"
+    )
+    report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
+    return rs
+
+
 def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None) -> Path:
     """Run (or resume) a federation; returns the run folder."""
     report = report or (lambda kind, info: None)
     out = prepare_run_dir(cfg, resume)
     fed = assemble(cfg, report)
     metrics_path = out / "metrics.jsonl"
-    rs = restore(fed, out) if resume else None
-    if rs is None:
-        rs = RunState(
-            round=0,
-            state=fed.method.init_server(fed.setup),
-            views={c.cid: None for c in fed.setup.clients},
-        )
-        report("eval_start", {"round": 0})
-        base_eval = evaluate(fed, {})
-        metrics_path.write_text(
-            json.dumps({"round": 0, "method": fed.method.name, "eval": base_eval}) + "\n"
-        )
-        report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
-    else:
-        truncate_metrics(metrics_path, rs.round)
-        log.info("resuming %s after round %d", out, rs.round)
+    rs = start_or_resume(fed, out, resume, report)
     while rs.round < cfg.federation.rounds:
         began = time.perf_counter()
         record = run_round(fed, rs, report)

@@ -336,11 +336,6 @@ def round_record(
     }
 
 
-def restore(fed: Federation, out: Path) -> RunState | None:
-    """The in-process runtime's resume (checkpoints are the same in both runtimes)."""
-    return simulation.restore(fed, out)
-
-
 def serve(
     grid: Grid,
     cfg: RunConfig,
@@ -355,22 +350,7 @@ def serve(
     out = prepare_run_dir(cfg, resume)
     fed = assemble(cfg, report)
     metrics_path = out / "metrics.jsonl"
-    rs = restore(fed, out) if resume else None
-    if rs is None:
-        rs = RunState(
-            round=0,
-            state=fed.method.init_server(fed.setup),
-            views={c.cid: None for c in fed.setup.clients},
-        )
-        report("eval_start", {"round": 0})
-        base_eval = evaluate(fed, {})
-        metrics_path.write_text(
-            json.dumps({"round": 0, "method": fed.method.name, "eval": base_eval}) + "\n"
-        )
-        report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
-    else:
-        simulation.truncate_metrics(metrics_path, rs.round)
-        log.info("resuming %s after round %d", out, rs.round)
+    rs = simulation.start_or_resume(fed, out, resume, report)
     nodes = Nodes(clients=cfg.data.clients)
     report("status", {"text": f"waiting for {cfg.data.clients} SuperNodes"})
     wait_for_nodes(grid, nodes, cfg, opts)
