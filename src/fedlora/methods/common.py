@@ -18,6 +18,7 @@ from fedlora.methods.base import (
     Tensor,
 )
 from fedlora.ops.sparse import Sparse
+from fedlora.ops.stack import fit_rank
 
 
 class DefaultHooks:
@@ -107,3 +108,16 @@ def pad_rank(pair: LoraPair, rank: int) -> LoraPair:
     a_pad[:r] = a
     b_pad[:, :r] = b
     return LoraPair(a_pad, b_pad)
+
+
+def lora_at_rank(payload: Payload, setup: Setup, rank: int) -> Lora:
+    """A broadcast ``{layer.A, layer.B}`` fitted to a client of ``rank``: its first ``rank``
+    directions, or zero-padded when the broadcast has fewer."""
+    return {
+        spec.name: LoraPair(
+            *fit_rank(
+                dense(payload[key(spec.name, "A")]), dense(payload[key(spec.name, "B")]), rank
+            )
+        )
+        for spec in setup.layers
+    }

@@ -38,10 +38,10 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload
+from fedlora.methods.common import DefaultHooks, fresh_lora, key, lora_at_rank, lora_payload
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import global_scaling, stacked_update
-from fedlora.ops.stack import compress, fit_rank
+from fedlora.ops.stack import compress
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,7 @@ class FlexLora(DefaultHooks):
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        adapter: Lora = {}
-        for spec in setup.layers:
-            a = dense(payload[key(spec.name, "A")])
-            b = dense(payload[key(spec.name, "B")])
-            adapter[spec.name] = LoraPair(*fit_rank(a, b, client.rank))
-        return ClientStart(adapter=adapter)
+        return ClientStart(adapter=lora_at_rank(payload, setup, client.rank))
 
     def upload(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int

@@ -52,11 +52,10 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload
+from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_at_rank, lora_payload
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import global_scaling, stacked_update
 from fedlora.ops.factored import energy_rank, factored_svd
-from fedlora.ops.stack import fit_rank
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +154,7 @@ class Florist(DefaultHooks):
     ) -> ClientStart:
         if self.config.mode == "merge":
             return ClientStart(adapter=fresh_lora(setup, client.rank, seed))
-        adapter: Lora = {}
-        for spec in setup.layers:
-            a = dense(payload[key(spec.name, "A")])
-            b = dense(payload[key(spec.name, "B")])
-            adapter[spec.name] = LoraPair(*fit_rank(a, b, client.rank))
-        return ClientStart(adapter=adapter)
+        return ClientStart(adapter=lora_at_rank(payload, setup, client.rank))
 
     def upload(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
