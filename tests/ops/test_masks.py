@@ -12,25 +12,36 @@ from hypothesis import strategies as st
 from fedlora.ops.masks import (
     dare,
     dare_mask,
-    derive_seed,
     magnitude_mask,
     quantile_mask,
     quantile_threshold,
     rescale_pruned,
 )
 from fedlora.ops.prng import seeded_keep_mask
+from fedlora.ops.seeds import label_seed
 
 D, R = 16, 4
 
 
-@settings(max_examples=40, deadline=None)
+def reference_mask(scores: torch.Tensor, rho: float) -> torch.Tensor:
+    """The rule spelled out with torch.quantile (linear) on small inputs: rho = 0 keeps all;
+    rho capped at (N-1)/N; strictly above q; the tied maximum when nothing is above."""
+    if rho == 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    n = scores.numel()
+    q = torch.quantile(scores.reshape(-1).double(), min(rho, (n - 1) / n))
+    mask = scores.double() > q
+    return mask if bool(mask.any()) else scores == scores.max()
+
+
+@settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(1, 200),
-    rho=st.floats(0.0, 0.999),
+    rho=st.floats(0.0, 1.0),
     levels=st.integers(1, 50),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_quantile_mask_matches_torch_quantile_lower(
+def test_quantile_mask_matches_torch_quantile_linear_strict(
     n: int, rho: float, levels: int, seed: int
 ) -> None:
     # Prepare: few distinct levels so ties at the threshold are common
@@ -39,30 +50,46 @@ def test_quantile_mask_matches_torch_quantile_lower(
     # Execute
     mask = quantile_mask(scores, rho)
     # Assert
-    q = torch.quantile(scores, rho, interpolation="lower")
-    assert torch.equal(mask, scores >= q)
+    assert torch.equal(mask, reference_mask(scores, rho))
+    assert bool(mask.any())
 
 
-def test_distinct_scores_keep_exactly_n_minus_floor_rho_n_minus_1() -> None:
+def test_threshold_equals_torch_quantile_on_float64() -> None:
+    scores = torch.rand(97, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for rho in (0.0, 0.1, 0.5, 0.85, 0.96, 1.0):
+        expected = torch.quantile(scores, rho)
+        assert float(quantile_threshold(scores, rho)) == pytest.approx(float(expected), abs=1e-15)
+
+
+def test_distinct_scores_keep_n_minus_ceil_h_elements() -> None:
     # Prepare
     scores = torch.randperm(D * R, generator=torch.Generator().manual_seed(0)).float()
     n = scores.numel()
-    for rho in (0.0, 0.3, 0.85, 0.96):
+    for rho in (0.3, 0.85, 0.96):
         # Execute
         mask = quantile_mask(scores.reshape(D, R), rho)
-        # Assert: the kept ones are the largest, and as many as the definition says
-        kept = n - math.floor(rho * (n - 1))
+        # Assert: the kept ones are the largest; strictly above x_(h) keeps N - 1 - floor(h)
+        # when h is fractional (x_(floor h) itself is below the interpolated q)
+        h = rho * (n - 1)
+        kept = n - 1 - math.floor(h)
         assert mask.shape == (D, R)
         assert int(mask.sum()) == kept
-        if kept < n:
-            assert scores.reshape(D, R)[mask].min() > scores.reshape(D, R)[~mask].max()
+        assert scores.reshape(D, R)[mask].min() > scores.reshape(D, R)[~mask].max()
 
 
-def test_ties_at_threshold_are_all_kept() -> None:
+def test_strict_rule_drops_an_exact_threshold_tie() -> None:
     scores = torch.tensor([0.0, 1.0, 1.0, 1.0, 2.0])
-    # lower 0.5-quantile of 5 values is x_(2) = 1.0: every 1.0 stays
-    assert quantile_mask(scores, 0.5).tolist() == [False, True, True, True, True]
+    # the 0.5-quantile of 5 values is x_(2) = 1.0 exactly: only 2.0 is strictly above
+    assert quantile_mask(scores, 0.5).tolist() == [False, False, False, False, True]
+    # constant scores: nothing is above the quantile, so the tied maximum (all) is kept
     assert bool(quantile_mask(torch.full((D, R), 3.0), 0.9).all())
+
+
+def test_at_least_one_element_survives_any_ratio() -> None:
+    scores = torch.tensor([0.5, 0.1, 0.9, 0.3])
+    assert quantile_mask(scores, 1.0).tolist() == [False, False, True, False]
+    assert quantile_mask(scores, 0.99).tolist() == [False, False, True, False]
+    assert quantile_mask(torch.tensor([2.0, 7.0, 7.0]), 0.99).tolist() == [False, True, True]
 
 
 def test_rho_zero_keeps_everything() -> None:
@@ -72,11 +99,13 @@ def test_rho_zero_keeps_everything() -> None:
 
 def test_quantile_refuses_bad_ratio_and_non_finite_scores() -> None:
     with pytest.raises(ValueError, match="rho"):
-        quantile_mask(torch.ones(4), 1.0)
+        quantile_mask(torch.ones(4), 1.01)
     with pytest.raises(ValueError, match="rho"):
         quantile_mask(torch.ones(4), -0.1)
     with pytest.raises(ValueError, match="finite"):
         quantile_mask(torch.tensor([1.0, float("nan")]), 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        quantile_mask(torch.tensor([1.0, float("nan")]), 0.0)
 
 
 def test_quantile_mask_works_above_torch_quantile_limit() -> None:
@@ -85,27 +114,32 @@ def test_quantile_mask_works_above_torch_quantile_limit() -> None:
     n, levels, rho = (1 << 24) + 3, 1000, 0.9
     scores = (torch.arange(n, dtype=torch.int32) % levels).float()
     counts = [(n - 1 - v) // levels + 1 for v in range(levels)]  # occurrences of value v
-    j = math.floor(rho * (n - 1))  # 0-based rank of the lower quantile
-    below, q = 0, None
-    for v, c in enumerate(counts):
-        if below + c > j:
-            q = v
-            break
-        below += c
-    assert q is not None
+    h = rho * (n - 1)
+
+    def order_statistic(j: int) -> int:
+        below = 0
+        for v, c in enumerate(counts):
+            if below + c > j:
+                return v
+            below += c
+        raise AssertionError("rank out of range")
+
+    lo = math.floor(h)
+    x_lo, x_hi = order_statistic(lo), order_statistic(lo + 1)
+    q = x_lo + (h - lo) * (x_hi - x_lo)
     # Execute
     mask = quantile_mask(scores, rho)
     # Assert
-    assert float(quantile_threshold(scores, rho)) == float(q)
-    assert int(mask.sum()) == sum(counts[q:])
+    assert float(quantile_threshold(scores, rho)) == pytest.approx(q, abs=1e-3)
+    assert int(mask.sum()) == sum(c for v, c in enumerate(counts) if v > q)
 
 
 def test_magnitude_mask_keeps_largest_magnitudes() -> None:
     values = torch.tensor([-5.0, 0.1, 3.0, -0.2, 0.05, 4.0])
     mask = magnitude_mask(values, 0.5)
     assert torch.equal(mask, quantile_mask(values.abs(), 0.5))
-    # |values| sorted: 0.05 0.1 0.2 3 4 5; lower 0.5-quantile is x_(floor(2.5)) = 0.2
-    assert mask.tolist() == [True, False, True, True, False, True]
+    # |values| sorted: 0.05 0.1 0.2 3 4 5; the 0.5-quantile is (0.2 + 3) / 2 = 1.6
+    assert mask.tolist() == [True, False, True, False, False, True]
 
 
 def test_dare_mask_is_the_portable_seeded_mask() -> None:
@@ -137,7 +171,7 @@ def test_dare_is_unbiased_within_its_standard_error() -> None:
     # Execute
     total = torch.zeros_like(delta)
     for s in range(draws):
-        total += dare(delta, p, derive_seed("unbiased", s)).to_dense()
+        total += dare(delta, p, label_seed("unbiased", s)).to_dense()
     mean = total / draws
     # Assert: every element's z-score is within 5 sd (false alarm chance < 1e-4 for 64
     # elements) and the z-scores' mean square is near its expectation 1
@@ -165,13 +199,12 @@ def test_rescale_of_nothing_kept_is_zero() -> None:
     assert torch.equal(out, torch.zeros(D, R))
 
 
-def test_derive_seed_is_stable_distinct_and_63_bit() -> None:
-    a = derive_seed(0, "fedsrd-downlink", 1, "l0")
-    assert a == derive_seed(0, "fedsrd-downlink", 1, "l0")
-    others = {
-        derive_seed(0, "fedsrd-downlink", 2, "l0"),
-        derive_seed(1, "fedsrd-downlink", 1, "l0"),
-        derive_seed(0, "fedsrd-downlink", 1, "l1"),
-    }
-    assert a not in others and len(others) == 3
-    assert all(0 <= s < 2**63 for s in others | {a})
+def test_rescale_skips_a_vanishing_pruned_sum() -> None:
+    # Prepare: the kept mass is below the authors' 1e-9 guard, the original's is not
+    original = torch.ones(D, R, dtype=torch.float64)
+    pruned = torch.zeros(D, R, dtype=torch.float64)
+    pruned[0, 0] = 1e-10
+    # Execute / Assert: left unscaled (a 1e11x blow-up would be the alternative)
+    assert torch.equal(rescale_pruned(original, pruned), pruned)
+    pruned[0, 0] = 1e-8
+    assert float(rescale_pruned(original, pruned).abs().sum()) == pytest.approx(D * R)

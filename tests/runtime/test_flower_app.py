@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from fedlora import config
 from fedlora.errors import PayloadError
 from fedlora.methods.registry import names
+from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime import simulation
 from fedlora.runtime.flower import client_app
 from fedlora.runtime.flower.protocol import (
@@ -287,7 +288,7 @@ def test_restarted_node_is_resynchronised_and_matches_in_process_failure(
     from fedlora.runtime import steps
 
     sim, flw = _pair(tmp_path, client_files, "method=fedsrd", "federation.rounds=3")
-    bad_seed = steps.derive_seed(sim.seed, 2, 2, 1)
+    bad_seed = client_seed(sim.seed, Stream.TRAIN, 2, 1)
     real_train = steps.train_local
 
     def failing_train(*args: Any, **kw: Any) -> Any:

@@ -61,9 +61,10 @@ from fedlora.config import RunConfig, TrainConfig
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.methods.base import ClientSpec, ClientStart, Method, Payload, Upload
 from fedlora.methods.registry import build
+from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime import steps as steps_mod
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.steps import client_step, derive_seed, max_bytes, send
+from fedlora.runtime.steps import client_step, max_bytes, send
 from fedlora.train import local as local_mod
 from fedlora.train.adapters import add_into_base
 from fedlora.train.batches import Encoded, collate
@@ -535,7 +536,10 @@ def time_methods(
     def pair(run: MethodRun, bare_first: bool) -> Sample:
         t = run.round + 1
         batches = plan_batches(
-            examples, cfg.train, derive_seed(fed.setup.seed, 2, t, client.cid), fed.pad_id
+            examples,
+            cfg.train,
+            client_seed(fed.setup.seed, Stream.TRAIN, t, client.cid),
+            fed.pad_id,
         )
         params = bare_params(bare, run.method.trainable)
         if bare_first:

@@ -1,12 +1,18 @@
 """Sparsification masks: score quantile, magnitude, DARE random; and the pruning rescale.
 
-Quantile definition used throughout (the "lower" order statistic, the same number as
-``torch.quantile(x, rho, interpolation="lower")``): for ``N`` scores sorted ascending
-``x_(0) <= … <= x_(N-1)``, the rho-quantile is ``q = x_(j)`` with ``j = floor(rho·(N−1))``.
-A quantile mask keeps every element whose score is ``>= q``. Ties at ``q`` are all kept, so
-at least ``N − j`` elements survive (exactly that many when scores are distinct); ``rho = 0``
-keeps everything. ``q`` is found with ``torch.kthvalue``, which (unlike ``torch.quantile``)
-accepts tensors of any size, including the > 2^24-element matrices of large layers.
+Quantile definition used throughout (linear interpolation between order statistics, the
+same number as ``torch.quantile(x, rho)``'s default and the FedSRD authors' code): for ``N``
+scores sorted ascending ``x_(0) <= … <= x_(N-1)`` and ``h = rho·(N−1)``, the rho-quantile is
+``q = x_(⌊h⌋) + (h − ⌊h⌋)·(x_(⌊h⌋+1) − x_(⌊h⌋))``. A quantile mask keeps every element whose
+score is strictly above ``q`` (FedSRD's rule), so about ``(1 − rho)·N`` elements survive.
+``q`` is found with ``torch.kthvalue``, which (unlike ``torch.quantile``) accepts tensors of
+any size, including the > 2^24-element matrices of large layers.
+
+Edge cases, decided here once for every caller:
+
+- ``rho = 0`` keeps everything (no sparsification), as the authors' code skips pruning.
+- At least one element survives: ``rho`` is capped at ``(N−1)/N``, and when ties at the top
+  leave nothing strictly above ``q`` the tied maximum elements are kept.
 
 DARE (Yu et al., 2024, "Language Models are Super Mario") drops each element independently
 with probability ``p`` and scales survivors by ``1 / (1 − p)``, which keeps the expectation.
@@ -16,7 +22,6 @@ regenerate them from the seed alone.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
@@ -26,43 +31,75 @@ from fedlora.ops.sparse import Sparse
 
 Tensor = torch.Tensor
 
+RESCALE_MIN_KEPT = 1e-9
+"""Pruned deltas whose ``Σ|kept|`` is at most this are not rescaled (the FedSRD authors'
+guard against dividing by a vanishing sum)."""
 
-def _check_ratio(rho: float, name: str = "rho") -> None:
-    if not 0.0 <= rho < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {rho}")
+
+def _check_ratio(rho: float, name: str = "rho", upper_inclusive: bool = False) -> None:
+    ok = 0.0 <= rho <= 1.0 if upper_inclusive else 0.0 <= rho < 1.0
+    if not ok:
+        bound = "]" if upper_inclusive else ")"
+        raise ValueError(f"{name} must be in [0, 1{bound}, got {rho}")
+
+
+def capped_ratio(rho: float, numel: int) -> float:
+    """``rho`` capped at ``(N−1)/N`` so that a quantile mask of ``N`` scores keeps one."""
+    _check_ratio(rho, upper_inclusive=True)
+    if numel < 1:
+        raise ValueError("a ratio of an empty tensor is undefined")
+    return min(rho, (numel - 1) / numel)
 
 
 def quantile_threshold(scores: Tensor, rho: float) -> Tensor:
-    """The lower rho-quantile ``x_(floor(rho·(N−1)))`` of the flattened ``scores``.
+    """The linearly interpolated rho-quantile of the flattened ``scores``.
 
     Parameters
     ----------
     scores : tensor of finite values, any shape and size
-    rho : float in [0, 1)
+    rho : float in [0, 1]
 
     Returns
     -------
-    0-d tensor in ``scores``' dtype.
+    0-d tensor in ``scores``' dtype (``torch.quantile(scores, rho)`` where that accepts the
+    input, up to the rounding of the interpolation).
     """
-    _check_ratio(rho)
+    _check_ratio(rho, upper_inclusive=True)
     flat = scores.reshape(-1)
     n = flat.numel()
     if n == 0:
         raise ValueError("quantile of an empty tensor is undefined")
     if not bool(torch.isfinite(flat).all()):
         raise ValueError("scores must be finite")
-    k = math.floor(rho * (n - 1)) + 1  # kthvalue counts from 1
-    return torch.kthvalue(flat, k).values
+    h = rho * (n - 1)
+    lo = min(math.floor(h), n - 1)
+    frac = h - lo
+    below = torch.kthvalue(flat, lo + 1).values  # kthvalue counts from 1
+    if frac == 0.0:
+        return below
+    above = torch.kthvalue(flat, lo + 2).values
+    return torch.lerp(below, above, torch.tensor(frac, dtype=flat.dtype))
 
 
 def quantile_mask(scores: Tensor, rho: float) -> Tensor:
-    """Keep elements whose score is ``>=`` the lower rho-quantile (ties kept).
+    """Keep elements whose score is strictly above the rho-quantile (see module docstring).
+
+    ``rho`` in [0, 1] is capped with :func:`capped_ratio`; ``rho = 0`` keeps everything; at
+    least one element is always kept.
 
     Returns
     -------
     bool tensor of ``scores``' shape.
     """
-    return scores >= quantile_threshold(scores, rho)
+    _check_ratio(rho, upper_inclusive=True)
+    if rho == 0.0:
+        if scores.numel() and not bool(torch.isfinite(scores).all()):
+            raise ValueError("scores must be finite")
+        return torch.ones_like(scores, dtype=torch.bool)
+    mask = scores > quantile_threshold(scores, capped_ratio(rho, scores.numel()))
+    if not bool(mask.any()):
+        mask = scores == scores.max()
+    return mask
 
 
 def magnitude_mask(values: Tensor, rho: float) -> Tensor:
@@ -94,23 +131,11 @@ def dare(delta: Tensor, drop: float, seed: int) -> Sparse:
 def rescale_pruned(original: Tensor, pruned: Tensor) -> Tensor:
     """Scale ``pruned`` by ``Σ|original| / Σ|pruned|`` so the total magnitude is preserved.
 
-    The sums are taken in float64. If nothing survived (``Σ|pruned| = 0``) the zeros are
-    returned unchanged.
+    The sums are taken in float64. When ``Σ|pruned| <=`` :data:`RESCALE_MIN_KEPT` (nothing,
+    or next to nothing, survived) ``pruned`` is returned unscaled, as the authors' code does.
     """
     kept = float(pruned.abs().sum(dtype=torch.float64))
-    if kept == 0.0:
+    if kept <= RESCALE_MIN_KEPT:
         return pruned.clone()
     total = float(original.abs().sum(dtype=torch.float64))
     return pruned * (total / kept)
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed derived from ``parts`` (e.g. run seed, round, layer name).
-
-    Defined by BLAKE2b over the parts' decimal/text forms, so it is the same on every
-    platform and Python version (unlike ``hash``), and independent seeds come out for
-    different parts.
-    """
-    text = "\x1f".join(str(p) for p in parts).encode("utf-8")
-    digest = hashlib.blake2b(text, digest_size=8).digest()
-    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF

@@ -23,10 +23,11 @@ from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import CheckpointError, ConfigError
 from fedlora.methods.base import Factored, ServerState, Tensor
+from fedlora.ops.seeds import Stream, stream_seed
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation, assemble
 from fedlora.runtime.evaluate import evaluate
-from fedlora.runtime.steps import ClientOutcome, client_step, derive_seed, send, server_step
+from fedlora.runtime.steps import ClientOutcome, client_step, send, server_step
 from fedlora.train.adapters import add_into_base
 from fedlora.train.peft_io import compact, write_adapter
 from fedlora.wire import decode
@@ -43,7 +44,7 @@ def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
     count = max(1, round(want * n)) if want <= 1 else min(n, int(want))
     if count >= n:
         return list(range(n))
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, 4, round_))
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, Stream.SAMPLING, round_))
     return sorted(torch.randperm(n, generator=gen)[:count].tolist())
 
 
@@ -234,6 +235,9 @@ def run_round(fed: Federation, rs: RunState, report: Reporter) -> dict[str, Any]
             "train_seconds": {str(cid): o.train_seconds for cid, o in outcomes.items() if o.upload},
             "client_overhead_seconds": {
                 str(cid): o.overhead_seconds for cid, o in outcomes.items() if o.upload
+            },
+            "upload_report": {
+                str(cid): o.report for cid, o in outcomes.items() if o.upload and o.report
             },
         }
     )

@@ -1,0 +1,122 @@
+"""FedSRD's Sparsify stage for one LoRA layer, with its ablation variants.
+
+Given the factors a client started from ``(A_old, B_old)`` and trained to ``(A_new, B_new)``,
+the deltas ``ΔA = A_new − A_old`` and ``ΔB = B_new − B_old`` are sparsified matrix by matrix:
+
+1. Ratio: ``rho = base + min(upper, coeff·ln(max(kurt(I), 1)))`` from the Pearson kurtosis of
+   the importance scores ``I`` (``ops.importance``: ``I_B`` with the OLD ``A``, ``I_A`` with
+   the NEW ``B``), or a fixed ``rho``; capped so that one element survives
+   (``ops.masks.capped_ratio``).
+2. Selection (``sparsifier``): ``importance`` keeps scores strictly above their
+   rho-quantile (FedSRD); ``magnitude`` does the same on ``|Δ|``; ``random`` keeps each
+   element with probability ``1 − rho`` under a portable seeded mask (so the wire sends the
+   seed, not the positions). All three use the ratio of step 1, computed from the importance
+   scores, so an ablation changes which elements are kept, not how many.
+3. Optional rescale by ``Σ|Δ| / Σ|Δ_kept|`` (``ops.masks.rescale_pruned``).
+
+Pure tensor maths; the caller decides which factors it sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedlora.ops.importance import adaptive_ratio, importance_a, importance_b, pearson_kurtosis
+from fedlora.ops.masks import capped_ratio, quantile_mask, rescale_pruned
+from fedlora.ops.seeds import label_seed
+from fedlora.ops.sparse import Sparse
+
+Tensor = torch.Tensor
+
+SPARSIFIERS = ("importance", "magnitude", "random")
+
+
+@dataclass(frozen=True)
+class RatioRule:
+    """FedSRD's per-matrix sparsity ratio: adaptive from the scores' kurtosis, or fixed."""
+
+    base: float = 0.85
+    coeff: float = 0.1
+    upper: float = 0.11
+    fixed_rho: float | None = None
+
+    def ratio(self, scores: Tensor) -> float:
+        """The capped ratio for one matrix of ``scores``."""
+        if self.fixed_rho is not None:
+            rho = self.fixed_rho
+        else:
+            rho = min(
+                1.0, adaptive_ratio(pearson_kurtosis(scores), self.base, self.coeff, self.upper)
+            )
+        return capped_ratio(rho, scores.numel())
+
+
+@dataclass(frozen=True)
+class SparseDelta:
+    """One sparsified factor delta and the ratio that produced it."""
+
+    delta: Sparse
+    rho: float
+
+
+def select(
+    delta: Tensor, scores: Tensor, rho: float, sparsifier: str, rescale: bool, seed: int
+) -> Sparse:
+    """Keep part of ``delta`` by ``sparsifier`` at ratio ``rho`` (see module docstring).
+
+    Exact zeros among kept values are left out for the score-based sparsifiers (adding them
+    back changes nothing); a random mask keeps its positions, so that its seed describes them.
+    """
+    if sparsifier == "random":
+        keep = 1.0 - rho
+        mask = Sparse.from_seeded_mask(delta, seed, keep)
+        values = mask.values
+        if rescale:
+            values = rescale_pruned(delta, mask.to_dense()).reshape(-1)[mask.indices]
+        return Sparse(mask.shape, mask.indices, values.clone(), seed, keep)
+    if sparsifier == "importance":
+        kept = quantile_mask(scores, rho)
+    elif sparsifier == "magnitude":
+        kept = quantile_mask(delta.abs(), rho)
+    else:
+        raise ValueError(f"sparsifier must be one of {', '.join(SPARSIFIERS)}, got {sparsifier!r}")
+    pruned = torch.where(kept, delta, torch.zeros_like(delta))
+    if rescale:
+        pruned = rescale_pruned(delta, pruned)
+    return Sparse.from_mask(pruned, pruned != 0)
+
+
+def sparsify_layer(
+    old: tuple[Tensor, Tensor],
+    new: tuple[Tensor, Tensor],
+    rule: RatioRule,
+    sparsifier: str,
+    rescale: bool,
+    seed: int,
+) -> tuple[SparseDelta, SparseDelta]:
+    """Sparsified ``(ΔA, ΔB)`` of one layer from ``old = (A_old, B_old)`` and
+    ``new = (A_new, B_new)``; ``seed`` drives the random sparsifier only."""
+    (a_old, b_old), (a_new, b_new) = old, new
+    d_a, d_b = a_new - a_old, b_new - b_old
+    out = []
+    for part, delta, scores in (
+        ("A", d_a, importance_a(d_a, b_new)),
+        ("B", d_b, importance_b(d_b, a_old)),
+    ):
+        rho = rule.ratio(scores)
+        sparse = select(delta, scores, rho, sparsifier, rescale, label_seed(seed, "uplink", part))
+        out.append(SparseDelta(sparse, rho))
+    return out[0], out[1]
+
+
+def ratio_summary(ratios: list[float]) -> dict[str, float]:
+    """``{"mean", "min", "max"}`` of per-matrix ratios (for run metrics)."""
+    if not ratios:
+        return {}
+    return {
+        "mean": sum(ratios) / len(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+    }
