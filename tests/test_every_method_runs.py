@@ -16,7 +16,7 @@ from fedlora.methods.registry import names
 from tests.conftest import tiny_overrides
 from tests.runtime.test_resume import metrics
 
-HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora"}
+HETERO = {"fedavg", "fedprox", "ffa", "florist", "flora", "flexlora"}
 
 
 @pytest.mark.parametrize("method", names())

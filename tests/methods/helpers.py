@@ -44,6 +44,8 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
+from fedlora.ops.seeded_init import SeededInit
+from fedlora.ops.sparse import Sparse
 
 Trainer = Callable[[ClientStart, torch.Generator], Lora]
 
@@ -136,12 +138,14 @@ def run_round(
     views: Mapping[int, Mapping[str, Tensor]] | None = None,
     base: Mapping[str, Tensor] | None = None,
     upload_order: Sequence[int] | None = None,
+    transport: Callable[[Payload], Payload] | None = None,
 ) -> RoundResult:
     """One round as a runtime drives it (see ``methods/base.py``).
 
     ``base`` is the dense float64 offset already merged into W0 per layer; the result's
     ``base`` adds this round's ``base_merge`` (which must be identical for every client).
-    ``upload_order`` permutes the uploads handed to ``aggregate`` (default: ``cids``).
+    ``upload_order`` permutes the uploads handed to ``aggregate`` (default: ``cids``);
+    ``transport`` turns each broadcast into what the client receives (e.g. ``to_float64``).
     """
     cids = list(cids) if cids is not None else [c.cid for c in setup.clients]
     gen = gen if gen is not None else torch.Generator().manual_seed(1234)
@@ -159,6 +163,8 @@ def run_round(
     for cid in cids:
         client = setup.client(cid)
         payloads[cid] = method.broadcast(state, setup, client)
+        if transport is not None:
+            payloads[cid] = transport(payloads[cid])
         merges[cid] = method.base_merge(payloads[cid], setup)
     _check_same_merge(merges)
     for layer, factored in merges[cids[0]].items():
@@ -175,6 +181,20 @@ def run_round(
     uploads = [uploads_by_cid[c] for c in order]
     new_state = method.aggregate(state, uploads, setup)
     return RoundResult(new_state, payloads, merges, starts, trained, uploads, new_views, new_base)
+
+
+def to_float64(payload: Payload) -> Payload:
+    """A payload with every entry rebuilt and cast to float64 (sparse entries stay sparse):
+    the transport of float64 reference tests, where a seeded float32 init would lose digits."""
+    out: Payload = {}
+    for name, entry in payload.items():
+        if isinstance(entry, Sparse):
+            out[name] = dataclasses.replace(entry, values=entry.values.double())
+        elif isinstance(entry, SeededInit):
+            out[name] = entry.to_dense().double()
+        else:
+            out[name] = entry.double()
+    return out
 
 
 def _check_same_merge(merges: Mapping[int, dict[str, Factored]]) -> None:

@@ -17,11 +17,11 @@ from helpers import (
     trained_sum,
 )
 
-from fedlora.errors import ConfigError
 from fedlora.methods.base import ClientSpec, ClientStart, Setup, Upload
 from fedlora.methods.ffa import Ffa, FfaConfig, frozen_a
 from fedlora.methods.registry import build
 from fedlora.ops.seeded_init import portable_uniform
+from fedlora.ops.sparse import Sparse
 
 
 def _train_both(start: ClientStart, gen: torch.Generator):
@@ -104,11 +104,39 @@ def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
 @pytest.mark.parametrize(
     "clients",
     [
-        (ClientSpec(0, 4, 8.0), ClientSpec(1, 8, 16.0)),
+        (ClientSpec(0, 4, 8.0), ClientSpec(1, 8, 16.0), ClientSpec(2, 2, 4.0)),
         (ClientSpec(0, 4, 8.0), ClientSpec(1, 4, 4.0)),
     ],
 )
-def test_heterogeneous_clients_are_refused(clients):
+def test_mixed_ranks_zero_pad_b_and_stay_exact(clients):
+    # Prepare: clients of different ranks and scalings
     setup = Setup(tiny_setup().layers, clients)
-    with pytest.raises(ConfigError, match="same LoRA rank and alpha"):
-        Ffa(FfaConfig()).validate(setup)
+    method = Ffa(FfaConfig())
+    full = frozen_a(setup, setup.max_rank)
+    # Execute: two rounds, so the second starts from the padded average
+    r1 = run_round(method, method.init_server(setup), setup)
+    r2 = run_round(method, r1.state, setup, views=r1.views)
+    # Assert: each client's frozen A is the first rows of the shared one ...
+    for c in setup.clients:
+        for layer, a in full.items():
+            assert torch.equal(r2.starts[c.cid].adapter[layer].A, a[: c.rank])
+    # ... and the global update is exactly Σ p_k s_k B_k A_k (dense float64 reference)
+    for result in (r1, r2):
+        expected = trained_sum(result, setup)
+        got = global_dense(method, result.state, setup)
+        for layer in expected:
+            assert rel_err(got[layer], expected[layer]) < 1e-6
+    # ... and a client starts round 2 from its own slots of it: s_k B_k A_k = s_g B̄[:, :r_k] A
+    s_g = setup.global_alpha / setup.max_rank
+    for c in setup.clients:
+        start = r2.starts[c.cid].adapter["l0"]
+        b_bar = r1.state.tensors["l0.B"][:, : c.rank]
+        torch.testing.assert_close(c.scaling * start.B, s_g * b_bar)
+
+
+def test_round_one_broadcast_is_an_empty_sparse_b():
+    setup = tiny_setup((4, 2))
+    method = Ffa(FfaConfig())
+    payload = method.broadcast(method.init_server(setup), setup, setup.client(1))
+    for name, entry in payload.items():
+        assert isinstance(entry, Sparse) and entry.nnz == 0 and entry.shape == (16, 2), name

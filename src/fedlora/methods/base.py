@@ -7,6 +7,7 @@ A round, as every runtime drives it::
     start_k   = method.client_start(view_k, payload_k, setup, client_k, seed)
     trained_k = <local training of start_k.adapter, only start_k.trainable factors>
     upload_k  = method.upload(start_k, trained_k, setup, client_k, seed)
+    report_k  = method.upload_report(start_k, trained_k, setup, client_k)   # into metrics
     state     = method.aggregate(state, [Upload(k, n_k, upload_k) ...], setup)
 
 Conventions (ALGORITHMS.md notation): per adapted layer, ``A`` is r×n, ``B`` is m×r, the
@@ -24,6 +25,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 
+from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
 Tensor = torch.Tensor
@@ -42,8 +44,9 @@ Lora = dict[str, LoraPair]
 Factored = tuple[Tensor, Tensor]
 """``(L, R)`` with L (m×q), R (q×n), standing for the scaled update ``L @ R``."""
 
-Payload = dict[str, "Tensor | Sparse"]
-"""Named tensors that cross the wire; names are chosen by the method."""
+Payload = dict[str, "Tensor | Sparse | SeededInit"]
+"""Named tensors that cross the wire; names are chosen by the method. A ``SeededInit`` entry
+travels as its seed and init rule only."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,12 @@ class Method(Protocol):
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
     ) -> Payload:
         """What the client sends after training ``start.adapter`` into ``trained``."""
+
+    def upload_report(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+    ) -> dict[str, Any]:
+        """JSON-ready figures about this client's upload for the round's metrics (e.g. the
+        sparsity ratios FedSRD chose); ``{}`` for most methods. Computed on the client."""
 
     def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
         """Names and (logical) shapes of every tensor ``client`` uploads; the server decodes

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -17,8 +17,16 @@ from fedlora.methods.base import (
     Setup,
     Tensor,
 )
+from fedlora.ops.seeded_init import SeededInit, lora_a_init
+from fedlora.ops.seeds import label_seed
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.stack import fit_rank
+
+PAD_RULES = ("fresh", "zeros")
+"""How a client's adapter slots that carry nothing (``A`` row and ``B`` column both zero) are
+filled: ``fresh`` gives their ``A`` rows a seeded PEFT init (``B`` stays 0, so the product is
+unchanged and the slots can train); ``zeros`` leaves them zero, and zero ``A`` with zero ``B``
+get zero gradients, so such slots never train again (the FLoRIST release's behaviour)."""
 
 
 class DefaultHooks:
@@ -32,6 +40,11 @@ class DefaultHooks:
 
     def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
         return None
+
+    def upload_report(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+    ) -> dict[str, Any]:
+        return {}
 
     def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
         """Default: the client uploads ``layer.A`` (r×n) and ``layer.B`` (m×r) of every layer."""
@@ -54,26 +67,79 @@ def key(layer: str, part: str) -> str:
     return f"{layer}.{part}"
 
 
-def dense(value: Tensor | Sparse) -> Tensor:
-    """A payload entry as a dense tensor."""
-    return value.to_dense() if isinstance(value, Sparse) else value
+def dense(value: Tensor | Sparse | SeededInit) -> Tensor:
+    """A payload entry as a dense tensor (a seeded init is rebuilt from its seed)."""
+    if isinstance(value, Sparse | SeededInit):
+        return value.to_dense()
+    return value
 
 
-def init_lora_a(rank: int, in_features: int, generator: torch.Generator) -> Tensor:
-    """PEFT's default A init (kaiming-uniform, a=√5): U(-1/√n, 1/√n), float32."""
-    bound = 1.0 / math.sqrt(in_features)
-    return (torch.rand(rank, in_features, generator=generator) * 2 - 1) * bound
+def check_pad(pad: object) -> None:
+    """Raise ``ValueError`` naming the option unless ``pad`` is one of :data:`PAD_RULES`."""
+    if pad not in PAD_RULES:
+        raise ValueError(f"pad must be one of {', '.join(PAD_RULES)}, got {pad!r}")
+
+
+def layer_init_seed(seed: int, layer: str) -> int:
+    """Seed of the fresh ``A`` of ``layer`` for an adapter seeded with ``seed``."""
+    return label_seed(seed, "lora-a", layer)
+
+
+def init_lora_a(rank: int, in_features: int, seed: int) -> Tensor:
+    """PEFT's default A init (kaiming-uniform, a=√5): U(-1/√n, 1/√n), float32, portable."""
+    return lora_a_init(seed, rank, in_features)
 
 
 def fresh_lora(setup: Setup, rank: int, seed: int) -> Lora:
-    """A new adapter of ``rank`` on every layer: A random (PEFT init), B = 0."""
-    gen = torch.Generator().manual_seed(seed)
+    """A new adapter of ``rank`` on every layer: A random (PEFT init), B = 0.
+
+    Each layer draws from its own portable stream, so the rank-k adapter of a seed is the
+    first k slots of its rank-r adapter, and :func:`initial_payload` describes it exactly.
+    """
     return {
         spec.name: LoraPair(
-            init_lora_a(rank, spec.in_features, gen), torch.zeros(spec.out_features, rank)
+            init_lora_a(rank, spec.in_features, layer_init_seed(seed, spec.name)),
+            torch.zeros(spec.out_features, rank),
         )
         for spec in setup.layers
     }
+
+
+def empty_sparse(shape: tuple[int, ...]) -> Sparse:
+    """The zero tensor of ``shape`` as a sparse entry with no values (a few bytes on the wire)."""
+    return Sparse(shape, torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+
+
+def initial_payload(setup: Setup, rank: int, seed: int) -> Payload:
+    """``fresh_lora(setup, rank, seed)`` as it crosses the wire: each ``A`` as its seed and
+    init rule (:class:`SeededInit`), each ``B = 0`` as an empty sparse entry."""
+    out: Payload = {}
+    for spec in setup.layers:
+        init = SeededInit((rank, spec.in_features), layer_init_seed(seed, spec.name))
+        out[key(spec.name, "A")] = init
+        out[key(spec.name, "B")] = empty_sparse((spec.out_features, rank))
+    return out
+
+
+def revive_dead_slots(adapter: Lora, setup: Setup) -> Lora:
+    """Give every dead slot (its ``A`` row and ``B`` column both exactly zero) a fresh ``A``
+    row: PEFT's init from a stream of the run seed shared by all clients (rule ``fresh`` of
+    :data:`PAD_RULES`). ``B @ A`` is unchanged; live slots are untouched."""
+    out: Lora = {}
+    for layer, (a, b) in adapter.items():
+        dead = (a == 0).all(dim=1) & (b == 0).all(dim=0)
+        if not bool(dead.any()):
+            out[layer] = LoraPair(a.clone(), b.clone())
+            continue
+        seed = label_seed(setup.seed, "lora-pad", layer)
+        fresh = init_lora_a(a.shape[0], a.shape[1], seed).to(a.dtype)
+        out[layer] = LoraPair(torch.where(dead.unsqueeze(1), fresh, a), b.clone())
+    return out
+
+
+def apply_pad(adapter: Lora, setup: Setup, pad: str) -> Lora:
+    """``adapter`` with its dead slots filled by the pad rule ``pad``."""
+    return revive_dead_slots(adapter, setup) if pad == "fresh" else adapter
 
 
 def lora_payload(adapter: Mapping[str, LoraPair]) -> Payload:

@@ -20,8 +20,8 @@ Choices and departures:
   seed travels with each :class:`Sparse` so the wire may send it instead of the positions.
 - Aggregation weights follow ``setup.weighting``; uploads are summed in client-id order.
 - The broadcast leaves out positions whose averaged value is exactly 0 (they change
-  nothing). The first broadcast is the initial adapter (A dense, ``B^0 = 0`` as an empty
-  sparse tensor).
+  nothing). The first broadcast is the initial adapter sent as seeds and the init rule
+  (``common.initial_payload``: no values of A, ``B^0 = 0`` as an empty sparse tensor).
 - Heterogeneous ranks (or alphas) are refused: there is one shared global adapter.
 """
 
@@ -45,9 +45,10 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import DefaultHooks, fresh_lora, key
+from fedlora.methods.common import DefaultHooks, fresh_lora, initial_payload, key
 from fedlora.methods.registry import register
-from fedlora.ops.masks import dare, derive_seed
+from fedlora.ops.masks import dare
+from fedlora.ops.seeds import label_seed
 from fedlora.ops.sparse import Sparse
 
 
@@ -66,7 +67,7 @@ class FedDareConfig:
 
 def upload_seed(client_seed: int, round_: int, cid: int, layer: str, part: str) -> int:
     """Seed of a client's DARE mask for one factor of one layer in one round."""
-    return derive_seed(client_seed, "fed_dare-uplink", round_, cid, layer, part)
+    return label_seed(client_seed, "fed_dare-uplink", round_, cid, layer, part)
 
 
 @register("fed_dare", FedDareConfig)
@@ -94,7 +95,7 @@ class FedDare(DefaultHooks):
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
         if state.round == 0:
-            return synced.initial_payload(synced.global_lora(state, setup))
+            return initial_payload(setup, setup.max_rank, setup.seed)
         out: Payload = {}
         for s in setup.layers:
             for part in ("dA", "dB"):

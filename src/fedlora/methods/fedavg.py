@@ -8,7 +8,12 @@ Departures and choices:
 
 - Heterogeneous ranks use zero-padding (HetLoRA/FLoRA convention): factors are padded to
   the largest rank before averaging, and a client of rank ``r_k`` receives the first ``r_k``
-  rows of ``Ā`` and columns of ``B̄``.
+  rows of ``Ā`` and columns of ``B̄``. A slot that no sampled client trained (higher than
+  every sampled rank) averages to ``A = B = 0``; the option ``pad`` decides what a client
+  starts such a slot from: ``fresh`` (default) a seeded PEFT init of ``A`` with ``B = 0``
+  (product unchanged, the slot can train again), ``zeros`` leaves it dead.
+- Round 1's broadcast is the fresh PEFT init, sent as seeds and the init rule
+  (``common.initial_payload``), not as dense ``A``.
 - The FLoRA repository's FedIT keeps only client 0 (a ``weighted_sindgle_weights`` typo);
   this module averages all clients.
 - The global model's update is ``s_g·B̄·Ā`` with ``s_g`` = global alpha / max rank. Averaging
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import torch
 
@@ -39,7 +44,10 @@ from fedlora.methods.base import (
 )
 from fedlora.methods.common import (
     DefaultHooks,
+    apply_pad,
+    check_pad,
     fresh_lora,
+    initial_payload,
     lora_from_payload,
     lora_payload,
     pad_rank,
@@ -49,7 +57,19 @@ from fedlora.methods.registry import register
 
 @dataclass(frozen=True)
 class FedAvgConfig:
-    """FedAvg has no options of its own."""
+    """``pad``: "fresh" or "zeros", how a client fills slots that carry nothing."""
+
+    pad: str = "fresh"
+
+    def __post_init__(self) -> None:
+        check_pad(self.pad)
+
+
+class PadOption(Protocol):
+    """The option every FedAvg-based config has (FedProx's too)."""
+
+    @property
+    def pad(self) -> str: ...
 
 
 def average_factors(uploads: Sequence[Upload], setup: Setup) -> Lora:
@@ -81,7 +101,7 @@ def lora_from_state(state: ServerState, setup: Setup) -> Lora:
     return lora_from_payload(state.tensors, setup)  # type: ignore[arg-type]
 
 
-ConfigT = TypeVar("ConfigT")
+ConfigT = TypeVar("ConfigT", bound=PadOption)
 """Config type of a FedAvg-based method: subclasses (FedProx) bring their own options."""
 
 
@@ -98,6 +118,8 @@ class FedAvg(DefaultHooks, Generic[ConfigT]):
         return state_from_lora(0, fresh_lora(setup, setup.max_rank, setup.seed))
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+        if state.round == 0:
+            return initial_payload(setup, client.rank, setup.seed)
         adapter = lora_from_state(state, setup)
         return lora_payload({n: pad_rank(p, client.rank) for n, p in adapter.items()})
 
@@ -109,7 +131,8 @@ class FedAvg(DefaultHooks, Generic[ConfigT]):
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        return ClientStart(adapter=lora_from_payload(payload, setup))
+        adapter = lora_from_payload(payload, setup)
+        return ClientStart(adapter=apply_pad(adapter, setup, self.config.pad))
 
     def upload(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int

@@ -44,9 +44,17 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload
+from fedlora.methods.common import (
+    DefaultHooks,
+    dense,
+    fresh_lora,
+    initial_payload,
+    key,
+    lora_payload,
+)
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import client_pair, ordered, weighted_sum
+from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.stack import compress, stack_products
 
@@ -90,7 +98,9 @@ def _state(round_: int, mean: Mapping[str, LoraPair], res: Mapping[str, Factored
     return ServerState(round=round_, tensors=tensors, meta={"residual_ranks": ranks})
 
 
-def _residuals(tensors: Mapping[str, Tensor | Sparse], setup: Setup) -> dict[str, Factored]:
+def _residuals(
+    tensors: Mapping[str, Tensor | Sparse | SeededInit], setup: Setup
+) -> dict[str, Factored]:
     return {
         s.name: (dense(tensors[key(s.name, RES_L)]), dense(tensors[key(s.name, RES_R)]))
         for s in setup.layers
@@ -124,7 +134,11 @@ class FedEx(DefaultHooks):
         return _state(0, init, empty)
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
-        return {name: t.clone() for name, t in state.tensors.items()}
+        out: Payload = {name: t.clone() for name, t in state.tensors.items()}
+        if state.round == 0:
+            # The fresh init travels as seeds and the init rule; the residuals are empty.
+            out.update(initial_payload(setup, setup.max_rank, setup.seed))
+        return out
 
     def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
         return {

@@ -7,8 +7,9 @@ numbers are not cited: they were not verified against the final version):
 
 - Sparsify (client): importance ``I_B[u,v] = |ΔB[u,v]|·||A^{t-1}[v,:]||``,
   ``I_A[u,v] = |ΔA[u,v]|·||B_k[:,u]||`` (:mod:`fedlora.ops.importance`), per-matrix ratio
-  ``rho = base + min(upper, coeff·ln(max(kurt, 1)))``, keep scores ``>=`` the
-  rho-quantile (:func:`fedlora.ops.masks.quantile_mask`), upload the two sparse deltas.
+  ``rho = base + min(upper, coeff·ln(max(kurt, 1)))``, keep scores strictly above the
+  linearly interpolated rho-quantile (:func:`fedlora.ops.masks.quantile_mask`), upload the
+  two sparse deltas (:mod:`fedlora.ops.sparsify`).
 - Reconstruct (server): ``B_k = B^{t-1} + ΔB_k``, ``A_k = A^{t-1} + ΔA_k``,
   ``W = Σ p_k B_k A_k`` kept as the stacked product ``[p_1 B_1 …]·[A_1; …]``.
 - Decompose (server): FedSRD takes the rank-r truncated SVD ``W_r`` (factored kernel);
@@ -25,35 +26,50 @@ Departures and choices:
   where ``pinv(B^0) = pinv(0) = 0`` makes round 1's update vanish; that is not copied.
 - Rescaling the pruned client deltas by ``Σ|Δ| / Σ|Δ_pruned|`` comes from the authors' code,
   not the paper; it is on by default (``rescale = True``) and can be turned off.
-- Quantile definition: the "lower" order statistic ``x_(floor(rho·(N−1)))``; ties at the
-  threshold are kept (see :mod:`fedlora.ops.masks`). Kept elements whose delta is exactly 0
-  are left out of the upload (they change nothing once added back).
+- Quantile: linear interpolation between order statistics (``torch.quantile``'s default, as
+  the authors' code uses). Kept: scores strictly above it, the paper's rule; the authors'
+  code zeroes scores ``< q`` and so also keeps a score exactly equal to ``q``, which differs
+  only when ``q`` coincides with a score. ``rho`` is capped at ``(N−1)/N`` (and the tied
+  maximum kept) so at least one element survives, which lets ``base + upper`` exceed 1 (the
+  paper sweeps base up to 0.95 with ``upper = 0.11``); the authors' code would hand
+  ``torch.quantile`` a ratio above 1. ``rho = 0`` keeps everything (the authors skip pruning
+  then). Kept elements whose delta is exactly 0 are left out of the upload.
+- Rescale guard: as the authors' code, no rescale when ``Σ|Δ_pruned| <= 1e-9``.
 - Kurtosis is Pearson's (population moments, normal = 3); constant scores (undefined
   kurtosis) give ``rho = base``.
 - The downlink DARE positions come from a seed derived from the run seed, the round and the
   layer (:func:`downlink_seed`), so the wire can send the seed; clients check it.
 - Aggregation weights follow ``setup.weighting`` (the paper uses uniform weights).
 - Uploads are aggregated in client-id order, so the result does not depend on arrival order.
-- First broadcast: the initial ``A^0`` (PEFT init from the server seed) dense and ``B^0 = 0``
-  as an empty sparse tensor.
+- First broadcast: the initial ``A^0`` (PEFT init from the server seed) as its seed and init
+  rule, which clients rebuild (``common.initial_payload``), and ``B^0 = 0`` as an empty
+  sparse tensor: a few hundred bytes instead of the dense ``A^0``.
+- Ablations (Table 4 of the paper) are options: ``sparsifier`` (importance / magnitude /
+  random, all at the ratio the importance scores give), ``reconstruct = false`` and
+  ``decompose = "dense"`` (FedSRD only); see :class:`FedSRDConfig`.
+- ``upload_report`` records per round the ratios chosen (mean / min / max over layers) and
+  ``‖ΔA‖/‖A‖``, ``‖ΔB‖/‖B‖`` of the client's local update (Appendix F of the paper).
 - Heterogeneous ranks (or alphas) are refused: the method keeps one shared global adapter.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from fedlora.errors import PayloadError
+from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods import synced
 from fedlora.methods.base import (
     ClientSpec,
     ClientStart,
     Factored,
     Lora,
+    LoraPair,
     Payload,
     ServerState,
     Setup,
@@ -61,22 +77,27 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import DefaultHooks, fresh_lora, key
+from fedlora.methods.common import DefaultHooks, fresh_lora, initial_payload, key, lora_payload
 from fedlora.methods.registry import register
 from fedlora.ops.factored import truncated_factors
-from fedlora.ops.importance import adaptive_sparsity, importance_a, importance_b
-from fedlora.ops.masks import dare, derive_seed, quantile_mask, rescale_pruned
+from fedlora.ops.importance import importance_a, importance_b
+from fedlora.ops.masks import dare
+from fedlora.ops.seeded_init import SeededInit
+from fedlora.ops.seeds import label_seed
 from fedlora.ops.solve import solve_a_update, solve_b_update
 from fedlora.ops.sparse import Sparse
+from fedlora.ops.sparsify import SPARSIFIERS, RatioRule, SparseDelta, ratio_summary, sparsify_layer
+from fedlora.ops.stack import fit_rank
 
 log = logging.getLogger(__name__)
 
 
-def _unit_interval(name: str, value: object) -> None:
+def _unit_interval(name: str, value: object, upper_inclusive: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    ok = 0.0 <= float(value) <= 1.0 if upper_inclusive else 0.0 <= float(value) < 1.0
+    if not ok:
+        raise ValueError(f"{name} must be in [0, 1{']' if upper_inclusive else ')'}, got {value}")
 
 
 def _non_negative(name: str, value: object) -> None:
@@ -86,14 +107,34 @@ def _non_negative(name: str, value: object) -> None:
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
 
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+DECOMPOSITIONS = ("alternating", "dense")
+
+
 @dataclass(frozen=True)
 class FedSRDConfig:
     """Options of FedSRD / FedSRD-e.
 
     ``base``, ``coeff``, ``upper``: the adaptive upload sparsity
-    ``rho = base + min(upper, coeff·ln(max(kurt, 1)))``; ``fixed_rho`` replaces it by a
-    constant; ``rescale`` multiplies pruned deltas by ``Σ|Δ| / Σ|Δ_pruned|``; ``p_down`` is
-    the downlink DARE drop probability.
+    ``rho = base + min(upper, coeff·ln(max(kurt, 1)))`` (capped so one element per matrix
+    survives); ``fixed_rho`` replaces it by a constant; ``rescale`` multiplies pruned deltas by
+    ``Σ|Δ| / Σ|Δ_pruned|``; ``p_down`` is the downlink DARE drop probability.
+
+    Ablations (the paper's Table 4): ``sparsifier`` = "importance" | "magnitude" | "random"
+    (same ratio rule); ``reconstruct = false`` aggregates the sparse factor deltas directly
+    (``W = (B + Σ p_k ΔB_k)(A + Σ p_k ΔA_k)``) instead of reconstructing ``Σ p_k B_k A_k``;
+    ``decompose = "dense"`` broadcasts the rank-r truncated factors of the aggregate
+    (dense A and B) instead of one sparse factor delta (FedSRD only: FedSRD-e has no rank-r
+    truncation to broadcast).
     """
 
     base: float = 0.85
@@ -102,20 +143,25 @@ class FedSRDConfig:
     fixed_rho: float | None = None
     rescale: bool = True
     p_down: float = 0.8
+    sparsifier: str = "importance"
+    reconstruct: bool = True
+    decompose: str = "alternating"
 
     def __post_init__(self) -> None:
         _unit_interval("base", self.base)
         _non_negative("coeff", self.coeff)
         _non_negative("upper", self.upper)
-        if self.base + self.upper >= 1.0:
-            raise ValueError(
-                f"base + upper must be < 1 (the largest sparsity), got {self.base + self.upper}"
-            )
         if self.fixed_rho is not None:
-            _unit_interval("fixed_rho", self.fixed_rho)
-        if not isinstance(self.rescale, bool):
-            raise ValueError(f"rescale must be true or false, got {self.rescale!r}")
+            _unit_interval("fixed_rho", self.fixed_rho, upper_inclusive=True)
+        _flag("rescale", self.rescale)
         _unit_interval("p_down", self.p_down)
+        _choice("sparsifier", self.sparsifier, SPARSIFIERS)
+        _flag("reconstruct", self.reconstruct)
+        _choice("decompose", self.decompose, DECOMPOSITIONS)
+
+    @property
+    def ratio_rule(self) -> RatioRule:
+        return RatioRule(self.base, self.coeff, self.upper, self.fixed_rho)
 
 
 def active_factor(round_: int) -> str:
@@ -127,19 +173,12 @@ def active_factor(round_: int) -> str:
 
 def downlink_seed(run_seed: int, round_: int, layer: str) -> int:
     """Seed of the downlink DARE mask of ``layer`` in round ``round_`` (both sides derive it)."""
-    return derive_seed(run_seed, "fedsrd-downlink", round_, layer)
+    return label_seed(run_seed, "fedsrd-downlink", round_, layer)
 
 
-def sparsify_delta(delta: Tensor, scores: Tensor, rho: float, rescale: bool) -> Sparse:
-    """Keep ``delta`` where ``scores >=`` their rho-quantile, optionally rescaled.
-
-    Exact zeros among the kept values are left out of the sparse result: adding them back
-    changes nothing, and they would only cost bytes.
-    """
-    pruned = torch.where(quantile_mask(scores, rho), delta, torch.zeros_like(delta))
-    if rescale:
-        pruned = rescale_pruned(delta, pruned)
-    return Sparse.from_mask(pruned, pruned != 0)
+def upload_seed(seed: int, layer: str) -> int:
+    """Seed of a client's random upload mask (``sparsifier = "random"``) for ``layer``."""
+    return label_seed(seed, "fedsrd-uplink", layer)
 
 
 def stacked_aggregate(
@@ -154,6 +193,16 @@ def stacked_aggregate(
     return torch.cat(lefts, dim=1), torch.cat(rights, dim=0)
 
 
+def averaged_aggregate(
+    a_prev: Tensor, b_prev: Tensor, deltas: Sequence[tuple[float, Tensor, Tensor]]
+) -> Factored:
+    """The ``reconstruct = false`` ablation: ``W = (B^{t-1} + Σ p_k ΔB_k)(A^{t-1} + Σ p_k ΔA_k)``,
+    the product of the averaged factors (rank r, no stack of client products)."""
+    b = b_prev + sum((p * d_b for p, _, d_b in deltas), torch.zeros_like(b_prev))
+    a = a_prev + sum((p * d_a for p, d_a, _ in deltas), torch.zeros_like(a_prev))
+    return b, a
+
+
 def least_squares_step(target: Factored, a_prev: Tensor, b_prev: Tensor, factor: str) -> Tensor:
     """The closed-form update of ``factor`` toward ``target − B^{t-1}A^{t-1}`` (factored).
 
@@ -166,6 +215,24 @@ def least_squares_step(target: Factored, a_prev: Tensor, b_prev: Tensor, factor:
     if factor == "B":
         return solve_b_update(d_left, d_right, a_prev)
     return solve_a_update(d_left, d_right, b_prev)
+
+
+def balanced_factors(target: Factored, rank: int) -> LoraPair:
+    """A rank-``rank`` LoRA pair with ``B @ A`` = the rank-``rank`` truncated SVD of the
+    target, singular values split evenly (``B = U√S``, ``A = √S Vᵀ``, as the authors' code
+    factors its truncation); zero-padded when the target has lower rank."""
+    us, vt = truncated_factors(*target, rank)
+    root = torch.linalg.vector_norm(us, dim=0).sqrt()
+    safe = torch.where(root > 0, root, torch.ones_like(root))
+    b, a = us / safe, vt * root[:, None]
+    return LoraPair(*fit_rank(a, b, rank))
+
+
+def update_ratio(old: Sequence[Tensor], new: Sequence[Tensor]) -> float | None:
+    """``‖new − old‖_F / ‖old‖_F`` over all layers' matrices together (None when ‖old‖ = 0)."""
+    num = sum(float((n.double() - o.double()).pow(2).sum()) for o, n in zip(old, new, strict=True))
+    den = sum(float(o.double().pow(2).sum()) for o in old)
+    return math.sqrt(num / den) if den > 0 else None
 
 
 class _FedSRDBase(DefaultHooks):
@@ -201,7 +268,9 @@ class _FedSRDBase(DefaultHooks):
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
         if state.round == 0:
-            return synced.initial_payload(synced.global_lora(state, setup))
+            return initial_payload(setup, setup.max_rank, setup.seed)
+        if self.config.decompose == "dense":
+            return lora_payload(synced.global_lora(state, setup))
         part = "d" + active_factor(state.round)
         keep = 1.0 - self.config.p_down
         out: Payload = {}
@@ -222,7 +291,7 @@ class _FedSRDBase(DefaultHooks):
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        def check(layer: str, part: str, delta: Sparse | Tensor, round_: int) -> None:
+        def check(layer: str, part: str, delta: Sparse | Tensor | SeededInit, round_: int) -> None:
             if part != active_factor(round_):
                 raise PayloadError(f"round {round_} updates {active_factor(round_)}, got Δ{part}")
             expected = downlink_seed(setup.seed, round_, layer)
@@ -240,29 +309,56 @@ class _FedSRDBase(DefaultHooks):
     def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
         return synced.delta_schema(setup, client.rank)
 
-    def _ratio(self, scores: Tensor) -> float:
+    def _sparsified(
+        self, start: ClientStart, trained: Lora, setup: Setup, seed: int
+    ) -> dict[str, tuple[SparseDelta, SparseDelta]]:
         cfg = self.config
-        if cfg.fixed_rho is not None:
-            return cfg.fixed_rho
-        return adaptive_sparsity(scores, cfg.base, cfg.coeff, cfg.upper)
+        out = {}
+        for s in setup.layers:
+            old = (start.view[key(s.name, "A")], start.view[key(s.name, "B")])
+            new = (trained[s.name].A.detach(), trained[s.name].B.detach())
+            out[s.name] = sparsify_layer(
+                old, new, cfg.ratio_rule, cfg.sparsifier, cfg.rescale, upload_seed(seed, s.name)
+            )
+        return out
 
     def upload(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
     ) -> Payload:
         out: Payload = {}
-        for s in setup.layers:
-            a_old = start.view[key(s.name, "A")]
-            b_old = start.view[key(s.name, "B")]
-            a_new = trained[s.name].A.detach()
-            b_new = trained[s.name].B.detach()
-            d_a, d_b = a_new - a_old, b_new - b_old
-            scores_b = importance_b(d_b, a_old)
-            scores_a = importance_a(d_a, b_new)
-            rho_b, rho_a = self._ratio(scores_b), self._ratio(scores_a)
-            log.debug("client %d layer %s: rho_A %.4f rho_B %.4f", client.cid, s.name, rho_a, rho_b)
-            out[key(s.name, "dA")] = sparsify_delta(d_a, scores_a, rho_a, self.config.rescale)
-            out[key(s.name, "dB")] = sparsify_delta(d_b, scores_b, rho_b, self.config.rescale)
+        for layer, (d_a, d_b) in self._sparsified(start, trained, setup, seed).items():
+            log.debug(
+                "client %d layer %s: rho_A %.4f rho_B %.4f", client.cid, layer, d_a.rho, d_b.rho
+            )
+            out[key(layer, "dA")] = d_a.delta
+            out[key(layer, "dB")] = d_b.delta
         return out
+
+    def upload_report(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+    ) -> dict[str, Any]:
+        """Per-matrix ratios (mean, min, max over layers) and the relative size of the
+        client's local update of each factor, ``‖ΔA‖/‖A‖`` and ``‖ΔB‖/‖B‖`` (all layers
+        together; null while the factor is zero, as B is in round 1)."""
+        rule = self.config.ratio_rule
+        rho: dict[str, list[float]] = {"A": [], "B": []}
+        olds: dict[str, list[Tensor]] = {"A": [], "B": []}
+        news: dict[str, list[Tensor]] = {"A": [], "B": []}
+        for s in setup.layers:
+            a_old, b_old = start.view[key(s.name, "A")], start.view[key(s.name, "B")]
+            a_new, b_new = trained[s.name].A.detach(), trained[s.name].B.detach()
+            rho["A"].append(rule.ratio(importance_a(a_new - a_old, b_new)))
+            rho["B"].append(rule.ratio(importance_b(b_new - b_old, a_old)))
+            olds["A"].append(a_old)
+            olds["B"].append(b_old)
+            news["A"].append(a_new)
+            news["B"].append(b_new)
+        return {
+            "rho_A": ratio_summary(rho["A"]),
+            "rho_B": ratio_summary(rho["B"]),
+            "update_ratio_A": update_ratio(olds["A"], news["A"]),
+            "update_ratio_B": update_ratio(olds["B"], news["B"]),
+        }
 
     # -- server ----------------------------------------------------------------------------
 
@@ -271,7 +367,8 @@ class _FedSRDBase(DefaultHooks):
         weights = aggregation_weights(ordered, setup.weighting)
         round_ = state.round + 1
         factor = active_factor(round_)
-        keep_rank = setup.max_rank
+        rank = setup.max_rank
+        combine = stacked_aggregate if self.config.reconstruct else averaged_aggregate
         tensors: dict[str, Tensor] = {}
         for s in setup.layers:
             a_prev = state.tensors[key(s.name, "A")]
@@ -284,16 +381,20 @@ class _FedSRDBase(DefaultHooks):
                 )
                 for p, u in zip(weights, ordered, strict=True)
             ]
-            target = self.decompose(*stacked_aggregate(a_prev, b_prev, deltas), keep_rank)
+            target = self.decompose(*combine(a_prev, b_prev, deltas), rank)
+            if self.config.decompose == "dense":
+                new = balanced_factors(target, rank)
+                tensors[key(s.name, "A")], tensors[key(s.name, "B")] = new.A, new.B
+                continue
             update = least_squares_step(target, a_prev, b_prev, factor)
             sparse = dare(update, self.config.p_down, downlink_seed(setup.seed, round_, s.name))
-            applied = sparse.to_dense()
             prev = {"A": a_prev, "B": b_prev}
             for part in ("A", "B"):
                 delta = sparse if part == factor else None
                 tensors[key(s.name, part)] = synced.add_delta(prev[part], delta)
-            tensors[key(s.name, "d" + factor)] = applied
-        return ServerState(round=round_, tensors=tensors, meta={"updated": factor})
+            tensors[key(s.name, "d" + factor)] = sparse.to_dense()
+        updated = "AB" if self.config.decompose == "dense" else factor
+        return ServerState(round=round_, tensors=tensors, meta={"updated": updated})
 
 
 @register("fedsrd", FedSRDConfig)
@@ -311,6 +412,14 @@ class FedSRDE(_FedSRDBase):
     """FedSRD-e: no SVD; the least-squares step targets the full aggregate."""
 
     name = "fedsrd-e"
+
+    def validate(self, setup: Setup) -> None:
+        super().validate(setup)
+        if self.config.decompose == "dense":
+            raise ConfigError(
+                "method.fedsrd-e.decompose: 'dense' broadcasts the rank-r truncation of the "
+                "aggregate, which FedSRD-e does not compute; use method = fedsrd for it"
+            )
 
     def decompose(self, left: Tensor, right: Tensor, rank: int) -> Factored:
         return left, right

@@ -14,8 +14,12 @@ Departures and choices:
   ``U(-1/√n, 1/√n)``; layer i uses the stream positions after those of layers 0..i-1.
 - FLoRIST's first public code froze B instead of A for this baseline; here A is frozen
   (``trainable = {"B"}``) and B starts at zero, as in the paper.
-- Client ranks and alphas must all be equal (``validate`` refuses anything else): a shared
-  frozen A has one shape.
+- Mixed ranks zero-pad B, as FLoRIST's paper ran this baseline: the frozen A of a rank-``r_k``
+  client is the first ``r_k`` rows of the shared rank-``R`` A (``R`` the largest rank), the
+  server averages ``(s_k / s_g)·B_k`` zero-padded to ``R`` columns, and client k receives the
+  first ``r_k`` columns times ``s_g / s_k``. Then ``s_g B̄ A = Σ p_k s_k B_k A_k`` exactly; a
+  client only ever trains its own ``r_k`` slots.
+- Round 1's broadcast ``B = 0`` is an empty sparse entry (a few bytes, not a dense zero).
 - The paper also studies DP-SGD and a scaling-factor choice; DP is a separate wrapper here
   and ``s = alpha / r`` is the clients' own scaling.
 - Uploads are summed in client-id order (result independent of arrival order).
@@ -29,7 +33,6 @@ from dataclasses import dataclass
 
 import torch
 
-from fedlora.errors import ConfigError
 from fedlora.methods.base import (
     ClientSpec,
     ClientStart,
@@ -43,9 +46,9 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import DefaultHooks, dense, key, lora_schema
+from fedlora.methods.common import DefaultHooks, dense, empty_sparse, key, lora_schema
 from fedlora.methods.registry import register
-from fedlora.methods.stacked import client_b, ordered, weighted_sum
+from fedlora.methods.stacked import client_b, global_scaling, ordered, weighted_sum
 from fedlora.ops.seeded_init import portable_uniform
 
 
@@ -55,15 +58,26 @@ class FfaConfig:
 
 
 def frozen_a(setup: Setup, rank: int) -> dict[str, Tensor]:
-    """The shared frozen ``A`` of every layer (rank × n), derived from ``setup.seed``."""
+    """The shared frozen ``A`` of every layer, derived from ``setup.seed``: the first ``rank``
+    rows of the largest client rank's ``A`` (so every rank sees the same directions)."""
+    full = setup.max_rank
+    if not 1 <= rank <= full:
+        raise ValueError(f"rank must be in [1, {full}], got {rank}")
     out: dict[str, Tensor] = {}
     offset = 0
     for spec in setup.layers:
         bound = 1.0 / math.sqrt(spec.in_features)
         out[spec.name] = portable_uniform(
-            setup.seed, (rank, spec.in_features), -bound, bound, start=offset
-        )
-        offset += rank * spec.in_features
+            setup.seed, (full, spec.in_features), -bound, bound, start=offset
+        )[:rank]
+        offset += full * spec.in_features
+    return out
+
+
+def pad_columns(b: Tensor, rank: int) -> Tensor:
+    """``b`` (m×r) zero-padded to ``rank`` columns."""
+    out = torch.zeros(b.shape[0], rank, dtype=b.dtype)
+    out[:, : b.shape[1]] = b
     return out
 
 
@@ -82,22 +96,21 @@ class Ffa(DefaultHooks):
     def __init__(self, config: FfaConfig) -> None:
         self.config = config
 
-    def validate(self, setup: Setup) -> None:
-        if not setup.homogeneous:
-            shapes = sorted({(c.rank, c.alpha) for c in setup.clients})
-            raise ConfigError(
-                "ffa (FFA-LoRA) needs every client to use the same LoRA rank and alpha "
-                f"(all share one frozen A); got (rank, alpha) pairs {shapes}"
-            )
-
     def init_server(self, setup: Setup) -> ServerState:
-        self.validate(setup)
         return _b_state(
             0, {s.name: torch.zeros(s.out_features, setup.max_rank) for s in setup.layers}
         )
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
-        return {name: t.clone() for name, t in state.tensors.items()}
+        if state.round == 0:
+            return {
+                key(s.name, "B"): empty_sparse((s.out_features, client.rank)) for s in setup.layers
+            }
+        ratio = global_scaling(setup) / client.scaling
+        return {
+            key(s.name, "B"): state.tensors[key(s.name, "B")][:, : client.rank] * ratio
+            for s in setup.layers
+        }
 
     def client_start(
         self,
@@ -123,18 +136,19 @@ class Ffa(DefaultHooks):
         return lora_schema(setup, client.rank, "B")
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        self.validate(setup)
         ups = ordered(uploads)
         weights = aggregation_weights(ups, setup.weighting)
+        s_g = global_scaling(setup)
+        coeffs = [p * setup.client(u.cid).scaling / s_g for p, u in zip(weights, ups, strict=True)]
         bs = {
-            s.name: weighted_sum([client_b(u, setup, s.name) for u in ups], weights)
+            s.name: weighted_sum(
+                [pad_columns(client_b(u, setup, s.name), setup.max_rank) for u in ups], coeffs
+            )
             for s in setup.layers
         }
         return _b_state(state.round + 1, bs)
 
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        scaling = setup.clients[0].scaling
+        s_g = global_scaling(setup)
         a = frozen_a(setup, setup.max_rank)
-        return {
-            s.name: (scaling * state.tensors[key(s.name, "B")], a[s.name]) for s in setup.layers
-        }
+        return {s.name: (s_g * state.tensors[key(s.name, "B")], a[s.name]) for s in setup.layers}

@@ -14,10 +14,12 @@ Departures and choices:
   ``S_1·1e-7``) as ``layer.B = U S`` (scaling folded in) and ``layer.A = Vᵀ``; the global
   model (``global_delta``) is that full aggregate, and each client's broadcast is its
   truncation. ``state.meta["ranks"]`` records the numerical rank per layer.
-- A client receives only ``min(rank(ΔW), r_i)`` directions and zero-pads the rest (only when
-  ``ΔW`` has lower rank than the client's adapter).
+- A client receives only ``min(rank(ΔW), r_i)`` directions and pads the rest (only when
+  ``ΔW`` has lower rank than the client's adapter) by the rule ``pad``: ``fresh`` (default)
+  gives those slots a seeded PEFT init of ``A`` and ``B = 0``, ``zeros`` leaves them dead.
 - Before round 1 the state is the usual LoRA init of the largest rank (A random from the
-  setup seed, B = 0), truncated per client like any other state.
+  setup seed, B = 0), truncated per client like any other state; that first broadcast is
+  sent as seeds and the init rule (``common.initial_payload``).
 - Uploads are stacked in client-id order (result independent of arrival order).
 """
 
@@ -38,7 +40,16 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.common import DefaultHooks, fresh_lora, key, lora_at_rank, lora_payload
+from fedlora.methods.common import (
+    DefaultHooks,
+    apply_pad,
+    check_pad,
+    fresh_lora,
+    initial_payload,
+    key,
+    lora_at_rank,
+    lora_payload,
+)
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import global_scaling, stacked_update
 from fedlora.ops.stack import compress
@@ -46,7 +57,12 @@ from fedlora.ops.stack import compress
 
 @dataclass(frozen=True)
 class FlexLoraConfig:
-    """FlexLoRA has no options of its own."""
+    """``pad``: "fresh" or "zeros", how a client fills slots beyond the aggregate's rank."""
+
+    pad: str = "fresh"
+
+    def __post_init__(self) -> None:
+        check_pad(self.pad)
 
 
 def _state(round_: int, factored: Mapping[str, Factored]) -> ServerState:
@@ -81,6 +97,8 @@ class FlexLora(DefaultHooks):
         return _state(0, {layer: (s_g * p.B, p.A) for layer, p in init.items()})
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+        if state.round == 0:
+            return initial_payload(setup, client.rank, setup.seed)
         out: dict[str, LoraPair] = {}
         for layer, (left, right) in _factored(state, setup).items():
             k = min(right.shape[0], client.rank)
@@ -95,7 +113,8 @@ class FlexLora(DefaultHooks):
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        return ClientStart(adapter=lora_at_rank(payload, setup, client.rank))
+        adapter = lora_at_rank(payload, setup, client.rank)
+        return ClientStart(adapter=apply_pad(adapter, setup, self.config.pad))
 
     def upload(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int

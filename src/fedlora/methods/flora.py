@@ -42,6 +42,7 @@ from fedlora.methods.base import (
 from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import stacked_update
+from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
 
@@ -62,7 +63,9 @@ def _stack_state(round_: int, stacks: Mapping[str, Factored]) -> ServerState:
     )
 
 
-def _stacks(tensors: Mapping[str, Tensor | Sparse], setup: Setup) -> dict[str, Factored]:
+def _stacks(
+    tensors: Mapping[str, Tensor | Sparse | SeededInit], setup: Setup
+) -> dict[str, Factored]:
     return {
         s.name: (dense(tensors[key(s.name, "L")]), dense(tensors[key(s.name, "R")]))
         for s in setup.layers

@@ -22,10 +22,13 @@ Departures and choices:
   reproduced: every client is stacked once.
 - Uploads are stacked in client-id order, so results do not depend on arrival order.
 - Warm mode: the server sends client k only the top ``min(k*, r_k)`` directions (what it
-  will use) and the client zero-pads to ``r_k``; the paper broadcasts the full rank-``k*``
-  pair. Same numbers, fewer honest bytes. Padded slots have ``A = 0`` and ``B = 0``, a
-  stationary point of the LoRA loss, so they stay zero until a later round fills them
-  (this is what zero-padding implies; it is kept as specified).
+  will use) and the client pads to ``r_k``; the paper broadcasts the full rank-``k*`` pair.
+  Same numbers, fewer honest bytes. Padding rule ``pad``: ``fresh`` (default) gives the
+  padded slots a seeded PEFT init of ``A`` with ``B = 0`` (product unchanged, the slots can
+  train); ``zeros`` (the released code) leaves ``A = B = 0``, a stationary point of the LoRA
+  loss, so those slots never train and per-layer ranks can only fall round after round.
+- Round 1's broadcast is the fresh PEFT init, sent as seeds and the init rule
+  (``common.initial_payload``), not as dense ``A``.
 - When a client's scaling ``s_k`` differs from ``s_g``, its copy of ``B_g`` is multiplied by
   ``s_g / s_k`` so that its adapter still adds ``s_g B_g A_g`` (no-op for ``alpha = 2r``).
 - A layer whose aggregate is exactly zero gets rank ``k* = 0`` (empty factors).
@@ -52,7 +55,17 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_at_rank, lora_payload
+from fedlora.methods.common import (
+    DefaultHooks,
+    apply_pad,
+    check_pad,
+    dense,
+    fresh_lora,
+    initial_payload,
+    key,
+    lora_at_rank,
+    lora_payload,
+)
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import global_scaling, stacked_update
 from fedlora.ops.factored import energy_rank, factored_svd
@@ -64,10 +77,12 @@ MODES = ("warm", "merge")
 
 @dataclass(frozen=True)
 class FloristConfig:
-    """``tau``: energy threshold in (0, 1]; ``mode``: "warm" or "merge" between rounds."""
+    """``tau``: energy threshold in (0, 1]; ``mode``: "warm" or "merge" between rounds;
+    ``pad``: "fresh" or "zeros", how warm-mode clients fill slots beyond ``k*``."""
 
     tau: float = 0.9
     mode: str = "warm"
+    pad: str = "fresh"
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, bool) or not isinstance(self.tau, int | float):
@@ -76,6 +91,7 @@ class FloristConfig:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_pad(self.pad)
 
 
 def threshold_svd(
@@ -126,6 +142,8 @@ class Florist(DefaultHooks):
         adapter = _adapter(state, setup)
         if self.config.mode == "merge":
             return lora_payload(adapter)
+        if state.round == 0:
+            return initial_payload(setup, client.rank, setup.seed)
         ratio = global_scaling(setup) / client.scaling
         out: dict[str, LoraPair] = {}
         for layer, pair in adapter.items():
@@ -154,7 +172,8 @@ class Florist(DefaultHooks):
     ) -> ClientStart:
         if self.config.mode == "merge":
             return ClientStart(adapter=fresh_lora(setup, client.rank, seed))
-        return ClientStart(adapter=lora_at_rank(payload, setup, client.rank))
+        adapter = lora_at_rank(payload, setup, client.rank)
+        return ClientStart(adapter=apply_pad(adapter, setup, self.config.pad))
 
     def upload(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int

@@ -2,9 +2,11 @@
 
 Shared by FedSRD / FedSRD-e and Fed-DARE. The protocol:
 
-- Round 0 (``state.round == 0``): the server sends the initial global adapter in full:
-  ``layer.A`` dense (random init) and ``layer.B`` as a :class:`Sparse` holding only its
-  nonzeros (none: ``B^0 = 0``), so the zero matrix costs next to nothing on the wire.
+- Round 0 (``state.round == 0``): the server sends the initial global adapter in full, as
+  ``common.initial_payload`` describes a fresh PEFT init: each ``layer.A`` as its seed and init
+  rule (the client rebuilds it), each ``layer.B = 0`` as an empty sparse entry. A method may
+  also send a full adapter later (FedSRD's ``decompose = "dense"``): any payload carrying
+  ``layer.A`` replaces the view.
 - Later rounds: the server sends only the delta it applied in its last aggregation,
   ``layer.dA`` and/or ``layer.dB`` (sparse). Server and client both apply a delta with
   :func:`add_delta` to identical tensors, so their copies stay bit-identical.
@@ -26,12 +28,13 @@ import torch
 from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import Factored, Lora, LoraPair, Payload, ServerState, Setup, Tensor
 from fedlora.methods.common import dense, key
+from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
 ROUND = "round"
 """View entry holding the number of broadcasts the client has applied minus one."""
 
-DeltaCheck = Callable[[str, str, Sparse | Tensor, int], None]
+DeltaCheck = Callable[[str, str, Sparse | Tensor | SeededInit, int], None]
 """``check(layer, part, delta, round)``: raise if a received delta is not the expected one."""
 
 
@@ -59,16 +62,7 @@ def global_scaled(state: ServerState, setup: Setup) -> dict[str, Factored]:
     return {name: (scaling * p.B, p.A) for name, p in global_lora(state, setup).items()}
 
 
-def initial_payload(adapter: Mapping[str, LoraPair]) -> Payload:
-    """The full first broadcast: A dense, B as a sparse tensor of its nonzeros."""
-    out: Payload = {}
-    for layer, pair in adapter.items():
-        out[key(layer, "A")] = pair.A.detach().clone()
-        out[key(layer, "B")] = Sparse.from_mask(pair.B, pair.B != 0)
-    return out
-
-
-def add_delta(x: Tensor, delta: Sparse | Tensor | None) -> Tensor:
+def add_delta(x: Tensor, delta: Sparse | Tensor | SeededInit | None) -> Tensor:
     """``x + delta`` as both sides compute it (a new tensor; ``None`` means no change)."""
     if delta is None:
         return x.clone()
@@ -79,7 +73,7 @@ def add_delta(x: Tensor, delta: Sparse | Tensor | None) -> Tensor:
 
 
 def is_full(payload: Payload, setup: Setup) -> bool:
-    """Whether ``payload`` is the full round-0 broadcast rather than a delta."""
+    """Whether ``payload`` is a full adapter (as in round 0) rather than a delta."""
     return key(setup.layers[0].name, "A") in payload
 
 
@@ -99,7 +93,8 @@ def apply_broadcast(
             for s in setup.layers
             for part in ("A", "B")
         }
-        out[ROUND] = torch.tensor(0, dtype=torch.int64)
+        previous = -1 if view is None or ROUND not in view else int(view[ROUND])
+        out[ROUND] = torch.tensor(previous + 1, dtype=torch.int64)
         return out
     if view is None or ROUND not in view:
         raise PayloadError(

@@ -21,7 +21,8 @@ from torch import nn
 from fedlora.config import RunConfig
 from fedlora.errors import PayloadError
 from fedlora.methods.base import ClientSpec, Method, Payload, ServerState, Setup, Tensor, Upload
-from fedlora.ops.prng import splitmix64
+from fedlora.methods.common import dense
+from fedlora.ops.seeds import Stream, client_seed
 from fedlora.ops.sparse import Sparse
 from fedlora.train.adapters import slot_name
 from fedlora.train.batches import Encoded
@@ -29,14 +30,6 @@ from fedlora.train.local import train_local
 from fedlora.wire import decode, encode_with_stats
 
 log = logging.getLogger(__name__)
-
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed for (run seed, parts...), stable everywhere (SplitMix64 chain)."""
-    value = seed & 0xFFFFFFFFFFFFFFFF
-    for part in parts:
-        value = int(splitmix64(value ^ (part & 0xFFFFFFFFFFFFFFFF), 0, 1)[0])
-    return value & 0x7FFFFFFFFFFFFFFF
 
 
 def max_bytes(cfg: RunConfig) -> int:
@@ -75,7 +68,7 @@ class ClientOutcome:
     train_seconds: float = 0.0
     overhead_seconds: float = 0.0
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def receive_broadcast(
@@ -105,7 +98,11 @@ def client_step(
     """
     began = time.perf_counter()
     start = method.client_start(
-        view, broadcast, setup, client, derive_seed(setup.seed, 1, round_, client.cid)
+        view,
+        broadcast,
+        setup,
+        client,
+        client_seed(setup.seed, Stream.CLIENT_START, round_, client.cid),
     )
     outcome = ClientOutcome(cid=client.cid, view=dict(start.view))
     if not train:
@@ -119,14 +116,19 @@ def client_step(
             start,
             examples,
             cfg.train,
-            derive_seed(setup.seed, 2, round_, client.cid),
+            client_seed(setup.seed, Stream.TRAIN, round_, client.cid),
             pad_id,
             regulariser=lambda current: method.regulariser(current, start),
             timeout_s=cfg.federation.client_timeout_s,
         )
         payload = method.upload(
-            start, result.adapter, setup, client, derive_seed(setup.seed, 3, round_, client.cid)
+            start,
+            result.adapter,
+            setup,
+            client,
+            client_seed(setup.seed, Stream.UPLOAD, round_, client.cid),
         )
+        outcome.report = method.upload_report(start, result.adapter, setup, client)
     except Exception as exc:
         log.warning(
             "round %d: client %d failed: %s: %s", round_, client.cid, type(exc).__name__, exc
@@ -146,7 +148,7 @@ def payload_norm(payload: Payload) -> float:
     """Frobenius norm of everything a payload carries."""
     total = 0.0
     for value in payload.values():
-        vals = value.values if isinstance(value, Sparse) else value
+        vals = value.values if isinstance(value, Sparse) else dense(value)
         total += float(vals.double().pow(2).sum())
     return math.sqrt(total)
 

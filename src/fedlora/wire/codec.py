@@ -11,7 +11,9 @@ float32. The byte layout is documented in :mod:`fedlora.wire.container`.
 ``decode`` validates everything before it returns anything: container structure, names,
 shapes and dtypes (against ``expected`` when given), size limits, finiteness, positions
 (in range, strictly increasing, count equal to the values) and, for seeded masks, the
-regenerated count. Any failure raises :class:`~fedlora.errors.PayloadError` naming the
+regenerated count. A :class:`~fedlora.ops.seeded_init.SeededInit` entry sends only its init
+rule and seed (no values) and decodes to the same ``SeededInit``, rebuilt by the receiver.
+Any failure raises :class:`~fedlora.errors.PayloadError` naming the
 tensor and the problem.
 """
 
@@ -27,6 +29,7 @@ import torch
 from fedlora.errors import PayloadError
 from fedlora.methods.base import Payload
 from fedlora.ops.prng import seeded_keep_mask
+from fedlora.ops.seeded_init import INIT_RULES, SeededInit
 from fedlora.ops.sparse import Sparse
 from fedlora.wire import container as ct
 from fedlora.wire.positions import MAX_NUMEL, decode_positions, encode_smallest
@@ -46,13 +49,15 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 # --------------------------------------------------------------------------- encode
 
 
-def encode(payload: Mapping[str, torch.Tensor | Sparse], *, value_dtype: str = "float32") -> bytes:
+def encode(
+    payload: Mapping[str, torch.Tensor | Sparse | SeededInit], *, value_dtype: str = "float32"
+) -> bytes:
     """Serialise ``payload`` (see :func:`encode_with_stats`)."""
     return encode_with_stats(payload, value_dtype=value_dtype)[0]
 
 
 def encode_with_stats(
-    payload: Mapping[str, torch.Tensor | Sparse], *, value_dtype: str = "float32"
+    payload: Mapping[str, torch.Tensor | Sparse | SeededInit], *, value_dtype: str = "float32"
 ) -> tuple[bytes, WireStats]:
     """Serialise ``payload`` and account for every byte.
 
@@ -82,6 +87,8 @@ def encode_with_stats(
             raise ValueError(f"payload name {name!r} must be a non-empty str without {ct.SEP!r}")
         if isinstance(entry, Sparse):
             desc, stored, st = _encode_sparse(name, entry, value_dtype)
+        elif isinstance(entry, SeededInit):
+            desc, stored, st = _encode_seeded(name, entry, value_dtype)
         elif isinstance(entry, torch.Tensor):
             desc, stored, st = _encode_dense(name, entry, value_dtype)
         else:
@@ -164,6 +171,20 @@ def _encode_sparse(
     return desc, stored, st
 
 
+def _encode_seeded(
+    name: str, init: SeededInit, value_dtype: str
+) -> tuple[dict[str, object], dict[str, torch.Tensor], TensorStats]:
+    desc: dict[str, object] = {
+        "kind": "seeded",
+        "shape": list(init.shape),
+        "dtype": value_dtype,
+        "rule": init.rule,
+        "seed": init.seed,
+    }
+    st = TensorStats(name, "seeded", tuple(init.shape), 0, 0, "seed-init", value_dtype, 0, 0)
+    return desc, {}, st
+
+
 def _byte_tensor(data: bytes) -> torch.Tensor:
     # torch.frombuffer refuses an empty buffer (a sparse entry with no values).
     if not data:
@@ -231,7 +252,8 @@ def decode_with_stats(
     Returns
     -------
     (Payload, WireStats) : dense entries as float32 tensors, sparse entries as ``Sparse``
-    (with ``mask_seed`` / ``keep_prob`` when sent as a seed); nothing is returned unless
+    (with ``mask_seed`` / ``keep_prob`` when sent as a seed), seeded inits as ``SeededInit``
+    (rebuilt on use); nothing is returned unless
     every entry is valid.
 
     Raises
@@ -282,7 +304,7 @@ def _check_entry(name: str, desc: object, header: ct.Header) -> _Spec:
     if not isinstance(desc, dict):
         raise _fail(name, "description entry is not an object")
     kind, shape, dtype = desc.get("kind"), desc.get("shape"), desc.get("dtype")
-    if not isinstance(kind, str) or kind not in ("dense", "sparse"):
+    if not isinstance(kind, str) or kind not in ("dense", "sparse", "seeded"):
         raise _fail(name, f"unknown kind {kind!r}")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise _fail(name, f"shape {shape!r} is not a list of non-negative integers")
@@ -294,6 +316,8 @@ def _check_entry(name: str, desc: object, header: ct.Header) -> _Spec:
     if kind == "dense":
         _check_stored(name, header, name, ct.VALUE_DTYPES[dtype], shape_t)
         return ("dense", shape_t, dtype, _numel(shape_t), {})
+    if kind == "seeded":
+        return ("seeded", shape_t, dtype, 0, _check_seeded(name, desc, shape_t))
     nnz, positions = desc.get("nnz"), desc.get("positions")
     if not _is_int(nnz) or not 0 <= nnz <= _numel(shape_t):
         raise _fail(name, f"nnz {nnz!r} is not an integer in [0, {_numel(shape_t)}]")
@@ -315,6 +339,17 @@ def _check_entry(name: str, desc: object, header: ct.Header) -> _Spec:
     return ("sparse", shape_t, dtype, nnz, positions)
 
 
+def _check_seeded(name: str, desc: dict[str, object], shape: tuple[int, ...]) -> dict[str, object]:
+    rule, seed = desc.get("rule"), desc.get("seed")
+    if not isinstance(rule, str) or rule not in INIT_RULES:
+        raise _fail(name, f"unknown init rule {rule!r}; known: {', '.join(INIT_RULES)}")
+    if not _is_int(seed) or not 0 <= seed < 1 << 63:
+        raise _fail(name, f"init seed {seed!r} is not an integer in [0, 2^63)")
+    if len(shape) != 2 or shape[1] < 1:
+        raise _fail(name, f"a seeded init must be 2-D (rank, in_features >= 1), got {list(shape)}")
+    return {"rule": rule, "seed": seed}
+
+
 def _check_stored(
     name: str, header: ct.Header, key: str, st_dtype: str, shape: tuple[int, ...]
 ) -> None:
@@ -332,7 +367,7 @@ def _check_stored_keys(specs: Mapping[str, _Spec], header: ct.Header) -> None:
     for name, (kind, _, _, _, positions) in specs.items():
         if kind == "dense":
             wanted.add(name)
-        else:
+        elif kind == "sparse":
             wanted.add(ct.values_key(name))
             if positions.get("encoding") != "seed":
                 wanted.add(ct.positions_key(name))
@@ -369,8 +404,12 @@ def _check_elements(specs: Mapping[str, _Spec], max_elements: int) -> None:
 
 def _decode_entry(
     name: str, spec: _Spec, tensors: Mapping[str, torch.Tensor]
-) -> tuple[torch.Tensor | Sparse, TensorStats]:
+) -> tuple[torch.Tensor | Sparse | SeededInit, TensorStats]:
     kind, shape, dtype, nnz, positions = spec
+    if kind == "seeded":
+        rule, seed = str(positions["rule"]), int(cast(int, positions["seed"]))
+        init = SeededInit((shape[0], shape[1]), seed, rule)
+        return init, TensorStats(name, "seeded", shape, 0, 0, "seed-init", dtype, 0, 0)
     raw = tensors[name if kind == "dense" else ct.values_key(name)]
     stored_shape = shape if kind == "dense" else (nnz,)
     if raw.dtype != TORCH_DTYPES[dtype] or tuple(raw.shape) != stored_shape:

@@ -16,8 +16,9 @@ class TensorStats:
     """One payload entry on the wire.
 
     ``values`` is the number of values sent (``numel`` for dense entries, ``nnz`` for
-    sparse ones); ``nonzero`` counts those values that are not zero; ``encoding`` is
-    ``"dense"`` or the position code (``bitmap``, ``elias-fano``, ``rice``, ``seed``).
+    sparse ones, 0 for a seeded init); ``nonzero`` counts those values that are not zero;
+    ``encoding`` is ``"dense"``, ``"seed-init"`` (a tensor sent as its init rule and seed) or
+    the position code (``bitmap``, ``elias-fano``, ``rice``, ``seed``).
     """
 
     name: str
@@ -47,7 +48,7 @@ class TensorStats:
         """Information bound of this entry: ``log2 C(numel, values)`` for explicitly coded
         positions (zero for dense entries and seeded masks) plus the values' bits."""
         value_bits = self.values * VALUE_BITS[self.value_dtype]
-        if self.kind == "dense" or self.encoding == "seed":
+        if self.kind in ("dense", "seeded") or self.encoding == "seed":
             return float(value_bits)
         return information_bound_bits(self.numel, self.values) + value_bits
 

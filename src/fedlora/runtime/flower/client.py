@@ -148,5 +148,6 @@ def client_round(
             upload=outcome.upload.data,
             params=outcome.upload.params,
             encodings=outcome.upload.encodings,
+            upload_report=outcome.report,
         )
     return report, Memory(ins.round, outcome.view, merges)

@@ -65,6 +65,7 @@ class Report:
     train_seconds: float = 0.0
     overhead_seconds: float = 0.0
     error: str | None = None
+    upload_report: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ def report_content(rep: Report) -> RecordDict:
         values["train_loss"] = rep.train_loss
     if rep.error is not None:
         values["error"] = rep.error
+    if rep.upload_report:
+        values["upload_report"] = json.dumps(rep.upload_report)
     return RecordDict({RECORD: ConfigRecord(values)})
 
 
@@ -151,8 +154,13 @@ def read_report(content: RecordDict) -> Report:
     rec = content.config_records[RECORD]
     try:
         encodings = json.loads(_get(rec, "encodings", str))
+        upload_report = (
+            json.loads(_get(rec, "upload_report", str)) if "upload_report" in rec else {}
+        )
     except json.JSONDecodeError as exc:
-        raise PayloadError(f"flower reply has bad encodings: {exc}") from None
+        raise PayloadError(f"flower reply has bad encodings or upload report: {exc}") from None
+    if not isinstance(upload_report, dict):
+        raise PayloadError("flower reply's upload report is not an object")
     status = _get(rec, "status", str)
     if status not in ("ok", "failed", "out-of-sync"):
         raise PayloadError(f"flower reply has unknown status {status!r}")
@@ -169,6 +177,7 @@ def read_report(content: RecordDict) -> Report:
         train_seconds=float(_get(rec, "train_seconds", (int, float))),
         overhead_seconds=float(_get(rec, "overhead_seconds", (int, float))),
         error=_get(rec, "error", str) if "error" in rec else None,
+        upload_report=upload_report,
     )
 
 

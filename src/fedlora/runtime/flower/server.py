@@ -333,6 +333,7 @@ def round_record(
         "server_seconds": server.seconds,
         "train_seconds": {str(cid): r.train_seconds for cid, r in up.items()},
         "client_overhead_seconds": {str(cid): r.overhead_seconds for cid, r in up.items()},
+        "upload_report": {str(cid): r.upload_report for cid, r in up.items() if r.upload_report},
     }
 
 
