@@ -58,3 +58,52 @@ def test_method_without_hetero_support_refuses_mixed_ranks(
     )
     err = capsys.readouterr().err
     assert code == 2 and "rank" in err.lower() and "Traceback" not in err
+
+
+# Every option that changes what a method computes or sends: FedSRD's ablations, the pad
+# rule, and the uplink sparsifier plug-in on each method that sends LoRA factors.
+VARIANTS = [
+    ["method=fedsrd", "method.fedsrd.sparsifier=random"],
+    ["method=fedsrd", "method.fedsrd.sparsifier=magnitude"],
+    ["method=fedsrd", "method.fedsrd.reconstruct=false"],
+    ["method=fedsrd", "method.fedsrd.decompose=dense"],
+    ["method=fedsrd-e", "method.fedsrd-e.base=0.95"],
+    ["method=florist", "method.florist.pad=zeros", "lora.ranks=[4, 2, 2]"],
+    ["method=fedavg", "uplink.sparsify=importance"],
+    ["method=fedprox", "uplink.sparsify=importance"],
+    ["method=ffa", "uplink.sparsify=magnitude", "lora.ranks=[4, 2, 2]"],
+    ["method=flora", "uplink.sparsify=random"],
+    ["method=flexlora", "uplink.sparsify=importance", "lora.ranks=[4, 2, 2]"],
+    ["method=florist", "uplink.sparsify=importance", "lora.ranks=[4, 2, 2]"],
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[" ".join(v) for v in VARIANTS])
+def test_variant_runs_two_rounds(
+    variant: list[str], tmp_path: Path, client_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    code = main(["run", *tiny_overrides(run, client_files), *variant])
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["accepted"] == [0, 1, 2] for r in records[1:])
+    sparse_upload = any(v.startswith(("method=fedsrd", "uplink.")) for v in variant)
+    for r in records[1:]:
+        reports = r["upload_report"]
+        # methods that sparsify their upload record the ratios they chose, per client
+        assert (set(reports) == {"0", "1", "2"}) == sparse_upload
+        for rep in reports.values():
+            ratios = [v for k, v in rep.items() if "rho_" in k]
+            assert ratios, rep
+            assert all(0 < x["min"] <= x["mean"] <= x["max"] <= 1 for x in ratios)
+    tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_uplink_sparsifier_refuses_a_method_that_sends_deltas(
+    tmp_path: Path, client_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    overrides = [*tiny_overrides(tmp_path / "r", client_files), "method=fedsrd"]
+    code = main(["run", *overrides, "uplink.sparsify=importance"])
+    err = capsys.readouterr().err
+    assert code == 2 and "uplink.sparsify" in err and "Traceback" not in err

@@ -36,6 +36,7 @@ from fedlora import shapes
 from fedlora.errors import FedloraError
 from fedlora.methods import registry
 from fedlora.methods.base import ClientSpec, ClientStart, Lora, LoraPair, Method, Setup, Upload
+from fedlora.ops.seeds import Stream, client_seed
 from fedlora.wire import decode, encode_with_stats
 from fedlora.wire.stats import WireStats
 
@@ -62,10 +63,6 @@ def _synthetic_training(start: ClientStart, gen: torch.Generator) -> Lora:
             b = b + TRAIN_NOISE * torch.randn(b.shape, generator=gen, dtype=b.dtype)
         out[layer] = LoraPair(a.clone(), b.clone())
     return out
-
-
-def _client_seed(round_: int, cid: int) -> int:
-    return 10_000 * (round_ + 1) + cid
 
 
 class _Tally:
@@ -136,11 +133,13 @@ def measure_method(
         for client in setup.clients:
             payload = method.broadcast(state, setup, client)
             method.base_merge(payload, setup)
-            cseed = _client_seed(state.round, client.cid)
+            t = state.round + 1
+            cseed = client_seed(setup.seed, Stream.CLIENT_START, t, client.cid)
             start = method.client_start(views.get(client.cid), payload, setup, client, cseed)
             views[client.cid] = start.view
             trained = _synthetic_training(start, gen)
-            sent = method.upload(start, trained, setup, client, cseed)
+            useed = client_seed(setup.seed, Stream.UPLOAD, t, client.cid)
+            sent = method.upload(start, trained, setup, client, useed)
             buf, stats = encode_with_stats(sent, value_dtype=value_dtype)
             up.add(stats)
             schema = method.upload_schema(setup, client)

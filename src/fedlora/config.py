@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import ConfigError
+from fedlora.ops.sparsify import SPARSIFIERS, RatioRule
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -168,6 +169,42 @@ class WireConfig:
         _check(self.max_payload_mb > 0, "wire.max_payload_mb", "must be positive")
 
 
+UPLINK_SPARSIFIERS = ("none", *SPARSIFIERS)
+
+
+@dataclass(frozen=True)
+class UplinkConfig:
+    """FedSRD's upload sparsification as a plug-in for methods that send LoRA factors
+    (``fedlora.methods.uplink``): ``sparsify`` = none | importance | magnitude | random, with
+    FedSRD's ratio rule (``base``, ``coeff``, ``upper`` or ``fixed_rho``) and ``rescale``."""
+
+    sparsify: str = "none"
+    base: float = 0.85
+    coeff: float = 0.1
+    upper: float = 0.11
+    fixed_rho: float | None = None
+    rescale: bool = True
+
+    def __post_init__(self) -> None:
+        _check(
+            self.sparsify in UPLINK_SPARSIFIERS,
+            "uplink.sparsify",
+            f"must be one of {', '.join(UPLINK_SPARSIFIERS)}; got {self.sparsify!r}",
+        )
+        _check(0 <= self.base < 1, "uplink.base", f"must be in [0, 1), got {self.base}")
+        _check(0 <= self.coeff < float("inf"), "uplink.coeff", "must be finite and >= 0")
+        _check(0 <= self.upper < float("inf"), "uplink.upper", "must be finite and >= 0")
+        _check(
+            self.fixed_rho is None or 0 <= self.fixed_rho <= 1,
+            "uplink.fixed_rho",
+            f"must be in [0, 1], got {self.fixed_rho}",
+        )
+
+    @property
+    def rule(self) -> RatioRule:
+        return RatioRule(self.base, self.coeff, self.upper, self.fixed_rho)
+
+
 @dataclass(frozen=True)
 class MethodChoice:
     """``name`` selects a registered method; ``options`` are ``[method.<name>]``."""
@@ -189,6 +226,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wire: WireConfig = field(default_factory=WireConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
     method: MethodChoice = field(default_factory=MethodChoice)
 
     def client_ranks(self) -> list[int]:
@@ -229,7 +267,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (types.UnionType, typing.Union):
-        return _coerce(value, [a for a in typing.get_args(tp) if a is not type(None)][0], key)
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None  # an optional key written as JSON null (config.json)
+        return _coerce(value, [a for a in args if a is not type(None)][0], key)
     if origin is tuple:
         _check(isinstance(value, list | tuple), key, f"must be a list, got {value!r}")
         (item,) = typing.get_args(tp)[:1]

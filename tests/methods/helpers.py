@@ -45,6 +45,8 @@ from fedlora.methods.base import (
     Upload,
 )
 from fedlora.ops.seeded_init import SeededInit
+from fedlora.ops.seeds import Stream
+from fedlora.ops.seeds import client_seed as stream_client_seed
 from fedlora.ops.sparse import Sparse
 
 Trainer = Callable[[ClientStart, torch.Generator], Lora]
@@ -107,9 +109,13 @@ def dense(factored: Factored) -> Tensor:
     return left.double() @ right.double()
 
 
-def client_seed(round_: int, cid: int) -> int:
-    """The seed the simulated runtime passes to ``client_start`` / ``upload``."""
-    return 10_000 * (round_ + 1) + cid
+def client_seeds(setup: Setup, round_: int, cid: int) -> tuple[int, int]:
+    """The seeds the runtimes pass to ``client_start`` and ``upload`` in ``round_`` (1-based):
+    the named streams of ``fedlora.ops.seeds``."""
+    return (
+        stream_client_seed(setup.seed, Stream.CLIENT_START, round_, cid),
+        stream_client_seed(setup.seed, Stream.UPLOAD, round_, cid),
+    )
 
 
 @dataclass
@@ -171,10 +177,10 @@ def run_round(
         new_base[layer] = new_base[layer] + dense(factored)
     for cid in cids:
         client = setup.client(cid)
-        seed = client_seed(state.round, cid)
-        starts[cid] = method.client_start(views.get(cid), payloads[cid], setup, client, seed)
+        start_seed, upload_seed = client_seeds(setup, state.round + 1, cid)
+        starts[cid] = method.client_start(views.get(cid), payloads[cid], setup, client, start_seed)
         trained[cid] = train(starts[cid], gen)
-        payload = method.upload(starts[cid], trained[cid], setup, client, seed)
+        payload = method.upload(starts[cid], trained[cid], setup, client, upload_seed)
         uploads_by_cid[cid] = Upload(cid, n_samples[cid], payload)
         new_views[cid] = dict(starts[cid].view)
     order = list(upload_order) if upload_order is not None else cids

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -108,11 +108,17 @@ class Setup:
 
 @dataclass(frozen=True)
 class Upload:
-    """A decoded client upload as the server aggregates it."""
+    """A decoded client upload as the server aggregates it.
+
+    ``round`` is the runtime's round the client trained in (the round of its seed streams,
+    ``fedlora.ops.seeds``); ``None`` means ``state.round + 1``. They differ after a round
+    that was skipped for too few valid uploads.
+    """
 
     cid: int
     n_samples: int
     payload: Payload
+    round: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,9 @@ class ClientStart:
 class Method(Protocol):
     """A federated LoRA method. See the module docstring for how a round calls it."""
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str:
+        """The registered method name (a class attribute set by ``@register``)."""
 
     def validate(self, setup: Setup) -> None:
         """Raise ``ConfigError`` if the method cannot run this federation."""

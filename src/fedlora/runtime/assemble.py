@@ -15,6 +15,7 @@ from fedlora.errors import ConfigError
 from fedlora.eval.scores import ChoiceQuestion
 from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.registry import build
+from fedlora.methods.uplink import with_uplink
 from fedlora.models import resolve_model
 from fedlora.runtime.client_data import client_split
 from fedlora.train.adapters import attach_slots, layer_specs
@@ -47,6 +48,17 @@ class Federation:
     base_model_ref: str
 
 
+def build_method(cfg: RunConfig) -> Method:
+    """The configured method, wrapped in the uplink sparsifier when ``uplink.sparsify`` asks."""
+    return with_uplink(
+        build(cfg.method.name, cfg.method.options),
+        sparsify=cfg.uplink.sparsify,
+        rule=cfg.uplink.rule,
+        rescale=cfg.uplink.rescale,
+        wire_dtype=cfg.wire.value_dtype,
+    )
+
+
 def client_specs(cfg: RunConfig) -> tuple[ClientSpec, ...]:
     return tuple(
         ClientSpec(cid=i, rank=r, alpha=a)
@@ -70,7 +82,7 @@ def assemble(cfg: RunConfig, report: Callable[[str, dict[str, Any]], None]) -> F
     if not layers:
         raise ConfigError(f"lora.target_modules {list(cfg.lora.target_modules)} match no layer")
     setup = Setup(layers=layers, clients=clients, seed=cfg.seed, weighting=cfg.federation.weighting)
-    method = build(cfg.method.name, cfg.method.options)
+    method = build_method(cfg)
     method.validate(setup)
 
     report("status", {"text": "preparing data"})

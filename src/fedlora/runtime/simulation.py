@@ -206,7 +206,13 @@ def run_round(fed: Federation, rs: RunState, report: Reporter) -> dict[str, Any]
     }
     failures = {cid: o.error for cid, o in outcomes.items() if cid in sampled and o.error}
     server = server_step(
-        method=method, state=rs.state, setup=setup, uploads=uploads, failures=failures, cfg=cfg
+        method=method,
+        state=rs.state,
+        setup=setup,
+        uploads=uploads,
+        failures=failures,
+        cfg=cfg,
+        round_=t,
     )
     for cid, o in outcomes.items():
         rs.views[cid] = o.view

@@ -198,12 +198,14 @@ def server_step(
     uploads: Mapping[int, tuple[bytes, int]],
     failures: Mapping[int, str],
     cfg: RunConfig,
+    round_: int | None = None,
 ) -> ServerOutcome:
     """Decode every upload strictly, drop the bad ones, aggregate the rest.
 
     ``uploads`` maps client id -> (encoded bytes, n_samples); ``failures`` maps client id ->
     why it sent nothing. With fewer valid uploads than ``federation.min_clients`` the round is
-    skipped and ``state`` is returned unchanged.
+    skipped and ``state`` is returned unchanged. ``round_`` is the runtime round the uploads
+    were trained in (see ``Upload.round``).
     """
     began = time.perf_counter()
     dropped = dict(failures)
@@ -221,7 +223,7 @@ def server_step(
             log.warning("round %d: dropping client %d: %s", state.round + 1, cid, exc)
             dropped[cid] = f"invalid upload: {exc}"
             continue
-        decoded.append(Upload(cid=cid, n_samples=n_samples, payload=payload))
+        decoded.append(Upload(cid=cid, n_samples=n_samples, payload=payload, round=round_))
     decoded = _reject_outliers(decoded, cfg.federation.outlier_norm_ratio, dropped, state.round + 1)
     if len(decoded) < cfg.federation.min_clients:
         log.warning(

@@ -23,9 +23,8 @@ from fedlora.config import DataConfig, RunConfig
 from fedlora.data.types import Example
 from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import ClientSpec, Method, Setup
-from fedlora.methods.registry import build
 from fedlora.models import resolve_model
-from fedlora.runtime.assemble import client_specs
+from fedlora.runtime.assemble import build_method, client_specs
 from fedlora.runtime.client_data import client_split
 from fedlora.runtime.flower.protocol import Instruction, Memory, Report, unpack_memory
 from fedlora.runtime.steps import client_step, receive_broadcast
@@ -88,7 +87,7 @@ def build_client(
         seed=cfg.seed,
         weighting=cfg.federation.weighting,
     )
-    method = build(cfg.method.name, cfg.method.options)
+    method = build_method(cfg)
     method.validate(setup)
     seq_len = cfg.train.seq_len
     raw = client_examples_raw(cfg, cid, data_file) if with_data else []

@@ -272,7 +272,13 @@ def play_round(
     }
     failures = {cid: why for cid, why in rnd.failures.items() if cid in rnd.sampled}
     server = server_step(
-        method=method, state=rs.state, setup=setup, uploads=uploads, failures=failures, cfg=cfg
+        method=method,
+        state=rs.state,
+        setup=setup,
+        uploads=uploads,
+        failures=failures,
+        cfg=cfg,
+        round_=t,
     )
     # Mirror every client's view: the same client_start the clients ran (no training).
     for c in setup.clients:

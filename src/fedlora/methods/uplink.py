@@ -1,0 +1,224 @@
+"""The uplink sparsifier: FedSRD's Sparsify stage as a plug-in for other methods.
+
+Paper: Yan et al., FedSRD (arXiv 2510.04601, WWW 2026), Table 7 ("plug-in"): the
+importance-aware sparsification of FedSRD applied to the uploads of methods that send LoRA
+factors (FedAvg, FedProx, FFA-LoRA, FLoRA, FlexLoRA, FLoRIST). It wraps any method whose
+upload is ``layer.A`` / ``layer.B`` factors; the method itself is unchanged.
+
+Client side, :meth:`SparseUplink.upload`: the wrapped method's upload ``U(trained)`` is
+compared with what it would upload had the client not trained, ``U(start)``; the difference
+(per tensor: ``ΔA``, ``ΔB``) is sparsified with :func:`fedlora.ops.sparsify.select` at the
+FedSRD ratio (importance scores ``I_A`` with the new ``B``, ``I_B`` with the old ``A``) and
+sent under the wrapped method's names and shapes, as sparse entries.
+
+Server side, :meth:`SparseUplink.aggregate`: the server rebuilds each client's start from its
+own state, as the client did (``broadcast`` → the wire's value rounding → ``client_start``
+with the client's seed stream :data:`fedlora.ops.seeds.Stream.CLIENT_START`), adds the sparse
+difference back to ``U(start)`` and hands the wrapped method ordinary uploads. With nothing
+pruned (``fixed_rho = 0``) this reproduces the wrapped method exactly.
+
+Departures and choices:
+
+- Which methods qualify is decided by the upload schema (only ``.A`` / ``.B`` entries), not by
+  a list of names; FedSRD and Fed-DARE already send sparse deltas and are refused.
+- The ratio is computed from the importance scores for every sparsifier (``importance``,
+  ``magnitude``, ``random``), as in the FedSRD ablations (:mod:`fedlora.ops.sparsify`).
+- The wrapped method must be able to rebuild a client's start without the client's view
+  (true of every method that qualifies: their starts follow from the broadcast and a seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from fedlora.errors import ConfigError
+from fedlora.methods.base import (
+    ClientSpec,
+    ClientStart,
+    Factored,
+    Lora,
+    Method,
+    Payload,
+    ServerState,
+    Setup,
+    Tensor,
+    Upload,
+)
+from fedlora.methods.common import dense
+from fedlora.ops.importance import importance_a, importance_b
+from fedlora.ops.seeded_init import SeededInit
+from fedlora.ops.seeds import Stream, client_seed, label_seed
+from fedlora.ops.sparse import Sparse
+from fedlora.ops.sparsify import RatioRule, ratio_summary, select
+
+WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def as_received(payload: Payload, value_dtype: str) -> Payload:
+    """``payload`` with its values rounded as the wire's ``value_dtype`` rounds them."""
+    dtype = WIRE_DTYPES[value_dtype]
+
+    def rounded(t: Tensor) -> Tensor:
+        return t.to(dtype).to(torch.float32)
+
+    out: Payload = {}
+    for name, entry in payload.items():
+        if isinstance(entry, Sparse):
+            out[name] = replace(entry, values=rounded(entry.values))
+        elif isinstance(entry, SeededInit):
+            out[name] = entry
+        else:
+            out[name] = rounded(entry)
+    return out
+
+
+def _split(name: str) -> tuple[str, str]:
+    layer, _, part = name.rpartition(".")
+    return layer, part
+
+
+class SparseUplink:
+    """A method whose uploads are sparsified differences (see module docstring)."""
+
+    def __init__(
+        self,
+        inner: Method,
+        *,
+        sparsifier: str,
+        rule: RatioRule,
+        rescale: bool,
+        wire_dtype: str = "float32",
+    ) -> None:
+        self.inner = inner
+        self.sparsifier = sparsifier
+        self.rule = rule
+        self.rescale = rescale
+        self.wire_dtype = wire_dtype
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    # -- delegated hooks -----------------------------------------------------------------
+
+    def validate(self, setup: Setup) -> None:
+        self.inner.validate(setup)
+        for client in setup.clients:
+            names = self.inner.upload_schema(setup, client)
+            odd = sorted(n for n in names if _split(n)[1] not in ("A", "B"))
+            if odd:
+                raise ConfigError(
+                    f"uplink.sparsify: method {self.name!r} does not upload LoRA factors "
+                    f"(it sends {odd[0]!r}); the uplink sparsifier wraps methods that send "
+                    "A and B (fedavg, fedprox, ffa, flora, flexlora, florist)"
+                )
+
+    def init_server(self, setup: Setup) -> ServerState:
+        return self.inner.init_server(setup)
+
+    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+        return self.inner.broadcast(state, setup, client)
+
+    def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
+        return self.inner.base_merge(payload, setup)
+
+    def client_start(
+        self,
+        view: Mapping[str, Tensor] | None,
+        payload: Payload,
+        setup: Setup,
+        client: ClientSpec,
+        seed: int,
+    ) -> ClientStart:
+        return self.inner.client_start(view, payload, setup, client, seed)
+
+    def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
+        return self.inner.regulariser(current, start)
+
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+        return self.inner.upload_schema(setup, client)
+
+    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
+        return self.inner.global_delta(state, setup)
+
+    # -- the plug-in -----------------------------------------------------------------------
+
+    def _scores(self, name: str, delta: Tensor, start: ClientStart, trained: Lora) -> Tensor:
+        layer, part = _split(name)
+        if part == "A":
+            return importance_a(delta, trained[layer].B.detach())
+        return importance_b(delta, start.adapter[layer].A)
+
+    def _differences(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
+    ) -> dict[str, Tensor]:
+        full = self.inner.upload(start, trained, setup, client, seed)
+        ref = self.inner.upload(start, start.adapter, setup, client, seed)
+        return {name: dense(full[name]) - dense(ref[name]) for name in full}
+
+    def upload(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
+    ) -> Payload:
+        out: Payload = {}
+        for name, delta in self._differences(start, trained, setup, client, seed).items():
+            scores = self._scores(name, delta, start, trained)
+            rho = self.rule.ratio(scores)
+            mask_seed = label_seed(seed, "uplink", name)
+            out[name] = select(delta, scores, rho, self.sparsifier, self.rescale, mask_seed)
+        return out
+
+    def upload_report(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+    ) -> dict[str, Any]:
+        rhos: dict[str, list[float]] = {"A": [], "B": []}
+        deltas = self._differences(start, trained, setup, client, 0)
+        for name, delta in deltas.items():
+            rhos[_split(name)[1]].append(self.rule.ratio(self._scores(name, delta, start, trained)))
+        report = dict(self.inner.upload_report(start, trained, setup, client))
+        for part, values in rhos.items():
+            if values:
+                report[f"uplink_rho_{part}"] = ratio_summary(values)
+        return report
+
+    def rebuilt_start(
+        self, state: ServerState, setup: Setup, client: ClientSpec, round_: int
+    ) -> ClientStart:
+        """What ``client`` trained from in runtime round ``round_``, rebuilt on the server."""
+        received = as_received(self.inner.broadcast(state, setup, client), self.wire_dtype)
+        seed = client_seed(setup.seed, Stream.CLIENT_START, round_, client.cid)
+        return self.inner.client_start(None, received, setup, client, seed)
+
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
+        rebuilt = []
+        for up in uploads:
+            client = setup.client(up.cid)
+            round_ = up.round if up.round is not None else state.round + 1
+            start = self.rebuilt_start(state, setup, client, round_)
+            seed = client_seed(setup.seed, Stream.UPLOAD, round_, client.cid)
+            ref = self.inner.upload(start, start.adapter, setup, client, seed)
+            payload: Payload = {
+                name: dense(ref[name]) + dense(up.payload[name]).to(dense(ref[name]).dtype)
+                for name in ref
+            }
+            rebuilt.append(Upload(up.cid, up.n_samples, payload, up.round))
+        return self.inner.aggregate(state, rebuilt, setup)
+
+
+def with_uplink(
+    method: Method,
+    *,
+    sparsify: str,
+    rule: RatioRule,
+    rescale: bool,
+    wire_dtype: str = "float32",
+) -> Method:
+    """``method`` itself for ``sparsify = "none"``, else wrapped in :class:`SparseUplink`."""
+    if sparsify == "none":
+        return method
+    return SparseUplink(
+        method, sparsifier=sparsify, rule=rule, rescale=rescale, wire_dtype=wire_dtype
+    )
