@@ -23,7 +23,8 @@ def small_rows() -> dict[str, dict[str, Any]]:
 
 
 def test_every_registered_method_is_measured(small_rows: dict[str, dict[str, Any]]) -> None:
-    assert sorted(small_rows) == registry.names()
+    variants = [v.label for v in comm.VARIANTS]
+    assert list(small_rows) == registry.names() + variants
     failed = {m: r["error"] for m, r in small_rows.items() if "error" in r}
     assert not failed
     for row in small_rows.values():
@@ -143,3 +144,42 @@ def test_unknown_method_is_reported_not_fatal(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert status == 1
     assert "nope" in out and "unknown method" in out
+
+
+def test_plug_in_rows_sparsify_the_upload_of_their_method(
+    small_rows: dict[str, dict[str, Any]],
+) -> None:
+    for method in ("fedavg", "fedprox", "ffa", "flora", "flexlora", "florist"):
+        plain, plugged = small_rows[method], small_rows[f"{method}+importance"]
+        assert plugged["uplink"] == "importance"
+        # Same tensors, sparse: at most 1 - 0.85 of the values, positions coded explicitly
+        assert plugged["upload"]["values"] <= 0.15 * plain["upload"]["values"]
+        assert all("dense" not in enc for enc in plugged["upload"]["encodings"].values())
+        assert plugged["download"]["bytes"] == plain["download"]["bytes"] or method in (
+            "flora",
+            "flexlora",
+            "florist",
+        )
+
+
+def test_fedsrd_ablation_rows_carry_their_options(small_rows: dict[str, dict[str, Any]]) -> None:
+    assert small_rows["fedsrd:random"]["options"] == {"sparsifier": "random"}
+    # a random mask travels as its seed, an importance mask as coded positions
+    assert all(
+        set(e) == {"seed"} for e in small_rows["fedsrd:random"]["upload"]["encodings"].values()
+    )
+    assert all("seed" not in e for e in small_rows["fedsrd"]["upload"]["encodings"].values())
+    # dense decomposition broadcasts both factors in full
+    dense_down = small_rows["fedsrd:dense-decompose"]["download"]
+    assert dense_down["values"] == small_rows["fedavg"]["download"]["values"]
+
+
+def test_no_method_sends_values_in_its_first_download(
+    small_rows: dict[str, dict[str, Any]],
+) -> None:
+    # A fresh PEFT init travels as seeds and its init rule, B = 0 as empty entries (FLoRA and
+    # merge-mode methods start from an empty stack): the first broadcast carries no values.
+    for name in registry.names():
+        first = small_rows[name]["first_download"]
+        assert first["values"] == 0, name
+        assert first["bytes"] < 0.05 * small_rows["fedavg"]["download"]["bytes"], name

@@ -27,7 +27,8 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,7 +37,9 @@ from fedlora import shapes
 from fedlora.errors import FedloraError
 from fedlora.methods import registry
 from fedlora.methods.base import ClientSpec, ClientStart, Lora, LoraPair, Method, Setup, Upload
+from fedlora.methods.uplink import with_uplink
 from fedlora.ops.seeds import Stream, client_seed
+from fedlora.ops.sparsify import RatioRule
 from fedlora.wire import decode, encode_with_stats
 from fedlora.wire.stats import WireStats
 
@@ -51,6 +54,41 @@ PAPER_SHAPE, PAPER_RANK = "llama-3.2-3b", 64
 PAPER_MB = {"fedavg": 742.0, "ffa": 371.0, "fed_dare": 190.0, "fedsrd": 74.0}
 """FedSRD paper (arXiv 2510.04601), MB per round per client, upload + download, for
 Llama-3.2-3B with r=64 on all linear layers (fp32). Fed-DARE and FedSRD are approximate."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row of the table beyond a method's defaults: method options and the uplink stage."""
+
+    label: str
+    method: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    uplink: str = "none"
+
+    def build(self, value_dtype: str) -> Method:
+        inner = registry.build(self.method, self.options)
+        return with_uplink(
+            inner, sparsify=self.uplink, rule=RatioRule(), rescale=True, wire_dtype=value_dtype
+        )
+
+
+VARIANTS = (
+    Variant("fedsrd:random", "fedsrd", {"sparsifier": "random"}),
+    Variant("fedsrd:magnitude", "fedsrd", {"sparsifier": "magnitude"}),
+    Variant("fedsrd:no-reconstruct", "fedsrd", {"reconstruct": False}),
+    Variant("fedsrd:dense-decompose", "fedsrd", {"decompose": "dense"}),
+    *(
+        Variant(f"{m}+importance", m, uplink="importance")
+        for m in ("fedavg", "fedprox", "ffa", "flora", "flexlora", "florist")
+    ),
+)
+"""FedSRD's ablations (its Table 4) and its importance plug-in on the methods that send
+LoRA factors (its Table 7). Every registered method also gets a row of its defaults."""
+
+
+def all_rows() -> list[Variant]:
+    """Every registered method at its defaults, then :data:`VARIANTS`."""
+    return [Variant(name, name) for name in registry.names()] + list(VARIANTS)
 
 
 def _synthetic_training(start: ClientStart, gen: torch.Generator) -> Lora:
@@ -120,14 +158,18 @@ def measure_method(
     value_dtype: str = "float32",
     seed: int = 0,
     rounds: int = ROUNDS,
-) -> tuple[_Tally, _Tally]:
-    """Run ``rounds`` rounds of ``method`` on ``setup``; tally uploads and the broadcasts
-    that follow each aggregation (the one-time initial broadcast is not counted)."""
+) -> tuple[_Tally, _Tally, _Tally]:
+    """Run ``rounds`` rounds of ``method`` on ``setup``; tally uploads, the broadcasts that
+    follow each aggregation, and (separately) the one-time first broadcast."""
     method.validate(setup)
     gen = torch.Generator().manual_seed(seed)
     state = method.init_server(setup)
     views: dict[int, Any] = {}
-    up, down = _Tally(), _Tally()
+    up, down, first = _Tally(), _Tally(), _Tally()
+    for client in setup.clients:
+        first.add(
+            encode_with_stats(method.broadcast(state, setup, client), value_dtype=value_dtype)[1]
+        )
     for _ in range(rounds):
         uploads = []
         for client in setup.clients:
@@ -150,7 +192,7 @@ def measure_method(
             payload = method.broadcast(state, setup, client)
             _, stats = encode_with_stats(payload, value_dtype=value_dtype)
             down.add(stats)
-    return up, down
+    return up, down, first
 
 
 def comm_table(
@@ -175,7 +217,7 @@ def comm_table(
     targets : target modules (default all seven linear layers of a block).
     blocks : measure exactly this many blocks and report them unscaled; default: measure
         ``measured_blocks`` blocks and scale to the whole model.
-    methods : method names (default every registered method).
+    methods : row labels: method names or :data:`VARIANTS` labels (default: all of them).
     value_dtype : how values travel ("float32", "bfloat16", "float16").
     rounds : rounds simulated (figures are means over them).
     measured_blocks : blocks actually run when ``blocks`` is None (then scaled).
@@ -200,8 +242,11 @@ def comm_table(
     )
     params = shapes.lora_params(layers, rank) * scale
     paper_applies = (shape, rank, target_names) == (PAPER_SHAPE, PAPER_RANK, shapes.ALL_LINEAR)
+    known = {v.label: v for v in all_rows()}
     rows = []
-    for name in methods if methods is not None else registry.names():
+    for name in list(methods) if methods is not None else list(known):
+        # An unknown name becomes a row whose build fails, reported like any other failure.
+        variant = known.get(name, Variant(name, name))
         row: dict[str, Any] = {
             "method": name,
             "shape": shape,
@@ -214,12 +259,14 @@ def comm_table(
             "dense_mb": 4 * params / MIB,
             "value_dtype": value_dtype,
             "paper_mb": PAPER_MB.get(name) if paper_applies else None,
+            "options": dict(variant.options),
+            "uplink": variant.uplink,
             "rounds": rounds,
         }
         started = time.perf_counter()
         try:
-            up, down = measure_method(
-                registry.build(name), setup, value_dtype=value_dtype, rounds=rounds
+            up, down, first = measure_method(
+                variant.build(value_dtype), setup, value_dtype=value_dtype, rounds=rounds
             )
         except Exception as exc:  # one broken or inapplicable method must not hide the others
             logger.warning(
@@ -230,6 +277,7 @@ def comm_table(
             continue
         row["upload"] = up.summary(scale)
         row["download"] = down.summary(scale)
+        row["first_download"] = first.summary(scale)
         row["total_mb"] = row["upload"]["mb"] + row["download"]["mb"]
         row["seconds"] = time.perf_counter() - started
         logger.info("comm: %s measured in %.1f s", name, row["seconds"])
@@ -258,6 +306,7 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
         return "no methods registered"
     head = rows[0]
     scaled = head["blocks"] != head["measured_blocks"]
+    width = max(10, *(len(r["method"]) for r in rows))
     lines = [
         f"{head['shape']}: LoRA rank {head['rank']} on {','.join(head['targets'])}, "
         f"{head['blocks']} blocks, {head['clients']} clients; {head['lora_params']:,} LoRA "
@@ -271,27 +320,29 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
             else ""
         ),
         "",
-        f"{'method':<10} {'up MB':>9} {'down MB':>9} {'total MB':>9} {'paper MB':>9} "
-        f"{'hdr KB':>7} {'up vals':>12} {'down vals':>12} {'bound up':>8} {'bound dn':>8}  "
+        f"{'method':<{width}} {'up MB':>9} {'down MB':>9} {'total MB':>9} {'paper MB':>9} "
+        f"{'hdr KB':>7} {'1st dn MB':>9} {'up vals':>12} {'down vals':>12} {'bound up':>8} {'bound dn':>8}  "
         "encodings up / down",
     ]
     for r in rows:
         paper = "-" if r.get("paper_mb") is None else f"{r['paper_mb']:.0f}"
         if "error" in r:
             na = f"{'n/a':>9}"
-            lines.append(f"{r['method']:<10} {na} {na} {na} {paper:>9}  {r['error']}")
+            lines.append(f"{r['method']:<{width}} {na} {na} {na} {paper:>9}  {r['error']}")
             continue
         u, d = r["upload"], r["download"]
         lines.append(
-            f"{r['method']:<10} {_fmt_mb(u['mb'])} {_fmt_mb(d['mb'])} {_fmt_mb(r['total_mb'])} "
+            f"{r['method']:<{width}} {_fmt_mb(u['mb'])} {_fmt_mb(d['mb'])} {_fmt_mb(r['total_mb'])} "
             f"{paper:>9} {(u['overhead_bytes'] + d['overhead_bytes']) / 1024:>7.1f} "
+            f"{_fmt_mb(r['first_download']['mb'])} "
             f"{u['values']:>12,} {d['values']:>12,} {_fmt_ratio(u['sparse_bound_ratio']):>8} "
             f"{_fmt_ratio(d['sparse_bound_ratio']):>8}  {_fmt_enc(u['encodings'])} / "
             f"{_fmt_enc(d['encodings'])}"
         )
     lines.append("")
     lines.append(
-        "hdr KB = container header (up + down, included in the MB columns); bound = "
+        "hdr KB = container header (up + down, included in the MB columns); 1st dn MB = the "
+        "one-time first broadcast (not in the per-round columns); bound = "
         "bits of sparse entries / information bound (log2 C(N,k) + value bits), "
         "'-' = no sparse entries"
     )
@@ -313,7 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="measure exactly this many blocks (default: 2, scaled to the model)",
     )
-    p.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of rows: method names or variant labels (e.g. "
+        "fedavg+importance, fedsrd:random)",
+    )
     p.add_argument("--value-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
