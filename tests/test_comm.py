@@ -183,4 +183,5 @@ def test_no_method_sends_values_in_its_first_download(
         first = small_rows[name]["first_download"]
         assert first["values"] == 0, name
         entries = sum(sum(c.values()) for c in first["encodings"].values())
-        assert first["bytes"] <= HEADER_PER_TENSOR * entries + 128, name
+        # JSON header only: a seeded entry (rule + 19-digit seed) costs about 260 bytes
+        assert first["bytes"] <= 300 * entries + 128, name
