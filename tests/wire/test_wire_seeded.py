@@ -1,5 +1,6 @@
-"""Seeded inits on the wire: a fresh LoRA A travels as its init rule and seed, is rebuilt
-bit-identically by the receiver, and hostile descriptions are refused naming the tensor."""
+"""Seeded inits and empty entries on the wire: a fresh LoRA A travels as its init rule and
+seed and is rebuilt bit-identically by the receiver, B = 0 travels with no streams, and
+hostile descriptions are refused naming the tensor."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from fedlora.errors import PayloadError
 from fedlora.ops.seeded_init import LORA_A_RULE, SeededInit, portable_uniform
+from fedlora.ops.sparse import Sparse
 from fedlora.wire import container as ct
 from fedlora.wire import decode, decode_with_stats, encode, encode_with_stats
 
@@ -65,3 +67,27 @@ def test_seeded_entry_must_match_the_expected_shape() -> None:
     buf = encode({"l0.A": SeededInit((4, 8), 3)})
     with pytest.raises(PayloadError, match="does not match the expected"):
         decode(buf, expected={"l0.A": (4, 9)})
+
+
+def test_an_all_zero_sparse_entry_travels_with_no_streams() -> None:
+    # Prepare: B = 0 of a fresh adapter
+    zero = Sparse((576, 8), torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+    # Execute
+    buf, stats = encode_with_stats({"l0.B": zero})
+    payload = decode(buf, expected={"l0.B": (576, 8)})
+    # Assert: decoded as the zero tensor; only a header crossed
+    assert torch.equal(payload["l0.B"].to_dense(), torch.zeros(576, 8))
+    assert stats.encodings() == {"B": {"empty": 1}} and stats.value_bytes == 0
+    assert len(buf) < 300  # the container's JSON header alone
+
+
+def test_an_empty_entry_that_declares_values_is_refused() -> None:
+    desc = {
+        "kind": "sparse",
+        "shape": [4, 8],
+        "dtype": "float32",
+        "nnz": 3,
+        "positions": {"encoding": "empty"},
+    }
+    with pytest.raises(PayloadError, match="tensor 'l0.A': an empty sparse entry declares 3"):
+        decode(craft(desc))

@@ -139,7 +139,10 @@ def _encode_sparse(
     if values.numel() != indices.size:
         raise ValueError(f"tensor {name!r}: {values.numel()} values for {indices.size} positions")
     stored = {ct.values_key(name): values}
-    if sparse.mask_seed is not None:
+    if indices.size == 0 and sparse.mask_seed is None:
+        # The zero tensor (B = 0 of a fresh adapter): no values, no positions, no streams.
+        stored, positions, pos_bytes = {}, {"encoding": "empty"}, 0
+    elif sparse.mask_seed is not None:
         positions = _seed_positions(name, sparse, indices)
         pos_bytes = 0
     else:
@@ -323,6 +326,10 @@ def _check_entry(name: str, desc: object, header: ct.Header) -> _Spec:
         raise _fail(name, f"nnz {nnz!r} is not an integer in [0, {_numel(shape_t)}]")
     if not isinstance(positions, dict) or not isinstance(positions.get("encoding"), str):
         raise _fail(name, "sparse entry has no positions description")
+    if positions["encoding"] == "empty":
+        if nnz != 0:
+            raise _fail(name, f"an empty sparse entry declares {nnz} values")
+        return ("sparse", shape_t, dtype, 0, positions)
     _check_stored(name, header, ct.values_key(name), ct.VALUE_DTYPES[dtype], (nnz,))
     if positions["encoding"] == "seed":
         seed, keep = positions.get("seed"), positions.get("keep_prob")
@@ -367,7 +374,7 @@ def _check_stored_keys(specs: Mapping[str, _Spec], header: ct.Header) -> None:
     for name, (kind, _, _, _, positions) in specs.items():
         if kind == "dense":
             wanted.add(name)
-        elif kind == "sparse":
+        elif kind == "sparse" and positions.get("encoding") != "empty":
             wanted.add(ct.values_key(name))
             if positions.get("encoding") != "seed":
                 wanted.add(ct.positions_key(name))
@@ -410,6 +417,9 @@ def _decode_entry(
         rule, seed = str(positions["rule"]), int(cast(int, positions["seed"]))
         init = SeededInit((shape[0], shape[1]), seed, rule)
         return init, TensorStats(name, "seeded", shape, 0, 0, "seed-init", dtype, 0, 0)
+    if kind == "sparse" and positions["encoding"] == "empty":
+        empty = Sparse(shape, torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+        return empty, TensorStats(name, "sparse", shape, 0, 0, "empty", dtype, 0, 0)
     raw = tensors[name if kind == "dense" else ct.values_key(name)]
     stored_shape = shape if kind == "dense" else (nnz,)
     if raw.dtype != TORCH_DTYPES[dtype] or tuple(raw.shape) != stored_shape:
