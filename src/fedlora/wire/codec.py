@@ -139,6 +139,7 @@ def _encode_sparse(
     if values.numel() != indices.size:
         raise ValueError(f"tensor {name!r}: {values.numel()} values for {indices.size} positions")
     stored = {ct.values_key(name): values}
+    positions: dict[str, object]
     if indices.size == 0 and sparse.mask_seed is None:
         # The zero tensor (B = 0 of a fresh adapter): no values, no positions, no streams.
         stored, positions, pos_bytes = {}, {"encoding": "empty"}, 0
