@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.common import serde
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -41,6 +42,8 @@ from fedlora.runtime.flower.server_app import decode_config, encode_config, sett
 from tests.conftest import tiny_overrides
 
 TIMING = {"server_seconds", "train_seconds", "client_overhead_seconds", "round_seconds"}
+TRANSPORT = "transport_bytes"
+"""What the runtime itself moved (Flower adds config and re-sync blobs): checked on its own."""
 
 
 class LocalGrid(Grid):
@@ -62,6 +65,8 @@ class LocalGrid(Grid):
         self.replies: dict[str, Message] = {}
         self.log: list[tuple[str, int]] = []
         self.before_push: Any = None
+        # protobuf bytes of each train message's content and of its reply, by (round, cid)
+        self.sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
     def set_run(self, run: Any) -> None:  # the fake has one run
         pass
@@ -100,6 +105,13 @@ class LocalGrid(Grid):
                 )
             else:
                 reply = client_app.app(msg, ctx)
+            if msg.metadata.message_type == "train":
+                rec = msg.content.config_records["fedlora"]
+                back = (
+                    0 if reply.has_error() else serde.recorddict_to_proto(reply.content).ByteSize()
+                )
+                sent = serde.recorddict_to_proto(msg.content).ByteSize()
+                self.sizes[(int(rec["round"]), int(rec["cid"]))] = (sent, back)
             self.replies[mid] = reply
             ids.append(mid)
         return ids
@@ -131,7 +143,7 @@ def _adapter(run: Path) -> dict[str, torch.Tensor]:
 
 
 def _strip(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in rec.items() if k not in TIMING}
+    return {k: v for k, v in rec.items() if k not in TIMING and k != TRANSPORT}
 
 
 def _pair(tmp: Path, files: list[str], *extra: str) -> tuple[config.RunConfig, config.RunConfig]:
@@ -253,6 +265,21 @@ def test_flower_run_equals_in_process_run(
     assert all(set(r["upload_bytes"]) == {str(c) for c in r["sampled"]} for r in rb[1:])
     assert all(set(r["download_bytes"]) == {"0", "1", "2"} for r in rb[1:])
     assert [kind for kind, _ in grid.log].count("query") == 3
+    # Bytes are the truth: Flower's record counts every byte of every message it handed to
+    # Flower and got back; in-process, only the payloads move
+    for r in rb[1:]:
+        for cid in ("0", "1", "2"):
+            sent, back = grid.sizes[(r["round"], int(cid))]
+            assert r[TRANSPORT]["sent"][cid] == sent
+            assert r[TRANSPORT]["received"][cid] == back
+            # the broadcast and the run's config JSON both crossed; so did an upload
+            config_json = len(json.dumps(config.to_dict(flw), sort_keys=True))
+            assert sent > r["download_bytes"][cid] + config_json
+            if cid in r["upload_bytes"]:
+                assert back > r["upload_bytes"][cid]
+    for r in ra[1:]:
+        assert r[TRANSPORT]["sent"] == r["download_bytes"]
+        assert {k: v for k, v in r[TRANSPORT]["received"].items() if v} == r["upload_bytes"]
 
 
 def test_dead_node_is_dropped_and_the_round_completes(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, RecordDict
+from flwr.common import serde
 
 from fedlora.errors import PayloadError
 
@@ -254,3 +255,10 @@ def unpack_memory(blob: bytes) -> Memory:
 def empty_memory() -> Memory:
     """The memory of a client before round 1."""
     return Memory(0, None, ())
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of a message's content as Flower puts it on the wire: the size of its protobuf
+    encoding (broadcast or upload, the run's config, a re-sync memory, the small fields).
+    The message's metadata (ids, type, ttl: about a hundred bytes) is not counted."""
+    return int(serde.recorddict_to_proto(content).ByteSize())

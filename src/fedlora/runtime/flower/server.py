@@ -1,15 +1,11 @@
-"""The server side of a Flower run: a strategy that wraps a fedlora method.
+"""The server side of a Flower run: the round driver over Flower messages.
 
-Each round is the in-process round (:func:`fedlora.runtime.simulation.run_round`) with the
-client loop replaced by Flower messages: the server encodes a broadcast for every client,
-sends each SuperNode its client's bytes (all clients, trained or not, so delta-synchronised
-methods stay in sync and base merges reach everyone), waits for the replies, and hands the
-upload bytes to :func:`fedlora.runtime.steps.server_step`. Metrics, checkpoints and the final
-adapter are written exactly as the in-process runtime writes them.
-
-The server also keeps every client's ``view`` (the same ``client_start`` the client runs,
-without training), as the in-process runtime does: checkpoints stay the same, and a client
-that missed a round, restarted, or joined late is re-synchronised from it.
+The round, its record, checkpoints and the final adapter are the driver's
+(:mod:`fedlora.runtime.driver`); this module is the transport: it finds which SuperNode
+serves which client, sends each its client's broadcast (all clients, trained or not) with the
+run's config, re-synchronises a client that may have missed a round from the server's mirror
+of its view, and turns the replies into the driver's :class:`~fedlora.runtime.driver.Reply`,
+counting every byte of every message it hands to Flower or gets back.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +25,8 @@ from flwr.serverapp import Grid
 from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import FedloraError, PayloadError
-from fedlora.runtime import checkpoint, simulation
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.evaluate import evaluate
+from fedlora.runtime.driver import Dispatch, Reply, drive
 from fedlora.runtime.flower.protocol import (
     QUERY,
     RECORD,
@@ -39,15 +34,13 @@ from fedlora.runtime.flower.protocol import (
     Instruction,
     Memory,
     Report,
+    content_bytes,
     instruction_content,
     pack_memory,
     read_report,
 )
-from fedlora.runtime.simulation import RunState, global_update, prepare_run_dir, sample_clients
-from fedlora.runtime.steps import Transfer, client_step, max_bytes, send, server_step
-from fedlora.train.adapters import add_into_base
-from fedlora.train.peft_io import compact, write_adapter
-from fedlora.wire import decode
+from fedlora.runtime.run_folder import RunState, prepare_run_dir
+from fedlora.runtime.steps import ClientOutcome, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -172,22 +165,12 @@ def wait_for_nodes(grid: Grid, nodes: Nodes, cfg: RunConfig, opts: ServerOptions
     log.warning("starting with clients %s of %d", sorted(nodes.by_cid), nodes.clients)
 
 
-@dataclass
-class Round:
-    """What the server collected in one round."""
-
-    t: int
-    sampled: list[int]
-    down: dict[int, Transfer]
-    reports: dict[int, Report] = field(default_factory=dict)
-    failures: dict[int, str] = field(default_factory=dict)
-
-
 def _collect(
-    rnd: Round, cid: int, reply: Message | None, nodes: Nodes, needs_sync: set[int]
-) -> None:
-    """Record one client's reply; anything but a clean reply means it may be out of sync."""
-    why: str | None = None
+    t: int, cid: int, reply: Message | None, nodes: Nodes, needs_sync: set[int]
+) -> Report | str:
+    """One client's reply as a Report, or why there is none; anything but a clean reply
+    means the client may be out of sync (it is re-synchronised next round)."""
+    why: str
     if reply is None:
         why = "no reply within round-timeout"
     elif reply.has_error():
@@ -197,150 +180,84 @@ def _collect(
     else:
         try:
             rep = read_report(reply.content)
-            if rep.cid != cid or rep.round != rnd.t:
+            if rep.cid != cid or rep.round != t:
                 raise PayloadError(f"reply is for client {rep.cid} round {rep.round}")
         except PayloadError as exc:
             why = f"invalid reply: {exc}"
         else:
-            rnd.reports[cid] = rep
-            if rep.status == "out-of-sync":
-                why = f"out of sync: {rep.error}"
-            else:
+            if rep.status != "out-of-sync":
                 needs_sync.discard(cid)  # it applied the broadcast, even if training failed
-                if rep.status == "failed":
-                    rnd.failures[cid] = rep.error or "client failed"
-                return
+                return rep
+            why = f"out of sync: {rep.error}"
     needs_sync.add(cid)
-    log.warning("round %d: client %d: %s", rnd.t, cid, why)
-    rnd.failures[cid] = why or "unknown"
+    log.warning("round %d: client %d: %s", t, cid, why)
+    return why
 
 
-def play_round(
-    fed: Federation,
-    rs: RunState,
-    grid: Grid,
-    nodes: Nodes,
-    needs_sync: set[int],
-    opts: ServerOptions,
-    report: Reporter,
-) -> dict[str, Any]:
-    """One round over Flower; ``rs`` is updated as the in-process runtime updates it."""
-    cfg, method, setup = fed.cfg, fed.method, fed.setup
-    t = rs.round + 1
-    nodes.discover(grid, timeout=opts.round_timeout or 60.0)
-    rnd = Round(t=t, sampled=sample_clients(cfg, t), down={})
-    report("round_start", {"round": t, "sampled": rnd.sampled})
-    decoded = {}
-    for c in setup.clients:
-        rnd.down[c.cid] = send(method.broadcast(rs.state, setup, c), cfg)
-        decoded[c.cid] = decode(rnd.down[c.cid].data, expected=None, max_bytes=max_bytes(cfg))
-    merge = method.base_merge(decoded[setup.clients[0].cid], setup)
-    add_into_base(fed.model, merge)
-
-    config_json = json.dumps(config_mod.to_dict(cfg), sort_keys=True)
-    targets, msgs = [], []
-    for c in setup.clients:
-        node = nodes.by_cid.get(c.cid)
-        if node is None:
-            needs_sync.add(c.cid)
-            if c.cid in rnd.sampled:
-                rnd.failures[c.cid] = "no SuperNode serves this client"
-            continue
-        sync = None
-        if c.cid in needs_sync:
-            sync = pack_memory(Memory(t - 1, rs.views[c.cid], tuple(rs.merges)))
-        ins = Instruction(
-            round=t,
-            cid=c.cid,
-            train=c.cid in rnd.sampled,
-            config=config_json,
-            broadcast=rnd.down[c.cid].data,
-            sync=sync,
-        )
-        targets.append(c.cid)
-        msgs.append(Message(instruction_content(ins), node, TRAIN, group_id=str(t)))
-    rs.merges.append(merge)
-    for cid, reply in zip(targets, exchange(grid, msgs, opts.round_timeout), strict=True):
-        _collect(rnd, cid, reply, nodes, needs_sync)
-        if cid in rnd.sampled:
-            report("client_done", {"round": t, "cid": cid})
-
-    uploads = {
-        cid: (r.upload, r.n_samples)
-        for cid, r in rnd.reports.items()
-        if r.upload is not None and cid in rnd.sampled
-    }
-    failures = {cid: why for cid, why in rnd.failures.items() if cid in rnd.sampled}
-    server = server_step(
-        method=method,
-        state=rs.state,
-        setup=setup,
-        uploads=uploads,
-        failures=failures,
-        cfg=cfg,
-        round_=t,
+def _outcome(cid: int, got: Report | str) -> ClientOutcome:
+    """A reply as the driver reads it (the same fields the in-process client step fills)."""
+    if isinstance(got, str):
+        return ClientOutcome(cid=cid, view={}, error=got)
+    out = ClientOutcome(
+        cid=cid,
+        view={},
+        n_samples=got.n_samples,
+        train_loss=got.train_loss,
+        tokens=got.tokens,
+        train_seconds=got.train_seconds,
+        overhead_seconds=got.overhead_seconds,
+        error=got.error if got.status == "failed" else None,
+        report=dict(got.upload_report),
     )
-    # Mirror every client's view: the same client_start the clients ran (no training).
-    for c in setup.clients:
-        rs.views[c.cid] = client_step(
-            model=fed.model,
-            method=method,
-            setup=setup,
-            client=c,
-            view=rs.views[c.cid],
-            broadcast=decoded[c.cid],
-            examples=[],
-            cfg=cfg,
-            round_=t,
-            pad_id=fed.pad_id,
-            train=False,
-        ).view
-    rs.state = server.state
-    rs.round = t
-    record = round_record(fed, rnd, targets, uploads, server)
-    if "ranks" in rs.state.meta:
-        record["ranks"] = rs.state.meta["ranks"]
-    if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
-        report("eval_start", {"round": t})
-        record["eval"] = evaluate(fed, method.global_delta(rs.state, setup))
-    return record
+    if got.upload is not None:
+        out.upload = Transfer(got.upload, got.params, got.encodings)
+    return out
 
 
-def round_record(
-    fed: Federation,
-    rnd: Round,
-    targets: Iterable[int],
-    uploads: dict[int, tuple[bytes, int]],
-    server: Any,
-) -> dict[str, Any]:
-    """The metrics.jsonl record of a round, with the in-process runtime's fields."""
-    up = {cid: r for cid, r in rnd.reports.items() if cid in uploads}
-    sent = sorted(targets)
-    return {
-        "round": rnd.t,
-        "method": fed.method.name,
-        "sampled": rnd.sampled,
-        "value_dtype": fed.cfg.wire.value_dtype,
-        "train_loss": {
-            str(cid): r.train_loss for cid, r in rnd.reports.items() if r.train_loss is not None
-        },
-        "n_samples": {str(cid): r.n_samples for cid, r in up.items()},
-        "upload_bytes": {str(cid): len(uploads[cid][0]) for cid in up},
-        "upload_params": {str(cid): r.params for cid, r in up.items()},
-        "download_bytes": {str(cid): rnd.down[cid].nbytes for cid in sent},
-        "download_params": {str(cid): rnd.down[cid].params for cid in sent},
-        "encodings": {
-            "upload": {str(cid): r.encodings for cid, r in up.items()},
-            "download": {str(cid): rnd.down[cid].encodings for cid in sent},
-        },
-        "accepted": server.accepted,
-        "dropped": {str(cid): why for cid, why in server.dropped.items()},
-        "skipped": server.skipped,
-        "server_seconds": server.seconds,
-        "train_seconds": {str(cid): r.train_seconds for cid, r in up.items()},
-        "client_overhead_seconds": {str(cid): r.overhead_seconds for cid, r in up.items()},
-        "upload_report": {str(cid): r.upload_report for cid, r in up.items() if r.upload_report},
-    }
+class FlowerTransport:
+    """Round messages over a Flower ``Grid``: one TRAIN message per served client, carrying
+    the broadcast, the run's config and, for a client that may be out of sync, its memory
+    (view and base merges so far) to re-synchronise from."""
+
+    name = "flower"
+
+    def __init__(self, fed: Federation, grid: Grid, nodes: Nodes, opts: ServerOptions) -> None:
+        self.fed, self.grid, self.nodes, self.opts = fed, grid, nodes, opts
+        # Every client starts unsynchronised: round 1 ships an (empty) memory, a resumed run
+        # ships each client's view and the base merges so far.
+        self.needs_sync = {c.cid for c in fed.setup.clients}
+        self.config_json = json.dumps(config_mod.to_dict(fed.cfg), sort_keys=True)
+
+    def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
+        self.nodes.discover(self.grid, timeout=self.opts.round_timeout or 60.0)
+        replies: dict[int, Reply] = {}
+        targets, msgs = [], []
+        for d in dispatches:
+            node = self.nodes.by_cid.get(d.cid)
+            if node is None:
+                self.needs_sync.add(d.cid)
+                replies[d.cid] = Reply(_outcome(d.cid, "no SuperNode serves this client"))
+                continue
+            sync = None
+            if d.cid in self.needs_sync:
+                # The merges before this round's (the driver has appended it already).
+                sync = pack_memory(Memory(t - 1, rs.views[d.cid], tuple(rs.merges[:-1])))
+            ins = Instruction(
+                round=t,
+                cid=d.cid,
+                train=d.train,
+                config=self.config_json,
+                broadcast=d.broadcast.data,
+                sync=sync,
+            )
+            targets.append(d.cid)
+            msgs.append(Message(instruction_content(ins), node, TRAIN, group_id=str(t)))
+        answers = exchange(self.grid, msgs, self.opts.round_timeout)
+        for cid, msg, reply in zip(targets, msgs, answers, strict=True):
+            got = _collect(t, cid, reply, self.nodes, self.needs_sync)
+            received = content_bytes(reply.content) if reply and not reply.has_error() else 0
+            replies[cid] = Reply(_outcome(cid, got), content_bytes(msg.content), received)
+        return replies
 
 
 def serve(
@@ -356,36 +273,7 @@ def serve(
     report = report or (lambda kind, info: None)
     out = prepare_run_dir(cfg, resume)
     fed = assemble(cfg, report)
-    metrics_path = out / "metrics.jsonl"
-    rs = simulation.start_or_resume(fed, out, resume, report)
     nodes = Nodes(clients=cfg.data.clients)
     report("status", {"text": f"waiting for {cfg.data.clients} SuperNodes"})
     wait_for_nodes(grid, nodes, cfg, opts)
-    # Every client starts unsynchronised: round 1 ships an (empty) memory, a resumed run
-    # ships each client's view and the base merges so far.
-    needs_sync = {c.cid for c in fed.setup.clients}
-    while rs.round < cfg.federation.rounds:
-        began = time.perf_counter()
-        record = play_round(fed, rs, grid, nodes, needs_sync, opts, report)
-        record["round_seconds"] = time.perf_counter() - began
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-        checkpoint.write(
-            out / "checkpoints",
-            checkpoint.Checkpoint(
-                round=rs.round,
-                state=rs.state,
-                views={cid: v for cid, v in rs.views.items() if v is not None},
-                merge=rs.merges[-1],
-                extra={"runtime": "flower"},
-            ),
-        )
-        report("round_done", {"round": rs.round, "record": record})
-    write_adapter(
-        out / "adapter",
-        compact(global_update(fed, rs)),
-        base_model=fed.base_model_ref,
-        target_modules=list(cfg.lora.target_modules),
-    )
-    report("done", {"out": str(out)})
-    return out
+    return drive(fed, FlowerTransport(fed, grid, nodes, opts), out, resume, report)

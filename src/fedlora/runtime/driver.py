@@ -1,0 +1,267 @@
+"""The round driver: one federated round, and the run around it, for every runtime.
+
+A runtime only says how messages reach clients and come back (a :class:`Transport`); what a
+round *is* lives here, once:
+
+1. sample the round's clients (seeded, :data:`Stream.SAMPLING`);
+2. encode one broadcast per client (every client gets one, trained or not, so
+   delta-synchronised methods stay in sync and base merges reach everyone) and decode it as
+   the client will;
+3. apply the round's base merge to the server's model;
+4. hand the broadcasts to the transport, which returns one :class:`Reply` per client;
+5. mirror every client's view with the same ``client_start`` the client runs (the server's
+   copy is what checkpoints hold and what re-synchronises a client that missed a round);
+6. decode the uploads strictly and aggregate (:func:`fedlora.runtime.steps.server_step`);
+7. write the round's record (identical fields in every runtime) and evaluate.
+
+One policy for failures: a sampled client without a usable upload is dropped from the round
+with the transport's reason; a client whose broadcast cannot be applied (``client_start``
+raises on the server's mirror, as it would on the client) keeps its previous view and, if
+sampled, is dropped with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from fedlora.config import RunConfig
+from fedlora.methods.base import Factored, Payload
+from fedlora.ops.seeds import Stream, client_seed, stream_seed
+from fedlora.runtime import checkpoint
+from fedlora.runtime.assemble import Federation
+from fedlora.runtime.evaluate import evaluate
+from fedlora.runtime.run_folder import RunState, start_or_resume
+from fedlora.runtime.steps import (
+    ClientOutcome,
+    ServerOutcome,
+    Transfer,
+    max_bytes,
+    send,
+    server_step,
+)
+from fedlora.train.adapters import add_into_base
+from fedlora.train.peft_io import compact, write_adapter
+from fedlora.wire import decode
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One client's part of a round, as the transport receives it."""
+
+    cid: int
+    train: bool
+    broadcast: Transfer
+    payload: Payload
+    """``broadcast`` decoded, as the client decodes it (in-process transports use it)."""
+
+
+@dataclass
+class Reply:
+    """What came back from one client, and every byte its transport moved this round."""
+
+    outcome: ClientOutcome
+    sent_bytes: int = 0
+    received_bytes: int = 0
+
+
+class Transport(Protocol):
+    """How a round's messages reach clients and come back."""
+
+    name: str
+
+    def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
+        """Deliver round ``t``'s broadcasts; return a reply for each dispatched client."""
+
+
+def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
+    """The clients that train in ``round_`` (seeded; sorted)."""
+    n = cfg.data.clients
+    want = cfg.federation.clients_per_round
+    count = max(1, round(want * n)) if want <= 1 else min(n, int(want))
+    if count >= n:
+        return list(range(n))
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, Stream.SAMPLING, round_))
+    return sorted(torch.randperm(n, generator=gen)[:count].tolist())
+
+
+def _mirror_views(
+    fed: Federation, rs: RunState, dispatches: Sequence[Dispatch], t: int
+) -> dict[int, str]:
+    """Update every client's view as its ``client_start`` does; returns who could not."""
+    unapplied: dict[int, str] = {}
+    for d in dispatches:
+        client = fed.setup.client(d.cid)
+        seed = client_seed(fed.setup.seed, Stream.CLIENT_START, t, d.cid)
+        try:
+            start = fed.method.client_start(rs.views[d.cid], d.payload, fed.setup, client, seed)
+        except Exception as exc:  # the client cannot apply it either: it keeps its old view
+            log.warning("round %d: client %d cannot apply the broadcast: %s", t, d.cid, exc)
+            unapplied[d.cid] = f"broadcast could not be applied: {type(exc).__name__}: {exc}"
+            continue
+        rs.views[d.cid] = dict(start.view)
+    return unapplied
+
+
+def run_round(
+    fed: Federation, rs: RunState, transport: Transport, report: Reporter
+) -> dict[str, Any]:
+    """Play one round on ``rs`` (mutated: it is the run's explicit progress); returns its
+    metrics record."""
+    cfg, method, setup = fed.cfg, fed.method, fed.setup
+    t = rs.round + 1
+    sampled = sample_clients(cfg, t)
+    report("round_start", {"round": t, "sampled": sampled})
+    dispatches = []
+    for c in setup.clients:
+        tx = send(method.broadcast(rs.state, setup, c), cfg)
+        payload = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
+        dispatches.append(Dispatch(c.cid, c.cid in sampled, tx, payload))
+    merge = method.base_merge(dispatches[0].payload, setup)
+    add_into_base(fed.model, merge)
+    rs.merges.append(merge)
+
+    replies = transport.exchange(t, dispatches, rs)
+    for cid in sampled:
+        report("client_done", {"round": t, "cid": cid})
+    unapplied = _mirror_views(fed, rs, dispatches, t)
+    uploads, failures = {}, {}
+    for cid in sampled:
+        out = replies[cid].outcome if cid in replies else None
+        if cid in unapplied:
+            failures[cid] = unapplied[cid]
+        elif out is None or out.upload is None:
+            failures[cid] = (out.error if out is not None else None) or "no reply"
+        else:
+            uploads[cid] = (out.upload.data, out.n_samples)
+    server = server_step(
+        method=method,
+        state=rs.state,
+        setup=setup,
+        uploads=uploads,
+        failures=failures,
+        cfg=cfg,
+        round_=t,
+    )
+    rs.state, rs.round = server.state, t
+    record = round_record(fed, t, sampled, dispatches, replies, set(uploads), server)
+    if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
+        report("eval_start", {"round": t})
+        record["eval"] = evaluate(fed, method.global_delta(rs.state, setup))
+    return record
+
+
+def round_record(
+    fed: Federation,
+    t: int,
+    sampled: list[int],
+    dispatches: Sequence[Dispatch],
+    replies: dict[int, Reply],
+    uploaded: set[int],
+    server: ServerOutcome,
+) -> dict[str, Any]:
+    """The metrics.jsonl record of a round (the same fields in every runtime).
+
+    ``upload_bytes`` / ``download_bytes`` are the encoded payloads; ``transport_bytes`` is
+    everything the runtime's transport moved per client (payloads plus, on Flower, the
+    config and re-sync blobs of its messages).
+    """
+    up = {cid: replies[cid].outcome for cid in sorted(uploaded)}
+    record: dict[str, Any] = {
+        "round": t,
+        "method": fed.method.name,
+        "sampled": sampled,
+        "value_dtype": fed.cfg.wire.value_dtype,
+        "train_loss": {str(cid): o.train_loss for cid, o in up.items() if o.train_loss is not None},
+        "n_samples": {str(cid): o.n_samples for cid, o in up.items()},
+        "upload_bytes": {str(cid): o.upload.nbytes for cid, o in up.items() if o.upload},
+        "upload_params": {str(cid): o.upload.params for cid, o in up.items() if o.upload},
+        "download_bytes": {str(d.cid): d.broadcast.nbytes for d in dispatches},
+        "download_params": {str(d.cid): d.broadcast.params for d in dispatches},
+        "encodings": {
+            "upload": {str(cid): o.upload.encodings for cid, o in up.items() if o.upload},
+            "download": {str(d.cid): d.broadcast.encodings for d in dispatches},
+        },
+        "transport_bytes": {
+            "sent": {str(cid): r.sent_bytes for cid, r in sorted(replies.items())},
+            "received": {str(cid): r.received_bytes for cid, r in sorted(replies.items())},
+        },
+        "accepted": server.accepted,
+        "dropped": {str(cid): why for cid, why in server.dropped.items()},
+        "skipped": server.skipped,
+        "server_seconds": server.seconds,
+        "train_seconds": {str(cid): o.train_seconds for cid, o in up.items()},
+        "client_overhead_seconds": {str(cid): o.overhead_seconds for cid, o in up.items()},
+        "upload_report": {str(cid): o.report for cid, o in up.items() if o.report},
+    }
+    if "ranks" in server.state.meta:
+        record["ranks"] = server.state.meta["ranks"]
+    return record
+
+
+def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
+    """Everything the run learnt, per layer: all base merges plus the global adapter."""
+    total: dict[str, list[Factored]] = {s.name: [] for s in fed.setup.layers}
+    for m in rs.merges:
+        for name, f in m.items():
+            total[name].append(f)
+    for name, f in fed.method.global_delta(rs.state, fed.setup).items():
+        total[name].append(f)
+    out: dict[str, Factored] = {}
+    for spec in fed.setup.layers:
+        parts = total[spec.name]
+        if parts:
+            out[spec.name] = (
+                torch.cat([left for left, _ in parts], dim=1),
+                torch.cat([right for _, right in parts], dim=0),
+            )
+        else:
+            out[spec.name] = (torch.zeros(spec.out_features, 1), torch.zeros(1, spec.in_features))
+    return out
+
+
+def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report: Reporter) -> Path:
+    """Run (or resume) the federation in run folder ``out`` over ``transport``.
+
+    Metrics first, checkpoint second: on resume metrics are cut back to the last
+    checkpoint, so a crash between the two only repeats the round.
+    """
+    cfg = fed.cfg
+    metrics_path = out / "metrics.jsonl"
+    rs = start_or_resume(fed, out, resume, report)
+    while rs.round < cfg.federation.rounds:
+        began = time.perf_counter()
+        record = run_round(fed, rs, transport, report)
+        record["round_seconds"] = time.perf_counter() - began
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        checkpoint.write(
+            out / "checkpoints",
+            checkpoint.Checkpoint(
+                round=rs.round,
+                state=rs.state,
+                views={cid: v for cid, v in rs.views.items() if v is not None},
+                merge=rs.merges[-1],
+                extra={"runtime": transport.name},
+            ),
+        )
+        report("round_done", {"round": rs.round, "record": record})
+    write_adapter(
+        out / "adapter",
+        compact(global_update(fed, rs)),
+        base_model=fed.base_model_ref,
+        target_modules=list(cfg.lora.target_modules),
+    )
+    report("done", {"out": str(out)})
+    return out
