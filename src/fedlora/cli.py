@@ -222,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # The command line, not model loading, puts this process offline (no hub, ever).
+    from fedlora.models.offline import set_offline
+
+    set_offline()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 

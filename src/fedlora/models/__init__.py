@@ -1,7 +1,9 @@
 """Model provisioning: local Hugging Face folders, the built-in SmolLM2-135M, tiny test models.
 
-Nothing is ever fetched from a model hub. :func:`resolve_model` is the entry point; it puts
-the Hugging Face libraries into offline mode first so that a stray hub call fails at once.
+Nothing is ever fetched from a model hub: every loader passes ``local_files_only``.
+:func:`resolve_model` is the entry point. Offline mode for the whole process
+(:func:`set_offline`) is the command line's choice (``fedlora``'s CLI and the Flower apps set
+it), not a side effect of loading a model, so a program importing fedlora keeps its own.
 """
 
 from fedlora.models.local import load_model_folder, validate_model_folder

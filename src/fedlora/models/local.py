@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fedlora.errors import ConfigError
-from fedlora.models.offline import set_offline
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -109,7 +108,6 @@ def load_model_folder(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         If the folder fails validation or transformers cannot load it.
     """
     validate_model_folder(path)
-    set_offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from fedlora.errors import ConfigError
 from fedlora.models.local import load_model_folder
-from fedlora.models.offline import set_offline
 from fedlora.models.smollm2 import SMOLLM2_NAME, provision_smollm2
 from fedlora.models.tiny import build_tiny_model
 
@@ -57,8 +56,6 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, seed: int = 0) -> Mod
     DataError
         If ``smollm2-135m`` must be provisioned and its download or hash check fails.
     """
-    # Before anything imports transformers, so that the hub client starts in offline mode.
-    set_offline()
     name = os.fspath(name_or_path)
     loader = _builtin_loaders().get(name)
     if loader is not None:

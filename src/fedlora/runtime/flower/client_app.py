@@ -73,8 +73,10 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round: apply the broadcast, train if sampled, reply with the encoded upload."""
+    from fedlora.models import set_offline
     from fedlora.runtime.flower.client import client_round  # heavy: torch, transformers
 
+    set_offline()  # a Flower process is a command line of its own
     ins = read_instruction(msg.content)
     report, memory = client_round(ins, _memory(context), partition_id(context), _data_file(context))
     context.state[STATE_KEY] = ConfigRecord({"memory": pack_memory(memory)})

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
+from fedlora.models.offline import set_offline
 from fedlora.runtime.flower.server import Reporter, ServerOptions, serve
 
 
@@ -108,6 +109,7 @@ def make_server_app(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        set_offline()  # a Flower process is a command line of its own
         if cfg is None:
             run_cfg, run_resume, opts = settings(context.run_config)
         else:
