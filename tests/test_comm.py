@@ -75,9 +75,8 @@ def test_sparse_payloads_stay_within_1_10_of_the_information_bound(
 def test_sparse_methods_send_fewer_values_than_dense_ones(
     small_rows: dict[str, dict[str, Any]],
 ) -> None:
-    for name in ("fedsrd", "fed_dare"):
-        if name in small_rows:
-            assert small_rows[name]["upload"]["values"] < small_rows["fedavg"]["upload"]["values"]
+    for name in ("fedsrd", "fedsrd-e", "fed_dare"):
+        assert small_rows[name]["upload"]["values"] < small_rows["fedavg"]["upload"]["values"]
 
 
 def test_default_measures_one_block_and_scales_to_the_whole_model() -> None:
@@ -100,7 +99,8 @@ def test_llama_3b_rank_64_reproduces_the_papers_dense_figures() -> None:
     # Assert: 97,255,424 parameters, 371 MiB each way, 742 per round per client.
     assert row["lora_params"] == 97_255_424
     assert round(row["upload"]["mb"]) == round(row["download"]["mb"]) == 371
-    assert round(row["total_mb"]) == 742 == row["paper_mb"]
+    # 2 directions x 4 bytes per parameter, in MiB, computed here from the count
+    assert row["total_mb"] == pytest.approx(2 * 4 * 97_255_424 / 2**20, rel=1e-3)
 
 
 def test_main_prints_json_and_a_labelled_table(capsys: pytest.CaptureFixture[str]) -> None:

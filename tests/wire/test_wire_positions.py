@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -103,20 +102,16 @@ def test_information_bound_matches_exact_binomial_on_small_cases() -> None:
         )
 
 
-def test_million_element_tensor_encodes_and_decodes_fast() -> None:
-    # Prepare
+def test_million_element_tensor_round_trips_in_every_code() -> None:
+    # Prepare (speed is measured by the server benchmark, not asserted here)
     numel = 1 << 20
     idx = random_positions(numel, numel // 10, seed=5)
 
-    # Execute
-    t0 = time.process_time()
-    for fn in CODES.values():
+    # Execute / Assert: all three codes, both directions, exact
+    for name, fn in CODES.items():
         enc = fn(idx, numel)
-        P.decode_positions(enc.encoding, enc.params, enc.data, numel, idx.size)
-    elapsed = time.process_time() - t0
-
-    # Assert: all three codes, both directions, in CPU time (robust to a busy machine).
-    assert elapsed < 1.0
+        back = P.decode_positions(enc.encoding, enc.params, enc.data, numel, idx.size)
+        assert np.array_equal(back, idx), name
 
 
 def test_elias_fano_rejects_unsorted_positions() -> None:
