@@ -50,12 +50,18 @@ class LocalGrid(Grid):
     """A Grid that hands each message straight to the ClientApp of a simulated SuperNode,
     each with its own persistent ``Context`` (as a SuperNode keeps it between rounds)."""
 
-    def __init__(self, clients: int, dead: Iterable[int] = ()) -> None:
+    def __init__(
+        self, clients: int, dead: Iterable[int] = (), data_files: list[str] | None = None
+    ) -> None:
+        def node_config(k: int) -> dict[str, Any]:
+            own = {"data-file": data_files[k]} if data_files else {}
+            return {"partition-id": k, **own}
+
         self.contexts = {
             1000 + k: Context(
                 run_id=7,
                 node_id=1000 + k,
-                node_config={"partition-id": k},
+                node_config=node_config(k),
                 state=RecordDict(),
                 run_config={},
             )
@@ -280,6 +286,51 @@ def test_flower_run_equals_in_process_run(
     for r in ra[1:]:
         assert r[TRANSPORT]["sent"] == r["download_bytes"]
         assert {k: v for k, v in r[TRANSPORT]["received"].items() if v} == r["upload_bytes"]
+
+
+def test_the_server_reads_no_client_data(tmp_path: Path, client_files: list[str]) -> None:
+    # Prepare: the server's config names client files that do not exist on its machine; each
+    # node has its own file (node config data-file), as in a real deployment
+    elsewhere = [str(tmp_path / "on-the-clients-only" / Path(f).name) for f in client_files]
+    sim = config.load(None, tiny_overrides(tmp_path / "sim", client_files))
+    flw = config.load(None, tiny_overrides(tmp_path / "flower", elsewhere))
+    simulation.run(sim)
+    grid = LocalGrid(3, data_files=client_files)
+
+    # Execute
+    serve(grid, flw)
+
+    # Assert: the run completes with the in-process records, held-out scores of each
+    # client's own data included (scored on that client and sent back)
+    ra, rb = _records(tmp_path / "sim"), _records(tmp_path / "flower")
+    assert [_strip(r) for r in ra] == [_strip(r) for r in rb]
+    assert all({"client0", "client1", "client2"} <= set(r["eval"]) for r in rb)
+    assert [kind for kind, _ in grid.log].count("evaluate") == 3 * 3  # rounds 0, 1, 2
+    assert not any(Path(f).exists() for f in elsewhere)
+
+
+def test_a_client_reports_only_its_own_held_out_scores(
+    tmp_path: Path, client_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: node 1 also claims a (forged) score of client 0's set
+    _, flw = _pair(tmp_path, client_files, "federation.rounds=1")
+    original = client_app.app
+
+    def lying_app(msg: Message, ctx: Context) -> Message:
+        reply = original(msg, ctx)
+        if msg.metadata.message_type == "evaluate" and ctx.node_config["partition-id"] == 1:
+            rec = reply.content.config_records["fedlora"]
+            scores = json.loads(rec["scores"])
+            scores["client0"] = {"loss": -1.0}  # (the server must ignore this)
+            rec["scores"] = json.dumps(scores)
+        return reply
+
+    monkeypatch.setattr(client_app, "app", lying_app)
+    # Execute
+    serve(LocalGrid(3), flw)
+    # Assert: client 0's score is client 0's own
+    for r in _records(tmp_path / "flower"):
+        assert r["eval"]["client0"]["loss"] > 0
 
 
 def test_dead_node_is_dropped_and_the_round_completes(

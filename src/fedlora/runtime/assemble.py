@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.registry import build
 from fedlora.methods.uplink import with_uplink
 from fedlora.models import resolve_model
-from fedlora.runtime.client_data import client_split
+from fedlora.runtime.client_data import Heldout, client_split, server_heldout
 from fedlora.train.adapters import attach_slots, layer_specs
 from fedlora.train.batches import Encoded, encode_example, pad_id_of
 
@@ -44,8 +44,20 @@ class Federation:
     setup: Setup
     train_sets: dict[int, list[Encoded]]
     eval_sets: dict[str, EvalSet]
+    """Held-out sets the server owns and scores (public data)."""
     pad_id: int
     base_model_ref: str
+    client_eval_sets: dict[int, dict[str, EvalSet]] = field(default_factory=dict)
+    """Held-out sets of each client's own data, scored on that client (in-process only: a
+    server in a deployment holds none)."""
+
+
+def encode_heldout(tokenizer: Any, held: Heldout, seq_len: int) -> EvalSet:
+    """A held-out set tokenised for scoring."""
+    return EvalSet(
+        [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in held.examples],
+        [ChoiceQuestion(q.prompt, tuple(q.choices), q.answer) for q in held.questions],
+    )
 
 
 def build_method(cfg: RunConfig) -> Method:
@@ -66,8 +78,18 @@ def client_specs(cfg: RunConfig) -> tuple[ClientSpec, ...]:
     )
 
 
-def assemble(cfg: RunConfig, report: Callable[[str, dict[str, Any]], None]) -> Federation:
-    """Load the model, attach one LoRA slot per client shape, pick the method, load data."""
+def assemble(
+    cfg: RunConfig,
+    report: Callable[[str, dict[str, Any]], None],
+    *,
+    with_client_data: bool = True,
+) -> Federation:
+    """Load the model, attach one LoRA slot per client shape, pick the method, load data.
+
+    ``with_client_data = False`` builds a deployment's server: no client's training data or
+    own held-out set is read (none may even exist on its machine); only the public held-out
+    sets the server owns are loaded.
+    """
     torch.manual_seed(cfg.seed)
     report("status", {"text": f"loading model {cfg.model.name}"})
     model, tokenizer = resolve_model(cfg.model.name, seed=cfg.seed)
@@ -86,25 +108,31 @@ def assemble(cfg: RunConfig, report: Callable[[str, dict[str, Any]], None]) -> F
     method.validate(setup)
 
     report("status", {"text": "preparing data"})
-    split = client_split(cfg.data, seed=cfg.seed)
     seq_len = cfg.train.seq_len
-    train_sets = {
-        cid: [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in examples]
-        for cid, examples in enumerate(split.clients)
-    }
-    for cid, examples in train_sets.items():
-        if not examples:
-            raise ConfigError(
-                f"client {cid} has no training examples (data.partition="
-                f"{cfg.data.partition!r}); use fewer clients or more data"
-            )
-    eval_sets = {
-        name: EvalSet(
-            [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in held.examples],
-            [ChoiceQuestion(q.prompt, tuple(q.choices), q.answer) for q in held.questions],
-        )
-        for name, held in split.heldout.items()
-    }
+    train_sets: dict[int, list[Encoded]] = {}
+    client_eval_sets: dict[int, dict[str, EvalSet]] = {}
+    if with_client_data:
+        split = client_split(cfg.data, seed=cfg.seed)
+        train_sets = {
+            cid: [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in examples]
+            for cid, examples in enumerate(split.clients)
+        }
+        for cid, examples in train_sets.items():
+            if not examples:
+                raise ConfigError(
+                    f"client {cid} has no training examples (data.partition="
+                    f"{cfg.data.partition!r}); use fewer clients or more data"
+                )
+        heldout = split.heldout
+    else:
+        heldout = server_heldout(cfg.data, seed=cfg.seed)
+    eval_sets = {}
+    for name, held in heldout.items():
+        encoded = encode_heldout(tokenizer, held, seq_len)
+        if held.owner is None:
+            eval_sets[name] = encoded
+        else:
+            client_eval_sets.setdefault(held.owner, {})[name] = encoded
     return Federation(
         cfg=cfg,
         model=peft_model,
@@ -115,4 +143,5 @@ def assemble(cfg: RunConfig, report: Callable[[str, dict[str, Any]], None]) -> F
         eval_sets=eval_sets,
         pad_id=pad_id_of(tokenizer),
         base_model_ref=cfg.model.name,
+        client_eval_sets=client_eval_sets,
     )

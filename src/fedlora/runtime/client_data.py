@@ -1,4 +1,11 @@
-"""Which examples each client trains on and what every domain is evaluated on."""
+"""Which examples each client trains on and what every domain is evaluated on.
+
+Who evaluates what: a held-out set cut from a client's own data (``data.partition =
+"files"``: the last tenth of the client's file, named ``client<k>``) has that client as its
+``owner`` and is scored on that client only (federated evaluation); held-out sets of the
+built-in domains and the out-of-domain task come from public packages that the server
+provisions itself, and the server scores them. The server never reads a client's file.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ class Heldout:
 
     examples: list[Example]
     questions: list[ChoiceItem] = field(default_factory=list)
+    owner: int | None = None
+    """The client whose own data this is (it alone scores it); None: public, the server's."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ def _file_split(cfg: DataConfig) -> ClientSplit:
             )
         cut = max(1, len(examples) // 10)
         clients.append(_cap(examples[:-cut], cfg.max_train_per_client))
-        heldout[f"client{k}"] = Heldout(examples[-cut:][: cfg.max_eval_per_domain])
+        heldout[f"client{k}"] = Heldout(examples[-cut:][: cfg.max_eval_per_domain], owner=k)
     return ClientSplit(clients, heldout)
 
 
@@ -74,3 +83,30 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     # Out of domain: arithmetic word problems that no client trains on (loss only).
     heldout[OOD_NAME] = Heldout(ood_arithmetic(cfg.max_eval_per_domain, seed))
     return ClientSplit([_cap(c, cfg.max_train_per_client) for c in clients], heldout)
+
+
+def server_heldout(cfg: DataConfig, seed: int) -> dict[str, Heldout]:
+    """The held-out sets the server owns (public packages only; never a client's file)."""
+    if cfg.partition == "files":
+        return {}
+    return client_split(cfg, seed).heldout
+
+
+def clients_own_heldout(cfg: DataConfig) -> bool:
+    """Whether clients hold held-out sets of their own (scored by federated evaluation)."""
+    return cfg.partition == "files"
+
+
+def own_data(cfg: DataConfig, cid: int, path: str, seed: int) -> ClientSplit:
+    """Client ``cid``'s training examples and own held-out set, from its file ``path`` alone
+    (``data.partition = "files"``), exactly as :func:`client_split` cuts them."""
+    one = DataConfig(
+        clients=1,
+        partition="files",
+        files=(path,),
+        max_train_per_client=cfg.max_train_per_client,
+        max_eval_per_domain=cfg.max_eval_per_domain,
+    )
+    split = client_split(one, seed)
+    (held,) = split.heldout.values()
+    return ClientSplit(split.clients, {f"client{cid}": Heldout(held.examples, owner=cid)})

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +37,7 @@ from fedlora.methods.base import Factored, Payload
 from fedlora.ops.seeds import Stream, client_seed, stream_seed
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
-from fedlora.runtime.evaluate import evaluate
+from fedlora.runtime.evaluate import Scores, evaluate
 from fedlora.runtime.run_folder import RunState, start_or_resume
 from fedlora.runtime.steps import (
     ClientOutcome,
@@ -76,6 +76,16 @@ class Reply:
     received_bytes: int = 0
 
 
+@dataclass
+class EvalReply:
+    """One client's scores of its own held-out sets (federated evaluation)."""
+
+    scores: Scores
+    sent_bytes: int = 0
+    received_bytes: int = 0
+    error: str | None = None
+
+
 class Transport(Protocol):
     """How a round's messages reach clients and come back."""
 
@@ -83,6 +93,12 @@ class Transport(Protocol):
 
     def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
         """Deliver round ``t``'s broadcasts; return a reply for each dispatched client."""
+
+    def evaluate(
+        self, t: int, update: Mapping[str, Factored], rs: RunState
+    ) -> dict[int, EvalReply]:
+        """Have every client that owns held-out data score the global model (its base with
+        ``rs.merges`` plus ``update``) on it, after round ``t``'s aggregation."""
 
 
 def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
@@ -158,8 +174,33 @@ def run_round(
     record = round_record(fed, t, sampled, dispatches, replies, set(uploads), server)
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
         report("eval_start", {"round": t})
-        record["eval"] = evaluate(fed, method.global_delta(rs.state, setup))
+        evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state, setup))
+        record["eval"] = evaluated["eval"]
+        record["transport_bytes"].update(evaluated.get("transport_bytes", {}))
+        if "eval_dropped" in evaluated:
+            record["eval_dropped"] = evaluated["eval_dropped"]
     return record
+
+
+def evaluation(
+    fed: Federation, transport: Transport, rs: RunState, update: Mapping[str, Factored]
+) -> dict[str, Any]:
+    """Scores of the global model (base plus ``update``): the server's own sets, scored here,
+    and each client's own sets, scored on that client through the transport."""
+    scores = evaluate(fed, update)
+    replies = transport.evaluate(rs.round, update, rs)
+    out: dict[str, Any] = {"eval": scores}
+    for _, reply in sorted(replies.items()):
+        scores.update(reply.scores)
+    if replies:
+        out["transport_bytes"] = {
+            "eval_sent": {str(cid): r.sent_bytes for cid, r in sorted(replies.items())},
+            "eval_received": {str(cid): r.received_bytes for cid, r in sorted(replies.items())},
+        }
+    dropped = {str(cid): r.error for cid, r in sorted(replies.items()) if r.error}
+    if dropped:
+        out["eval_dropped"] = dropped
+    return out
 
 
 def round_record(
@@ -239,7 +280,9 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
     """
     cfg = fed.cfg
     metrics_path = out / "metrics.jsonl"
-    rs = start_or_resume(fed, out, resume, report)
+    rs = start_or_resume(
+        fed, out, resume, report, lambda fresh: evaluation(fed, transport, fresh, {})
+    )
     while rs.round < cfg.federation.rounds:
         began = time.perf_counter()
         record = run_round(fed, rs, transport, report)

@@ -1,41 +1,52 @@
-"""Held-out evaluation of the global model on every domain."""
+"""Held-out evaluation of the global model: the same scoring wherever a set lives."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from peft import PeftModel
+
+from fedlora.config import RunConfig
 from fedlora.eval.scores import choice_accuracy, completion_loss
 from fedlora.methods.base import Factored
 from fedlora.train.adapters import base_plus
 
 if TYPE_CHECKING:
-    from fedlora.runtime.assemble import Federation
+    from fedlora.runtime.assemble import EvalSet, Federation
+
+Scores = dict[str, dict[str, float]]
 
 
-def evaluate(fed: Federation, update: Mapping[str, Factored]) -> dict[str, dict[str, float]]:
-    """Scores of the current base weights plus ``update`` (adapters off), per domain:
-    ``loss`` on held-out completions, ``acc`` where the domain has a multiple-choice task.
+def score_sets(
+    model: PeftModel,
+    tokenizer: Any,
+    sets: Mapping[str, EvalSet],
+    cfg: RunConfig,
+    pad_id: int,
+    update: Mapping[str, Factored],
+) -> Scores:
+    """Scores of ``model``'s base weights plus ``update`` (adapters off) on each set:
+    ``loss`` on held-out completions, ``acc`` where the set has a multiple-choice task.
 
-    The shared model's base already carries the run's base merges, so ``update`` is only
-    the global adapter's part (``method.global_delta``).
+    The model's base already carries the run's base merges, so ``update`` is only the global
+    adapter's part (``method.global_delta``). Used by the server for the sets it owns and by
+    each client for its own.
     """
-    scores: dict[str, dict[str, float]] = {}
-    with base_plus(fed.model, update):
-        for name, ev in fed.eval_sets.items():
-            entry = {
-                "loss": completion_loss(
-                    fed.model, ev.loss_examples, fed.cfg.eval.batch_size, fed.pad_id
-                )
-            }
+    scores: Scores = {}
+    if not sets:
+        return scores
+    with base_plus(model, update):
+        for name, ev in sets.items():
+            entry = {"loss": completion_loss(model, ev.loss_examples, cfg.eval.batch_size, pad_id)}
             if ev.questions:
                 entry["acc"] = choice_accuracy(
-                    fed.model,
-                    fed.tokenizer,
-                    ev.questions,
-                    fed.cfg.train.seq_len,
-                    fed.cfg.eval.batch_size,
-                    fed.pad_id,
+                    model, tokenizer, ev.questions, cfg.train.seq_len, cfg.eval.batch_size, pad_id
                 )
             scores[name] = entry
     return scores
+
+
+def evaluate(fed: Federation, update: Mapping[str, Factored]) -> Scores:
+    """Scores of the sets the server owns (``fed.eval_sets``)."""
+    return score_sets(fed.model, fed.tokenizer, fed.eval_sets, fed.cfg, fed.pad_id, update)

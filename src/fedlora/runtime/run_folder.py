@@ -22,7 +22,6 @@ from fedlora.errors import CheckpointError, ConfigError
 from fedlora.methods.base import Factored, ServerState, Tensor
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
-from fedlora.runtime.evaluate import evaluate
 from fedlora.train.adapters import add_into_base
 
 log = logging.getLogger(__name__)
@@ -109,9 +108,15 @@ def truncate_metrics(path: Path, last_round: int) -> None:
     path.write_text("".join(k + "\n" for k in keep))
 
 
-def start_or_resume(fed: Federation, out: Path, resume: bool, report: Reporter) -> RunState:
+def start_or_resume(
+    fed: Federation,
+    out: Path,
+    resume: bool,
+    report: Reporter,
+    evaluate_base: Callable[[RunState], dict[str, Any]],
+) -> RunState:
     """The run's progress: restored from the last checkpoint (metrics cut back to it), or a
-    fresh state whose round-0 record is the base model's evaluation. Shared by the runtimes."""
+    fresh state whose round-0 record is ``evaluate_base`` (the base model's evaluation)."""
     metrics_path = out / "metrics.jsonl"
     rs = restore(fed, out) if resume else None
     if rs is not None:
@@ -124,9 +129,7 @@ def start_or_resume(fed: Federation, out: Path, resume: bool, report: Reporter) 
         views={c.cid: None for c in fed.setup.clients},
     )
     report("eval_start", {"round": 0})
-    base_eval = evaluate(fed, {})
-    metrics_path.write_text(
-        json.dumps({"round": 0, "method": fed.method.name, "eval": base_eval}) + "\n"
-    )
-    report("round_done", {"round": 0, "record": {"round": 0, "eval": base_eval}})
+    record = {"round": 0, "method": fed.method.name, **evaluate_base(rs)}
+    metrics_path.write_text(json.dumps(record) + "\n")
+    report("round_done", {"round": 0, "record": record})
     return rs

@@ -4,18 +4,21 @@ The round is :func:`fedlora.runtime.driver.run_round`; this module is only its t
 each client decodes its broadcast (every client receives every broadcast), plays
 :func:`fedlora.runtime.steps.client_step` on the shared model (which already carries the
 round's base merge), and its encoded upload goes back to the server. Nothing else crosses,
-so the transport's byte counts equal the payloads'. Deterministic under ``cfg.seed``.
+so the transport's byte counts equal the payloads'. A client's own held-out set is scored by
+that client's part of the transport, as in a deployment. Deterministic under ``cfg.seed``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedlora.config import RunConfig
+from fedlora.methods.base import Factored
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import Dispatch, Reply, Reporter, drive
+from fedlora.runtime.driver import Dispatch, EvalReply, Reply, Reporter, drive
+from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.run_folder import RunState, prepare_run_dir
 from fedlora.runtime.steps import ClientOutcome, client_step
 
@@ -57,6 +60,17 @@ class InProcess:
             received = outcome.upload.nbytes if outcome.upload is not None else 0
             replies[d.cid] = Reply(outcome, sent_bytes=d.broadcast.nbytes, received_bytes=received)
         return replies
+
+    def evaluate(
+        self, t: int, update: Mapping[str, Factored], rs: RunState
+    ) -> dict[int, EvalReply]:
+        """Each client scores its own held-out sets on the shared model (which carries the
+        run's base merges, as every client's own copy does); nothing crosses."""
+        fed = self.fed
+        return {
+            cid: EvalReply(score_sets(fed.model, fed.tokenizer, sets, fed.cfg, fed.pad_id, update))
+            for cid, sets in sorted(fed.client_eval_sets.items())
+        }
 
 
 def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None) -> Path:

@@ -14,22 +14,33 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+from peft import PeftModel
 
 from fedlora import config as config_mod
-from fedlora.config import DataConfig, RunConfig
+from fedlora.config import RunConfig
 from fedlora.data.types import Example
 from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import ClientSpec, Method, Setup
+from fedlora.methods.common import dense
 from fedlora.models import resolve_model
-from fedlora.runtime.assemble import build_method, client_specs
-from fedlora.runtime.client_data import client_split
-from fedlora.runtime.flower.protocol import Instruction, Memory, Report, unpack_memory
+from fedlora.runtime.assemble import build_method, client_specs, encode_heldout
+from fedlora.runtime.client_data import client_split, clients_own_heldout, own_data
+from fedlora.runtime.evaluate import score_sets
+from fedlora.runtime.flower.protocol import (
+    EvalInstruction,
+    EvalReport,
+    Instruction,
+    Memory,
+    Report,
+    unpack_memory,
+)
 from fedlora.runtime.steps import client_step, receive_broadcast
 from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
 from fedlora.train.batches import Encoded, encode_example, pad_id_of
+from fedlora.wire import decode
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +49,13 @@ log = logging.getLogger(__name__)
 class ClientParts:
     """What one client needs to play a round."""
 
-    model: nn.Module
+    model: PeftModel
     method: Method
     setup: Setup
     client: ClientSpec
     examples: list[Encoded]
     pad_id: int
+    tokenizer: Any
 
 
 def client_examples_raw(cfg: RunConfig, cid: int, data_file: str | None = None) -> list[Example]:
@@ -54,15 +66,7 @@ def client_examples_raw(cfg: RunConfig, cid: int, data_file: str | None = None) 
     so other clients' files need not exist on this machine.
     """
     if cfg.data.partition == "files":
-        path = data_file or cfg.data.files[cid]
-        one = DataConfig(
-            clients=1,
-            partition="files",
-            files=(path,),
-            max_train_per_client=cfg.data.max_train_per_client,
-            max_eval_per_domain=cfg.data.max_eval_per_domain,
-        )
-        return client_split(one, seed=cfg.seed).clients[0]
+        return own_data(cfg.data, cid, data_file or cfg.data.files[cid], cfg.seed).clients[0]
     if data_file:
         raise ConfigError("node config data-file only applies to data.partition = 'files'")
     return client_split(cfg.data, seed=cfg.seed).clients[cid]
@@ -92,7 +96,9 @@ def build_client(
     seq_len = cfg.train.seq_len
     raw = client_examples_raw(cfg, cid, data_file) if with_data else []
     examples = [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in raw]
-    return ClientParts(peft_model, method, setup, setup.client(cid), examples, pad_id_of(tokenizer))
+    return ClientParts(
+        peft_model, method, setup, setup.client(cid), examples, pad_id_of(tokenizer), tokenizer
+    )
 
 
 def client_round(
@@ -150,3 +156,34 @@ def client_round(
             upload_report=outcome.report,
         )
     return report, Memory(ins.round, outcome.view, merges)
+
+
+def client_evaluate(
+    ins: EvalInstruction, memory: Memory, partition_id: int, data_file: str | None = None
+) -> EvalReport:
+    """Score the global model on this client's own held-out data (federated evaluation).
+
+    The base is rebuilt with the merges the client remembers (it must remember round
+    ``ins.round``), the global update is added on top, and only this client's file is read.
+    """
+    if ins.cid != partition_id:
+        raise PayloadError(f"message for client {ins.cid} reached partition {partition_id}")
+    if memory.round != ins.round:
+        why = f"client remembers round {memory.round}, evaluation is of round {ins.round}"
+        return EvalReport(ins.cid, ins.round, "out-of-sync", error=why)
+    cfg = config_mod.from_dict(json.loads(ins.config))
+    if not clients_own_heldout(cfg.data):
+        return EvalReport(ins.cid, ins.round, "ok")
+    parts = build_client(cfg, ins.cid, data_file, with_data=False)
+    for merge in memory.merges:
+        add_into_base(parts.model, merge)
+    payload = decode(ins.update, expected=None, max_bytes=int(cfg.wire.max_payload_mb * 2**20))
+    update = {
+        s.name: (dense(payload[f"{s.name}.L"]), dense(payload[f"{s.name}.R"]))
+        for s in parts.setup.layers
+        if f"{s.name}.L" in payload
+    }
+    held = own_data(cfg.data, ins.cid, data_file or cfg.data.files[ins.cid], cfg.seed).heldout
+    sets = {name: encode_heldout(parts.tokenizer, h, cfg.train.seq_len) for name, h in held.items()}
+    scores = score_sets(parts.model, parts.tokenizer, sets, cfg, parts.pad_id, update)
+    return EvalReport(ins.cid, ins.round, "ok", scores)

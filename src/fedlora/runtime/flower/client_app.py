@@ -24,7 +24,9 @@ from fedlora.runtime.flower.protocol import (
     STATE_KEY,
     Memory,
     empty_memory,
+    eval_report_content,
     pack_memory,
+    read_eval_instruction,
     read_instruction,
     report_content,
     unpack_memory,
@@ -68,6 +70,18 @@ def query(msg: Message, context: Context) -> Message:
     return Message(
         RecordDict({RECORD: ConfigRecord({"partition-id": partition_id(context)})}), reply_to=msg
     )
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the global model on this node's own held-out data; the memory is unchanged."""
+    from fedlora.models import set_offline
+    from fedlora.runtime.flower.client import client_evaluate  # heavy: torch, transformers
+
+    set_offline()
+    ins = read_eval_instruction(msg.content)
+    report = client_evaluate(ins, _memory(context), partition_id(context), _data_file(context))
+    return Message(eval_report_content(report), reply_to=msg)
 
 
 @app.train()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch is imported only where tensors are (un)packed: see cl
 
 TRAIN = "train"  # Flower message type of a round (every client gets one each round)
 QUERY = "query"  # Flower message type asking a SuperNode which partition it serves
+EVALUATE = "evaluate"  # Flower message type: score the global model on the client's own data
 RECORD = "fedlora"  # key of the ConfigRecord in every message
 SYNC = "fedlora-sync"  # key of the optional re-synchronisation record
 STATE_KEY = "fedlora-memory"  # key in ``context.state`` of the client's memory
@@ -262,3 +263,96 @@ def content_bytes(content: RecordDict) -> int:
     encoding (broadcast or upload, the run's config, a re-sync memory, the small fields).
     The message's metadata (ids, type, ttl: about a hundred bytes) is not counted."""
     return int(serde.recorddict_to_proto(content).ByteSize())
+
+
+@dataclass(frozen=True)
+class EvalInstruction:
+    """Score the global model after round ``round`` on this client's own held-out data:
+    ``update`` is the wire-encoded global update (``layer.L`` / ``layer.R`` factors) on top
+    of the base merges the client remembers."""
+
+    round: int
+    cid: int
+    config: str
+    update: bytes
+
+
+@dataclass
+class EvalReport:
+    """A client's scores of its own held-out sets; ``status`` ``ok``, ``out-of-sync`` (its
+    memory is not that of round ``round``) or ``failed``."""
+
+    cid: int
+    round: int
+    status: str
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def eval_instruction_content(ins: EvalInstruction) -> RecordDict:
+    """The ``RecordDict`` of an evaluation message."""
+    values: dict[str, Any] = {
+        "round": ins.round,
+        "cid": ins.cid,
+        "config": ins.config,
+        "update": ins.update,
+    }
+    return RecordDict({RECORD: ConfigRecord(values)})
+
+
+def read_eval_instruction(content: RecordDict) -> EvalInstruction:
+    """Parse an evaluation message (raises ``PayloadError`` on anything malformed)."""
+    if RECORD not in content.config_records:
+        raise PayloadError("flower message has no fedlora record")
+    rec = content.config_records[RECORD]
+    return EvalInstruction(
+        round=_get(rec, "round", int),
+        cid=_get(rec, "cid", int),
+        config=_get(rec, "config", str),
+        update=_get(rec, "update", bytes),
+    )
+
+
+def eval_report_content(rep: EvalReport) -> RecordDict:
+    """The ``RecordDict`` of a client's evaluation reply."""
+    values: dict[str, Any] = {
+        "cid": rep.cid,
+        "round": rep.round,
+        "status": rep.status,
+        "scores": json.dumps(rep.scores, sort_keys=True),
+    }
+    if rep.error is not None:
+        values["error"] = rep.error
+    return RecordDict({RECORD: ConfigRecord(values)})
+
+
+def read_eval_report(content: RecordDict) -> EvalReport:
+    """Parse a client's evaluation reply (raises ``PayloadError`` on anything malformed)."""
+    if RECORD not in content.config_records:
+        raise PayloadError("flower reply has no fedlora record")
+    rec = content.config_records[RECORD]
+    status = _get(rec, "status", str)
+    if status not in ("ok", "failed", "out-of-sync"):
+        raise PayloadError(f"flower evaluation reply has unknown status {status!r}")
+    try:
+        scores = json.loads(_get(rec, "scores", str))
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"flower evaluation reply has bad scores: {exc}") from None
+    valid = isinstance(scores, dict) and all(
+        isinstance(name, str)
+        and isinstance(entry, dict)
+        and all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+            for k, v in entry.items()
+        )
+        for name, entry in scores.items()
+    )
+    if not valid:
+        raise PayloadError("flower evaluation reply's scores are not {set: {metric: number}}")
+    return EvalReport(
+        cid=_get(rec, "cid", int),
+        round=_get(rec, "round", int),
+        status=status,
+        scores=scores,
+        error=_get(rec, "error", str) if "error" in rec else None,
+    )

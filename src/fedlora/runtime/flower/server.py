@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,22 +25,29 @@ from flwr.serverapp import Grid
 from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import FedloraError, PayloadError
+from fedlora.methods.base import Factored, Payload
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import Dispatch, Reply, drive
+from fedlora.runtime.client_data import clients_own_heldout
+from fedlora.runtime.driver import Dispatch, EvalReply, Reply, drive
 from fedlora.runtime.flower.protocol import (
+    EVALUATE,
     QUERY,
     RECORD,
     TRAIN,
+    EvalInstruction,
     Instruction,
     Memory,
     Report,
     content_bytes,
+    eval_instruction_content,
     instruction_content,
     pack_memory,
+    read_eval_report,
     read_report,
 )
 from fedlora.runtime.run_folder import RunState, prepare_run_dir
 from fedlora.runtime.steps import ClientOutcome, Transfer
+from fedlora.wire import encode
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +201,26 @@ def _collect(
     return why
 
 
+def _eval_reply(t: int, cid: int, msg: Message, reply: Message | None) -> EvalReply:
+    sent = content_bytes(msg.content)
+    if reply is None:
+        return EvalReply({}, sent, 0, "no reply within round-timeout")
+    if reply.has_error():
+        return EvalReply({}, sent, 0, f"no reply: {reply.error.reason}")
+    received = content_bytes(reply.content)
+    try:
+        rep = read_eval_report(reply.content)
+        if rep.cid != cid or rep.round != t:
+            raise PayloadError(f"reply is for client {rep.cid} round {rep.round}")
+    except PayloadError as exc:
+        return EvalReply({}, sent, received, f"invalid reply: {exc}")
+    if rep.status != "ok":
+        return EvalReply({}, sent, received, f"{rep.status}: {rep.error}")
+    # A client may only report the sets it owns.
+    own = {name: s for name, s in rep.scores.items() if name == f"client{cid}"}
+    return EvalReply(own, sent, received)
+
+
 def _outcome(cid: int, got: Report | str) -> ClientOutcome:
     """A reply as the driver reads it (the same fields the in-process client step fills)."""
     if isinstance(got, str):
@@ -259,6 +286,31 @@ class FlowerTransport:
             replies[cid] = Reply(_outcome(cid, got), content_bytes(msg.content), received)
         return replies
 
+    def evaluate(
+        self, t: int, update: Mapping[str, Factored], rs: RunState
+    ) -> dict[int, EvalReply]:
+        """Federated evaluation: every served client scores its own held-out data."""
+        if not clients_own_heldout(self.fed.cfg.data):
+            return {}
+        factors: Payload = {}
+        for layer, (left, right) in update.items():
+            factors[f"{layer}.L"], factors[f"{layer}.R"] = left, right
+        blob = encode(factors)  # float32: scores must not depend on the wire's value dtype
+        out: dict[int, EvalReply] = {}
+        targets, msgs = [], []
+        for c in self.fed.setup.clients:
+            node = self.nodes.by_cid.get(c.cid)
+            if node is None:
+                out[c.cid] = EvalReply({}, error="no SuperNode serves this client")
+                continue
+            ins = EvalInstruction(t, c.cid, self.config_json, blob)
+            targets.append(c.cid)
+            msgs.append(Message(eval_instruction_content(ins), node, EVALUATE, group_id=str(t)))
+        answers = exchange(self.grid, msgs, self.opts.round_timeout)
+        for cid, msg, reply in zip(targets, msgs, answers, strict=True):
+            out[cid] = _eval_reply(t, cid, msg, reply)
+        return out
+
 
 def serve(
     grid: Grid,
@@ -272,7 +324,7 @@ def serve(
     opts = options or ServerOptions()
     report = report or (lambda kind, info: None)
     out = prepare_run_dir(cfg, resume)
-    fed = assemble(cfg, report)
+    fed = assemble(cfg, report, with_client_data=False)
     nodes = Nodes(clients=cfg.data.clients)
     report("status", {"text": f"waiting for {cfg.data.clients} SuperNodes"})
     wait_for_nodes(grid, nodes, cfg, opts)
