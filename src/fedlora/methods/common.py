@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,6 +79,17 @@ def check_pad(pad: object) -> None:
     """Raise ``ValueError`` naming the option unless ``pad`` is one of :data:`PAD_RULES`."""
     if pad not in PAD_RULES:
         raise ValueError(f"pad must be one of {', '.join(PAD_RULES)}, got {pad!r}")
+
+
+@dataclass(frozen=True)
+class PadConfig:
+    """The ``pad`` option (:data:`PAD_RULES`) of every method that pads a client's adapter;
+    their configs extend it."""
+
+    pad: str = "fresh"
+
+    def __post_init__(self) -> None:
+        check_pad(self.pad)
 
 
 def layer_init_seed(seed: int, layer: str) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -44,8 +44,8 @@ from fedlora.methods.base import (
 )
 from fedlora.methods.common import (
     DefaultHooks,
+    PadConfig,
     apply_pad,
-    check_pad,
     fresh_lora,
     initial_payload,
     lora_from_payload,
@@ -56,20 +56,8 @@ from fedlora.methods.registry import register
 
 
 @dataclass(frozen=True)
-class FedAvgConfig:
+class FedAvgConfig(PadConfig):
     """``pad``: "fresh" or "zeros", how a client fills slots that carry nothing."""
-
-    pad: str = "fresh"
-
-    def __post_init__(self) -> None:
-        check_pad(self.pad)
-
-
-class PadOption(Protocol):
-    """The option every FedAvg-based config has (FedProx's too)."""
-
-    @property
-    def pad(self) -> str: ...
 
 
 def average_factors(uploads: Sequence[Upload], setup: Setup) -> Lora:
@@ -101,7 +89,7 @@ def lora_from_state(state: ServerState, setup: Setup) -> Lora:
     return lora_from_payload(state.tensors, setup)  # type: ignore[arg-type]
 
 
-ConfigT = TypeVar("ConfigT", bound=PadOption)
+ConfigT = TypeVar("ConfigT", bound=PadConfig)
 """Config type of a FedAvg-based method: subclasses (FedProx) bring their own options."""
 
 

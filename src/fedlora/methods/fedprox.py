@@ -24,25 +24,24 @@ from dataclasses import dataclass
 import torch
 
 from fedlora.methods.base import ClientStart, Lora, Tensor
-from fedlora.methods.common import check_pad
+from fedlora.methods.common import PadConfig
 from fedlora.methods.fedavg import FedAvg
 from fedlora.methods.registry import register
 
 
 @dataclass(frozen=True)
-class FedProxConfig:
+class FedProxConfig(PadConfig):
     """``mu``: weight of the proximal term ``mu/2 · ||θ − θ_start||²`` (>= 0); ``pad``: as
     FedAvg's ("fresh" or "zeros")."""
 
     mu: float = 0.01
-    pad: str = "fresh"
 
     def __post_init__(self) -> None:
         if isinstance(self.mu, bool) or not isinstance(self.mu, int | float):
             raise ValueError(f"mu must be a number, got {self.mu!r}")
         if not math.isfinite(self.mu) or self.mu < 0:
             raise ValueError(f"mu must be finite and >= 0, got {self.mu}")
-        check_pad(self.pad)
+        super().__post_init__()
 
 
 def proximal_term(current: Lora, start: ClientStart, mu: float) -> Tensor:

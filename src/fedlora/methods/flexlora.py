@@ -42,8 +42,8 @@ from fedlora.methods.base import (
 )
 from fedlora.methods.common import (
     DefaultHooks,
+    PadConfig,
     apply_pad,
-    check_pad,
     fresh_lora,
     initial_payload,
     key,
@@ -56,13 +56,8 @@ from fedlora.ops.stack import compress
 
 
 @dataclass(frozen=True)
-class FlexLoraConfig:
+class FlexLoraConfig(PadConfig):
     """``pad``: "fresh" or "zeros", how a client fills slots beyond the aggregate's rank."""
-
-    pad: str = "fresh"
-
-    def __post_init__(self) -> None:
-        check_pad(self.pad)
 
 
 def _state(round_: int, factored: Mapping[str, Factored]) -> ServerState:

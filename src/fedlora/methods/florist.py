@@ -57,8 +57,8 @@ from fedlora.methods.base import (
 )
 from fedlora.methods.common import (
     DefaultHooks,
+    PadConfig,
     apply_pad,
-    check_pad,
     dense,
     fresh_lora,
     initial_payload,
@@ -76,13 +76,12 @@ MODES = ("warm", "merge")
 
 
 @dataclass(frozen=True)
-class FloristConfig:
+class FloristConfig(PadConfig):
     """``tau``: energy threshold in (0, 1]; ``mode``: "warm" or "merge" between rounds;
     ``pad``: "fresh" or "zeros", how warm-mode clients fill slots beyond ``k*``."""
 
     tau: float = 0.9
     mode: str = "warm"
-    pad: str = "fresh"
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, bool) or not isinstance(self.tau, int | float):
@@ -91,7 +90,7 @@ class FloristConfig:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        check_pad(self.pad)
+        super().__post_init__()
 
 
 def threshold_svd(
