@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from fedlora import config
 from fedlora.methods.registry import names
-from fedlora.runtime import simulation, steps
+from fedlora.runtime import checkpoint, simulation, steps
 from tests.conftest import tiny_overrides
 
 BAD = 1  # the faulty client
@@ -125,3 +125,31 @@ def test_one_huge_update_is_rejected_and_does_not_wreck_the_model(
     # Stated margin: the held-out loss stays within 5% of the honest run's.
     for domain, scores in honest[-1]["eval"].items():
         assert abs(attacked[-1]["eval"][domain]["loss"] - scores["loss"]) <= 0.05 * scores["loss"]
+
+
+@pytest.mark.parametrize(
+    "variant", [["method=flora"], ["method=fedex"], ["method=florist", "method.florist.mode=merge"]]
+)
+def test_a_skipped_round_does_not_merge_the_last_aggregate_twice(
+    variant: list[str], tmp_path: Path, client_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: every client fails in round 2 (train calls 4..6), so round 2 is skipped after
+    # its broadcast (which merges round 1's aggregate into every base) went out
+    real_train = steps.train_local
+    calls = {"n": 0}
+
+    def down_in_round_two(model: Any, slot: str, *a: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if 4 <= calls["n"] <= 6:
+            raise RuntimeError("network partition")
+        return real_train(model, slot, *a, **kw)
+
+    monkeypatch.setattr(steps, "train_local", down_in_round_two)
+    # Execute
+    records = _run(tmp_path, client_files, *variant, "federation.rounds=3")
+    # Assert: round 2 skipped; round 3's broadcast merges nothing already merged, so the
+    # merges replayed on resume are round 1's aggregate once (round 2) and nothing (round 3)
+    assert records[2]["skipped"] and not records[3]["skipped"]
+    merges = [checkpoint.read(tmp_path / "checkpoints", r).merge for r in (2, 3)]
+    assert merges[0], "round 2's broadcast carries round 1's aggregate"
+    assert merges[1] == {}, "round 3 merged round 1's aggregate a second time"

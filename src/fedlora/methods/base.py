@@ -200,6 +200,11 @@ class Method(Protocol):
         """The global model's update on top of the (merged) base weights, per layer,
         scaling folded in: used for evaluation and export."""
 
+    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+        """The state a skipped round leaves (too few valid uploads to aggregate): its
+        broadcast went out, so whatever clients merged into their base weights from it is no
+        longer pending and must not be merged again; nothing else changes."""
+
 
 def aggregation_weights(uploads: Sequence[Upload], weighting: str) -> list[float]:
     """``p_k = n_k / Σ n_j`` ("samples") or ``1 / K`` ("uniform"), in upload order."""

@@ -15,6 +15,7 @@ from fedlora.methods.base import (
     Lora,
     LoraPair,
     Payload,
+    ServerState,
     Setup,
     Tensor,
 )
@@ -41,6 +42,10 @@ class DefaultHooks:
 
     def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
         return None
+
+    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+        """Default: nothing of the state is merged into base weights, so nothing changes."""
+        return state
 
     def upload_report(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec

@@ -63,6 +63,13 @@ def _stack_state(round_: int, stacks: Mapping[str, Factored]) -> ServerState:
     )
 
 
+def _empty_stacks(setup: Setup) -> dict[str, Factored]:
+    return {
+        s.name: (torch.zeros(s.out_features, 0), torch.zeros(0, s.in_features))
+        for s in setup.layers
+    }
+
+
 def _stacks(
     tensors: Mapping[str, Tensor | Sparse | SeededInit], setup: Setup
 ) -> dict[str, Factored]:
@@ -82,11 +89,11 @@ class Flora(DefaultHooks):
         self.config = config
 
     def init_server(self, setup: Setup) -> ServerState:
-        empty = {
-            s.name: (torch.zeros(s.out_features, 0), torch.zeros(0, s.in_features))
-            for s in setup.layers
-        }
-        return _stack_state(0, empty)
+        return _stack_state(0, _empty_stacks(setup))
+
+    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+        # The stack went out with the skipped round's broadcast and every client merged it.
+        return _stack_state(state.round, _empty_stacks(setup))
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
         return {name: t.clone() for name, t in state.tensors.items()}

@@ -110,6 +110,13 @@ def _state(round_: int, adapter: Mapping[str, LoraPair], ranks: Mapping[str, int
     return ServerState(round=round_, tensors=tensors, meta={"ranks": dict(ranks)})
 
 
+def _rank_zero(setup: Setup) -> dict[str, LoraPair]:
+    return {
+        s.name: LoraPair(torch.zeros(0, s.in_features), torch.zeros(s.out_features, 0))
+        for s in setup.layers
+    }
+
+
 def _adapter(state: ServerState, setup: Setup) -> dict[str, LoraPair]:
     return {
         s.name: LoraPair(state.tensors[key(s.name, "A")], state.tensors[key(s.name, "B")])
@@ -131,11 +138,15 @@ class Florist(DefaultHooks):
             # Round 1 starts from the usual LoRA init (A random, B = 0), shared by all.
             start = fresh_lora(setup, setup.max_rank, setup.seed)
         else:
-            start = {
-                s.name: LoraPair(torch.zeros(0, s.in_features), torch.zeros(s.out_features, 0))
-                for s in setup.layers
-            }
+            start = _rank_zero(setup)
         return _state(0, start, {})
+
+    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+        if self.config.mode != "merge":
+            return state
+        # Merge mode: the global adapter went out with the skipped round's broadcast and
+        # every client merged it into its base weights.
+        return _state(state.round, _rank_zero(setup), state.meta.get("ranks", {}))
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
         adapter = _adapter(state, setup)

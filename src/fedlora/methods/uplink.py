@@ -145,6 +145,9 @@ class SparseUplink:
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
         return self.inner.global_delta(state, setup)
 
+    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+        return self.inner.skip_round(state, setup)
+
     # -- the plug-in -----------------------------------------------------------------------
 
     def _scores(self, name: str, delta: Tensor, start: ClientStart, trained: Lora) -> Tensor:

@@ -170,7 +170,9 @@ def run_round(
         cfg=cfg,
         round_=t,
     )
-    rs.state, rs.round = server.state, t
+    # A skipped round keeps the state, less what its broadcast already merged everywhere.
+    rs.state = method.skip_round(server.state, setup) if server.skipped else server.state
+    rs.round = t
     record = round_record(fed, t, sampled, dispatches, replies, set(uploads), server)
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
         report("eval_start", {"round": t})
