@@ -122,6 +122,14 @@ def fresh_lora(setup: Setup, rank: int, seed: int) -> Lora:
     }
 
 
+def no_update(setup: Setup) -> dict[str, Factored]:
+    """A rank-0 factored update of every layer (``(m×0, 0×n)``: nothing to merge)."""
+    return {
+        s.name: (torch.zeros(s.out_features, 0), torch.zeros(0, s.in_features))
+        for s in setup.layers
+    }
+
+
 def empty_sparse(shape: tuple[int, ...]) -> Sparse:
     """The zero tensor of ``shape`` as a sparse entry with no values (a few bytes on the wire)."""
     return Sparse(shape, torch.zeros(0, dtype=torch.int64), torch.zeros(0))

@@ -51,6 +51,7 @@ from fedlora.methods.common import (
     initial_payload,
     key,
     lora_payload,
+    no_update,
 )
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import client_pair, ordered, weighted_sum
@@ -98,13 +99,6 @@ def _state(round_: int, mean: Mapping[str, LoraPair], res: Mapping[str, Factored
     return ServerState(round=round_, tensors=tensors, meta={"residual_ranks": ranks})
 
 
-def _no_residual(setup: Setup) -> dict[str, Factored]:
-    return {
-        s.name: (torch.zeros(s.out_features, 0), torch.zeros(0, s.in_features))
-        for s in setup.layers
-    }
-
-
 def _residuals(
     tensors: Mapping[str, Tensor | Sparse | SeededInit], setup: Setup
 ) -> dict[str, Factored]:
@@ -133,7 +127,7 @@ class FedEx(DefaultHooks):
 
     def init_server(self, setup: Setup) -> ServerState:
         self.validate(setup)
-        return _state(0, fresh_lora(setup, setup.max_rank, setup.seed), _no_residual(setup))
+        return _state(0, fresh_lora(setup, setup.max_rank, setup.seed), no_update(setup))
 
     def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
         # The residual went out with the skipped round's broadcast and was merged; the
@@ -142,7 +136,7 @@ class FedEx(DefaultHooks):
             s.name: LoraPair(state.tensors[key(s.name, "A")], state.tensors[key(s.name, "B")])
             for s in setup.layers
         }
-        return _state(state.round, mean, _no_residual(setup))
+        return _state(state.round, mean, no_update(setup))
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
         out: Payload = {name: t.clone() for name, t in state.tensors.items()}

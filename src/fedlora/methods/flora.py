@@ -26,8 +26,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from fedlora.methods.base import (
     ClientSpec,
     ClientStart,
@@ -39,7 +37,7 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload
+from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload, no_update
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import stacked_update
 from fedlora.ops.seeded_init import SeededInit
@@ -63,13 +61,6 @@ def _stack_state(round_: int, stacks: Mapping[str, Factored]) -> ServerState:
     )
 
 
-def _empty_stacks(setup: Setup) -> dict[str, Factored]:
-    return {
-        s.name: (torch.zeros(s.out_features, 0), torch.zeros(0, s.in_features))
-        for s in setup.layers
-    }
-
-
 def _stacks(
     tensors: Mapping[str, Tensor | Sparse | SeededInit], setup: Setup
 ) -> dict[str, Factored]:
@@ -89,11 +80,11 @@ class Flora(DefaultHooks):
         self.config = config
 
     def init_server(self, setup: Setup) -> ServerState:
-        return _stack_state(0, _empty_stacks(setup))
+        return _stack_state(0, no_update(setup))
 
     def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
         # The stack went out with the skipped round's broadcast and every client merged it.
-        return _stack_state(state.round, _empty_stacks(setup))
+        return _stack_state(state.round, no_update(setup))
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
         return {name: t.clone() for name, t in state.tensors.items()}
