@@ -249,3 +249,14 @@ def test_measure_rss_runs_each_child_and_collects_their_peaks(
     assert calls[1][-2] == "data.clients=2" and calls[1][-1].startswith("out_dir=")
     assert result.param_bytes > 0
     assert all(r.peak_rss_bytes > result.param_bytes for r in result.runs)
+
+
+def test_an_rss_child_is_a_real_process_that_reports_its_own_peak() -> None:
+    # Prepare / Execute: a real fresh interpreter loading the tiny model
+    info, seconds = bench._child(["load", "tiny-llama"], timeout_s=600.0, threads=1)
+    # Assert: its own high-water mark, which must hold at least the interpreter and the
+    # model's weights, and is not this (test) process's
+    own = bench._vmhwm_bytes()
+    assert info["param_bytes"] > 0 and seconds > 0
+    assert info["vmhwm_bytes"] > info["param_bytes"] + 20 * 2**20  # Python + torch resident
+    assert own is not None and info["vmhwm_bytes"] != own
