@@ -1,9 +1,9 @@
 """``fedlora bench client`` runs end to end at a tiny size (no absolute-time asserts).
 
 The benchmark is a script; these tests only make sure it cannot rot: it runs, the bare loop
-sees exactly fedlora's batches and trains only the factors fedlora trains, the timing probes
-leave the library as they found it, the figures it prints are consistent with each other,
-and the RSS children run.
+sees exactly fedlora's batches and trains only the factors fedlora trains, the client step's
+timing hook sees every phase, the figures it prints are consistent with each other, and the
+RSS children run (one of them as a real process).
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from tests.conftest import tiny_overrides, write_client_files
 from fedlora import config as config_mod
 from fedlora.bench import client as bench
 from fedlora.methods.base import ClientStart
+from fedlora.methods.registry import build
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.steps import send
+from fedlora.runtime.steps import client_step, send
 from fedlora.train import local as local_mod
-from fedlora.train.adapters import get_lora, set_lora, slot_name
+from fedlora.train.adapters import get_lora, slot_name
 from fedlora.train.local import train_local
+from fedlora.wire import decode
 
 
 def _tiny_set(tmp_path: Path, clients: int = 2) -> list[str]:
@@ -165,26 +167,43 @@ def test_bare_loop_trains_only_the_requested_factors(tiny_fed: Federation) -> No
     assert changed == {n for n in named if "lora_B." in n}
 
 
-def test_probes_time_the_swaps_and_restore_the_library(tiny_fed: Federation) -> None:
-    # Prepare
+def test_the_timing_hook_sees_every_phase_of_a_real_client_step(tiny_fed: Federation) -> None:
+    # Prepare: a FedProx round (its regulariser takes the live_lora view)
     fed = tiny_fed
     client = fed.setup.clients[0]
-    slot = slot_name(client.rank, client.alpha)
-    originals = {a: getattr(local_mod, a) for a in ("set_lora", "get_lora", "collate")}
-    from fedlora.runtime import steps as steps_mod
-
+    method = build("fedprox")
+    state = method.init_server(fed.setup)
+    broadcast = decode(send(method.broadcast(state, fed.setup, client), fed.cfg).data)
     watch = bench.Stopwatch()
     # Execute
-    with bench.probes(watch, fed.model):
-        local_mod.set_lora(fed.model, slot, local_mod.get_lora(fed.model, slot))
-        fed.model.set_adapter(slot)
-        steps_mod.send({"x": torch.ones(2)}, fed.cfg)
-    # Assert
-    assert watch.calls == {"swap_out": 1, "swap_in": 2, "upload_encode": 1}
-    assert {a: getattr(local_mod, a) for a in originals} == originals
-    assert steps_mod.send is send
-    assert "set_adapter" not in fed.model.__dict__
-    set_lora(fed.model, slot, get_lora(fed.model, slot))  # still works unwrapped
+    outcome = client_step(
+        model=fed.model,
+        method=method,
+        setup=fed.setup,
+        client=client,
+        view=None,
+        broadcast=broadcast,
+        examples=fed.train_sets[0],
+        cfg=fed.cfg,
+        round_=1,
+        pad_id=fed.pad_id,
+        timer=watch,
+    )
+    # Assert: every phase entered, collation once per micro-batch, and the time inside the
+    # training phases is part of the measured training time
+    steps = fed.cfg.train.local_steps * fed.cfg.train.grad_accum
+    assert outcome.upload is not None
+    assert watch.calls == {
+        "client_start": 1,
+        "swap_in": 1,
+        "live_lora": 1,
+        "collate": steps,
+        "swap_out": 1,
+        "upload": 1,
+        "upload_encode": 1,
+    }
+    inside = sum(watch.get(p) for p in ("swap_in", "live_lora", "collate", "swap_out"))
+    assert 0 < inside <= outcome.train_seconds
 
 
 def test_bad_override_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

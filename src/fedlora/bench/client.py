@@ -19,11 +19,10 @@ What is measured, in one process (so machine noise hits both sides alike):
    and *everything else*: broadcast build+encode, broadcast decode, base merge,
    ``client_start``, adapter copies into and out of the PEFT slot (``set_lora``,
    ``set_adapter``, ``set_trainable``, ``get_lora``), ``upload`` (sparsification), upload
-   encode and upload decode. The pieces are timed by wrapping those functions for the
-   duration of the benchmark (the library code is not changed). Two per-micro-batch costs
-   inside fedlora's loop that the bare loop does not pay are timed as well and stay counted
-   as training: collation of the batch and the ``live_lora`` view handed to the method's
-   regulariser.
+   encode and upload decode. The pieces inside the client step are timed through its explicit
+   timing hook (:mod:`fedlora.train.timing`; nothing is patched). Two costs inside fedlora's
+   loop that the bare loop does not pay are timed as well and stay counted as training:
+   collation of each batch and the ``live_lora`` view handed to the method's regulariser.
 
 Repeats are interleaved: bare, fedlora, then fedlora, bare, ... with every method in each
 repeat, after one untimed warm-up round of each; the figures are medians over repeats, and
@@ -51,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -59,13 +58,11 @@ from torch import nn
 from fedlora import config as config_mod
 from fedlora.config import RunConfig, TrainConfig
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.methods.base import ClientSpec, ClientStart, Method, Payload, Upload
+from fedlora.methods.base import ClientSpec, Method, Upload
 from fedlora.methods.registry import build
 from fedlora.ops.seeds import Stream, client_seed
-from fedlora.runtime import steps as steps_mod
 from fedlora.runtime.assemble import Federation, assemble
 from fedlora.runtime.steps import client_step, max_bytes, send
-from fedlora.train import local as local_mod
 from fedlora.train.adapters import add_into_base
 from fedlora.train.batches import Encoded, collate
 from fedlora.train.local import BatchSampler
@@ -140,63 +137,9 @@ class Stopwatch:
     def get(self, name: str) -> float:
         return self.seconds.get(name, 0.0)
 
-
-@contextlib.contextmanager
-def probes(watch: Stopwatch, model: nn.Module) -> Iterator[None]:
-    """Time fedlora's adapter copies, per-batch helpers and upload encoding while active.
-
-    The functions are looked up by ``train_local`` and ``client_step`` as module globals, so
-    replacing those globals (and ``model.set_adapter`` on the instance) times every call
-    without touching the library; everything is restored on exit.
-    """
-    patches: list[tuple[Any, str, Any]] = [
-        (local_mod, "set_lora", "swap_in"),
-        (local_mod, "set_trainable", "swap_in"),
-        (local_mod, "get_lora", "swap_out"),
-        (local_mod, "collate", "collate"),
-        (local_mod, "live_lora", "live_lora"),
-        (steps_mod, "send", "upload_encode"),
-    ]
-    saved = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches]
-    try:
-        for mod, attr, name in patches:
-            setattr(mod, attr, watch.wrap(name, getattr(mod, attr)))
-        # An instance attribute shadows PeftModel.set_adapter; deleting it restores the method.
-        object.__setattr__(
-            model, "set_adapter", watch.wrap("swap_in", cast(Callable[..., Any], model.set_adapter))
-        )
-        yield
-    finally:
-        for mod, attr, original in saved:
-            setattr(mod, attr, original)
-        if "set_adapter" in model.__dict__:
-            object.__delattr__(model, "set_adapter")
-
-
-class TimedMethod:
-    """A method whose ``client_start`` and ``upload`` are timed; everything else delegates.
-
-    It also remembers the factors the last ``client_start`` made trainable, so the bare loop
-    trains the same ones.
-    """
-
-    def __init__(self, method: Method, watch: Stopwatch) -> None:
-        self._method = method
-        self._watch = watch
-        self.trainable: frozenset[str] = frozenset({"A", "B"})
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._method, name)
-
-    def client_start(self, *args: Any, **kwargs: Any) -> ClientStart:
-        with self._watch.time("client_start"):
-            start: ClientStart = self._method.client_start(*args, **kwargs)
-        self.trainable = start.trainable
-        return start
-
-    def upload(self, *args: Any, **kwargs: Any) -> Payload:
-        with self._watch.time("upload"):
-            return self._method.upload(*args, **kwargs)
+    def __call__(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        """The stopwatch as the client round's timing hook (:mod:`fedlora.train.timing`)."""
+        return self.time(phase)
 
 
 # ----------------------------------------------------------------------------- the bare loop
@@ -308,11 +251,13 @@ class Sample:
 class MethodRun:
     """A method's live federation state while it is benchmarked (one base model for all)."""
 
-    method: TimedMethod
+    method: Method
     watch: Stopwatch
     state: Any
     view: dict[str, torch.Tensor] | None = None
     round: int = 0
+    trainable: frozenset[str] = frozenset({"A", "B"})
+    """What the method's client trained last round (the bare loop trains the same)."""
 
 
 def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample:
@@ -328,21 +273,21 @@ def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample
     with watch.time("base_merge"):
         add_into_base(fed.model, run.method.base_merge(broadcast, setup))
     examples = fed.train_sets[client.cid]
-    with probes(watch, fed.model):
-        began = time.perf_counter()
-        outcome = client_step(
-            model=fed.model,
-            method=cast(Method, run.method),
-            setup=setup,
-            client=client,
-            view=run.view,
-            broadcast=broadcast,
-            examples=examples,
-            cfg=cfg,
-            round_=t,
-            pad_id=fed.pad_id,
-        )
-        step_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    outcome = client_step(
+        model=fed.model,
+        method=run.method,
+        setup=setup,
+        client=client,
+        view=run.view,
+        broadcast=broadcast,
+        examples=examples,
+        cfg=cfg,
+        round_=t,
+        pad_id=fed.pad_id,
+        timer=watch,
+    )
+    step_seconds = time.perf_counter() - began
     if outcome.upload is None:
         raise FedloraError(f"{run.method.name}: client step failed: {outcome.error}")
     with watch.time("upload_decode"):
@@ -355,7 +300,7 @@ def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample
     run.state = run.method.aggregate(
         run.state, [Upload(cid=client.cid, n_samples=outcome.n_samples, payload=payload)], setup
     )
-    run.view, run.round = outcome.view, t
+    run.view, run.round, run.trainable = outcome.view, t, outcome.trainable
 
     swaps = watch.get("swap_in") + watch.get("swap_out")
     train_seconds = outcome.train_seconds - swaps
@@ -526,9 +471,9 @@ def time_methods(
         options = cfg.method.options if name == cfg.method.name else {}
         method: Method = build(name, options)
         method.validate(fed.setup)
-        watch = Stopwatch()
-        timed = TimedMethod(method, watch)
-        runs[name] = MethodRun(method=timed, watch=watch, state=method.init_server(fed.setup))
+        runs[name] = MethodRun(
+            method=method, watch=Stopwatch(), state=method.init_server(fed.setup)
+        )
     progress("loading the bare PEFT model")
     bare = bare_peft_model(cfg, client)
     examples = fed.train_sets[client.cid]
@@ -541,13 +486,13 @@ def time_methods(
             client_seed(fed.setup.seed, Stream.TRAIN, t, client.cid),
             fed.pad_id,
         )
-        params = bare_params(bare, run.method.trainable)
+        params = bare_params(bare, run.trainable)
         if bare_first:
             bare_seconds = bare_train(bare, params, batches, cfg.train)
             sample = fedlora_round(fed, run, client)
         else:
             sample = fedlora_round(fed, run, client)
-            params = bare_params(bare, run.method.trainable)
+            params = bare_params(bare, run.trainable)
             bare_seconds = bare_train(bare, params, batches, cfg.train)
         sample.bare_seconds, sample.bare_tokens = bare_seconds, batch_tokens(batches)
         if sample.bare_tokens != sample.tokens:

@@ -27,6 +27,7 @@ from fedlora.ops.sparse import Sparse
 from fedlora.train.adapters import slot_name
 from fedlora.train.batches import Encoded
 from fedlora.train.local import train_local
+from fedlora.train.timing import Timer, untimed
 from fedlora.wire import decode, encode_with_stats
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class ClientOutcome:
     overhead_seconds: float = 0.0
     error: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    trainable: frozenset[str] = frozenset({"A", "B"})
+    """The factors the client trained (``ClientStart.trainable``)."""
 
 
 def receive_broadcast(
@@ -91,20 +94,23 @@ def client_step(
     round_: int,
     pad_id: int,
     train: bool = True,
+    timer: Timer = untimed,
 ) -> ClientOutcome:
     """Apply a decoded broadcast; when ``train``, train locally and encode the upload.
 
-    The caller has already applied the round's base merge to ``model``.
+    The caller has already applied the round's base merge to ``model``; ``timer`` sees the
+    phases listed in :mod:`fedlora.train.timing`.
     """
     began = time.perf_counter()
-    start = method.client_start(
-        view,
-        broadcast,
-        setup,
-        client,
-        client_seed(setup.seed, Stream.CLIENT_START, round_, client.cid),
-    )
-    outcome = ClientOutcome(cid=client.cid, view=dict(start.view))
+    with timer("client_start"):
+        start = method.client_start(
+            view,
+            broadcast,
+            setup,
+            client,
+            client_seed(setup.seed, Stream.CLIENT_START, round_, client.cid),
+        )
+    outcome = ClientOutcome(cid=client.cid, view=dict(start.view), trainable=start.trainable)
     if not train:
         return outcome
     # The broadcast is applied (the view above) even if training fails below, so a client
@@ -120,14 +126,16 @@ def client_step(
             pad_id,
             regulariser=lambda current: method.regulariser(current, start),
             timeout_s=cfg.federation.client_timeout_s,
+            timer=timer,
         )
-        payload = method.upload(
-            start,
-            result.adapter,
-            setup,
-            client,
-            client_seed(setup.seed, Stream.UPLOAD, round_, client.cid),
-        )
+        with timer("upload"):
+            payload = method.upload(
+                start,
+                result.adapter,
+                setup,
+                client,
+                client_seed(setup.seed, Stream.UPLOAD, round_, client.cid),
+            )
         outcome.report = method.upload_report(start, result.adapter, setup, client)
     except Exception as exc:
         log.warning(
@@ -135,7 +143,8 @@ def client_step(
         )
         outcome.error = f"client failed: {type(exc).__name__}: {exc}"
         return outcome
-    outcome.upload = send(payload, cfg)
+    with timer("upload_encode"):
+        outcome.upload = send(payload, cfg)
     outcome.n_samples = len(examples)
     outcome.train_loss = result.mean_loss
     outcome.tokens = result.tokens

@@ -19,6 +19,7 @@ from fedlora.config import TrainConfig
 from fedlora.methods.base import ClientStart, Lora, Tensor
 from fedlora.train.adapters import get_lora, live_lora, set_lora, set_trainable
 from fedlora.train.batches import Encoded, collate
+from fedlora.train.timing import Timer, untimed
 
 
 @dataclass(frozen=True)
@@ -60,26 +61,31 @@ def train_local(
     pad_id: int,
     regulariser: Callable[[Lora], Tensor | None] | None = None,
     timeout_s: float = 0.0,
+    timer: Timer = untimed,
 ) -> LocalResult:
     """Train ``start.adapter`` in ``slot`` on ``examples`` and return the trained factors.
 
-    With ``timeout_s > 0``, raises ``TimeoutError`` once an optimiser step ends past it.
+    With ``timeout_s > 0``, raises ``TimeoutError`` once an optimiser step ends past it;
+    ``timer`` sees the phases listed in :mod:`fedlora.train.timing`.
     """
     began = time.perf_counter()
-    set_lora(model, slot, start.adapter)
-    model.set_adapter(slot)  # type: ignore[operator]
-    params = set_trainable(model, slot, start.trainable)
+    with timer("swap_in"):
+        set_lora(model, slot, start.adapter)
+        model.set_adapter(slot)  # type: ignore[operator]
+        params = set_trainable(model, slot, start.trainable)
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = BatchSampler(len(examples), seed)
     # The slot's parameter objects stay the same all round: look them up once, not per batch.
-    live = live_lora(model, slot) if regulariser is not None else None
+    with timer("live_lora"):
+        live = live_lora(model, slot) if regulariser is not None else None
     model.train()
     losses: list[float] = []
     tokens = 0
     for _ in range(cfg.local_steps):
         optimiser.zero_grad(set_to_none=True)
         for _ in range(cfg.grad_accum):
-            batch = collate([examples[i] for i in sampler.take(cfg.batch_size)], pad_id)
+            with timer("collate"):
+                batch = collate([examples[i] for i in sampler.take(cfg.batch_size)], pad_id)
             loss = model(**batch).loss
             losses.append(float(loss.detach()))
             tokens += int(batch["attention_mask"].sum())
@@ -95,8 +101,10 @@ def train_local(
     model.eval()
     for p in params:
         p.requires_grad_(False)
+    with timer("swap_out"):
+        adapter = get_lora(model, slot)
     return LocalResult(
-        adapter=get_lora(model, slot),
+        adapter=adapter,
         mean_loss=sum(losses) / len(losses),
         tokens=tokens,
         seconds=time.perf_counter() - began,
