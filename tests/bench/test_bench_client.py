@@ -19,6 +19,8 @@ from tests.conftest import tiny_overrides, write_client_files
 
 from fedlora import config as config_mod
 from fedlora.bench import client as bench
+from fedlora.bench import client_report, rss
+from fedlora.bench.measure import Stopwatch
 from fedlora.methods.base import ClientStart
 from fedlora.methods.registry import build
 from fedlora.runtime.assemble import Federation, assemble
@@ -78,8 +80,8 @@ def test_bare_loop_sees_fedlora_tokens_and_figures_agree(
 
 def test_table_and_json_show_every_method(tiny_report: bench.ClientBenchReport) -> None:
     # Execute
-    table = bench.format_table(tiny_report)
-    data = json.loads(json.dumps(bench.report_json(tiny_report)))
+    table = client_report.format_table(tiny_report)
+    data = json.loads(json.dumps(client_report.report_json(tiny_report)))
     # Assert
     assert "load average" in table and "Targets" in table
     for name in ("fedavg", "fedsrd"):
@@ -174,7 +176,7 @@ def test_the_timing_hook_sees_every_phase_of_a_real_client_step(tiny_fed: Federa
     method = build("fedprox")
     state = method.init_server(fed.setup)
     broadcast = decode(send(method.broadcast(state, fed.setup, client), fed.cfg).data)
-    watch = bench.Stopwatch()
+    watch = Stopwatch()
     # Execute
     outcome = client_step(
         model=fed.model,
@@ -255,13 +257,13 @@ def test_measure_rss_runs_each_child_and_collects_their_peaks(
     def in_process(args, timeout_s, threads):  # type: ignore[no-untyped-def]
         calls.append(list(args))
         report = tmp_path / f"report{len(calls)}.json"
-        assert bench.child_main([str(report), *args]) == 0
+        assert rss.child_main([str(report), *args]) == 0
         return json.loads(report.read_text()), 0.0
 
-    monkeypatch.setattr(bench, "_child", in_process)
+    monkeypatch.setattr(rss, "_child", in_process)
     overrides = _tiny_set(tmp_path, clients=2)
     # Execute
-    result = bench.measure_rss("tiny-llama", (2,), overrides)
+    result = rss.measure_rss("tiny-llama", (2,), overrides)
     # Assert
     assert [r.clients for r in result.runs] == [None, 2]
     assert calls[0] == ["load", "tiny-llama"]
@@ -272,10 +274,10 @@ def test_measure_rss_runs_each_child_and_collects_their_peaks(
 
 def test_an_rss_child_is_a_real_process_that_reports_its_own_peak() -> None:
     # Prepare / Execute: a real fresh interpreter loading the tiny model
-    info, seconds = bench._child(["load", "tiny-llama"], timeout_s=600.0, threads=1)
+    info, seconds = rss._child(["load", "tiny-llama"], timeout_s=600.0, threads=1)
     # Assert: its own high-water mark, which must hold at least the interpreter and the
     # model's weights, and is not this (test) process's
-    own = bench._vmhwm_bytes()
+    own = rss._vmhwm_bytes()
     assert info["param_bytes"] > 0 and seconds > 0
     assert info["vmhwm_bytes"] > info["param_bytes"] + 20 * 2**20  # Python + torch resident
     assert own is not None and info["vmhwm_bytes"] != own

@@ -37,17 +37,13 @@ one base model, adding clients should add far less than one model copy each.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,6 +52,8 @@ import torch
 from torch import nn
 
 from fedlora import config as config_mod
+from fedlora.bench.measure import Stopwatch, choose_threads, load_average
+from fedlora.bench.rss import RssResult, measure_rss
 from fedlora.config import RunConfig, TrainConfig
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.methods.base import ClientSpec, Method, Upload
@@ -70,7 +68,6 @@ from fedlora.wire import decode
 
 log = logging.getLogger(__name__)
 
-MIB = 2**20
 RATIO_TARGET = 0.95
 SHARE_TARGET = 0.05
 DEFAULT_METHODS = ("fedavg", "fedsrd")
@@ -79,15 +76,6 @@ BENCH_OVERRIDES: tuple[str, ...] = (
     "data.max_eval_per_domain=1",  # nothing is evaluated
 )
 """Applied before the user's ``--set`` overrides; they do not change what is timed."""
-RSS_OVERRIDES: tuple[str, ...] = (
-    "federation.rounds=1",
-    "train.local_steps=1",
-    "data.max_eval_per_domain=4",
-    "data.max_train_per_client=16",
-    "eval.every=1000000",
-)
-"""The short federation whose peak RSS is read (the user's ``--set`` overrides come after)."""
-
 OVERHEAD_PHASES = (
     "broadcast_encode",
     "broadcast_decode",
@@ -103,43 +91,6 @@ OVERHEAD_PHASES = (
 """Parts of a client round outside training (``other``: client_step's own bookkeeping)."""
 IN_LOOP_PROBES = ("collate", "live_lora")
 """Costs inside fedlora's training loop that the bare loop does not pay (counted as training)."""
-
-
-# ----------------------------------------------------------------------------- timing probes
-
-
-class Stopwatch:
-    """Accumulates wall seconds per name; wrapped callables add to it on every call."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-
-    def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-        self.calls[name] = self.calls.get(name, 0) + 1
-
-    @contextlib.contextmanager
-    def time(self, name: str) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(name, time.perf_counter() - began)
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with self.time(name):
-                return fn(*args, **kwargs)
-
-        return timed
-
-    def get(self, name: str) -> float:
-        return self.seconds.get(name, 0.0)
-
-    def __call__(self, phase: str) -> contextlib.AbstractContextManager[None]:
-        """The stopwatch as the client round's timing hook (:mod:`fedlora.train.timing`)."""
-        return self.time(phase)
 
 
 # ----------------------------------------------------------------------------- the bare loop
@@ -371,22 +322,6 @@ def summarise(method: str, samples: Sequence[Sample]) -> MethodResult:
 
 
 @dataclass(frozen=True)
-class RssRun:
-    """Peak resident set of one subprocess (``clients`` None: the model is only loaded)."""
-
-    clients: int | None
-    peak_rss_bytes: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class RssResult:
-    model: str
-    param_bytes: int
-    runs: list[RssRun]
-
-
-@dataclass(frozen=True)
 class ClientBenchReport:
     model: str
     settings: dict[str, Any]
@@ -427,33 +362,6 @@ class ClientBenchConfig:
         return config_mod.load(
             None, [f"model.name={json.dumps(self.model)}", *BENCH_OVERRIDES, *self.overrides]
         )
-
-
-def _load() -> tuple[float, float, float]:
-    try:
-        return os.getloadavg()
-    except OSError:
-        return (float("nan"),) * 3
-
-
-def choose_threads(requested: int | None) -> tuple[int, str]:
-    """Torch threads for the run, and why.
-
-    All cores help only when they are free: on a machine whose run queue already exceeds its
-    cores, each extra intra-op thread mostly waits for a descheduled sibling at every
-    barrier (measured at load 10 on 2 cores: bare training 4x slower for tiny-llama and over
-    5x slower for smollm2-135m with 2 threads than with 1). So the default is every core
-    unless the 1-minute load average is at least the core count, then one thread.
-    """
-    cores = os.cpu_count() or 1
-    if requested is not None:
-        if requested < 1:
-            raise ConfigError(f"--threads must be >= 1, got {requested}")
-        return requested, "requested"
-    load = _load()[0]
-    if cores > 1 and load >= cores:
-        return 1, f"load average {load:.1f} >= {cores} cores: one thread avoids barrier stalls"
-    return cores, "all cores"
 
 
 def time_methods(
@@ -508,131 +416,9 @@ def time_methods(
     samples: dict[str, list[Sample]] = {name: [] for name in runs}
     for i in range(repeats):
         for name, run in runs.items():
-            progress(f"repeat {i + 1}/{repeats}: {name} (load {_load()[0]:.1f})")
+            progress(f"repeat {i + 1}/{repeats}: {name} (load {load_average()[0]:.1f})")
             samples[name].append(pair(run, bare_first=i % 2 == 1))
     return [summarise(name, samples[name]) for name in runs]
-
-
-def _src_pythonpath() -> str:
-    """PYTHONPATH for children: this package's source root first (works uninstalled too)."""
-    root = str(Path(__file__).resolve().parents[2])
-    rest = os.environ.get("PYTHONPATH", "")
-    return root + (os.pathsep + rest if rest else "")
-
-
-def _vmhwm_bytes() -> int | None:
-    """This process's resident-set high-water mark (Linux ``VmHWM``), or None."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def child_main(argv: Sequence[str]) -> int:
-    """Body of an RSS child: ``REPORT load MODEL`` or ``REPORT run KEY=VALUE...``.
-
-    Writes ``{"vmhwm_bytes": ..., "param_bytes": ...}`` to REPORT on the way out. The child
-    reads its own ``VmHWM`` because the parent's view (``ru_maxrss`` from ``wait4``) also
-    counts the parent's resident set copied at fork time, which here is two loaded models.
-    """
-    report_path, mode, *rest = argv
-    info: dict[str, Any] = {}
-    code = 1
-    try:
-        if mode == "load":
-            from fedlora.models import resolve_model
-
-            model, _ = resolve_model(rest[0])
-            params = list(model.parameters())
-            info["param_bytes"] = sum(p.numel() * p.element_size() for p in params)
-            # Weights may be memory-mapped from safetensors: read every one so the baseline
-            # holds the whole model resident, as any forward pass would.
-            with torch.no_grad():
-                for p in params:
-                    p.sum()
-            code = 0
-        else:
-            from fedlora import config
-            from fedlora.runtime.simulation import run
-
-            run(config.load(None, list(rest)))
-            code = 0
-    finally:
-        info["vmhwm_bytes"] = _vmhwm_bytes()
-        Path(report_path).write_text(json.dumps(info), encoding="utf-8")
-    return code
-
-
-_CHILD = (
-    "import sys\nfrom fedlora.bench.client import child_main\nsys.exit(child_main(sys.argv[1:]))\n"
-)
-
-
-def _child(args: Sequence[str], timeout_s: float, threads: int) -> tuple[dict[str, Any], float]:
-    """Run :func:`child_main` with ``args`` in a fresh interpreter; return (report, seconds)."""
-    env = dict(os.environ, PYTHONPATH=_src_pythonpath(), OMP_NUM_THREADS=str(threads))
-    with tempfile.TemporaryDirectory(prefix="fedlora-rss-") as tmp:
-        report = Path(tmp) / "report.json"
-        began = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", _CHILD, str(report), *args],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise FedloraError(f"RSS child {args[0]} timed out after {timeout_s:g} s") from None
-        seconds = time.perf_counter() - began
-        if proc.returncode != 0 or not report.exists():
-            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:]
-            raise FedloraError(
-                f"RSS child {args[0]} exited with {proc.returncode}: "
-                f"{tail[0] if tail else '(no stderr)'}"
-            )
-        info: dict[str, Any] = json.loads(report.read_text(encoding="utf-8"))
-    if info.get("vmhwm_bytes") is None:
-        raise FedloraError("this system does not report VmHWM in /proc/self/status")
-    return info, seconds
-
-
-def measure_rss(
-    model: str,
-    clients: Sequence[int],
-    overrides: Sequence[str] = (),
-    timeout_s: float = 3600.0,
-    threads: int = 1,
-    progress: Callable[[str], None] = lambda text: None,
-) -> RssResult:
-    """Peak RSS of a model-only child and of a short federation per client count.
-
-    Each child is a fresh interpreter (:func:`child_main`: the model loader, or
-    ``fedlora run``), one after the other, and reports its own ``VmHWM``. ``overrides`` (``key=value``) follow :data:`RSS_OVERRIDES`;
-    the client count and the (temporary) run folder come last and always win.
-    """
-    progress(f"RSS: loading {model} alone")
-    info, seconds = _child(["load", model], timeout_s, threads)
-    param_bytes = int(info["param_bytes"])
-    runs = [RssRun(clients=None, peak_rss_bytes=int(info["vmhwm_bytes"]), seconds=seconds)]
-    for k in clients:
-        progress(f"RSS: {model} federation with {k} clients")
-        with tempfile.TemporaryDirectory(prefix="fedlora-rss-run-") as tmp:
-            args = [
-                "run",
-                f"model.name={json.dumps(model)}",
-                *RSS_OVERRIDES,
-                *overrides,
-                f"data.clients={k}",
-                f"out_dir={json.dumps(str(Path(tmp) / 'run'))}",
-            ]
-            info, seconds = _child(args, timeout_s, threads)
-        runs.append(RssRun(clients=k, peak_rss_bytes=int(info["vmhwm_bytes"]), seconds=seconds))
-    return RssResult(model=model, param_bytes=param_bytes, runs=runs)
 
 
 def check_targets(results: Sequence[MethodResult], model: str) -> list[dict[str, Any]]:
@@ -674,7 +460,7 @@ def _run_bench(
     config: ClientBenchConfig, threads: int, why: str, progress: Callable[[str], None]
 ) -> ClientBenchReport:
     cfg = config.run_config()
-    load_before = _load()
+    load_before = load_average()
     results = (
         [] if config.skip_timing else time_methods(cfg, config.methods, config.repeats, progress)
     )
@@ -706,156 +492,11 @@ def _run_bench(
         threads=threads,
         threads_why=why,
         load_before=load_before,
-        load_after=_load(),
+        load_after=load_average(),
         methods=results,
         rss=rss,
         checks=check_targets(results, cfg.model.name),
     )
-
-
-# ----------------------------------------------------------------------------- output
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f}"
-
-
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / MIB:.0f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-
-    def line(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
-def format_table(report: ClientBenchReport) -> str:
-    """A readable multi-table summary of ``report``."""
-    s = report.settings
-
-    def load(v: Sequence[float]) -> str:
-        return "/".join(f"{x:.2f}" for x in v)
-
-    out = [
-        f"fedlora bench client: {report.model}, client 0 of {s['clients']}, rank {s['rank']} "
-        f"(alpha {s['alpha']:g}) on {','.join(s['target_modules'])}",
-        f"  batch {s['batch_size']} x seq_len {s['seq_len']}, {s['local_steps']} local steps, "
-        f"grad_accum {s['grad_accum']}, wire {s['wire_value_dtype']}; torch threads "
-        f"{report.threads} of {os.cpu_count()} cores ({report.threads_why})",
-        f"  load average before {load(report.load_before)}, after {load(report.load_after)} "
-        "(1/5/15 min; a shared machine makes every figure noisy)",
-    ]
-    if report.methods:
-        out += [
-            "",
-            f"Throughput (median of {s['repeats']} interleaved repeats; ratio = median "
-            "of paired per-repeat ratios)",
-        ]
-        rows = [
-            [
-                r.method,
-                str(r.tokens_per_round),
-                f"{r.bare_tokens_per_s:.0f}",
-                f"{r.train_tokens_per_s:.0f}",
-                f"{r.train_ratio:.3f}",
-                f"{r.round_tokens_per_s:.0f}",
-                f"{r.round_ratio:.3f}",
-                f"{r.non_training_share:.2%}",
-                f"{r.round_seconds:.2f}",
-            ]
-            for r in report.methods
-        ]
-        out += _table(
-            [
-                "method",
-                "tokens",
-                "bare tok/s",
-                "train tok/s",
-                "ratio",
-                "round tok/s",
-                "round ratio",
-                "non-train",
-                "round s",
-            ],
-            rows,
-        )
-        out += ["", "Non-training time per client round (median ms)"]
-        short = {
-            "broadcast_encode": "bc enc",
-            "broadcast_decode": "bc dec",
-            "base_merge": "merge",
-            "client_start": "start",
-            "swap_in": "swap in",
-            "swap_out": "swap out",
-            "upload": "upload",
-            "upload_encode": "up enc",
-            "upload_decode": "up dec",
-            "other": "other",
-        }
-        rows = [
-            [
-                r.method,
-                *(_ms(r.overhead_seconds[k]) for k in OVERHEAD_PHASES),
-                _ms(sum(r.overhead_seconds.values())),
-                *(_ms(r.in_loop_seconds[k]) for k in IN_LOOP_PROBES),
-            ]
-            for r in report.methods
-        ]
-        out += _table(
-            ["method", *(short[k] for k in OVERHEAD_PHASES), "sum", "collate*", "live_lora*"], rows
-        )
-        out.append(
-            "  * inside the training loop, counted as training (the bare loop has its "
-            "batches collated before the clock starts)"
-        )
-    if report.rss is not None:
-        rss = report.rss
-        out += [
-            "",
-            f"Peak RSS ({rss.model}, one process each; parameters {_mib(rss.param_bytes)} MiB)",
-        ]
-        base = rss.runs[0].peak_rss_bytes
-        rows = [
-            [
-                "model only" if r.clients is None else f"{r.clients} clients",
-                _mib(r.peak_rss_bytes),
-                _mib(r.peak_rss_bytes - base),
-                f"{(r.peak_rss_bytes - base) / rss.param_bytes:.2f}",
-                f"{r.seconds:.0f}",
-            ]
-            for r in rss.runs
-        ]
-        out += _table(["run", "peak MiB", "over model-only MiB", "x params", "seconds"], rows)
-        feds = [r for r in rss.runs if r.clients is not None]
-        if len(feds) >= 2:
-            lo, hi = feds[0], feds[-1]
-            assert lo.clients is not None and hi.clients is not None
-            extra = hi.peak_rss_bytes - lo.peak_rss_bytes
-            per = extra / max(1, hi.clients - lo.clients)
-            out.append(
-                f"  {hi.clients} vs {lo.clients} clients: {extra / MIB:+.0f} MiB, "
-                f"{per / MIB:+.1f} MiB per extra client = "
-                f"{per / rss.param_bytes:.3f} model copies per client"
-            )
-    if report.checks:
-        out += ["", "Targets"]
-        for c in report.checks:
-            verdict = "PASS" if c["passed"] else "FAIL"
-            value = c["value"]
-            shown = f"{value:.2%}" if "share" in c["check"] else f"{value:.3f}"
-            out.append(f"  {verdict}  {c['check']}: {shown}")
-    return "\n".join(out)
-
-
-def report_json(report: ClientBenchReport) -> dict[str, Any]:
-    return dataclasses.asdict(report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -918,6 +559,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     0 on success (target failures included: they are reported, not fatal); 2 on a bad
     configuration or a failed run, with a one-line message on stderr.
     """
+    # The report's forms live beside this module and import its types.
+    from fedlora.bench.client_report import format_table, report_json
+
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
 

@@ -1,0 +1,148 @@
+"""The text and JSON forms of a ``fedlora bench client`` report."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from fedlora.bench.client import IN_LOOP_PROBES, OVERHEAD_PHASES, ClientBenchReport
+from fedlora.bench.measure import MIB, mib, ms, table
+from fedlora.bench.rss import RssResult
+
+SHORT_PHASES = {
+    "broadcast_encode": "bc enc",
+    "broadcast_decode": "bc dec",
+    "base_merge": "merge",
+    "client_start": "start",
+    "swap_in": "swap in",
+    "swap_out": "swap out",
+    "upload": "upload",
+    "upload_encode": "up enc",
+    "upload_decode": "up dec",
+    "other": "other",
+}
+
+
+def _load(v: Sequence[float]) -> str:
+    return "/".join(f"{x:.2f}" for x in v)
+
+
+def header_lines(report: ClientBenchReport) -> list[str]:
+    """What was run, on how many threads, under which load."""
+    s = report.settings
+    return [
+        f"fedlora bench client: {report.model}, client 0 of {s['clients']}, rank {s['rank']} "
+        f"(alpha {s['alpha']:g}) on {','.join(s['target_modules'])}",
+        f"  batch {s['batch_size']} x seq_len {s['seq_len']}, {s['local_steps']} local steps, "
+        f"grad_accum {s['grad_accum']}, wire {s['wire_value_dtype']}; torch threads "
+        f"{report.threads} of {os.cpu_count()} cores ({report.threads_why})",
+        f"  load average before {_load(report.load_before)}, after {_load(report.load_after)} "
+        "(1/5/15 min; a shared machine makes every figure noisy)",
+    ]
+
+
+def throughput_lines(report: ClientBenchReport) -> list[str]:
+    """Tokens per second, bare against fedlora, per method."""
+    rows = [
+        [
+            r.method,
+            str(r.tokens_per_round),
+            f"{r.bare_tokens_per_s:.0f}",
+            f"{r.train_tokens_per_s:.0f}",
+            f"{r.train_ratio:.3f}",
+            f"{r.round_tokens_per_s:.0f}",
+            f"{r.round_ratio:.3f}",
+            f"{r.non_training_share:.2%}",
+            f"{r.round_seconds:.2f}",
+        ]
+        for r in report.methods
+    ]
+    head = ["method", "tokens", "bare tok/s", "train tok/s", "ratio", "round tok/s"]
+    return [
+        "",
+        f"Throughput (median of {report.settings['repeats']} interleaved repeats; ratio = "
+        "median of paired per-repeat ratios)",
+        *table([*head, "round ratio", "non-train", "round s"], rows),
+    ]
+
+
+def overhead_lines(report: ClientBenchReport) -> list[str]:
+    """Where the time outside training goes, per phase."""
+    rows = [
+        [
+            r.method,
+            *(ms(r.overhead_seconds[k]) for k in OVERHEAD_PHASES),
+            ms(sum(r.overhead_seconds.values())),
+            *(ms(r.in_loop_seconds[k]) for k in IN_LOOP_PROBES),
+        ]
+        for r in report.methods
+    ]
+    head = ["method", *(SHORT_PHASES[k] for k in OVERHEAD_PHASES), "sum", "collate*", "live_lora*"]
+    return [
+        "",
+        "Non-training time per client round (median ms)",
+        *table(head, rows),
+        "  * inside the training loop, counted as training (the bare loop has its "
+        "batches collated before the clock starts)",
+    ]
+
+
+def rss_lines(rss: RssResult) -> list[str]:
+    """Peak RSS per process, and what each extra client costs."""
+    base = rss.runs[0].peak_rss_bytes
+    rows = [
+        [
+            "model only" if r.clients is None else f"{r.clients} clients",
+            mib(r.peak_rss_bytes),
+            mib(r.peak_rss_bytes - base),
+            f"{(r.peak_rss_bytes - base) / rss.param_bytes:.2f}",
+            f"{r.seconds:.0f}",
+        ]
+        for r in rss.runs
+    ]
+    out = [
+        "",
+        f"Peak RSS ({rss.model}, one process each; parameters {mib(rss.param_bytes)} MiB)",
+        *table(["run", "peak MiB", "over model-only MiB", "x params", "seconds"], rows),
+    ]
+    feds = [r for r in rss.runs if r.clients is not None]
+    if len(feds) >= 2:
+        lo, hi = feds[0], feds[-1]
+        assert lo.clients is not None and hi.clients is not None
+        extra = hi.peak_rss_bytes - lo.peak_rss_bytes
+        per = extra / max(1, hi.clients - lo.clients)
+        out.append(
+            f"  {hi.clients} vs {lo.clients} clients: {extra / MIB:+.0f} MiB, "
+            f"{per / MIB:+.1f} MiB per extra client = "
+            f"{per / rss.param_bytes:.3f} model copies per client"
+        )
+    return out
+
+
+def target_lines(checks: Sequence[dict[str, Any]]) -> list[str]:
+    """PASS / FAIL per target, from the measured numbers."""
+    out = ["", "Targets"]
+    for c in checks:
+        verdict = "PASS" if c["passed"] else "FAIL"
+        value = c["value"]
+        shown = f"{value:.2%}" if "share" in c["check"] else f"{value:.3f}"
+        out.append(f"  {verdict}  {c['check']}: {shown}")
+    return out
+
+
+def format_table(report: ClientBenchReport) -> str:
+    """A readable multi-table summary of ``report``."""
+    out = header_lines(report)
+    if report.methods:
+        out += throughput_lines(report) + overhead_lines(report)
+    if report.rss is not None:
+        out += rss_lines(report.rss)
+    if report.checks:
+        out += target_lines(report.checks)
+    return "\n".join(out)
+
+
+def report_json(report: ClientBenchReport) -> dict[str, Any]:
+    return dataclasses.asdict(report)
