@@ -37,24 +37,38 @@ one base model, adding clients should add far less than one model copy each.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from torch import nn
 
 from fedlora import config as config_mod
+from fedlora.bench.bare_loop import (
+    bare_params,
+    bare_peft_model,
+    bare_train,
+    batch_tokens,
+    plan_batches,
+)
+from fedlora.bench.client_report import (
+    IN_LOOP_PROBES,
+    OVERHEAD_PHASES,
+    ClientBenchReport,
+    MethodResult,
+    Sample,
+    format_table,
+    report_json,
+    summarise,
+)
 from fedlora.bench.measure import Stopwatch, choose_threads, load_average
-from fedlora.bench.rss import RssResult, measure_rss
-from fedlora.config import RunConfig, TrainConfig
+from fedlora.bench.rss import measure_rss
+from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.methods.base import ClientSpec, Method, Upload
 from fedlora.methods.registry import build
@@ -62,8 +76,6 @@ from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime.assemble import Federation, assemble
 from fedlora.runtime.steps import client_step, max_bytes, send
 from fedlora.train.adapters import add_into_base
-from fedlora.train.batches import Encoded, collate
-from fedlora.train.local import BatchSampler
 from fedlora.wire import decode
 
 log = logging.getLogger(__name__)
@@ -76,126 +88,9 @@ BENCH_OVERRIDES: tuple[str, ...] = (
     "data.max_eval_per_domain=1",  # nothing is evaluated
 )
 """Applied before the user's ``--set`` overrides; they do not change what is timed."""
-OVERHEAD_PHASES = (
-    "broadcast_encode",
-    "broadcast_decode",
-    "base_merge",
-    "client_start",
-    "swap_in",
-    "swap_out",
-    "upload",
-    "upload_encode",
-    "upload_decode",
-    "other",
-)
-"""Parts of a client round outside training (``other``: client_step's own bookkeeping)."""
-IN_LOOP_PROBES = ("collate", "live_lora")
-"""Costs inside fedlora's training loop that the bare loop does not pay (counted as training)."""
-
-
-# ----------------------------------------------------------------------------- the bare loop
-
-
-def plan_batches(
-    examples: Sequence[Encoded], train: TrainConfig, seed: int, pad_id: int
-) -> list[list[dict[str, torch.Tensor]]]:
-    """The micro-batches ``train_local`` draws with ``seed``: ``[step][micro] -> batch``.
-
-    Same sampler, same order, same collation, so the bare loop sees identical tensors.
-    """
-    sampler = BatchSampler(len(examples), seed)
-    return [
-        [
-            collate([examples[i] for i in sampler.take(train.batch_size)], pad_id)
-            for _ in range(train.grad_accum)
-        ]
-        for _ in range(train.local_steps)
-    ]
-
-
-def batch_tokens(batches: Sequence[Sequence[dict[str, torch.Tensor]]]) -> int:
-    """Non-padding tokens of a plan (what ``train_local`` counts)."""
-    return sum(int(b["attention_mask"].sum()) for step in batches for b in step)
-
-
-def bare_peft_model(cfg: RunConfig, client: ClientSpec) -> nn.Module:
-    """A fresh copy of the base model with one plain PEFT LoRA adapter of ``client``'s shape."""
-    from peft import LoraConfig, get_peft_model
-
-    from fedlora.models import resolve_model
-
-    model, _ = resolve_model(cfg.model.name, seed=cfg.seed)
-    # PEFT annotates lora_alpha as int but uses it as a number; fedlora's slots pass the
-    # same float, so the scaling is identical.
-    lora = LoraConfig(
-        r=client.rank,
-        lora_alpha=client.alpha,  # type: ignore[arg-type]
-        lora_dropout=0.0,
-        target_modules=list(cfg.lora.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
-def bare_params(model: nn.Module, factors: frozenset[str]) -> list[nn.Parameter]:
-    """Make exactly the LoRA ``factors`` ("A", "B") trainable; return them."""
-    params: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        wanted = any(f"lora_{f}." in name for f in factors)
-        p.requires_grad_(wanted)
-        if wanted:
-            params.append(p)
-    return params
-
-
-def bare_train(
-    model: nn.Module,
-    params: Sequence[nn.Parameter],
-    batches: Sequence[Sequence[dict[str, torch.Tensor]]],
-    train: TrainConfig,
-) -> float:
-    """One round of plain PyTorch + PEFT training on ``batches``; returns its wall seconds.
-
-    Mirrors ``train_local``'s optimisation (fresh AdamW, accumulation, clipping) with nothing
-    else in the timed region.
-    """
-    began = time.perf_counter()
-    optimiser = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-    model.train()
-    for step in batches:
-        optimiser.zero_grad(set_to_none=True)
-        for batch in step:
-            (model(**batch).loss / len(step)).backward()
-        if train.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-        optimiser.step()
-    model.eval()
-    return time.perf_counter() - began
 
 
 # ----------------------------------------------------------------------------- fedlora's round
-
-
-@dataclass
-class Sample:
-    """One timed repeat of one method: the bare loop and fedlora's round on the same batches."""
-
-    round: int
-    tokens: int
-    bare_tokens: int
-    bare_seconds: float
-    train_seconds: float
-    overhead: dict[str, float]
-    in_loop: dict[str, float]
-
-    @property
-    def overhead_seconds(self) -> float:
-        return sum(self.overhead.values())
-
-    @property
-    def round_seconds(self) -> float:
-        return self.train_seconds + self.overhead_seconds
 
 
 @dataclass
@@ -273,65 +168,6 @@ def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample
         overhead=overhead,
         in_loop={name: watch.get(name) for name in IN_LOOP_PROBES},
     )
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class MethodResult:
-    """Medians over repeats for one method (seconds per round, tokens per second)."""
-
-    method: str
-    repeats: int
-    tokens_per_round: int
-    bare_tokens_per_s: float
-    train_tokens_per_s: float
-    round_tokens_per_s: float
-    train_ratio: float
-    round_ratio: float
-    non_training_share: float
-    bare_seconds: float
-    train_seconds: float
-    round_seconds: float
-    overhead_seconds: dict[str, float]
-    in_loop_seconds: dict[str, float]
-    samples: list[dict[str, Any]] = field(default_factory=list)
-
-
-def summarise(method: str, samples: Sequence[Sample]) -> MethodResult:
-    """Medians of a method's samples; ratios are medians of the per-repeat paired ratios."""
-    med = statistics.median
-    return MethodResult(
-        method=method,
-        repeats=len(samples),
-        tokens_per_round=int(med(s.tokens for s in samples)),
-        bare_tokens_per_s=med(s.tokens / s.bare_seconds for s in samples),
-        train_tokens_per_s=med(s.tokens / s.train_seconds for s in samples),
-        round_tokens_per_s=med(s.tokens / s.round_seconds for s in samples),
-        train_ratio=med(s.bare_seconds / s.train_seconds for s in samples),
-        round_ratio=med(s.bare_seconds / s.round_seconds for s in samples),
-        non_training_share=med(s.overhead_seconds / s.round_seconds for s in samples),
-        bare_seconds=med(s.bare_seconds for s in samples),
-        train_seconds=med(s.train_seconds for s in samples),
-        round_seconds=med(s.round_seconds for s in samples),
-        overhead_seconds={k: med(s.overhead[k] for s in samples) for k in OVERHEAD_PHASES},
-        in_loop_seconds={k: med(s.in_loop[k] for s in samples) for k in IN_LOOP_PROBES},
-        samples=[dataclasses.asdict(s) for s in samples],
-    )
-
-
-@dataclass(frozen=True)
-class ClientBenchReport:
-    model: str
-    settings: dict[str, Any]
-    threads: int
-    threads_why: str
-    load_before: tuple[float, float, float]
-    load_after: tuple[float, float, float]
-    methods: list[MethodResult]
-    rss: RssResult | None
-    checks: list[dict[str, Any]]
 
 
 # ----------------------------------------------------------------------------- running
@@ -559,9 +395,6 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     0 on success (target failures included: they are reported, not fatal); 2 on a bad
     configuration or a failed run, with a one-line message on stderr.
     """
-    # The report's forms live beside this module and import its types.
-    from fedlora.bench.client_report import format_table, report_json
-
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
 

@@ -1,15 +1,111 @@
-"""The text and JSON forms of a ``fedlora bench client`` report."""
+"""A ``fedlora bench client`` report: its per-round samples, per-method medians, and its
+text and JSON forms."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from fedlora.bench.client import IN_LOOP_PROBES, OVERHEAD_PHASES, ClientBenchReport
 from fedlora.bench.measure import MIB, mib, ms, table
 from fedlora.bench.rss import RssResult
+
+OVERHEAD_PHASES = (
+    "broadcast_encode",
+    "broadcast_decode",
+    "base_merge",
+    "client_start",
+    "swap_in",
+    "swap_out",
+    "upload",
+    "upload_encode",
+    "upload_decode",
+    "other",
+)
+"""Parts of a client round outside training (``other``: client_step's own bookkeeping)."""
+IN_LOOP_PROBES = ("collate", "live_lora")
+"""Costs inside fedlora's training loop that the bare loop does not pay (counted as training)."""
+
+
+@dataclass
+class Sample:
+    """One timed repeat of one method: the bare loop and fedlora's round on the same batches."""
+
+    round: int
+    tokens: int
+    bare_tokens: int
+    bare_seconds: float
+    train_seconds: float
+    overhead: dict[str, float]
+    in_loop: dict[str, float]
+
+    @property
+    def overhead_seconds(self) -> float:
+        return sum(self.overhead.values())
+
+    @property
+    def round_seconds(self) -> float:
+        return self.train_seconds + self.overhead_seconds
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Medians over repeats for one method (seconds per round, tokens per second)."""
+
+    method: str
+    repeats: int
+    tokens_per_round: int
+    bare_tokens_per_s: float
+    train_tokens_per_s: float
+    round_tokens_per_s: float
+    train_ratio: float
+    round_ratio: float
+    non_training_share: float
+    bare_seconds: float
+    train_seconds: float
+    round_seconds: float
+    overhead_seconds: dict[str, float]
+    in_loop_seconds: dict[str, float]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def summarise(method: str, samples: Sequence[Sample]) -> MethodResult:
+    """Medians of a method's samples; ratios are medians of the per-repeat paired ratios."""
+    med = statistics.median
+    return MethodResult(
+        method=method,
+        repeats=len(samples),
+        tokens_per_round=int(med(s.tokens for s in samples)),
+        bare_tokens_per_s=med(s.tokens / s.bare_seconds for s in samples),
+        train_tokens_per_s=med(s.tokens / s.train_seconds for s in samples),
+        round_tokens_per_s=med(s.tokens / s.round_seconds for s in samples),
+        train_ratio=med(s.bare_seconds / s.train_seconds for s in samples),
+        round_ratio=med(s.bare_seconds / s.round_seconds for s in samples),
+        non_training_share=med(s.overhead_seconds / s.round_seconds for s in samples),
+        bare_seconds=med(s.bare_seconds for s in samples),
+        train_seconds=med(s.train_seconds for s in samples),
+        round_seconds=med(s.round_seconds for s in samples),
+        overhead_seconds={k: med(s.overhead[k] for s in samples) for k in OVERHEAD_PHASES},
+        in_loop_seconds={k: med(s.in_loop[k] for s in samples) for k in IN_LOOP_PROBES},
+        samples=[dataclasses.asdict(s) for s in samples],
+    )
+
+
+@dataclass(frozen=True)
+class ClientBenchReport:
+    model: str
+    settings: dict[str, Any]
+    threads: int
+    threads_why: str
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    methods: list[MethodResult]
+    rss: RssResult | None
+    checks: list[dict[str, Any]]
+
 
 SHORT_PHASES = {
     "broadcast_encode": "bc enc",

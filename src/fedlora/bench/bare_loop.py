@@ -1,0 +1,99 @@
+"""The bare PyTorch + PEFT training loop that ``fedlora bench client`` compares against.
+
+A PEFT LoRA model built straight from the same base model (same rank, alpha and target
+modules, LoRA dropout 0), AdamW over the same LoRA factors the method trains, gradient
+clipping and accumulation as configured, on exactly the token tensors fedlora's client sees
+(same sampler seed, same collation, computed before the clock starts). The timed region holds
+only PyTorch/PEFT calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fedlora.config import RunConfig, TrainConfig
+from fedlora.methods.base import ClientSpec
+from fedlora.train.batches import Encoded, collate
+from fedlora.train.local import BatchSampler
+
+
+def plan_batches(
+    examples: Sequence[Encoded], train: TrainConfig, seed: int, pad_id: int
+) -> list[list[dict[str, torch.Tensor]]]:
+    """The micro-batches ``train_local`` draws with ``seed``: ``[step][micro] -> batch``.
+
+    Same sampler, same order, same collation, so the bare loop sees identical tensors.
+    """
+    sampler = BatchSampler(len(examples), seed)
+    return [
+        [
+            collate([examples[i] for i in sampler.take(train.batch_size)], pad_id)
+            for _ in range(train.grad_accum)
+        ]
+        for _ in range(train.local_steps)
+    ]
+
+
+def batch_tokens(batches: Sequence[Sequence[dict[str, torch.Tensor]]]) -> int:
+    """Non-padding tokens of a plan (what ``train_local`` counts)."""
+    return sum(int(b["attention_mask"].sum()) for step in batches for b in step)
+
+
+def bare_peft_model(cfg: RunConfig, client: ClientSpec) -> nn.Module:
+    """A fresh copy of the base model with one plain PEFT LoRA adapter of ``client``'s shape."""
+    from peft import LoraConfig, get_peft_model
+
+    from fedlora.models import resolve_model
+
+    model, _ = resolve_model(cfg.model.name, seed=cfg.seed)
+    # PEFT annotates lora_alpha as int but uses it as a number; fedlora's slots pass the
+    # same float, so the scaling is identical.
+    lora = LoraConfig(
+        r=client.rank,
+        lora_alpha=client.alpha,  # type: ignore[arg-type]
+        lora_dropout=0.0,
+        target_modules=list(cfg.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def bare_params(model: nn.Module, factors: frozenset[str]) -> list[nn.Parameter]:
+    """Make exactly the LoRA ``factors`` ("A", "B") trainable; return them."""
+    params: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        wanted = any(f"lora_{f}." in name for f in factors)
+        p.requires_grad_(wanted)
+        if wanted:
+            params.append(p)
+    return params
+
+
+def bare_train(
+    model: nn.Module,
+    params: Sequence[nn.Parameter],
+    batches: Sequence[Sequence[dict[str, torch.Tensor]]],
+    train: TrainConfig,
+) -> float:
+    """One round of plain PyTorch + PEFT training on ``batches``; returns its wall seconds.
+
+    Mirrors ``train_local``'s optimisation (fresh AdamW, accumulation, clipping) with nothing
+    else in the timed region.
+    """
+    began = time.perf_counter()
+    optimiser = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    model.train()
+    for step in batches:
+        optimiser.zero_grad(set_to_none=True)
+        for batch in step:
+            (model(**batch).loss / len(step)).backward()
+        if train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+        optimiser.step()
+    model.eval()
+    return time.perf_counter() - began
