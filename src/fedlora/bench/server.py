@@ -36,13 +36,21 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import torch
 
 from fedlora.bench.dense_reference import LayerInputs, references, relative_error, stacked_bytes
 from fedlora.bench.memory import MemoryUse, measure, warm_up
+from fedlora.bench.server_report import check_targets, format_table, report_json, summary_line
+from fedlora.bench.server_types import (
+    CHECK_OVERRIDES,
+    PAYLOAD_PARTS,
+    BenchConfig,
+    BenchReport,
+    MethodResult,
+    Timing,
+)
 from fedlora.bench.synthetic import RoundInputs, make_setup, synthetic_round
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.methods import registry
@@ -50,95 +58,6 @@ from fedlora.methods.base import LayerSpec, Method, ServerState, Setup
 from fedlora.methods.common import dense, key
 
 log = logging.getLogger(__name__)
-
-MB = 2**20
-PAYLOAD_PARTS = ("A", "B", "dA", "dB")
-CHECK_OVERRIDES: Mapping[str, Any] = {"p_down": 0.0}
-"""Options set for the accuracy check run when a method has them (random downlink off)."""
-ERROR_LIMIT = 1e-4
-MEMORY_MULTIPLE = 4.0
-"""A factored method's peak extra memory must stay within this multiple of the stacked factors."""
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """One benchmark run; see ``main``'s ``--help`` for the meaning of each field."""
-
-    shape: str = "llama-3.2-3b"
-    targets: tuple[str, ...] | None = None
-    ranks: tuple[int, ...] = (64, 64, 64, 64)
-    blocks: int = 1
-    model_blocks: int | None = None
-    methods: tuple[str, ...] | None = None
-    repeats: int = 3
-    ref_repeats: int = 1
-    seed: int = 0
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.ranks or any(r < 1 for r in self.ranks):
-            raise ConfigError(f"client ranks must be positive integers, got {self.ranks}")
-        if self.blocks < 1:
-            raise ConfigError(f"--blocks must be >= 1, got {self.blocks}")
-        if self.model_blocks is not None and self.model_blocks < 1:
-            raise ConfigError(f"--model-blocks must be >= 1, got {self.model_blocks}")
-        if self.repeats < 1 or self.ref_repeats < 1:
-            raise ConfigError("--repeats and --ref-repeats must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Wall-clock seconds of ``runs`` repeats of one call."""
-
-    best: float
-    median: float
-    runs: int
-
-
-@dataclass
-class MethodResult:
-    """Everything measured for one method (see the module docstring for each figure)."""
-
-    method: str
-    ranks: tuple[int, ...]
-    note: str = ""
-    project_subset: Timing | None = None
-    project_full: Timing | None = None
-    reference: Timing | None = None
-    rel_error: float | None = None
-    memory: MemoryUse | None = None
-    reference_memory: MemoryUse | None = None
-    stacked_bytes: int = 0
-    dense_layer_bytes: int = 0
-    error_run: str = "timed run"
-
-    @property
-    def ratio(self) -> float | None:
-        """Reference median time / project median time on the same ``--blocks`` subset."""
-        if self.reference is None or self.project_subset is None:
-            return None
-        return self.reference.median / max(self.project_subset.median, 1e-12)
-
-
-@dataclass(frozen=True)
-class TargetCheck:
-    """One target of the issue, evaluated from measurements (``passed is None``: n/a)."""
-
-    name: str
-    passed: bool | None
-    measured: str
-    note: str = ""
-
-
-@dataclass
-class BenchReport:
-    config: BenchConfig
-    machine: dict[str, Any]
-    results: list[MethodResult] = field(default_factory=list)
-    checks: list[TargetCheck] = field(default_factory=list)
-
 
 # -- measuring -------------------------------------------------------------------------------
 
@@ -303,125 +222,6 @@ def bench_method(
     return result
 
 
-# -- targets ---------------------------------------------------------------------------------
-
-PAPER_RANKS = (64, 64, 64, 64)
-FLORIST_RANKS = (64, 32, 16, 16, 8, 8, 4, 4, 4, 4)
-
-
-def _by_name(results: Sequence[MethodResult]) -> dict[str, MethodResult]:
-    return {r.method: r for r in results}
-
-
-def _seconds(t: Timing | None) -> str:
-    return "-" if t is None else f"{t.median:.3g} s"
-
-
-def check_targets(config: BenchConfig, results: Sequence[MethodResult]) -> list[TargetCheck]:
-    """The issue's item-2 targets, from measured medians only."""
-    res = _by_name(results)
-    checks: list[TargetCheck] = []
-    llama = config.shape == "llama-3.2-3b" and config.ranks == PAPER_RANKS
-    all_linear = config.targets is None and config.model_blocks is None
-    srd, srd_e, avg, florist = (res.get(n) for n in ("fedsrd", "fedsrd-e", "fedavg", "florist"))
-
-    if (
-        llama
-        and config.targets is None
-        and config.blocks == 1
-        and srd is not None
-        and srd.ratio is not None
-    ):
-        checks.append(
-            TargetCheck(
-                "fedsrd >= 50x faster than dense reference (llama-3.2-3b, 1 block, r=64, K=4)",
-                srd.ratio >= 50.0,
-                f"{srd.ratio:.0f}x",
-            )
-        )
-    else:
-        checks.append(
-            TargetCheck(
-                "fedsrd >= 50x faster than dense reference (llama-3.2-3b, 1 block, r=64, K=4)",
-                None,
-                "-",
-                "run: --shape llama-3.2-3b --rank 64 --clients 4 --blocks 1",
-            )
-        )
-    if llama and all_linear and srd is not None and srd.project_full is not None:
-        checks.append(
-            TargetCheck(
-                "fedsrd whole llama-3.2-3b server step < 30 s",
-                srd.project_full.median < 30.0,
-                _seconds(srd.project_full),
-            )
-        )
-    else:
-        checks.append(
-            TargetCheck(
-                "fedsrd whole llama-3.2-3b server step < 30 s",
-                None,
-                "-",
-                "run: --shape llama-3.2-3b --rank 64 --clients 4 (all linear layers)",
-            )
-        )
-    for other, limit in ((srd_e, 2.0), (avg, 3.0)):
-        label = f"fedsrd server time <= {limit:g}x {other.method if other else '?'}'s"
-        if srd is not None and other is not None and srd.project_full and other.project_full:
-            factor = srd.project_full.median / max(other.project_full.median, 1e-12)
-            checks.append(TargetCheck(label, factor <= limit, f"{factor:.2f}x"))
-        else:
-            checks.append(TargetCheck(label, None, "-", "needs both methods in --methods"))
-    florist_cfg = (
-        config.shape == "tinyllama-1.1b"
-        and config.ranks == FLORIST_RANKS
-        and set(config.targets or ()) == {"q_proj", "v_proj"}
-        and config.model_blocks is None
-    )
-    if florist_cfg and florist is not None and florist.project_full is not None:
-        checks.append(
-            TargetCheck(
-                "florist tinyllama-1.1b, 10 clients r=64..4: server step < 2 s",
-                florist.project_full.median < 2.0,
-                _seconds(florist.project_full),
-            )
-        )
-    else:
-        checks.append(
-            TargetCheck(
-                "florist tinyllama-1.1b, 10 clients r=64..4: server step < 2 s",
-                None,
-                "-",
-                "run: --shape tinyllama-1.1b --targets q_proj,v_proj "
-                "--ranks 64,32,16,16,8,8,4,4,4,4",
-            )
-        )
-    for r in results:
-        if r.memory is None:
-            continue
-        multiple = r.memory.peak_tensor_bytes / max(r.stacked_bytes, 1)
-        ok = multiple <= MEMORY_MULTIPLE and not r.memory.dense_shapes
-        formed = f", forms m×n {list(r.memory.dense_shapes)}" if r.memory.dense_shapes else ""
-        checks.append(
-            TargetCheck(
-                f"{r.method}: peak <= {MEMORY_MULTIPLE:g}x stacked factors, no m×n matrix",
-                ok,
-                f"{multiple:.2f}x{formed}",
-            )
-        )
-    for r in results:
-        if r.rel_error is not None:
-            checks.append(
-                TargetCheck(
-                    f"{r.method}: rel. error vs dense reference < {ERROR_LIMIT:g} (float32)",
-                    r.rel_error < ERROR_LIMIT,
-                    f"{r.rel_error:.1e}",
-                    r.error_run,
-                )
-            )
-    return checks
-
-
 # -- running and reporting -------------------------------------------------------------------
 
 
@@ -454,23 +254,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         for n in names:
             result = bench_method(n, config, subset, full, say)
             report.results.append(result)
-            say(_summary(result))
+            say(summary_line(result))
     finally:
         torch.set_num_threads(threads)
     report.checks = check_targets(config, report.results)
     return report
-
-
-def _summary(r: MethodResult) -> str:
-    """One progress line with a method's figures, so a run cut short still tells something."""
-    err = "-" if r.rel_error is None else f"{r.rel_error:.1e}"
-    ratio = "-" if r.ratio is None else f"{r.ratio:.0f}x"
-    peak = "-" if r.memory is None else _mb(r.memory.peak_tensor_bytes)
-    return (
-        f"{r.method}: proj {_secs(r.project_subset)} s / ref {_secs(r.reference)} s "
-        f"({ratio}) on the subset, rel.err {err}; whole model {_secs(r.project_full)} s, "
-        f"peak {peak} MB, stacked {_mb(r.stacked_bytes)} MB"
-    )
 
 
 def _load_average() -> float | None:
@@ -479,107 +267,6 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
-
-
-def _mb(nbytes: int | None) -> str:
-    return "-" if nbytes is None else f"{nbytes / MB:.1f}"
-
-
-def _secs(t: Timing | None) -> str:
-    return "-" if t is None else f"{t.median:.3g}"
-
-
-def format_table(report: BenchReport) -> str:
-    """The human-readable report: one row per method, then the target checks."""
-    cfg = report.config
-    blocks = f"{cfg.blocks} blk"
-    header = [
-        "method",
-        "clients",
-        f"proj s ({blocks})",
-        f"ref s ({blocks})",
-        "ref/proj",
-        "rel.err",
-        "proj s (all)",
-        "peak MB",
-        "stacked MB",
-        "peak/stacked",
-        "rss MB",
-        "m×n formed",
-        f"ref peak MB ({blocks})",
-    ]
-    rows = [header]
-    for r in report.results:
-        mem = r.memory
-        rows.append(
-            [
-                r.method,
-                _clients(r.ranks),
-                _secs(r.project_subset),
-                _secs(r.reference),
-                "-" if r.ratio is None else f"{r.ratio:.0f}x",
-                "-" if r.rel_error is None else f"{r.rel_error:.1e}",
-                _secs(r.project_full),
-                _mb(mem.peak_tensor_bytes if mem else None),
-                _mb(r.stacked_bytes),
-                "-" if mem is None else f"{mem.peak_tensor_bytes / max(r.stacked_bytes, 1):.2f}",
-                _mb(mem.peak_rss_bytes if mem else None),
-                "-" if mem is None else ("yes" if mem.dense_shapes else "no"),
-                _mb(r.reference_memory.peak_tensor_bytes if r.reference_memory else None),
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        f"fedlora bench server: shape {cfg.shape}, targets {','.join(cfg.targets) if cfg.targets else 'all linear'}, "
-        f"{report.machine['layers']} layers ({report.machine['subset_layers']} in {cfg.blocks} block(s)), "
-        f"ranks {','.join(map(str, cfg.ranks))}, torch threads {report.machine['torch_threads']}, "
-        f"times = median of {cfg.repeats} (reference: {cfg.ref_repeats}), "
-        f"load average at start {report.machine['load_average_1min']}",
-    ]
-    for i, row in enumerate(rows):
-        lines.append(
-            "  ".join(
-                cell.ljust(w) if j < 2 else cell.rjust(w)
-                for j, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    notes = [f"  {r.method}: {r.note}" for r in report.results if r.note]
-    notes += [
-        f"  {r.method}: rel. error from a {r.error_run}"
-        for r in report.results
-        if r.rel_error is not None and r.error_run != "timed run"
-    ]
-    if notes:
-        lines += ["notes:", *notes]
-    lines.append("targets:")
-    for c in report.checks:
-        status = "n/a " if c.passed is None else ("PASS" if c.passed else "FAIL")
-        extra = f"  ({c.note})" if c.note else ""
-        lines.append(f"  {status}  {c.name}: {c.measured}{extra}")
-    return "\n".join(lines)
-
-
-def _clients(ranks: Sequence[int]) -> str:
-    if len(set(ranks)) == 1:
-        return f"{len(ranks)}×r{ranks[0]}"
-    return "r" + ",".join(map(str, ranks))
-
-
-def report_json(report: BenchReport) -> dict[str, Any]:
-    """The report as plain JSON-able data."""
-    methods = []
-    for r in report.results:
-        entry = dataclasses.asdict(r)
-        entry["ratio"] = r.ratio
-        methods.append(entry)
-    return {
-        "config": dataclasses.asdict(report.config),
-        "machine": report.machine,
-        "methods": methods,
-        "targets": [dataclasses.asdict(c) for c in report.checks],
-    }
 
 
 def _csv(text: str) -> tuple[str, ...]:

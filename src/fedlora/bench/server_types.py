@@ -1,0 +1,99 @@
+"""What ``fedlora bench server`` measures and reports: its settings, timings, per-method
+results and target checks (plain data, shared by the benchmark and its report)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedlora.bench.memory import MemoryUse
+from fedlora.errors import ConfigError
+
+MB = 2**20
+PAYLOAD_PARTS = ("A", "B", "dA", "dB")
+CHECK_OVERRIDES: Mapping[str, Any] = {"p_down": 0.0}
+"""Options set for the accuracy check run when a method has them (random downlink off)."""
+ERROR_LIMIT = 1e-4
+MEMORY_MULTIPLE = 4.0
+"""A factored method's peak extra memory must stay within this multiple of the stacked factors."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run; see ``main``'s ``--help`` for the meaning of each field."""
+
+    shape: str = "llama-3.2-3b"
+    targets: tuple[str, ...] | None = None
+    ranks: tuple[int, ...] = (64, 64, 64, 64)
+    blocks: int = 1
+    model_blocks: int | None = None
+    methods: tuple[str, ...] | None = None
+    repeats: int = 3
+    ref_repeats: int = 1
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ranks or any(r < 1 for r in self.ranks):
+            raise ConfigError(f"client ranks must be positive integers, got {self.ranks}")
+        if self.blocks < 1:
+            raise ConfigError(f"--blocks must be >= 1, got {self.blocks}")
+        if self.model_blocks is not None and self.model_blocks < 1:
+            raise ConfigError(f"--model-blocks must be >= 1, got {self.model_blocks}")
+        if self.repeats < 1 or self.ref_repeats < 1:
+            raise ConfigError("--repeats and --ref-repeats must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds of ``runs`` repeats of one call."""
+
+    best: float
+    median: float
+    runs: int
+
+
+@dataclass
+class MethodResult:
+    """Everything measured for one method (see the module docstring for each figure)."""
+
+    method: str
+    ranks: tuple[int, ...]
+    note: str = ""
+    project_subset: Timing | None = None
+    project_full: Timing | None = None
+    reference: Timing | None = None
+    rel_error: float | None = None
+    memory: MemoryUse | None = None
+    reference_memory: MemoryUse | None = None
+    stacked_bytes: int = 0
+    dense_layer_bytes: int = 0
+    error_run: str = "timed run"
+
+    @property
+    def ratio(self) -> float | None:
+        """Reference median time / project median time on the same ``--blocks`` subset."""
+        if self.reference is None or self.project_subset is None:
+            return None
+        return self.reference.median / max(self.project_subset.median, 1e-12)
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One target of the issue, evaluated from measurements (``passed is None``: n/a)."""
+
+    name: str
+    passed: bool | None
+    measured: str
+    note: str = ""
+
+
+@dataclass
+class BenchReport:
+    config: BenchConfig
+    machine: dict[str, Any]
+    results: list[MethodResult] = field(default_factory=list)
+    checks: list[TargetCheck] = field(default_factory=list)
