@@ -12,18 +12,12 @@ from typing import Any
 
 import pytest
 
-from fedlora.bench import quality
-from fedlora.bench.quality import (
-    HETERO_METHODS,
-    MB,
-    OOD_NAME,
-    aggregate,
-    main,
-    plan,
-    scores,
-    summarise_run,
-)
+from fedlora.bench import quality_plan
+from fedlora.bench.quality import main
+from fedlora.bench.quality_plan import HETERO_METHODS, plan
+from fedlora.bench.quality_report import MB, aggregate, scores, summarise_run
 from fedlora.methods.registry import names
+from fedlora.runtime.client_data import OOD_NAME
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,7 +34,7 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     # Prepare
     doc = json.loads((quick / "results.json").read_text())
     table = (quick / "results.md").read_text()
-    expected_labels = {s.label for s in plan(names(), [0], quality.QUICK_BUDGET)}
+    expected_labels = {s.label for s in plan(names(), [0], quality_plan.QUICK_BUDGET)}
 
     # Execute
     labels = {row["label"] for row in doc["rows"]}
@@ -79,7 +73,7 @@ def test_quick_runs_share_one_budget_and_differ_only_in_method(quick: Path) -> N
     }
 
     # Assert
-    assert len(configs) == len(plan(names(), [0], quality.QUICK_BUDGET))
+    assert len(configs) == len(plan(names(), [0], quality_plan.QUICK_BUDGET))
     assert len(shared) == 1
     hetero = [c for c in configs if c["lora"]["ranks"]]
     assert sorted(c["method"]["name"] for c in hetero) == sorted(HETERO_METHODS)
@@ -193,7 +187,7 @@ def test_plan_runs_main_methods_of_every_seed_first_and_hetero_only_where_suppor
     methods = ["fedavg", "fedsrd", "florist"]
 
     # Execute
-    specs = plan(methods, [0, 1], quality.DEFAULT_BUDGET)
+    specs = plan(methods, [0, 1], quality_plan.DEFAULT_BUDGET)
 
     # Assert
     main_part = specs[: 2 * len(methods)]
@@ -201,10 +195,10 @@ def test_plan_runs_main_methods_of_every_seed_first_and_hetero_only_where_suppor
     assert [s.seed for s in main_part] == [0, 0, 0, 1, 1, 1]
     hetero = [s for s in specs if s.group == "hetero"]
     assert {s.method for s in hetero} == {"fedavg", "florist"}
-    assert all(s.ranks == quality.HETERO_RANKS for s in hetero)
+    assert all(s.ranks == quality_plan.HETERO_RANKS for s in hetero)
     assert [s.options["tau"] for s in hetero if s.method == "florist"] == [0.85, 0.85]
     taus = sorted(s.options["tau"] for s in specs if s.method == "florist" and not s.ranks)
-    assert taus == sorted(quality.FLORIST_TAUS * 2)
+    assert taus == sorted(quality_plan.FLORIST_TAUS * 2)
 
 
 def test_report_only_shows_an_unfinished_run_under_its_own_label(
