@@ -263,26 +263,38 @@ def comm_table(
             "uplink": variant.uplink,
             "rounds": rounds,
         }
-        started = time.perf_counter()
-        try:
-            up, down, first = measure_method(
-                variant.build(value_dtype), setup, value_dtype=value_dtype, rounds=rounds
-            )
-        except Exception as exc:  # one broken or inapplicable method must not hide the others
-            logger.warning(
-                "comm: method %s failed: %s", name, exc, exc_info=not isinstance(exc, FedloraError)
-            )
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            rows.append(row)
-            continue
-        row["upload"] = up.summary(scale)
-        row["download"] = down.summary(scale)
-        row["first_download"] = first.summary(scale)
-        row["total_mb"] = row["upload"]["mb"] + row["download"]["mb"]
-        row["seconds"] = time.perf_counter() - started
-        logger.info("comm: %s measured in %.1f s", name, row["seconds"])
-        rows.append(row)
+        rows.append(_measured(row, variant, setup, scale))
     return rows
+
+
+def _measured(row: dict[str, Any], variant: Variant, setup: Setup, scale: float) -> dict[str, Any]:
+    """``row`` with the variant's measured bytes, or its ``error`` if it cannot run."""
+    started = time.perf_counter()
+    try:
+        up, down, first = measure_method(
+            variant.build(row["value_dtype"]),
+            setup,
+            value_dtype=row["value_dtype"],
+            rounds=row["rounds"],
+        )
+    except Exception as exc:  # one broken or inapplicable method must not hide the others
+        logger.warning(
+            "comm: method %s failed: %s",
+            row["method"],
+            exc,
+            exc_info=not isinstance(exc, FedloraError),
+        )
+        return {**row, "error": f"{type(exc).__name__}: {exc}"}
+    out = {
+        **row,
+        "upload": up.summary(scale),
+        "download": down.summary(scale),
+        "first_download": first.summary(scale),
+    }
+    out["total_mb"] = out["upload"]["mb"] + out["download"]["mb"]
+    out["seconds"] = time.perf_counter() - started
+    logger.info("comm: %s measured in %.1f s", row["method"], out["seconds"])
+    return out
 
 
 def _fmt_mb(value: float) -> str:

@@ -19,6 +19,46 @@ PANELS: tuple[tuple[str, str], ...] = (
 X_LABELS: Mapping[str, str] = {"round": "round", "cum_mb": "cumulative MB per client (log)"}
 
 
+MARKERS = "osD^v<>pXh*"
+
+
+def _draw_panel(
+    ax: Any,
+    rows: Sequence[Mapping[str, Any]],
+    base: Mapping[str, Any] | None,
+    x: str,
+    key: str,
+    name: str,
+) -> None:
+    """One score's curves (and the base model's level) on ``ax``."""
+    from matplotlib.ticker import MaxNLocator
+
+    for i, row in enumerate(rows):
+        pts = [p for p in row["curve"] if p.get(key) is not None]
+        if x == "cum_mb":
+            pts = [p for p in pts if p["cum_mb"] > 0]  # round 0 sits at 0 MB: off a log axis
+        if not pts:
+            continue
+        ax.plot(
+            [p[x] for p in pts],
+            [p[key] for p in pts],
+            marker=MARKERS[i % len(MARKERS)],
+            linewidth=1.2,
+            markersize=4,
+            label=row["label"],
+        )
+    ref = (base or {}).get(key) or {}
+    if ref.get("mean") is not None:
+        ax.axhline(ref["mean"], color="grey", linestyle="--", linewidth=1, label="base model")
+    if x == "cum_mb":
+        ax.set_xscale("log")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(X_LABELS[x])
+    ax.set_title(name, fontsize=10)
+    ax.grid(True, alpha=0.3)
+
+
 def plot_group(
     rows: Sequence[Mapping[str, Any]],
     base: Mapping[str, Any] | None,
@@ -51,7 +91,6 @@ def plot_group(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     panels = [
         (k, name)
@@ -60,32 +99,8 @@ def plot_group(
     ]
     n = max(1, len(panels))
     fig, axes = plt.subplots(1, n, figsize=(max(7.0, 5.2 * n), 4.6), squeeze=False)
-    markers = "osD^v<>pXh*"
     for ax, (key, name) in zip(axes[0], panels, strict=False):
-        for i, row in enumerate(rows):
-            pts = [p for p in row["curve"] if p.get(key) is not None]
-            if x == "cum_mb":
-                pts = [p for p in pts if p["cum_mb"] > 0]  # round 0 sits at 0 MB: off a log axis
-            if not pts:
-                continue
-            ax.plot(
-                [p[x] for p in pts],
-                [p[key] for p in pts],
-                marker=markers[i % len(markers)],
-                linewidth=1.2,
-                markersize=4,
-                label=row["label"],
-            )
-        ref = (base or {}).get(key) or {}
-        if ref.get("mean") is not None:
-            ax.axhline(ref["mean"], color="grey", linestyle="--", linewidth=1, label="base model")
-        if x == "cum_mb":
-            ax.set_xscale("log")
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(X_LABELS[x])
-        ax.set_title(name, fontsize=10)
-        ax.grid(True, alpha=0.3)
+        _draw_panel(ax, rows, base, x, key, name)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(
         handles,
