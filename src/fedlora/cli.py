@@ -144,24 +144,31 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return merge_main(args)
 
 
-def cmd_comm(args: argparse.Namespace) -> int:
-    from fedlora.comm import main as comm_main
-
-    return comm_main(args.rest)
-
-
 BENCHES = {
-    "server": "fedlora.bench.server",
-    "client": "fedlora.bench.client",
-    "quality": "fedlora.bench.quality",
+    "server": (
+        "fedlora.bench.server",
+        "server aggregation time and memory against a dense reference",
+    ),
+    "client": ("fedlora.bench.client", "client training throughput against a bare PEFT loop"),
+    "quality": ("fedlora.bench.quality", "every method's held-out quality per MB on the wire"),
 }
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def add_tool(sub: Any, name: str, module_name: str, help_text: str) -> None:
+    """A command whose options and body live in ``module_name`` (``add_arguments`` / ``run``):
+    the module owns its subparser, so ``fedlora … --help`` shows its real options."""
     import importlib
 
-    module = importlib.import_module(BENCHES[args.which])
-    return int(module.main(args.rest))
+    module = importlib.import_module(module_name)
+    p = sub.add_parser(name, help=help_text, description=module.DESCRIPTION)
+    module.add_arguments(p)
+
+    def call(args: argparse.Namespace) -> int:
+        if module_name == "fedlora.bench.quality":
+            return int(module.run(args, args.argv[2:]))
+        return int(module.run(args))
+
+    p.set_defaults(func=call)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,20 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR")
     merge.set_defaults(func=cmd_merge)
 
-    comm = sub.add_parser(
-        "comm", help="bytes per round per client of every method for a model shape", add_help=False
+    add_tool(
+        sub, "comm", "fedlora.comm", "bytes per round per client of every method for a model shape"
     )
-    comm.add_argument("rest", nargs=argparse.REMAINDER)
-    comm.set_defaults(func=cmd_comm)
-
     bench = sub.add_parser(
         "bench",
         help="benchmarks: server aggregation, client training, quality per byte",
         description="Run `fedlora bench WHICH --help` for a benchmark's options.",
     )
-    bench.add_argument("which", choices=sorted(BENCHES))
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
+    which = bench.add_subparsers(dest="which", required=True)
+    for name, (module_name, help_text) in BENCHES.items():
+        add_tool(which, name, module_name, help_text)
     return parser
 
 
@@ -231,15 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # `comm` and `bench X` own their options; argparse's REMAINDER cannot pass a leading
-    # "--option" through a subparser, so hand those argument lists over directly.
-    if argv[:1] == ["comm"] and argv[1:2] not in (["-h"], ["--help"], []):
-        args = argparse.Namespace(func=cmd_comm, rest=argv[1:], verbose=False)
-    elif argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in BENCHES:
-        args = argparse.Namespace(func=cmd_bench, which=argv[1], rest=argv[2:], verbose=False)
-    else:
-        args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # what was typed, for commands that record it (bench quality)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

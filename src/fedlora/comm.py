@@ -361,11 +361,11 @@ def render(rows: Sequence[dict[str, Any]], as_json: bool = False) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fedlora comm",
-        description="Measured upload/download MB (MiB) per round per client of every method.",
-    )
+DESCRIPTION = "Measured upload/download MB (MiB) per round per client of every method."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``fedlora comm`` (own parser or ``fedlora``'s)."""
     p.add_argument("--shape", required=True, choices=shapes.names())
     p.add_argument("--rank", type=int, required=True)
     p.add_argument("--clients", type=int, default=4)
@@ -384,12 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--value-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedlora comm", description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``fedlora comm``; returns the exit status (1 if any method failed)."""
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fedlora comm`` on parsed options (:func:`add_arguments`)."""
     rows = comm_table(
         args.shape,
         args.rank,

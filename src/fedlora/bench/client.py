@@ -335,13 +335,15 @@ def _run_bench(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fedlora bench client",
-        description="Local training throughput of fedlora's client step against a bare "
-        "PyTorch + PEFT loop, the share of a round outside training, and "
-        "(--rss) peak memory of federations with different client counts.",
-    )
+DESCRIPTION = (
+    "Local training throughput of fedlora's client step against a bare "
+    "PyTorch + PEFT loop, the share of a round outside training, and "
+    "(--rss) peak memory of federations with different client counts."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``fedlora bench client`` (own parser or ``fedlora``'s)."""
     p.add_argument(
         "--model",
         default="smollm2-135m",
@@ -379,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--json-out", metavar="PATH", help="also write the JSON report to PATH")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedlora bench client", description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
@@ -395,8 +402,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     0 on success (target failures included: they are reported, not fatal); 2 on a bad
     configuration or a failed run, with a one-line message on stderr.
     """
+    return run(build_parser().parse_args(argv), out)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """``fedlora bench client`` on parsed options (:func:`add_arguments`)."""
     out = out or sys.stdout
-    args = build_parser().parse_args(argv)
 
     def progress(text: str) -> None:
         if not args.quiet:

@@ -261,14 +261,16 @@ def run_all(
     return progress.results()
 
 
-def build_parser() -> argparse.ArgumentParser:
+DESCRIPTION = (
+    "Run every method under one budget on 4 clients (one domain each) and "
+    "write a results table (Markdown + JSON) and plots of score against round and MB."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``fedlora bench quality`` (own parser or ``fedlora``'s)."""
     from fedlora.methods.registry import names
 
-    p = argparse.ArgumentParser(
-        prog="fedlora bench quality",
-        description="Run every method under one budget on 4 clients (one domain each) and "
-        "write a results table (Markdown + JSON) and plots of score against round and MB.",
-    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -311,14 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="start no new run after this many minutes; report the rest as not run",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedlora bench quality", description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``fedlora bench quality``; returns the exit status."""
+    return run(build_parser().parse_args(argv), argv)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``fedlora bench quality`` on parsed options; ``argv`` (its own arguments) is recorded
+    as the command in the results."""
     from fedlora.methods.registry import names
 
-    args = build_parser().parse_args(argv)
     budget = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
     if args.rounds is not None:
         if args.rounds < 1:

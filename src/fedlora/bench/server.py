@@ -280,12 +280,14 @@ def _ranks(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"ranks must be integers, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fedlora bench server",
-        description="Server aggregation time and peak extra memory of every method on a named "
-        "model shape, against a dense reference computed the authors' way on --blocks blocks.",
-    )
+DESCRIPTION = (
+    "Server aggregation time and peak extra memory of every method on a named "
+    "model shape, against a dense reference computed the authors' way on --blocks blocks."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``fedlora bench server`` (own parser or ``fedlora``'s)."""
     p.add_argument(
         "--shape", default="llama-3.2-3b", help="named model shape (default: %(default)s)"
     )
@@ -331,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target check fails")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedlora bench server", description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
@@ -340,8 +347,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     0 on success (target failures included, unless ``--strict``: then 1); 2 on a bad
     configuration, with a one-line message on stderr.
     """
+    return run(build_parser().parse_args(argv), out)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """``fedlora bench server`` on parsed options (:func:`add_arguments`)."""
     out = out or sys.stdout
-    args = build_parser().parse_args(argv)
     ranks = args.ranks if args.ranks else (args.rank,) * args.clients
     try:
         config = BenchConfig(
