@@ -69,7 +69,9 @@ def test_sparse_payloads_stay_within_1_10_of_the_information_bound(
         for d in ("upload", "download")
         if row[d]["sparse_bound_ratio"] is not None
     ]
-    assert all(1.0 <= r <= 1.10 for r in ratios), ratios
+    # The bound is that of uniformly placed positions; importance masks of the (structured)
+    # synthetic updates cluster, so an adaptive position code may land a little below it.
+    assert ratios and all(0.9 <= r <= 1.10 for r in ratios), ratios
 
 
 def test_sparse_methods_send_fewer_values_than_dense_ones(

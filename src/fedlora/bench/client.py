@@ -70,11 +70,11 @@ from fedlora.bench.measure import Stopwatch, choose_threads, load_average
 from fedlora.bench.rss import measure_rss
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.methods.base import ClientSpec, Method, Upload
+from fedlora.methods.base import ClientSpec, Method
 from fedlora.methods.registry import build
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.steps import client_step, max_bytes, send
+from fedlora.runtime.steps import client_step, max_bytes, send, server_step
 from fedlora.train.adapters import add_into_base
 from fedlora.wire import decode
 
@@ -136,16 +136,22 @@ def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample
     step_seconds = time.perf_counter() - began
     if outcome.upload is None:
         raise FedloraError(f"{run.method.name}: client step failed: {outcome.error}")
-    with watch.time("upload_decode"):
-        payload = decode(
-            outcome.upload.data,
-            expected=run.method.upload_schema(setup, client),
-            max_bytes=max_bytes(cfg),
-        )
-    # Untimed: advance the server so the next repeat is a genuine next round.
-    run.state = run.method.aggregate(
-        run.state, [Upload(cid=client.cid, n_samples=outcome.n_samples, payload=payload)], setup
+    # The server's real step (strict decode, drops, outlier filter, min_clients); only its
+    # decode is timed (``fedlora bench server`` times aggregation). Every repeat is then a
+    # genuine next round.
+    server = server_step(
+        method=run.method,
+        state=run.state,
+        setup=setup,
+        uploads={client.cid: (outcome.upload.data, outcome.n_samples)},
+        failures={},
+        cfg=cfg,
+        round_=t,
+        timer=watch,
     )
+    if server.skipped:
+        raise FedloraError(f"{run.method.name}: the server dropped the upload: {server.dropped}")
+    run.state = server.state
     run.view, run.round, run.trainable = outcome.view, t, outcome.trainable
 
     swaps = watch.get("swap_in") + watch.get("swap_out")

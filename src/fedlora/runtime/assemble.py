@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,12 +13,12 @@ from peft import PeftModel
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
 from fedlora.eval.scores import ChoiceQuestion
-from fedlora.methods.base import ClientSpec, Method, Setup
+from fedlora.methods.base import ClientSpec, Factored, Method, Setup
 from fedlora.methods.registry import build
 from fedlora.methods.uplink import with_uplink
 from fedlora.models import resolve_model
 from fedlora.runtime.client_data import Heldout, client_split, server_heldout
-from fedlora.train.adapters import attach_slots, layer_specs
+from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
 from fedlora.train.batches import Encoded, encode_example, pad_id_of
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ class Federation:
     client_eval_sets: dict[int, dict[str, EvalSet]] = field(default_factory=dict)
     """Held-out sets of each client's own data, scored on that client (in-process only: a
     server in a deployment holds none)."""
+
+    def merge_into_base(self, merge: Mapping[str, Factored]) -> None:
+        """Add a round's base merge into the server's model (shared with in-process clients)."""
+        add_into_base(self.model, dict(merge))
+
+    def score(self, update: Mapping[str, Factored]) -> dict[str, dict[str, float]]:
+        """Scores of the held-out sets the server owns, for its model plus ``update``."""
+        from fedlora.runtime.evaluate import evaluate  # evaluate names this class
+
+        return evaluate(self, update)
 
 
 def encode_heldout(tokenizer: Any, held: Heldout, seq_len: int) -> EvalSet:

@@ -33,11 +33,11 @@ from typing import Any, Protocol
 import torch
 
 from fedlora.config import RunConfig
-from fedlora.methods.base import Factored, Payload
+from fedlora.methods.base import Factored, Method, Payload, Setup
 from fedlora.ops.seeds import Stream, client_seed, stream_seed
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
-from fedlora.runtime.evaluate import Scores, evaluate
+from fedlora.runtime.evaluate import Scores
 from fedlora.runtime.run_folder import RunState, start_or_resume
 from fedlora.runtime.steps import (
     ClientOutcome,
@@ -47,7 +47,6 @@ from fedlora.runtime.steps import (
     send,
     server_step,
 )
-from fedlora.train.adapters import add_into_base
 from fedlora.train.peft_io import compact, write_adapter
 from fedlora.wire import decode
 
@@ -86,6 +85,22 @@ class EvalReply:
     error: str | None = None
 
 
+class Server(Protocol):
+    """What the round needs of the server's side: the federation and, if it has a model,
+    where base merges go and how the global model is scored (a ``Federation``; the synthetic
+    server of ``fedlora comm`` has no model)."""
+
+    cfg: RunConfig
+    method: Method
+    setup: Setup
+
+    def merge_into_base(self, merge: Mapping[str, Factored]) -> None:
+        """Add a round's base merge into the server's model."""
+
+    def score(self, update: Mapping[str, Factored]) -> Scores:
+        """Scores of the sets the server owns for its model plus ``update``."""
+
+
 class Transport(Protocol):
     """How a round's messages reach clients and come back."""
 
@@ -113,7 +128,7 @@ def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
 
 
 def _mirror_views(
-    fed: Federation, rs: RunState, dispatches: Sequence[Dispatch], t: int
+    fed: Server, rs: RunState, dispatches: Sequence[Dispatch], t: int
 ) -> dict[int, str]:
     """Update every client's view as its ``client_start`` does; returns who could not."""
     unapplied: dict[int, str] = {}
@@ -130,9 +145,7 @@ def _mirror_views(
     return unapplied
 
 
-def run_round(
-    fed: Federation, rs: RunState, transport: Transport, report: Reporter
-) -> dict[str, Any]:
+def run_round(fed: Server, rs: RunState, transport: Transport, report: Reporter) -> dict[str, Any]:
     """Play one round on ``rs`` (mutated: it is the run's explicit progress); returns its
     metrics record."""
     cfg, method, setup = fed.cfg, fed.method, fed.setup
@@ -145,7 +158,7 @@ def run_round(
         payload = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
         dispatches.append(Dispatch(c.cid, c.cid in sampled, tx, payload))
     merge = method.base_merge(dispatches[0].payload, setup)
-    add_into_base(fed.model, merge)
+    fed.merge_into_base(merge)
     rs.merges.append(merge)
 
     replies = transport.exchange(t, dispatches, rs)
@@ -185,11 +198,11 @@ def run_round(
 
 
 def evaluation(
-    fed: Federation, transport: Transport, rs: RunState, update: Mapping[str, Factored]
+    fed: Server, transport: Transport, rs: RunState, update: Mapping[str, Factored]
 ) -> dict[str, Any]:
     """Scores of the global model (base plus ``update``): the server's own sets, scored here,
     and each client's own sets, scored on that client through the transport."""
-    scores = evaluate(fed, update)
+    scores = fed.score(update)
     replies = transport.evaluate(rs.round, update, rs)
     out: dict[str, Any] = {"eval": scores}
     for _, reply in sorted(replies.items()):
@@ -206,7 +219,7 @@ def evaluation(
 
 
 def round_record(
-    fed: Federation,
+    fed: Server,
     t: int,
     sampled: list[int],
     dispatches: Sequence[Dispatch],

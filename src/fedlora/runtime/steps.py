@@ -29,6 +29,7 @@ from fedlora.train.batches import Encoded
 from fedlora.train.local import train_local
 from fedlora.train.timing import Timer, untimed
 from fedlora.wire import decode, encode_with_stats
+from fedlora.wire.stats import WireStats
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Transfer:
     data: bytes
     params: int
     encodings: dict[str, dict[str, int]]
+    stats: WireStats | None = None
+    """The encoder's full accounting, where the sender kept it (not sent on the wire)."""
 
     @property
     def nbytes(self) -> int:
@@ -53,7 +56,7 @@ class Transfer:
 def send(payload: Payload, cfg: RunConfig) -> Transfer:
     """Encode a payload for the wire."""
     data, stats = encode_with_stats(payload, value_dtype=cfg.wire.value_dtype)
-    return Transfer(data, stats.nonzero, stats.encodings())
+    return Transfer(data, stats.nonzero, stats.encodings(), stats)
 
 
 @dataclass
@@ -208,6 +211,7 @@ def server_step(
     failures: Mapping[int, str],
     cfg: RunConfig,
     round_: int | None = None,
+    timer: Timer = untimed,
 ) -> ServerOutcome:
     """Decode every upload strictly, drop the bad ones, aggregate the rest.
 
@@ -223,9 +227,10 @@ def server_step(
         data, n_samples = uploads[cid]
         client = setup.client(cid)
         try:
-            payload = decode(
-                data, expected=method.upload_schema(setup, client), max_bytes=max_bytes(cfg)
-            )
+            with timer("upload_decode"):
+                payload = decode(
+                    data, expected=method.upload_schema(setup, client), max_bytes=max_bytes(cfg)
+                )
             if n_samples <= 0:
                 raise PayloadError(f"client {cid} reports {n_samples} training samples")
         except PayloadError as exc:

@@ -1,0 +1,141 @@
+"""The round driver without a model: synthetic clients for measuring bytes and server work.
+
+``fedlora comm`` and the benchmarks play rounds of a method on a model *shape* (no weights):
+:class:`SyntheticServer` is the server's side with nowhere to merge and nothing to score,
+and :class:`SyntheticTransport` plays every client through the method's real hooks
+(``client_start`` → :func:`trained_adapter` as its "training" → ``upload`` → wire encode),
+with the same seed streams as a real run (:mod:`fedlora.ops.seeds`). Everything else (the
+broadcasts, views, drops, decoding, aggregation, records) is the driver's, as in any run.
+
+The synthetic training moves every trainable factor by a shared direction plus a smaller
+client-specific one, ``δ_k = shared[:r_k] + ε·noise_k`` (``ε = 0.1``), with the shared B
+direction's columns scaled by a decaying spectrum ``exp(−i / max(1, r/8))``. Real clients of a
+round start from the same global adapter and move in correlated directions, and real LoRA
+updates have quickly decaying singular values; plain independent noise would instead give a
+flat spectrum, where a rank-r truncation or an energy threshold cuts between nearly equal
+singular values and two correct float32 computations may legitimately disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from fedlora.config import RunConfig
+from fedlora.methods.base import (
+    ClientSpec,
+    ClientStart,
+    Factored,
+    LayerSpec,
+    Lora,
+    LoraPair,
+    Method,
+    Setup,
+)
+from fedlora.ops.seeds import Stream, client_seed
+from fedlora.runtime.driver import Dispatch, EvalReply, Reply
+from fedlora.runtime.evaluate import Scores
+from fedlora.runtime.run_folder import RunState
+from fedlora.runtime.steps import ClientOutcome, Transfer, send
+
+Tensor = torch.Tensor
+
+CLIENT_NOISE = 0.1
+"""Size of each client's own direction relative to the shared one."""
+
+
+def n_samples(cid: int) -> int:
+    """Unequal example counts, so that sample weighting is exercised."""
+    return 100 + 50 * cid
+
+
+def _shared_direction(spec: LayerSpec, rank: int, index: int, seed: int) -> LoraPair:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    decay = torch.exp(-torch.arange(rank, dtype=torch.float32) / max(1.0, rank / 8))
+    b = torch.randn(spec.out_features, rank, generator=gen) * decay
+    a = torch.randn(rank, spec.in_features, generator=gen)
+    return LoraPair(a, b)
+
+
+def trained_adapter(start: ClientStart, setup: Setup, client: ClientSpec, seed: int) -> Lora:
+    """``start.adapter`` moved along the shared + client directions (see module docstring).
+
+    Only factors in ``start.trainable`` move. Step sizes: A by ``0.1/√n`` per unit direction
+    (the scale of its PEFT init is ``1/√n``), B by ``0.01``.
+    """
+    gen = torch.Generator().manual_seed(seed * 7_919 + 31 * client.cid + 1)
+    out: Lora = {}
+    for index, spec in enumerate(setup.layers):
+        a0, b0 = start.adapter[spec.name]
+        rank = a0.shape[0]
+        shared = _shared_direction(spec, setup.max_rank, index, seed)
+        step_a = 0.1 / math.sqrt(spec.in_features)
+        a, b = a0, b0
+        if "A" in start.trainable:
+            noise = torch.randn(rank, spec.in_features, generator=gen)
+            a = a0 + step_a * (shared.A[:rank] + CLIENT_NOISE * noise)
+        if "B" in start.trainable:
+            noise = torch.randn(spec.out_features, rank, generator=gen)
+            b = b0 + 0.01 * (shared.B[:, :rank] + CLIENT_NOISE * noise)
+        out[spec.name] = LoraPair(a.contiguous(), b.contiguous())
+    return out
+
+
+@dataclass
+class SyntheticServer:
+    """The server's side of a run on a model shape: no model to merge into or to score."""
+
+    cfg: RunConfig
+    method: Method
+    setup: Setup
+
+    def merge_into_base(self, merge: Mapping[str, Factored]) -> None:
+        return None
+
+    def score(self, update: Mapping[str, Factored]) -> Scores:
+        return {}
+
+
+@dataclass
+class SyntheticTransport:
+    """Clients as calls of the method's hooks with :func:`trained_adapter` as training.
+
+    A client trains in rounds ``1..train_rounds`` when dispatched to (afterwards it only
+    applies broadcasts). ``sent`` and ``uploaded`` keep every broadcast and upload, by round,
+    for whoever measures them.
+    """
+
+    server: SyntheticServer
+    train_rounds: int
+    sent: dict[int, list[Transfer]] = field(default_factory=dict)
+    uploaded: dict[int, list[Transfer]] = field(default_factory=dict)
+    name: str = "synthetic"
+
+    def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
+        method, setup, cfg = self.server.method, self.server.setup, self.server.cfg
+        self.sent[t] = [d.broadcast for d in dispatches]
+        self.uploaded[t] = []
+        replies: dict[int, Reply] = {}
+        for d in dispatches:
+            client = setup.client(d.cid)
+            start_seed = client_seed(setup.seed, Stream.CLIENT_START, t, d.cid)
+            start = method.client_start(rs.views[d.cid], d.payload, setup, client, start_seed)
+            outcome = ClientOutcome(cid=d.cid, view=dict(start.view), trainable=start.trainable)
+            if d.train and t <= self.train_rounds:
+                trained = trained_adapter(start, setup, client, setup.seed + t)
+                upload_seed = client_seed(setup.seed, Stream.UPLOAD, t, d.cid)
+                payload = method.upload(start, trained, setup, client, upload_seed)
+                outcome.upload = send(payload, cfg)
+                outcome.n_samples = n_samples(d.cid)
+                self.uploaded[t].append(outcome.upload)
+            received = outcome.upload.nbytes if outcome.upload is not None else 0
+            replies[d.cid] = Reply(outcome, d.broadcast.nbytes, received)
+        return replies
+
+    def evaluate(
+        self, t: int, update: Mapping[str, Factored], rs: RunState
+    ) -> dict[int, EvalReply]:
+        return {}
