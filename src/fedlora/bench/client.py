@@ -7,13 +7,14 @@ What is measured, in one process (so machine noise hits both sides alike):
    trains, gradient clipping and accumulation as configured, on exactly the token tensors
    fedlora's client will see in that round (same sampler seed, same collation, computed
    before the clock starts). The timed region holds only PyTorch/PEFT calls.
-2. **fedlora's client round** for each method, driven the way
-   :func:`fedlora.runtime.simulation.run_round` drives it, for client 0: the server builds
-   and encodes its broadcast, the client decodes it, the round's base merge is added, then
-   the real :func:`fedlora.runtime.steps.client_step` (``client_start`` → ``train_local`` →
-   ``upload`` → wire encode) runs, and the server decodes the upload strictly. The server
-   then aggregates (untimed; ``fedlora bench server`` covers it) so that every repeat is a
-   genuine next round (FedSRD alternates B- and A-rounds).
+2. **fedlora's client round** for each method, played by the round driver itself
+   (:func:`fedlora.runtime.driver.run_round` over the in-process transport) with the timed
+   client alone in its federation (client 0's data and rank, :func:`alone`), so one round
+   is one client's round: the server builds, encodes and decodes its broadcast, the base
+   merge is added, :func:`fedlora.runtime.steps.client_step` (``client_start`` →
+   ``train_local`` → ``upload`` → wire encode) runs, and the server's step decodes the upload
+   strictly and aggregates (untimed; ``fedlora bench server`` covers it), so that every repeat
+   is a genuine next round (FedSRD alternates B- and A-rounds).
 
    The time is split into *training* (``train_local`` minus the adapter copies it makes)
    and *everything else*: broadcast build+encode, broadcast decode, base merge,
@@ -37,10 +38,10 @@ one base model, adding clients should add far less than one model copy each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,13 +71,13 @@ from fedlora.bench.measure import Stopwatch, choose_threads, load_average
 from fedlora.bench.rss import measure_rss
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.methods.base import ClientSpec, Method
+from fedlora.methods.base import Method
 from fedlora.methods.registry import build
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.steps import client_step, max_bytes, send, server_step
-from fedlora.train.adapters import add_into_base
-from fedlora.wire import decode
+from fedlora.runtime.driver import run_round
+from fedlora.runtime.run_folder import RunState
+from fedlora.runtime.simulation import InProcess
 
 log = logging.getLogger(__name__)
 
@@ -95,67 +96,57 @@ BENCH_OVERRIDES: tuple[str, ...] = (
 
 @dataclass
 class MethodRun:
-    """A method's live federation state while it is benchmarked (one base model for all)."""
+    """A method's live federation while it is benchmarked (one base model for all methods)."""
 
-    method: Method
+    fed: Federation
+    rs: RunState
     watch: Stopwatch
-    state: Any
-    view: dict[str, torch.Tensor] | None = None
-    round: int = 0
+    transport: InProcess
     trainable: frozenset[str] = frozenset({"A", "B"})
     """What the method's client trained last round (the bare loop trains the same)."""
 
+    @classmethod
+    def start(cls, fed: Federation, method: Method) -> MethodRun:
+        method.validate(fed.setup)
+        mine = dataclasses.replace(fed, method=method)
+        rs = RunState(0, method.init_server(fed.setup), {c.cid: None for c in fed.setup.clients})
+        watch = Stopwatch()
+        return cls(mine, rs, watch, InProcess(mine, timer=watch))
 
-def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample:
-    """Play the next round for ``client`` through the real code and time its parts."""
-    cfg, setup, watch = fed.cfg, fed.setup, run.watch
+
+def alone(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the timed client alone in its federation, so that one round of the round
+    driver is one client's round: client 0's file (``files``) or first domain (``domain``),
+    its rank, every client sampled, no evaluation and no end in sight."""
+    data = cfg.data
+    if data.partition == "files":
+        data = dataclasses.replace(data, clients=1, files=data.files[:1])
+    else:
+        data = dataclasses.replace(data, clients=1, domains=data.domains[:1])
+    return dataclasses.replace(
+        cfg,
+        data=data,
+        lora=dataclasses.replace(cfg.lora, ranks=cfg.lora.ranks[:1], alphas=cfg.lora.alphas[:1]),
+        federation=dataclasses.replace(
+            cfg.federation, rounds=10**9, clients_per_round=1.0, min_clients=1
+        ),
+        eval=dataclasses.replace(cfg.eval, every=10**9),
+    )
+
+
+def fedlora_round(run: MethodRun) -> Sample:
+    """Play the next round through the round driver and the in-process transport (the timed
+    client is alone: :func:`alone`) and split its time with the explicit timing hook."""
+    watch = run.watch
     watch.seconds.clear()
     watch.calls.clear()
-    t = run.round + 1
-    with watch.time("broadcast_encode"):
-        tx = send(run.method.broadcast(run.state, setup, client), cfg)
-    with watch.time("broadcast_decode"):
-        broadcast = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
-    with watch.time("base_merge"):
-        add_into_base(fed.model, run.method.base_merge(broadcast, setup))
-    examples = fed.train_sets[client.cid]
-    began = time.perf_counter()
-    outcome = client_step(
-        model=fed.model,
-        method=run.method,
-        setup=setup,
-        client=client,
-        view=run.view,
-        broadcast=broadcast,
-        examples=examples,
-        cfg=cfg,
-        round_=t,
-        pad_id=fed.pad_id,
-        timer=watch,
-    )
-    step_seconds = time.perf_counter() - began
-    if outcome.upload is None:
-        raise FedloraError(f"{run.method.name}: client step failed: {outcome.error}")
-    # The server's real step (strict decode, drops, outlier filter, min_clients); only its
-    # decode is timed (``fedlora bench server`` times aggregation). Every repeat is then a
-    # genuine next round.
-    server = server_step(
-        method=run.method,
-        state=run.state,
-        setup=setup,
-        uploads={client.cid: (outcome.upload.data, outcome.n_samples)},
-        failures={},
-        cfg=cfg,
-        round_=t,
-        timer=watch,
-    )
-    if server.skipped:
-        raise FedloraError(f"{run.method.name}: the server dropped the upload: {server.dropped}")
-    run.state = server.state
-    run.view, run.round, run.trainable = outcome.view, t, outcome.trainable
-
+    record = run_round(run.fed, run.rs, run.transport, lambda kind, info: None, timer=watch)
+    outcome = run.transport.last[0].outcome
+    if record["skipped"] or outcome.upload is None:
+        why = outcome.error or record["dropped"]
+        raise FedloraError(f"{run.fed.method.name}: round {record['round']} failed: {why}")
+    run.trainable = outcome.trainable
     swaps = watch.get("swap_in") + watch.get("swap_out")
-    train_seconds = outcome.train_seconds - swaps
     overhead = {name: watch.get(name) for name in OVERHEAD_PHASES if name != "other"}
     # client_step's own bookkeeping: its wall time minus every part timed inside it.
     inside = (
@@ -164,13 +155,13 @@ def fedlora_round(fed: Federation, run: MethodRun, client: ClientSpec) -> Sample
         + watch.get("upload")
         + watch.get("upload_encode")
     )
-    overhead["other"] = max(0.0, step_seconds - inside)
+    overhead["other"] = max(0.0, watch.get("client_step") - inside)
     return Sample(
-        round=t,
+        round=record["round"],
         tokens=outcome.tokens,
         bare_tokens=0,
         bare_seconds=0.0,
-        train_seconds=train_seconds,
+        train_seconds=outcome.train_seconds - swaps,
         overhead=overhead,
         in_loop={name: watch.get(name) for name in IN_LOOP_PROBES},
     )
@@ -213,23 +204,19 @@ def time_methods(
     progress: Callable[[str], None] = lambda text: None,
 ) -> list[MethodResult]:
     """Interleaved bare-vs-fedlora repeats for every method on one shared federation."""
-    progress(f"assembling {cfg.model.name} federation")
-    fed = assemble(cfg, lambda kind, info: None)
+    progress(f"assembling {cfg.model.name} federation (the timed client alone)")
+    fed = assemble(alone(cfg), lambda kind, info: None)
     client = fed.setup.clients[0]
     runs: dict[str, MethodRun] = {}
     for name in methods:
         options = cfg.method.options if name == cfg.method.name else {}
-        method: Method = build(name, options)
-        method.validate(fed.setup)
-        runs[name] = MethodRun(
-            method=method, watch=Stopwatch(), state=method.init_server(fed.setup)
-        )
+        runs[name] = MethodRun.start(fed, build(name, options))
     progress("loading the bare PEFT model")
     bare = bare_peft_model(cfg, client)
     examples = fed.train_sets[client.cid]
 
     def pair(run: MethodRun, bare_first: bool) -> Sample:
-        t = run.round + 1
+        t = run.rs.round + 1
         batches = plan_batches(
             examples,
             cfg.train,
@@ -239,15 +226,15 @@ def time_methods(
         params = bare_params(bare, run.trainable)
         if bare_first:
             bare_seconds = bare_train(bare, params, batches, cfg.train)
-            sample = fedlora_round(fed, run, client)
+            sample = fedlora_round(run)
         else:
-            sample = fedlora_round(fed, run, client)
+            sample = fedlora_round(run)
             params = bare_params(bare, run.trainable)
             bare_seconds = bare_train(bare, params, batches, cfg.train)
         sample.bare_seconds, sample.bare_tokens = bare_seconds, batch_tokens(batches)
         if sample.bare_tokens != sample.tokens:
             raise FedloraError(
-                f"{run.method.name} round {t}: the bare loop saw "
+                f"{run.fed.method.name} round {t}: the bare loop saw "
                 f"{sample.bare_tokens} tokens, fedlora {sample.tokens}"
             )
         return sample

@@ -48,6 +48,7 @@ from fedlora.runtime.steps import (
     server_step,
 )
 from fedlora.train.peft_io import compact, write_adapter
+from fedlora.train.timing import Timer, untimed
 from fedlora.wire import decode
 
 log = logging.getLogger(__name__)
@@ -145,20 +146,30 @@ def _mirror_views(
     return unapplied
 
 
-def run_round(fed: Server, rs: RunState, transport: Transport, report: Reporter) -> dict[str, Any]:
+def run_round(
+    fed: Server,
+    rs: RunState,
+    transport: Transport,
+    report: Reporter,
+    timer: Timer = untimed,
+) -> dict[str, Any]:
     """Play one round on ``rs`` (mutated: it is the run's explicit progress); returns its
-    metrics record."""
+    metrics record. ``timer`` sees the server's phases (``broadcast_encode``,
+    ``broadcast_decode``, ``base_merge``, ``upload_decode``; :mod:`fedlora.train.timing`)."""
     cfg, method, setup = fed.cfg, fed.method, fed.setup
     t = rs.round + 1
     sampled = sample_clients(cfg, t)
     report("round_start", {"round": t, "sampled": sampled})
     dispatches = []
     for c in setup.clients:
-        tx = send(method.broadcast(rs.state, setup, c), cfg)
-        payload = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
+        with timer("broadcast_encode"):
+            tx = send(method.broadcast(rs.state, setup, c), cfg)
+        with timer("broadcast_decode"):
+            payload = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
         dispatches.append(Dispatch(c.cid, c.cid in sampled, tx, payload))
-    merge = method.base_merge(dispatches[0].payload, setup)
-    fed.merge_into_base(merge)
+    with timer("base_merge"):
+        merge = method.base_merge(dispatches[0].payload, setup)
+        fed.merge_into_base(merge)
     rs.merges.append(merge)
 
     replies = transport.exchange(t, dispatches, rs)
@@ -182,6 +193,7 @@ def run_round(fed: Server, rs: RunState, transport: Transport, report: Reporter)
         failures=failures,
         cfg=cfg,
         round_=t,
+        timer=timer,
     )
     # A skipped round keeps the state, less what its broadcast already merged everywhere.
     rs.state = method.skip_round(server.state, setup) if server.skipped else server.state
@@ -241,6 +253,7 @@ def round_record(
         "value_dtype": fed.cfg.wire.value_dtype,
         "train_loss": {str(cid): o.train_loss for cid, o in up.items() if o.train_loss is not None},
         "n_samples": {str(cid): o.n_samples for cid, o in up.items()},
+        "tokens": {str(cid): o.tokens for cid, o in up.items()},
         "upload_bytes": {str(cid): o.upload.nbytes for cid, o in up.items() if o.upload},
         "upload_params": {str(cid): o.upload.params for cid, o in up.items() if o.upload},
         "download_bytes": {str(d.cid): d.broadcast.nbytes for d in dispatches},

@@ -21,6 +21,7 @@ from fedlora.runtime.driver import Dispatch, EvalReply, Reply, Reporter, drive
 from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.run_folder import RunState, prepare_run_dir
 from fedlora.runtime.steps import ClientOutcome, client_step
+from fedlora.train.timing import Timer, untimed
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,11 @@ class InProcess:
 
     name = "in-process"
 
-    def __init__(self, fed: Federation) -> None:
+    def __init__(self, fed: Federation, timer: Timer = untimed) -> None:
         self.fed = fed
+        self.timer = timer
+        self.last: dict[int, Reply] = {}
+        """The replies of the last exchange (what a benchmark reads back)."""
 
     def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
         fed = self.fed
@@ -39,19 +43,21 @@ class InProcess:
         for d in dispatches:
             client = fed.setup.client(d.cid)
             try:
-                outcome = client_step(
-                    model=fed.model,
-                    method=fed.method,
-                    setup=fed.setup,
-                    client=client,
-                    view=rs.views[d.cid],
-                    broadcast=d.payload,
-                    examples=fed.train_sets[d.cid],
-                    cfg=fed.cfg,
-                    round_=t,
-                    pad_id=fed.pad_id,
-                    train=d.train,
-                )
+                with self.timer("client_step"):
+                    outcome = client_step(
+                        model=fed.model,
+                        method=fed.method,
+                        setup=fed.setup,
+                        client=client,
+                        view=rs.views[d.cid],
+                        broadcast=d.payload,
+                        examples=fed.train_sets[d.cid],
+                        cfg=fed.cfg,
+                        round_=t,
+                        pad_id=fed.pad_id,
+                        train=d.train,
+                        timer=self.timer,
+                    )
             except Exception as exc:  # a client's failure must not end the federation
                 log.warning("round %d: client %d failed: %s", t, d.cid, exc)
                 outcome = ClientOutcome(
@@ -59,6 +65,7 @@ class InProcess:
                 )
             received = outcome.upload.nbytes if outcome.upload is not None else 0
             replies[d.cid] = Reply(outcome, sent_bytes=d.broadcast.nbytes, received_bytes=received)
+        self.last = replies
         return replies
 
     def evaluate(
