@@ -49,6 +49,8 @@ class Stopwatch:
 
 
 def load_average() -> tuple[float, float, float]:
+    """The 1/5/15-minute load averages (NaN where the system has none): timings on a busy
+    2-core machine are not worth much, so every benchmark reports them."""
     try:
         return os.getloadavg()
     except OSError:

@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -41,6 +42,7 @@ from typing import Any, TextIO
 import torch
 
 from fedlora.bench.dense_reference import LayerInputs, references, relative_error, stacked_bytes
+from fedlora.bench.measure import load_average
 from fedlora.bench.memory import MemoryUse, measure, warm_up
 from fedlora.bench.server_report import check_targets, format_table, report_json, summary_line
 from fedlora.bench.server_types import (
@@ -246,7 +248,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 "cpus": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(),
                 "torch": torch.__version__,
-                "load_average_1min": _load_average(),
+                "load_average_1min": _one_minute_load(),
                 "subset_layers": len(subset),
                 "layers": len(full),
             },
@@ -261,12 +263,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     return report
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average: timings on a busy 2-core machine are not worth much."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
+def _one_minute_load() -> float | None:
+    load = load_average()[0]
+    return None if math.isnan(load) else round(load, 2)
 
 
 def _csv(text: str) -> tuple[str, ...]:
