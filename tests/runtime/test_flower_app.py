@@ -24,7 +24,7 @@ from fedlora import config
 from fedlora.errors import PayloadError
 from fedlora.methods.registry import names
 from fedlora.ops.seeds import Stream, client_seed
-from fedlora.runtime import simulation
+from fedlora.runtime import simulation, steps
 from fedlora.runtime.flower import client_app
 from fedlora.runtime.flower.protocol import (
     Instruction,
@@ -288,6 +288,30 @@ def test_flower_run_equals_in_process_run(
         assert {k: v for k, v in r[TRANSPORT]["received"].items() if v} == r["upload_bytes"]
 
 
+def test_records_are_identical_with_a_failing_client_in_both_runtimes(
+    tmp_path: Path, client_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: client 1's training fails in round 1 in both runtimes (the ClientApps of the
+    # local grid run in this process, so one patch reaches both)
+    sim, flw = _pair(tmp_path, client_files, "method=fedsrd")
+    real_train = steps.train_local
+    bad_seed = client_seed(sim.seed, Stream.TRAIN, 1, 1)
+
+    def failing_train(*args: Any, **kw: Any) -> Any:
+        if args[5] == bad_seed:
+            raise RuntimeError("injected failure")
+        return real_train(*args, **kw)
+
+    monkeypatch.setattr(steps, "train_local", failing_train)
+    # Execute
+    simulation.run(sim)
+    serve(LocalGrid(3), flw)
+    # Assert: whole records, the drop and its reason included, match
+    ra, rb = _records(tmp_path / "sim"), _records(tmp_path / "flower")
+    assert ra[1]["accepted"] == [0, 2] and "injected failure" in ra[1]["dropped"]["1"]
+    assert [_strip(r) for r in ra] == [_strip(r) for r in rb]
+
+
 def test_the_server_reads_no_client_data(tmp_path: Path, client_files: list[str]) -> None:
     # Prepare: the server's config names client files that do not exist on its machine; each
     # node has its own file (node config data-file), as in a real deployment
@@ -363,7 +387,6 @@ def test_restarted_node_is_resynchronised_and_matches_in_process_failure(
     # Prepare: in Flower, node 1 loses its memory before round 2 (a SuperNode restart), so
     # it answers out-of-sync in round 2 and is re-synchronised in round 3. In-process,
     # client 1's training fails in round 2. Both lose exactly client 1's round-2 upload.
-    from fedlora.runtime import steps
 
     sim, flw = _pair(tmp_path, client_files, "method=fedsrd", "federation.rounds=3")
     bad_seed = client_seed(sim.seed, Stream.TRAIN, 2, 1)
