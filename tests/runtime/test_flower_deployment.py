@@ -119,7 +119,7 @@ class Cluster:
                 time.sleep(0.5)
         raise TimeoutError(f"SuperLink did not listen on {port}: {self.log('superlink')[-3000:]}")
 
-    def supernode(self, k: int, n: int) -> None:
+    def supernode(self, k: int, n: int, data_file: str) -> None:
         self.start(
             f"supernode{k}",
             [
@@ -132,7 +132,7 @@ class Cluster:
                 "--max-wait-time",
                 "120",
                 "--node-config",
-                f"partition-id={k} num-partitions={n}",
+                f'partition-id={k} num-partitions={n} data-file="{data_file}"',
             ],
         )
 
@@ -161,8 +161,12 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
     c = Cluster(root=root, env=env)
     try:
         c.superlink()
+        # Each SuperNode reads only its own file (node config data-file); the runs' configs
+        # name files that do not exist, so the ServerApp cannot read any client's data.
+        (root / "node-data").mkdir()
+        own = write_client_files(root / "node-data", 2)
         for k in range(2):
-            c.supernode(k, 2)
+            c.supernode(k, 2, own[k])
         yield c
     finally:
         c.stop()
@@ -186,12 +190,13 @@ OPTIONS = ServerOptions(join_timeout=START_TIMEOUT)
 def test_deployment_matches_in_process_and_survives_a_killed_supernode(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    files = write_client_files(tmp_path, 2)
+    files = write_client_files(tmp_path, 2)  # the same content the SuperNodes hold
+    absent = [str(tmp_path / "not-on-the-server" / Path(f).name) for f in files]
 
     # --- FedSRD and FLoRIST: same adapter and bytes per client as in-process
     for method in ("fedsrd", "florist"):
         sim = _cfg(tmp_path / f"sim-{method}", files, f"method={method}")
-        flw = _cfg(tmp_path / f"flower-{method}", files, f"method={method}")
+        flw = _cfg(tmp_path / f"flower-{method}", absent, f"method={method}")
 
         simulation.run(sim)
         run_flower(
@@ -216,7 +221,7 @@ def test_deployment_matches_in_process_and_survives_a_killed_supernode(
             assert x["download_bytes"] == y["download_bytes"]
 
     # --- Kill SuperNode 1 while it holds round 1's message: the round ends without it
-    kill = _cfg(tmp_path / "flower-kill", files, "method=fedsrd", "federation.min_clients=1")
+    kill = _cfg(tmp_path / "flower-kill", absent, "method=fedsrd", "federation.min_clients=1")
     seen = cluster.log("supernode1").count("Receiving: train message")
     errors: list[BaseException] = []
 
