@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.errors import ConfigError
+from fedlora.ops.schedule import SCHEDULES
 from fedlora.ops.sparsify import SPARSIFIERS, RatioRule
 
 
@@ -103,6 +104,9 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    lr_schedule: str = "constant"  # constant | cosine (over the federation) | linear (per run)
+    warmup_steps: int = 0
+    min_lr: float = 0.0  # where cosine ends
 
     def __post_init__(self) -> None:
         for k in ("local_steps", "batch_size", "grad_accum", "seq_len"):
@@ -111,6 +115,13 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = off)")
+        _check(
+            self.lr_schedule in SCHEDULES,
+            "train.lr_schedule",
+            f"must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}",
+        )
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr = {self.lr}]")
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,8 @@ def client_step(
             regulariser=lambda current: method.regulariser(current, start),
             timeout_s=cfg.federation.client_timeout_s,
             timer=timer,
+            round_=round_,
+            rounds=max(round_, cfg.federation.rounds),
         )
         with timer("upload"):
             payload = method.upload(

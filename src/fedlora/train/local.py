@@ -17,6 +17,7 @@ from torch import nn
 
 from fedlora.config import TrainConfig
 from fedlora.methods.base import ClientStart, Lora, Tensor
+from fedlora.ops.schedule import step_lr
 from fedlora.train.adapters import get_lora, live_lora, set_lora, set_trainable
 from fedlora.train.batches import Encoded, collate
 from fedlora.train.timing import Timer, untimed
@@ -30,6 +31,8 @@ class LocalResult:
     mean_loss: float
     tokens: int
     seconds: float
+    lrs: tuple[float, ...] = ()
+    """The learning rate of each optimiser step (``train.lr_schedule``)."""
 
 
 class BatchSampler:
@@ -62,11 +65,14 @@ def train_local(
     regulariser: Callable[[Lora], Tensor | None] | None = None,
     timeout_s: float = 0.0,
     timer: Timer = untimed,
+    round_: int = 1,
+    rounds: int = 1,
 ) -> LocalResult:
     """Train ``start.adapter`` in ``slot`` on ``examples`` and return the trained factors.
 
     With ``timeout_s > 0``, raises ``TimeoutError`` once an optimiser step ends past it;
-    ``timer`` sees the phases listed in :mod:`fedlora.train.timing`.
+    ``timer`` sees the phases listed in :mod:`fedlora.train.timing`; ``round_`` of ``rounds``
+    places this run in the federation for a round-aware ``train.lr_schedule``.
     """
     began = time.perf_counter()
     with timer("swap_in"):
@@ -80,8 +86,22 @@ def train_local(
         live = live_lora(model, slot) if regulariser is not None else None
     model.train()
     losses: list[float] = []
+    lrs: list[float] = []
     tokens = 0
-    for _ in range(cfg.local_steps):
+    for step in range(cfg.local_steps):
+        lr = step_lr(
+            cfg.lr_schedule,
+            cfg.lr,
+            cfg.min_lr,
+            cfg.warmup_steps,
+            round_,
+            rounds,
+            step,
+            cfg.local_steps,
+        )
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        lrs.append(lr)
         optimiser.zero_grad(set_to_none=True)
         for _ in range(cfg.grad_accum):
             with timer("collate"):
@@ -108,4 +128,5 @@ def train_local(
         mean_loss=sum(losses) / len(losses),
         tokens=tokens,
         seconds=time.perf_counter() - began,
+        lrs=tuple(lrs),
     )
