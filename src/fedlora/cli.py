@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tool(
         sub, "comm", "fedlora.comm", "bytes per round per client of every method for a model shape"
     )
+    add_tool(sub, "export", "fedlora.export", "a run's result as a full (merged) model folder")
     bench = sub.add_parser(
         "bench",
         help="benchmarks: server aggregation, client training, quality per byte",

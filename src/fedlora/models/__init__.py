@@ -8,7 +8,7 @@ it), not a side effect of loading a model, so a program importing fedlora keeps 
 
 from fedlora.models.local import load_model_folder, validate_model_folder
 from fedlora.models.offline import OFFLINE_ENV, is_offline, set_offline
-from fedlora.models.resolve import BUILTIN_MODELS, resolve_model
+from fedlora.models.resolve import BUILTIN_MODELS, model_folder, resolve_model
 from fedlora.models.smollm2 import provision_smollm2, smollm2_dir
 from fedlora.models.tiny import build_tiny_model, tiny_config
 from fedlora.models.tokenizer import CHATML_TEMPLATE, build_byte_tokenizer
@@ -21,6 +21,7 @@ __all__ = [
     "build_tiny_model",
     "is_offline",
     "load_model_folder",
+    "model_folder",
     "provision_smollm2",
     "resolve_model",
     "set_offline",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedlora.data.cache import cache_root
 from fedlora.errors import ConfigError
 from fedlora.models.local import load_model_folder
 from fedlora.models.smollm2 import SMOLLM2_NAME, provision_smollm2
@@ -67,3 +70,38 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, seed: int = 0) -> Mod
             f"({', '.join(BUILTIN_MODELS)}); fedlora loads local folders only, never a model hub"
         )
     return load_model_folder(path)
+
+
+def model_folder(name_or_path: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """A local Hugging Face folder holding the model ``name_or_path`` names (absolute).
+
+    What a run's adapter records as ``base_model_name_or_path``, so that the adapter loads
+    outside fedlora (``AutoPeftModelForCausalLM``). ``smollm2-135m``: its converted cache
+    folder; ``tiny-*``: the seeded tiny model and its tokenizer saved once to the cache (the
+    same weights :func:`resolve_model` builds in code); a folder: itself.
+    """
+    name = os.fspath(name_or_path)
+    if name == SMOLLM2_NAME:
+        return provision_smollm2().resolve()
+    if name in BUILTIN_MODELS:
+        return _saved_tiny(name, seed)
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"model folder {path} does not exist")
+    return path.resolve()
+
+
+def _saved_tiny(name: str, seed: int) -> Path:
+    folder = cache_root() / "models" / f"{name}-seed{seed}"
+    if (folder / "config.json").is_file():
+        return folder.resolve()
+    model, tokenizer = _builtin_loaders()[name](seed)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if not folder.exists():  # another process may have won the race: keep theirs
+        os.replace(tmp, folder)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder.resolve()

@@ -16,7 +16,7 @@ from fedlora.eval.scores import ChoiceQuestion
 from fedlora.methods.base import ClientSpec, Factored, Method, Setup
 from fedlora.methods.registry import build
 from fedlora.methods.uplink import with_uplink
-from fedlora.models import resolve_model
+from fedlora.models import model_folder, resolve_model
 from fedlora.runtime.client_data import Heldout, client_split, server_heldout
 from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
 from fedlora.train.batches import Encoded, encode_example, pad_id_of
@@ -152,6 +152,7 @@ def assemble(
         train_sets=train_sets,
         eval_sets=eval_sets,
         pad_id=pad_id_of(tokenizer),
-        base_model_ref=cfg.model.name,
+        # What the adapter names as its base: a folder that loads outside fedlora.
+        base_model_ref=str(model_folder(cfg.model.name, seed=cfg.seed)),
         client_eval_sets=client_eval_sets,
     )
