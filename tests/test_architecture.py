@@ -35,6 +35,7 @@ RANK = {
     "runtime": 6,
     "comm": 7,
     "merge": 7,
+    "export": 7,
     "bench": 7,
     "cli": 8,
 }
