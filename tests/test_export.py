@@ -53,8 +53,10 @@ def test_export_merged_gives_the_outputs_of_base_plus_adapter(
     assert main(["export", str(run_dir), "--merged", str(out)]) == 0
     # Assert: loads alone, with its tokenizer, and matches base + adapter
     merged = AutoModelForCausalLM.from_pretrained(str(out))
-    assert AutoTokenizer.from_pretrained(str(out)) is not None
-    base, _ = resolve_model("tiny-llama", seed=0)
+    base, tokenizer = resolve_model("tiny-llama", seed=0)
+    saved = AutoTokenizer.from_pretrained(str(out))
+    text = "def add(a, b): return a + b"
+    assert saved(text)["input_ids"] == tokenizer(text)["input_ids"]
     with_adapter = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
     torch.testing.assert_close(
