@@ -177,10 +177,14 @@ class SparseUplink:
     def upload_report(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
     ) -> dict[str, Any]:
+        # The ratios only: from the factors' own differences (what every method that
+        # qualifies uploads), without building the upload a second time.
         rhos: dict[str, list[float]] = {"A": [], "B": []}
-        deltas = self._differences(start, trained, setup, client, 0)
-        for name, delta in deltas.items():
-            rhos[_split(name)[1]].append(self.rule.ratio(self._scores(name, delta, start, trained)))
+        for name in self.inner.upload_schema(setup, client):
+            layer, part = _split(name)
+            new, old = getattr(trained[layer], part), getattr(start.adapter[layer], part)
+            delta = (new - old).detach()
+            rhos[part].append(self.rule.ratio(self._scores(name, delta, start, trained)))
         report = dict(self.inner.upload_report(start, trained, setup, client))
         for part, values in rhos.items():
             if values:
