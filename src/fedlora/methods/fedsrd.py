@@ -80,13 +80,19 @@ from fedlora.methods.base import (
 from fedlora.methods.common import DefaultHooks, fresh_lora, initial_payload, key, lora_payload
 from fedlora.methods.registry import register
 from fedlora.ops.factored import truncated_factors
-from fedlora.ops.importance import importance_a, importance_b
 from fedlora.ops.masks import dare
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import label_seed
 from fedlora.ops.solve import solve_a_update, solve_b_update
 from fedlora.ops.sparse import Sparse
-from fedlora.ops.sparsify import SPARSIFIERS, RatioRule, SparseDelta, ratio_summary, sparsify_layer
+from fedlora.ops.sparsify import (
+    SPARSIFIERS,
+    RatioRule,
+    SparseDelta,
+    delta_scores,
+    ratio_summary,
+    sparsify_layer,
+)
 from fedlora.ops.stack import fit_rank
 
 log = logging.getLogger(__name__)
@@ -347,8 +353,8 @@ class _FedSRDBase(DefaultHooks):
         for s in setup.layers:
             a_old, b_old = start.view[key(s.name, "A")], start.view[key(s.name, "B")]
             a_new, b_new = trained[s.name].A.detach(), trained[s.name].B.detach()
-            rho["A"].append(rule.ratio(importance_a(a_new - a_old, b_new)))
-            rho["B"].append(rule.ratio(importance_b(b_new - b_old, a_old)))
+            rho["A"].append(rule.ratio(delta_scores("A", a_new - a_old, a_old, b_new)))
+            rho["B"].append(rule.ratio(delta_scores("B", b_new - b_old, a_old, b_new)))
             olds["A"].append(a_old)
             olds["B"].append(b_old)
             news["A"].append(a_new)

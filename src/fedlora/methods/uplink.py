@@ -49,11 +49,10 @@ from fedlora.methods.base import (
     Upload,
 )
 from fedlora.methods.common import dense
-from fedlora.ops.importance import importance_a, importance_b
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import Stream, client_seed, label_seed
 from fedlora.ops.sparse import Sparse
-from fedlora.ops.sparsify import RatioRule, ratio_summary, select
+from fedlora.ops.sparsify import RatioRule, delta_scores, ratio_summary, select
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -152,9 +151,7 @@ class SparseUplink:
 
     def _scores(self, name: str, delta: Tensor, start: ClientStart, trained: Lora) -> Tensor:
         layer, part = _split(name)
-        if part == "A":
-            return importance_a(delta, trained[layer].B.detach())
-        return importance_b(delta, start.adapter[layer].A)
+        return delta_scores(part, delta, start.adapter[layer].A, trained[layer].B.detach())
 
     def _differences(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fedlora.ops.importance import adaptive_ratio, importance_a, importance_b, pearson_kurtosis
-from fedlora.ops.masks import capped_ratio, quantile_mask, rescale_pruned
+from fedlora.ops.importance import adaptive_sparsity, importance_a, importance_b
+from fedlora.ops.masks import capped_ratio, magnitude_mask, quantile_mask, rescale_pruned
 from fedlora.ops.seeds import label_seed
 from fedlora.ops.sparse import Sparse
 
@@ -47,9 +47,7 @@ class RatioRule:
         if self.fixed_rho is not None:
             rho = self.fixed_rho
         else:
-            rho = min(
-                1.0, adaptive_ratio(pearson_kurtosis(scores), self.base, self.coeff, self.upper)
-            )
+            rho = min(1.0, adaptive_sparsity(scores, self.base, self.coeff, self.upper))
         return capped_ratio(rho, scores.numel())
 
 
@@ -79,13 +77,19 @@ def select(
     if sparsifier == "importance":
         kept = quantile_mask(scores, rho)
     elif sparsifier == "magnitude":
-        kept = quantile_mask(delta.abs(), rho)
+        kept = magnitude_mask(delta, rho)
     else:
         raise ValueError(f"sparsifier must be one of {', '.join(SPARSIFIERS)}, got {sparsifier!r}")
     pruned = torch.where(kept, delta, torch.zeros_like(delta))
     if rescale:
         pruned = rescale_pruned(delta, pruned)
     return Sparse.from_mask(pruned, pruned != 0)
+
+
+def delta_scores(part: str, delta: Tensor, a_old: Tensor, b_new: Tensor) -> Tensor:
+    """FedSRD's importance of a factor delta: ``I_A`` with the NEW ``B`` for ``part == "A"``,
+    ``I_B`` with the OLD ``A`` for ``part == "B"``."""
+    return importance_a(delta, b_new) if part == "A" else importance_b(delta, a_old)
 
 
 def sparsify_layer(
@@ -101,10 +105,8 @@ def sparsify_layer(
     (a_old, b_old), (a_new, b_new) = old, new
     d_a, d_b = a_new - a_old, b_new - b_old
     out = []
-    for part, delta, scores in (
-        ("A", d_a, importance_a(d_a, b_new)),
-        ("B", d_b, importance_b(d_b, a_old)),
-    ):
+    for part, delta in (("A", d_a), ("B", d_b)):
+        scores = delta_scores(part, delta, a_old, b_new)
         rho = rule.ratio(scores)
         sparse = select(delta, scores, rho, sparsifier, rescale, label_seed(seed, "uplink", part))
         out.append(SparseDelta(sparse, rho))
