@@ -46,13 +46,24 @@ class RoundTable:
         elif kind == "round_start" and self.bar is None:
             from tqdm import tqdm
 
+            from fedlora.train import progress
+
             self.bar = tqdm(
-                total=None, desc="round", unit="client", leave=False, file=sys.stderr, disable=None
+                total=None,
+                desc=f"round {info['round']}",
+                unit="client",
+                leave=False,
+                file=sys.stderr,
+                disable=not progress.enabled(),
             )
         elif kind == "round_start":
             self.bar.set_description(f"round {info['round']}")
         elif kind == "client_done" and self.bar is not None:
             self.bar.update(1)
+        elif kind == "client_trained":
+            self._client(info)
+        elif kind == "server_start" and self.bar is not None:
+            self.bar.set_description(f"round {info['round']} server")
         elif kind == "eval_start" and self.bar is not None:
             self.bar.set_description(f"round {info['round']} eval")
         elif kind == "round_done":
@@ -62,6 +73,20 @@ class RoundTable:
                 self.bar.close()
                 self.bar = None
             self._line(f"cumulative MB per client: up {self.cum_up:.3f}, down {self.cum_down:.3f}")
+
+    def _client(self, info: dict[str, Any]) -> None:
+        """A client's local run: on the bar when one is drawn, else one line (a log shows
+        the run moving without a bar's noise)."""
+        if self.bar is not None and not self.bar.disable:
+            if info["loss"] is not None:
+                self.bar.set_postfix({"client": info["cid"], "loss": f"{info['loss']:.4f}"})
+            return
+        what = (
+            info["error"]
+            if info["error"]
+            else f"train loss {info['loss']:.4f} in {info['seconds']:.1f} s"
+        )
+        self._line(f"  round {info['round']} client {info['cid']}: {what}")
 
     def _round(self, rec: dict[str, Any]) -> None:
         ev = rec.get("eval", {})
@@ -100,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from fedlora import config
     from fedlora.runtime import simulation
+    from fedlora.train import progress
 
     hf_logging.disable_progress_bar()  # our own progress is shown; theirs is noise here
 
@@ -114,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = config.from_dict(config.apply_overrides(raw, args.overrides))
     else:
         cfg = config.load(args.config, args.overrides)
+    progress.set_mode(cfg.log.progress)
     print(
         f"fedlora run: method={cfg.method.name} model={cfg.model.name} "
         f"clients={cfg.data.clients} rounds={cfg.federation.rounds} -> {cfg.out_dir}",

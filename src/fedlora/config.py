@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import types
 import typing
@@ -23,33 +24,56 @@ from fedlora.errors import ConfigError
 from fedlora.ops.schedule import SCHEDULES
 from fedlora.ops.sparsify import SPARSIFIERS, RatioRule
 
+ALL_LINEAR = "all-linear"
+
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
 
 
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZE = ("none", "8bit", "4bit")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which causal LM: a built-in name (``smollm2-135m``, ``tiny-llama``, ``tiny-qwen2``)
-    or a local Hugging Face folder."""
+    or a local Hugging Face folder. ``dtype`` is the frozen base's precision (LoRA factors,
+    optimiser state, payloads and the server stay float32); ``quantize`` loads the base in
+    8 or 4 bits through bitsandbytes (CUDA only)."""
 
     name: str = "smollm2-135m"
+    dtype: str = "float32"
+    quantize: str = "none"
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "must not be empty")
+        _check(
+            self.dtype in MODEL_DTYPES,
+            "model.dtype",
+            f"must be one of {', '.join(MODEL_DTYPES)}; got {self.dtype!r}",
+        )
+        _check(
+            self.quantize in QUANTIZE,
+            "model.quantize",
+            f"must be one of {', '.join(QUANTIZE)}; got {self.quantize!r}",
+        )
 
 
 @dataclass(frozen=True)
 class LoraConfig:
     """Adapter shape. ``ranks`` (one per client) overrides ``rank`` for heterogeneous
-    federations; ``alphas`` likewise, defaulting to ``alpha_ratio · rank`` per client."""
+    federations; ``alphas`` likewise, defaulting to ``alpha_ratio · rank`` per client.
+    ``target_modules = "all-linear"`` (the default) is PEFT's meaning: every linear layer
+    but the output head; a list names module suffixes (``["q_proj", "v_proj"]``)."""
 
     rank: int = 8
     alpha: float = 16.0
     ranks: tuple[int, ...] = ()
     alphas: tuple[float, ...] = ()
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] = (ALL_LINEAR,)
+    dropout: float = 0.05
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "lora.rank", f"must be at least 1, got {self.rank}")
@@ -59,6 +83,19 @@ class LoraConfig:
         for a in self.alphas:
             _check(a > 0, "lora.alphas", f"every alpha must be positive, got {a}")
         _check(bool(self.target_modules), "lora.target_modules", "must name at least one module")
+        _check(
+            ALL_LINEAR not in self.target_modules or len(self.target_modules) == 1,
+            "lora.target_modules",
+            f"{ALL_LINEAR!r} stands alone (write it as a string, not in a list with others)",
+        )
+        _check(0 <= self.dropout < 1, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+    @property
+    def peft_targets(self) -> str | list[str]:
+        """``target_modules`` as PEFT's ``LoraConfig`` takes it."""
+        if self.target_modules == (ALL_LINEAR,):
+            return ALL_LINEAR
+        return list(self.target_modules)
 
 
 @dataclass(frozen=True)
@@ -95,11 +132,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Local training of one client per round."""
+    """Local training of one client per round. ``device = "auto"`` trains on CUDA when
+    there is one; ``gradient_checkpointing`` trades compute for activation memory."""
 
     local_steps: int = 10
     batch_size: int = 4
-    grad_accum: int = 1
+    grad_accum_steps: int = 1
     seq_len: int = 64
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -107,9 +145,16 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine (over the federation) | linear (per run)
     warmup_steps: int = 0
     min_lr: float = 0.0  # where cosine ends
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for k in ("local_steps", "batch_size", "grad_accum", "seq_len"):
+        _check(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            "train.device",
+            f"must be auto, cpu, cuda or cuda:N; got {self.device!r}",
+        )
+        for k in ("local_steps", "batch_size", "grad_accum_steps", "seq_len"):
             v = getattr(self, k)
             _check(v >= 1, f"train.{k}", f"must be at least 1, got {v}")
         _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
@@ -180,6 +225,23 @@ class WireConfig:
         _check(self.max_payload_mb > 0, "wire.max_payload_mb", "must be positive")
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    """What a run shows and writes besides ``metrics.jsonl``: ``progress = "auto"`` draws
+    progress bars only on a terminal (never in logs or CI); ``tensorboard`` also writes the
+    metrics' scalars as TensorBoard event files under ``RUN/tensorboard``."""
+
+    progress: str = "auto"  # auto | on | off
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            self.progress in ("auto", "on", "off"),
+            "log.progress",
+            f"must be auto, on or off; got {self.progress!r}",
+        )
+
+
 UPLINK_SPARSIFIERS = ("none", *SPARSIFIERS)
 
 
@@ -238,6 +300,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wire: WireConfig = field(default_factory=WireConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     method: MethodChoice = field(default_factory=MethodChoice)
 
     def client_ranks(self) -> list[int]:
@@ -283,6 +346,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None  # an optional key written as JSON null (config.json)
         return _coerce(value, [a for a in args if a is not type(None)][0], key)
     if origin is tuple:
+        if isinstance(value, str):
+            value = [value]  # a single string is a list of one (target_modules = "all-linear")
         _check(isinstance(value, list | tuple), key, f"must be a list, got {value!r}")
         (item,) = typing.get_args(tp)[:1]
         return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))

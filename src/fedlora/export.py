@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from fedlora import config as config_mod
 from fedlora.errors import ConfigError
 
@@ -44,6 +46,7 @@ def export_merged(run: str | os.PathLike[str], out: str | os.PathLike[str]) -> P
     from peft import PeftModel
 
     from fedlora.models import resolve_model
+    from fedlora.models.placement import DTYPES
 
     run_dir, out_dir = Path(run), Path(out)
     cfg_path, adapter = run_dir / "config.json", run_dir / "adapter"
@@ -55,8 +58,10 @@ def export_merged(run: str | os.PathLike[str], out: str | os.PathLike[str]) -> P
         cfg = config_mod.from_dict(json.loads(cfg_path.read_text()))
     except json.JSONDecodeError:
         raise ConfigError(f"{cfg_path} is corrupt") from None
-    base, tokenizer = resolve_model(cfg.model.name, seed=cfg.seed)
-    dtype = next(base.parameters()).dtype
+    # The base in the run's model.dtype; a quantized run's base is merged unquantized (in its
+    # bfloat16 compute dtype), since merging into 4- or 8-bit weights would round the result.
+    dtype = torch.bfloat16 if cfg.model.quantize != "none" else DTYPES[cfg.model.dtype]
+    base, tokenizer = resolve_model(cfg.model.name, seed=cfg.seed, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged = merged.to(dtype)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -129,8 +129,8 @@ def test_plan_batches_are_the_batches_train_local_draws(
     slot = slot_name(client.rank, client.alpha)
     original = local_mod.collate
 
-    def recording(batch, pad_id):  # type: ignore[no-untyped-def]
-        out = original(batch, pad_id)
+    def recording(batch, pad_id, device=None):  # type: ignore[no-untyped-def]
+        out = original(batch, pad_id, device)
         seen.append(out)
         return out
 
@@ -141,7 +141,7 @@ def test_plan_batches_are_the_batches_train_local_draws(
     result = train_local(fed.model, slot, start, fed.train_sets[0], fed.cfg.train, 11, fed.pad_id)
     # Assert
     flat = [b for step in planned for b in step]
-    assert len(flat) == len(seen) == fed.cfg.train.local_steps * fed.cfg.train.grad_accum
+    assert len(flat) == len(seen) == fed.cfg.train.local_steps * fed.cfg.train.grad_accum_steps
     for mine, theirs in zip(flat, seen, strict=True):
         for k in ("input_ids", "attention_mask", "labels"):
             assert torch.equal(mine[k], theirs[k])
@@ -193,7 +193,7 @@ def test_the_timing_hook_sees_every_phase_of_a_real_client_step(tiny_fed: Federa
     )
     # Assert: every phase entered, collation once per micro-batch, and the time inside the
     # training phases is part of the measured training time
-    steps = fed.cfg.train.local_steps * fed.cfg.train.grad_accum
+    steps = fed.cfg.train.local_steps * fed.cfg.train.grad_accum_steps
     assert outcome.upload is not None
     assert watch.calls == {
         "client_start": 1,

@@ -1,7 +1,7 @@
 """The bare PyTorch + PEFT training loop that ``fedlora bench client`` compares against.
 
-A PEFT LoRA model built straight from the same base model (same rank, alpha and target
-modules, LoRA dropout 0), AdamW over the same LoRA factors the method trains, gradient
+A PEFT LoRA model built straight from the same base model (same device, dtype, rank, alpha,
+target modules, LoRA dropout and gradient checkpointing), AdamW over the same LoRA factors the method trains, gradient
 clipping and accumulation as configured, on exactly the token tensors fedlora's client sees
 (same sampler seed, same collation, computed before the clock starts). The timed region holds
 only PyTorch/PEFT calls.
@@ -22,17 +22,22 @@ from fedlora.train.local import BatchSampler
 
 
 def plan_batches(
-    examples: Sequence[Encoded], train: TrainConfig, seed: int, pad_id: int
+    examples: Sequence[Encoded],
+    train: TrainConfig,
+    seed: int,
+    pad_id: int,
+    device: torch.device | None = None,
 ) -> list[list[dict[str, torch.Tensor]]]:
-    """The micro-batches ``train_local`` draws with ``seed``: ``[step][micro] -> batch``.
+    """The micro-batches ``train_local`` draws with ``seed``: ``[step][micro] -> batch``,
+    already on ``device``.
 
     Same sampler, same order, same collation, so the bare loop sees identical tensors.
     """
     sampler = BatchSampler(len(examples), seed)
     return [
         [
-            collate([examples[i] for i in sampler.take(train.batch_size)], pad_id)
-            for _ in range(train.grad_accum)
+            collate([examples[i] for i in sampler.take(train.batch_size)], pad_id, device)
+            for _ in range(train.grad_accum_steps)
         ]
         for _ in range(train.local_steps)
     ]
@@ -47,16 +52,19 @@ def bare_peft_model(cfg: RunConfig, client: ClientSpec) -> nn.Module:
     """A fresh copy of the base model with one plain PEFT LoRA adapter of ``client``'s shape."""
     from peft import LoraConfig, get_peft_model
 
-    from fedlora.models import resolve_model
+    from fedlora.models.placement import load_base, placement
 
-    model, _ = resolve_model(cfg.model.name, seed=cfg.seed)
+    place = placement(cfg.model, cfg.train.device)
+    model, _ = load_base(
+        cfg.model, place, seed=cfg.seed, gradient_checkpointing=cfg.train.gradient_checkpointing
+    )
     # PEFT annotates lora_alpha as int but uses it as a number; fedlora's slots pass the
     # same float, so the scaling is identical.
     lora = LoraConfig(
         r=client.rank,
         lora_alpha=client.alpha,  # type: ignore[arg-type]
-        lora_dropout=0.0,
-        target_modules=list(cfg.lora.target_modules),
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.peft_targets,
         bias="none",
         task_type="CAUSAL_LM",
     )

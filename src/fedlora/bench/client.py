@@ -2,9 +2,9 @@
 
 What is measured, in one process (so machine noise hits both sides alike):
 
-1. **Bare loop**: a PEFT LoRA model built straight from the same base model (same rank,
-   alpha and target modules, LoRA dropout 0), AdamW over the same LoRA factors the method
-   trains, gradient clipping and accumulation as configured, on exactly the token tensors
+1. **Bare loop**: a PEFT LoRA model built straight from the same base model (same device,
+   dtype, rank, alpha, target modules, LoRA dropout, gradient checkpointing), AdamW over
+   the same LoRA factors the method trains, gradient clipping and accumulation as configured, on exactly the token tensors
    fedlora's client will see in that round (same sampler seed, same collation, computed
    before the clock starts). The timed region holds only PyTorch/PEFT calls.
 2. **fedlora's client round** for each method, played by the round driver itself
@@ -73,6 +73,7 @@ from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.methods.base import Method
 from fedlora.methods.registry import build
+from fedlora.models.placement import device_of, resolve_device
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime.assemble import Federation, assemble
 from fedlora.runtime.driver import run_round
@@ -222,6 +223,7 @@ def time_methods(
             cfg.train,
             client_seed(fed.setup.seed, Stream.TRAIN, t, client.cid),
             fed.pad_id,
+            device_of(bare),
         )
         params = bare_params(bare, run.trainable)
         if bare_first:
@@ -307,10 +309,15 @@ def _run_bench(
         "rank": cfg.lora.rank,
         "alpha": cfg.lora.alpha,
         "target_modules": list(cfg.lora.target_modules),
+        "lora_dropout": cfg.lora.dropout,
+        "model_dtype": cfg.model.dtype,
+        "quantize": cfg.model.quantize,
+        "device": str(resolve_device(t.device)),
+        "gradient_checkpointing": t.gradient_checkpointing,
         "batch_size": t.batch_size,
         "seq_len": t.seq_len,
         "local_steps": t.local_steps,
-        "grad_accum": t.grad_accum,
+        "grad_accum_steps": t.grad_accum_steps,
         "wire_value_dtype": cfg.wire.value_dtype,
         "repeats": config.repeats,
         "overrides": list(config.overrides),

@@ -132,7 +132,7 @@ def header_lines(report: ClientBenchReport) -> list[str]:
         f"fedlora bench client: {report.model}, client 0 of {s['clients']}, rank {s['rank']} "
         f"(alpha {s['alpha']:g}) on {','.join(s['target_modules'])}",
         f"  batch {s['batch_size']} x seq_len {s['seq_len']}, {s['local_steps']} local steps, "
-        f"grad_accum {s['grad_accum']}, wire {s['wire_value_dtype']}; torch threads "
+        f"grad_accum_steps {s['grad_accum_steps']}, wire {s['wire_value_dtype']}; torch threads "
         f"{report.threads} of {os.cpu_count()} cores ({report.threads_why})",
         f"  load average before {_load(report.load_before)}, after {_load(report.load_after)} "
         "(1/5/15 min; a shared machine makes every figure noisy)",

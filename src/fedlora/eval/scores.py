@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedlora.models.placement import device_of
 from fedlora.train.batches import IGNORE, Encoded, collate, encode_example
+from fedlora.train.progress import progress
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,13 @@ def completion_loss(
         raise ValueError("no examples to evaluate")
     model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        sums, counts = _token_logprob_sums(model, collate(examples[i : i + batch_size], pad_id))
-        total -= float(sums.sum())
-        count += int(counts.sum())
+    with progress(len(examples), "eval loss") as bar:
+        for i in range(0, len(examples), batch_size):
+            batch = collate(examples[i : i + batch_size], pad_id, device_of(model))
+            sums, counts = _token_logprob_sums(model, batch)
+            total -= float(sums.sum())
+            count += int(counts.sum())
+            bar.advance(len(batch["input_ids"]))
     return total / max(count, 1)
 
 
@@ -79,9 +84,12 @@ def choice_accuracy(
                 labels[scored[-1]] = IGNORE
             rows.append(Encoded(enc.input_ids, labels))
     scores: list[float] = []
-    for i in range(0, len(rows), batch_size):
-        sums, _ = _token_logprob_sums(model, collate(rows[i : i + batch_size], pad_id))
-        scores.extend(float(s) for s in sums)
+    device = device_of(model)
+    with progress(len(rows), "eval choices") as bar:
+        for i in range(0, len(rows), batch_size):
+            sums, _ = _token_logprob_sums(model, collate(rows[i : i + batch_size], pad_id, device))
+            scores.extend(float(s) for s in sums)
+            bar.advance(len(sums))
     right, k = 0, 0
     for q in questions:
         best = max(range(len(q.choices)), key=lambda j: scores[k + j])

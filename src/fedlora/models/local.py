@@ -88,18 +88,25 @@ def validate_model_folder(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_model_folder(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model_folder(
+    path: Path, *, dtype: torch.dtype = torch.float32, extra: dict[str, Any] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the model and tokenizer of a validated local folder, offline.
 
     Parameters
     ----------
     path
         A causal-LM folder (see :func:`validate_model_folder`).
+    dtype
+        Precision of the loaded weights (read straight into it: no float32 copy first).
+    extra
+        More ``from_pretrained`` keywords (``quantization_config``, ``device_map``).
 
     Returns
     -------
     tuple[PreTrainedModel, PreTrainedTokenizerBase]
-        The model in float32, eval mode, on CPU, and its tokenizer. If the tokenizer has no
+        The model in ``dtype``, eval mode, on CPU (unless ``extra`` places it), and its
+        tokenizer. If the tokenizer has no
         padding token its EOS token is used for padding.
 
     Raises
@@ -116,7 +123,7 @@ def load_model_folder(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerB
         raise ConfigError(f"model folder {path}: cannot load its tokenizer: {error}") from error
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, use_safetensors=True, dtype=torch.float32
+            path, local_files_only=True, use_safetensors=True, dtype=dtype, **(extra or {})
         )
     except (OSError, ValueError, TypeError, RuntimeError) as error:
         raise ConfigError(f"model folder {path}: cannot load the model: {error}") from error

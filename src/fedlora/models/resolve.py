@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from fedlora.data.cache import cache_root
 from fedlora.errors import ConfigError
 from fedlora.models.local import load_model_folder
@@ -24,16 +26,18 @@ if TYPE_CHECKING:
 BUILTIN_MODELS: tuple[str, ...] = (SMOLLM2_NAME, "tiny-llama", "tiny-qwen2")
 
 
-def _builtin_loaders() -> dict[str, Callable[[int], ModelAndTokenizer]]:
+def _builtin_loaders() -> dict[str, Callable[[int, torch.dtype], ModelAndTokenizer]]:
     # Built per call (it is tiny) so the module holds no state.
     return {
-        SMOLLM2_NAME: lambda seed: load_model_folder(provision_smollm2()),
-        "tiny-llama": lambda seed: build_tiny_model("llama", seed=seed),
-        "tiny-qwen2": lambda seed: build_tiny_model("qwen2", seed=seed),
+        SMOLLM2_NAME: lambda seed, dtype: load_model_folder(provision_smollm2(), dtype=dtype),
+        "tiny-llama": lambda seed, dtype: build_tiny_model("llama", seed=seed, dtype=dtype),
+        "tiny-qwen2": lambda seed, dtype: build_tiny_model("qwen2", seed=seed, dtype=dtype),
     }
 
 
-def resolve_model(name_or_path: str | os.PathLike[str], *, seed: int = 0) -> ModelAndTokenizer:
+def resolve_model(
+    name_or_path: str | os.PathLike[str], *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> ModelAndTokenizer:
     """Return the model and tokenizer named by ``name_or_path``, without any network access.
 
     Parameters
@@ -45,11 +49,13 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, seed: int = 0) -> Mod
         name in the working directory; write ``./tiny-llama`` to mean the folder.
     seed
         Weight-initialisation seed of the ``tiny-*`` models; ignored by pretrained models.
+    dtype
+        Precision of the model's weights.
 
     Returns
     -------
     tuple[PreTrainedModel, PreTrainedTokenizerBase]
-        The model in float32, eval mode, on CPU, and its tokenizer (with a chat template for
+        The model in ``dtype``, eval mode, on CPU, and its tokenizer (with a chat template for
         every built-in model).
 
     Raises
@@ -62,14 +68,14 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, seed: int = 0) -> Mod
     name = os.fspath(name_or_path)
     loader = _builtin_loaders().get(name)
     if loader is not None:
-        return loader(seed)
+        return loader(seed, dtype)
     path = Path(name).expanduser()
     if not path.exists():
         raise ConfigError(
             f"model folder {path} does not exist and {name!r} is not a built-in model "
             f"({', '.join(BUILTIN_MODELS)}); fedlora loads local folders only, never a model hub"
         )
-    return load_model_folder(path)
+    return load_model_folder(path, dtype=dtype)
 
 
 def model_folder(name_or_path: str | os.PathLike[str], *, seed: int = 0) -> Path:
@@ -95,7 +101,7 @@ def _saved_tiny(name: str, seed: int) -> Path:
     folder = cache_root() / "models" / f"{name}-seed{seed}"
     if (folder / "config.json").is_file():
         return folder.resolve()
-    model, tokenizer = _builtin_loaders()[name](seed)
+    model, tokenizer = _builtin_loaders()[name](seed, torch.float32)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     model.save_pretrained(tmp, safe_serialization=True)

@@ -61,7 +61,7 @@ def tiny_config(arch: TinyArch) -> PretrainedConfig:
 
 
 def build_tiny_model(
-    arch: TinyArch, *, seed: int = 0
+    arch: TinyArch, *, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Build a tiny causal LM and its byte-level tokenizer, deterministically.
 
@@ -71,11 +71,14 @@ def build_tiny_model(
         ``"llama"`` or ``"qwen2"``.
     seed
         Seed of the weight initialisation; the same seed gives bit-identical weights.
+    dtype
+        Precision of the returned weights (drawn in float32, then cast, so every dtype
+        rounds the same weights).
 
     Returns
     -------
     tuple[PreTrainedModel, PreTrainedTokenizerBase]
-        The model (float32, eval mode, CPU) and the tokenizer from
+        The model (``dtype``, eval mode, CPU) and the tokenizer from
         :func:`~fedlora.models.tokenizer.build_byte_tokenizer`.
     """
     from transformers import AutoModelForCausalLM
@@ -86,5 +89,6 @@ def build_tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.to(dtype)
     model.eval()
     return model, build_byte_tokenizer()

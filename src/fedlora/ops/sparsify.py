@@ -19,6 +19,7 @@ Pure tensor maths; the caller decides which factors it sends.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -117,8 +118,7 @@ def ratio_summary(ratios: list[float]) -> dict[str, float]:
     """``{"mean", "min", "max"}`` of per-matrix ratios (for run metrics)."""
     if not ratios:
         return {}
-    return {
-        "mean": sum(ratios) / len(ratios),
-        "min": min(ratios),
-        "max": max(ratios),
-    }
+    low, high = min(ratios), max(ratios)
+    # math.fsum, and the clamp: a plain sum of equal ratios can round past them.
+    mean = min(max(math.fsum(ratios) / len(ratios), low), high)
+    return {"mean": mean, "min": low, "max": high}

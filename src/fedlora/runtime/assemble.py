@@ -16,7 +16,8 @@ from fedlora.eval.scores import ChoiceQuestion
 from fedlora.methods.base import ClientSpec, Factored, Method, Setup
 from fedlora.methods.registry import build
 from fedlora.methods.uplink import with_uplink
-from fedlora.models import model_folder, resolve_model
+from fedlora.models import model_folder
+from fedlora.models.placement import load_base, placement
 from fedlora.runtime.client_data import Heldout, client_split, server_heldout
 from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
 from fedlora.train.batches import Encoded, encode_example, pad_id_of
@@ -88,6 +89,25 @@ def client_specs(cfg: RunConfig) -> tuple[ClientSpec, ...]:
     )
 
 
+def adapted_model(cfg: RunConfig, clients: tuple[ClientSpec, ...]) -> tuple[PeftModel, Any]:
+    """The base model where and in what precision ``cfg`` asks, with one LoRA slot per client
+    shape, and its tokenizer."""
+    place = placement(cfg.model, cfg.train.device)
+    model, tokenizer = load_base(
+        cfg.model, place, seed=cfg.seed, gradient_checkpointing=cfg.train.gradient_checkpointing
+    )
+    targets = cfg.lora.peft_targets
+    try:
+        peft_model = attach_slots(
+            model, [(c.rank, c.alpha) for c in clients], targets, cfg.lora.dropout
+        )
+    except ValueError as exc:
+        raise ConfigError(f"lora.target_modules {targets!r}: {exc}") from None
+    if not layer_specs(peft_model):
+        raise ConfigError(f"lora.target_modules {targets!r} match no layer")
+    return peft_model, tokenizer
+
+
 def assemble(
     cfg: RunConfig,
     report: Callable[[str, dict[str, Any]], None],
@@ -102,17 +122,9 @@ def assemble(
     """
     torch.manual_seed(cfg.seed)
     report("status", {"text": f"loading model {cfg.model.name}"})
-    model, tokenizer = resolve_model(cfg.model.name, seed=cfg.seed)
     clients = client_specs(cfg)
-    try:
-        peft_model = attach_slots(
-            model, [(c.rank, c.alpha) for c in clients], cfg.lora.target_modules
-        )
-    except ValueError as exc:
-        raise ConfigError(f"lora.target_modules {list(cfg.lora.target_modules)}: {exc}") from None
+    peft_model, tokenizer = adapted_model(cfg, clients)
     layers = layer_specs(peft_model)
-    if not layers:
-        raise ConfigError(f"lora.target_modules {list(cfg.lora.target_modules)} match no layer")
     setup = Setup(layers=layers, clients=clients, seed=cfg.seed, weighting=cfg.federation.weighting)
     method = build_method(cfg)
     method.validate(setup)

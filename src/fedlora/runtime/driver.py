@@ -185,6 +185,7 @@ def run_round(
             failures[cid] = (out.error if out is not None else None) or "no reply"
         else:
             uploads[cid] = (out.upload.data, out.n_samples)
+    report("server_start", {"round": t, "uploads": len(uploads)})
     server = server_step(
         method=method,
         state=rs.state,
@@ -332,7 +333,6 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
         out / "adapter",
         compact(global_update(fed, rs)),
         base_model=fed.base_model_ref,
-        target_modules=list(cfg.lora.target_modules),
     )
     report("done", {"out": str(out)})
     return out

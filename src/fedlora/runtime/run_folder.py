@@ -20,6 +20,7 @@ from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import CheckpointError, ConfigError
 from fedlora.methods.base import Factored, ServerState, Tensor
+from fedlora.models.placement import placement
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
 from fedlora.train.adapters import add_into_base
@@ -47,7 +48,11 @@ def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
-    """Create (or check, on resume) the run folder; refuse a folder of a different run."""
+    """Create (or check, on resume) the run folder; refuse a folder of a different run.
+
+    A run this machine cannot place (no CUDA for ``train.device``/``model.quantize``) stops
+    here, before anything is written."""
+    placement(cfg.model, cfg.train.device)
     out = Path(cfg.out_dir)
     cfg_path = out / "config.json"
     if cfg_path.exists():

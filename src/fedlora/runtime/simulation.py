@@ -31,9 +31,12 @@ class InProcess:
 
     name = "in-process"
 
-    def __init__(self, fed: Federation, timer: Timer = untimed) -> None:
+    def __init__(
+        self, fed: Federation, timer: Timer = untimed, report: Reporter | None = None
+    ) -> None:
         self.fed = fed
         self.timer = timer
+        self.report = report or (lambda kind, info: None)
         self.last: dict[int, Reply] = {}
         """The replies of the last exchange (what a benchmark reads back)."""
 
@@ -63,6 +66,17 @@ class InProcess:
                 outcome = ClientOutcome(
                     cid=d.cid, view={}, error=f"client failed: {type(exc).__name__}: {exc}"
                 )
+            if d.train:
+                self.report(
+                    "client_trained",
+                    {
+                        "round": t,
+                        "cid": d.cid,
+                        "loss": outcome.train_loss,
+                        "seconds": outcome.train_seconds,
+                        "error": outcome.error,
+                    },
+                )
             received = outcome.upload.nbytes if outcome.upload is not None else 0
             replies[d.cid] = Reply(outcome, sent_bytes=d.broadcast.nbytes, received_bytes=received)
         self.last = replies
@@ -85,4 +99,4 @@ def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None)
     report = report or (lambda kind, info: None)
     out = prepare_run_dir(cfg, resume)
     fed = assemble(cfg, report)
-    return drive(fed, InProcess(fed), out, resume, report)
+    return drive(fed, InProcess(fed, report=report), out, resume, report)

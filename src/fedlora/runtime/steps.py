@@ -22,9 +22,10 @@ from fedlora.config import RunConfig
 from fedlora.errors import PayloadError
 from fedlora.methods.base import ClientSpec, Method, Payload, ServerState, Setup, Tensor, Upload
 from fedlora.methods.common import dense
+from fedlora.models.placement import device_of
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.ops.sparse import Sparse
-from fedlora.train.adapters import slot_name
+from fedlora.train.adapters import on_device, slot_name
 from fedlora.train.batches import Encoded
 from fedlora.train.local import train_local
 from fedlora.train.timing import Timer, untimed
@@ -119,6 +120,8 @@ def client_step(
     # The broadcast is applied (the view above) even if training fails below, so a client
     # that crashes in one round is still in sync for the next.
     try:
+        # The regulariser compares the trained factors with the start, on the model's device.
+        here = on_device(start, device_of(model))
         result = train_local(
             model,
             slot_name(client.rank, client.alpha),
@@ -127,7 +130,7 @@ def client_step(
             cfg.train,
             client_seed(setup.seed, Stream.TRAIN, round_, client.cid),
             pad_id,
-            regulariser=lambda current: method.regulariser(current, start),
+            regulariser=lambda current: method.regulariser(current, here),
             timeout_s=cfg.federation.client_timeout_s,
             timer=timer,
             round_=round_,

@@ -10,15 +10,16 @@ writes into ``adapter_model.safetensors`` after its ``base_model.model.`` prefix
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from fedlora.methods.base import Factored, LayerSpec, Lora, LoraPair
+from fedlora.methods.base import ClientStart, Factored, LayerSpec, Lora, LoraPair
 
 _PREFIX = "base_model.model."
 
@@ -29,9 +30,15 @@ def slot_name(rank: int, alpha: float) -> str:
 
 
 def attach_slots(
-    model: nn.Module, shapes: Sequence[tuple[int, float]], target_modules: Sequence[str]
+    model: nn.Module,
+    shapes: Sequence[tuple[int, float]],
+    target_modules: str | Sequence[str],
+    dropout: float = 0.0,
 ) -> PeftModel:
-    """Wrap ``model`` with one LoRA slot per distinct (rank, alpha) in ``shapes``."""
+    """Wrap ``model`` with one LoRA slot per distinct (rank, alpha) in ``shapes``.
+
+    ``target_modules`` is PEFT's: module suffixes, or ``"all-linear"`` (every linear layer
+    but the output head). Over a low-precision base PEFT keeps the factors in float32."""
     distinct = sorted(set(shapes))
     if not distinct:
         raise ValueError("at least one adapter shape is needed")
@@ -42,8 +49,10 @@ def attach_slots(
             # peft annotates lora_alpha as int but only ever divides it by r (or √r);
             # a float alpha is what the methods' scaling needs.
             lora_alpha=alpha,  # type: ignore[arg-type]
-            lora_dropout=0.0,
-            target_modules=list(target_modules),
+            lora_dropout=dropout,
+            target_modules=target_modules
+            if isinstance(target_modules, str)
+            else list(target_modules),
             bias="none",
             task_type="CAUSAL_LM",
         )
@@ -105,12 +114,14 @@ def set_lora(model: nn.Module, slot: str, adapter: Mapping[str, LoraPair]) -> No
             _factor(layer, "B", slot).copy_(pair.B)
 
 
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float32, copy=True)
+
+
 def get_lora(model: nn.Module, slot: str) -> Lora:
-    """Detached float32 copies of ``slot``'s factors."""
+    """Detached float32 copies of ``slot``'s factors, on the CPU (where payloads live)."""
     return {
-        name: LoraPair(
-            _factor(layer, "A", slot).detach().clone(), _factor(layer, "B", slot).detach().clone()
-        )
+        name: LoraPair(_host_copy(_factor(layer, "A", slot)), _host_copy(_factor(layer, "B", slot)))
         for name, layer in lora_layers(model).items()
     }
 
@@ -121,6 +132,14 @@ def live_lora(model: nn.Module, slot: str) -> Lora:
         name: LoraPair(_factor(layer, "A", slot), _factor(layer, "B", slot))
         for name, layer in lora_layers(model).items()
     }
+
+
+def on_device(start: ClientStart, device: torch.device) -> ClientStart:
+    """``start`` with its adapter on ``device`` (itself when that is the CPU)."""
+    if device.type == "cpu":
+        return start
+    moved = {n: LoraPair(p.A.to(device), p.B.to(device)) for n, p in start.adapter.items()}
+    return dataclasses.replace(start, adapter=moved)
 
 
 def set_trainable(model: nn.Module, slot: str, factors: frozenset[str]) -> list[nn.Parameter]:
@@ -137,26 +156,96 @@ def set_trainable(model: nn.Module, slot: str, factors: frozenset[str]) -> list[
     return params
 
 
+# ---------------------------------------------------------------- merges into the base
+#
+# A float32 base takes a merge in place (W0 += L @ R). A low-precision or quantized base
+# never does: rounding W0 to bfloat16 every round would lose small merges and drift, and a
+# quantized weight cannot be re-quantized honestly. There the merged sum is kept beside the
+# layer as float32 factors (or, once that is no smaller, one dense float32 matrix), and a
+# forward hook adds ``x @ (L @ R)^T`` to the base layer's output.
+
+Merged = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
+_BESIDE = "_fedlora_merged"
+_HOOKED = "_fedlora_merged_hook"
+
+
+def merges_beside(layer: LoraLayer) -> bool:
+    """Whether merges into ``layer``'s base are kept beside it (not float32 in place)."""
+    return _base_weight(layer).dtype != torch.float32
+
+
+def accumulate(old: Merged | None, left: torch.Tensor, right: torch.Tensor) -> Merged:
+    """``old + left @ right`` in float32: factors side by side while they are smaller than
+    the dense matrix, the dense matrix after (both exact sums, no truncation)."""
+    left, right = left.to(torch.float32), right.to(torch.float32)
+    if isinstance(old, torch.Tensor):
+        return old.addmm(left.to(old.device), right.to(old.device))
+    if old is not None:
+        left = torch.cat([old[0], left.to(old[0].device)], dim=1)
+        right = torch.cat([old[1], right.to(old[1].device)], dim=0)
+    (m, k), n = left.shape, right.shape[1]
+    return left @ right if k * (m + n) >= m * n else (left, right)
+
+
+def _add_merged(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> Any:
+    merged = getattr(module, _BESIDE, None)
+    if merged is None:
+        return output
+    x = args[0].to(torch.float32)
+    extra = x @ merged.T if isinstance(merged, torch.Tensor) else (x @ merged[1].T) @ merged[0].T
+    return output + extra.to(output.dtype)
+
+
+def _set_beside(layer: LoraLayer, merged: Merged | None) -> None:
+    base = layer.get_base_layer()
+    if not getattr(base, _HOOKED, False):
+        base.register_forward_hook(_add_merged)
+        setattr(base, _HOOKED, True)
+    setattr(base, _BESIDE, merged)
+
+
+def merged_beside(layer: LoraLayer) -> Merged | None:
+    """What has been merged beside ``layer``'s base so far (None: nothing, or in place)."""
+    return cast("Merged | None", getattr(layer.get_base_layer(), _BESIDE, None))
+
+
 def add_into_base(model: nn.Module, deltas: Mapping[str, Factored]) -> None:
-    """``W0 += L @ R`` for each layer in ``deltas`` (a merge the method asked for)."""
+    """``W0 += L @ R`` for each layer in ``deltas`` (a merge the method asked for): in place
+    on a float32 base, beside it as float32 otherwise."""
     layers = lora_layers(model)
     with torch.no_grad():
         for name, (left, right) in deltas.items():
-            w = _base_weight(layers[name])
-            w.addmm_(left.to(w.dtype), right.to(w.dtype))
+            layer = layers[name]
+            w = _base_weight(layer)
+            if merges_beside(layer):
+                _set_beside(
+                    layer, accumulate(merged_beside(layer), left.to(w.device), right.to(w.device))
+                )
+            else:
+                w.addmm_(left.to(w.device, w.dtype), right.to(w.device, w.dtype))
 
 
 @contextlib.contextmanager
 def base_plus(model: PeftModel, deltas: Mapping[str, Factored]) -> Iterator[None]:
     """Temporarily evaluate ``W0 + L @ R`` with every adapter disabled; the exact original
-    weights are restored afterwards (copies, not a subtraction, so no float drift)."""
+    weights (or what was merged beside them) are restored afterwards (copies, not a
+    subtraction, so no float drift)."""
     layers = lora_layers(model)
-    saved = {n: _base_weight(layers[n]).detach().clone() for n in deltas}
+    saved = {
+        n: merged_beside(layers[n])
+        if merges_beside(layers[n])
+        else _base_weight(layers[n]).detach().clone()
+        for n in deltas
+    }
     try:
         add_into_base(model, deltas)
         with model.disable_adapter():
             yield
     finally:
         with torch.no_grad():
-            for name, w in saved.items():
-                _base_weight(layers[name]).copy_(w)
+            for name, old in saved.items():
+                if merges_beside(layers[name]):
+                    _set_beside(layers[name], old)
+                else:
+                    assert isinstance(old, torch.Tensor)
+                    _base_weight(layers[name]).copy_(old)

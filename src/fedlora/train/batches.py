@@ -45,8 +45,10 @@ def encode_example(tokenizer: object, prompt: str, completion: str, seq_len: int
     return Encoded(ids, labels)
 
 
-def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its longest member."""
+def collate(
+    batch: Sequence[Encoded], pad_id: int, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its longest member (built on the CPU, then moved to ``device``)."""
     width = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -56,7 +58,10 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if device is not None and device.type != "cpu":
+        out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+    return out
 
 
 def pad_id_of(tokenizer: object) -> int:

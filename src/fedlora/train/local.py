@@ -2,14 +2,15 @@
 accumulation, completion-only loss, an optional extra loss term from the method.
 
 Read it top to bottom: copy the start adapter into the slot, mark what trains, loop
-``local_steps`` optimiser steps of ``grad_accum`` micro-batches each, copy the result out.
+``local_steps`` optimiser steps of ``grad_accum_steps`` micro-batches each, copy the result out.
 A fresh optimiser each round is the federated convention (no optimiser state is shared).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +18,11 @@ from torch import nn
 
 from fedlora.config import TrainConfig
 from fedlora.methods.base import ClientStart, Lora, Tensor
+from fedlora.models.placement import device_of
 from fedlora.ops.schedule import step_lr
 from fedlora.train.adapters import get_lora, live_lora, set_lora, set_trainable
 from fedlora.train.batches import Encoded, collate
+from fedlora.train.progress import progress
 from fedlora.train.timing import Timer, untimed
 
 
@@ -33,6 +36,16 @@ class LocalResult:
     seconds: float
     lrs: tuple[float, ...] = ()
     """The learning rate of each optimiser step (``train.lr_schedule``)."""
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators (CPU, and ``device`` when it is CUDA) for the block,
+    then restore what they were."""
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 class BatchSampler:
@@ -75,6 +88,7 @@ def train_local(
     places this run in the federation for a round-aware ``train.lr_schedule``.
     """
     began = time.perf_counter()
+    device = device_of(model)
     with timer("swap_in"):
         set_lora(model, slot, start.adapter)
         model.set_adapter(slot)  # type: ignore[operator]
@@ -88,36 +102,41 @@ def train_local(
     losses: list[float] = []
     lrs: list[float] = []
     tokens = 0
-    for step in range(cfg.local_steps):
-        lr = step_lr(
-            cfg.lr_schedule,
-            cfg.lr,
-            cfg.min_lr,
-            cfg.warmup_steps,
-            round_,
-            rounds,
-            step,
-            cfg.local_steps,
-        )
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        lrs.append(lr)
-        optimiser.zero_grad(set_to_none=True)
-        for _ in range(cfg.grad_accum):
-            with timer("collate"):
-                batch = collate([examples[i] for i in sampler.take(cfg.batch_size)], pad_id)
-            loss = model(**batch).loss
-            losses.append(float(loss.detach()))
-            tokens += int(batch["attention_mask"].sum())
-            extra = regulariser(live) if regulariser is not None and live is not None else None
-            total = loss if extra is None else loss + extra
-            (total / cfg.grad_accum).backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimiser.step()
-        if timeout_s > 0 and time.perf_counter() - began > timeout_s:
-            model.eval()
-            raise TimeoutError(f"local training exceeded {timeout_s:g} s")
+    # LoRA dropout draws from torch's global generator: seed it from this client's round (and
+    # restore it after) so reruns, resumes and either runtime draw the same masks.
+    with seeded_global_rng(seed, device), progress(cfg.local_steps, "local steps") as bar:
+        for step in range(cfg.local_steps):
+            lr = step_lr(
+                cfg.lr_schedule,
+                cfg.lr,
+                cfg.min_lr,
+                cfg.warmup_steps,
+                round_,
+                rounds,
+                step,
+                cfg.local_steps,
+            )
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            lrs.append(lr)
+            optimiser.zero_grad(set_to_none=True)
+            for _ in range(cfg.grad_accum_steps):
+                with timer("collate"):
+                    picked = [examples[i] for i in sampler.take(cfg.batch_size)]
+                    batch = collate(picked, pad_id, device)
+                loss = model(**batch).loss
+                losses.append(float(loss.detach()))
+                tokens += int(batch["attention_mask"].sum())
+                extra = regulariser(live) if regulariser is not None and live is not None else None
+                total = loss if extra is None else loss + extra
+                (total / cfg.grad_accum_steps).backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimiser.step()
+            bar.advance(loss=losses[-1])
+            if timeout_s > 0 and time.perf_counter() - began > timeout_s:
+                model.eval()
+                raise TimeoutError(f"local training exceeded {timeout_s:g} s")
     model.eval()
     for p in params:
         p.requires_grad_(False)

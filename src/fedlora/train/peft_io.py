@@ -54,12 +54,13 @@ def write_adapter(
     deltas: Mapping[str, Factored],
     *,
     base_model: str | None,
-    target_modules: list[str] | tuple[str, ...],
+    target_modules: list[str] | tuple[str, ...] | None = None,
 ) -> Path:
     """Write ``deltas`` (scaled ``L @ R`` per layer) as a PEFT LoRA folder, atomically.
 
     Each layer gets rank ``q`` = its factor width and ``alpha = q`` (scaling 1), so
-    ``B = L`` and ``A = R`` exactly.
+    ``B = L`` and ``A = R`` exactly. ``target_modules`` defaults to the module names the
+    layers end with (what ``"all-linear"`` resolved to).
     """
     folder = Path(folder)
     ranks = {name: int(left.shape[1]) for name, (left, _) in deltas.items()}
@@ -78,7 +79,9 @@ def write_adapter(
         "lora_alpha": top,
         "rank_pattern": {n: r for n, r in ranks.items() if r != top},
         "alpha_pattern": {n: r for n, r in ranks.items() if r != top},
-        "target_modules": sorted(set(target_modules)),
+        "target_modules": sorted(
+            set(target_modules or {name.rsplit(".", 1)[-1] for name in deltas})
+        ),
         "lora_dropout": 0.0,
         "bias": "none",
         "fan_in_fan_out": False,

@@ -25,8 +25,7 @@ from fedlora.data.types import Example
 from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.common import dense
-from fedlora.models import resolve_model
-from fedlora.runtime.assemble import build_method, client_specs, encode_heldout
+from fedlora.runtime.assemble import adapted_model, build_method, client_specs, encode_heldout
 from fedlora.runtime.client_data import client_split, clients_own_heldout, own_data
 from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.flower.protocol import (
@@ -38,7 +37,7 @@ from fedlora.runtime.flower.protocol import (
     unpack_memory,
 )
 from fedlora.runtime.steps import client_step, receive_broadcast
-from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
+from fedlora.train.adapters import add_into_base, layer_specs
 from fedlora.train.batches import Encoded, encode_example, pad_id_of
 from fedlora.wire import decode
 
@@ -82,9 +81,8 @@ def build_client(
     ``with_data`` (a round where the client only applies the broadcast) no data is read.
     """
     torch.manual_seed(cfg.seed)
-    model, tokenizer = resolve_model(cfg.model.name, seed=cfg.seed)
     clients = client_specs(cfg)
-    peft_model = attach_slots(model, [(c.rank, c.alpha) for c in clients], cfg.lora.target_modules)
+    peft_model, tokenizer = adapted_model(cfg, clients)
     setup = Setup(
         layers=layer_specs(peft_model),
         clients=clients,
