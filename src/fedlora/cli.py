@@ -64,8 +64,10 @@ class RoundTable:
             self._client(info)
         elif kind == "server_start" and self.bar is not None:
             self.bar.set_description(f"round {info['round']} server")
-        elif kind == "eval_start" and self.bar is not None:
+        elif kind == "eval_start" and self.bar is not None and not self.bar.disable:
             self.bar.set_description(f"round {info['round']} eval")
+        elif kind == "eval_start":
+            self._line(f"  round {info['round']}: evaluating the global model")
         elif kind == "round_done":
             self._round(info["record"])
         elif kind == "done":

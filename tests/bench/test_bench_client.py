@@ -75,7 +75,15 @@ def test_bare_loop_sees_fedlora_tokens_and_figures_agree(
         assert result.round_ratio <= result.train_ratio
     fedsrd = tiny_report.methods[1]
     assert fedsrd.overhead_seconds["upload"] > 0  # sparsification is timed, not lost
-    assert len(tiny_report.checks) == 4
+    # TRL's SFTTrainer ran on the same round (it trains the same token sequences, in its own
+    # order and padding: a similar count, not the same), and its ratio is a measured one.
+    assert tiny_report.settings["trl"] == "measured"
+    for result in tiny_report.methods:
+        for s in result.samples:
+            assert s["trl_seconds"] > 0
+            assert 0.5 * s["tokens"] < s["trl_tokens"] < 2 * s["tokens"]
+        assert result.trl_ratio is not None and result.trl_ratio > 0
+    assert len(tiny_report.checks) == 6
 
 
 def test_table_and_json_show_every_method(tiny_report: bench.ClientBenchReport) -> None:
@@ -84,8 +92,9 @@ def test_table_and_json_show_every_method(tiny_report: bench.ClientBenchReport) 
     data = json.loads(json.dumps(client_report.report_json(tiny_report)))
     # Assert
     assert "load average" in table and "Targets" in table
-    for name in ("fedavg", "fedsrd"):
-        assert sum(line.startswith(name) for line in table.splitlines()) == 2
+    for name in ("fedavg", "fedsrd"):  # throughput, TRL and overhead tables
+        assert sum(line.startswith(name) for line in table.splitlines()) == 3
+    assert "Against TRL's SFTTrainer" in table
     assert [m["method"] for m in data["methods"]] == ["fedavg", "fedsrd"]
     assert data["threads"] == 1
 
@@ -263,18 +272,27 @@ def test_measure_rss_runs_each_child_and_collects_their_peaks(
     monkeypatch.setattr(rss, "_child", in_process)
     overrides = _tiny_set(tmp_path, clients=2)
     # Execute
-    result = rss.measure_rss("tiny-llama", (2,), overrides)
+    result = rss.measure_rss("tiny-llama", (2,), overrides, dtypes=("float32", "bfloat16"))
     # Assert
-    assert [r.clients for r in result.runs] == [None, 2]
-    assert calls[0] == ["load", "tiny-llama"]
+    assert [(r.dtype, r.clients) for r in result.runs] == [
+        ("float32", None),
+        ("float32", 2),
+        ("bfloat16", None),
+        ("bfloat16", 2),
+    ]
+    assert calls[0] == ["load", "tiny-llama", "float32"]
+    assert calls[2] == ["load", "tiny-llama", "bfloat16"]
+    assert calls[1][-3] == "model.dtype=float32" and calls[3][-3] == "model.dtype=bfloat16"
     assert calls[1][-2] == "data.clients=2" and calls[1][-1].startswith("out_dir=")
     assert result.param_bytes > 0
-    assert all(r.peak_rss_bytes > result.param_bytes for r in result.runs)
+    assert all(r.peak_rss_bytes > result.param_bytes / 2 for r in result.runs)
+    table = "\n".join(client_report.rss_lines(result))
+    assert "bfloat16 base over float32" in table
 
 
 def test_an_rss_child_is_a_real_process_that_reports_its_own_peak() -> None:
     # Prepare / Execute: a real fresh interpreter loading the tiny model
-    info, seconds = rss._child(["load", "tiny-llama"], timeout_s=600.0, threads=1)
+    info, seconds = rss._child(["load", "tiny-llama", "float32"], timeout_s=600.0, threads=1)
     # Assert: its own high-water mark, which must hold at least the interpreter and the
     # model's weights, and is not this (test) process's
     own = rss._vmhwm_bytes()

@@ -45,7 +45,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import torch
 
@@ -69,6 +69,7 @@ from fedlora.bench.client_report import (
 )
 from fedlora.bench.measure import Stopwatch, choose_threads, load_average
 from fedlora.bench.rss import measure_rss
+from fedlora.bench.trl_loop import trl_available, trl_round
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.methods.base import Method
@@ -182,7 +183,9 @@ class ClientBenchConfig:
     threads: int | None = None
     rss: bool = False
     rss_clients: tuple[int, ...] = (4, 16)
+    rss_dtypes: tuple[str, ...] = ("float32", "bfloat16")
     skip_timing: bool = False
+    trl: bool = True
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -203,8 +206,10 @@ def time_methods(
     methods: Sequence[str],
     repeats: int,
     progress: Callable[[str], None] = lambda text: None,
+    with_trl: bool = False,
 ) -> list[MethodResult]:
-    """Interleaved bare-vs-fedlora repeats for every method on one shared federation."""
+    """Interleaved bare-vs-fedlora repeats for every method on one shared federation (and,
+    ``with_trl``, TRL's SFTTrainer after each pair)."""
     progress(f"assembling {cfg.model.name} federation (the timed client alone)")
     fed = assemble(alone(cfg), lambda kind, info: None)
     client = fed.setup.clients[0]
@@ -215,6 +220,10 @@ def time_methods(
     progress("loading the bare PEFT model")
     bare = bare_peft_model(cfg, client)
     examples = fed.train_sets[client.cid]
+    trl = None
+    if with_trl:
+        progress("loading a third copy for TRL's SFTTrainer")
+        trl = bare_peft_model(cfg, client)
 
     def pair(run: MethodRun, bare_first: bool) -> Sample:
         t = run.rs.round + 1
@@ -225,15 +234,27 @@ def time_methods(
             fed.pad_id,
             device_of(bare),
         )
+        device = device_of(bare)
         params = bare_params(bare, run.trainable)
         if bare_first:
-            bare_seconds = bare_train(bare, params, batches, cfg.train)
-            sample = fedlora_round(run)
+            bare_seconds, bare_peak = gpu_peak(
+                device, lambda: bare_train(bare, params, batches, cfg.train)
+            )
+            sample, own_peak = gpu_peak(device, lambda: fedlora_round(run))
         else:
-            sample = fedlora_round(run)
+            sample, own_peak = gpu_peak(device, lambda: fedlora_round(run))
             params = bare_params(bare, run.trainable)
-            bare_seconds = bare_train(bare, params, batches, cfg.train)
+            bare_seconds, bare_peak = gpu_peak(
+                device, lambda: bare_train(bare, params, batches, cfg.train)
+            )
         sample.bare_seconds, sample.bare_tokens = bare_seconds, batch_tokens(batches)
+        if device.type == "cuda":
+            sample.peak_gpu_bytes = {"bare": bare_peak, "fedlora": own_peak}
+        if trl is not None:
+            got = trl_round(cfg, trl, fed.tokenizer, examples, seed=t)
+            sample.trl_seconds, sample.trl_tokens = got.seconds, got.tokens
+            if got.peak_gpu_bytes is not None:
+                sample.peak_gpu_bytes["trl"] = got.peak_gpu_bytes
         if sample.bare_tokens != sample.tokens:
             raise FedloraError(
                 f"{run.fed.method.name} round {t}: the bare loop saw "
@@ -252,10 +273,32 @@ def time_methods(
     return [summarise(name, samples[name]) for name in runs]
 
 
+T = TypeVar("T")
+
+
+def gpu_peak(device: torch.device, work: Callable[[], T]) -> tuple[T, int]:
+    """``work()`` and, on CUDA, the peak GPU memory it allocated (0 elsewhere)."""
+    if device.type != "cuda":
+        return work(), 0
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = work()
+    torch.cuda.synchronize(device)
+    return out, int(torch.cuda.max_memory_allocated(device))
+
+
 def check_targets(results: Sequence[MethodResult], model: str) -> list[dict[str, Any]]:
     """The issue's targets, evaluated from the measured numbers only."""
     checks: list[dict[str, Any]] = []
     for r in results:
+        if r.trl_ratio is not None:
+            checks.append(
+                {
+                    "check": f"{r.method}: training tok/s >= TRL SFTTrainer's",
+                    "value": r.trl_ratio,
+                    "passed": r.trl_ratio >= 1.0,
+                }
+            )
         checks.append(
             {
                 "check": f"{r.method}: training throughput >= {RATIO_TARGET:g} x bare",
@@ -292,12 +335,20 @@ def _run_bench(
 ) -> ClientBenchReport:
     cfg = config.run_config()
     load_before = load_average()
+    with_trl = config.trl and trl_available()
     results = (
-        [] if config.skip_timing else time_methods(cfg, config.methods, config.repeats, progress)
+        []
+        if config.skip_timing
+        else time_methods(cfg, config.methods, config.repeats, progress, with_trl)
     )
     rss = (
         measure_rss(
-            cfg.model.name, config.rss_clients, config.overrides, threads=threads, progress=progress
+            cfg.model.name,
+            config.rss_clients,
+            config.overrides,
+            dtypes=config.rss_dtypes,
+            threads=threads,
+            progress=progress,
         )
         if config.rss
         else None
@@ -321,6 +372,13 @@ def _run_bench(
         "wire_value_dtype": cfg.wire.value_dtype,
         "repeats": config.repeats,
         "overrides": list(config.overrides),
+        "trl": (
+            "measured"
+            if with_trl
+            else "not installed (pip install 'fedlora[bench]')"
+            if config.trl
+            else "skipped (--no-trl)"
+        ),
     }
     return ClientBenchReport(
         model=cfg.model.name,
@@ -377,7 +435,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rss-clients", default="4,16", help="client counts of the RSS runs (default 4,16)"
     )
+    p.add_argument(
+        "--rss-dtypes",
+        default="float32,bfloat16",
+        help="base dtypes of the RSS runs (default float32,bfloat16)",
+    )
     p.add_argument("--rss-only", action="store_true", help="skip the timing part")
+    p.add_argument(
+        "--no-trl", action="store_true", help="do not time TRL's SFTTrainer beside fedlora"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--json-out", metavar="PATH", help="also write the JSON report to PATH")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -422,7 +488,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             threads=args.threads,
             rss=args.rss or args.rss_only,
             rss_clients=_ints(args.rss_clients, "--rss-clients"),
+            rss_dtypes=tuple(d.strip() for d in args.rss_dtypes.split(",") if d.strip()),
             skip_timing=args.rss_only,
+            trl=not args.no_trl,
         )
         report = run_bench(config, progress)
     except (FedloraError, ValueError) as exc:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedlora.bench.measure import MIB, mib, ms, table
-from fedlora.bench.rss import RssResult
+from fedlora.bench.rss import RssResult, RssRun
 
 OVERHEAD_PHASES = (
     "broadcast_encode",
@@ -41,6 +41,11 @@ class Sample:
     train_seconds: float
     overhead: dict[str, float]
     in_loop: dict[str, float]
+    trl_seconds: float | None = None
+    trl_tokens: int | None = None
+    """TRL's SFTTrainer on the same client round (None: not measured)."""
+    peak_gpu_bytes: dict[str, int] = field(default_factory=dict)
+    """On CUDA: peak allocated GPU memory of each side (bare, fedlora, trl)."""
 
     @property
     def overhead_seconds(self) -> float:
@@ -70,11 +75,17 @@ class MethodResult:
     overhead_seconds: dict[str, float]
     in_loop_seconds: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    trl_tokens_per_s: float | None = None
+    trl_ratio: float | None = None
+    """Median of per-repeat (fedlora training tok/s) / (TRL SFTTrainer tok/s)."""
+    peak_gpu_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def summarise(method: str, samples: Sequence[Sample]) -> MethodResult:
     """Medians of a method's samples; ratios are medians of the per-repeat paired ratios."""
     med = statistics.median
+    trl = [s for s in samples if s.trl_seconds and s.trl_tokens]
+    sides = sorted({k for s in samples for k in s.peak_gpu_bytes})
     return MethodResult(
         method=method,
         repeats=len(samples),
@@ -91,7 +102,15 @@ def summarise(method: str, samples: Sequence[Sample]) -> MethodResult:
         overhead_seconds={k: med(s.overhead[k] for s in samples) for k in OVERHEAD_PHASES},
         in_loop_seconds={k: med(s.in_loop[k] for s in samples) for k in IN_LOOP_PROBES},
         samples=[dataclasses.asdict(s) for s in samples],
+        trl_tokens_per_s=med(_trl_rate(s) for s in trl) if trl else None,
+        trl_ratio=med(s.tokens / s.train_seconds / _trl_rate(s) for s in trl) if trl else None,
+        peak_gpu_bytes={k: max(s.peak_gpu_bytes.get(k, 0) for s in samples) for k in sides},
     )
+
+
+def _trl_rate(s: Sample) -> float:
+    assert s.trl_seconds is not None and s.trl_tokens is not None
+    return s.trl_tokens / s.trl_seconds
 
 
 @dataclass(frozen=True)
@@ -156,12 +175,38 @@ def throughput_lines(report: ClientBenchReport) -> list[str]:
         for r in report.methods
     ]
     head = ["method", "tokens", "bare tok/s", "train tok/s", "ratio", "round tok/s"]
-    return [
+    out = [
         "",
         f"Throughput (median of {report.settings['repeats']} interleaved repeats; ratio = "
         "median of paired per-repeat ratios)",
         *table([*head, "round ratio", "non-train", "round s"], rows),
     ]
+    trl = [r for r in report.methods if r.trl_ratio is not None]
+    if trl:
+        out += [
+            "",
+            "Against TRL's SFTTrainer (same model, adapter, batch, sequence length; ratio = "
+            "fedlora training tok/s over TRL's, paired per repeat)",
+            *table(
+                ["method", "TRL tok/s", "fedlora train tok/s", "fedlora / TRL"],
+                [
+                    [
+                        r.method,
+                        f"{r.trl_tokens_per_s:.0f}",
+                        f"{r.train_tokens_per_s:.0f}",
+                        f"{r.trl_ratio:.3f}",
+                    ]
+                    for r in trl
+                ],
+            ),
+        ]
+    elif report.settings.get("trl") is not None:
+        out += ["", f"TRL's SFTTrainer: {report.settings['trl']}"]
+    gpu = [r for r in report.methods if r.peak_gpu_bytes]
+    for r in gpu:
+        shown = ", ".join(f"{k} {mib(v)} MiB" for k, v in r.peak_gpu_bytes.items())
+        out.append(f"  peak GPU memory ({r.method}): {shown}")
+    return out
 
 
 def overhead_lines(report: ClientBenchReport) -> list[str]:
@@ -186,34 +231,52 @@ def overhead_lines(report: ClientBenchReport) -> list[str]:
 
 
 def rss_lines(rss: RssResult) -> list[str]:
-    """Peak RSS per process, and what each extra client costs."""
-    base = rss.runs[0].peak_rss_bytes
-    rows = [
-        [
-            "model only" if r.clients is None else f"{r.clients} clients",
-            mib(r.peak_rss_bytes),
-            mib(r.peak_rss_bytes - base),
-            f"{(r.peak_rss_bytes - base) / rss.param_bytes:.2f}",
-            f"{r.seconds:.0f}",
-        ]
-        for r in rss.runs
-    ]
+    """Peak RSS per process, what each extra client costs, and each dtype against float32."""
     out = [
         "",
-        f"Peak RSS ({rss.model}, one process each; parameters {mib(rss.param_bytes)} MiB)",
-        *table(["run", "peak MiB", "over model-only MiB", "x params", "seconds"], rows),
+        f"Peak RSS ({rss.model}, one process each; float32 parameters {mib(rss.param_bytes)} MiB)",
     ]
-    feds = [r for r in rss.runs if r.clients is not None]
-    if len(feds) >= 2:
-        lo, hi = feds[0], feds[-1]
-        assert lo.clients is not None and hi.clients is not None
-        extra = hi.peak_rss_bytes - lo.peak_rss_bytes
-        per = extra / max(1, hi.clients - lo.clients)
-        out.append(
-            f"  {hi.clients} vs {lo.clients} clients: {extra / MIB:+.0f} MiB, "
-            f"{per / MIB:+.1f} MiB per extra client = "
-            f"{per / rss.param_bytes:.3f} model copies per client"
-        )
+    rows = []
+    by_dtype: dict[str, list[RssRun]] = {}
+    for r in rss.runs:
+        by_dtype.setdefault(r.dtype, []).append(r)
+    for dtype, runs in by_dtype.items():
+        base = runs[0].peak_rss_bytes
+        rows += [
+            [
+                dtype,
+                "model only" if r.clients is None else f"{r.clients} clients",
+                mib(r.peak_rss_bytes),
+                mib(r.peak_rss_bytes - base),
+                f"{(r.peak_rss_bytes - base) / rss.param_bytes:.2f}",
+                f"{r.seconds:.0f}",
+            ]
+            for r in runs
+        ]
+    out += table(["base", "run", "peak MiB", "over model-only MiB", "x fp32 params", "s"], rows)
+    for dtype, runs in by_dtype.items():
+        feds = [r for r in runs if r.clients is not None]
+        if len(feds) >= 2:
+            lo, hi = feds[0], feds[-1]
+            assert lo.clients is not None and hi.clients is not None
+            extra = hi.peak_rss_bytes - lo.peak_rss_bytes
+            per = extra / max(1, hi.clients - lo.clients)
+            out.append(
+                f"  {dtype}: {hi.clients} vs {lo.clients} clients: {extra / MIB:+.0f} MiB, "
+                f"{per / MIB:+.1f} MiB per extra client = "
+                f"{per / rss.param_bytes:.3f} fp32 model copies per client"
+            )
+    reference = {(r.clients): r.peak_rss_bytes for r in by_dtype.get("float32", [])}
+    for dtype, runs in by_dtype.items():
+        if dtype == "float32" or not reference:
+            continue
+        pairs = [
+            f"{'model only' if r.clients is None else f'{r.clients} clients'} "
+            f"{r.peak_rss_bytes / reference[r.clients]:.2f}x"
+            for r in runs
+            if r.clients in reference
+        ]
+        out.append(f"  peak RSS, {dtype} base over float32: " + ", ".join(pairs))
     return out
 
 

@@ -40,12 +40,15 @@ class RssRun:
     clients: int | None
     peak_rss_bytes: int
     seconds: float
+    dtype: str = "float32"
+    """The base model's ``model.dtype``."""
 
 
 @dataclass(frozen=True)
 class RssResult:
     model: str
     param_bytes: int
+    """Parameter bytes of the model in float32."""
     runs: list[RssRun]
 
 
@@ -68,7 +71,7 @@ def _vmhwm_bytes() -> int | None:
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """Body of an RSS child: ``REPORT load MODEL`` or ``REPORT run KEY=VALUE...``.
+    """Body of an RSS child: ``REPORT load MODEL DTYPE`` or ``REPORT run KEY=VALUE...``.
 
     Writes ``{"vmhwm_bytes": ..., "param_bytes": ...}`` to REPORT on the way out. The child
     reads its own ``VmHWM`` because the parent's view (``ru_maxrss`` from ``wait4``) also
@@ -80,10 +83,12 @@ def child_main(argv: Sequence[str]) -> int:
     try:
         if mode == "load":
             from fedlora.models import resolve_model
+            from fedlora.models.placement import DTYPES
 
-            model, _ = resolve_model(rest[0])
+            model, _ = resolve_model(rest[0], dtype=DTYPES[rest[1]])
             params = list(model.parameters())
             info["param_bytes"] = sum(p.numel() * p.element_size() for p in params)
+            info["param_count"] = sum(p.numel() for p in params)
             # Weights may be memory-mapped from safetensors: read every one so the baseline
             # holds the whole model resident, as any forward pass would.
             with torch.no_grad():
@@ -141,31 +146,37 @@ def measure_rss(
     model: str,
     clients: Sequence[int],
     overrides: Sequence[str] = (),
+    dtypes: Sequence[str] = ("float32",),
     timeout_s: float = 3600.0,
     threads: int = 1,
     progress: Callable[[str], None] = lambda text: None,
 ) -> RssResult:
-    """Peak RSS of a model-only child and of a short federation per client count.
+    """Peak RSS of a model-only child and of a short federation per client count, for each
+    base ``model.dtype`` in ``dtypes``.
 
     Each child is a fresh interpreter (:func:`child_main`: the model loader, or
     ``fedlora run``), one after the other, and reports its own ``VmHWM``. ``overrides`` (``key=value``) follow :data:`RSS_OVERRIDES`;
     the client count and the (temporary) run folder come last and always win.
     """
-    progress(f"RSS: loading {model} alone")
-    info, seconds = _child(["load", model], timeout_s, threads)
-    param_bytes = int(info["param_bytes"])
-    runs = [RssRun(clients=None, peak_rss_bytes=int(info["vmhwm_bytes"]), seconds=seconds)]
-    for k in clients:
-        progress(f"RSS: {model} federation with {k} clients")
-        with tempfile.TemporaryDirectory(prefix="fedlora-rss-run-") as tmp:
-            args = [
-                "run",
-                f"model.name={json.dumps(model)}",
-                *RSS_OVERRIDES,
-                *overrides,
-                f"data.clients={k}",
-                f"out_dir={json.dumps(str(Path(tmp) / 'run'))}",
-            ]
-            info, seconds = _child(args, timeout_s, threads)
-        runs.append(RssRun(clients=k, peak_rss_bytes=int(info["vmhwm_bytes"]), seconds=seconds))
+    runs: list[RssRun] = []
+    param_bytes = 0
+    for dtype in dtypes:
+        progress(f"RSS: loading {model} alone in {dtype}")
+        info, seconds = _child(["load", model, dtype], timeout_s, threads)
+        param_bytes = 4 * int(info["param_count"])  # in float32, whatever dtype loaded
+        runs.append(RssRun(None, int(info["vmhwm_bytes"]), seconds, dtype))
+        for k in clients:
+            progress(f"RSS: {model} federation with {k} clients, base in {dtype}")
+            with tempfile.TemporaryDirectory(prefix="fedlora-rss-run-") as tmp:
+                args = [
+                    "run",
+                    f"model.name={json.dumps(model)}",
+                    *RSS_OVERRIDES,
+                    *overrides,
+                    f"model.dtype={dtype}",
+                    f"data.clients={k}",
+                    f"out_dir={json.dumps(str(Path(tmp) / 'run'))}",
+                ]
+                info, seconds = _child(args, timeout_s, threads)
+            runs.append(RssRun(k, int(info["vmhwm_bytes"]), seconds, dtype))
     return RssResult(model=model, param_bytes=param_bytes, runs=runs)

@@ -47,6 +47,7 @@ from fedlora.runtime.steps import (
     send,
     server_step,
 )
+from fedlora.runtime.tensorboard import with_tensorboard
 from fedlora.train.peft_io import compact, write_adapter
 from fedlora.train.timing import Timer, untimed
 from fedlora.wire import decode
@@ -308,6 +309,8 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
     checkpoint, so a crash between the two only repeats the round.
     """
     cfg = fed.cfg
+    if cfg.log.tensorboard:
+        report = with_tensorboard(report, out / "tensorboard")
     metrics_path = out / "metrics.jsonl"
     rs = start_or_resume(
         fed, out, resume, report, lambda fresh: evaluation(fed, transport, fresh, {})

@@ -23,6 +23,7 @@ from fedlora.methods.base import Factored, ServerState, Tensor
 from fedlora.models.placement import placement
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
+from fedlora.runtime.tensorboard import check_available
 from fedlora.train.adapters import add_into_base
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
     A run this machine cannot place (no CUDA for ``train.device``/``model.quantize``) stops
     here, before anything is written."""
     placement(cfg.model, cfg.train.device)
+    if cfg.log.tensorboard:
+        check_available()
     out = Path(cfg.out_dir)
     cfg_path = out / "config.json"
     if cfg_path.exists():

@@ -1,0 +1,111 @@
+"""TRL's ``SFTTrainer`` on one client's round: what FlowerTune and OpenFedLLM clients run.
+
+Same base model, dtype, device, LoRA adapter (rank, alpha, targets, dropout), batch size,
+accumulation, sequence length, optimiser (AdamW, constant learning rate, clipping) and
+gradient checkpointing as fedlora's client; the examples are fedlora's own token sequences
+(``input_ids`` and completion-only ``labels``, so TRL skips its tokenisation), and TRL pads
+and batches them with its own collator and sampler. A fresh trainer per round, as those
+clients build one; only ``trainer.train()`` is timed, and the tokens it trained on are counted
+from the batches the model was trained on. A benchmark-only dependency (``fedlora[bench]``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedlora.config import RunConfig
+from fedlora.models.placement import device_of
+from fedlora.train.batches import Encoded
+
+
+def trl_available() -> bool:
+    return importlib.util.find_spec("trl") is not None
+
+
+@dataclass(frozen=True)
+class TrlSample:
+    seconds: float
+    tokens: int
+    peak_gpu_bytes: int | None = None
+
+
+class _TokenCounter:
+    """Counts the non-padding tokens of every training forward of a model (a pre-hook on
+    its top module: TRL's loader may collate a batch ahead that it never trains on)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.tokens = 0
+        self.handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        if module.training and mask is not None:
+            self.tokens += int(mask.sum())
+
+
+def trl_round(
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Encoded],
+    seed: int,
+) -> TrlSample:
+    """One local run of ``cfg.train.local_steps`` optimiser steps with ``SFTTrainer`` on
+    ``model`` (a PEFT model, see :func:`fedlora.bench.bare_loop.bare_peft_model`)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    t = cfg.train
+    device = device_of(model)
+    data = Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]}
+    )
+    with tempfile.TemporaryDirectory(prefix="fedlora-trl-") as out:
+        args = SFTConfig(
+            output_dir=out,
+            per_device_train_batch_size=t.batch_size,
+            gradient_accumulation_steps=t.grad_accum_steps,
+            max_steps=t.local_steps,
+            learning_rate=t.lr,
+            lr_scheduler_type="constant",
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            optim="adamw_torch",
+            max_length=t.seq_len,
+            packing=False,
+            gradient_checkpointing=t.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            save_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            use_cpu=device.type == "cpu",
+            seed=seed,
+        )
+        trainer = SFTTrainer(
+            model=model,  # type: ignore[arg-type]  # a PeftModel, typed as its Module base
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
+        counter = _TokenCounter(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        began = time.perf_counter()
+        trainer.train()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - began
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        counter.handle.remove()
+    model.eval()
+    return TrlSample(seconds=seconds, tokens=counter.tokens, peak_gpu_bytes=peak)
