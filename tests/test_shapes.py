@@ -67,3 +67,13 @@ def test_unknown_names_targets_and_block_counts_are_config_errors() -> None:
         shapes.layer_specs("smollm2-135m", "lm_head")
     with pytest.raises(ConfigError, match="blocks"):
         shapes.layer_specs("smollm2-135m", blocks=31)
+
+
+def test_all_linear_is_every_linear_layer_of_a_block() -> None:
+    from fedlora import shapes
+
+    assert shapes.parse_targets("all-linear") == shapes.ALL_LINEAR
+    assert shapes.parse_targets(["all-linear"]) == shapes.ALL_LINEAR
+    assert {
+        s.name.rsplit(".", 1)[-1] for s in shapes.layer_specs("llama-3.2-3b", "all-linear")
+    } == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -97,8 +97,9 @@ def model_shape(name: str) -> ModelShape:
 
 
 def parse_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Target modules from a list or a comma-separated string; ``None`` means all linear."""
-    if targets is None:
+    """Target modules from a list or a comma-separated string; ``None`` or ``"all-linear"``
+    (PEFT's name, the run config's default) means all linear."""
+    if targets is None or targets == "all-linear" or list(targets) == ["all-linear"]:
         return ALL_LINEAR
     items = targets.split(",") if isinstance(targets, str) else list(targets)
     chosen = tuple(t.strip() for t in items if t.strip())
