@@ -36,6 +36,8 @@ RANK = {
     "comm": 7,
     "merge": 7,
     "export": 7,
+    "plan": 7,
+    "eval_cmd": 7,
     "bench": 7,
     "cli": 8,
 }

@@ -143,6 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = config.load(args.config, args.overrides)
     progress.set_mode(cfg.log.progress)
+    if args.dry_run:
+        from fedlora.plan import dry_run_lines
+
+        print("\n".join(dry_run_lines(cfg)))
+        return 0
     print(
         f"fedlora run: method={cfg.method.name} model={cfg.model.name} "
         f"clients={cfg.data.clients} rounds={cfg.federation.rounds} -> {cfg.out_dir}",
@@ -228,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--superlink", metavar="HOST:PORT", help="SuperLink of a Flower deployment")
     run.add_argument("--root-certificates", metavar="PEM", help="CA certificate of a TLS SuperLink")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every path and print the plan (partition, parameters, memory, bytes) "
+        "without training",
+    )
     run.add_argument("overrides", nargs="*", metavar="key=value")
     run.set_defaults(func=cmd_run)
 
@@ -244,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "comm", "fedlora.comm", "bytes per round per client of every method for a model shape"
     )
     add_tool(sub, "export", "fedlora.export", "a run's result as a full (merged) model folder")
+    add_tool(sub, "data", "fedlora.plan", "how a config splits its data among clients")
+    add_tool(sub, "eval", "fedlora.eval_cmd", "score an adapter on local evaluation files")
     bench = sub.add_parser(
         "bench",
         help="benchmarks: server aggregation, client training, quality per byte",

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedlora.data.dataset_split import DATASET_PARTITIONS
+from fedlora.data.formats import FORMATS, TEMPLATES, Columns
 from fedlora.errors import ConfigError
 from fedlora.ops.schedule import SCHEDULES
 from fedlora.ops.sparsify import SPARSIFIERS, RatioRule
@@ -98,36 +100,84 @@ class LoraConfig:
         return list(self.target_modules)
 
 
+BUILTIN_PARTITIONS = ("domain", "dirichlet", "iid", "files")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Where client data comes from and how it is split among clients."""
+    """Where client data comes from and how it is split among clients.
+
+    Built-in domains (``partition = "domain" | "dirichlet" | "iid"``), one file per client
+    (``partition = "files"``, ``files``), or one local dataset split across clients
+    (``dataset = PATH`` with ``partition = "iid" | "dirichlet" | "column"`` and
+    ``label_column``). Files and datasets are JSON, JSONL, Parquet, CSV or a
+    ``save_to_disk`` folder in ``format`` (or renamed by ``columns``); ``template`` renders
+    the prompt."""
 
     clients: int = 4
-    partition: str = "domain"  # domain | dirichlet | iid | files
+    partition: str = "domain"  # domain | dirichlet | iid | files | column
     domains: tuple[str, ...] = ("code", "literature", "email", "dictionary")
     dirichlet_alpha: float = 0.5
     files: tuple[str, ...] = ()
     max_train_per_client: int = 0  # 0 = all
     max_eval_per_domain: int = 32
+    dataset: str = ""
+    format: str = "prompt-completion"  # prompt-completion | alpaca | dolly | messages
+    columns: Columns = field(default_factory=Columns)
+    template: str = "chat"  # chat | alpaca | vicuna
+    label_column: str = ""
+    heldout_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _check(self.clients >= 1, "data.clients", f"must be at least 1, got {self.clients}")
+        allowed = DATASET_PARTITIONS if self.dataset else BUILTIN_PARTITIONS
+        where = "with data.dataset" if self.dataset else "without data.dataset"
         _check(
-            self.partition in ("domain", "dirichlet", "iid", "files"),
+            self.partition in allowed,
             "data.partition",
-            f"must be one of domain, dirichlet, iid, files; got {self.partition!r}",
+            f"{where} must be one of {', '.join(allowed)}; got {self.partition!r}",
         )
         _check(self.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be positive")
         _check(self.max_train_per_client >= 0, "data.max_train_per_client", "must be >= 0")
         _check(self.max_eval_per_domain >= 1, "data.max_eval_per_domain", "must be >= 1")
-        if self.partition == "files":
+        _check(
+            self.format in FORMATS,
+            "data.format",
+            f"must be one of {', '.join(FORMATS)}; got {self.format!r}",
+        )
+        _check(
+            self.template in TEMPLATES,
+            "data.template",
+            f"must be one of {', '.join(TEMPLATES)}; got {self.template!r}",
+        )
+        _check(
+            0 < self.heldout_fraction <= 0.5,
+            "data.heldout_fraction",
+            f"must be in (0, 0.5], got {self.heldout_fraction}",
+        )
+        if self.dataset:
+            _check(
+                not self.files, "data.files", "is for one file per client; not with data.dataset"
+            )
+            _check(
+                self.partition == "iid" or bool(self.label_column),
+                "data.label_column",
+                f"data.partition = {self.partition!r} splits by a column: name it",
+            )
+        elif self.partition == "files":
             _check(
                 len(self.files) == self.clients,
                 "data.files",
-                f"needs one JSONL file per client ({self.clients}), got {len(self.files)}",
+                f"needs one file per client ({self.clients}), got {len(self.files)}",
             )
         else:
             _check(bool(self.domains), "data.domains", "must name at least one domain")
+
+    @property
+    def own_heldout(self) -> bool:
+        """Whether clients hold held-out sets cut from their own data (a file or their part
+        of a dataset), scored on each client (federated evaluation)."""
+        return bool(self.dataset) or self.partition == "files"
 
 
 @dataclass(frozen=True)
@@ -203,6 +253,9 @@ class EvalConfig:
 
     every: int = 1  # rounds; the last round is always evaluated
     batch_size: int = 8
+    tasks: tuple[str, ...] = ()
+    """The user's own evaluation files (multiple-choice or completion, see
+    :mod:`fedlora.data.user_tasks`), scored by the server on the global model."""
 
     def __post_init__(self) -> None:
         _check(self.every >= 1, "eval.every", "must be at least 1")

@@ -18,11 +18,17 @@ class Example:
     label
         Class of the example where the domain has one (``spam``/``ham``, the play's title,
         the part of speech), else None.
+    context
+        Input the prompt refers to (Alpaca's ``input``, Dolly's ``context``), if any.
+    history
+        Earlier turns of a conversation, ``(role, text)``, before ``prompt`` (a user turn).
     """
 
     prompt: str
     completion: str
     label: str | None = None
+    context: str = ""
+    history: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedlora.data.types import Example
 from fedlora.models.placement import device_of
-from fedlora.train.batches import IGNORE, Encoded, collate, encode_example
+from fedlora.train.batches import IGNORE, Encoded, collate, encode
 from fedlora.train.progress import progress
 
 
@@ -67,15 +68,17 @@ def choice_accuracy(
     seq_len: int,
     batch_size: int,
     pad_id: int,
+    template: str = "chat",
 ) -> float:
-    """Fraction of ``questions`` whose right choice has the highest likelihood."""
+    """Fraction of ``questions`` whose right choice has the highest likelihood (prompts
+    rendered with ``template``)."""
     if not questions:
         raise ValueError("no questions to evaluate")
     model.eval()
     rows: list[Encoded] = []
     for q in questions:
         for choice in q.choices:
-            enc = encode_example(tokenizer, q.prompt, choice, seq_len)
+            enc = encode(tokenizer, Example(q.prompt, choice), seq_len, template)
             labels = list(enc.labels)
             # Score the choice's own tokens: the end-of-text label says nothing about it.
             eos = getattr(tokenizer, "eos_token_id", None)

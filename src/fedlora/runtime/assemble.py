@@ -18,9 +18,9 @@ from fedlora.methods.registry import build
 from fedlora.methods.uplink import with_uplink
 from fedlora.models import model_folder
 from fedlora.models.placement import load_base, placement
-from fedlora.runtime.client_data import Heldout, client_split, server_heldout
+from fedlora.runtime.client_data import Heldout, client_split, server_heldout, task_heldout
 from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
-from fedlora.train.batches import Encoded, encode_example, pad_id_of
+from fedlora.train.batches import Encoded, encode, pad_id_of
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,10 @@ class Federation:
         return evaluate(self, update)
 
 
-def encode_heldout(tokenizer: Any, held: Heldout, seq_len: int) -> EvalSet:
-    """A held-out set tokenised for scoring."""
+def encode_heldout(tokenizer: Any, held: Heldout, cfg: RunConfig) -> EvalSet:
+    """A held-out set tokenised for scoring (``train.seq_len``, ``data.template``)."""
     return EvalSet(
-        [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in held.examples],
+        [encode(tokenizer, ex, cfg.train.seq_len, cfg.data.template) for ex in held.examples],
         [ChoiceQuestion(q.prompt, tuple(q.choices), q.answer) for q in held.questions],
     )
 
@@ -135,8 +135,9 @@ def assemble(
     client_eval_sets: dict[int, dict[str, EvalSet]] = {}
     if with_client_data:
         split = client_split(cfg.data, seed=cfg.seed)
+        template = cfg.data.template
         train_sets = {
-            cid: [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in examples]
+            cid: [encode(tokenizer, ex, seq_len, template) for ex in examples]
             for cid, examples in enumerate(split.clients)
         }
         for cid, examples in train_sets.items():
@@ -148,9 +149,13 @@ def assemble(
         heldout = split.heldout
     else:
         heldout = server_heldout(cfg.data, seed=cfg.seed)
+    for name, held in task_heldout(cfg.eval, cfg.data).items():
+        if name in heldout:
+            raise ConfigError(f"eval.tasks: task {name!r} has the name of a held-out set")
+        heldout[name] = held
     eval_sets = {}
     for name, held in heldout.items():
-        encoded = encode_heldout(tokenizer, held, seq_len)
+        encoded = encode_heldout(tokenizer, held, cfg)
         if held.owner is None:
             eval_sets[name] = encoded
         else:

@@ -1,22 +1,27 @@
 """Which examples each client trains on and what every domain is evaluated on.
 
-Who evaluates what: a held-out set cut from a client's own data (``data.partition =
-"files"``: the last tenth of the client's file, named ``client<k>``) has that client as its
-``owner`` and is scored on that client only (federated evaluation); held-out sets of the
-built-in domains and the out-of-domain task come from public packages that the server
-provisions itself, and the server scores them. The server never reads a client's file.
+Who evaluates what: a held-out set cut from a client's own data (its file under
+``data.partition = "files"``, or its part of ``data.dataset``: the last
+``data.heldout_fraction`` of its rows, named ``client<k>``) has that client as its ``owner``
+and is scored on that client only (federated evaluation); held-out sets of the built-in
+domains, the out-of-domain task and the user's ``eval.tasks`` are the server's, and the
+server scores them. The server never reads a client's file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from fedlora.config import DataConfig
+from fedlora.config import DataConfig, EvalConfig
+from fedlora.data.dataset_split import assign_rows, client_parts
 from fedlora.data.domains import load_domain, load_split_records
 from fedlora.data.eval_tasks import ChoiceItem, choice_task, ood_arithmetic
-from fedlora.data.jsonl import load_jsonl
+from fedlora.data.formats import examples_of
+from fedlora.data.local import read_rows
 from fedlora.data.partition import by_domain, dirichlet, iid
 from fedlora.data.types import Example
+from fedlora.data.user_tasks import load_tasks
 from fedlora.errors import DataError
 
 
@@ -36,26 +41,57 @@ class ClientSplit:
 
     clients: list[list[Example]]
     heldout: dict[str, Heldout]
+    labels: list[dict[str, int]] = field(default_factory=list)
+    """Rows per label value of each client (a dataset split over a label column)."""
 
 
 def _cap(items: list[Example], limit: int) -> list[Example]:
     return items[:limit] if limit > 0 else items
 
 
+def _flat(per_row: list[list[Example]]) -> list[Example]:
+    return [ex for exs in per_row for ex in exs]
+
+
 def _file_split(cfg: DataConfig) -> ClientSplit:
-    """User files: each client's file, its last tenth held out as domain ``client<k>``."""
+    """User files: each client's file, its last ``heldout_fraction`` of rows held out as
+    domain ``client<k>``."""
     clients: list[list[Example]] = []
     heldout: dict[str, Heldout] = {}
     for k, path in enumerate(cfg.files):
-        examples = load_jsonl(path)
-        if len(examples) < 2:
-            raise DataError(
-                f"{path}: needs at least 2 examples (train and held-out), has {len(examples)}"
-            )
-        cut = max(1, len(examples) // 10)
-        clients.append(_cap(examples[:-cut], cfg.max_train_per_client))
-        heldout[f"client{k}"] = Heldout(examples[-cut:][: cfg.max_eval_per_domain], owner=k)
+        rows = read_rows(path)
+        if len(rows) < 2:
+            raise DataError(f"{path}: needs at least 2 rows (train and held-out), has {len(rows)}")
+        per_row = examples_of(rows, path, cfg.format, cfg.columns)
+        cut = max(1, int(len(rows) * cfg.heldout_fraction))
+        clients.append(_cap(_flat(per_row[:-cut]), cfg.max_train_per_client))
+        held = _flat(per_row[-cut:])[: cfg.max_eval_per_domain]
+        heldout[f"client{k}"] = Heldout(held, owner=k)
     return ClientSplit(clients, heldout)
+
+
+def _dataset_split(cfg: DataConfig, seed: int) -> ClientSplit:
+    """One dataset split across clients; each keeps the end of its rows as held-out."""
+    rows = read_rows(cfg.dataset)
+    per_row = examples_of(rows, cfg.dataset, cfg.format, cfg.columns)
+    parts = assign_rows(
+        rows,
+        cfg.dataset,
+        cfg.partition,
+        cfg.clients,
+        seed,
+        cfg.label_column,
+        cfg.dirichlet_alpha,
+    )
+    own = client_parts(rows, per_row, parts, cfg.heldout_fraction, cfg.label_column)
+    return ClientSplit(
+        [_cap(p.train, cfg.max_train_per_client) for p in own],
+        {
+            f"client{k}": Heldout(p.heldout[: cfg.max_eval_per_domain], owner=k)
+            for k, p in enumerate(own)
+        },
+        [p.labels for p in own],
+    )
 
 
 OOD_NAME = "ood-arithmetic"
@@ -63,6 +99,8 @@ OOD_NAME = "ood-arithmetic"
 
 def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     """Assign training data to ``cfg.clients`` clients as ``cfg.partition`` says."""
+    if cfg.dataset:
+        return _dataset_split(cfg, seed)
     if cfg.partition == "files":
         return _file_split(cfg)
     domains = {name: load_domain(name) for name in cfg.domains}
@@ -87,26 +125,32 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
 
 def server_heldout(cfg: DataConfig, seed: int) -> dict[str, Heldout]:
     """The held-out sets the server owns (public packages only; never a client's file)."""
-    if cfg.partition == "files":
+    if cfg.own_heldout:
         return {}
     return client_split(cfg, seed).heldout
 
 
+def task_heldout(cfg: EvalConfig, data: DataConfig) -> dict[str, Heldout]:
+    """The user's ``eval.tasks``, the server's to score (first ``max_eval_per_domain``)."""
+    tasks = load_tasks(cfg.tasks, data.format, data.columns, data.max_eval_per_domain)
+    return {t.name: Heldout(t.examples, t.questions) for t in tasks}
+
+
 def clients_own_heldout(cfg: DataConfig) -> bool:
     """Whether clients hold held-out sets of their own (scored by federated evaluation)."""
-    return cfg.partition == "files"
+    return cfg.own_heldout
 
 
-def own_data(cfg: DataConfig, cid: int, path: str, seed: int) -> ClientSplit:
-    """Client ``cid``'s training examples and own held-out set, from its file ``path`` alone
-    (``data.partition = "files"``), exactly as :func:`client_split` cuts them."""
-    one = DataConfig(
-        clients=1,
-        partition="files",
-        files=(path,),
-        max_train_per_client=cfg.max_train_per_client,
-        max_eval_per_domain=cfg.max_eval_per_domain,
-    )
+def own_data(cfg: DataConfig, cid: int, path: str | None, seed: int) -> ClientSplit:
+    """Client ``cid``'s training examples and own held-out set, exactly as
+    :func:`client_split` cuts them: from its file alone (``path``, else ``data.files[cid]``),
+    or its part of ``data.dataset`` (every client reads the dataset and keeps its part)."""
+    if cfg.dataset:
+        split = client_split(cfg, seed)
+        name = f"client{cid}"
+        labels = split.labels[cid : cid + 1]
+        return ClientSplit([split.clients[cid]], {name: split.heldout[name]}, labels)
+    one = dataclasses.replace(cfg, clients=1, files=(path or cfg.files[cid],))
     split = client_split(one, seed)
     (held,) = split.heldout.values()
     return ClientSplit(split.clients, {f"client{cid}": Heldout(held.examples, owner=cid)})

@@ -302,6 +302,21 @@ def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
     return out
 
 
+def data_record(fed: Federation) -> dict[str, Any]:
+    """Round 0's account of the training data this process tokenised: examples per client
+    and how many of them ``train.seq_len`` cut (empty on a server without client data)."""
+    if not fed.train_sets:
+        return {}
+    sets = sorted(fed.train_sets.items())
+    return {
+        "data": {
+            "examples": {str(cid): len(exs) for cid, exs in sets},
+            "truncated": {str(cid): sum(e.truncated for e in exs) for cid, exs in sets},
+            "seq_len": fed.cfg.train.seq_len,
+        }
+    }
+
+
 def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report: Reporter) -> Path:
     """Run (or resume) the federation in run folder ``out`` over ``transport``.
 
@@ -313,7 +328,11 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
         report = with_tensorboard(report, out / "tensorboard")
     metrics_path = out / "metrics.jsonl"
     rs = start_or_resume(
-        fed, out, resume, report, lambda fresh: evaluation(fed, transport, fresh, {})
+        fed,
+        out,
+        resume,
+        report,
+        lambda fresh: {**evaluation(fed, transport, fresh, {}), **data_record(fed)},
     )
     while rs.round < cfg.federation.rounds:
         began = time.perf_counter()

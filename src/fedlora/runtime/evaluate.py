@@ -41,7 +41,13 @@ def score_sets(
             entry = {"loss": completion_loss(model, ev.loss_examples, cfg.eval.batch_size, pad_id)}
             if ev.questions:
                 entry["acc"] = choice_accuracy(
-                    model, tokenizer, ev.questions, cfg.train.seq_len, cfg.eval.batch_size, pad_id
+                    model,
+                    tokenizer,
+                    ev.questions,
+                    cfg.train.seq_len,
+                    cfg.eval.batch_size,
+                    pad_id,
+                    cfg.data.template,
                 )
             scores[name] = entry
     return scores

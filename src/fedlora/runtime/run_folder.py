@@ -49,10 +49,20 @@ def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
-    """Create (or check, on resume) the run folder; refuse a folder of a different run.
+    """Create (or check, on resume) the run folder; refuse a folder of a different run
+    (:func:`check_run_dir`), then write its ``config.json``."""
+    out = check_run_dir(cfg, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(
+        json.dumps(config_mod.to_dict(cfg), indent=2, sort_keys=True) + "\n"
+    )
+    return out
 
-    A run this machine cannot place (no CUDA for ``train.device``/``model.quantize``) stops
-    here, before anything is written."""
+
+def check_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    """Every check of :func:`prepare_run_dir`, writing nothing: a run this machine cannot
+    place (no CUDA for ``train.device``/``model.quantize``), a folder of a different run, or
+    nothing to resume stops here."""
     placement(cfg.model, cfg.train.device)
     if cfg.log.tensorboard:
         check_available()
@@ -76,8 +86,6 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
             )
     elif resume:
         raise ConfigError(f"nothing to resume in {out}: no config.json")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(json.dumps(config_mod.to_dict(cfg), indent=2, sort_keys=True) + "\n")
     return out
 
 

@@ -19,7 +19,7 @@ from fedlora.methods.base import Factored
 from fedlora.runtime.assemble import Federation, assemble
 from fedlora.runtime.driver import Dispatch, EvalReply, Reply, Reporter, drive
 from fedlora.runtime.evaluate import score_sets
-from fedlora.runtime.run_folder import RunState, prepare_run_dir
+from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
 from fedlora.runtime.steps import ClientOutcome, client_step
 from fedlora.train.timing import Timer, untimed
 
@@ -97,6 +97,7 @@ class InProcess:
 def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None) -> Path:
     """Run (or resume) a federation in this process; returns the run folder."""
     report = report or (lambda kind, info: None)
+    check_run_dir(cfg, resume)
+    fed = assemble(cfg, report)  # bad data stops the run here, before anything is written
     out = prepare_run_dir(cfg, resume)
-    fed = assemble(cfg, report)
     return drive(fed, InProcess(fed, report=report), out, resume, report)

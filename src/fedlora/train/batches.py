@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from fedlora.data.types import Example
+from fedlora.train.prompt_format import prompt_token_ids
+
 IGNORE = -100
 
 
@@ -16,33 +19,35 @@ class Encoded:
 
     input_ids: list[int]
     labels: list[int]
+    truncated: bool = False
+    """Whether ``train.seq_len`` cut the prompt or the completion."""
 
 
 def prompt_ids(tokenizer: object, prompt: str) -> list[int]:
     """Token ids of ``prompt`` as a user turn followed by the assistant header."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-    return list(tokenizer(prompt + "\n", add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+    return prompt_token_ids(tokenizer, Example(prompt, ""), "chat")
 
 
-def encode_example(tokenizer: object, prompt: str, completion: str, seq_len: int) -> Encoded:
-    """Encode one pair; the prompt is cut from the left (keeping its end, next to the answer)
-    so that at least half of ``seq_len`` stays for the completion, which is cut on the right."""
-    p_ids = prompt_ids(tokenizer, prompt)
-    c_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+def encode(tokenizer: object, example: Example, seq_len: int, template: str = "chat") -> Encoded:
+    """Encode one example under ``template`` (:mod:`fedlora.train.prompt_format`); the
+    prompt is cut from the left (keeping its end, next to the answer) so that at least half
+    of ``seq_len`` stays for the completion, which is cut on the right."""
+    p_ids = prompt_token_ids(tokenizer, example, template)
+    c_ids = list(tokenizer(example.completion, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None:
         c_ids.append(int(eos))
+    full = len(p_ids) + len(c_ids)
     room_for_prompt = max(seq_len - len(c_ids), seq_len // 2)
     p_ids = p_ids[-room_for_prompt:] if room_for_prompt > 0 else []
     ids = (p_ids + c_ids)[:seq_len]
     labels = ([IGNORE] * len(p_ids) + c_ids)[:seq_len]
-    return Encoded(ids, labels)
+    return Encoded(ids, labels, truncated=len(ids) < full)
+
+
+def encode_example(tokenizer: object, prompt: str, completion: str, seq_len: int) -> Encoded:
+    """Encode one prompt/completion pair with the chat template (see :func:`encode`)."""
+    return encode(tokenizer, Example(prompt, completion), seq_len)
 
 
 def collate(

@@ -38,7 +38,7 @@ from fedlora.runtime.flower.protocol import (
 )
 from fedlora.runtime.steps import client_step, receive_broadcast
 from fedlora.train.adapters import add_into_base, layer_specs
-from fedlora.train.batches import Encoded, encode_example, pad_id_of
+from fedlora.train.batches import Encoded, encode, pad_id_of
 from fedlora.wire import decode
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,11 @@ def client_examples_raw(cfg: RunConfig, cid: int, data_file: str | None = None) 
     so other clients' files need not exist on this machine.
     """
     if cfg.data.partition == "files":
-        return own_data(cfg.data, cid, data_file or cfg.data.files[cid], cfg.seed).clients[0]
+        return own_data(cfg.data, cid, data_file, cfg.seed).clients[0]
     if data_file:
         raise ConfigError("node config data-file only applies to data.partition = 'files'")
+    if cfg.data.dataset:
+        return own_data(cfg.data, cid, None, cfg.seed).clients[0]
     return client_split(cfg.data, seed=cfg.seed).clients[cid]
 
 
@@ -93,7 +95,7 @@ def build_client(
     method.validate(setup)
     seq_len = cfg.train.seq_len
     raw = client_examples_raw(cfg, cid, data_file) if with_data else []
-    examples = [encode_example(tokenizer, ex.prompt, ex.completion, seq_len) for ex in raw]
+    examples = [encode(tokenizer, ex, seq_len, cfg.data.template) for ex in raw]
     return ClientParts(
         peft_model, method, setup, setup.client(cid), examples, pad_id_of(tokenizer), tokenizer
     )
@@ -181,7 +183,7 @@ def client_evaluate(
         for s in parts.setup.layers
         if f"{s.name}.L" in payload
     }
-    held = own_data(cfg.data, ins.cid, data_file or cfg.data.files[ins.cid], cfg.seed).heldout
-    sets = {name: encode_heldout(parts.tokenizer, h, cfg.train.seq_len) for name, h in held.items()}
+    held = own_data(cfg.data, ins.cid, data_file, cfg.seed).heldout
+    sets = {name: encode_heldout(parts.tokenizer, h, cfg) for name, h in held.items()}
     scores = score_sets(parts.model, parts.tokenizer, sets, cfg, parts.pad_id, update)
     return EvalReport(ins.cid, ins.round, "ok", scores)

@@ -45,7 +45,7 @@ from fedlora.runtime.flower.protocol import (
     read_eval_report,
     read_report,
 )
-from fedlora.runtime.run_folder import RunState, prepare_run_dir
+from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
 from fedlora.runtime.steps import ClientOutcome, Transfer
 from fedlora.wire import encode
 
@@ -323,8 +323,9 @@ def serve(
     """Run (or resume) the federation ``cfg`` over ``grid``; returns the run folder."""
     opts = options or ServerOptions()
     report = report or (lambda kind, info: None)
-    out = prepare_run_dir(cfg, resume)
+    check_run_dir(cfg, resume)
     fed = assemble(cfg, report, with_client_data=False)
+    out = prepare_run_dir(cfg, resume)
     nodes = Nodes(clients=cfg.data.clients)
     report("status", {"text": f"waiting for {cfg.data.clients} SuperNodes"})
     wait_for_nodes(grid, nodes, cfg, opts)
