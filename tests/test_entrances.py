@@ -73,7 +73,7 @@ def test_model_folder_that_is_not_a_causal_lm(
     [
         ("", "empty"),
         ('{"prompt": "a", "completion": 3}\n', "completion"),
-        ("not json\n", "bad.jsonl:1: bad JSON"),
+        ("not json\n", "bad.jsonl: row 1: not valid JSON"),
     ],
 )
 def test_empty_or_malformed_client_files(

@@ -76,9 +76,10 @@ def dolly_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
 def test_dataset_split_run_scores_clients_and_tasks(dolly_run: tuple[Path, list[str]]) -> None:
     run, _ = dolly_run
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    data = records[0]["data"]
-    assert sum(data["examples"].values()) > 0 and set(data["examples"]) == {"0", "1", "2"}
-    assert data["truncated"]["0"] >= 0 and data["seq_len"] == 48
+    # seq_len 48 cuts the longer of these examples: each trained client counts its own
+    for record in records[1:]:
+        assert set(record["truncated"]) == {"0", "1", "2"}
+        assert all(0 < n <= record["n_samples"][cid] for cid, n in record["truncated"].items())
     for record in records:
         ev = record["eval"]
         assert {"client0", "client1", "client2", "quiz", "heldout"} <= set(ev)

@@ -108,9 +108,9 @@ class RoundTable:
         cells.append("-" if loss is None else f"{loss:.4f}")
         for d in domains:
             e = ev[d]
-            cell = f"{e['loss']:.3f}"
-            if "acc" in e:
-                cell += f"/{e['acc']:.2f}"
+            parts = [f"{e['loss']:.3f}"] if "loss" in e else []
+            parts += [f"{e['acc']:.2f}"] if "acc" in e else []
+            cell = "/".join(parts) if "loss" in e else f"acc {parts[0]}" if parts else "-"
             cells.append(cell)
         cells.append("-" if up is None else f"{up / MB:.3f}")
         cells.append("-" if down is None else f"{down / MB:.3f}")

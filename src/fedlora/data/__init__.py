@@ -4,7 +4,6 @@ Public entry points:
 
 * :func:`load_domain` / :data:`DOMAINS` - the four real domains as prompt/completion
   :class:`Example` lists split into train and held-out parts.
-* :func:`load_jsonl` - a user's own ``{"prompt", "completion"}`` file for one client.
 * :func:`by_domain`, :func:`dirichlet`, :func:`iid` - assign examples to clients.
 * :mod:`fedlora.data.eval_tasks` - held-out multiple-choice items and the OOD task.
 * :func:`cache_root` - the cache folder shared with model provisioning.
@@ -12,7 +11,6 @@ Public entry points:
 
 from fedlora.data.cache import cache_root, data_cache_dir
 from fedlora.data.domains import DOMAINS, load_domain, load_records, load_split_records
-from fedlora.data.jsonl import load_jsonl
 from fedlora.data.partition import by_domain, dirichlet, iid
 from fedlora.data.types import DomainData, Example
 
@@ -26,7 +24,6 @@ __all__ = [
     "dirichlet",
     "iid",
     "load_domain",
-    "load_jsonl",
     "load_records",
     "load_split_records",
 ]

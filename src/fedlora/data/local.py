@@ -4,8 +4,8 @@ cannot be read.
 
 Nothing here reaches a hub: the packaged ``json``/``csv``/``parquet`` builders read local
 files, and ``load_from_disk`` a local folder. A row-level problem in a JSON Lines file (bad
-JSON, a row that is not an object) is named by its line, found by a strict re-read when the
-Arrow reader refuses the file.
+JSON, a row that is not an object) is named by its line, found by a strict read before the
+Arrow reader sees the file.
 """
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ def kind_of(path: Path) -> str:
 
 def _json_rows_strictly(path: Path) -> list[Row]:
     """A JSON array of objects, or JSON Lines, read line by line to name a bad row."""
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_row = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: row {bad_row}: not valid UTF-8") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -83,12 +88,11 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
     kind = kind_of(file)
     if kind != "disk" and file.stat().st_size == 0:
         raise DataError(f"{file}: the file is empty")
-    try:
-        rows = _with_datasets(file, kind)
-    except DataError:
-        if kind == "json":
-            _json_rows_strictly(file)  # names the bad row, if there is one
-        raise
+    if kind == "json":
+        # A strict line-by-line read first: it names a bad row (datasets' Arrow reader
+        # would log a traceback and name none); the rows used are datasets' own.
+        _json_rows_strictly(file)
+    rows = _with_datasets(file, kind)
     if not rows:
         raise DataError(f"{file}: the dataset has no rows")
     return rows

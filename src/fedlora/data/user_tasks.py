@@ -2,8 +2,9 @@
 
 A file whose rows have ``question``, ``choices`` and ``answer`` (MMLU-style; ``answer`` is
 the index, a letter ``A``…, or the right choice's text) is a multiple-choice task, scored by
-the likelihood of each choice. Any other file is a completion task in ``data.format``
-(held-out loss on its completions). A task is named by its file's stem.
+the likelihood of each choice. Any other file is a completion task (held-out loss on its
+completions): ``prompt``/``completion`` rows as they are, other rows in ``data.format``. A
+task is named by its file's stem.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ def load_task(path: str, fmt: str, columns: Columns = NO_COLUMNS, limit: int = 0
         return UserTask(
             name, questions=[_question(r, f"{path}: row {i}") for i, r in enumerate(rows, 1)]
         )
-    return UserTask(
-        name, examples=[e for exs in examples_of(rows, path, fmt, columns) for e in exs]
-    )
+    if "prompt" in rows[0] and "completion" in rows[0]:
+        fmt, columns = "prompt-completion", NO_COLUMNS
+    examples = [e for exs in examples_of(rows, path, fmt, columns) for e in exs]
+    return UserTask(name, examples=examples)
 
 
 def load_tasks(

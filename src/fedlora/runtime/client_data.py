@@ -60,9 +60,9 @@ def _file_split(cfg: DataConfig) -> ClientSplit:
     heldout: dict[str, Heldout] = {}
     for k, path in enumerate(cfg.files):
         rows = read_rows(path)
+        per_row = examples_of(rows, path, cfg.format, cfg.columns)
         if len(rows) < 2:
             raise DataError(f"{path}: needs at least 2 rows (train and held-out), has {len(rows)}")
-        per_row = examples_of(rows, path, cfg.format, cfg.columns)
         cut = max(1, int(len(rows) * cfg.heldout_fraction))
         clients.append(_cap(_flat(per_row[:-cut]), cfg.max_train_per_client))
         held = _flat(per_row[-cut:])[: cfg.max_eval_per_domain]

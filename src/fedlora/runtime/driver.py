@@ -256,6 +256,7 @@ def round_record(
         "train_loss": {str(cid): o.train_loss for cid, o in up.items() if o.train_loss is not None},
         "n_samples": {str(cid): o.n_samples for cid, o in up.items()},
         "tokens": {str(cid): o.tokens for cid, o in up.items()},
+        "truncated": {str(cid): o.truncated for cid, o in up.items()},
         "upload_bytes": {str(cid): o.upload.nbytes for cid, o in up.items() if o.upload},
         "upload_params": {str(cid): o.upload.params for cid, o in up.items() if o.upload},
         "download_bytes": {str(d.cid): d.broadcast.nbytes for d in dispatches},
@@ -302,21 +303,6 @@ def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
     return out
 
 
-def data_record(fed: Federation) -> dict[str, Any]:
-    """Round 0's account of the training data this process tokenised: examples per client
-    and how many of them ``train.seq_len`` cut (empty on a server without client data)."""
-    if not fed.train_sets:
-        return {}
-    sets = sorted(fed.train_sets.items())
-    return {
-        "data": {
-            "examples": {str(cid): len(exs) for cid, exs in sets},
-            "truncated": {str(cid): sum(e.truncated for e in exs) for cid, exs in sets},
-            "seq_len": fed.cfg.train.seq_len,
-        }
-    }
-
-
 def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report: Reporter) -> Path:
     """Run (or resume) the federation in run folder ``out`` over ``transport``.
 
@@ -332,7 +318,7 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
         out,
         resume,
         report,
-        lambda fresh: {**evaluation(fed, transport, fresh, {}), **data_record(fed)},
+        lambda fresh: evaluation(fed, transport, fresh, {}),
     )
     while rs.round < cfg.federation.rounds:
         began = time.perf_counter()

@@ -27,7 +27,7 @@ def score_sets(
     update: Mapping[str, Factored],
 ) -> Scores:
     """Scores of ``model``'s base weights plus ``update`` (adapters off) on each set:
-    ``loss`` on held-out completions, ``acc`` where the set has a multiple-choice task.
+    ``loss`` where it has held-out completions, ``acc`` where it has a multiple-choice task.
 
     The model's base already carries the run's base merges, so ``update`` is only the global
     adapter's part (``method.global_delta``). Used by the server for the sets it owns and by
@@ -38,7 +38,10 @@ def score_sets(
         return scores
     with base_plus(model, update):
         for name, ev in sets.items():
-            entry = {"loss": completion_loss(model, ev.loss_examples, cfg.eval.batch_size, pad_id)}
+            entry: dict[str, float] = {}
+            if ev.loss_examples:  # a multiple-choice task of eval.tasks has no completions
+                batch = cfg.eval.batch_size
+                entry["loss"] = completion_loss(model, ev.loss_examples, batch, pad_id)
             if ev.questions:
                 entry["acc"] = choice_accuracy(
                     model,

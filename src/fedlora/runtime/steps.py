@@ -70,6 +70,8 @@ class ClientOutcome:
     n_samples: int = 0
     train_loss: float | None = None
     tokens: int = 0
+    truncated: int = 0
+    """How many of the client's training examples ``train.seq_len`` cut."""
     train_seconds: float = 0.0
     overhead_seconds: float = 0.0
     error: str | None = None
@@ -156,6 +158,7 @@ def client_step(
     outcome.n_samples = len(examples)
     outcome.train_loss = result.mean_loss
     outcome.tokens = result.tokens
+    outcome.truncated = sum(e.truncated for e in examples)
     outcome.train_seconds = result.seconds
     outcome.overhead_seconds = time.perf_counter() - began - result.seconds
     return outcome

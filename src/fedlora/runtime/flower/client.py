@@ -143,6 +143,7 @@ def client_round(
         n_samples=outcome.n_samples,
         train_loss=outcome.train_loss,
         tokens=outcome.tokens,
+        truncated=outcome.truncated,
         train_seconds=outcome.train_seconds,
         overhead_seconds=outcome.overhead_seconds,
         error=outcome.error,

@@ -64,6 +64,7 @@ class Report:
     n_samples: int = 0
     train_loss: float | None = None
     tokens: int = 0
+    truncated: int = 0
     train_seconds: float = 0.0
     overhead_seconds: float = 0.0
     error: str | None = None
@@ -135,6 +136,7 @@ def report_content(rep: Report) -> RecordDict:
         "encodings": json.dumps(rep.encodings),
         "n_samples": rep.n_samples,
         "tokens": rep.tokens,
+        "truncated": rep.truncated,
         "train_seconds": rep.train_seconds,
         "overhead_seconds": rep.overhead_seconds,
     }
@@ -176,6 +178,7 @@ def read_report(content: RecordDict) -> Report:
         n_samples=_get(rec, "n_samples", int),
         train_loss=float(_get(rec, "train_loss", (int, float))) if "train_loss" in rec else None,
         tokens=_get(rec, "tokens", int),
+        truncated=_get(rec, "truncated", int),
         train_seconds=float(_get(rec, "train_seconds", (int, float))),
         overhead_seconds=float(_get(rec, "overhead_seconds", (int, float))),
         error=_get(rec, "error", str) if "error" in rec else None,

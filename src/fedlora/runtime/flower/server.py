@@ -231,6 +231,7 @@ def _outcome(cid: int, got: Report | str) -> ClientOutcome:
         n_samples=got.n_samples,
         train_loss=got.train_loss,
         tokens=got.tokens,
+        truncated=got.truncated,
         train_seconds=got.train_seconds,
         overhead_seconds=got.overhead_seconds,
         error=got.error if got.status == "failed" else None,

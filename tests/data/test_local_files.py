@@ -1,4 +1,5 @@
-"""Strict JSONL reader: good files load, every kind of bad file names file and line."""
+"""A user's JSONL file through ``read_rows`` and ``examples_of``: good files load, every kind
+of bad file names file, row and field in one line."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedlora.data.jsonl import load_jsonl
+from fedlora.data.formats import examples_of
+from fedlora.data.local import read_rows
 from fedlora.data.types import Example
 from fedlora.errors import DataError
 
@@ -19,6 +21,10 @@ def _write(tmp_path: Path, content: str | bytes) -> Path:
     else:
         path.write_bytes(content)
     return path
+
+
+def load_jsonl(path: Path) -> list[Example]:
+    return [e for exs in examples_of(read_rows(path), str(path), "prompt-completion") for e in exs]
 
 
 def test_reads_examples_in_order_with_optional_label(tmp_path: Path) -> None:
@@ -33,6 +39,11 @@ def test_reads_examples_in_order_with_optional_label(tmp_path: Path) -> None:
     examples = load_jsonl(path)
     # Assert
     assert examples == [Example("p1", "c1"), Example("", "c2", "x"), Example("é", "ü")]
+
+
+def test_blank_lines_between_rows_are_skipped(tmp_path: Path) -> None:
+    good = '{"prompt": "a", "completion": "b"}\n'
+    assert len(load_jsonl(_write(tmp_path, good + "\n" + good))) == 2
 
 
 def test_accepts_crlf_and_missing_final_newline(tmp_path: Path) -> None:
@@ -52,19 +63,18 @@ GOOD = '{"prompt": "a", "completion": "b"}\n'
     ("content", "where", "what"),
     [
         ("", "", "empty"),
-        (GOOD + '{"prompt": "a", "completion": \n', ":2", "bad JSON"),
-        (GOOD + GOOD + '{"completion": "b"}\n', ":3", "missing key 'prompt'"),
-        ('{"prompt": "a"}\n', ":1", "missing key 'completion'"),
-        ('{"prompt": 3, "completion": "b"}\n', ":1", "'prompt' must be a string"),
-        ('{"prompt": "a", "completion": ["b"]}\n', ":1", "'completion' must be a string"),
-        ('{"prompt": "a", "completion": ""}\n', ":1", "empty"),
-        ('{"prompt": "a", "completion": "b", "label": 1}\n', ":1", "'label'"),
-        ('["a", "b"]\n', ":1", "JSON object"),
-        (GOOD + "\n" + GOOD, ":2", "blank line"),
-        (GOOD.encode() + b'{"prompt": "\xff", "completion": "b"}\n', ":2", "UTF-8"),
+        (GOOD + '{"prompt": "a", "completion": \n', ": row 2", "not valid JSON"),
+        (GOOD + GOOD + '{"completion": "b"}\n', ": row 3", "missing field 'prompt'"),
+        ('{"prompt": "a"}\n', ": row 1", "missing field 'completion'"),
+        ('{"prompt": 3, "completion": "b"}\n', ": row 1", "field 'prompt' must be text"),
+        ('{"prompt": "a", "completion": ["b"]}\n', ": row 1", "field 'completion' must be text"),
+        ('{"prompt": "a", "completion": ""}\n', ": row 1", "is empty"),
+        (GOOD + '["a", "b"]\n', ": row 2", "JSON object"),
+        ('["a", "b"]\n', ": item 1", "JSON object"),  # a JSON array of non-objects
+        (GOOD.encode() + b'{"prompt": "\xff", "completion": "b"}\n', ": row 2", "UTF-8"),
     ],
 )
-def test_rejects_bad_content_naming_file_and_line(
+def test_rejects_bad_content_naming_file_and_row(
     tmp_path: Path, content: str | bytes, where: str, what: str
 ) -> None:
     # Prepare
