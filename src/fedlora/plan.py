@@ -141,8 +141,8 @@ def memory_lines(cfg: RunConfig, plan: ModelPlan) -> list[str]:
     }
     total = sum(parts.values())
     out = [f"memory per client (estimate, batch {t.batch_size} × seq {t.seq_len}):"]
-    out += [f"  {k}: {v / MIB:,.0f} MiB" for k, v in parts.items()]
-    out.append(f"  total: {total / MIB:,.0f} MiB")
+    out += [f"  {k}: {v / MIB:,.1f} MiB" for k, v in parts.items()]
+    out.append(f"  total: {total / MIB:,.1f} MiB")
     return out
 
 

@@ -25,8 +25,8 @@ What is measured, in one process (so machine noise hits both sides alike):
    loop that the bare loop does not pay are timed as well and stay counted as training:
    collation of each batch and the ``live_lora`` view handed to the method's regulariser.
 
-Repeats are interleaved: bare, fedlora, then fedlora, bare, ... with every method in each
-repeat, after one untimed warm-up round of each; the figures are medians over repeats, and
+Repeats are interleaved: the order of bare, fedlora (and TRL) rotates from repeat to repeat,
+with every method in each repeat, after one untimed warm-up round of each; the figures are medians over repeats, and
 the throughput ratio is the median of the per-repeat paired ratios.
 
 With ``--rss`` the peak resident set of short federations (1 round, 1 local step, small
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -225,36 +226,40 @@ def time_methods(
         progress("loading a third copy for TRL's SFTTrainer")
         trl = bare_peft_model(cfg, client)
 
-    def pair(run: MethodRun, bare_first: bool) -> Sample:
+    def pair(run: MethodRun, turn: int) -> Sample:
+        """One repeat: the bare loop, fedlora's round and (if asked) TRL, in an order that
+        rotates with ``turn`` so no side always runs first or last."""
         t = run.rs.round + 1
+        device = device_of(bare)
         batches = plan_batches(
             examples,
             cfg.train,
             client_seed(fed.setup.seed, Stream.TRAIN, t, client.cid),
             fed.pad_id,
-            device_of(bare),
+            device,
         )
-        device = device_of(bare)
-        params = bare_params(bare, run.trainable)
-        if bare_first:
-            bare_seconds, bare_peak = gpu_peak(
-                device, lambda: bare_train(bare, params, batches, cfg.train)
-            )
-            sample, own_peak = gpu_peak(device, lambda: fedlora_round(run))
-        else:
-            sample, own_peak = gpu_peak(device, lambda: fedlora_round(run))
-            params = bare_params(bare, run.trainable)
-            bare_seconds, bare_peak = gpu_peak(
-                device, lambda: bare_train(bare, params, batches, cfg.train)
-            )
-        sample.bare_seconds, sample.bare_tokens = bare_seconds, batch_tokens(batches)
+        got: dict[str, Any] = {}
+        peaks: dict[str, int] = {}
+
+        def side(name: str) -> Any:
+            if name == "bare":
+                params = bare_params(bare, run.trainable)
+                return bare_train(bare, params, batches, cfg.train)
+            if name == "fedlora":
+                return fedlora_round(run)
+            assert trl is not None
+            return trl_round(cfg, trl, fed.tokenizer, examples, seed=t)
+
+        sides = ["bare", "fedlora"] + (["trl"] if trl is not None else [])
+        k = turn % len(sides)
+        for name in sides[k:] + sides[:k]:
+            got[name], peaks[name] = gpu_peak(device, functools.partial(side, name))
+        sample: Sample = got["fedlora"]
+        sample.bare_seconds, sample.bare_tokens = got["bare"], batch_tokens(batches)
+        if "trl" in got:
+            sample.trl_seconds, sample.trl_tokens = got["trl"].seconds, got["trl"].tokens
         if device.type == "cuda":
-            sample.peak_gpu_bytes = {"bare": bare_peak, "fedlora": own_peak}
-        if trl is not None:
-            got = trl_round(cfg, trl, fed.tokenizer, examples, seed=t)
-            sample.trl_seconds, sample.trl_tokens = got.seconds, got.tokens
-            if got.peak_gpu_bytes is not None:
-                sample.peak_gpu_bytes["trl"] = got.peak_gpu_bytes
+            sample.peak_gpu_bytes = peaks
         if sample.bare_tokens != sample.tokens:
             raise FedloraError(
                 f"{run.fed.method.name} round {t}: the bare loop saw "
@@ -264,12 +269,12 @@ def time_methods(
 
     for name, run in runs.items():
         progress(f"warm-up: {name}")
-        pair(run, bare_first=True)
+        pair(run, turn=0)
     samples: dict[str, list[Sample]] = {name: [] for name in runs}
     for i in range(repeats):
         for name, run in runs.items():
             progress(f"repeat {i + 1}/{repeats}: {name} (load {load_average()[0]:.1f})")
-            samples[name].append(pair(run, bare_first=i % 2 == 1))
+            samples[name].append(pair(run, turn=i))
     return [summarise(name, samples[name]) for name in runs]
 
 

@@ -33,7 +33,6 @@ def trl_available() -> bool:
 class TrlSample:
     seconds: float
     tokens: int
-    peak_gpu_bytes: int | None = None
 
 
 class _TokenCounter:
@@ -99,13 +98,11 @@ def trl_round(
         counter = _TokenCounter(model)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
         began = time.perf_counter()
         trainer.train()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - began
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         counter.handle.remove()
     model.eval()
-    return TrlSample(seconds=seconds, tokens=counter.tokens, peak_gpu_bytes=peak)
+    return TrlSample(seconds=seconds, tokens=counter.tokens)
