@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedlora.data.types import Example
 from fedlora.models.placement import device_of
 from fedlora.train.batches import IGNORE, Encoded, collate, encode
+from fedlora.train.lm_loss import labelled_log_probs
 from fedlora.train.progress import progress
 
 
@@ -32,13 +32,15 @@ class ChoiceQuestion:
 def _token_logprob_sums(
     model: nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: summed log-prob of labelled tokens and their count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    mask = targets != IGNORE
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(-1), mask.sum(-1)
+    """Per row: summed log-prob of labelled tokens and their count (the head runs on the
+    labelled positions only, :mod:`fedlora.train.lm_loss`)."""
+    log_probs, rows = labelled_log_probs(model, batch)
+    n = batch["input_ids"].shape[0]
+    sums = torch.zeros(n, dtype=log_probs.dtype, device=log_probs.device)
+    counts = torch.zeros(n, dtype=torch.long, device=log_probs.device)
+    sums.index_add_(0, rows, log_probs)
+    counts.index_add_(0, rows, torch.ones_like(rows))
+    return sums, counts
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """One client's local training: AdamW over the trainable LoRA factors, gradient
 accumulation, completion-only loss, an optional extra loss term from the method.
 
+The loss runs the LM head only on the positions it scores (:mod:`fedlora.train.lm_loss`).
 Read it top to bottom: copy the start adapter into the slot, mark what trains, loop
 ``local_steps`` optimiser steps of ``grad_accum_steps`` micro-batches each, copy the result out.
 A fresh optimiser each round is the federated convention (no optimiser state is shared).
@@ -22,6 +23,7 @@ from fedlora.models.placement import device_of
 from fedlora.ops.schedule import step_lr
 from fedlora.train.adapters import get_lora, live_lora, set_lora, set_trainable
 from fedlora.train.batches import Encoded, collate
+from fedlora.train.lm_loss import completion_only_loss
 from fedlora.train.progress import progress
 from fedlora.train.timing import Timer, untimed
 
@@ -124,7 +126,7 @@ def train_local(
                 with timer("collate"):
                     picked = [examples[i] for i in sampler.take(cfg.batch_size)]
                     batch = collate(picked, pad_id, device)
-                loss = model(**batch).loss
+                loss = completion_only_loss(model, batch)
                 losses.append(float(loss.detach()))
                 tokens += int(batch["attention_mask"].sum())
                 extra = regulariser(live) if regulariser is not None and live is not None else None
