@@ -121,3 +121,28 @@ def test_truncated_factors_equal_dense_truncated_svd(rank):
     assert b.shape == (10, k) and a.shape == (k, 9)
     torch.testing.assert_close(b @ a, expected, rtol=0, atol=1e-10)
     torch.testing.assert_close(a @ a.T, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("spread", [1e-2, 1e-4, 1e-6, 0.0])
+def test_truncated_factors_on_nearly_collinear_stacks(spread):
+    # Prepare: the normal case, in float32 as the server runs it: K = 4 clients start from one
+    # global adapter (B, A) and move by `spread`, so the stacked columns are nearly collinear
+    # (spread 0: exactly dependent, rank r instead of K·r).
+    gen = torch.Generator().manual_seed(7)
+    m, n, r, k_clients = 96, 80, 6, 4
+    b = torch.randn(m, r, generator=gen)
+    a = torch.randn(r, n, generator=gen) / 10
+    lefts = [b + spread * torch.randn(m, r, generator=gen) for _ in range(k_clients)]
+    rights = [(a + spread * torch.randn(r, n, generator=gen)) / k_clients for _ in lefts]
+    left, right = torch.cat(lefts, dim=1), torch.cat(rights, dim=0)
+    dense = left.double() @ right.double()
+    u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+    for rank in (r, 2 * r):
+        want = (u[:, :rank] * s[:rank]) @ vh[:rank]
+        # Execute
+        us, vt = truncated_factors(left, right, rank)
+        # Assert: the bound, relative Frobenius error against float64 dense
+        error = torch.linalg.matrix_norm(
+            us.double() @ vt.double() - want
+        ) / torch.linalg.matrix_norm(want)
+        assert error <= 1e-5, (spread, rank, float(error))
