@@ -14,10 +14,6 @@ Tensor = torch.Tensor
 RELATIVE_RANK_CUTOFF = 1e-7
 """Singular values at or below ``S[0] * cutoff`` are float noise, not rank."""
 
-GRAM_CUTOFF = 1e-15
-"""Eigenvalues of a float64 Gram matrix at or below ``λ_max * cutoff`` are rounding noise
-(singular values below ~3e-8 of the largest)."""
-
 
 def factored_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD of ``left @ right``.
@@ -66,47 +62,27 @@ def energy_rank(s: Tensor, tau: float, cutoff: float = RELATIVE_RANK_CUTOFF) -> 
     return min(k, nrank)
 
 
-def gram_root(x: Tensor) -> Tensor:
-    """A ``k × q`` factor ``T`` with ``TᵀT = xᵀx`` (the role of QR's ``R``), from the Gram
-    matrix in float64: ``xᵀx = W Λ Wᵀ`` gives ``T = Λ^½ Wᵀ`` over the eigenvalues above
-    float64 noise (``λ > λ_max·GRAM_CUTOFF``), so nearly collinear columns (clients that
-    moved little from one global adapter) lose nothing a QR would keep, and exactly dependent
-    ones drop out. A Gram product is one GEMM (``m·q²`` multiply-adds at matrix-multiply
-    speed) where Householder QR is a sequence of panel factorisations; the square root is of a
-    ``q × q`` matrix only."""
-    wide = x.to(torch.float64)
-    lam, w = torch.linalg.eigh(wide.T @ wide)
-    keep = lam > lam[-1].clamp(min=0) * GRAM_CUTOFF if lam.numel() else lam > 0
-    root: Tensor = lam[keep].sqrt()[:, None] * w[:, keep].T
-    return root
-
-
 def truncated_factors(left: Tensor, right: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """Rank-``rank`` truncated SVD of ``left @ right`` as ``(U_k diag(S_k), V_kᵀ)``.
 
-    Only square-root factors of the two Gram matrices are computed (:func:`gram_root`; no
-    orthonormal basis is formed): with ``T_LᵀT_L = LᵀL`` and ``T_RᵀT_R = RRᵀ``, the core
-    ``T_L T_Rᵀ = U_c S V_cᵀ`` has the singular values of ``L R``, and
-    ``U_k S_k = L R V_k = L (T_Rᵀ V_c,k)``, ``V_kᵀ = S_k⁻¹ U_kᵀ L R = S_k⁻¹ (U_c,kᵀ T_L) R``.
-    The small matrices are float64; the two thin products are in the inputs' dtype.
-    Directions whose singular value is float noise get zero factors (their product is zero
-    either way), so the product is exact up to float error; rows of ``V_kᵀ`` are orthonormal
-    up to ``eps·S_1/S_i``.
+    Only the triangular factors of the two QRs are computed (no Q is formed): with
+    ``L = Q_L T_L`` and ``Rᵀ = Q_R T_R``, the core ``T_L T_Rᵀ = U_c S V_cᵀ`` gives
+    ``U_k S_k = L R V_k = L (T_Rᵀ V_c,k)`` and ``V_kᵀ = S_k⁻¹ U_kᵀ L R = S_k⁻¹ (U_c,kᵀ T_L) R``.
+    That halves the work of :func:`factored_svd` when only ``rank`` of the ``q`` directions are
+    kept. Directions whose singular value is float noise get zero factors (their product is
+    zero either way), so the product is exact up to float error; rows of ``V_kᵀ`` are
+    orthonormal up to ``eps·S_1/S_i``.
     """
     if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[0]:
         raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
-    dtype = left.dtype
-    t_l = gram_root(left)
-    t_r = gram_root(right.T)
-    if t_l.numel() == 0 or t_r.numel() == 0:
-        k = min(rank, left.shape[1])
-        return left.new_zeros(left.shape[0], k), right.new_zeros(k, right.shape[1])
+    t_l = torch.linalg.qr(left, mode="r").R
+    t_r = torch.linalg.qr(right.T, mode="r").R
     u_c, s, vh_c = torch.linalg.svd(t_l @ t_r.T, full_matrices=False)
     k = min(rank, s.numel())
+    us = left @ (t_r.T @ vh_c[:k].T)
     kept = s[:k] > s[0] * RELATIVE_RANK_CUTOFF if s.numel() else s[:k] > 0
     inverse = torch.where(
         kept, 1.0 / torch.where(kept, s[:k], torch.ones_like(s[:k])), torch.zeros_like(s[:k])
     )
-    us = left @ (t_r.T @ vh_c[:k].T).to(dtype)
-    vt = (inverse[:, None] * (u_c[:, :k].T @ t_l)).to(dtype) @ right
-    return us * kept.to(dtype), vt
+    vt = (inverse[:, None] * (u_c[:, :k].T @ t_l)) @ right
+    return us * kept.to(us.dtype), vt
