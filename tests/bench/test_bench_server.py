@@ -49,6 +49,8 @@ def test_every_registered_method_is_measured_and_matches_its_dense_reference(tin
         assert m["rel_error"] < 1e-4, (name, m["rel_error"])
         assert m["project_subset"]["runs"] == 1 and m["project_full"]["median"] > 0
         assert m["stacked_bytes"] > 0
+        # one client's upload of the whole model went through the wire and back
+        assert m["upload_bytes"] > 0 and m["wire"]["median"] > 0
 
 
 def test_table_has_a_row_per_method_and_every_target_line(tiny_report) -> None:  # type: ignore[no-untyped-def]
@@ -63,6 +65,7 @@ def test_table_has_a_row_per_method_and_every_target_line(tiny_report) -> None: 
         assert f"{name}: peak <=" in table
     # The absolute-size targets do not apply to the tiny shape and must say so, not pass.
     assert "n/a   fedsrd whole llama-3.2-3b server step" in table
+    assert "n/a   fedsrd upload encode + decode, whole llama-3.2-3b" in table
 
 
 def test_memory_probe_sees_dense_reference_but_no_method_forms_an_m_by_n_matrix(

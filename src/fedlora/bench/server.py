@@ -220,8 +220,23 @@ def bench_method(
     ranks = [c.rank for c in setup_full.clients]
     result.stacked_bytes = sum(stacked_bytes(ranks, s.out_features, s.in_features) for s in full)
     result.dense_layer_bytes = max(s.out_features * s.in_features * 4 for s in full)
+    result.wire, result.upload_bytes = time_wire(whole.uploads[0].payload, config.repeats)
     del whole
     return result
+
+
+def time_wire(payload: Mapping[str, Any], repeats: int) -> tuple[Timing, int]:
+    """Encode one upload (float32 values, the positions' smallest code) and decode it
+    strictly, as a client and the server do; best and median of ``repeats``."""
+    from fedlora.wire import decode, encode_with_stats
+
+    def round_trip() -> int:
+        data, _ = encode_with_stats(dict(payload), value_dtype="float32")
+        decode(data, expected=None, max_bytes=len(data))
+        return len(data)
+
+    timing, size = time_call(round_trip, repeats)
+    return timing, int(size)
 
 
 # -- running and reporting -------------------------------------------------------------------

@@ -125,7 +125,25 @@ def check_targets(config: BenchConfig, results: Sequence[MethodResult]) -> list[
     relative time, memory, error)."""
     res = _by_name(results)
     speed = speed_checks(config, res)
-    return speed[:2] + relative_time_checks(res) + speed[2:] + memory_and_error_checks(results)
+    return (
+        speed[:2]
+        + relative_time_checks(res)
+        + speed[2:]
+        + memory_and_error_checks(results)
+        + wire_checks(config, res)
+    )
+
+
+WIRE_TARGET_S = 0.5
+
+
+def wire_checks(config: BenchConfig, res: Mapping[str, MethodResult]) -> list[TargetCheck]:
+    """Encoding plus decoding one FedSRD upload of the whole llama-3.2-3b adapter."""
+    name = f"fedsrd upload encode + decode, whole llama-3.2-3b, <= {WIRE_TARGET_S} s per client"
+    r = res.get("fedsrd")
+    if config.shape != "llama-3.2-3b" or r is None or r.wire is None:
+        return [TargetCheck(name, None, "-", "run: --shape llama-3.2-3b --methods fedsrd")]
+    return [TargetCheck(name, r.wire.median <= WIRE_TARGET_S, f"{r.wire.median:.3f} s")]
 
 
 def summary_line(r: MethodResult) -> str:
@@ -166,6 +184,8 @@ def format_table(report: BenchReport) -> str:
         "rss MB",
         "m×n formed",
         f"ref peak MB ({blocks})",
+        "upload MB",
+        "wire s",
     ]
     rows = [header]
     for r in report.results:
@@ -185,6 +205,8 @@ def format_table(report: BenchReport) -> str:
                 _mb(mem.peak_rss_bytes if mem else None),
                 "-" if mem is None else ("yes" if mem.dense_shapes else "no"),
                 _mb(r.reference_memory.peak_tensor_bytes if r.reference_memory else None),
+                _mb(r.upload_bytes or None),
+                _secs(r.wire),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

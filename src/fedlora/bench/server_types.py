@@ -72,6 +72,9 @@ class MethodResult:
     stacked_bytes: int = 0
     dense_layer_bytes: int = 0
     error_run: str = "timed run"
+    wire: Timing | None = None
+    """Encoding plus strict decoding of one client's upload of the whole model."""
+    upload_bytes: int = 0
 
     @property
     def ratio(self) -> float | None:
