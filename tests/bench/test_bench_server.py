@@ -51,6 +51,12 @@ def test_every_registered_method_is_measured_and_matches_its_dense_reference(tin
         assert m["stacked_bytes"] > 0
         # one client's upload of the whole model went through the wire and back
         assert m["upload_bytes"] > 0 and m["wire"]["median"] > 0
+        # the roofline: counted flops, the rate they ran at, this machine's rate
+        # (FedAvg-like steps are elementwise only: zero counted flops is their true count)
+        assert m["flops"] >= 0 and m["gflop_per_s"] >= 0 and m["whole_model_s"] > 0
+        assert all(v > 0 for v in m["machine_gflop_per_s"].values())
+        if name in ("fedsrd", "florist", "flexlora"):
+            assert m["flops"] > 0 and set(m["machine_gflop_per_s"]) >= {"matmul"}
 
 
 def test_table_has_a_row_per_method_and_every_target_line(tiny_report) -> None:  # type: ignore[no-untyped-def]

@@ -42,6 +42,7 @@ from typing import Any, TextIO
 import torch
 
 from fedlora.bench.dense_reference import LayerInputs, references, relative_error, stacked_bytes
+from fedlora.bench.flops import count_flops, machine_rates
 from fedlora.bench.measure import load_average
 from fedlora.bench.memory import MemoryUse, measure, warm_up
 from fedlora.bench.server_report import check_targets, format_table, report_json, summary_line
@@ -216,6 +217,11 @@ def bench_method(
     aggregate_full = functools.partial(method.aggregate, whole.state, whole.uploads, setup_full)
     result.project_full, _ = time_call(aggregate_full, config.repeats)
     result.memory = measure(aggregate_full, _watch(full)).use
+    counter = count_flops(aggregate_full)
+    result.flops = counter.total
+    result.whole_model_s = result.project_full.median
+    result.gflop_per_s = counter.total / max(result.project_full.median, 1e-12) / 1e9
+    result.machine_gflop_per_s = machine_rates(counter)
     del aggregate_full
     ranks = [c.rank for c in setup_full.clients]
     result.stacked_bytes = sum(stacked_bytes(ranks, s.out_features, s.in_features) for s in full)

@@ -186,6 +186,9 @@ def format_table(report: BenchReport) -> str:
         f"ref peak MB ({blocks})",
         "upload MB",
         "wire s",
+        "GFLOP",
+        "GFLOP/s",
+        "machine mm/qr",
     ]
     rows = [header]
     for r in report.results:
@@ -207,6 +210,14 @@ def format_table(report: BenchReport) -> str:
                 _mb(r.reference_memory.peak_tensor_bytes if r.reference_memory else None),
                 _mb(r.upload_bytes or None),
                 _secs(r.wire),
+                f"{r.flops / 1e9:.1f}" if r.flops else "-",
+                "-" if r.gflop_per_s is None else f"{r.gflop_per_s:.1f}",
+                "/".join(
+                    f"{r.machine_gflop_per_s[k]:.0f}"
+                    for k in ("matmul", "qr")
+                    if k in r.machine_gflop_per_s
+                )
+                or "-",
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

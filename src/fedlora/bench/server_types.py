@@ -75,6 +75,13 @@ class MethodResult:
     wire: Timing | None = None
     """Encoding plus strict decoding of one client's upload of the whole model."""
     upload_bytes: int = 0
+    flops: float = 0.0
+    """Counted flops of one whole-model step (:mod:`fedlora.bench.flops`)."""
+    gflop_per_s: float | None = None
+    """``flops`` over the whole-model median time."""
+    machine_gflop_per_s: dict[str, float] = field(default_factory=dict)
+    """This machine's rate on the step's heaviest matmul and QR shapes."""
+    whole_model_s: float | None = None
 
     @property
     def ratio(self) -> float | None:

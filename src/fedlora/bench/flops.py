@@ -1,0 +1,114 @@
+"""Floating-point operation counts of a server step, and this machine's rate on the same
+kernels at the same sizes (the roofline of ``fedlora bench server``).
+
+:class:`FlopCounter` sees every dense kernel torch dispatches while a step runs (matrix
+products, QR, SVD, symmetric eigendecomposition) with its shapes, and counts it with the
+standard operation counts (Golub & Van Loan, *Matrix Computations*, 4th ed.): ``2mkn`` for
+an ``m×k`` by ``k×n`` product; Householder QR of an ``m×n`` matrix (``m ≥ n``) ``2mn² −
+⅔n³`` for R alone and twice that with the thin Q; thin SVD with vectors ``6mn² + 20n³``;
+symmetric eigendecomposition with vectors ``9n³``. Elementwise work is not counted. The
+machine's rate is measured on the kernel and shape that cost the step the most, so the
+achieved rate (counted flops / wall time) can be read against it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def _tall(m: int, n: int) -> tuple[int, int]:
+    return (m, n) if m >= n else (n, m)
+
+
+def kernel_flops(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, tuple[int, ...], float] | None:
+    """``(kernel, shape, flops)`` of one dispatched op, or None if it is not counted."""
+    if name in ("mm", "addmm", "bmm", "baddbmm"):
+        a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+        batch = a.shape[0] if a.ndim == 3 else 1
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        return "matmul", (m, k, n), 2.0 * batch * m * k * n
+    if name == "linalg_qr":
+        a = args[0]
+        mode = kwargs.get("mode", args[1] if len(args) > 1 else "reduced")
+        m, n = _tall(a.shape[-2], a.shape[-1])
+        r_only = 2.0 * m * n * n - 2.0 * n**3 / 3
+        return "qr", (m, n), r_only if mode == "r" else 2 * r_only
+    if name == "_linalg_svd":
+        m, n = _tall(args[0].shape[-2], args[0].shape[-1])
+        return "svd", (m, n), 6.0 * m * n * n + 20.0 * n**3
+    if name == "_linalg_eigh":
+        n = args[0].shape[-1]
+        return "eigh", (n,), 9.0 * n**3
+    return None
+
+
+@dataclass
+class FlopCounter(TorchDispatchMode):
+    """Counts flops of dense kernels while active (``with FlopCounter() as f: ...``)."""
+
+    total: float = 0.0
+    by_kernel: dict[tuple[str, tuple[int, ...]], float] = field(
+        default_factory=lambda: defaultdict(float)
+    )
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        counted = kernel_flops(func.overloadpacket.__name__, tuple(args), dict(kwargs or {}))
+        if counted is not None:
+            kernel, shape, flops = counted
+            self.total += flops
+            self.by_kernel[(kernel, shape)] += flops
+        return func(*args, **(kwargs or {}))
+
+    def heaviest(self, kernel: str) -> tuple[int, ...] | None:
+        """The shape of ``kernel`` that cost the most flops in total."""
+        shapes = {s: f for (k, s), f in self.by_kernel.items() if k == kernel}
+        return max(shapes, key=lambda s: shapes[s]) if shapes else None
+
+
+def count_flops(step: Callable[[], Any]) -> FlopCounter:
+    """Run ``step`` once under a :class:`FlopCounter` (untimed)."""
+    with FlopCounter() as counter:
+        step()
+    return counter
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def machine_rates(counter: FlopCounter) -> dict[str, float]:
+    """GFLOP/s of this machine on the matrix product and the R-only QR at the shapes that
+    cost ``counter``'s step the most (float32, torch's threads)."""
+    gen = torch.Generator().manual_seed(0)
+    rates: dict[str, float] = {}
+    mm = counter.heaviest("matmul")
+    if mm is not None:
+        m, k, n = mm
+        a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+        rates["matmul"] = 2.0 * m * k * n / _median_seconds(lambda: a @ b) / 1e9
+    qr = counter.heaviest("qr")
+    if qr is not None:
+        m, n = qr
+        x = torch.randn(m, n, generator=gen)
+        flops = 2.0 * m * n * n - 2.0 * n**3 / 3
+        rates["qr"] = flops / _median_seconds(lambda: torch.linalg.qr(x, mode="r")) / 1e9
+    return rates

@@ -1,0 +1,39 @@
+"""The flop counter counts each dense kernel with its textbook operation count, sees kernels
+inside a real server step, and the machine rates are measured at the step's heaviest shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedlora.bench.flops import count_flops, machine_rates
+
+
+def test_each_kernel_is_counted_with_its_operation_count() -> None:
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    tall = torch.randn(10, 4)
+    square = torch.randn(6, 6)
+    assert count_flops(lambda: a @ b).total == 2 * 3 * 4 * 5
+    assert count_flops(lambda: torch.addmm(torch.zeros(3, 5), a, b)).total == 2 * 3 * 4 * 5
+    r_only = 2 * 10 * 16 - 2 * 64 / 3
+    assert count_flops(lambda: torch.linalg.qr(tall, mode="r")).total == pytest.approx(r_only)
+    assert count_flops(lambda: torch.linalg.qr(tall.T)).total == pytest.approx(2 * r_only)
+    svd = 6 * 10 * 16 + 20 * 64
+    assert count_flops(lambda: torch.linalg.svd(tall, full_matrices=False)).total == svd
+    assert count_flops(lambda: torch.linalg.eigh(square @ square.T)).total == 2 * 6**3 + 9 * 6**3
+    assert count_flops(lambda: (a + 1).relu()).total == 0  # elementwise work is not counted
+
+
+def test_a_server_step_is_counted_and_rated() -> None:
+    from fedlora.bench.synthetic import make_setup, synthetic_round
+    from fedlora.methods.base import LayerSpec
+    from fedlora.methods.registry import build
+
+    setup = make_setup((LayerSpec("l0", in_features=48, out_features=64),), (4, 4, 4))
+    method = build("fedsrd", {})
+    inputs = synthetic_round(method, setup, 0)
+    counter = count_flops(lambda: method.aggregate(inputs.state, inputs.uploads, setup))
+    assert counter.total > 0
+    assert counter.heaviest("qr") is not None and counter.heaviest("matmul") is not None
+    rates = machine_rates(counter)
+    assert set(rates) == {"matmul", "qr"} and all(v > 0 for v in rates.values())
