@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedlora.ops.solve import solve_a_update, solve_b_update
+from fedlora.ops.solve import solve_a_terms, solve_a_update, solve_b_terms, solve_b_update
 
 M, N, R, Q = 16, 12, 4, 6
 
@@ -58,3 +58,15 @@ def test_shapes_must_chain() -> None:
         solve_a_update(left, right, torch.ones(M + 1, R, dtype=torch.float64))
     with pytest.raises(ValueError):
         solve_a_update(left, right.T, torch.ones(M, R, dtype=torch.float64))
+
+
+def test_a_target_given_as_several_products_equals_its_stack() -> None:
+    # Prepare: ΔW = L1 R1 − B A (FedSRD's target less the previous product), never stacked
+    torch.manual_seed(3)
+    l1, r1 = torch.randn(M, 4, dtype=torch.float64), torch.randn(4, N, dtype=torch.float64)
+    b, a = torch.randn(M, R, dtype=torch.float64), torch.randn(R, N, dtype=torch.float64)
+    terms = [(l1, r1), (-b, a)]
+    dense = l1 @ r1 - b @ a
+    # Execute / Assert: against the dense float64 pseudo-inverse
+    torch.testing.assert_close(solve_b_terms(terms, a), dense @ torch.linalg.pinv(a))
+    torch.testing.assert_close(solve_a_terms(terms, b), torch.linalg.pinv(b) @ dense)

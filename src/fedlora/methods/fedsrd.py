@@ -83,7 +83,7 @@ from fedlora.ops.factored import truncated_factors
 from fedlora.ops.masks import dare
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import label_seed
-from fedlora.ops.solve import solve_a_update, solve_b_update
+from fedlora.ops.solve import solve_a_terms, solve_b_terms
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.sparsify import (
     SPARSIFIERS,
@@ -215,12 +215,12 @@ def least_squares_step(target: Factored, a_prev: Tensor, b_prev: Tensor, factor:
     Returns ``ΔB = ΔW·pinv(A^{t-1})`` (m×r) for ``factor == "B"``, else
     ``ΔA = pinv(B^{t-1})·ΔW`` (r×n), with ``ΔW = [W_l, −B^{t-1}]·[W_r; A^{t-1}]``.
     """
-    w_left, w_right = target
-    d_left = torch.cat([w_left, -b_prev], dim=1)
-    d_right = torch.cat([w_right, a_prev], dim=0)
+    # ΔW as two products solved against one Gram matrix, never concatenated:
+    # [W_l, −B]·[W_r; A] = W_l·W_r − B·A.
+    terms = [target, (-b_prev, a_prev)]
     if factor == "B":
-        return solve_b_update(d_left, d_right, a_prev)
-    return solve_a_update(d_left, d_right, b_prev)
+        return solve_b_terms(terms, a_prev)
+    return solve_a_terms(terms, b_prev)
 
 
 def balanced_factors(target: Factored, rank: int) -> LoraPair:

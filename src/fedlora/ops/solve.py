@@ -9,6 +9,8 @@ intermediate is thin: ``L·(R·pinv(A))`` and ``(pinv(B)·L)·R``. Cost O((m+n)�
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 Tensor = torch.Tensor
@@ -19,25 +21,69 @@ def _check_chain(left: Tensor, right: Tensor) -> None:
         raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
 
 
+class _Pinv:
+    """``pinv(M) @ rhs`` for a tall thin ``M`` (k×r, k >= r) and any number of right-hand
+    sides, from one eigendecomposition of the r×r Gram matrix: ``pinv(M) = V diag(1/λ) Vᵀ Mᵀ``
+    over eigenvalues above the same relative cutoff as ``torch.linalg.pinv`` (on singular
+    values, ``λ = σ²``). Costs O(k·r²) once and O(k·r·q) per right-hand side of q columns;
+    the k×r pseudo-inverse is never built."""
+
+    def __init__(self, matrix: Tensor) -> None:
+        # The r×r algebra runs in float64: squaring σ into λ would otherwise cost float32 half
+        # its digits.
+        wide = matrix.double()
+        lam, self.vec = torch.linalg.eigh(wide.T @ wide)
+        top = lam.max().clamp(min=0)
+        rtol = max(matrix.shape) * torch.finfo(matrix.dtype).eps
+        keep = lam > (rtol**2) * top if top > 0 else torch.zeros_like(lam, dtype=torch.bool)
+        self.inv = torch.where(
+            keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam)
+        )
+        self.matrix = matrix
+
+    def __call__(self, rhs: Tensor) -> Tensor:
+        projected = (self.matrix.T @ rhs).double()
+        # Tensor arithmetic operators are typed loosely (Any) in torch's stubs.
+        solution: Tensor = (self.vec @ (self.inv[:, None] * (self.vec.T @ projected))).to(rhs.dtype)
+        return solution
+
+
 def _min_norm_lstsq(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """``pinv(matrix) @ rhs`` for a tall thin ``matrix`` (k×r, k >= r), via the r×r Gram
-    matrix's eigendecomposition: ``pinv(M) = V diag(1/λ) Vᵀ Mᵀ`` over eigenvalues above
-    the same relative cutoff as ``torch.linalg.pinv`` (on singular values, ``λ = σ²``).
-    Costs O(k·r² + k·r·q) and never builds the k×r pseudo-inverse."""
-    # The r×r algebra runs in float64: squaring σ into λ would otherwise cost float32 half
-    # its digits.
-    wide = matrix.double()
-    lam, vec = torch.linalg.eigh(wide.T @ wide)
-    top = lam.max().clamp(min=0)
-    rtol = max(matrix.shape) * torch.finfo(matrix.dtype).eps
-    keep = lam > (rtol**2) * top if top > 0 else torch.zeros_like(lam, dtype=torch.bool)
-    inv = torch.where(
-        keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam)
-    )
-    projected = (matrix.T @ rhs).double()
-    # Tensor arithmetic operators are typed loosely (Any) in torch's stubs.
-    solution: Tensor = (vec @ (inv[:, None] * (vec.T @ projected))).to(rhs.dtype)
-    return solution
+    """``pinv(matrix) @ rhs`` for a tall thin ``matrix`` (see :class:`_Pinv`)."""
+    return _Pinv(matrix)(rhs)
+
+
+Terms = Sequence[tuple[Tensor, Tensor]]
+
+
+def _total(parts: list[Tensor]) -> Tensor:
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+def solve_b_terms(terms: Terms, a: Tensor) -> Tensor:
+    """``ΔB = (Σ_i L_i R_i) @ pinv(A)`` as ``Σ_i L_i (R_i pinv(A))``, one Gram of A for all
+    terms (a target given as several products needs no concatenated stack)."""
+    for left, right in terms:
+        _check_chain(left, right)
+        if a.ndim != 2 or a.shape[1] != right.shape[1]:
+            raise ValueError(f"A {tuple(a.shape)} does not match ΔW's {right.shape[1]} columns")
+    # X = R·pinv(A) is the minimum-norm least-squares solution of X·A = R, i.e. of
+    # Aᵀ·Xᵀ = Rᵀ: an n×r system with q right-hand sides, never an n×r pseudo-inverse.
+    pinv = _Pinv(a.T)
+    return _total([left @ pinv(right.T).T for left, right in terms])
+
+
+def solve_a_terms(terms: Terms, b: Tensor) -> Tensor:
+    """``ΔA = pinv(B) @ (Σ_i L_i R_i)`` as ``Σ_i (pinv(B) L_i) R_i``, one Gram of B."""
+    for left, right in terms:
+        _check_chain(left, right)
+        if b.ndim != 2 or b.shape[0] != left.shape[0]:
+            raise ValueError(f"B {tuple(b.shape)} does not match ΔW's {left.shape[0]} rows")
+    pinv = _Pinv(b)
+    return _total([pinv(left) @ right for left, right in terms])
 
 
 def solve_b_update(left: Tensor, right: Tensor, a: Tensor) -> Tensor:
@@ -52,12 +98,7 @@ def solve_b_update(left: Tensor, right: Tensor, a: Tensor) -> Tensor:
     -------
     (m, r) tensor.
     """
-    _check_chain(left, right)
-    if a.ndim != 2 or a.shape[1] != right.shape[1]:
-        raise ValueError(f"A {tuple(a.shape)} does not match ΔW's {right.shape[1]} columns")
-    # X = R·pinv(A) is the minimum-norm least-squares solution of X·A = R, i.e. of
-    # Aᵀ·Xᵀ = Rᵀ: an n×r system with q right-hand sides, never an n×r pseudo-inverse.
-    return left @ _min_norm_lstsq(a.T, right.T).T
+    return solve_b_terms([(left, right)], a)
 
 
 def solve_a_update(left: Tensor, right: Tensor, b: Tensor) -> Tensor:
@@ -72,7 +113,4 @@ def solve_a_update(left: Tensor, right: Tensor, b: Tensor) -> Tensor:
     -------
     (r, n) tensor.
     """
-    _check_chain(left, right)
-    if b.ndim != 2 or b.shape[0] != left.shape[0]:
-        raise ValueError(f"B {tuple(b.shape)} does not match ΔW's {left.shape[0]} rows")
-    return _min_norm_lstsq(b, left) @ right
+    return solve_a_terms([(left, right)], b)
