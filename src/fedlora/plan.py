@@ -202,9 +202,10 @@ def dry_run_lines(cfg: RunConfig) -> list[str]:
     out += partition_lines(cfg)
     plan = model_plan(cfg)
     kinds = sorted({n.rsplit(".", 1)[-1] for n in plan.adapted})
-    lora = sum(r * (m + n) for r in {max(cfg.client_ranks())} for m, n in plan.adapted.values())
+    rank = max(cfg.client_ranks())
+    lora = sum(rank * (m + n) for m, n in plan.adapted.values())
     out.append(
-        f"adapted: {len(plan.adapted)} layers ({', '.join(kinds)}), rank {max(cfg.client_ranks())}: "
+        f"adapted: {len(plan.adapted)} layers ({', '.join(kinds)}), rank {rank}: "
         f"{lora:,} LoRA parameters on a {plan.base_params:,}-parameter base "
         f"({100 * lora / plan.base_params:.2f}%)"
     )
