@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fedlora import config as config_mod
 from fedlora.config import RunConfig
@@ -51,7 +50,7 @@ def partition_lines(cfg: RunConfig) -> list[str]:
         held = f", held out {len(own.examples)}" if own is not None else ""
         labels = split.labels[cid] if cid < len(split.labels) else {}
         if not labels:
-            labels = dict(sorted(_count(e.label for e in examples).items()))
+            labels = dict(sorted(Counter(e.label for e in examples if e.label is not None).items()))
         shown = ", ".join(f"{k}: {v}" for k, v in labels.items()) if labels else "-"
         lines.append(f"  client {cid}: {len(examples)} examples{held}; labels {shown}")
         if not examples:
@@ -63,14 +62,6 @@ def partition_lines(cfg: RunConfig) -> list[str]:
             f"  server set {name}: {len(h.examples)} completions, {len(h.questions)} questions"
         )
     return lines
-
-
-def _count(values: Any) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for v in values:
-        if v is not None:
-            out[str(v)] += 1
-    return out
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,8 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
         raise DataError(f"{file}: the file is empty")
     if kind == "json":
         # A strict line-by-line read first: it names a bad row (datasets' Arrow reader
-        # would log a traceback and name none); the rows used are datasets' own.
+        # would log a traceback and name none) and refuses rows that reader lets through
+        # (a non-object array item, invalid UTF-8); the rows used are datasets' own.
         _json_rows_strictly(file)
     rows = _with_datasets(file, kind)
     if not rows:

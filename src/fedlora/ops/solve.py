@@ -48,11 +48,6 @@ class _Pinv:
         return solution
 
 
-def _min_norm_lstsq(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """``pinv(matrix) @ rhs`` for a tall thin ``matrix`` (see :class:`_Pinv`)."""
-    return _Pinv(matrix)(rhs)
-
-
 Terms = Sequence[tuple[Tensor, Tensor]]
 
 

@@ -136,11 +136,6 @@ def task_heldout(cfg: EvalConfig, data: DataConfig) -> dict[str, Heldout]:
     return {t.name: Heldout(t.examples, t.questions) for t in tasks}
 
 
-def clients_own_heldout(cfg: DataConfig) -> bool:
-    """Whether clients hold held-out sets of their own (scored by federated evaluation)."""
-    return cfg.own_heldout
-
-
 def own_data(cfg: DataConfig, cid: int, path: str | None, seed: int) -> ClientSplit:
     """Client ``cid``'s training examples and own held-out set, exactly as
     :func:`client_split` cuts them: from its file alone (``path``, else ``data.files[cid]``),

@@ -23,11 +23,6 @@ class Encoded:
     """Whether ``train.seq_len`` cut the prompt or the completion."""
 
 
-def prompt_ids(tokenizer: object, prompt: str) -> list[int]:
-    """Token ids of ``prompt`` as a user turn followed by the assistant header."""
-    return prompt_token_ids(tokenizer, Example(prompt, ""), "chat")
-
-
 def encode(tokenizer: object, example: Example, seq_len: int, template: str = "chat") -> Encoded:
     """Encode one example under ``template`` (:mod:`fedlora.train.prompt_format`); the
     prompt is cut from the left (keeping its end, next to the answer) so that at least half
@@ -43,11 +38,6 @@ def encode(tokenizer: object, example: Example, seq_len: int, template: str = "c
     ids = (p_ids + c_ids)[:seq_len]
     labels = ([IGNORE] * len(p_ids) + c_ids)[:seq_len]
     return Encoded(ids, labels, truncated=len(ids) < full)
-
-
-def encode_example(tokenizer: object, prompt: str, completion: str, seq_len: int) -> Encoded:
-    """Encode one prompt/completion pair with the chat template (see :func:`encode`)."""
-    return encode(tokenizer, Example(prompt, completion), seq_len)
 
 
 def collate(

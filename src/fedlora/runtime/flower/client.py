@@ -26,7 +26,7 @@ from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.common import dense
 from fedlora.runtime.assemble import adapted_model, build_method, client_specs, encode_heldout
-from fedlora.runtime.client_data import client_split, clients_own_heldout, own_data
+from fedlora.runtime.client_data import client_split, own_data
 from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.flower.protocol import (
     EvalInstruction,
@@ -173,7 +173,7 @@ def client_evaluate(
         why = f"client remembers round {memory.round}, evaluation is of round {ins.round}"
         return EvalReport(ins.cid, ins.round, "out-of-sync", error=why)
     cfg = config_mod.from_dict(json.loads(ins.config))
-    if not clients_own_heldout(cfg.data):
+    if not cfg.data.own_heldout:
         return EvalReport(ins.cid, ins.round, "ok")
     parts = build_client(cfg, ins.cid, data_file, with_data=False)
     for merge in memory.merges:

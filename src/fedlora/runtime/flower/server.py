@@ -27,7 +27,6 @@ from fedlora.config import RunConfig
 from fedlora.errors import FedloraError, PayloadError
 from fedlora.methods.base import Factored, Payload
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.client_data import clients_own_heldout
 from fedlora.runtime.driver import Dispatch, EvalReply, Reply, drive
 from fedlora.runtime.flower.protocol import (
     EVALUATE,
@@ -291,7 +290,7 @@ class FlowerTransport:
         self, t: int, update: Mapping[str, Factored], rs: RunState
     ) -> dict[int, EvalReply]:
         """Federated evaluation: every served client scores its own held-out data."""
-        if not clients_own_heldout(self.fed.cfg.data):
+        if not self.fed.cfg.data.own_heldout:
             return {}
         factors: Payload = {}
         for layer, (left, right) in update.items():
