@@ -269,7 +269,7 @@ def test_measure_rss_runs_each_child_and_collects_their_peaks(
         assert rss.child_main([str(report), *args]) == 0
         return json.loads(report.read_text()), 0.0
 
-    monkeypatch.setattr(rss, "_child", in_process)
+    monkeypatch.setattr(rss, "child_report", in_process)
     overrides = _tiny_set(tmp_path, clients=2)
     # Execute
     result = rss.measure_rss("tiny-llama", (2,), overrides, dtypes=("float32", "bfloat16"))
@@ -292,7 +292,7 @@ def test_measure_rss_runs_each_child_and_collects_their_peaks(
 
 def test_an_rss_child_is_a_real_process_that_reports_its_own_peak() -> None:
     # Prepare / Execute: a real fresh interpreter loading the tiny model
-    info, seconds = rss._child(["load", "tiny-llama", "float32"], timeout_s=600.0, threads=1)
+    info, seconds = rss.child_report(["load", "tiny-llama", "float32"], timeout_s=600.0, threads=1)
     # Assert: its own high-water mark, which must hold at least the interpreter and the
     # model's weights, and is not this (test) process's
     own = rss._vmhwm_bytes()

@@ -70,6 +70,7 @@ from fedlora.bench.client_report import (
 )
 from fedlora.bench.measure import Stopwatch, choose_threads, load_average
 from fedlora.bench.rss import measure_rss
+from fedlora.bench.scale import measure_scale, scale_checks, scale_plan
 from fedlora.bench.trl_loop import trl_available, trl_round
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError
@@ -187,6 +188,9 @@ class ClientBenchConfig:
     rss_dtypes: tuple[str, ...] = ("float32", "bfloat16")
     skip_timing: bool = False
     trl: bool = True
+    scale_clients: tuple[int, ...] = ()
+    """Registered client counts of the scale runs (:mod:`fedlora.bench.scale`); () = none."""
+    scale_sampled: tuple[int, ...] = (10,)
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -195,6 +199,8 @@ class ClientBenchConfig:
             raise ConfigError("--methods must name at least one method")
         if any(k < 1 for k in self.rss_clients):
             raise ConfigError(f"--rss-clients must be positive, got {self.rss_clients}")
+        if self.scale_clients:
+            scale_plan(self.scale_clients, self.scale_sampled)  # refuses bad counts now
 
     def run_config(self) -> RunConfig:
         return config_mod.load(
@@ -358,6 +364,18 @@ def _run_bench(
         if config.rss
         else None
     )
+    scale = [
+        run
+        for method in (config.methods if config.scale_clients else ())
+        for run in measure_scale(
+            cfg.model.name,
+            method,
+            scale_plan(config.scale_clients, config.scale_sampled),
+            config.overrides,
+            threads=threads,
+            progress=progress,
+        )
+    ]
     t = cfg.train
     settings = {
         "clients": cfg.data.clients,
@@ -394,14 +412,16 @@ def _run_bench(
         load_after=load_average(),
         methods=results,
         rss=rss,
-        checks=check_targets(results, cfg.model.name),
+        scale=scale,
+        checks=check_targets(results, cfg.model.name) + scale_checks(scale),
     )
 
 
 DESCRIPTION = (
     "Local training throughput of fedlora's client step against a bare "
     "PyTorch + PEFT loop, the share of a round outside training, and "
-    "(--rss) peak memory of federations with different client counts."
+    "(--rss) peak memory of federations with different client counts, and (--clients) "
+    "peak memory and round time against the number of registered clients."
 )
 
 
@@ -445,7 +465,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="float32,bfloat16",
         help="base dtypes of the RSS runs (default float32,bfloat16)",
     )
-    p.add_argument("--rss-only", action="store_true", help="skip the timing part")
+    p.add_argument("--rss-only", action="store_true", help="--rss and --no-timing")
+    p.add_argument(
+        "--clients",
+        default="",
+        metavar="N,N,...",
+        help="also run short federations with these many registered clients (e.g. "
+        "10,100,1000), in subprocesses, for peak RSS and round time against the count",
+    )
+    p.add_argument(
+        "--sampled",
+        default="10",
+        metavar="S,S,...",
+        help="clients sampled per round in the --clients runs (default 10; further counts "
+        "run at the largest --clients, for server time against the number sampled)",
+    )
+    p.add_argument("--no-timing", action="store_true", help="skip the throughput timing")
     p.add_argument(
         "--no-trl", action="store_true", help="do not time TRL's SFTTrainer beside fedlora"
     )
@@ -494,8 +529,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             rss=args.rss or args.rss_only,
             rss_clients=_ints(args.rss_clients, "--rss-clients"),
             rss_dtypes=tuple(d.strip() for d in args.rss_dtypes.split(",") if d.strip()),
-            skip_timing=args.rss_only,
+            skip_timing=args.rss_only or args.no_timing,
             trl=not args.no_trl,
+            scale_clients=_ints(args.clients, "--clients"),
+            scale_sampled=_ints(args.sampled, "--sampled"),
         )
         report = run_bench(config, progress)
     except (FedloraError, ValueError) as exc:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fedlora.bench.measure import MIB, mib, ms, table
 from fedlora.bench.rss import RssResult, RssRun
+from fedlora.bench.scale import ScaleRun
 
 OVERHEAD_PHASES = (
     "broadcast_encode",
@@ -124,6 +125,7 @@ class ClientBenchReport:
     methods: list[MethodResult]
     rss: RssResult | None
     checks: list[dict[str, Any]]
+    scale: list[ScaleRun] = field(default_factory=list)
 
 
 SHORT_PHASES = {
@@ -280,13 +282,56 @@ def rss_lines(rss: RssResult) -> list[str]:
     return out
 
 
+def scale_lines(runs: Sequence[ScaleRun]) -> list[str]:
+    """Peak RSS and round time against registered and sampled client counts."""
+    out = [
+        "",
+        "Registered clients (one process each; medians over the rounds between the first "
+        "and the last)",
+    ]
+    rows = []
+    for r in runs:
+        first = next(x for x in runs if x.method == r.method)
+        rows.append(
+            [
+                r.method,
+                str(r.registered),
+                str(r.sampled),
+                mib(r.peak_rss_bytes),
+                f"{r.peak_rss_bytes / first.peak_rss_bytes - 1:+.2%}",
+                f"{r.round_s:.3f}",
+                f"{r.non_train_s:.3f}",
+                f"{r.server_s:.4f}",
+                f"{1000 * r.server_s / r.sampled:.2f}",
+                f"{r.wall_s:.1f}",
+            ]
+        )
+    out += table(
+        [
+            "method",
+            "registered",
+            "sampled",
+            "peak MiB",
+            "vs first",
+            "round s",
+            "non-train s",
+            "server s",
+            "server ms/sampled",
+            "process s",
+        ],
+        rows,
+    )
+    return out
+
+
 def target_lines(checks: Sequence[dict[str, Any]]) -> list[str]:
     """PASS / FAIL per target, from the measured numbers."""
     out = ["", "Targets"]
     for c in checks:
         verdict = "PASS" if c["passed"] else "FAIL"
         value = c["value"]
-        shown = f"{value:.2%}" if "share" in c["check"] else f"{value:.3f}"
+        percent = "share" in c["check"] or "growth" in c["check"]
+        shown = f"{value:.2%}" if percent else f"{value:.3f}"
         out.append(f"  {verdict}  {c['check']}: {shown}")
     return out
 
@@ -298,10 +343,15 @@ def format_table(report: ClientBenchReport) -> str:
         out += throughput_lines(report) + overhead_lines(report)
     if report.rss is not None:
         out += rss_lines(report.rss)
+    if report.scale:
+        out += scale_lines(report.scale)
     if report.checks:
         out += target_lines(report.checks)
     return "\n".join(out)
 
 
 def report_json(report: ClientBenchReport) -> dict[str, Any]:
-    return dataclasses.asdict(report)
+    out = dataclasses.asdict(report)
+    for run, row in zip(report.scale, out["scale"], strict=True):
+        row["non_train_s"] = run.non_train_s
+    return out

@@ -112,7 +112,9 @@ _CHILD = (
 )
 
 
-def _child(args: Sequence[str], timeout_s: float, threads: int) -> tuple[dict[str, Any], float]:
+def child_report(
+    args: Sequence[str], timeout_s: float, threads: int
+) -> tuple[dict[str, Any], float]:
     """Run :func:`child_main` with ``args`` in a fresh interpreter; return (report, seconds)."""
     env = dict(os.environ, PYTHONPATH=_src_pythonpath(), OMP_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory(prefix="fedlora-rss-") as tmp:
@@ -162,7 +164,7 @@ def measure_rss(
     param_bytes = 0
     for dtype in dtypes:
         progress(f"RSS: loading {model} alone in {dtype}")
-        info, seconds = _child(["load", model, dtype], timeout_s, threads)
+        info, seconds = child_report(["load", model, dtype], timeout_s, threads)
         param_bytes = 4 * int(info["param_count"])  # in float32, whatever dtype loaded
         runs.append(RssRun(None, int(info["vmhwm_bytes"]), seconds, dtype))
         for k in clients:
@@ -177,6 +179,6 @@ def measure_rss(
                     f"data.clients={k}",
                     f"out_dir={json.dumps(str(Path(tmp) / 'run'))}",
                 ]
-                info, seconds = _child(args, timeout_s, threads)
+                info, seconds = child_report(args, timeout_s, threads)
             runs.append(RssRun(k, int(info["vmhwm_bytes"]), seconds, dtype))
     return RssResult(model=model, param_bytes=param_bytes, runs=runs)

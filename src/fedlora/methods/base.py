@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -70,6 +71,11 @@ class ClientSpec:
     def scaling(self) -> float:
         return self.alpha / self.rank
 
+    @property
+    def shape(self) -> tuple[int, float]:
+        """``(rank, alpha)``: all a broadcast or a new view may depend on (``Method``)."""
+        return (self.rank, self.alpha)
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -93,11 +99,15 @@ class Setup:
         """Alpha of the global adapter: that of the highest-rank client."""
         return max(self.clients, key=lambda c: (c.rank, c.alpha)).alpha
 
+    @cached_property
+    def _by_cid(self) -> dict[int, ClientSpec]:
+        return {c.cid: c for c in self.clients}
+
     def client(self, cid: int) -> ClientSpec:
-        for c in self.clients:
-            if c.cid == cid:
-                return c
-        raise KeyError(f"no client with id {cid}")
+        try:
+            return self._by_cid[cid]
+        except KeyError:
+            raise KeyError(f"no client with id {cid}") from None
 
     def layer(self, name: str) -> LayerSpec:
         for spec in self.layers:
@@ -159,7 +169,9 @@ class Method(Protocol):
         """The state before round 1."""
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
-        """What the server sends ``client`` at the start of the next round."""
+        """What the server sends ``client`` at the start of the next round. It depends on the
+        client only through its shape (``rank``, ``alpha``): the driver builds one broadcast
+        per shape and sends it to every client of that shape."""
 
     def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
         """Scaled updates a client adds into its frozen base weights on receipt of
@@ -173,7 +185,11 @@ class Method(Protocol):
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        """Turn a broadcast (and the client's remembered view) into its starting adapter."""
+        """Turn a broadcast (and the client's remembered view) into its starting adapter.
+
+        The returned ``view`` depends on the client only through its shape (``rank``,
+        ``alpha``), never on its ``cid`` or ``seed``: clients that remember the same view and
+        receive the same broadcast share one new view (the driver computes it once)."""
 
     def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
         """An extra local loss term (FedProx), or ``None``."""

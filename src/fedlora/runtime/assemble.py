@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from fedlora.models import model_folder
 from fedlora.models.placement import load_base, placement
 from fedlora.runtime.client_data import Heldout, client_split, server_heldout, task_heldout
 from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
-from fedlora.train.batches import Encoded, encode, pad_id_of
+from fedlora.train.batches import Encoded, PackedExamples, encode, pad_id_of
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class Federation:
     tokenizer: Any
     method: Method
     setup: Setup
-    train_sets: dict[int, list[Encoded]]
+    train_sets: dict[int, Sequence[Encoded]]
+    """Each client's training examples (packed: :class:`PackedExamples`)."""
     eval_sets: dict[str, EvalSet]
     """Held-out sets the server owns and scores (public data)."""
     pad_id: int
@@ -131,13 +132,13 @@ def assemble(
 
     report("status", {"text": "preparing data"})
     seq_len = cfg.train.seq_len
-    train_sets: dict[int, list[Encoded]] = {}
+    train_sets: dict[int, Sequence[Encoded]] = {}
     client_eval_sets: dict[int, dict[str, EvalSet]] = {}
     if with_client_data:
         split = client_split(cfg.data, seed=cfg.seed)
         template = cfg.data.template
         train_sets = {
-            cid: [encode(tokenizer, ex, seq_len, template) for ex in examples]
+            cid: PackedExamples(encode(tokenizer, ex, seq_len, template) for ex in examples)
             for cid, examples in enumerate(split.clients)
         }
         for cid, examples in train_sets.items():

@@ -2,7 +2,10 @@
 
 ``checkpoints/round-NNNN/`` holds ``tensors.safetensors`` (server state ``state/<name>``,
 client views ``view/<cid>/<name>``, this round's base merge ``merge/<layer>/L|R``) and
-``meta.json`` (round, server meta, sha256 of the tensor file). The folder is written under a
+``meta.json`` (round, server meta, sha256 of the tensor file, and ``views``: each client's
+id mapped to the client whose tensors hold its view). Clients that share one view object
+(the driver's mirror gives clients alike one) store it once and share it again on read, so
+a checkpoint of a thousand idle clients holds one view, not a thousand. The folder is written under a
 temporary name and renamed, so a folder with the final name is complete unless tampered
 with, which the hash detects.
 """
@@ -53,9 +56,14 @@ def write(root: Path, ckpt: Checkpoint) -> Path:
     tensors: dict[str, Tensor] = {}
     for name, t in ckpt.state.tensors.items():
         tensors[f"state/{name}"] = t.contiguous()
-    for cid, view in ckpt.views.items():
-        for name, t in view.items():
-            tensors[f"view/{cid}/{name}"] = t.contiguous()
+    owners: dict[int, int] = {}  # id(view) -> the first client holding it
+    view_of: dict[str, int] = {}
+    for cid, view in sorted(ckpt.views.items()):
+        owner = owners.setdefault(id(view), cid)
+        view_of[str(cid)] = owner
+        if owner == cid:
+            for name, t in view.items():
+                tensors[f"view/{cid}/{name}"] = t.contiguous()
     for layer, (left, right) in ckpt.merge.items():
         tensors[f"merge/{layer}/L"] = left.contiguous()
         tensors[f"merge/{layer}/R"] = right.contiguous()
@@ -66,7 +74,7 @@ def write(root: Path, ckpt: Checkpoint) -> Path:
         "round": ckpt.round,
         "state_round": ckpt.state.round,
         "state_meta": ckpt.state.meta,
-        "views": sorted(ckpt.views),
+        "views": view_of,
         "extra": ckpt.extra,
         "sha256": _sha256(tmp / "tensors.safetensors"),
     }
@@ -105,7 +113,17 @@ def read(root: Path, round_: int) -> Checkpoint:
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {folder} is unreadable: {exc}") from None
     state_t: dict[str, Tensor] = {}
-    views: dict[int, dict[str, Tensor]] = {int(c): {} for c in meta["views"]}
+    # ``views`` maps each client to the client whose tensors hold its view (a plain list
+    # of clients, each holding its own, in checkpoints written before views were shared).
+    listed = meta["views"]
+    view_of = (
+        {int(c): int(o) for c, o in listed.items()}
+        if isinstance(listed, dict)
+        else {int(c): int(c) for c in listed}
+    )
+    if any(view_of.get(o) != o for o in view_of.values()):
+        raise CheckpointError(f"checkpoint {folder}/meta.json: a view's owner holds none")
+    views: dict[int, dict[str, Tensor]] = {o: {} for o in set(view_of.values())}
     merge_parts: dict[str, dict[str, Tensor]] = {}
     for key, t in tensors.items():
         kind, _, rest = key.partition("/")
@@ -113,10 +131,13 @@ def read(root: Path, round_: int) -> Checkpoint:
             state_t[rest] = t
         elif kind == "view":
             cid, _, name = rest.partition("/")
+            if int(cid) not in views:
+                raise CheckpointError(f"checkpoint {folder}: view tensor of unlisted {cid}")
             views[int(cid)][name] = t
         elif kind == "merge":
             layer, _, part = rest.rpartition("/")
             merge_parts.setdefault(layer, {})[part] = t
     merge = {layer: (p["L"], p["R"]) for layer, p in merge_parts.items()}
     state = ServerState(round=meta["state_round"], tensors=state_t, meta=meta["state_meta"])
-    return Checkpoint(meta["round"], state, views, merge, meta.get("extra", {}))
+    shared = {cid: views[owner] for cid, owner in view_of.items()}
+    return Checkpoint(meta["round"], state, shared, merge, meta.get("extra", {}))

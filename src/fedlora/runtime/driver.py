@@ -4,15 +4,19 @@ A runtime only says how messages reach clients and come back (a :class:`Transpor
 round *is* lives here, once:
 
 1. sample the round's clients (seeded, :data:`Stream.SAMPLING`);
-2. encode one broadcast per client (every client gets one, trained or not, so
-   delta-synchronised methods stay in sync and base merges reach everyone) and decode it as
-   the client will;
+2. build, encode and decode (as the client will) one broadcast per client shape (rank,
+   alpha) and address it to every client of that shape (every client gets one, trained or
+   not, so delta-synchronised methods stay in sync and base merges reach everyone);
 3. apply the round's base merge to the server's model;
 4. hand the broadcasts to the transport, which returns one :class:`Reply` per client;
 5. mirror every client's view with the same ``client_start`` the client runs (the server's
    copy is what checkpoints hold and what re-synchronises a client that missed a round);
+   clients that held one view and got one broadcast share the new view, computed once;
 6. decode the uploads strictly and aggregate (:func:`fedlora.runtime.steps.server_step`);
 7. write the round's record (identical fields in every runtime) and evaluate.
+
+What a round costs the server therefore grows with the clients sampled and the distinct
+client shapes, not with the clients registered (``fedlora bench client --clients``).
 
 One policy for failures: a sampled client without a usable upload is dropped from the round
 with the transport's reason; a client whose broadcast cannot be applied (``client_start``
@@ -132,18 +136,32 @@ def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
 def _mirror_views(
     fed: Server, rs: RunState, dispatches: Sequence[Dispatch], t: int
 ) -> dict[int, str]:
-    """Update every client's view as its ``client_start`` does; returns who could not."""
+    """Update every client's view as its ``client_start`` does; returns who could not.
+
+    A new view depends on the old one, the broadcast and the client's shape only (the
+    ``Method`` contract), so clients alike in all three share one, computed once.
+    """
     unapplied: dict[int, str] = {}
+    # keyed by object identity; each entry also holds the old view, so no id is reused
+    done: dict[tuple[int, int, tuple[int, float]], tuple[object, dict[str, Any] | str]] = {}
     for d in dispatches:
         client = fed.setup.client(d.cid)
-        seed = client_seed(fed.setup.seed, Stream.CLIENT_START, t, d.cid)
-        try:
-            start = fed.method.client_start(rs.views[d.cid], d.payload, fed.setup, client, seed)
-        except Exception as exc:  # the client cannot apply it either: it keeps its old view
-            log.warning("round %d: client %d cannot apply the broadcast: %s", t, d.cid, exc)
-            unapplied[d.cid] = f"broadcast could not be applied: {type(exc).__name__}: {exc}"
-            continue
-        rs.views[d.cid] = dict(start.view)
+        old = rs.views[d.cid]
+        alike = (id(old), id(d.payload), client.shape)
+        if alike not in done:
+            seed = client_seed(fed.setup.seed, Stream.CLIENT_START, t, d.cid)
+            try:
+                start = fed.method.client_start(old, d.payload, fed.setup, client, seed)
+                done[alike] = (old, dict(start.view))
+            except Exception as exc:  # the client cannot apply it either: it keeps its view
+                log.warning("round %d: client %d cannot apply the broadcast: %s", t, d.cid, exc)
+                why = f"broadcast could not be applied: {type(exc).__name__}: {exc}"
+                done[alike] = (old, why)
+        new = done[alike][1]
+        if isinstance(new, str):
+            unapplied[d.cid] = new
+        else:
+            rs.views[d.cid] = new
     return unapplied
 
 
@@ -162,12 +180,17 @@ def run_round(
     sampled = sample_clients(cfg, t)
     report("round_start", {"round": t, "sampled": sampled})
     dispatches = []
+    chosen = set(sampled)
+    by_shape: dict[tuple[int, float], tuple[Transfer, Payload]] = {}
     for c in setup.clients:
-        with timer("broadcast_encode"):
-            tx = send(method.broadcast(rs.state, setup, c), cfg)
-        with timer("broadcast_decode"):
-            payload = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
-        dispatches.append(Dispatch(c.cid, c.cid in sampled, tx, payload))
+        if c.shape not in by_shape:
+            with timer("broadcast_encode"):
+                tx = send(method.broadcast(rs.state, setup, c), cfg)
+            with timer("broadcast_decode"):
+                payload = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
+            by_shape[c.shape] = (tx, payload)
+        tx, payload = by_shape[c.shape]
+        dispatches.append(Dispatch(c.cid, c.cid in chosen, tx, payload))
     with timer("base_merge"):
         merge = method.base_merge(dispatches[0].payload, setup)
         fed.merge_into_base(merge)

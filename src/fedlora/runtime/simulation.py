@@ -1,9 +1,10 @@
 """In-process federation: one base model shared by every simulated client.
 
 The round is :func:`fedlora.runtime.driver.run_round`; this module is only its transport:
-each client decodes its broadcast (every client receives every broadcast), plays
-:func:`fedlora.runtime.steps.client_step` on the shared model (which already carries the
-round's base merge), and its encoded upload goes back to the server. Nothing else crosses,
+each sampled client plays :func:`fedlora.runtime.steps.client_step` on its decoded broadcast
+and the shared model (which already carries the round's base merge), and its encoded upload
+goes back to the server. An idle client's view is the server's mirror of it (every client
+receives every broadcast, and the driver applies it), so nothing runs for it here. Nothing else crosses,
 so the transport's byte counts equal the payloads'. A client's own held-out set is scored by
 that client's part of the transport, as in a deployment. Deterministic under ``cfg.seed``.
 """
@@ -44,6 +45,11 @@ class InProcess:
         fed = self.fed
         replies: dict[int, Reply] = {}
         for d in dispatches:
+            if not d.train:
+                # An idle client's view is the server's mirror (one process, one memory), so
+                # applying its broadcast again here would only repeat the driver's work.
+                replies[d.cid] = Reply(ClientOutcome(cid=d.cid, view={}), d.broadcast.nbytes)
+                continue
             client = fed.setup.client(d.cid)
             try:
                 with self.timer("client_step"):
@@ -58,7 +64,6 @@ class InProcess:
                         cfg=fed.cfg,
                         round_=t,
                         pad_id=fed.pad_id,
-                        train=d.train,
                         timer=self.timer,
                     )
             except Exception as exc:  # a client's failure must not end the federation
@@ -66,17 +71,16 @@ class InProcess:
                 outcome = ClientOutcome(
                     cid=d.cid, view={}, error=f"client failed: {type(exc).__name__}: {exc}"
                 )
-            if d.train:
-                self.report(
-                    "client_trained",
-                    {
-                        "round": t,
-                        "cid": d.cid,
-                        "loss": outcome.train_loss,
-                        "seconds": outcome.train_seconds,
-                        "error": outcome.error,
-                    },
-                )
+            self.report(
+                "client_trained",
+                {
+                    "round": t,
+                    "cid": d.cid,
+                    "loss": outcome.train_loss,
+                    "seconds": outcome.train_seconds,
+                    "error": outcome.error,
+                },
+            )
             received = outcome.upload.nbytes if outcome.upload is not None else 0
             replies[d.cid] = Reply(outcome, sent_bytes=d.broadcast.nbytes, received_bytes=received)
         self.last = replies

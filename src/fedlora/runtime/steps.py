@@ -26,7 +26,7 @@ from fedlora.models.placement import device_of
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.ops.sparse import Sparse
 from fedlora.train.adapters import on_device, slot_name
-from fedlora.train.batches import Encoded
+from fedlora.train.batches import Encoded, truncated_count
 from fedlora.train.local import train_local
 from fedlora.train.timing import Timer, untimed
 from fedlora.wire import decode, encode_with_stats
@@ -158,7 +158,7 @@ def client_step(
     outcome.n_samples = len(examples)
     outcome.train_loss = result.mean_loss
     outcome.tokens = result.tokens
-    outcome.truncated = sum(e.truncated for e in examples)
+    outcome.truncated = truncated_count(examples)
     outcome.train_seconds = result.seconds
     outcome.overhead_seconds = time.perf_counter() - began - result.seconds
     return outcome

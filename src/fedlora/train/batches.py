@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
@@ -38,6 +39,53 @@ def encode(tokenizer: object, example: Example, seq_len: int, template: str = "c
     ids = (p_ids + c_ids)[:seq_len]
     labels = ([IGNORE] * len(p_ids) + c_ids)[:seq_len]
     return Encoded(ids, labels, truncated=len(ids) < full)
+
+
+class PackedExamples(Sequence[Encoded]):
+    """A client's encoded examples kept as flat int32 token and label tensors (8 bytes a
+    token, where Python lists of ints take about 70), so that one process can simulate the
+    data of thousands of clients; indexing rebuilds the :class:`Encoded` it was given."""
+
+    def __init__(self, examples: Iterable[Encoded]) -> None:
+        ids: list[int] = []
+        labels: list[int] = []
+        bounds = [0]
+        cut = bytearray()
+        for e in examples:
+            ids.extend(e.input_ids)
+            labels.extend(e.labels)
+            bounds.append(len(ids))
+            cut.append(e.truncated)
+        self._ids = torch.tensor(ids, dtype=torch.int32)
+        self._labels = torch.tensor(labels, dtype=torch.int32)
+        self._bounds = bounds
+        self._cut = bytes(cut)
+        self.truncated = sum(self._cut)
+        """How many of the examples ``train.seq_len`` cut."""
+
+    def __len__(self) -> int:
+        return len(self._cut)
+
+    @overload
+    def __getitem__(self, i: int) -> Encoded: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Encoded]: ...
+    def __getitem__(self, i: int | slice) -> Encoded | list[Encoded]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"example {i} of {n}")
+        i %= n
+        lo, hi = self._bounds[i], self._bounds[i + 1]
+        return Encoded(self._ids[lo:hi].tolist(), self._labels[lo:hi].tolist(), bool(self._cut[i]))
+
+
+def truncated_count(examples: Sequence[Encoded]) -> int:
+    """How many of ``examples`` ``train.seq_len`` cut (counted once for packed ones)."""
+    if isinstance(examples, PackedExamples):
+        return examples.truncated
+    return sum(e.truncated for e in examples)
 
 
 def collate(
