@@ -185,6 +185,7 @@ BENCHES = {
     ),
     "client": ("fedlora.bench.client", "client training throughput against a bare PEFT loop"),
     "quality": ("fedlora.bench.quality", "every method's held-out quality per MB on the wire"),
+    "round": ("fedlora.bench.round_cost", "whole-round cost of FedSRD against FedAvg"),
 }
 
 

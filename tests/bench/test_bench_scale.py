@@ -32,15 +32,33 @@ def test_the_plan_varies_registered_then_sampled_at_the_largest() -> None:
 
 def test_round_figures_are_medians_between_the_first_and_last_round() -> None:
     records = [{"round": 0, "eval": {}}] + [
-        {"round_seconds": s, "train_seconds": {"0": s / 2, "1": 0.1}, "server_seconds": s / 10}
+        {
+            "round_seconds": s,
+            "train_seconds": {"0": s / 2, "1": 0.1},
+            "server_seconds": s / 10,
+            "tokens": {"0": 100, "1": 100 * s},
+        }
         for s in (9.0, 1.0, 3.0, 2.0, 7.0)
     ]
-    assert scale.round_figures(records) == (2.0, 1.1, 0.2)
+    got = scale.round_figures(records)
+    assert (got["round_s"], got["train_s"], got["server_s"]) == (2.0, 1.1, 0.2)
+    assert got["tokens"] == 300.0
+    # per 1k tokens: 1/200, 3/400, 2/300 -> median 2/300
+    assert got["round_s_per_ktok"] == pytest.approx(1000 * 2 / 300)
 
 
-def _run(registered: int, sampled: int, rss_mib: float, round_s: float, server_s: float):  # type: ignore[no-untyped-def]
+def _run(registered: int, sampled: int, rss_mib: float, per_ktok: float, server_s: float):  # type: ignore[no-untyped-def]
     return scale.ScaleRun(
-        "fedsrd", registered, sampled, int(rss_mib * 2**20), round_s, 0.5, server_s, 9.0
+        "fedsrd",
+        registered,
+        sampled,
+        int(rss_mib * 2**20),
+        1.0,
+        0.5,
+        server_s,
+        9.0,
+        100.0,
+        per_ktok,
     )
 
 

@@ -202,3 +202,55 @@ def test_relative_error_and_stacked_bytes() -> None:
     assert ref.relative_error(x, x) == 0.0
     assert ref.relative_error(torch.zeros(2, 2), x) == pytest.approx(1.0)
     assert ref.stacked_bytes([4, 2], out_features=10, in_features=6) == 6 * 16 * 4
+
+
+def test_device_moves_every_tensor_of_the_inputs_and_refuses_a_missing_gpu() -> None:
+    # Prepare: real synthetic round inputs of FedSRD (dense and sparse tensors, seeds)
+    from fedlora.bench import server as server_bench
+    from fedlora.bench.synthetic import make_setup, synthetic_round
+    from fedlora.methods import registry
+    from fedlora.methods.base import LayerSpec
+    from fedlora.ops.sparse import Sparse
+
+    method = registry.build("fedsrd")
+    setup = make_setup((LayerSpec("l0", 12, 10),), (4, 4))
+    inputs = synthetic_round(method, setup)
+    # Execute: to the meta device, which no computation could have put them on
+    moved = server_bench.on_device(inputs.uploads, torch.device("meta"))
+    # Assert
+    sparse = [v for u in moved for v in u.payload.values() if isinstance(v, Sparse)]
+    assert sparse and all(s.values.is_meta and s.indices.is_meta for s in sparse)
+    assert [u.cid for u in moved] == [u.cid for u in inputs.uploads]
+    if not torch.cuda.is_available():
+        with pytest.raises(server_bench.ConfigError, match="needs a CUDA GPU"):
+            server_bench.resolve("cuda")
+    with pytest.raises(server_bench.ConfigError, match="--device"):
+        server_bench.BenchConfig(device="tpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["fedavg", "fedsrd", "fedsrd-e", "florist", "flexlora"])
+def test_a_server_step_on_cuda_gives_the_cpu_step(name: str) -> None:
+    from fedlora.bench import server as server_bench
+    from fedlora.bench.synthetic import make_setup, synthetic_round
+    from fedlora.methods.base import LayerSpec
+
+    method = registry.build(name, {"p_down": 0.0} if name.startswith("fedsrd") else {})
+    setup = make_setup((LayerSpec("l0", 96, 80), LayerSpec("l1", 80, 96)), (8, 8, 8))
+    inputs = synthetic_round(method, setup)
+    cuda = torch.device("cuda")
+    on_cpu = method.aggregate(inputs.state, inputs.uploads, setup)
+    on_gpu = server_bench.run_on(
+        cuda,
+        lambda: method.aggregate(
+            server_bench.on_device(inputs.state, cuda),
+            server_bench.on_device(inputs.uploads, cuda),
+            setup,
+        ),
+    )()
+    cpu_dense = server_bench.global_dense(method, on_cpu, setup)
+    gpu_dense = server_bench.global_dense(
+        method, server_bench.on_device(on_gpu, torch.device("cpu")), setup
+    )
+    for layer, ref_dense in cpu_dense.items():
+        assert ref.relative_error(gpu_dense[layer], ref_dense) < 1e-4

@@ -85,30 +85,40 @@ def count_flops(step: Callable[[], Any]) -> FlopCounter:
     return counter
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
-    fn()
+def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 5) -> float:
+    def finished() -> None:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    finished()
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
-        fn()
+        finished()
         times.append(time.perf_counter() - began)
     return statistics.median(times)
 
 
-def machine_rates(counter: FlopCounter) -> dict[str, float]:
-    """GFLOP/s of this machine on the matrix product and the R-only QR at the shapes that
-    cost ``counter``'s step the most (float32, torch's threads)."""
+CPU = torch.device("cpu")
+
+
+def machine_rates(counter: FlopCounter, device: torch.device = CPU) -> dict[str, float]:
+    """GFLOP/s of ``device`` on the matrix product and the R-only QR at the shapes that cost
+    ``counter``'s step the most (float32; on the CPU, torch's threads)."""
     gen = torch.Generator().manual_seed(0)
     rates: dict[str, float] = {}
     mm = counter.heaviest("matmul")
     if mm is not None:
         m, k, n = mm
-        a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-        rates["matmul"] = 2.0 * m * k * n / _median_seconds(lambda: a @ b) / 1e9
+        a = torch.randn(m, k, generator=gen).to(device)
+        b = torch.randn(k, n, generator=gen).to(device)
+        rates["matmul"] = 2.0 * m * k * n / _median_seconds(lambda: a @ b, device) / 1e9
     qr = counter.heaviest("qr")
     if qr is not None:
         m, n = qr
-        x = torch.randn(m, n, generator=gen)
+        x = torch.randn(m, n, generator=gen).to(device)
         flops = 2.0 * m * n * n - 2.0 * n**3 / 3
-        rates["qr"] = flops / _median_seconds(lambda: torch.linalg.qr(x, mode="r")) / 1e9
+        seconds = _median_seconds(lambda: torch.linalg.qr(x, mode="r"), device)
+        rates["qr"] = flops / seconds / 1e9
     return rates

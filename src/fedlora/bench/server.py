@@ -77,6 +77,43 @@ def time_call(fn: Callable[[], Any], repeats: int) -> tuple[Timing, Any]:
     return Timing(min(times), statistics.median(times), len(times)), value
 
 
+def on_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` (a state, uploads, payloads, nested in lists, dicts and dataclasses) with
+    every tensor moved to ``device``; seeds and shapes stay as they are."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: on_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):
+        return type(obj)(on_device(v, device) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        moved = {f.name: on_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj)}
+        return dataclasses.replace(obj, **moved)  # type: ignore[type-var]
+    return obj
+
+
+def run_on(device: torch.device, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with ``device`` as torch's default device, finished before it returns (a
+    CUDA call only queues work, so a timer must wait for it)."""
+
+    def call() -> Any:
+        with device:
+            value = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return value
+
+    return call
+
+
+def resolve(device: str) -> torch.device:
+    """``--device`` as a torch device, refused clearly where it does not exist."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} needs a CUDA GPU; this machine has none")
+    return dev
+
+
 def layer_inputs(
     inputs: RoundInputs, setup: Setup, layer: str, options: Mapping[str, Any]
 ) -> LayerInputs:
@@ -214,15 +251,17 @@ def bench_method(
     progress(f"{name}: project step on the whole model ({len(full)} layers)")
     setup_full, _ = _method_setup(method, full, config.ranks, config.seed)
     whole = synthetic_round(method, setup_full, config.seed)
-    aggregate_full = functools.partial(method.aggregate, whole.state, whole.uploads, setup_full)
+    device = resolve(config.device)
+    state, uploads = on_device(whole.state, device), on_device(whole.uploads, device)
+    aggregate_full = run_on(device, functools.partial(method.aggregate, state, uploads, setup_full))
     result.project_full, _ = time_call(aggregate_full, config.repeats)
     result.memory = measure(aggregate_full, _watch(full)).use
     counter = count_flops(aggregate_full)
     result.flops = counter.total
     result.whole_model_s = result.project_full.median
     result.gflop_per_s = counter.total / max(result.project_full.median, 1e-12) / 1e9
-    result.machine_gflop_per_s = machine_rates(counter)
-    del aggregate_full
+    result.machine_gflop_per_s = machine_rates(counter, device)
+    del aggregate_full, state, uploads
     ranks = [c.rank for c in setup_full.clients]
     result.stacked_bytes = sum(stacked_bytes(ranks, s.out_features, s.in_features) for s in full)
     result.dense_layer_bytes = max(s.out_features * s.in_features * 4 for s in full)
@@ -268,6 +307,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             machine={
                 "cpus": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(),
+                "device": config.device,
                 "torch": torch.__version__,
                 "load_average_1min": _one_minute_load(),
                 "subset_layers": len(subset),
@@ -347,6 +387,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the dense reference")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the whole-model step runs: cpu (default), cuda or cuda:N",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
         "--json-out", default=None, metavar="PATH", help="also write the JSON report to PATH"
@@ -386,6 +431,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             ref_repeats=args.ref_repeats,
             seed=args.seed,
             threads=args.threads,
+            device=args.device,
         )
 
         def progress(text: str) -> None:

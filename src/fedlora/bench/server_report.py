@@ -225,7 +225,7 @@ def format_table(report: BenchReport) -> str:
         f"fedlora bench server: shape {cfg.shape}, targets {','.join(cfg.targets) if cfg.targets else 'all linear'}, "
         f"{report.machine['layers']} layers ({report.machine['subset_layers']} in {cfg.blocks} block(s)), "
         f"ranks {','.join(map(str, cfg.ranks))}, torch threads {report.machine['torch_threads']}, "
-        f"times = median of {cfg.repeats} (reference: {cfg.ref_repeats}), "
+        f"whole-model step on {cfg.device}, times = median of {cfg.repeats} (reference: {cfg.ref_repeats}), "
         f"load average at start {report.machine['load_average_1min']}",
     ]
     for i, row in enumerate(rows):

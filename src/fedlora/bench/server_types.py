@@ -33,6 +33,9 @@ class BenchConfig:
     ref_repeats: int = 1
     seed: int = 0
     threads: int | None = None
+    device: str = "cpu"
+    """Where the whole-model step runs ("cpu", "cuda", "cuda:N"); the dense reference, the
+    accuracy check and the wire stay on the CPU."""
 
     def __post_init__(self) -> None:
         if not self.ranks or any(r < 1 for r in self.ranks):
@@ -45,6 +48,8 @@ class BenchConfig:
             raise ConfigError("--repeats and --ref-repeats must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(frozen=True)
