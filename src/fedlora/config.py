@@ -121,6 +121,8 @@ class DataConfig:
     files: tuple[str, ...] = ()
     max_train_per_client: int = 0  # 0 = all
     max_eval_per_domain: int = 32
+    max_choice_per_domain: int = 0
+    """Questions of a domain's multiple-choice task scored (0: ``max_eval_per_domain``)."""
     dataset: str = ""
     format: str = "prompt-completion"  # prompt-completion | alpaca | dolly | messages
     columns: Columns = field(default_factory=Columns)
@@ -140,6 +142,7 @@ class DataConfig:
         _check(self.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be positive")
         _check(self.max_train_per_client >= 0, "data.max_train_per_client", "must be >= 0")
         _check(self.max_eval_per_domain >= 1, "data.max_eval_per_domain", "must be >= 1")
+        _check(self.max_choice_per_domain >= 0, "data.max_choice_per_domain", "must be >= 0")
         _check(
             self.format in FORMATS,
             "data.format",
@@ -172,6 +175,11 @@ class DataConfig:
             )
         else:
             _check(bool(self.domains), "data.domains", "must name at least one domain")
+
+    @property
+    def choice_items(self) -> int:
+        """How many questions of each multiple-choice task are scored."""
+        return self.max_choice_per_domain or self.max_eval_per_domain
 
     @property
     def own_heldout(self) -> bool:
@@ -256,10 +264,14 @@ class EvalConfig:
     tasks: tuple[str, ...] = ()
     """The user's own evaluation files (multiple-choice or completion, see
     :mod:`fedlora.data.user_tasks`), scored by the server on the global model."""
+    at_start: bool = True
+    """Score the base model before round 1 (round 0's record). Off where the base scores
+    are known already: the quality benchmark scores the base once per seed for all runs."""
 
     def __post_init__(self) -> None:
         _check(self.every >= 1, "eval.every", "must be at least 1")
         _check(self.batch_size >= 1, "eval.batch_size", "must be at least 1")
+        _check(isinstance(self.at_start, bool), "eval.at_start", "must be true or false")
 
 
 @dataclass(frozen=True)

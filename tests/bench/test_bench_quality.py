@@ -33,7 +33,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     # Prepare
     doc = json.loads((quick / "results.json").read_text())
-    table = (quick / "results.md").read_text()
+    table, claims = (quick / "results.md").read_text().split("## Claims")
     expected_labels = {s.label for s in plan(names(), [0], quality_plan.QUICK_BUDGET)}
 
     # Execute
@@ -47,6 +47,10 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     # Assert
     assert labels == expected_labels
     assert expected_labels | {"base model (round 0)"} == md_labels
+    # one seed only: every claim is there, and none holds without a seed spread (a claim
+    # may still fail on its bytes alone)
+    assert len(doc["claims"]) == claims.count("\n| ") - 1 == 9
+    assert "**holds**" not in claims
     assert {r["method"] for r in doc["rows"]} == set(names())
     assert not doc["partial"] and doc["finished_runs"] == len(expected_labels)
     for row in doc["rows"]:
@@ -182,23 +186,62 @@ def test_aggregate_reports_mean_and_sample_sd_over_seeds() -> None:
     assert row["tasks"]["code.loss"]["sd"] > 0 and row["seeds"] == [0, 1]
 
 
-def test_plan_runs_main_methods_of_every_seed_first_and_hetero_only_where_supported() -> None:
+def test_plan_puts_the_main_group_and_its_seed_spread_first_then_one_seed_extras() -> None:
     # Prepare
-    methods = ["fedavg", "fedsrd", "florist"]
+    methods = ["fedavg", "fedprox", "fedsrd", "florist"]
 
     # Execute
-    specs = plan(methods, [0, 1], quality_plan.DEFAULT_BUDGET)
+    specs = plan(methods, [0, 1, 2], quality_plan.DEFAULT_BUDGET)
 
-    # Assert
-    main_part = specs[: 2 * len(methods)]
-    assert all(s.group == "main" for s in main_part)
-    assert [s.seed for s in main_part] == [0, 0, 0, 1, 1, 1]
-    hetero = [s for s in specs if s.group == "hetero"]
-    assert {s.method for s in hetero} == {"fedavg", "florist"}
+    # Assert: main at seed 0, then the headline methods' seeds 1 and 2
+    assert [(s.method, s.seed) for s in specs[:10]] == [
+        ("fedavg", 0),
+        ("fedprox", 0),
+        ("fedsrd", 0),
+        ("florist", 0),
+        ("fedavg", 1),
+        ("fedsrd", 1),
+        ("florist", 1),
+        ("fedavg", 2),
+        ("fedsrd", 2),
+        ("florist", 2),
+    ]
+    extras = specs[10:]
+    assert all(s.seed == 0 and s.group != "main" for s in extras)
+    ablation = {s.label: s for s in extras if s.group == "ablation"}
+    assert ablation["fedsrd sparsifier=random"].options["sparsifier"] == "random"
+    assert ablation["fedsrd wire=bfloat16"].settings == ('wire.value_dtype="bfloat16"',)
+    assert ablation["fedavg + importance uplink"].settings == ('uplink.sparsify="importance"',)
+    taus = sorted((s.options["tau"], s.options["pad"]) for s in extras if s.group == "florist-tau")
+    assert taus == [
+        (0.8, "fresh"),
+        (0.8, "zeros"),
+        (0.9, "zeros"),
+        (0.99, "fresh"),
+        (0.99, "zeros"),
+    ]
+    hetero = [s for s in extras if s.group == "hetero"]
+    assert [s.method for s in hetero] == ["fedavg", "fedprox", "florist"]
     assert all(s.ranks == quality_plan.HETERO_RANKS for s in hetero)
-    assert [s.options["tau"] for s in hetero if s.method == "florist"] == [0.85, 0.85]
-    taus = sorted(s.options["tau"] for s in specs if s.method == "florist" and not s.ranks)
-    assert taus == sorted(quality_plan.FLORIST_TAUS * 2)
+    assert [s.options["tau"] for s in hetero if s.method == "florist"] == [0.85]
+    overrides = ablation["fedsrd wire=bfloat16"].overrides(
+        quality_plan.DEFAULT_BUDGET, Path("r"), []
+    )
+    assert overrides[-1] == 'wire.value_dtype="bfloat16"' and "eval.at_start=false" in overrides
+    assert 'lora.target_modules="all-linear"' in overrides and "lora.dropout=0.05" in overrides
+
+
+def test_the_base_model_is_scored_once_per_seed_and_shared_by_the_runs(quick: Path) -> None:
+    # Prepare
+    base = json.loads((quick / "base" / "seed0.json").read_text())
+    doc = json.loads((quick / "results.json").read_text())
+    first_records = [
+        json.loads(p.read_text().splitlines()[0]) for p in quick.glob("runs/*/seed0/metrics.jsonl")
+    ]
+    # Assert: no run scored round 0 itself; every curve starts at the shared base scores
+    assert first_records and all("eval" not in r for r in first_records)
+    assert all(r["base_eval"] == base["eval"] for r in doc["runs"])
+    assert base["eval_seconds"] > 0 and all(r["eval_s"] > 0 for r in doc["runs"])
 
 
 def test_report_only_shows_an_unfinished_run_under_its_own_label(

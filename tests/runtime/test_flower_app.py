@@ -41,7 +41,13 @@ from fedlora.runtime.flower.server import serve
 from fedlora.runtime.flower.server_app import decode_config, encode_config, settings
 from tests.conftest import tiny_overrides
 
-TIMING = {"server_seconds", "train_seconds", "client_overhead_seconds", "round_seconds"}
+TIMING = {
+    "server_seconds",
+    "train_seconds",
+    "client_overhead_seconds",
+    "round_seconds",
+    "eval_seconds",
+}
 TRANSPORT = "transport_bytes"
 """What the runtime itself moved (Flower adds config and re-sync blobs): checked on its own."""
 

@@ -73,8 +73,48 @@ def _run_dir(root: Path, spec: RunSpec) -> Path:
     return root / "runs" / spec.slug() / f"seed{spec.seed}"
 
 
+def _base_path(root: Path, seed: int) -> Path:
+    return root / "base" / f"seed{seed}.json"
+
+
+def base_scores(budget: Budget, seed: int, root: Path, files: Sequence[str]) -> dict[str, Any]:
+    """The base model's scores on every evaluation set of ``seed``, computed once and kept
+    in ``base/seed<seed>.json`` with what they depend on (model, data, sequence length);
+    a stored file that no longer matches the budget is recomputed."""
+    from fedlora import config
+    from fedlora.runtime.assemble import assemble
+    from fedlora.runtime.driver import evaluation
+    from fedlora.runtime.run_folder import RunState
+    from fedlora.runtime.simulation import InProcess
+
+    path = _base_path(root, seed)
+    spec = RunSpec("base", "base", "fedavg", seed)
+    cfg = config.load(None, spec.overrides(budget, root / "base" / "unused", files))
+    plain = config.to_dict(cfg)
+    key = {"model": plain["model"], "data": plain["data"], "seq_len": cfg.train.seq_len}
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            return dict(stored)
+    log.info("scoring the base model for seed %d", seed)
+    fed = assemble(cfg, lambda kind, info: None)
+    began = time.perf_counter()
+    rs = RunState(0, fed.method.init_server(fed.setup), {})
+    scores = evaluation(fed, InProcess(fed), rs, {})["eval"]
+    doc = {"key": key, "eval": scores, "eval_seconds": time.perf_counter() - began}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return doc
+
+
+def _base_eval(root: Path, seed: int) -> dict[str, Any] | None:
+    path = _base_path(root, seed)
+    return json.loads(path.read_text(encoding="utf-8"))["eval"] if path.is_file() else None
+
+
 def run_one(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str]) -> dict[str, Any]:
-    """Run (or reuse, or resume) one federation and summarise it."""
+    """Run (or reuse, or resume) one federation and summarise it (its base scores from
+    :func:`base_scores`, computed before any run of the seed)."""
     from fedlora import config
     from fedlora.runtime.simulation import run
 
@@ -86,7 +126,7 @@ def run_one(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str]) -> 
         resume = (run_dir / "config.json").is_file()
         log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)
         run(cfg, resume=resume)
-    summary = summarise_run(read_metrics(run_dir / "metrics.jsonl"))
+    summary = summarise_run(read_metrics(run_dir / "metrics.jsonl"), _base_eval(root, spec.seed))
     return {
         "label": spec.label,
         "group": spec.group,
@@ -114,7 +154,8 @@ def _unfinished(spec: RunSpec, root: Path, rounds: int) -> dict[str, Any] | None
     if not evaluated:
         return None
     last = int(evaluated[-1]["round"])
-    summary = summarise_run([r for r in recs if int(r["round"]) <= last])
+    cut = [r for r in recs if int(r["round"]) <= last]
+    summary = summarise_run(cut, _base_eval(root, spec.seed))
     return {
         "label": f"{spec.label} [{last}/{rounds} rounds]",
         "group": spec.group,
@@ -253,6 +294,9 @@ def run_all(
     results so far.
     """
     files = write_quick_files(root / "data", len(budget.hetero_ranks)) if budget.quick_files else []
+    if not report_only:
+        for seed in dict.fromkeys(s.seed for s in specs):
+            base_scores(budget, seed, root, files)
     progress = _Progress(specs, budget, root, command, deadline, report_only)
     if jobs <= 1:
         _run_serial(progress, files)

@@ -11,11 +11,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MAIN_METHODS: tuple[str, ...] = (
+    "fedavg",
+    "fedprox",
+    "fedsrd",
+    "fedsrd-e",
+    "fed_dare",
+    "ffa",
+    "florist",
+    "flora",
+    "flexlora",
+    "fedex",
+)
+"""The main group (issue 17 also names FedICU, which fedlora does not implement)."""
+SEEDED_METHODS: frozenset[str] = frozenset(
+    {"fedavg", "fedsrd", "fedsrd-e", "fed_dare", "florist", "flora"}
+)
+"""The two papers' headline comparisons: these run every seed, the others the first one."""
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+
 HETERO_RANKS: tuple[int, ...] = (16, 8, 8, 4)
-HETERO_METHODS: tuple[str, ...] = ("fedavg", "fedprox", "florist", "flora", "flexlora")
+HETERO_METHODS: tuple[str, ...] = ("fedavg", "fedprox", "ffa", "florist", "flora", "flexlora")
 """Methods that aggregate clients of different ranks (the others refuse mixed ranks)."""
 
 FLORIST_TAUS: tuple[float, ...] = (0.80, 0.90, 0.99)
+FLORIST_PADS: tuple[str, ...] = ("fresh", "zeros")
 FLORIST_TAU_HOMO = 0.90
 FLORIST_TAU_HETERO = 0.85
 
@@ -25,42 +45,66 @@ PAPER_OPTIONS: Mapping[str, Mapping[str, Any]] = {
     "fedsrd-e": {"base": 0.85, "coeff": 0.1, "upper": 0.11, "p_down": 0.8},
     "fed_dare": {"p_up": 0.9},
     "fedprox": {"mu": 0.01},
-    "florist": {"tau": FLORIST_TAU_HOMO},
+    "florist": {"tau": FLORIST_TAU_HOMO, "pad": "fresh"},
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An ablation: a method with options beyond its paper defaults, or with other plain
+    settings (``key=value`` overrides)."""
+
+    label: str
+    method: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    settings: tuple[str, ...] = ()
+
+
+ABLATIONS: tuple[Variant, ...] = (
+    Variant("fedsrd sparsifier=random", "fedsrd", {"sparsifier": "random"}),
+    Variant("fedsrd sparsifier=magnitude", "fedsrd", {"sparsifier": "magnitude"}),
+    Variant("fedsrd reconstruct=false", "fedsrd", {"reconstruct": False}),
+    Variant("fedsrd decompose=dense", "fedsrd", {"decompose": "dense"}),
+    Variant("fedsrd wire=bfloat16", "fedsrd", {}, ('wire.value_dtype="bfloat16"',)),
+    Variant("fedavg + importance uplink", "fedavg", {}, ('uplink.sparsify="importance"',)),
+)
 
 
 @dataclass(frozen=True)
 class Budget:
     """The training and evaluation budget every run shares.
 
-    ``lr`` is fixed a priori (never tuned on the evaluation sets); ``alpha = 2 * rank`` as
-    in FedSRD; ``max_train`` caps each client's examples (a fixed pseudo-random subset, far
-    more than ``rounds * local_steps * batch_size`` so it never repeats within the budget).
+    LoRA on every linear layer with dropout 0.05 (the papers' adapter), ``alpha = 2 *
+    rank`` as in FedSRD; ``lr`` is fixed a priori (never tuned on the evaluation sets);
+    ``max_train`` caps each client's examples (a fixed pseudo-random subset, more than
+    ``rounds * local_steps * batch_size`` so it never repeats within the budget). Held-out
+    loss is scored on ``max_eval`` items per domain and choice accuracy on ``max_choice``
+    questions per task, every ``eval_every`` rounds; the base model (round 0) is scored
+    once per seed and shared by every run of that seed.
 
-    Sizing of the default (2 quiet cores, smollm2-135m): a training step of 4 x 64 tokens
-    takes about 1.6 s, so 4 rounds x 4 clients x 3 steps = 48 steps is about 77 s; one
-    evaluation scores 17 sequences per ``max_eval`` item (5 loss sets + 6 + 2 + 4 choices)
-    at about 0.13 s each, so 3 evaluations (rounds 0, 2, 4) at ``max_eval=10`` are about
-    66 s; with loading, about 2.5 min per run and 34 runs (2 seeds) in about 87 min.
+    Sizing of the default: see :data:`SIZING`.
     """
 
     model: str = "smollm2-135m"
-    rounds: int = 4
-    local_steps: int = 3
+    rounds: int = 8
+    local_steps: int = 2
     batch_size: int = 4
     seq_len: int = 64
     lr: float = 5e-4
     rank: int = 8
+    target_modules: str = "all-linear"
+    dropout: float = 0.05
     hetero_ranks: tuple[int, ...] = HETERO_RANKS
     max_train: int = 256
-    max_eval: int = 10
-    eval_every: int = 2
+    max_eval: int = 64
+    max_choice: int = 32
+    eval_every: int = 4
     weighting: str = "uniform"
     quick_files: bool = False
 
     def overrides(self) -> list[str]:
         """``key=value`` overrides shared by every run of this budget."""
-        out = [
+        return [
             f"model.name={json.dumps(self.model)}",
             f"federation.rounds={self.rounds}",
             f"federation.weighting={json.dumps(self.weighting)}",
@@ -70,13 +114,17 @@ class Budget:
             f"train.lr={self.lr!r}",
             f"lora.rank={self.rank}",
             f"lora.alpha={2.0 * self.rank!r}",
+            f"lora.target_modules={json.dumps(self.target_modules)}",
+            f"lora.dropout={self.dropout!r}",
             f"data.clients={len(self.hetero_ranks)}",
             f"data.max_train_per_client={self.max_train}",
             f"data.max_eval_per_domain={self.max_eval}",
+            f"data.max_choice_per_domain={self.max_choice}",
             f"eval.every={self.eval_every}",
         ]
-        return out
 
+
+SIZING = """(filled in from a measured run)"""
 
 DEFAULT_BUDGET = Budget()
 QUICK_BUDGET = Budget(
@@ -90,6 +138,7 @@ QUICK_BUDGET = Budget(
     hetero_ranks=(8, 4, 4, 2),
     max_train=0,
     max_eval=4,
+    max_choice=4,
     eval_every=1,
     quick_files=True,
 )
@@ -102,22 +151,26 @@ class RunSpec:
     """One federation of the benchmark."""
 
     label: str
-    group: str  # "main" | "florist-tau" | "hetero"
+    group: str  # "main" | "ablation" | "florist-tau" | "hetero"
     method: str
     seed: int
     options: Mapping[str, Any] = field(default_factory=dict)
     ranks: tuple[int, ...] = ()
+    settings: tuple[str, ...] = ()
+    """Plain ``key=value`` overrides beyond the method's options (an ablation's)."""
 
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label).strip("_")
 
     def overrides(self, budget: Budget, out_dir: Path, files: Sequence[str]) -> list[str]:
-        """Every override of this run on top of the defaults."""
+        """Every override of this run on top of the defaults; the base model is scored
+        once per seed apart from the runs (``eval.at_start = false``)."""
         out = [
             *budget.overrides(),
             f"method={self.method}",
             f"seed={self.seed}",
             f"out_dir={json.dumps(str(out_dir))}",
+            "eval.at_start=false",
         ]
         for k, v in self.options.items():
             out.append(f"method.{self.method}.{k}={json.dumps(v)}")
@@ -125,7 +178,11 @@ class RunSpec:
             out.append(f"lora.ranks={json.dumps(list(self.ranks))}")
         if files:
             out += ['data.partition="files"', f"data.files={json.dumps(list(files))}"]
-        return out
+        return [*out, *self.settings]
+
+
+def _paper(method: str, **more: Any) -> dict[str, Any]:
+    return {**PAPER_OPTIONS.get(method, {}), **more}
 
 
 def plan(
@@ -133,32 +190,49 @@ def plan(
 ) -> list[RunSpec]:
     """The runs of a benchmark, in the order they are run.
 
-    Every main method over every seed comes first (so an interrupted benchmark still has the
-    seed-to-seed spread of the main table), then FLoRIST's other thresholds and the
-    heterogeneous-rank runs, seed by seed.
+    The main group at the first seed comes first, then the headline methods'
+    (:data:`SEEDED_METHODS`) other seeds, so an interrupted benchmark has the main table
+    and its seed spread first; then, at the first seed, the ablations, FLoRIST's thresholds
+    with either padding, and the heterogeneous-rank runs.
     """
-    main = [
-        RunSpec(m, "main", m, s, dict(PAPER_OPTIONS.get(m, {}))) for s in seeds for m in methods
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    first = seeds[0]
+    specs = [RunSpec(m, "main", m, first, _paper(m)) for m in methods]
+    specs += [
+        RunSpec(m, "main", m, s, _paper(m))
+        for s in seeds[1:]
+        for m in methods
+        if m in SEEDED_METHODS
     ]
     if not extras:
-        return main
-    more: list[RunSpec] = []
-    for s in seeds:
-        if "florist" in methods:
-            more += [
-                RunSpec(f"florist tau={t:.2f}", "florist-tau", "florist", s, {"tau": t})
-                for t in FLORIST_TAUS
-                if not math.isclose(t, FLORIST_TAU_HOMO)
-            ]
-        ranks = "-".join(str(r) for r in budget.hetero_ranks)
-        for m in HETERO_METHODS:
-            if m not in methods:
-                continue
-            opts = dict(PAPER_OPTIONS.get(m, {}))
-            if m == "florist":
-                opts["tau"] = FLORIST_TAU_HETERO
-            more.append(RunSpec(f"{m} ranks {ranks}", "hetero", m, s, opts, budget.hetero_ranks))
-    return main + more
+        return specs
+    specs += [
+        RunSpec(v.label, "ablation", v.method, first, _paper(v.method, **v.options), (), v.settings)
+        for v in ABLATIONS
+        if v.method in methods
+    ]
+    if "florist" in methods:
+        specs += [
+            RunSpec(
+                f"florist tau={t:.2f} pad={pad}",
+                "florist-tau",
+                "florist",
+                first,
+                _paper("florist", tau=t, pad=pad),
+            )
+            for t in FLORIST_TAUS
+            for pad in FLORIST_PADS
+            if not (math.isclose(t, FLORIST_TAU_HOMO) and pad == "fresh")  # the main run
+        ]
+    ranks = "-".join(str(r) for r in budget.hetero_ranks)
+    for m in HETERO_METHODS:
+        if m in methods:
+            opts = _paper(m, tau=FLORIST_TAU_HETERO) if m == "florist" else _paper(m)
+            specs.append(
+                RunSpec(f"{m} ranks {ranks}", "hetero", m, first, opts, budget.hetero_ranks)
+            )
+    return specs
 
 
 # --------------------------------------------------------------------------- quick data

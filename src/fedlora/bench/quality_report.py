@@ -13,6 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedlora.bench.quality_claims import decide
+from fedlora.bench.quality_claims import render as render_claims
 from fedlora.runtime.client_data import OOD_NAME
 
 if TYPE_CHECKING:
@@ -57,14 +59,24 @@ def scores(ev: Mapping[str, Mapping[str, float]]) -> dict[str, float | None]:
     }
 
 
-def summarise_run(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarise_run(
+    records: Sequence[Mapping[str, Any]],
+    base_eval: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, Any]:
     """Scores and costs of one finished run from its metrics records.
 
     MB are per client per round (mean over clients, then over rounds); ``cum_mb`` is what
     one client sends plus receives over the whole run (mean over clients). ``curve`` holds
-    every evaluated round with the cumulative MB per client up to it (round 0 = base model).
+    every evaluated round with the cumulative MB per client up to it (round 0 = base model:
+    the run's own round-0 scores, or ``base_eval`` where the run did not score the base).
+    ``eval_s`` is the mean wall time of the run's evaluations after round 0.
     """
-    base = next(r for r in records if int(r["round"]) == 0)
+    base: Mapping[str, Any] | None = {"eval": base_eval} if base_eval is not None else None
+    for r in records:
+        if int(r["round"]) == 0 and "eval" in r:
+            base = r
+    if base is None:
+        raise ValueError("no base model scores: round 0 has none and none were given")
     rounds = [r for r in records if int(r["round"]) > 0]
     if not rounds:
         raise ValueError("a run summary needs at least one trained round")
@@ -88,6 +100,7 @@ def summarise_run(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mb_down": sum(down) / len(down) / MB,
         "cum_mb": cum,
         "server_s": _mean(float(r.get("server_seconds", 0.0)) for r in rounds),
+        "eval_s": _mean(float(r["eval_seconds"]) for r in rounds if "eval_seconds" in r),
         "rounds": int(rounds[-1]["round"]),
         "curve": curve,
         "base_eval": base["eval"],
@@ -106,7 +119,7 @@ def spread(values: Sequence[float | None]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(vals), "sd": sd, "n": len(vals)}
 
 
-SCALARS = ("id_loss", "id_acc", "ood_loss", "mb_up", "mb_down", "cum_mb", "server_s")
+SCALARS = ("id_loss", "id_acc", "ood_loss", "mb_up", "mb_down", "cum_mb", "server_s", "eval_s")
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -124,7 +137,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "seeds": [r["seed"] for r in mine],
         }
         for k in SCALARS:
-            row[k] = spread([r[k] for r in mine])
+            row[k] = spread([r.get(k) for r in mine])
         task_names = list(dict.fromkeys(t for r in mine for t in r["tasks"]))
         row["tasks"] = {t: spread([r["tasks"].get(t) for r in mine]) for t in task_names}
         row["curve"] = _mean_curve([r["curve"] for r in mine])
@@ -294,6 +307,9 @@ def write_results(
             path = root / f"{group}_vs_{'round' if x == 'round' else 'mb'}.png"
             plot_group(mine, base, x, path, title=f"{group} ({budget.model})")
             images.append(path.name)
+    claims = decide(rows)
+    doc["claims"] = [asdict(c) for c in claims]
+    (root / "results.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     md = [
         f"# fedlora bench quality{' (PARTIAL)' if partial else ''}",
         "",
@@ -306,6 +322,12 @@ def write_results(
         "Mean ± sample sd over seeds; losses are held-out completion losses (nats/token).",
         "",
         render_table(rows, base),
+        "## Claims",
+        "",
+        "In-domain held-out loss decides (lower is better); a difference counts beyond two "
+        "standard errors of the seeds (see `fedlora.bench.quality_claims`).",
+        "",
+        render_claims(claims),
     ]
     if missing:
         md += (

@@ -114,7 +114,7 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     heldout = {
         name: Heldout(
             d.heldout[: cfg.max_eval_per_domain],
-            choice_task(name, load_split_records(name)[1], seed)[: cfg.max_eval_per_domain],
+            choice_task(name, load_split_records(name)[1], seed)[: cfg.choice_items],
         )
         for name, d in domains.items()
     }

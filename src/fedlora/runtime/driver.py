@@ -226,7 +226,9 @@ def run_round(
     record = round_record(fed, t, sampled, dispatches, replies, set(uploads), server)
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
         report("eval_start", {"round": t})
+        began = time.perf_counter()
         evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state, setup))
+        record["eval_seconds"] = time.perf_counter() - began
         record["eval"] = evaluated["eval"]
         record["transport_bytes"].update(evaluated.get("transport_bytes", {}))
         if "eval_dropped" in evaluated:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,8 @@ def start_or_resume(
     evaluate_base: Callable[[RunState], dict[str, Any]],
 ) -> RunState:
     """The run's progress: restored from the last checkpoint (metrics cut back to it), or a
-    fresh state whose round-0 record is ``evaluate_base`` (the base model's evaluation)."""
+    fresh state whose round-0 record is ``evaluate_base`` (the base model's evaluation;
+    only the round and method when ``eval.at_start`` is off)."""
     metrics_path = out / "metrics.jsonl"
     rs = restore(fed, out) if resume else None
     if rs is not None:
@@ -144,8 +146,12 @@ def start_or_resume(
         state=fed.method.init_server(fed.setup),
         views={c.cid: None for c in fed.setup.clients},
     )
-    report("eval_start", {"round": 0})
-    record = {"round": 0, "method": fed.method.name, **evaluate_base(rs)}
+    record: dict[str, Any] = {"round": 0, "method": fed.method.name}
+    if fed.cfg.eval.at_start:
+        report("eval_start", {"round": 0})
+        began = time.perf_counter()
+        record.update(evaluate_base(rs))
+        record["eval_seconds"] = time.perf_counter() - began
     metrics_path.write_text(json.dumps(record) + "\n")
     report("round_done", {"round": 0, "record": record})
     return rs
