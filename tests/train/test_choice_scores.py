@@ -8,10 +8,17 @@ import pytest
 import torch
 
 from fedlora.data.types import Example
-from fedlora.eval.scores import ChoiceQuestion, choice_accuracy, choice_scores, shared_prompt
+from fedlora.eval.scores import (
+    ChoiceQuestion,
+    _choice_rows,
+    choice_accuracy,
+    choice_scores,
+    shared_prompt,
+)
 from fedlora.models import resolve_model
 from fedlora.train.adapters import attach_slots
-from fedlora.train.batches import IGNORE, Encoded, encode, pad_id_of
+from fedlora.train.batches import IGNORE, Encoded, pad_id_of
+from fedlora.train.prompt_format import prompt_token_ids
 
 QUESTIONS = [
     ChoiceQuestion("What is two plus two?", ("four", "five", "twenty two"), 0),
@@ -22,22 +29,17 @@ QUESTIONS = [
 
 
 def reference_scores(model, tokenizer, q: ChoiceQuestion, seq_len: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """Each choice alone, the whole prompt+choice sequence in float64, its tokens summed."""
-    eos = tokenizer.eos_token_id
+    """Each choice alone, its whole prompt+choice row in float64, its tokens summed."""
     out = []
-    for choice in q.choices:
-        enc = encode(tokenizer, Example(q.prompt, choice), seq_len, "chat")
-        labels = list(enc.labels)
-        if labels[-1] == eos and sum(lab != IGNORE for lab in labels) > 1:
-            labels[-1] = IGNORE
-        ids = torch.tensor([enc.input_ids])
+    for row in _choice_rows(tokenizer, q, seq_len, "chat"):
+        ids = torch.tensor([row.input_ids])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0].double()
         logp = torch.log_softmax(logits, dim=-1)
-        total = sum(
-            float(logp[j - 1, labels[j]]) for j in range(1, len(labels)) if labels[j] != IGNORE
+        labels = row.labels
+        out.append(
+            sum(float(logp[j - 1, labels[j]]) for j in range(1, len(labels)) if labels[j] != IGNORE)
         )
-        out.append(total)
     return out
 
 
@@ -64,18 +66,31 @@ def test_shared_prompt_scores_equal_full_sequences(tiny, batch_size: int) -> Non
         )
 
 
-def test_a_question_truncated_differently_per_choice_is_scored_in_full(tiny) -> None:  # type: ignore[no-untyped-def]
-    # Prepare: a long prompt and seq_len so short that the prompt is cut to make room for
-    # each choice, and by a different amount for choices of different lengths
+def test_every_choice_sees_one_prompt_cut_for_the_longest_choice(tiny) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: a prompt far longer than seq_len and choices of different lengths
     model, tokenizer = tiny
     long = ChoiceQuestion(" ".join(["word"] * 60) + " pick one", ("a", "a b c d e f g h"), 1)
-    pad = pad_id_of(tokenizer)
-    rows = [encode(tokenizer, Example(long.prompt, c), 24, "chat") for c in long.choices]
-    assert shared_prompt([Encoded(r.input_ids, r.labels) for r in rows]) is None
+    prompt = prompt_token_ids(tokenizer, Example(long.prompt, ""), "chat")
+    longest = max(
+        len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in long.choices
+    )
+    room = max(24 - longest, 12)
     # Execute
-    (scores,) = choice_scores(model, tokenizer, [long], 24, 4, pad)
-    # Assert
+    rows = _choice_rows(tokenizer, long, 24, "chat")
+    (scores,) = choice_scores(model, tokenizer, [long], 24, 4, pad_id_of(tokenizer))
+    # Assert: one shared prompt, the end of the real one, and the shared-prompt scores
+    assert all(r.input_ids[:room] == prompt[-room:] for r in rows)
+    assert shared_prompt(rows) == room
     assert scores == pytest.approx(reference_scores(model, tokenizer, long, 24), rel=1e-9)
+
+
+def test_rows_without_a_shared_prompt_are_found() -> None:
+    scored_apart = [Encoded([1, 2, 3], [IGNORE, 2, 3]), Encoded([1, 5, 3], [IGNORE, IGNORE, 3])]
+    nothing_scored = [Encoded([1, 2], [IGNORE, IGNORE])]
+    gap = [Encoded([1, 2, 3, 4], [IGNORE, 2, IGNORE, 4])]
+    assert shared_prompt(scored_apart) is None
+    assert shared_prompt(nothing_scored) is None and shared_prompt(gap) is None
+    assert shared_prompt([Encoded([1, 2, 3], [IGNORE, 2, 3]), Encoded([1, 7], [IGNORE, 7])]) == 1
 
 
 def test_accuracy_picks_the_highest_likelihood(tiny) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from torch import nn
 
 from fedlora.data.types import Example
 from fedlora.models.placement import device_of
-from fedlora.train.batches import IGNORE, Encoded, collate, encode
+from fedlora.train.batches import IGNORE, Encoded, collate, encode_parts, join, prompt_room
 from fedlora.train.lm_loss import labelled_log_probs
 from fedlora.train.progress import progress
 
@@ -66,11 +66,15 @@ def _choice_rows(
     tokenizer: object, q: ChoiceQuestion, seq_len: int, template: str
 ) -> list[Encoded]:
     """One encoded row per choice: the prompt unlabelled, the choice's tokens labelled (its
-    end-of-text label dropped: it says nothing about the choice)."""
+    end-of-text label dropped: it says nothing about the choice). Every choice sees the same
+    prompt, cut once to leave room for the longest choice (as :func:`encode` would cut it
+    for that choice), so that the choices are compared on one context."""
     eos = getattr(tokenizer, "eos_token_id", None)
+    parts = [encode_parts(tokenizer, Example(q.prompt, c), template) for c in q.choices]
+    room = prompt_room(seq_len, max(len(c_ids) for _, c_ids in parts))
     rows = []
-    for choice in q.choices:
-        enc = encode(tokenizer, Example(q.prompt, choice), seq_len, template)
+    for p_ids, c_ids in parts:
+        enc = join(p_ids, c_ids, seq_len, room)
         labels = list(enc.labels)
         scored = [j for j, lab in enumerate(labels) if lab != IGNORE]
         if len(scored) > 1 and labels[scored[-1]] == eos:

@@ -24,21 +24,39 @@ class Encoded:
     """Whether ``train.seq_len`` cut the prompt or the completion."""
 
 
-def encode(tokenizer: object, example: Example, seq_len: int, template: str = "chat") -> Encoded:
-    """Encode one example under ``template`` (:mod:`fedlora.train.prompt_format`); the
-    prompt is cut from the left (keeping its end, next to the answer) so that at least half
-    of ``seq_len`` stays for the completion, which is cut on the right."""
+def encode_parts(tokenizer: object, example: Example, template: str) -> tuple[list[int], list[int]]:
+    """The uncut token ids of ``example``'s prompt under ``template``
+    (:mod:`fedlora.train.prompt_format`) and of its completion (with the end-of-text token)."""
     p_ids = prompt_token_ids(tokenizer, example, template)
     c_ids = list(tokenizer(example.completion, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None:
         c_ids.append(int(eos))
+    return p_ids, c_ids
+
+
+def join(p_ids: list[int], c_ids: list[int], seq_len: int, room_for_prompt: int) -> Encoded:
+    """Prompt and completion in ``seq_len`` tokens: the prompt cut from the left to
+    ``room_for_prompt`` tokens (keeping its end, next to the answer), the whole cut on the
+    right."""
     full = len(p_ids) + len(c_ids)
-    room_for_prompt = max(seq_len - len(c_ids), seq_len // 2)
     p_ids = p_ids[-room_for_prompt:] if room_for_prompt > 0 else []
     ids = (p_ids + c_ids)[:seq_len]
     labels = ([IGNORE] * len(p_ids) + c_ids)[:seq_len]
     return Encoded(ids, labels, truncated=len(ids) < full)
+
+
+def prompt_room(seq_len: int, completion_len: int) -> int:
+    """How much of ``seq_len`` the prompt may keep: what the completion leaves, but never
+    less than half."""
+    return max(seq_len - completion_len, seq_len // 2)
+
+
+def encode(tokenizer: object, example: Example, seq_len: int, template: str = "chat") -> Encoded:
+    """Encode one example under ``template``; the prompt is cut from the left so that at
+    least half of ``seq_len`` stays for the completion, which is cut on the right."""
+    p_ids, c_ids = encode_parts(tokenizer, example, template)
+    return join(p_ids, c_ids, seq_len, prompt_room(seq_len, len(c_ids)))
 
 
 class PackedExamples(Sequence[Encoded]):
