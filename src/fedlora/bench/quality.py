@@ -39,6 +39,8 @@ from typing import Any
 
 from fedlora.bench.quality_plan import (
     DEFAULT_BUDGET,
+    DEFAULT_SEEDS,
+    MAIN_METHODS,
     QUICK_BUDGET,
     Budget,
     RunSpec,
@@ -321,10 +323,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         choices=names(),
         metavar="METHOD",
-        help="methods to run (default: all registered)",
+        help="methods of the main group (default: the issue's ten; --quick: all registered)",
     )
     p.add_argument(
-        "--seeds", nargs="+", type=int, default=None, help="seeds (default: 0 1; --quick: 0)"
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds; the headline methods run all, the rest the first (default: 0 1 2; --quick: 0)",
     )
     p.add_argument(
         "--rounds", type=int, default=None, help="federation rounds (default 4; --quick: 2)"
@@ -383,8 +389,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         budget = Budget(
             **{**asdict(budget), "rounds": args.rounds, "hetero_ranks": tuple(budget.hetero_ranks)}
         )
-    methods = args.methods or names()
-    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
+    methods = args.methods or (names() if args.quick else list(MAIN_METHODS))
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(DEFAULT_SEEDS))
     specs = plan(methods, seeds, budget, extras=not args.no_extras)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,13 @@ class Budget:
         ]
 
 
-SIZING = """(filled in from a measured run)"""
+SIZING = """Sizing of the default (2 quiet cores, smollm2-135m, all-linear r=8): a training
+step of 4 x 64 tokens takes about 1.2 s, so 8 rounds x 4 clients x 2 steps = 64 steps are
+about 80 s; one evaluation (64 loss items per domain, 19 for code, which has no more, and
+32 questions per choice task, each question's prompt run once) takes about 50 s (measured
+2026-12-01: 32+32 items 35 s, 64+32 items 50 s), twice per run (rounds 4 and 8; the base
+is scored once per seed); with loading about 3.2 min per run, and the default plan (39
+runs) about 125 min plus three base evaluations."""
 
 DEFAULT_BUDGET = Budget()
 QUICK_BUDGET = Budget(
