@@ -263,3 +263,16 @@ def test_report_only_shows_an_unfinished_run_under_its_own_label(
     assert "fedavg [1/2 rounds]" in labels and "fedavg" not in labels
     assert doc["finished_runs"] == doc["planned_runs"] - 1
     assert [m["label"] for m in doc["not_run"]] == ["fedavg"]
+
+
+def test_publish_writes_the_page_and_its_plots_where_the_links_point(
+    quick: Path, tmp_path: Path
+) -> None:
+    # Execute
+    code = main(["--quick", "--out", str(quick), "--report-only", "--publish", str(tmp_path)])
+    # Assert
+    page = (tmp_path / "results.md").read_text()
+    links = [line[line.index("](") + 2 : -1] for line in page.splitlines() if line.startswith("![")]
+    assert code == 0 and links and all(link.startswith("img/quality_") for link in links)
+    assert all((tmp_path / link).read_bytes()[:8] == PNG_MAGIC for link in links)
+    assert "## Claims" in page

@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -307,6 +308,20 @@ def run_all(
     return progress.results()
 
 
+def publish(root: Path, target: Path) -> Path:
+    """Copy ``root``'s ``results.md`` to ``target/results.md`` and its plots to
+    ``target/img/quality_<name>.png``, with the image links rewritten; returns the page."""
+    images = target / "img"
+    images.mkdir(parents=True, exist_ok=True)
+    text = (root / "results.md").read_text(encoding="utf-8")
+    for png in sorted(root.glob("*.png")):
+        shutil.copyfile(png, images / f"quality_{png.name}")
+        text = text.replace(f"]({png.name})", f"](img/quality_{png.name})")
+    page = target / "results.md"
+    page.write_text(text, encoding="utf-8")
+    return page
+
+
 DESCRIPTION = (
     "Run every method under one budget on 4 clients (one domain each) and "
     "write a results table (Markdown + JSON) and plots of score against round and MB."
@@ -358,6 +373,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run nothing: tabulate and plot the finished runs in --out",
     )
     p.add_argument(
+        "--publish",
+        default=None,
+        metavar="DIR",
+        help="also write the results as DIR/results.md with its plots in DIR/img (e.g. docs)",
+    )
+    p.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -401,6 +422,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         specs, budget, root, command, deadline, jobs=args.jobs, report_only=args.report_only
     )
     write_results(root, specs, budget, done, missing, command, partial=bool(missing))
+    if args.publish:
+        publish(root, Path(args.publish))
     log.info("benchmark took %.1f min", (time.time() - began) / 60)
     finished = sum(1 for r in done if r["finished"])
     print(f"results: {root / 'results.md'} ({finished} of {len(specs)} runs finished)", flush=True)
