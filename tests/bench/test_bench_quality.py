@@ -33,7 +33,8 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     # Prepare
     doc = json.loads((quick / "results.json").read_text())
-    table, claims = (quick / "results.md").read_text().split("## Claims")
+    table, rest = (quick / "results.md").read_text().split("## Claims")
+    claims = rest.split("## Runs")[0]
     expected_labels = {s.label for s in plan(names(), [0], quality_plan.QUICK_BUDGET)}
 
     # Execute
@@ -184,19 +185,21 @@ def test_aggregate_reports_mean_and_sample_sd_over_seeds() -> None:
     assert row["id_loss"]["mean"] == pytest.approx(statistics.fmean(losses))
     assert row["id_loss"]["sd"] == pytest.approx(statistics.stdev(losses))
     assert row["tasks"]["code.loss"]["sd"] > 0 and row["seeds"] == [0, 1]
+    # the curve's last point carries the error bar of its score: the sd over the seeds
+    assert row["curve"][-1]["id_loss_sd"] == pytest.approx(statistics.stdev(losses))
+    assert row["curve"][0]["id_loss_sd"] == pytest.approx(0.0)  # the same base scores
 
 
-def test_plan_puts_the_main_group_and_its_seed_spread_first_then_one_seed_extras() -> None:
+def test_plan_puts_the_headline_seeds_first_then_the_main_group_then_one_seed_extras() -> None:
     # Prepare
     methods = ["fedavg", "fedprox", "fedsrd", "florist"]
 
     # Execute
     specs = plan(methods, [0, 1, 2], quality_plan.DEFAULT_BUDGET)
 
-    # Assert: main at seed 0, then the headline methods' seeds 1 and 2
+    # Assert: the headline methods seed by seed, then the rest of the main group at seed 0
     assert [(s.method, s.seed) for s in specs[:10]] == [
         ("fedavg", 0),
-        ("fedprox", 0),
         ("fedsrd", 0),
         ("florist", 0),
         ("fedavg", 1),
@@ -205,6 +208,7 @@ def test_plan_puts_the_main_group_and_its_seed_spread_first_then_one_seed_extras
         ("fedavg", 2),
         ("fedsrd", 2),
         ("florist", 2),
+        ("fedprox", 0),
     ]
     extras = specs[10:]
     assert all(s.seed == 0 and s.group != "main" for s in extras)
@@ -276,3 +280,40 @@ def test_publish_writes_the_page_and_its_plots_where_the_links_point(
     assert code == 0 and links and all(link.startswith("img/quality_") for link in links)
     assert all((tmp_path / link).read_bytes()[:8] == PNG_MAGIC for link in links)
     assert "## Claims" in page
+
+
+def test_results_say_which_runs_finished_when_and_under_what_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare / Execute: two fresh quick runs
+    out = tmp_path / "two"
+    assert main(["--quick", "--out", str(out), "--methods", "fedavg", "fedsrd", "--no-extras"]) == 0
+    page = (out / "results.md").read_text()
+    doc = json.loads((out / "results.json").read_text())
+    # Assert
+    runs = page.split("## Runs")[1].split("\n\n")[1].splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in runs] == ["fedavg", "fedsrd"]
+    assert all(line.count("|") == 7 and " 20" in line for line in runs)  # a date in each
+    assert "machine load (1-min average at each run's start and end)" in page
+    assert all(len(r["load_1min"]) == 2 and r["finished_at"] for r in doc["runs"])
+    err = capsys.readouterr().err  # a line per started and finished run
+    assert "· [1/2] fedavg seed 0" in err and "· finished fedsrd seed 0 (2/2, " in err
+
+
+def test_a_finished_run_of_another_budget_is_refused_not_reused(tmp_path: Path) -> None:
+    # Prepare: a finished benchmark whose fedavg run was then made another learning rate's
+    out = tmp_path / "other"
+    args = ["--quick", "--out", str(out), "--methods", "fedavg", "fedsrd", "--no-extras"]
+    assert main(args) == 0
+    cfg_path = out / "runs" / "fedavg" / "seed0" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["train"]["lr"] = 0.123
+    cfg_path.write_text(json.dumps(cfg))
+    # Execute
+    code = main(args)
+    doc = json.loads((out / "results.json").read_text())
+    # Assert: that run is reported as failed, with the reason; the other is reused
+    assert code == 1
+    (failed,) = doc["not_run"]
+    assert failed["label"] == "fedavg" and "different run" in failed["why"]
+    assert [(r["label"], r["reused"]) for r in doc["runs"]] == [("fedsrd", True)]

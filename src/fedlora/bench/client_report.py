@@ -149,14 +149,24 @@ def _load(v: Sequence[float]) -> str:
 def header_lines(report: ClientBenchReport) -> list[str]:
     """What was run, on how many threads, under which load."""
     s = report.settings
+    load = (
+        f"  load average before {_load(report.load_before)}, after {_load(report.load_after)} "
+        "(1/5/15 min; a shared machine makes every figure noisy)"
+    )
+    if not report.methods:  # no timing part: its client, batch and steps were not used
+        return [
+            f"fedlora bench client: {report.model}, rank {s['rank']} on "
+            f"{','.join(s['target_modules'])}; torch threads {report.threads} of "
+            f"{os.cpu_count()} cores ({report.threads_why})",
+            load,
+        ]
     return [
         f"fedlora bench client: {report.model}, client 0 of {s['clients']}, rank {s['rank']} "
         f"(alpha {s['alpha']:g}) on {','.join(s['target_modules'])}",
         f"  batch {s['batch_size']} x seq_len {s['seq_len']}, {s['local_steps']} local steps, "
         f"grad_accum_steps {s['grad_accum_steps']}, wire {s['wire_value_dtype']}; torch threads "
         f"{report.threads} of {os.cpu_count()} cores ({report.threads_why})",
-        f"  load average before {_load(report.load_before)}, after {_load(report.load_after)} "
-        "(1/5/15 min; a shared machine makes every figure noisy)",
+        load,
     ]
 
 

@@ -2,7 +2,8 @@
 
 Matplotlib runs on the Agg backend (files only, no display). Each figure has one panel per
 headline score that the runs have (in-domain loss, in-domain accuracy, OOD loss) and one line
-per benchmark row, averaged over seeds; the base model's round-0 score is a dashed line.
+per benchmark row, averaged over seeds, with error bars of one sample sd over seeds where a
+row ran more than one; the base model's round-0 score is a dashed line.
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ def _draw_panel(
             pts = [p for p in pts if p["cum_mb"] > 0]  # round 0 sits at 0 MB: off a log axis
         if not pts:
             continue
-        ax.plot(
+        sds = [p.get(f"{key}_sd") for p in pts]
+        ax.errorbar(
             [p[x] for p in pts],
             [p[key] for p in pts],
+            yerr=[sd or 0.0 for sd in sds] if any(sd for sd in sds) else None,
             marker=MARKERS[i % len(MARKERS)],
             linewidth=1.2,
             markersize=4,
+            capsize=2,
             label=row["label"],
         )
     ref = (base or {}).get(key) or {}

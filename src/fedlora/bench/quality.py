@@ -32,7 +32,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,18 +115,26 @@ def _base_eval(root: Path, seed: int) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))["eval"] if path.is_file() else None
 
 
-def run_one(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str]) -> dict[str, Any]:
+def run_one(
+    spec: RunSpec, budget: Budget, root: Path, files: Sequence[str], verify: bool = True
+) -> dict[str, Any]:
     """Run (or reuse, or resume) one federation and summarise it (its base scores from
-    :func:`base_scores`, computed before any run of the seed)."""
+    :func:`base_scores`, computed before any run of the seed). With ``verify`` a folder
+    holding a run of another budget or setting is refused (``--report-only`` reads what is
+    there, e.g. a copied benchmark whose data paths moved)."""
     from fedlora import config
+    from fedlora.runtime.run_folder import check_run_dir
     from fedlora.runtime.simulation import run
 
     run_dir = _run_dir(root, spec)
     began = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    cfg = config.load(None, spec.overrides(budget, run_dir, files))
+    resume = (run_dir / "config.json").is_file()
+    if resume and verify:  # a folder of another budget or setting is refused, never reused
+        check_run_dir(cfg, resume=True)
     reused = _complete(run_dir, budget.rounds)
     if not reused:
-        cfg = config.load(None, spec.overrides(budget, run_dir, files))
-        resume = (run_dir / "config.json").is_file()
         log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)
         run(cfg, resume=resume)
     summary = summarise_run(read_metrics(run_dir / "metrics.jsonl"), _base_eval(root, spec.seed))
@@ -141,6 +149,8 @@ def run_one(spec: RunSpec, budget: Budget, root: Path, files: Sequence[str]) -> 
         "reused": reused,
         "finished": True,
         "wall_s": None if reused else time.perf_counter() - began,
+        "load_1min": None if reused else [load_before, os.getloadavg()[0]],
+        "finished_at": None if reused else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         **summary,
     }
 
@@ -195,6 +205,8 @@ class _Progress:
     command: str
     deadline: float | None
     report_only: bool
+    say: Callable[[str], None] = lambda text: None
+    """Where a line per started and finished run goes (stderr from the command)."""
     done: dict[int, dict[str, Any]] = field(default_factory=dict)
     missing: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -211,14 +223,13 @@ class _Progress:
         if isinstance(outcome, BaseException):
             log.warning("%s seed %d failed: %s", spec.label, spec.seed, outcome)
             self._skip(i, f"{type(outcome).__name__}: {outcome}")
+            self.say(f"failed {spec.label} seed {spec.seed}: {outcome}")
         else:
             self.done[i] = outcome
-            log.info(
-                "finished %s seed %d (%d/%d)",
-                spec.label,
-                spec.seed,
-                len(self.done),
-                len(self.specs),
+            took = outcome.get("wall_s")
+            self.say(
+                f"finished {spec.label} seed {spec.seed} ({len(self.done)}/{len(self.specs)}"
+                + (f", {took / 60:.1f} min)" if took is not None else ", reused)")
             )
         done, missing = self.results()
         partial = len(self.done) < len(self.specs)
@@ -243,7 +254,7 @@ class _Progress:
 
     def announce(self, i: int) -> None:
         spec = self.specs[i]
-        log.info("[%d/%d] %s seed %d", i + 1, len(self.specs), spec.label, spec.seed)
+        self.say(f"[{i + 1}/{len(self.specs)}] {spec.label} seed {spec.seed}")
 
 
 def _run_serial(progress: _Progress, files: Sequence[str]) -> None:
@@ -252,7 +263,10 @@ def _run_serial(progress: _Progress, files: Sequence[str]) -> None:
             continue
         progress.announce(i)
         try:
-            progress.finish(i, run_one(spec, progress.budget, progress.root, files))
+            outcome = run_one(
+                spec, progress.budget, progress.root, files, verify=not progress.report_only
+            )
+            progress.finish(i, outcome)
         except Exception as exc:  # one broken run must not lose the others' results
             progress.finish(i, exc)
 
@@ -288,6 +302,7 @@ def run_all(
     deadline: float | None = None,
     jobs: int = 1,
     report_only: bool = False,
+    say: Callable[[str], None] = lambda text: None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run every spec in plan order, ``jobs`` at a time; a failed run is recorded, not fatal.
 
@@ -299,8 +314,9 @@ def run_all(
     files = write_quick_files(root / "data", len(budget.hetero_ranks)) if budget.quick_files else []
     if not report_only:
         for seed in dict.fromkeys(s.seed for s in specs):
+            say(f"base model scores for seed {seed}")
             base_scores(budget, seed, root, files)
-    progress = _Progress(specs, budget, root, command, deadline, report_only)
+    progress = _Progress(specs, budget, root, command, deadline, report_only, say)
     if jobs <= 1:
         _run_serial(progress, files)
     else:
@@ -419,7 +435,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     began = time.time()
     command = "fedlora bench quality " + " ".join(shlex.quote(a) for a in argv)
     done, missing = run_all(
-        specs, budget, root, command, deadline, jobs=args.jobs, report_only=args.report_only
+        specs,
+        budget,
+        root,
+        command,
+        deadline,
+        jobs=args.jobs,
+        report_only=args.report_only,
+        say=lambda text: print(f"· {text}", file=sys.stderr, flush=True),
     )
     write_results(root, specs, budget, done, missing, command, partial=bool(missing))
     if args.publish:

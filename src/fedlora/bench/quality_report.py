@@ -153,15 +153,12 @@ def _mean_curve(curves: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str,
     out = []
     for rnd in sorted(by_round):
         pts = by_round[rnd]
-        out.append(
-            {
-                "round": rnd,
-                **{
-                    k: spread([p[k] for p in pts])["mean"]
-                    for k in ("cum_mb", "id_loss", "id_acc", "ood_loss")
-                },
-            }
-        )
+        point: dict[str, Any] = {"round": rnd}
+        for k in ("cum_mb", "id_loss", "id_acc", "ood_loss"):
+            stat = spread([p[k] for p in pts])
+            point[k] = stat["mean"]
+            point[f"{k}_sd"] = stat["sd"]  # the error bar: sample sd over seeds (None: 1)
+        out.append(point)
     return out
 
 
@@ -310,12 +307,20 @@ def write_results(
     claims = decide(rows)
     doc["claims"] = [asdict(c) for c in claims]
     (root / "results.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    loads = [x for r in done for x in (r.get("load_1min") or [])]
+    load_line = (
+        f"- machine load (1-min average at each run's start and end): {min(loads):.2f}–"
+        f"{max(loads):.2f} over {len(loads) // 2} runs that recorded it"
+        if loads
+        else "- machine load: not recorded by these runs"
+    )
     md = [
         f"# fedlora bench quality{' (PARTIAL)' if partial else ''}",
         "",
         f"- command: `{doc['command']}`",
         f"- date: {doc['date']}",
         f"- runs finished: {finished} of {len(specs)}",
+        load_line,
         f"- budget: {json.dumps(asdict(budget))}",
         f"- environment: {json.dumps(doc['environment'])}",
         "",
@@ -329,6 +334,23 @@ def write_results(
         "",
         render_claims(claims),
     ]
+    md += [
+        "## Runs",
+        "",
+        "| run | seed | rounds | finished (metrics written) | minutes | load 1-min |",
+    ]
+    md += ["|---|---|---|---|---|---|"]
+    for r in done:
+        metrics = Path(r["run_dir"]) / "metrics.jsonl"
+        when = (
+            dt.datetime.fromtimestamp(metrics.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M")
+            if metrics.is_file()
+            else "–"
+        )
+        minutes = f"{r['wall_s'] / 60:.1f}" if r.get("wall_s") else "–"
+        load = "/".join(f"{x:.2f}" for x in r["load_1min"]) if r.get("load_1min") else "–"
+        md.append(f"| {r['label']} | {r['seed']} | {r['rounds']} | {when} | {minutes} | {load} |")
+    md.append("")
     if missing:
         md += (
             ["Not run / failed:", ""]
