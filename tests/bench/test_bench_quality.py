@@ -287,7 +287,8 @@ def test_results_say_which_runs_finished_when_and_under_what_load(
 ) -> None:
     # Prepare / Execute: two fresh quick runs
     out = tmp_path / "two"
-    assert main(["--quick", "--out", str(out), "--methods", "fedavg", "fedsrd", "--no-extras"]) == 0
+    args = ["--quick", "--out", str(out), "--methods", "fedavg", "fedsrd", "--no-extras"]
+    assert main(args) == 0
     page = (out / "results.md").read_text()
     doc = json.loads((out / "results.json").read_text())
     # Assert
@@ -298,6 +299,12 @@ def test_results_say_which_runs_finished_when_and_under_what_load(
     assert all(len(r["load_1min"]) == 2 and r["finished_at"] for r in doc["runs"])
     err = capsys.readouterr().err  # a line per started and finished run
     assert "· [1/2] fedavg seed 0" in err and "· finished fedsrd seed 0 (2/2, " in err
+    # a later report keeps when and under what load each run was made, and by what command
+    before = {r["label"]: r["load_1min"] for r in doc["runs"]}
+    assert main([*args, "--report-only"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert {r["label"]: r["load_1min"] for r in again["runs"]} == before
+    assert "- runs made by: `fedlora bench quality --quick" in (out / "results.md").read_text()
 
 
 def test_a_finished_run_of_another_budget_is_refused_not_reused(tmp_path: Path) -> None:

@@ -138,6 +138,17 @@ def run_one(
         log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)
         run(cfg, resume=resume)
     summary = summarise_run(read_metrics(run_dir / "metrics.jsonl"), _base_eval(root, spec.seed))
+    # When and under what load the run was made, kept beside it for later reports
+    made = run_dir / "bench_run.json"
+    if reused:
+        kept = json.loads(made.read_text(encoding="utf-8")) if made.is_file() else {}
+    else:
+        kept = {
+            "wall_s": time.perf_counter() - began,
+            "load_1min": [load_before, os.getloadavg()[0]],
+            "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        made.write_text(json.dumps(kept) + "\n", encoding="utf-8")
     return {
         "label": spec.label,
         "group": spec.group,
@@ -148,9 +159,9 @@ def run_one(
         "run_dir": str(run_dir),
         "reused": reused,
         "finished": True,
-        "wall_s": None if reused else time.perf_counter() - began,
-        "load_1min": None if reused else [load_before, os.getloadavg()[0]],
-        "finished_at": None if reused else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_s": kept.get("wall_s"),
+        "load_1min": kept.get("load_1min"),
+        "finished_at": kept.get("finished_at"),
         **summary,
     }
 
@@ -226,7 +237,7 @@ class _Progress:
             self.say(f"failed {spec.label} seed {spec.seed}: {outcome}")
         else:
             self.done[i] = outcome
-            took = outcome.get("wall_s")
+            took = None if outcome.get("reused") else outcome.get("wall_s")
             self.say(
                 f"finished {spec.label} seed {spec.seed} ({len(self.done)}/{len(self.specs)}"
                 + (f", {took / 60:.1f} min)" if took is not None else ", reused)")
@@ -434,6 +445,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     began = time.time()
     command = "fedlora bench quality " + " ".join(shlex.quote(a) for a in argv)
+    if not args.report_only:  # the command that makes the runs, for later reports
+        (root / "command.txt").write_text(command + "\n", encoding="utf-8")
     done, missing = run_all(
         specs,
         budget,

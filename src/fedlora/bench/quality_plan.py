@@ -130,6 +130,9 @@ about 160 s; one evaluation (64 loss items per domain, 19 for code, which has no
 32 questions per choice task, each question's prompt run once) takes about 50 s (measured
 2026-12-01), once per run (round 8; the base is scored once per seed); with loading about
 3.8 min per run, and the default plan (39 runs) about 146 min plus three base evaluations.
+Measured on 2026-12-01/02 (12 runs, nothing else running, load 1.9-2.1): 3.0-4.7 min a run,
+mean 3.63 min, so the 39 runs take about 142 min plus 3 min of base scores: under 150 min,
+with little margin (the FedSRD and FLoRA runs are the slow ones).
 
 Why 4 local steps and not fewer: at 2 steps FedSRD diverged (in-domain loss 25 after 8
 rounds against FedAvg's 3.4; runs of 2026-12-01). Adam's first steps move every entry by

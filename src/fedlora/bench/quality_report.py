@@ -318,6 +318,11 @@ def write_results(
         f"# fedlora bench quality{' (PARTIAL)' if partial else ''}",
         "",
         f"- command: `{doc['command']}`",
+        *(
+            [f"- runs made by: `{(root / 'command.txt').read_text().strip()}`"]
+            if (root / "command.txt").is_file()
+            else []
+        ),
         f"- date: {doc['date']}",
         f"- runs finished: {finished} of {len(specs)}",
         load_line,
