@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.bench.children import children_in_process
 from tests.conftest import tiny_overrides, write_client_files
 
 from fedlora import config as config_mod
@@ -261,15 +262,7 @@ def test_measure_rss_runs_each_child_and_collects_their_peaks(
 ) -> None:
     # Prepare: the children's bodies run in-process (a fresh interpreter per child costs tens
     # of seconds on a loaded machine); what they are given and report is the same.
-    calls: list[list[str]] = []
-
-    def in_process(args, timeout_s, threads):  # type: ignore[no-untyped-def]
-        calls.append(list(args))
-        report = tmp_path / f"report{len(calls)}.json"
-        assert rss.child_main([str(report), *args]) == 0
-        return json.loads(report.read_text()), 0.0
-
-    monkeypatch.setattr(rss, "child_report", in_process)
+    calls = children_in_process(monkeypatch, rss, tmp_path)
     overrides = _tiny_set(tmp_path, clients=2)
     # Execute
     result = rss.measure_rss("tiny-llama", (2,), overrides, dtypes=("float32", "bfloat16"))

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.bench.children import children_in_process
 
 from fedlora import config
 from fedlora.bench import client as bench
-from fedlora.bench import client_report, rss, scale
+from fedlora.bench import client_report, scale
 from fedlora.errors import ConfigError
 from fedlora.runtime.driver import sample_clients
 
@@ -84,15 +85,7 @@ def test_scale_runs_are_real_federations_whose_metrics_are_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: children run in-process (what they are given and report is the same)
-    calls: list[list[str]] = []
-
-    def in_process(args, timeout_s, threads):  # type: ignore[no-untyped-def]
-        calls.append(list(args))
-        report = tmp_path / f"report{len(calls)}.json"
-        assert rss.child_main([str(report), *args]) == 0
-        return json.loads(report.read_text()), 1.5
-
-    monkeypatch.setattr(scale, "child_report", in_process)
+    calls = children_in_process(monkeypatch, scale, tmp_path, seconds=1.5)
     overrides = ("train.seq_len=32", "lora.rank=4", "lora.alpha=8", "data.max_train_per_client=4")
     config = bench.ClientBenchConfig(
         model="tiny-llama",
