@@ -22,7 +22,7 @@ from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods import registry
 from fedlora.methods.base import ServerState, Setup
 from fedlora.methods.common import fresh_lora
-from fedlora.methods.fedsrd import downlink_seed
+from fedlora.methods.fedsrd import client_stack, downlink_seed
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
@@ -382,3 +382,23 @@ def test_perturb_helper_trains_both_factors() -> None:
     assert start.trainable == frozenset({"A", "B"})
     trained = perturb(start, torch.Generator().manual_seed(0))
     assert not torch.equal(trained["l0"].A, start.adapter["l0"].A)
+
+
+def test_client_stack_is_the_weighted_stack_of_reconstructed_factors() -> None:
+    # Prepare: two clients, one sending sparse deltas and one dense
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(3, 7, generator=gen), torch.randn(6, 3, generator=gen)
+    d_a, d_b = torch.randn(3, 7, generator=gen), torch.randn(6, 3, generator=gen)
+    mask_a, mask_b = d_a > 0.3, d_b > 0.3
+    deltas = [
+        (0.4, Sparse.from_mask(d_a, mask_a), Sparse.from_mask(d_b, mask_b)),
+        (0.6, d_a, d_b),
+    ]
+    # Execute
+    left, right, weights = client_stack(a, b, deltas)
+    # Assert: W = left·diag(w)·right = Σ p_k (B + ΔB_k)(A + ΔA_k), float64 reference
+    want = 0.4 * (b + d_b * mask_b).double() @ (a + d_a * mask_a).double()
+    want = want + 0.6 * (b + d_b).double() @ (a + d_a).double()
+    got = (left.double() * weights) @ right.double()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert weights.tolist() == [0.4] * 3 + [0.6] * 3

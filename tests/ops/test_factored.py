@@ -146,3 +146,27 @@ def test_truncated_factors_on_nearly_collinear_stacks(spread):
             us.double() @ vt.double() - want
         ) / torch.linalg.matrix_norm(want)
         assert error <= 1e-5, (spread, rank, float(error))
+
+
+@pytest.mark.parametrize("spread", [1e-2, 1e-6])
+def test_column_weights_equal_a_scaled_left_factor(spread):
+    # Prepare: FedSRD's weighted stack W = [B_1 … B_K]·diag(p_k)·[A_1; …; A_K], float32
+    gen = torch.Generator().manual_seed(8)
+    m, n, r = 64, 50, 5
+    b, a = torch.randn(m, r, generator=gen), torch.randn(r, n, generator=gen)
+    left = torch.cat([b + spread * torch.randn(m, r, generator=gen) for _ in range(3)], dim=1)
+    right = torch.cat([a + spread * torch.randn(r, n, generator=gen) for _ in range(3)], dim=0)
+    weights = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64).repeat_interleave(r)
+    dense = (left.double() * weights) @ right.double()
+    u, s, vh = torch.linalg.svd(dense, full_matrices=False)
+    for rank in (r, 2 * r):
+        want = (u[:, :rank] * s[:rank]) @ vh[:rank]
+        # Execute
+        us, vt = truncated_factors(left, right, rank, weights)
+        # Assert
+        error = torch.linalg.matrix_norm(
+            us.double() @ vt.double() - want
+        ) / torch.linalg.matrix_norm(want)
+        assert error <= 1e-5, (spread, rank, float(error))
+    with pytest.raises(ValueError, match="weights"):
+        truncated_factors(left, right, r, weights[:-1])

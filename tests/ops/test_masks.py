@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fedlora.ops.masks import (
     dare,
+    dare_dense,
     dare_mask,
     magnitude_mask,
     quantile_mask,
@@ -208,3 +209,11 @@ def test_rescale_skips_a_vanishing_pruned_sum() -> None:
     assert torch.equal(rescale_pruned(original, pruned), pruned)
     pruned[0, 0] = 1e-8
     assert float(rescale_pruned(original, pruned).abs().sum()) == pytest.approx(D * R)
+
+
+def test_dense_dare_is_the_sparse_dare_bit_for_bit() -> None:
+    delta = torch.randn(D, R, generator=torch.Generator().manual_seed(4))
+    for drop in (0.0, 0.8, 0.95):
+        want = dare(delta, drop, 42).to_dense()
+        got = dare_dense(delta, drop, 42)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), drop

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedlora.ops.solve import solve_a_terms, solve_a_update, solve_b_terms, solve_b_update
+from fedlora.ops.solve import (
+    solve_a_clients,
+    solve_a_terms,
+    solve_a_update,
+    solve_b_clients,
+    solve_b_terms,
+    solve_b_update,
+)
+from fedlora.ops.sparse import Sparse
 
 M, N, R, Q = 16, 12, 4, 6
 
@@ -70,3 +78,88 @@ def test_a_target_given_as_several_products_equals_its_stack() -> None:
     # Execute / Assert: against the dense float64 pseudo-inverse
     torch.testing.assert_close(solve_b_terms(terms, a), dense @ torch.linalg.pinv(a))
     torch.testing.assert_close(solve_a_terms(terms, b), torch.linalg.pinv(b) @ dense)
+
+
+# -- FedSRD-e's step from per-client products (no stack) ------------------------------------
+
+
+def _sparse(x: torch.Tensor, keep: float, gen: torch.Generator) -> Sparse:
+    mask = torch.rand(x.shape, generator=gen, dtype=torch.float64) < keep
+    return Sparse.from_mask(x * mask, mask)
+
+
+def _clients(gen: torch.Generator, a: torch.Tensor, b: torch.Tensor, scale: float, sparse: bool):
+    out = []
+    for p in (0.5, 0.3, 0.25):  # weights deliberately not summing to 1
+        d_a = scale * torch.randn(a.shape, generator=gen, dtype=a.dtype)
+        d_b = scale * torch.randn(b.shape, generator=gen, dtype=b.dtype)
+        if sparse:
+            out.append((p, _sparse(d_a, 0.3, gen), _sparse(d_b, 0.3, gen)))
+        else:
+            out.append((p, d_a, d_b))
+    return out
+
+
+def _dense_target(a, b, clients) -> torch.Tensor:
+    a, b = a.double(), b.double()
+    total = -b @ a
+    for p, d_a, d_b in clients:
+        d_a = d_a.to_dense() if isinstance(d_a, Sparse) else d_a
+        d_b = d_b.to_dense() if isinstance(d_b, Sparse) else d_b
+        total = total + p * (b + d_b.double()) @ (a + d_a.double())
+    return total
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("case", ["general", "rank-deficient", "zero-b"])
+def test_client_steps_equal_the_pseudo_inverse_of_the_dense_target(sparse: bool, case: str) -> None:
+    # Prepare: float64, M×R B and R×N A; rank-deficient: a repeated row of A and column of B
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(R, N, generator=gen, dtype=torch.float64)
+    b = torch.randn(M, R, generator=gen, dtype=torch.float64)
+    if case == "rank-deficient":
+        a[1], b[:, 2] = a[0], b[:, 0]
+    if case == "zero-b":
+        b = torch.zeros_like(b)
+    clients = _clients(gen, a, b, 0.5, sparse)
+    target = _dense_target(a, b, clients)
+    # Execute
+    delta_b = solve_b_clients(a, b, clients)
+    delta_a = solve_a_clients(a, b, clients)
+    # Assert: against torch's dense pseudo-inverse (minimum-norm least squares)
+    torch.testing.assert_close(delta_b, target @ torch.linalg.pinv(a), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(delta_a, torch.linalg.pinv(b) @ target, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("spread", [1e-2, 1e-4, 1e-6])
+def test_client_steps_stay_accurate_in_float32_when_clients_barely_move(spread: float) -> None:
+    # Prepare: the normal case: clients move little from one global adapter, so the target is
+    # a small difference of large products; float32 inputs as the server holds them
+    gen = torch.Generator().manual_seed(12)
+    m, n, r = 96, 80, 6
+    a = torch.randn(r, n, generator=gen)
+    b = torch.randn(m, r, generator=gen)
+    clients = []
+    for p in (0.25, 0.25, 0.25, 0.25):
+        d_a = spread * torch.randn(r, n, generator=gen)
+        d_b = spread * torch.randn(m, r, generator=gen)
+        clients.append((p, d_a, d_b))
+    target = _dense_target(a, b, clients)
+    want_b = target @ torch.linalg.pinv(a.double())
+    want_a = torch.linalg.pinv(b.double()) @ target
+    # Execute
+    got_b = solve_b_clients(a, b, clients)
+    got_a = solve_a_clients(a, b, clients)
+    # Assert: relative Frobenius error against float64 dense, the 1e-5
+    for got, want in ((got_b, want_b), (got_a, want_a)):
+        error = torch.linalg.matrix_norm(got.double() - want) / torch.linalg.matrix_norm(want)
+        assert error <= 1e-5, (spread, float(error))
+
+
+def test_client_steps_refuse_a_delta_of_the_wrong_shape() -> None:
+    a, b = torch.randn(R, N, dtype=torch.float64), torch.randn(M, R, dtype=torch.float64)
+    bad = [
+        (1.0, torch.zeros(R, N + 1, dtype=torch.float64), torch.zeros(M, R, dtype=torch.float64))
+    ]
+    with pytest.raises(ValueError, match="does not fit"):
+        solve_b_clients(a, b, bad)

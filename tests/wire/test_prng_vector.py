@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedlora.ops import prng
 from fedlora.ops.prng import seeded_keep_mask, splitmix64
 
 MASK64 = (1 << 64) - 1
@@ -65,3 +66,28 @@ def test_keep_mask_follows_top_53_bits_rule() -> None:
     # Assert
     assert mask.tolist() == expected
     assert 0 < int(np.count_nonzero(mask)) < numel
+
+
+def test_stream_and_mask_are_the_same_across_the_vectorised_chunks() -> None:
+    # Prepare: positions on both sides of every chunk boundary of a 2.5-chunk stream, and a
+    # keep probability whose 53-bit threshold is exact, so the rule can be checked in integers
+    seed, keep = 77, 0.375
+    numel = 2 * prng._CHUNK + prng._CHUNK // 2
+    threshold = int(keep * (1 << 53))
+    probes = [0, 1, prng._CHUNK - 1, prng._CHUNK, prng._CHUNK + 1, 2 * prng._CHUNK, numel - 1]
+    # Execute
+    stream = splitmix64(seed, 0, numel)
+    mask = seeded_keep_mask(seed, numel, keep).numpy()
+    # Assert: each probe equals the integer reference started at that position
+    for i in probes:
+        (expected,) = reference_splitmix64((seed + i * 0x9E3779B97F4A7C15) & MASK64, 1)
+        assert int(stream[i]) == expected, i
+        assert bool(mask[i]) == ((expected >> 11) < threshold), i
+    assert [int(v) for v in splitmix64(seed, prng._CHUNK - 3, 6)] == [
+        int(v) for v in stream[prng._CHUNK - 3 : prng._CHUNK + 3]
+    ]
+
+
+def test_keep_probability_one_and_zero() -> None:
+    assert seeded_keep_mask(5, 1000, 1.0).all()
+    assert not seeded_keep_mask(5, 1000, 0.0).any()

@@ -11,9 +11,10 @@ numbers are not cited: they were not verified against the final version):
   linearly interpolated rho-quantile (:func:`fedlora.ops.masks.quantile_mask`), upload the
   two sparse deltas (:mod:`fedlora.ops.sparsify`).
 - Reconstruct (server): ``B_k = B^{t-1} + ΔB_k``, ``A_k = A^{t-1} + ΔA_k``,
-  ``W = Σ p_k B_k A_k`` kept as the stacked product ``[p_1 B_1 …]·[A_1; …]``.
+  ``W = Σ p_k B_k A_k`` kept as the stacked product ``[B_1 …]·diag(p)·[A_1; …]``.
 - Decompose (server): FedSRD takes the rank-r truncated SVD ``W_r`` (factored kernel);
-  FedSRD-e skips it (``W_r = W``). Then ``ΔW = W_r − B^{t-1}A^{t-1}`` and one closed-form
+  FedSRD-e skips it (``W_r = W``) and so needs no stack at all: its step is a sum of per-client
+  r×r products (:func:`fedlora.ops.solve.solve_b_clients`). Then ``ΔW = W_r − B^{t-1}A^{t-1}`` and one closed-form
   least-squares step on one factor, alternating across rounds: B-rounds
   ``ΔB = ΔW·pinv(A^{t-1})``, A-rounds ``ΔA = pinv(B^{t-1})·ΔW``, both in factored order
   (:mod:`fedlora.ops.solve`), so no m×n matrix is formed. The delta is sparsified with DARE
@@ -77,13 +78,26 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import DefaultHooks, fresh_lora, initial_payload, key, lora_payload
+from fedlora.methods.common import (
+    DefaultHooks,
+    dense,
+    fresh_lora,
+    initial_payload,
+    key,
+    lora_payload,
+)
 from fedlora.methods.registry import register
 from fedlora.ops.factored import truncated_factors
-from fedlora.ops.masks import dare
+from fedlora.ops.masks import dare_dense
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import label_seed
-from fedlora.ops.solve import solve_a_terms, solve_b_terms
+from fedlora.ops.solve import (
+    ClientDeltas,
+    solve_a_clients,
+    solve_a_terms,
+    solve_b_clients,
+    solve_b_terms,
+)
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.sparsify import (
     SPARSIFIERS,
@@ -187,25 +201,47 @@ def upload_seed(seed: int, layer: str) -> int:
     return label_seed(seed, "fedsrd-uplink", layer)
 
 
-def stacked_aggregate(
-    a_prev: Tensor, b_prev: Tensor, deltas: Sequence[tuple[float, Tensor, Tensor]]
-) -> Factored:
-    """``W = Σ p_k (B^{t-1}+ΔB_k)(A^{t-1}+ΔA_k)`` as ``([p_1 B_1 … p_K B_K], [A_1; …; A_K])``.
+def _add_into(block: Tensor, delta: Tensor | Sparse, base: Tensor) -> None:
+    """``block = base + delta``, written into ``block`` (a view into a stack)."""
+    if isinstance(delta, Sparse):
+        block.copy_(base)
+        cols = base.shape[1]
+        rows, within = delta.indices // cols, delta.indices % cols
+        block.index_put_((rows, within), delta.values.to(block.dtype), accumulate=True)
+    else:
+        torch.add(base, delta.to(block.dtype), out=block)
 
-    ``deltas`` holds ``(p_k, ΔA_k, ΔB_k)``.
+
+def client_stack(
+    a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``W = Σ p_k (B^{t-1}+ΔB_k)(A^{t-1}+ΔA_k)`` as ``([B_1 … B_K], [A_1; …; A_K], w)`` with
+    ``W = left·diag(w)·right`` (``w`` repeats each ``p_k`` r times).
+
+    The stacks are written in place, each block once; the weights stay apart so that no
+    pass over the m×Kr stack scales it (:func:`truncated_factors` takes them).
     """
-    lefts = [p * (b_prev + d_b) for p, _, d_b in deltas]
-    rights = [a_prev + d_a for _, d_a, _ in deltas]
-    return torch.cat(lefts, dim=1), torch.cat(rights, dim=0)
+    (m, r), n, count = b_prev.shape, a_prev.shape[1], len(deltas)
+    left = torch.empty(m, count * r, dtype=b_prev.dtype)
+    right = torch.empty(count * r, n, dtype=a_prev.dtype)
+    for k, (_, d_a, d_b) in enumerate(deltas):
+        _add_into(left[:, k * r : (k + 1) * r], d_b, b_prev)
+        _add_into(right[k * r : (k + 1) * r], d_a, a_prev)
+    weights = torch.tensor([p for p, _, _ in deltas], dtype=torch.float64).repeat_interleave(r)
+    return left, right, weights
 
 
-def averaged_aggregate(
-    a_prev: Tensor, b_prev: Tensor, deltas: Sequence[tuple[float, Tensor, Tensor]]
-) -> Factored:
+def stacked_aggregate(a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas) -> Factored:
+    """``W = Σ p_k (B^{t-1}+ΔB_k)(A^{t-1}+ΔA_k)`` as ``([p_1 B_1 … p_K B_K], [A_1; …; A_K])``."""
+    left, right, weights = client_stack(a_prev, b_prev, deltas)
+    return left * weights.to(left.dtype), right
+
+
+def averaged_aggregate(a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas) -> Factored:
     """The ``reconstruct = false`` ablation: ``W = (B^{t-1} + Σ p_k ΔB_k)(A^{t-1} + Σ p_k ΔA_k)``,
     the product of the averaged factors (rank r, no stack of client products)."""
-    b = b_prev + sum((p * d_b for p, _, d_b in deltas), torch.zeros_like(b_prev))
-    a = a_prev + sum((p * d_a for p, d_a, _ in deltas), torch.zeros_like(a_prev))
+    b = b_prev + sum((p * dense(d_b) for p, _, d_b in deltas), torch.zeros_like(b_prev))
+    a = a_prev + sum((p * dense(d_a) for p, d_a, _ in deltas), torch.zeros_like(a_prev))
     return b, a
 
 
@@ -248,10 +284,6 @@ class _FedSRDBase(DefaultHooks):
 
     def __init__(self, config: FedSRDConfig) -> None:
         self.config = config
-
-    def decompose(self, left: Tensor, right: Tensor, rank: int) -> Factored:
-        """The target ``W_r`` for the aggregate ``W = left @ right``."""
-        raise NotImplementedError
 
     # -- setup and state -------------------------------------------------------------------
 
@@ -368,13 +400,24 @@ class _FedSRDBase(DefaultHooks):
 
     # -- server ----------------------------------------------------------------------------
 
+    def target(self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, rank: int) -> Factored:
+        """One layer's ``W_r``, factored: the decomposed aggregate of the clients' factors
+        (the stacked ``Σ p_k B_k A_k``, or with ``reconstruct = false`` the product of the
+        averaged factors)."""
+        raise NotImplementedError
+
+    def step(
+        self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
+    ) -> Tensor:
+        """The least-squares update of ``factor`` toward ``W_r − B^{t-1}A^{t-1}``."""
+        return least_squares_step(self.target(a_prev, b_prev, deltas, rank), a_prev, b_prev, factor)
+
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         ordered = sorted(uploads, key=lambda u: u.cid)
         weights = aggregation_weights(ordered, setup.weighting)
         round_ = state.round + 1
         factor = active_factor(round_)
         rank = setup.max_rank
-        combine = stacked_aggregate if self.config.reconstruct else averaged_aggregate
         tensors: dict[str, Tensor] = {}
         for s in setup.layers:
             a_prev = state.tensors[key(s.name, "A")]
@@ -382,23 +425,24 @@ class _FedSRDBase(DefaultHooks):
             deltas = [
                 (
                     p,
-                    synced.upload_delta(u.payload, s.name, "A", a_prev),
-                    synced.upload_delta(u.payload, s.name, "B", b_prev),
+                    synced.upload_entry(u.payload, s.name, "A", a_prev),
+                    synced.upload_entry(u.payload, s.name, "B", b_prev),
                 )
                 for p, u in zip(weights, ordered, strict=True)
             ]
-            target = self.decompose(*combine(a_prev, b_prev, deltas), rank)
             if self.config.decompose == "dense":
-                new = balanced_factors(target, rank)
+                new = balanced_factors(self.target(a_prev, b_prev, deltas, rank), rank)
                 tensors[key(s.name, "A")], tensors[key(s.name, "B")] = new.A, new.B
                 continue
-            update = least_squares_step(target, a_prev, b_prev, factor)
-            sparse = dare(update, self.config.p_down, downlink_seed(setup.seed, round_, s.name))
+            update = self.step(a_prev, b_prev, deltas, factor, rank)
+            applied = dare_dense(
+                update, self.config.p_down, downlink_seed(setup.seed, round_, s.name)
+            )
             prev = {"A": a_prev, "B": b_prev}
             for part in ("A", "B"):
-                delta = sparse if part == factor else None
+                delta = applied if part == factor else None
                 tensors[key(s.name, part)] = synced.add_delta(prev[part], delta)
-            tensors[key(s.name, "d" + factor)] = sparse.to_dense()
+            tensors[key(s.name, "d" + factor)] = applied
         updated = "AB" if self.config.decompose == "dense" else factor
         return ServerState(round=round_, tensors=tensors, meta={"updated": updated})
 
@@ -409,8 +453,11 @@ class FedSRD(_FedSRDBase):
 
     name = "fedsrd"
 
-    def decompose(self, left: Tensor, right: Tensor, rank: int) -> Factored:
-        return truncated_factors(left, right, rank)
+    def target(self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, rank: int) -> Factored:
+        if not self.config.reconstruct:
+            return truncated_factors(*averaged_aggregate(a_prev, b_prev, deltas), rank)
+        left, right, weights = client_stack(a_prev, b_prev, deltas)
+        return truncated_factors(left, right, rank, weights)
 
 
 @register("fedsrd-e", FedSRDConfig)
@@ -427,5 +474,15 @@ class FedSRDE(_FedSRDBase):
                 "aggregate, which FedSRD-e does not compute; use method = fedsrd for it"
             )
 
-    def decompose(self, left: Tensor, right: Tensor, rank: int) -> Factored:
-        return left, right
+    def target(self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, rank: int) -> Factored:
+        combine = stacked_aggregate if self.config.reconstruct else averaged_aggregate
+        return combine(a_prev, b_prev, deltas)
+
+    def step(
+        self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
+    ) -> Tensor:
+        if not self.config.reconstruct:
+            return super().step(a_prev, b_prev, deltas, factor, rank)
+        # The full aggregate's step needs no stack: per-client r×r products (ops.solve).
+        solve = solve_b_clients if factor == "B" else solve_a_clients
+        return solve(a_prev, b_prev, deltas)

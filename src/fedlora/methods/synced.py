@@ -135,6 +135,24 @@ def delta_schema(setup: Setup, rank: int) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def upload_entry(payload: Payload, layer: str, part: str, like: Tensor) -> Tensor | Sparse:
+    """A client's uploaded delta of ``part`` as sent (dense, or sparse with its values in
+    ``like``'s dtype), refused unless it is shaped like ``like``."""
+    name = key(layer, "d" + part)
+    if name not in payload:
+        raise PayloadError(f"upload lacks {name}")
+    entry = payload[name]
+    if isinstance(entry, Sparse):
+        if tuple(entry.shape) != tuple(like.shape):
+            raise PayloadError(
+                f"{name} has shape {tuple(entry.shape)}, expected {tuple(like.shape)}"
+            )
+        if entry.values.dtype == like.dtype:
+            return entry
+        return Sparse(entry.shape, entry.indices, entry.values.to(like.dtype))
+    return upload_delta(payload, layer, part, like)
+
+
 def upload_delta(payload: Payload, layer: str, part: str, like: Tensor) -> Tensor:
     """A client's uploaded delta of ``part`` as a dense tensor shaped and typed like ``like``."""
     name = key(layer, "d" + part)

@@ -62,24 +62,35 @@ def energy_rank(s: Tensor, tau: float, cutoff: float = RELATIVE_RANK_CUTOFF) -> 
     return min(k, nrank)
 
 
-def truncated_factors(left: Tensor, right: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """Rank-``rank`` truncated SVD of ``left @ right`` as ``(U_k diag(S_k), V_kᵀ)``.
+def truncated_factors(
+    left: Tensor, right: Tensor, rank: int, weights: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Rank-``rank`` truncated SVD of ``left @ diag(weights) @ right`` as ``(U_k diag(S_k), V_kᵀ)``.
 
-    Only the triangular factors of the two QRs are computed (no Q is formed): with
-    ``L = Q_L T_L`` and ``Rᵀ = Q_R T_R``, the core ``T_L T_Rᵀ = U_c S V_cᵀ`` gives
-    ``U_k S_k = L R V_k = L (T_Rᵀ V_c,k)`` and ``V_kᵀ = S_k⁻¹ U_kᵀ L R = S_k⁻¹ (U_c,kᵀ T_L) R``.
-    That halves the work of :func:`factored_svd` when only ``rank`` of the ``q`` directions are
-    kept. Directions whose singular value is float noise get zero factors (their product is
-    zero either way), so the product is exact up to float error; rows of ``V_kᵀ`` are
-    orthonormal up to ``eps·S_1/S_i``.
+    ``weights`` (length q, default all ones) scale the columns of ``left``; passing them here
+    instead of scaling ``left`` saves a pass over the m×q stack: ``left·D = Q_L (T_L D)``, so
+    they only touch the q×q factors. Only the triangular factors of the two QRs are computed
+    (no Q is formed): with ``L = Q_L T_L`` and ``Rᵀ = Q_R T_R``, the core
+    ``T_L D T_Rᵀ = U_c S V_cᵀ`` gives ``U_k S_k = L D R V_k = L (D T_Rᵀ V_c,k)`` and
+    ``V_kᵀ = S_k⁻¹ U_kᵀ L D R = S_k⁻¹ (U_c,kᵀ T_L D) R``. That halves the work of
+    :func:`factored_svd` when only ``rank`` of the ``q`` directions are kept. Directions whose
+    singular value is float noise get zero factors (their product is zero either way), so the
+    product is exact up to float error; rows of ``V_kᵀ`` are orthonormal up to ``eps·S_1/S_i``.
     """
     if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[0]:
         raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
+    if weights is not None and tuple(weights.shape) != (left.shape[1],):
+        raise ValueError(f"weights {tuple(weights.shape)} do not match {left.shape[1]} columns")
     t_l = torch.linalg.qr(left, mode="r").R
     t_r = torch.linalg.qr(right.T, mode="r").R
+    if weights is not None:
+        t_l = t_l * weights.to(t_l.dtype)
     u_c, s, vh_c = torch.linalg.svd(t_l @ t_r.T, full_matrices=False)
     k = min(rank, s.numel())
-    us = left @ (t_r.T @ vh_c[:k].T)
+    inner = t_r.T @ vh_c[:k].T
+    if weights is not None:
+        inner = weights.to(inner.dtype)[:, None] * inner
+    us = left @ inner
     kept = s[:k] > s[0] * RELATIVE_RANK_CUTOFF if s.numel() else s[:k] > 0
     inverse = torch.where(
         kept, 1.0 / torch.where(kept, s[:k], torch.ones_like(s[:k])), torch.zeros_like(s[:k])

@@ -128,6 +128,15 @@ def dare(delta: Tensor, drop: float, seed: int) -> Sparse:
     return Sparse.from_seeded_mask(delta / keep, seed, keep)
 
 
+def dare_dense(delta: Tensor, drop: float, seed: int) -> Tensor:
+    """``dare(delta, drop, seed).to_dense()``, bit for bit, without the sparse detour (for a
+    caller that applies the delta and keeps it dense)."""
+    _check_ratio(drop, "drop")
+    keep = 1.0 - drop
+    mask = dare_mask(seed, tuple(delta.shape), drop)
+    return torch.where(mask, delta / keep, torch.zeros((), dtype=delta.dtype))
+
+
 def rescale_pruned(original: Tensor, pruned: Tensor) -> Tensor:
     """Scale ``pruned`` by ``Σ|original| / Σ|pruned|`` so the total magnitude is preserved.
 

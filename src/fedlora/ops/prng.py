@@ -16,19 +16,45 @@ import torch
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_CHUNK = 1 << 22
+_CHUNK = 1 << 16
+"""Elements per vectorised step: 512 KiB of uint64, so the temporaries stay in cache."""
+
+
+def _mix(z: np.ndarray, tmp: np.ndarray) -> None:
+    """SplitMix64's finaliser applied to ``z`` in place (``tmp``: scratch of the same size)."""
+    with np.errstate(over="ignore"):
+        np.right_shift(z, np.uint64(30), out=tmp)
+        np.bitwise_xor(z, tmp, out=z)
+        np.multiply(z, _M1, out=z)
+        np.right_shift(z, np.uint64(27), out=tmp)
+        np.bitwise_xor(z, tmp, out=z)
+        np.multiply(z, _M2, out=z)
+        np.right_shift(z, np.uint64(31), out=tmp)
+        np.bitwise_xor(z, tmp, out=z)
+
+
+with np.errstate(over="ignore"):
+    _STEPS = np.arange(1, _CHUNK + 1, dtype=np.uint64) * _GOLDEN
+"""``(i + 1) * GOLDEN`` for ``i < _CHUNK``: a chunk's counters are these plus one offset."""
+
+
+def _counters(seed: int, start: int, count: int, out: np.ndarray) -> None:
+    """``out[i] = seed + (start + i + 1) * GOLDEN`` (wrapping uint64), ``count <= _CHUNK``."""
+    offset = (seed + start * int(_GOLDEN)) & 0xFFFFFFFFFFFFFFFF
+    with np.errstate(over="ignore"):
+        np.add(_STEPS[:count], np.uint64(offset), out=out)
 
 
 def splitmix64(seed: int, start: int, count: int) -> np.ndarray:
     """Return ``count`` uint64 outputs of the SplitMix64 stream for ``seed`` from ``start``."""
     if count < 0 or start < 0:
         raise ValueError("start and count must be non-negative")
-    counter = np.arange(start + 1, start + count + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + counter * _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        z = z ^ (z >> np.uint64(31))
+    z = np.empty(count, dtype=np.uint64)
+    tmp = np.empty(min(count, _CHUNK), dtype=np.uint64)
+    for lo in range(0, count, _CHUNK):
+        hi = min(lo + _CHUNK, count)
+        _counters(seed, start + lo, hi - lo, z[lo:hi])
+        _mix(z[lo:hi], tmp[: hi - lo])
     return z
 
 
@@ -41,9 +67,18 @@ def seeded_keep_mask(seed: int, numel: int, keep_prob: float) -> torch.Tensor:
     """
     if not 0.0 <= keep_prob <= 1.0:
         raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
-    threshold = np.uint64(int(keep_prob * (1 << 53)))
+    threshold = int(keep_prob * (1 << 53))
+    if threshold >= 1 << 53:  # every 53-bit fraction is below 1
+        return torch.ones(numel, dtype=torch.bool)
+    # (z >> 11) < t  <=>  z < t * 2^11 for integers, which saves a shift per element.
+    limit = np.uint64(threshold << 11)
     out = np.empty(numel, dtype=np.bool_)
-    for start in range(0, numel, _CHUNK):
-        count = min(_CHUNK, numel - start)
-        out[start : start + count] = (splitmix64(seed, start, count) >> np.uint64(11)) < threshold
+    z = np.empty(min(numel, _CHUNK), dtype=np.uint64)
+    tmp = np.empty_like(z)
+    for lo in range(0, numel, _CHUNK):
+        hi = min(lo + _CHUNK, numel)
+        n = hi - lo
+        _counters(seed, lo, n, z[:n])
+        _mix(z[:n], tmp[:n])
+        np.less(z[:n], limit, out=out[lo:hi])
     return torch.from_numpy(out)

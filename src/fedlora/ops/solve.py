@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fedlora.ops.sparse import Sparse
+
 Tensor = torch.Tensor
 
 
@@ -25,21 +27,33 @@ class _Pinv:
     """``pinv(M) @ rhs`` for a tall thin ``M`` (k×r, k >= r) and any number of right-hand
     sides, from one eigendecomposition of the r×r Gram matrix: ``pinv(M) = V diag(1/λ) Vᵀ Mᵀ``
     over eigenvalues above the same relative cutoff as ``torch.linalg.pinv`` (on singular
-    values, ``λ = σ²``). Costs O(k·r²) once and O(k·r·q) per right-hand side of q columns;
-    the k×r pseudo-inverse is never built."""
+    values, ``λ = σ²``), but never below the float64 Gram's own rounding (``k·eps₆₄·λ_max``):
+    a direction whose λ is that small is indistinguishable from a null direction, and
+    inverting it would blow the solution up. For float32 matrices (the server's) the first
+    bound is the larger; it matters for exactly rank-deficient float64 matrices. Costs
+    O(k·r²) once and O(k·r·q) per right-hand side of q columns; the k×r pseudo-inverse is
+    never built."""
 
     def __init__(self, matrix: Tensor) -> None:
         # The r×r algebra runs in float64: squaring σ into λ would otherwise cost float32 half
         # its digits.
         wide = matrix.double()
-        lam, self.vec = torch.linalg.eigh(wide.T @ wide)
+        self.gram = wide.T @ wide
+        lam, self.vec = torch.linalg.eigh(self.gram)
         top = lam.max().clamp(min=0)
         rtol = max(matrix.shape) * torch.finfo(matrix.dtype).eps
-        keep = lam > (rtol**2) * top if top > 0 else torch.zeros_like(lam, dtype=torch.bool)
+        noise = max(matrix.shape) * torch.finfo(torch.float64).eps
+        cutoff = max(rtol**2, noise) * top
+        keep = lam > cutoff if top > 0 else torch.zeros_like(lam, dtype=torch.bool)
         self.inv = torch.where(
             keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam)
         )
         self.matrix = matrix
+
+    def gram_pinv(self) -> Tensor:
+        """The r×r pseudo-inverse of the Gram matrix, ``(MᵀM)⁺`` (float64)."""
+        inverse: Tensor = (self.vec * self.inv) @ self.vec.T
+        return inverse
 
     def __call__(self, rhs: Tensor) -> Tensor:
         projected = (self.matrix.T @ rhs).double()
@@ -109,3 +123,59 @@ def solve_a_update(left: Tensor, right: Tensor, b: Tensor) -> Tensor:
     (r, n) tensor.
     """
     return solve_a_terms([(left, right)], b)
+
+
+# -- FedSRD-e's step on the clients' factors, without stacking them ---------------------------
+
+Delta = Tensor | Sparse
+"""A client's factor delta as uploaded: dense, or sparse (its positions and values)."""
+
+ClientDeltas = Sequence[tuple[float, Delta, Delta]]
+"""``(p_k, ΔA_k, ΔB_k)`` per client: weight, r×n delta of A, m×r delta of B."""
+
+
+def _as_dense(delta: Delta, like: Tensor) -> Tensor:
+    d = delta.to_dense() if isinstance(delta, Sparse) else delta
+    if tuple(d.shape) != tuple(like.shape):
+        raise ValueError(f"delta of shape {tuple(d.shape)} does not fit {tuple(like.shape)}")
+    return d.to(like.dtype)
+
+
+def solve_b_clients(a: Tensor, b: Tensor, clients: ClientDeltas) -> Tensor:
+    """``ΔB = (Σ_k p_k (B + ΔB_k)(A + ΔA_k) − B·A)·pinv(A)`` from r×r products per client.
+
+    With ``G = A·Aᵀ``, ``Y_k = ΔA_k·Aᵀ`` and ``pinv(A) = Aᵀ·G⁺`` the target is
+    ``(B·C_0 + Σ_k ΔB_k·C_k)·G⁺`` with ``C_0 = Σ_k p_k (G + Y_k) − G`` and
+    ``C_k = p_k (G + Y_k)``: every m- or n-sized product has r columns, the clients' factors
+    are never stacked, and ``B·A`` cancels in the r×r algebra (float64) instead of in m×r
+    float32 sums. Equal to ``solve_b_terms`` on the stacked aggregate up to float error.
+    """
+    pinv = _Pinv(a.T)
+    g, g_plus = pinv.gram, pinv.gram_pinv()
+    a_t = a.T.contiguous()
+    c0 = -g
+    parts: list[Tensor] = []
+    for p, d_a, d_b in clients:
+        c_k = p * (g + (_as_dense(d_a, a) @ a_t).double())
+        c0 = c0 + c_k
+        parts.append(_as_dense(d_b, b) @ (c_k @ g_plus).to(b.dtype))
+    return _total([b @ (c0 @ g_plus).to(b.dtype), *parts])
+
+
+def solve_a_clients(a: Tensor, b: Tensor, clients: ClientDeltas) -> Tensor:
+    """``ΔA = pinv(B)·(Σ_k p_k (B + ΔB_k)(A + ΔA_k) − B·A)`` from r×r products per client.
+
+    With ``H = Bᵀ·B``, ``Z_k = Bᵀ·ΔB_k`` and ``pinv(B) = H⁺·Bᵀ``:
+    ``H⁺·(D_0·A + Σ_k D_k·ΔA_k)``, ``D_0 = Σ_k p_k (H + Z_k) − H``, ``D_k = p_k (H + Z_k)``
+    (see :func:`solve_b_clients`).
+    """
+    pinv = _Pinv(b)
+    h, h_plus = pinv.gram, pinv.gram_pinv()
+    b_t = b.T.contiguous()
+    d0 = -h
+    parts: list[Tensor] = []
+    for p, d_a, d_b in clients:
+        d_k = p * (h + (b_t @ _as_dense(d_b, b)).double())
+        d0 = d0 + d_k
+        parts.append((h_plus @ d_k).to(a.dtype) @ _as_dense(d_a, a))
+    return _total([(h_plus @ d0).to(a.dtype) @ a, *parts])
