@@ -13,9 +13,9 @@ numbers are not cited: they were not verified against the final version):
 - Reconstruct (server): ``B_k = B^{t-1} + ΔB_k``, ``A_k = A^{t-1} + ΔA_k``,
   ``W = Σ p_k B_k A_k`` kept as the stacked product ``[B_1 …]·diag(p)·[A_1; …]``.
 - Decompose (server): FedSRD takes the rank-r truncated SVD ``W_r`` (factored kernel);
-  FedSRD-e skips it (``W_r = W``) and so needs no stack at all: its step is a sum of per-client
-  r×r products (:func:`fedlora.ops.solve.solve_b_clients`). Then ``ΔW = W_r − B^{t-1}A^{t-1}`` and one closed-form
-  least-squares step on one factor, alternating across rounds: B-rounds
+  FedSRD-e skips it (``W_r = W``) and so needs no stack at all: its step is a sum of
+  per-client r×r products (:func:`fedlora.ops.solve.solve_b_clients`). Then
+  ``ΔW = W_r − B^{t-1}A^{t-1}`` and one closed-form least-squares step on one factor, alternating across rounds: B-rounds
   ``ΔB = ΔW·pinv(A^{t-1})``, A-rounds ``ΔA = pinv(B^{t-1})·ΔW``, both in factored order
   (:mod:`fedlora.ops.solve`), so no m×n matrix is formed. The delta is sparsified with DARE
   (drop ``p_down``, survivors × ``1/(1 − p_down)``) and this sparse delta is both added to the
@@ -231,12 +231,6 @@ def client_stack(
     return left, right, weights
 
 
-def stacked_aggregate(a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas) -> Factored:
-    """``W = Σ p_k (B^{t-1}+ΔB_k)(A^{t-1}+ΔA_k)`` as ``([p_1 B_1 … p_K B_K], [A_1; …; A_K])``."""
-    left, right, weights = client_stack(a_prev, b_prev, deltas)
-    return left * weights.to(left.dtype), right
-
-
 def averaged_aggregate(a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas) -> Factored:
     """The ``reconstruct = false`` ablation: ``W = (B^{t-1} + Σ p_k ΔB_k)(A^{t-1} + Σ p_k ΔA_k)``,
     the product of the averaged factors (rank r, no stack of client products)."""
@@ -400,17 +394,16 @@ class _FedSRDBase(DefaultHooks):
 
     # -- server ----------------------------------------------------------------------------
 
-    def target(self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, rank: int) -> Factored:
-        """One layer's ``W_r``, factored: the decomposed aggregate of the clients' factors
-        (the stacked ``Σ p_k B_k A_k``, or with ``reconstruct = false`` the product of the
-        averaged factors)."""
-        raise NotImplementedError
-
     def step(
         self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
     ) -> Tensor:
-        """The least-squares update of ``factor`` toward ``W_r − B^{t-1}A^{t-1}``."""
-        return least_squares_step(self.target(a_prev, b_prev, deltas, rank), a_prev, b_prev, factor)
+        """One layer's least-squares update of ``factor`` toward ``W_r − B^{t-1}A^{t-1}``."""
+        raise NotImplementedError
+
+    def target(self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, rank: int) -> Factored:
+        """One layer's rank-r ``W_r``, factored (FedSRD only: it is what ``decompose =
+        "dense"`` broadcasts, which FedSRD-e refuses)."""
+        raise NotImplementedError
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         ordered = sorted(uploads, key=lambda u: u.cid)
@@ -459,6 +452,11 @@ class FedSRD(_FedSRDBase):
         left, right, weights = client_stack(a_prev, b_prev, deltas)
         return truncated_factors(left, right, rank, weights)
 
+    def step(
+        self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
+    ) -> Tensor:
+        return least_squares_step(self.target(a_prev, b_prev, deltas, rank), a_prev, b_prev, factor)
+
 
 @register("fedsrd-e", FedSRDConfig)
 class FedSRDE(_FedSRDBase):
@@ -474,15 +472,12 @@ class FedSRDE(_FedSRDBase):
                 "aggregate, which FedSRD-e does not compute; use method = fedsrd for it"
             )
 
-    def target(self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, rank: int) -> Factored:
-        combine = stacked_aggregate if self.config.reconstruct else averaged_aggregate
-        return combine(a_prev, b_prev, deltas)
-
     def step(
         self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
     ) -> Tensor:
         if not self.config.reconstruct:
-            return super().step(a_prev, b_prev, deltas, factor, rank)
+            target = averaged_aggregate(a_prev, b_prev, deltas)
+            return least_squares_step(target, a_prev, b_prev, factor)
         # The full aggregate's step needs no stack: per-client r×r products (ops.solve).
         solve = solve_b_clients if factor == "B" else solve_a_clients
         return solve(a_prev, b_prev, deltas)

@@ -10,6 +10,8 @@ evaluated with numpy's wrapping ``uint64`` arithmetic, vectorised, in chunks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -45,17 +47,26 @@ def _counters(seed: int, start: int, count: int, out: np.ndarray) -> None:
         np.add(_STEPS[:count], np.uint64(offset), out=out)
 
 
+def _chunks(seed: int, start: int, count: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(offset, outputs)`` of the stream from ``start``, ``_CHUNK`` at a time; each chunk
+    reuses one buffer, so a caller keeps what it needs before asking for the next."""
+    z = np.empty(min(count, _CHUNK), dtype=np.uint64)
+    tmp = np.empty_like(z)
+    for lo in range(0, count, _CHUNK):
+        n = min(_CHUNK, count - lo)
+        _counters(seed, start + lo, n, z[:n])
+        _mix(z[:n], tmp[:n])
+        yield lo, z[:n]
+
+
 def splitmix64(seed: int, start: int, count: int) -> np.ndarray:
     """Return ``count`` uint64 outputs of the SplitMix64 stream for ``seed`` from ``start``."""
     if count < 0 or start < 0:
         raise ValueError("start and count must be non-negative")
-    z = np.empty(count, dtype=np.uint64)
-    tmp = np.empty(min(count, _CHUNK), dtype=np.uint64)
-    for lo in range(0, count, _CHUNK):
-        hi = min(lo + _CHUNK, count)
-        _counters(seed, start + lo, hi - lo, z[lo:hi])
-        _mix(z[lo:hi], tmp[: hi - lo])
-    return z
+    out = np.empty(count, dtype=np.uint64)
+    for lo, z in _chunks(seed, start, count):
+        out[lo : lo + z.size] = z
+    return out
 
 
 def seeded_keep_mask(seed: int, numel: int, keep_prob: float) -> torch.Tensor:
@@ -73,12 +84,6 @@ def seeded_keep_mask(seed: int, numel: int, keep_prob: float) -> torch.Tensor:
     # (z >> 11) < t  <=>  z < t * 2^11 for integers, which saves a shift per element.
     limit = np.uint64(threshold << 11)
     out = np.empty(numel, dtype=np.bool_)
-    z = np.empty(min(numel, _CHUNK), dtype=np.uint64)
-    tmp = np.empty_like(z)
-    for lo in range(0, numel, _CHUNK):
-        hi = min(lo + _CHUNK, numel)
-        n = hi - lo
-        _counters(seed, lo, n, z[:n])
-        _mix(z[:n], tmp[:n])
-        np.less(z[:n], limit, out=out[lo:hi])
+    for lo, z in _chunks(seed, 0, numel):
+        np.less(z, limit, out=out[lo : lo + z.size])
     return torch.from_numpy(out)

@@ -152,11 +152,10 @@ def solve_b_clients(a: Tensor, b: Tensor, clients: ClientDeltas) -> Tensor:
     """
     pinv = _Pinv(a.T)
     g, g_plus = pinv.gram, pinv.gram_pinv()
-    a_t = a.T.contiguous()
     c0 = -g
     parts: list[Tensor] = []
     for p, d_a, d_b in clients:
-        c_k = p * (g + (_as_dense(d_a, a) @ a_t).double())
+        c_k = p * (g + (_as_dense(d_a, a) @ a.T).double())
         c0 = c0 + c_k
         parts.append(_as_dense(d_b, b) @ (c_k @ g_plus).to(b.dtype))
     return _total([b @ (c0 @ g_plus).to(b.dtype), *parts])
@@ -171,11 +170,10 @@ def solve_a_clients(a: Tensor, b: Tensor, clients: ClientDeltas) -> Tensor:
     """
     pinv = _Pinv(b)
     h, h_plus = pinv.gram, pinv.gram_pinv()
-    b_t = b.T.contiguous()
     d0 = -h
     parts: list[Tensor] = []
     for p, d_a, d_b in clients:
-        d_k = p * (h + (b_t @ _as_dense(d_b, b)).double())
+        d_k = p * (h + (b.T @ _as_dense(d_b, b)).double())
         d0 = d0 + d_k
         parts.append((h_plus @ d_k).to(a.dtype) @ _as_dense(d_a, a))
     return _total([(h_plus @ d0).to(a.dtype) @ a, *parts])
