@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -154,3 +157,42 @@ def test_encoders_refuse_invalid_position_lists() -> None:
         P.encode_smallest(np.array([3, 3]), 10)
     with pytest.raises(ValueError, match="out of range"):
         P.encode_smallest(np.array([3, 10]), 10)
+
+
+def _peak_bytes(fn: Any) -> int:
+    """Peak memory traced while ``fn`` runs (numpy reports its buffers to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(ValueError):
+            fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("code", "param"), [("rice", 31), ("elias-fano", 31), ("rice", 23)])
+def test_a_crafted_position_code_costs_no_more_than_its_stream(code: str, param: int) -> None:
+    # Prepare: 2^17 positions of a 2^22-element tensor with the widest parameter the code
+    # admits, and a stream of zeros as long as that parameter needs (half a megabyte)
+    numel, nnz = 1 << 22, 1 << 17
+    data = bytes((nnz * (param + 1) + 8) // 8)
+    params = {"param": param, "low_bits": param}
+
+    # Execute
+    peak = _peak_bytes(lambda: P.decode_positions(code, params, data, numel, nnz))
+
+    # Assert: refused (param above log2 of the tensor, or no positions marked) within a few
+    # MB; the decoder once unpacked the whole stream and widened its bits to int64 (37 MB)
+    with pytest.raises(ValueError):
+        P.decode_positions(code, params, data, numel, nnz)
+    assert peak < len(data) + 4 * 2**20, peak
+
+
+def test_parameters_are_bounded_by_the_tensor_size() -> None:
+    assert P.max_param(1) == 1 and P.max_param(1000) == 10 and P.max_param(1 << 31) == 31
+    idx = random_positions(1 << 12, 1, seed=0)
+    for fn in (P.encode_elias_fano, P.encode_rice):
+        enc = fn(idx, 1 << 12)
+        assert max(enc.params.values()) <= P.max_param(1 << 12)
+    with pytest.raises(ValueError, match="outside"):
+        P.decode_rice(b"\x00", 100, 1, 8)

@@ -38,7 +38,8 @@ MAX_NUMEL = 1 << 31
 """Largest tensor the codes accept; keeps every intermediate sum inside int64."""
 
 MAX_PARAM_BITS = 31
-"""Largest low-bit width / Rice parameter (no tensor reaches 2^31 elements)."""
+"""Largest low-bit width / Rice parameter of any tensor (:func:`max_param` bounds it by the
+tensor's size)."""
 
 ENCODINGS = ("bitmap", "elias-fano", "rice")
 
@@ -54,19 +55,52 @@ class Encoded:
 
 # --------------------------------------------------------------------------- bit helpers
 
+_CHUNK_BYTES = 1 << 18
+"""Bytes of a stream unpacked at once: decoding never holds more than 8x this in bits."""
+
+_CHUNK_VALUES = 1 << 16
+"""Fixed-width fields read at once (a multiple of 8: every chunk starts on a byte)."""
+
+
+def max_param(numel: int) -> int:
+    """Largest low-bit width / Rice parameter a tensor of ``numel`` elements can need.
+
+    A wider field only adds bits (every quotient is already zero), so the encoders never
+    choose one and the decoders refuse one before reading any stream.
+    """
+    return min(MAX_PARAM_BITS, max(1, int(numel).bit_length()))
+
 
 def _pack(bits: np.ndarray) -> bytes:
     return np.packbits(bits.astype(np.bool_, copy=False), bitorder="little").tobytes()
 
 
-def _unpack(data: bytes, nbits: int) -> np.ndarray:
-    """The first ``nbits`` bits of ``data``; the remaining (padding) bits must be zero."""
+def _check_length(data: bytes, nbits: int) -> None:
     if len(data) != (nbits + 7) // 8:
         raise ValueError(f"position stream is {len(data)} bytes, expected {(nbits + 7) // 8}")
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    if bits[nbits:].any():
-        raise ValueError("nonzero padding bits after the position stream")
-    return bits[:nbits]
+
+
+def _ones(stream: np.ndarray, start: int, stop: int, limit: int) -> np.ndarray:
+    """Bit offsets (from ``start``) of the set bits of ``stream`` in ``[start, stop)``.
+
+    Works a chunk of bytes at a time and stops as soon as more than ``limit`` bits are
+    set, so a hostile stream costs at most ``limit`` positions plus one chunk of memory.
+    """
+    found: list[np.ndarray] = []
+    count = 0
+    first, last = start >> 3, (stop + 7) >> 3
+    for lo in range(first, last, _CHUNK_BYTES):
+        hi = min(last, lo + _CHUNK_BYTES)
+        bits = np.unpackbits(stream[lo:hi], bitorder="little")
+        base = lo << 3
+        bits = bits[max(0, start - base) : stop - base]
+        ones = np.flatnonzero(bits)
+        count += ones.size
+        if count > limit:
+            raise ValueError(f"position stream marks more than {limit} positions")
+        if ones.size:
+            found.append(ones + (max(start, base) - start))
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def _fixed_width_bits(values: np.ndarray, width: int) -> np.ndarray:
@@ -77,11 +111,26 @@ def _fixed_width_bits(values: np.ndarray, width: int) -> np.ndarray:
     return out.reshape(-1)
 
 
-def _read_fixed_width(bits: np.ndarray, count: int, width: int) -> np.ndarray:
-    planes = bits[: count * width].reshape(count, width).astype(np.int64)
+def _read_fixed_width(stream: np.ndarray, count: int, width: int) -> np.ndarray:
+    """The first ``count`` ``width``-bit little-endian fields of ``stream`` (width <= 31).
+
+    A chunk of fields (a multiple of 8, so each chunk starts on a byte) is unpacked to
+    bits and repacked four bytes per field, so memory stays proportional to the output.
+    """
     out = np.zeros(count, dtype=np.int64)
-    for j in range(width):
-        out |= planes[:, j] << j
+    if width == 0 or count == 0:
+        return out
+    for lo in range(0, count, _CHUNK_VALUES):
+        hi = min(count, lo + _CHUNK_VALUES)
+        nbits = (hi - lo) * width
+        first = lo * width // 8
+        bits = np.unpackbits(
+            stream[first : first + (nbits + 7) // 8], bitorder="little", count=nbits
+        ).reshape(hi - lo, width)
+        packed = np.packbits(bits, axis=1, bitorder="little")
+        words = np.zeros((hi - lo, 4), dtype=np.uint8)
+        words[:, : packed.shape[1]] = packed
+        out[lo:hi] = words.view("<u4").reshape(-1)
     return out
 
 
@@ -95,6 +144,10 @@ def _check_positions(indices: np.ndarray, numel: int) -> np.ndarray:
         if idx.size > 1 and not bool(np.all(np.diff(idx) > 0)):
             raise ValueError("positions are not strictly increasing")
     return idx
+
+
+def _stream(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- sizes
@@ -117,7 +170,8 @@ def best_low_bits(numel: int, nnz: int) -> int:
     if nnz == 0:
         return 0
     guess = max(0, int(math.floor(math.log2(max(numel, 1) / nnz))))
-    candidates = [c for c in (guess - 1, guess, guess + 1) if 0 <= c <= MAX_PARAM_BITS]
+    top = max_param(numel)
+    candidates = [c for c in (guess - 1, guess, guess + 1) if 0 <= c <= top] or [top]
     return min(candidates, key=lambda c: (elias_fano_bits(numel, nnz, c), c))
 
 
@@ -130,13 +184,14 @@ def rice_bits(gaps: np.ndarray, param: int) -> int:
     return gaps.size * (param + 1) + _rice_quotient_sum(gaps, param)
 
 
-def best_rice_param(gaps: np.ndarray) -> int:
+def best_rice_param(gaps: np.ndarray, numel: int) -> int:
     """The Rice parameter with the smallest exact cost (searched around log2 of the mean gap)."""
     if gaps.size == 0:
         return 0
     mean = float(gaps.mean()) + 1.0
-    centre = max(0, int(math.log2(mean)))
-    candidates = range(max(0, centre - 2), min(MAX_PARAM_BITS, centre + 2) + 1)
+    top = max_param(numel)
+    centre = min(top, max(0, int(math.log2(mean))))
+    candidates = range(max(0, centre - 2), min(top, centre + 2) + 1)
     return min(candidates, key=lambda b: (rice_bits(gaps, b), b))
 
 
@@ -159,10 +214,26 @@ def encode_bitmap(indices: np.ndarray, numel: int) -> Encoded:
 
 
 def decode_bitmap(data: bytes, numel: int, nnz: int) -> np.ndarray:
-    idx = np.flatnonzero(_unpack(data, bitmap_bits(numel))).astype(np.int64)
+    _check_length(data, bitmap_bits(numel))
+    stream = _stream(data)
+    idx = _ones(stream, 0, numel, nnz)
     if idx.size != nnz:
         raise ValueError(f"bitmap marks {idx.size} positions, the values count is {nnz}")
+    _check_padding(stream, numel)
     return idx
+
+
+def _check_padding(stream: np.ndarray, nbits: int) -> None:
+    try:
+        _ones(stream, nbits, stream.size * 8, 0)
+    except ValueError:
+        raise ValueError("nonzero padding bits after the position stream") from None
+
+
+def _check_param(name: str, value: int, numel: int) -> None:
+    top = max_param(numel)
+    if not 0 <= value <= top:
+        raise ValueError(f"{name} {value} outside [0, {top}] for a tensor of {numel} elements")
 
 
 def encode_elias_fano(indices: np.ndarray, numel: int, low_bits: int | None = None) -> Encoded:
@@ -179,17 +250,19 @@ def encode_elias_fano(indices: np.ndarray, numel: int, low_bits: int | None = No
 
 
 def decode_elias_fano(data: bytes, numel: int, nnz: int, low_bits: int) -> np.ndarray:
-    if not 0 <= low_bits <= MAX_PARAM_BITS:
-        raise ValueError(f"Elias-Fano low_bits {low_bits} outside [0, {MAX_PARAM_BITS}]")
+    _check_param("Elias-Fano low_bits", low_bits, numel)
     if nnz == 0:
         if data:
             raise ValueError("Elias-Fano stream for zero positions must be empty")
         return np.zeros(0, dtype=np.int64)
-    bits = _unpack(data, elias_fano_bits(numel, nnz, low_bits))
-    lows = _read_fixed_width(bits, nnz, low_bits)
-    ones = np.flatnonzero(bits[nnz * low_bits :])
+    total = elias_fano_bits(numel, nnz, low_bits)
+    _check_length(data, total)
+    stream = _stream(data)
+    ones = _ones(stream, nnz * low_bits, total, nnz)
     if ones.size != nnz:
         raise ValueError(f"Elias-Fano upper bits mark {ones.size} positions, expected {nnz}")
+    _check_padding(stream, total)
+    lows = _read_fixed_width(stream, nnz, low_bits)
     idx = ((ones - np.arange(nnz, dtype=np.int64)) << low_bits) | lows
     return _check_positions(idx, numel)
 
@@ -197,7 +270,7 @@ def decode_elias_fano(data: bytes, numel: int, nnz: int, low_bits: int) -> np.nd
 def encode_rice(indices: np.ndarray, numel: int, param: int | None = None) -> Encoded:
     idx = _check_positions(indices, numel)
     gaps = np.diff(idx, prepend=-1) - 1
-    b = best_rice_param(gaps) if param is None else param
+    b = best_rice_param(gaps, numel) if param is None else param
     if idx.size == 0:
         return Encoded("rice", {"param": b}, b"")
     rems = _fixed_width_bits((gaps & ((1 << b) - 1)).astype(np.uint64), b)
@@ -208,23 +281,29 @@ def encode_rice(indices: np.ndarray, numel: int, param: int | None = None) -> En
 
 
 def decode_rice(data: bytes, numel: int, nnz: int, param: int) -> np.ndarray:
-    if not 0 <= param <= MAX_PARAM_BITS:
-        raise ValueError(f"Rice parameter {param} outside [0, {MAX_PARAM_BITS}]")
+    _check_param("Rice parameter", param, numel)
     if nnz == 0:
         if data:
             raise ValueError("Rice stream for zero positions must be empty")
         return np.zeros(0, dtype=np.int64)
-    # The unary part ends at its k-th one; only that length is valid, so the stream length
-    # is checked against it once the ones are found.
-    raw = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    if raw.size < nnz * param + nnz:
+    # The gaps of nnz positions in numel elements sum to at most numel - nnz, so their
+    # quotients sum to at most (numel - nnz) >> param: that bounds the stream before
+    # a single bit is read.
+    shortest = nnz * (param + 1)
+    longest = shortest + ((numel - nnz) >> param)
+    if len(data) < (shortest + 7) // 8:
         raise ValueError(f"Rice stream of {len(data)} bytes is too short for {nnz} positions")
-    rems = _read_fixed_width(raw, nnz, param)
-    ones = np.flatnonzero(raw[nnz * param :])
+    if len(data) > (longest + 7) // 8:
+        raise ValueError(
+            f"Rice stream of {len(data)} bytes is longer than {nnz} positions in range "
+            f"[0, {numel}) can be: positions out of range"
+        )
+    stream = _stream(data)
+    ones = _ones(stream, nnz * param, len(data) * 8, nnz)
     if ones.size != nnz:
         raise ValueError(f"Rice unary part marks {ones.size} positions, expected {nnz}")
-    total = nnz * param + int(ones[-1]) + 1
-    _unpack(data, total)  # exact length and zero padding
+    _check_length(data, nnz * param + int(ones[-1]) + 1)  # exact length; padding is zero
+    rems = _read_fixed_width(stream, nnz, param)
     quotients = np.diff(ones, prepend=-1) - 1
     if int(quotients.max()) > (numel >> param):
         raise ValueError(f"positions out of range [0, {numel})")
@@ -240,7 +319,7 @@ def encode_smallest(indices: np.ndarray, numel: int) -> Encoded:
     costs = {
         "bitmap": bitmap_bits(numel),
         "elias-fano": elias_fano_bits(numel, idx.size, best_low_bits(numel, idx.size)),
-        "rice": rice_bits(gaps, best_rice_param(gaps)),
+        "rice": rice_bits(gaps, best_rice_param(gaps, numel)),
     }
     best = min(ENCODINGS, key=lambda name: ((costs[name] + 7) // 8, ENCODINGS.index(name)))
     if best == "bitmap":
