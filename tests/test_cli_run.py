@@ -50,7 +50,11 @@ def test_two_rounds_write_metrics_checkpoints_and_a_loadable_adapter(
         assert all(b > 0 for b in rec["upload_bytes"].values())
         assert set(rec["eval"]) == {"client0", "client1", "client2"}
     assert (run / "config.json").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["round-0001", "round-0002"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "merges",
+        "round-0001",
+        "round-0002",
+    ]
 
     base, _ = resolve_model("tiny-llama", seed=0)
     ids = torch.tensor([[3, 4, 5, 6, 7, 8]])

@@ -39,6 +39,8 @@ def test_method_runs_two_rounds(
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1, 2]
     assert all(r["accepted"] == [0, 1, 2] for r in records[1:])
+    # An honest run is left alone by the default bounds on weights and changes.
+    assert not any(r["clipped"] or r["weight_capped"] for r in records[1:])
     tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert tensors and all(torch.isfinite(t).all() for t in tensors.values())
     assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if "lora_B" in k)
@@ -87,6 +89,7 @@ def test_variant_runs_two_rounds(
     assert code == 0, capsys.readouterr().err
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(r["accepted"] == [0, 1, 2] for r in records[1:])
+    assert not any(r["clipped"] or r["weight_capped"] for r in records[1:])
     sparse_upload = any(v.startswith(("method=fedsrd", "uplink.")) for v in variant)
     for r in records[1:]:
         reports = r["upload_report"]

@@ -115,8 +115,13 @@ class RoundTable:
         cells.append("-" if up is None else f"{up / MB:.3f}")
         cells.append("-" if down is None else f"{down / MB:.3f}")
         cells.append(f"{self.cum_up + self.cum_down:.3f}")
-        if rec.get("dropped"):
-            cells.append(f"dropped {sorted(rec['dropped'])}")
+        for field, word in (
+            ("dropped", "dropped"),
+            ("clipped", "clipped"),
+            ("weight_capped", "capped"),
+        ):
+            if rec.get(field):
+                cells.append(f"{word} {sorted(rec[field])}")
         if rec.get("skipped"):
             cells.append("SKIPPED")
         self._line(" | ".join(f"{c:>14}" for c in cells))

@@ -158,7 +158,7 @@ def measure_method(
     cfg = RunConfig(
         seed=seed,
         data=DataConfig(clients=len(setup.clients)),
-        federation=FederationConfig(rounds=rounds + 1, outlier_norm_ratio=0.0),
+        federation=FederationConfig(rounds=rounds + 1, clip_ratio=0.0, max_weight_ratio=0.0),
         eval=EvalConfig(every=rounds + 2),
         wire=WireConfig(value_dtype=value_dtype),
     )

@@ -229,14 +229,29 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Rounds, sampling and weighting."""
+    """Rounds, sampling, weighting, and what the server trusts of a client's reply.
+
+    ``max_weight_ratio`` caps a reported training-sample count at that multiple of the
+    round's (lower) median report. ``clip_ratio`` / ``clip_norm`` bound each upload's change
+    per layer (a multiple of the round's lower median change of that layer / an absolute
+    norm); ``clip_action`` scales a change back onto the bound or refuses the upload. On
+    Flower, ``max_reply_mb`` refuses larger replies before parsing them, ``node_keys`` binds
+    each client id to a SuperNode key (OpenSSH public keys, one per client), and a method
+    whose broadcast carries clients' own updates, or a round with one valid upload, is
+    refused unless ``allow_individual_updates``. See docs/threat-model.md."""
 
     rounds: int = 3
     clients_per_round: float = 1.0  # fraction in (0, 1] or a count > 1
     weighting: str = "samples"  # samples | uniform
     min_clients: int = 1
     client_timeout_s: float = 0.0  # a client training longer is dropped; 0 = no limit
-    outlier_norm_ratio: float = 20.0  # reject uploads above ratio x median norm; 0 = off
+    max_weight_ratio: float = 4.0  # 0 = reported counts are taken as they are
+    clip_ratio: float = 10.0  # 0 = no bound relative to the round's changes
+    clip_norm: float = 0.0  # 0 = no absolute bound
+    clip_action: str = "clip"  # clip | refuse
+    max_reply_mb: float = 2048.0
+    node_keys: tuple[str, ...] = ()
+    allow_individual_updates: bool = False
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", f"must be at least 1, got {self.rounds}")
@@ -249,9 +264,26 @@ class FederationConfig:
         _check(self.min_clients >= 1, "federation.min_clients", "must be at least 1")
         _check(self.client_timeout_s >= 0, "federation.client_timeout_s", "must be >= 0")
         _check(
-            self.outlier_norm_ratio == 0 or self.outlier_norm_ratio > 1,
-            "federation.outlier_norm_ratio",
-            "must be 0 (off) or above 1",
+            self.max_weight_ratio == 0 or self.max_weight_ratio >= 1,
+            "federation.max_weight_ratio",
+            f"must be 0 (off) or at least 1, got {self.max_weight_ratio}",
+        )
+        _check(
+            self.clip_ratio == 0 or self.clip_ratio >= 1,
+            "federation.clip_ratio",
+            f"must be 0 (off) or at least 1, got {self.clip_ratio}",
+        )
+        _check(self.clip_norm >= 0, "federation.clip_norm", "must be >= 0 (0 = off)")
+        _check(
+            self.clip_action in ("clip", "refuse"),
+            "federation.clip_action",
+            f"must be 'clip' or 'refuse', got {self.clip_action!r}",
+        )
+        _check(self.max_reply_mb > 0, "federation.max_reply_mb", "must be positive")
+        _check(
+            all(isinstance(k, str) and k.strip() for k in self.node_keys),
+            "federation.node_keys",
+            "must be OpenSSH public keys (one line each), one per client",
         )
 
 
@@ -395,6 +427,11 @@ class RunConfig:
             self.federation.min_clients <= n,
             "federation.min_clients",
             f"is {self.federation.min_clients} but there are only {n} clients",
+        )
+        _check(
+            not self.federation.node_keys or len(self.federation.node_keys) == n,
+            "federation.node_keys",
+            f"needs one key per client ({n}), got {len(self.federation.node_keys)}",
         )
 
 

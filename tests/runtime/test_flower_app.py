@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.common import serde
-from flwr.common.constant import ErrorCode
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Context, Message, RecordDict
 from safetensors.torch import load_file
 
 from fedlora import config
@@ -30,6 +24,7 @@ from fedlora.runtime.flower.protocol import (
     Instruction,
     Memory,
     Report,
+    config_for_nodes,
     instruction_content,
     pack_memory,
     read_instruction,
@@ -40,6 +35,7 @@ from fedlora.runtime.flower.protocol import (
 from fedlora.runtime.flower.server import serve
 from fedlora.runtime.flower.server_app import decode_config, encode_config, settings
 from tests.conftest import tiny_overrides
+from tests.runtime.local_grid import LocalGrid
 
 TIMING = {
     "server_seconds",
@@ -50,100 +46,6 @@ TIMING = {
 }
 TRANSPORT = "transport_bytes"
 """What the runtime itself moved (Flower adds config and re-sync blobs): checked on its own."""
-
-
-class LocalGrid(Grid):
-    """A Grid that hands each message straight to the ClientApp of a simulated SuperNode,
-    each with its own persistent ``Context`` (as a SuperNode keeps it between rounds)."""
-
-    def __init__(
-        self, clients: int, dead: Iterable[int] = (), data_files: list[str] | None = None
-    ) -> None:
-        def node_config(k: int) -> dict[str, Any]:
-            own = {"data-file": data_files[k]} if data_files else {}
-            return {"partition-id": k, **own}
-
-        self.contexts = {
-            1000 + k: Context(
-                run_id=7,
-                node_id=1000 + k,
-                node_config=node_config(k),
-                state=RecordDict(),
-                run_config={},
-            )
-            for k in range(clients)
-        }
-        self.dead = set(dead)  # partitions whose node errors on every train message
-        self.replies: dict[str, Message] = {}
-        self.log: list[tuple[str, int]] = []
-        self.before_push: Any = None
-        # protobuf bytes of each train message's content and of its reply, by (round, cid)
-        self.sizes: dict[tuple[int, int], tuple[int, int]] = {}
-
-    def set_run(self, run: Any) -> None:  # the fake has one run
-        pass
-
-    @property
-    def run(self) -> Any:
-        return None
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for msg in messages:
-            if self.before_push is not None:
-                self.before_push(self, msg)
-            mid = uuid.uuid4().hex
-            msg.metadata.__dict__["_message_id"] = mid
-            node = msg.metadata.dst_node_id
-            self.log.append((msg.metadata.message_type, node))
-            ctx = self.contexts[node]
-            down = ctx.node_config["partition-id"] in self.dead
-            if msg.metadata.message_type == "train" and down:
-                reply = Message(
-                    Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node is down"), reply_to=msg
-                )
-            else:
-                reply = client_app.app(msg, ctx)
-            if msg.metadata.message_type == "train":
-                rec = msg.content.config_records["fedlora"]
-                back = (
-                    0 if reply.has_error() else serde.recorddict_to_proto(reply.content).ByteSize()
-                )
-                sent = serde.recorddict_to_proto(msg.content).ByteSize()
-                self.sizes[(int(rec["round"]), int(rec["cid"]))] = (sent, back)
-            self.replies[mid] = reply
-            ids.append(mid)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
-
-
-@pytest.fixture(autouse=True)
-def task_identity() -> Any:
-    # Flower stamps run/node ids from a process-wide identity that its runtimes set.
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -261,11 +163,13 @@ def test_flower_run_equals_in_process_run(
     extra = [f"method={method}", "federation.clients_per_round=2"] + (
         ["lora.ranks=[4, 2, 2]"] if method in HETERO else []
     )
+    if method == "flora":  # its broadcast is every client's own factors: opted into here
+        extra.append("federation.allow_individual_updates=true")
     sim, flw = _pair(tmp_path, client_files, *extra)
 
     # Execute
     simulation.run(sim)
-    grid = LocalGrid(3)
+    grid = LocalGrid(client_files)
     serve(grid, flw)
 
     # Assert: same adapter bits, same records (bytes per client included) but timings
@@ -285,7 +189,7 @@ def test_flower_run_equals_in_process_run(
             assert r[TRANSPORT]["sent"][cid] == sent
             assert r[TRANSPORT]["received"][cid] == back
             # the broadcast and the run's config JSON both crossed; so did an upload
-            config_json = len(json.dumps(config.to_dict(flw), sort_keys=True))
+            config_json = len(json.dumps(config_for_nodes(config.to_dict(flw)), sort_keys=True))
             assert sent > r["download_bytes"][cid] + config_json
             if cid in r["upload_bytes"]:
                 assert back > r["upload_bytes"][cid]
@@ -311,7 +215,7 @@ def test_records_are_identical_with_a_failing_client_in_both_runtimes(
     monkeypatch.setattr(steps, "train_local", failing_train)
     # Execute
     simulation.run(sim)
-    serve(LocalGrid(3), flw)
+    serve(LocalGrid(client_files), flw)
     # Assert: whole records, the drop and its reason included, match
     ra, rb = _records(tmp_path / "sim"), _records(tmp_path / "flower")
     assert ra[1]["accepted"] == [0, 2] and "injected failure" in ra[1]["dropped"]["1"]
@@ -325,7 +229,7 @@ def test_the_server_reads_no_client_data(tmp_path: Path, client_files: list[str]
     sim = config.load(None, tiny_overrides(tmp_path / "sim", client_files))
     flw = config.load(None, tiny_overrides(tmp_path / "flower", elsewhere))
     simulation.run(sim)
-    grid = LocalGrid(3, data_files=client_files)
+    grid = LocalGrid(client_files)
 
     # Execute
     serve(grid, flw)
@@ -357,7 +261,7 @@ def test_a_client_reports_only_its_own_held_out_scores(
 
     monkeypatch.setattr(client_app, "app", lying_app)
     # Execute
-    serve(LocalGrid(3), flw)
+    serve(LocalGrid(client_files), flw)
     # Assert: client 0's score is client 0's own
     for r in _records(tmp_path / "flower"):
         assert r["eval"]["client0"]["loss"] > 0
@@ -368,7 +272,7 @@ def test_dead_node_is_dropped_and_the_round_completes(
 ) -> None:
     _, flw = _pair(tmp_path, client_files, "method=fedsrd", "federation.min_clients=2")
 
-    serve(LocalGrid(3, dead={1}), flw)
+    serve(LocalGrid(client_files, dead={1}), flw)
 
     records = _records(tmp_path / "flower")
     assert [r["accepted"] for r in records[1:]] == [[0, 2], [0, 2]]
@@ -380,7 +284,7 @@ def test_dead_node_is_dropped_and_the_round_completes(
 def test_too_few_answers_skip_the_round(tmp_path: Path, client_files: list[str]) -> None:
     _, flw = _pair(tmp_path, client_files, "method=fedsrd", "federation.min_clients=3")
 
-    serve(LocalGrid(3, dead={2}), flw)
+    serve(LocalGrid(client_files, dead={2}), flw)
 
     records = _records(tmp_path / "flower")
     assert all(r["skipped"] and r["accepted"] == [0, 1] for r in records[1:])
@@ -407,7 +311,7 @@ def test_restarted_node_is_resynchronised_and_matches_in_process_failure(
         if msg.metadata.message_type == "train" and msg.metadata.group_id == "2":
             grid.contexts[1001].state = RecordDict()
 
-    grid = LocalGrid(3)
+    grid = LocalGrid(client_files)
     grid.before_push = wipe
 
     # Execute
@@ -433,15 +337,64 @@ def test_resumed_flower_run_resynchronises_fresh_nodes(
     sim, flw = _pair(tmp_path, client_files, "method=fedsrd")
     simulation.run(sim)
     serve(
-        LocalGrid(3),
+        LocalGrid(client_files),
         dataclasses.replace(flw, federation=dataclasses.replace(flw.federation, rounds=1)),
     )
 
     # Execute: resume on SuperNodes that remember nothing (a new Flower run)
-    grid = LocalGrid(3)
+    grid = LocalGrid(client_files)
     serve(grid, flw, resume=True)
 
     # Assert
     a, b = _adapter(tmp_path / "sim"), _adapter(tmp_path / "flower")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["round"] for r in _records(tmp_path / "flower")] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[" * 50_000 + "]" * 50_000, "nests deeper"),
+        ('{"a": {"b": {"c": {"d": {"e": 1}}}}}', "nests deeper"),
+        ("{" + '"k": 1, ' * 200_000 + '"z": 0}', "characters long"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_a_hostile_json_field_is_refused_before_it_is_parsed(text: str, problem: str) -> None:
+    rep = Report(cid=0, round=1, status="ok", encodings={})
+    content = report_content(rep)
+    content.config_records["fedlora"]["encodings"] = text
+
+    with pytest.raises(PayloadError, match=problem):
+        read_report(content)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    rep = Report(cid=0, round=1, status="ok", upload_report={"note": "[[[[[[[[[[{{{{{"})
+    assert read_report(report_content(rep)).upload_report == {"note": "[[[[[[[[[[{{{{{"}
+
+
+def test_nodes_see_no_data_path_and_no_other_clients_file(client_files: list[str]) -> None:
+    cfg = config.load(
+        None,
+        tiny_overrides(Path("/srv/run"), client_files) + ['eval.tasks=["/srv/secret-eval.jsonl"]'],
+    )
+
+    seen = json.dumps(config_for_nodes(config.to_dict(cfg)))
+
+    assert not any(f in seen for f in client_files)
+    assert "/srv" not in seen and config.from_dict(json.loads(seen)).data.clients == 3
+
+
+def test_a_node_reads_only_the_data_its_own_config_names(client_files: list[str]) -> None:
+    from fedlora.errors import ConfigError
+    from fedlora.runtime.flower.client import node_data
+
+    cfg = config.load(None, tiny_overrides(Path("/srv/run"), client_files))
+    as_sent = config.from_dict(config_for_nodes(config.to_dict(cfg)))
+
+    with pytest.raises(ConfigError, match="names a data path"):
+        node_data(cfg, client_files[0])  # a config that names paths is not obeyed
+    with pytest.raises(ConfigError, match="names no data-file"):
+        node_data(as_sent, None)
+    assert node_data(as_sent, client_files[1]).files == (client_files[1],) * 3

@@ -1,9 +1,11 @@
 """A real Flower deployment on 127.0.0.1: one SuperLink and two SuperNodes, each its own
 process group on free ports, all stopped at the end even on failure.
 
-FedSRD and FLoRIST run 2 rounds each through ``run_flower(runtime="flower")`` and give the
-in-process runtime's adapter and bytes per client; then a SuperNode is SIGKILLed while it
-holds a round's message and the run completes with the other client.
+FedSRD and FLoRIST run 2 rounds each through ``run_flower(runtime="flower")`` with every
+client id bound to its node's key, and give the in-process runtime's adapter and bytes per
+client; an impostor SuperNode claiming client 0 without its key is refused; then a
+SuperNode is SIGKILLed while it holds a round's message and the run completes with the
+other client.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 
 import pytest
 import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from safetensors.torch import load_file
 
 from fedlora import config
@@ -76,6 +80,22 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
             os.killpg(os.getpgid(p), sig)
 
 
+def write_key(path: Path) -> str:
+    """Write a new SuperNode key (OpenSSH, as ``flower-supernode`` takes it); its public key."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return public.decode()
+
+
 @dataclass
 class Cluster:
     """A SuperLink and SuperNodes started by this test (only these are ever signalled)."""
@@ -84,6 +104,7 @@ class Cluster:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     address: str = ""
+    public_keys: list[str] = field(default_factory=list)
 
     def start(self, name: str, cmd: list[str]) -> None:
         log = (self.root / f"{name}.log").open("wb")
@@ -119,9 +140,9 @@ class Cluster:
                 time.sleep(0.5)
         raise TimeoutError(f"SuperLink did not listen on {port}: {self.log('superlink')[-3000:]}")
 
-    def supernode(self, k: int, n: int, data_file: str) -> None:
+    def supernode(self, k: int, n: int, data_file: str, key: str, name: str = "") -> None:
         self.start(
-            f"supernode{k}",
+            name or f"supernode{k}",
             [
                 str(BIN / "flower-supernode"),
                 "--insecure",
@@ -132,7 +153,7 @@ class Cluster:
                 "--max-wait-time",
                 "120",
                 "--node-config",
-                f'partition-id={k} num-partitions={n} data-file="{data_file}"',
+                f'partition-id={k} num-partitions={n} data-file="{data_file}" auth-key="{key}"',
             ],
         )
 
@@ -166,7 +187,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         (root / "node-data").mkdir()
         own = write_client_files(root / "node-data", 2)
         for k in range(2):
-            c.supernode(k, 2, own[k])
+            c.public_keys.append(write_key(root / f"node{k}.key"))
+            c.supernode(k, 2, own[k], str(root / f"node{k}.key"))
         yield c
     finally:
         c.stop()
@@ -193,10 +215,12 @@ def test_deployment_matches_in_process_and_survives_a_killed_supernode(
     files = write_client_files(tmp_path, 2)  # the same content the SuperNodes hold
     absent = [str(tmp_path / "not-on-the-server" / Path(f).name) for f in files]
 
-    # --- FedSRD and FLoRIST: same adapter and bytes per client as in-process
+    keys = f"federation.node_keys={json.dumps(cluster.public_keys)}"
+    # --- FedSRD and FLoRIST: same adapter and bytes per client as in-process (every reply
+    # signed with its node's key)
     for method in ("fedsrd", "florist"):
         sim = _cfg(tmp_path / f"sim-{method}", files, f"method={method}")
-        flw = _cfg(tmp_path / f"flower-{method}", absent, f"method={method}")
+        flw = _cfg(tmp_path / f"flower-{method}", absent, f"method={method}", keys)
 
         simulation.run(sim)
         run_flower(
@@ -220,8 +244,34 @@ def test_deployment_matches_in_process_and_survives_a_killed_supernode(
             assert x["upload_bytes"] == y["upload_bytes"]
             assert x["download_bytes"] == y["download_bytes"]
 
-    # --- Kill SuperNode 1 while it holds round 1's message: the round ends without it
-    kill = _cfg(tmp_path / "flower-kill", absent, "method=fedsrd", "federation.min_clients=1")
+    # --- An impostor SuperNode claims client 0 without its key: refused, the run goes on
+    write_key(cluster.root / "impostor.key")
+    cluster.supernode(0, 2, files[1], str(cluster.root / "impostor.key"), "impostor")
+    lied = _cfg(tmp_path / "flower-impostor", absent, "method=fedsrd", keys, "federation.rounds=1")
+    run_flower(
+        lied,
+        runtime="flower",
+        superlink=cluster.address,
+        resume=False,
+        options=OPTIONS,
+        timeout=RUN_TIMEOUT,
+    )
+    first = _records(tmp_path / "flower-impostor")[1]
+    assert first["accepted"] == [0, 1]
+    assert any(
+        "without signing with client 0's key" in why for why in first["nodes_refused"].values()
+    )
+
+    # --- Kill SuperNode 1 while it holds round 1's message: the round ends without it (the
+    # operator accepts that a one-upload round shows client 0 its own update, nobody else's)
+    kill = _cfg(
+        tmp_path / "flower-kill",
+        absent,
+        "method=fedsrd",
+        keys,
+        "federation.min_clients=1",
+        "federation.allow_individual_updates=true",
+    )
     seen = cluster.log("supernode1").count("Receiving: train message")
     errors: list[BaseException] = []
 

@@ -123,7 +123,7 @@ def test_a_checkpoint_stores_a_shared_view_once_and_shares_it_again(tmp_path: Pa
     shared = {"l0.A": torch.randn(3, 5), "l0.B": torch.zeros(4, 3)}
     own = {"l0.A": torch.ones(3, 5), "l0.B": torch.ones(4, 3)}
     views = {cid: shared for cid in range(50)} | {7: own}
-    ckpt = checkpoint.Checkpoint(1, ServerState(1), views, {}, {})
+    ckpt = checkpoint.Checkpoint(1, ServerState(1), views, [{}])
     # Execute
     folder = checkpoint.write(tmp_path, ckpt)
     back = checkpoint.read(tmp_path, 1)
@@ -140,23 +140,9 @@ def test_a_checkpoint_stores_a_shared_view_once_and_shares_it_again(tmp_path: Pa
     assert_same(back.views[7], own)
 
 
-def test_a_checkpoint_written_with_a_view_per_client_still_reads(tmp_path: Path) -> None:
-    # Prepare: the earlier meta form, a list of clients each holding its own view
-    views = {0: {"x": torch.ones(2)}, 1: {"x": torch.zeros(2)}}
-    folder = checkpoint.write(tmp_path, checkpoint.Checkpoint(1, ServerState(1), views, {}, {}))
-    meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["views"] = [0, 1]
-    meta_path.write_text(json.dumps(meta))
-    # Execute
-    back = checkpoint.read(tmp_path, 1)
-    # Assert
-    assert_same(back.views, views)
-
-
 def test_a_checkpoint_naming_an_owner_without_a_view_is_refused(tmp_path: Path) -> None:
     views = {0: {"x": torch.ones(2)}}
-    folder = checkpoint.write(tmp_path, checkpoint.Checkpoint(1, ServerState(1), views, {}, {}))
+    folder = checkpoint.write(tmp_path, checkpoint.Checkpoint(1, ServerState(1), views, [{}]))
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["views"] = {"0": 0, "1": 5}

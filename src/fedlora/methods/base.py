@@ -209,6 +209,18 @@ class Method(Protocol):
         """Names and (logical) shapes of every tensor ``client`` uploads; the server decodes
         uploads strictly against it."""
 
+    def upload_reference(
+        self, start: ClientStart, setup: Setup, client: ClientSpec
+    ) -> dict[str, Tensor]:
+        """What ``client`` would upload from ``start`` had it not trained, per upload entry
+        (an absent entry is zero): the origin against which a client's change is measured
+        and bounded. Computed on the server from its mirror of the client's start."""
+
+    @property
+    def shares_individual_updates(self) -> bool:
+        """Whether a broadcast carries clients' own updates rather than only their
+        aggregate (FLoRA's stack): any participant could then read another's update."""
+
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         """Fold the round's uploads into a new state (round + 1). Inputs are not mutated."""
 

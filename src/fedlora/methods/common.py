@@ -34,6 +34,8 @@ get zero gradients, so such slots never train again (the FLoRIST release's behav
 class DefaultHooks:
     """Defaults for the optional hooks: accept every setup, no base merge, no extra loss."""
 
+    shares_individual_updates = False
+
     def validate(self, setup: Setup) -> None:
         return None
 
@@ -55,6 +57,18 @@ class DefaultHooks:
     def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
         """Default: the client uploads ``layer.A`` (r×n) and ``layer.B`` (m×r) of every layer."""
         return lora_schema(setup, client.rank)
+
+    def upload_reference(
+        self, start: ClientStart, setup: Setup, client: ClientSpec
+    ) -> dict[str, Tensor]:
+        """Default, by the upload's names: an ``A`` / ``B`` entry is a trained factor, whose
+        untrained value is the start's; any other entry (``dA``, a delta) is zero untrained."""
+        out: dict[str, Tensor] = {}
+        for name in self.upload_schema(setup, client):
+            layer, _, part = name.rpartition(".")
+            if part in ("A", "B"):
+                out[name] = getattr(start.adapter[layer], part)
+        return out
 
 
 def lora_schema(setup: Setup, rank: int, parts: str = "AB") -> dict[str, tuple[int, ...]]:

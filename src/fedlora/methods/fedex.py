@@ -117,6 +117,11 @@ class FedEx(DefaultHooks):
     def __init__(self, config: FedExConfig) -> None:
         self.config = config
 
+    @property
+    def shares_individual_updates(self) -> bool:  # type: ignore[override]
+        """Uncompressed, the residual's factors are the clients' own scaled factors."""
+        return not self.config.compress
+
     def validate(self, setup: Setup) -> None:
         if not setup.homogeneous:
             shapes = sorted({(c.rank, c.alpha) for c in setup.clients})

@@ -75,6 +75,7 @@ class Flora(DefaultHooks):
     """FLoRA (see module docstring)."""
 
     name = "flora"
+    shares_individual_updates = True  # the broadcast is the stack of every client's factors
 
     def __init__(self, config: FloraConfig) -> None:
         self.config = config

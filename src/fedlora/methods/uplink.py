@@ -144,6 +144,16 @@ class SparseUplink:
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
         return self.inner.global_delta(state, setup)
 
+    @property
+    def shares_individual_updates(self) -> bool:
+        return self.inner.shares_individual_updates
+
+    def upload_reference(
+        self, start: ClientStart, setup: Setup, client: ClientSpec
+    ) -> dict[str, Tensor]:
+        """Zero: the plug-in uploads the difference from what the client would send untrained."""
+        return {}
+
     def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
         return self.inner.skip_round(state, setup)
 

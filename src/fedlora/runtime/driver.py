@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import torch
 
 from fedlora.config import RunConfig
-from fedlora.methods.base import Factored, Method, Payload, Setup
+from fedlora.methods.base import Factored, Method, Payload, Setup, Tensor
 from fedlora.ops.seeds import Stream, client_seed, stream_seed
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
@@ -111,6 +111,13 @@ class Transport(Protocol):
     """How a round's messages reach clients and come back."""
 
     name: str
+    min_uploads: int
+    """The fewest valid uploads this transport lets a round aggregate (2 where one upload's
+    aggregate would be that client's own update, readable by every other participant)."""
+
+    def notes(self) -> dict[str, Any]:
+        """What the transport saw since the last round that belongs in the round's record
+        (e.g. nodes refused for claiming another's identity); ``{}`` for none."""
 
     def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
         """Deliver round ``t``'s broadcasts; return a reply for each dispatched client."""
@@ -135,34 +142,39 @@ def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
 
 def _mirror_views(
     fed: Server, rs: RunState, dispatches: Sequence[Dispatch], t: int
-) -> dict[int, str]:
-    """Update every client's view as its ``client_start`` does; returns who could not.
+) -> tuple[dict[int, str], dict[int, dict[str, Tensor]]]:
+    """Update every client's view as its ``client_start`` does; returns who could not, and
+    each training client's upload reference (``Method.upload_reference`` of its start).
 
     A new view depends on the old one, the broadcast and the client's shape only (the
-    ``Method`` contract), so clients alike in all three share one, computed once.
+    ``Method`` contract), so clients alike in all three share one, computed once. A start's
+    adapter may depend on the client's own seed, so a training client's start is its own.
     """
     unapplied: dict[int, str] = {}
+    references: dict[int, dict[str, Tensor]] = {}
     # keyed by object identity; each entry also holds the old view, so no id is reused
     done: dict[tuple[int, int, tuple[int, float]], tuple[object, dict[str, Any] | str]] = {}
     for d in dispatches:
         client = fed.setup.client(d.cid)
         old = rs.views[d.cid]
         alike = (id(old), id(d.payload), client.shape)
-        if alike not in done:
+        if alike not in done or d.train:
             seed = client_seed(fed.setup.seed, Stream.CLIENT_START, t, d.cid)
             try:
                 start = fed.method.client_start(old, d.payload, fed.setup, client, seed)
-                done[alike] = (old, dict(start.view))
+                done.setdefault(alike, (old, dict(start.view)))
+                if d.train:
+                    references[d.cid] = fed.method.upload_reference(start, fed.setup, client)
             except Exception as exc:  # the client cannot apply it either: it keeps its view
                 log.warning("round %d: client %d cannot apply the broadcast: %s", t, d.cid, exc)
                 why = f"broadcast could not be applied: {type(exc).__name__}: {exc}"
-                done[alike] = (old, why)
+                done.setdefault(alike, (old, why))
         new = done[alike][1]
         if isinstance(new, str):
             unapplied[d.cid] = new
         else:
             rs.views[d.cid] = new
-    return unapplied
+    return unapplied, references
 
 
 def run_round(
@@ -199,7 +211,7 @@ def run_round(
     replies = transport.exchange(t, dispatches, rs)
     for cid in sampled:
         report("client_done", {"round": t, "cid": cid})
-    unapplied = _mirror_views(fed, rs, dispatches, t)
+    unapplied, references = _mirror_views(fed, rs, dispatches, t)
     uploads, failures = {}, {}
     for cid in sampled:
         out = replies[cid].outcome if cid in replies else None
@@ -217,13 +229,16 @@ def run_round(
         uploads=uploads,
         failures=failures,
         cfg=cfg,
+        references=references,
         round_=t,
+        min_uploads=transport.min_uploads,
         timer=timer,
     )
     # A skipped round keeps the state, less what its broadcast already merged everywhere.
     rs.state = method.skip_round(server.state, setup) if server.skipped else server.state
     rs.round = t
     record = round_record(fed, t, sampled, dispatches, replies, set(uploads), server)
+    record.update(transport.notes())
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
         report("eval_start", {"round": t})
         began = time.perf_counter()
@@ -297,6 +312,9 @@ def round_record(
         "accepted": server.accepted,
         "dropped": {str(cid): why for cid, why in server.dropped.items()},
         "skipped": server.skipped,
+        "skip_reason": server.skip_reason,
+        "weight_capped": {str(cid): why for cid, why in server.capped.items()},
+        "clipped": {str(cid): c for cid, c in server.clipped.items()},
         "server_seconds": server.seconds,
         "train_seconds": {str(cid): o.train_seconds for cid, o in up.items()},
         "client_overhead_seconds": {str(cid): o.overhead_seconds for cid, o in up.items()},
@@ -357,7 +375,7 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
                 round=rs.round,
                 state=rs.state,
                 views={cid: v for cid, v in rs.views.items() if v is not None},
-                merge=rs.merges[-1],
+                merges=rs.merges,
                 extra={"runtime": transport.name},
             ),
         )

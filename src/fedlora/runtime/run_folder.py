@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import CheckpointError, ConfigError
-from fedlora.methods.base import Factored, ServerState, Tensor
+from fedlora.methods.base import Factored, LayerSpec, ServerState, Tensor
 from fedlora.models.placement import placement
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
@@ -90,25 +92,75 @@ def check_run_dir(cfg: RunConfig, resume: bool) -> Path:
     return out
 
 
-def restore(fed: Federation, out: Path) -> RunState | None:
+def _check_factored(where: str, spec: LayerSpec, left: Tensor, right: Tensor) -> None:
+    m, n = spec.out_features, spec.in_features
+    if left.dim() != 2 or right.dim() != 2 or left.shape[0] != m or right.shape[1] != n:
+        raise CheckpointError(
+            f"{where}: layer {spec.name} is {list(left.shape)} x {list(right.shape)}, "
+            f"not an update of a {m}x{n} layer"
+        )
+    if left.shape[1] != right.shape[0]:
+        raise CheckpointError(f"{where}: layer {spec.name}'s factors do not multiply")
+
+
+def check_restored(fed: Federation, ckpt: checkpoint.Checkpoint) -> None:
+    """Refuse a checkpoint that does not fit this run: non-finite tensors, a state whose
+    update does not have the shape of every adapted layer, merges of unknown layers."""
+    where = f"checkpoint of round {ckpt.round}"
+    tensors = [("state", ckpt.state.tensors)] + [
+        (f"view of client {cid}", v) for cid, v in ckpt.views.items()
+    ]
+    for what, group in tensors:
+        for name, t in group.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"{where}: {what} tensor {name} holds NaN or Inf")
+    unknown = sorted(set(ckpt.views) - {c.cid for c in fed.setup.clients})
+    if unknown:
+        raise CheckpointError(f"{where}: views of clients {unknown} this run does not have")
+    layers = {spec.name: spec for spec in fed.setup.layers}
+    try:
+        update = fed.method.global_delta(ckpt.state, fed.setup)
+    except (KeyError, RuntimeError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"{where}: the state does not fit this run ({exc})") from None
+    for name, spec in layers.items():
+        if name not in update:
+            raise CheckpointError(f"{where}: the state has no update of layer {name}")
+        _check_factored(where, spec, *update[name])
+    for r, merge in enumerate(ckpt.merges, start=1):
+        for name, (left, right) in merge.items():
+            if name not in layers:
+                raise CheckpointError(f"base merge of round {r}: unknown layer {name}")
+            _check_factored(f"base merge of round {r}", layers[name], left, right)
+            if not bool(torch.isfinite(left).all() and torch.isfinite(right).all()):
+                raise CheckpointError(f"base merge of round {r}: layer {name} holds NaN or Inf")
+
+
+def restore(fed: Federation, out: Path, report: Reporter) -> RunState | None:
+    """The newest checkpoint that reads and fits this run (an older one, said so, when the
+    newest cannot be trusted), replayed onto the base; None when there is none at all."""
     ck_root = out / "checkpoints"
     done = checkpoint.rounds(ck_root)
     if not done:
         return None
-    merges: list[dict[str, Factored]] = []
-    last: checkpoint.Checkpoint | None = None
-    for r in done:
-        if r != len(merges) + 1:
-            raise CheckpointError(f"checkpoint of round {len(merges) + 1} is missing in {ck_root}")
-        last = checkpoint.read(ck_root, r)
-        merges.append(last.merge)
-    assert last is not None
-    # Replay the base merges in order: the same additions give bit-identical base weights.
-    for m in merges:
-        add_into_base(fed.model, m)
-    views: dict[int, dict[str, Tensor] | None] = {c.cid: None for c in fed.setup.clients}
-    views.update(last.views)
-    return RunState(round=last.round, state=last.state, views=views, merges=merges)
+    problems = []
+    for r in reversed(done):
+        try:
+            ckpt = checkpoint.read(ck_root, r)
+            check_restored(fed, ckpt)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            log.warning("cannot resume from round %d: %s", r, exc)
+            continue
+        if problems:
+            text = f"resuming from round {r}: a newer checkpoint was unusable ({problems[0]})"
+            report("status", {"text": text})
+        # Replay the base merges in order: the same additions give bit-identical base weights.
+        for m in ckpt.merges:
+            add_into_base(fed.model, m)
+        views: dict[int, dict[str, Tensor] | None] = {c.cid: None for c in fed.setup.clients}
+        views.update(ckpt.views)
+        return RunState(round=ckpt.round, state=ckpt.state, views=views, merges=ckpt.merges)
+    raise CheckpointError(f"no usable checkpoint in {ck_root}: {'; '.join(problems)}")
 
 
 def truncate_metrics(path: Path, last_round: int) -> None:
@@ -136,7 +188,7 @@ def start_or_resume(
     fresh state whose round-0 record is ``evaluate_base`` (the base model's evaluation;
     only the round and method when ``eval.at_start`` is off)."""
     metrics_path = out / "metrics.jsonl"
-    rs = restore(fed, out) if resume else None
+    rs = restore(fed, out, report) if resume else None
     if rs is not None:
         truncate_metrics(metrics_path, rs.round)
         log.info("resuming %s after round %d", out, rs.round)

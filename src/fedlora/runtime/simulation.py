@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fedlora.config import RunConfig
 from fedlora.methods.base import Factored
@@ -31,6 +32,10 @@ class InProcess:
     """The in-process transport: clients are function calls on the shared model."""
 
     name = "in-process"
+    min_uploads = 1  # one process: there is no other participant to read a lone update
+
+    def notes(self) -> dict[str, Any]:
+        return {}
 
     def __init__(
         self, fed: Federation, timer: Timer = untimed, report: Reporter | None = None

@@ -9,8 +9,6 @@ here are the bytes a network carries.
 from __future__ import annotations
 
 import logging
-import math
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,10 +19,9 @@ from torch import nn
 from fedlora.config import RunConfig
 from fedlora.errors import PayloadError
 from fedlora.methods.base import ClientSpec, Method, Payload, ServerState, Setup, Tensor, Upload
-from fedlora.methods.common import dense
 from fedlora.models.placement import device_of
 from fedlora.ops.seeds import Stream, client_seed
-from fedlora.ops.sparse import Sparse
+from fedlora.runtime.guard import ClipPolicy, guard, non_finite
 from fedlora.train.adapters import on_device, slot_name
 from fedlora.train.batches import Encoded, truncated_count
 from fedlora.train.local import train_local
@@ -164,39 +161,8 @@ def client_step(
     return outcome
 
 
-def payload_norm(payload: Payload) -> float:
-    """Frobenius norm of everything a payload carries."""
-    total = 0.0
-    for value in payload.values():
-        vals = value.values if isinstance(value, Sparse) else dense(value)
-        total += float(vals.double().pow(2).sum())
-    return math.sqrt(total)
-
-
-def _reject_outliers(
-    uploads: list[Upload], ratio: float, dropped: dict[int, str], round_: int
-) -> list[Upload]:
-    """Drop uploads whose norm exceeds ``ratio`` times the round's median upload norm.
-
-    A median needs company: with fewer than 3 uploads nothing is judged. One client sending a
-    wildly scaled update cannot move the median, so it cannot hide itself.
-    """
-    if ratio <= 0 or len(uploads) < 3:
-        return uploads
-    norms = {u.cid: payload_norm(u.payload) for u in uploads}
-    median = statistics.median(norms.values())
-    kept = []
-    for u in uploads:
-        if median > 0 and norms[u.cid] > ratio * median:
-            why = (
-                f"outlier upload: norm {norms[u.cid]:.4g} is above {ratio:g} x the median "
-                f"{median:.4g}"
-            )
-            log.warning("round %d: dropping client %d: %s", round_, u.cid, why)
-            dropped[u.cid] = why
-        else:
-            kept.append(u)
-    return kept
+MAX_REPORTED_SAMPLES = 1 << 53
+"""Largest training-sample count a reply may report (an exact float64 integer)."""
 
 
 @dataclass
@@ -208,6 +174,32 @@ class ServerOutcome:
     dropped: dict[int, str]
     skipped: bool
     seconds: float
+    capped: dict[int, str] = field(default_factory=dict)
+    """Clients whose reported sample count was capped, and how."""
+    clipped: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Clients whose change was scaled back: ``{"layers": n, "scale": smallest}``."""
+    skip_reason: str | None = None
+
+
+def clip_policy(cfg: RunConfig) -> ClipPolicy:
+    fed = cfg.federation
+    return ClipPolicy(fed.clip_ratio, fed.clip_norm, fed.clip_action)
+
+
+def _decoded(
+    method: Method, setup: Setup, cid: int, data: bytes, n_samples: int, cfg: RunConfig
+) -> Payload:
+    """One upload, decoded strictly; any failure at all raises ``PayloadError``."""
+    if not isinstance(n_samples, int) or not 0 < n_samples <= MAX_REPORTED_SAMPLES:
+        raise PayloadError(f"client {cid} reports {n_samples!r} training samples")
+    try:
+        return decode(
+            data, expected=method.upload_schema(setup, setup.client(cid)), max_bytes=max_bytes(cfg)
+        )
+    except PayloadError:
+        raise
+    except Exception as exc:  # a hostile payload must never escape as a crash
+        raise PayloadError(f"undecodable upload: {type(exc).__name__}: {exc}") from None
 
 
 def server_step(
@@ -218,46 +210,64 @@ def server_step(
     uploads: Mapping[int, tuple[bytes, int]],
     failures: Mapping[int, str],
     cfg: RunConfig,
+    references: Mapping[int, Mapping[str, Tensor]],
     round_: int | None = None,
+    min_uploads: int = 1,
     timer: Timer = untimed,
 ) -> ServerOutcome:
-    """Decode every upload strictly, drop the bad ones, aggregate the rest.
+    """Decode every upload strictly, drop the bad ones, bound the rest, aggregate them.
 
-    ``uploads`` maps client id -> (encoded bytes, n_samples); ``failures`` maps client id ->
-    why it sent nothing. With fewer valid uploads than ``federation.min_clients`` the round is
-    skipped and ``state`` is returned unchanged. ``round_`` is the runtime round the uploads
-    were trained in (see ``Upload.round``).
+    ``uploads`` maps client id -> (encoded bytes, reported n_samples); ``failures`` maps
+    client id -> why it sent nothing; ``references`` maps client id -> what it would have
+    uploaded untrained (:meth:`Method.upload_reference`), against which changes are bounded
+    (:mod:`fedlora.runtime.guard`). With fewer valid uploads than ``federation.min_clients``
+    (or ``min_uploads``, the runtime's own floor) the round is skipped and ``state`` is
+    returned unchanged; so is a new state holding NaN or Inf. ``round_`` is the runtime round
+    the uploads were trained in (see ``Upload.round``).
     """
     began = time.perf_counter()
+    t = state.round + 1
     dropped = dict(failures)
     decoded: list[Upload] = []
     for cid in sorted(uploads):
         data, n_samples = uploads[cid]
-        client = setup.client(cid)
         try:
             with timer("upload_decode"):
-                payload = decode(
-                    data, expected=method.upload_schema(setup, client), max_bytes=max_bytes(cfg)
-                )
-            if n_samples <= 0:
-                raise PayloadError(f"client {cid} reports {n_samples} training samples")
+                payload = _decoded(method, setup, cid, data, n_samples, cfg)
         except PayloadError as exc:
-            log.warning("round %d: dropping client %d: %s", state.round + 1, cid, exc)
+            log.warning("round %d: dropping client %d: %s", t, cid, exc)
             dropped[cid] = f"invalid upload: {exc}"
             continue
         decoded.append(Upload(cid=cid, n_samples=n_samples, payload=payload, round=round_))
-    decoded = _reject_outliers(decoded, cfg.federation.outlier_norm_ratio, dropped, state.round + 1)
-    if len(decoded) < cfg.federation.min_clients:
-        log.warning(
-            "round %d skipped: %d valid uploads, fewer than min_clients=%d",
-            state.round + 1,
-            len(decoded),
-            cfg.federation.min_clients,
-        )
-        return ServerOutcome(
-            state, [u.cid for u in decoded], dropped, True, time.perf_counter() - began
-        )
-    new_state = method.aggregate(state, decoded, setup)
-    return ServerOutcome(
-        new_state, [u.cid for u in decoded], dropped, False, time.perf_counter() - began
+    fed = cfg.federation
+    guarded = guard(
+        decoded, references, max_weight_ratio=fed.max_weight_ratio, policy=clip_policy(cfg)
     )
+    for cid, why in guarded.refused.items():
+        log.warning("round %d: dropping client %d: %s", t, cid, why)
+        dropped[cid] = f"refused change: {why}"
+    kept = guarded.uploads
+    accepted = [u.cid for u in kept]
+
+    def outcome(new: ServerState, skip: str | None) -> ServerOutcome:
+        if skip is not None:
+            log.warning("round %d skipped: %s", t, skip)
+        return ServerOutcome(
+            new if skip is None else state,
+            accepted,
+            dropped,
+            skip is not None,
+            time.perf_counter() - began,
+            guarded.capped,
+            guarded.clipped,
+            skip,
+        )
+
+    need = max(fed.min_clients, min_uploads)
+    if len(kept) < need:
+        return outcome(state, f"{len(kept)} valid uploads, fewer than the {need} required")
+    new_state = method.aggregate(state, kept, setup)
+    bad = non_finite(new_state)
+    if bad is not None:
+        return outcome(state, f"the new global state is not finite ({bad} holds NaN or Inf)")
+    return outcome(new_state, None)

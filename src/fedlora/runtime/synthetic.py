@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -113,6 +114,10 @@ class SyntheticTransport:
     sent: dict[int, list[Transfer]] = field(default_factory=dict)
     uploaded: dict[int, list[Transfer]] = field(default_factory=dict)
     name: str = "synthetic"
+    min_uploads: int = 1
+
+    def notes(self) -> dict[str, Any]:
+        return {}
 
     def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
         method, setup, cfg = self.server.method, self.server.setup, self.server.cfg

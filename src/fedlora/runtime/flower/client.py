@@ -20,15 +20,16 @@ import torch
 from peft import PeftModel
 
 from fedlora import config as config_mod
-from fedlora.config import RunConfig
+from fedlora.config import DataConfig, RunConfig
 from fedlora.data.types import Example
-from fedlora.errors import ConfigError, PayloadError
+from fedlora.errors import ConfigError, FedloraError, PayloadError
 from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.common import dense
 from fedlora.runtime.assemble import adapted_model, build_method, client_specs, encode_heldout
 from fedlora.runtime.client_data import client_split, own_data
 from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.flower.protocol import (
+    NODE_DATA,
     EvalInstruction,
     EvalReport,
     Instruction,
@@ -52,35 +53,54 @@ class ClientParts:
     method: Method
     setup: Setup
     client: ClientSpec
-    examples: list[Encoded]
     pad_id: int
     tokenizer: Any
 
 
-def client_examples_raw(cfg: RunConfig, cid: int, data_file: str | None = None) -> list[Example]:
-    """Client ``cid``'s training examples, split exactly as the in-process runtime splits.
+def node_data(cfg: RunConfig, data_file: str | None) -> DataConfig:
+    """The data config this node reads: the server's, with the data path the node's own.
 
-    With ``data.partition = "files"`` only this client's file is read (``data_file`` if
-    given, else ``data.files[cid]``), through the same splitter restricted to one client,
-    so other clients' files need not exist on this machine.
+    A node holding a client file or a split dataset reads only what its node config names
+    (``data-file``); the config the server sends holds no path (:data:`NODE_DATA`), and a
+    path it holds anyway is refused rather than read.
     """
-    if cfg.data.partition == "files":
-        return own_data(cfg.data, cid, data_file, cfg.seed).clients[0]
-    if data_file:
-        raise ConfigError("node config data-file only applies to data.partition = 'files'")
-    if cfg.data.dataset:
-        return own_data(cfg.data, cid, None, cfg.seed).clients[0]
-    return client_split(cfg.data, seed=cfg.seed).clients[cid]
+    data = cfg.data
+    needs_file = data.partition == "files" or bool(data.dataset)
+    if not needs_file:
+        if data_file:
+            raise ConfigError(
+                "node config data-file is for client files or a split dataset; this run "
+                "uses the built-in domains"
+            )
+        return data
+    if not data_file:
+        raise ConfigError(
+            "this SuperNode's node config names no data-file: a node reads only the data "
+            "its own node config names (--node-config 'data-file=\"/path\"')"
+        )
+    sent = data.dataset or next(iter(data.files), NODE_DATA)
+    if sent != NODE_DATA:
+        raise ConfigError("the server's config names a data path; a node reads only its own")
+    if data.dataset:
+        return dataclasses.replace(data, dataset=data_file)
+    return dataclasses.replace(data, files=(data_file,) * len(data.files))
 
 
-def build_client(
-    cfg: RunConfig, cid: int, data_file: str | None = None, *, with_data: bool = True
-) -> ClientParts:
-    """Build client ``cid``'s model, method and data the way ``assemble`` builds them.
+def client_examples_raw(cfg: RunConfig, cid: int, data_file: str | None = None) -> list[Example]:
+    """Client ``cid``'s training examples, split exactly as the in-process runtime splits:
+    its own file (or its part of the dataset) named by the node config, else its part of
+    the built-in domains."""
+    data = node_data(cfg, data_file)
+    if data.partition == "files" or data.dataset:
+        return own_data(data, cid, None, cfg.seed).clients[0]
+    return client_split(data, seed=cfg.seed).clients[cid]
+
+
+def build_client(cfg: RunConfig, cid: int) -> ClientParts:
+    """Build client ``cid``'s model and method the way ``assemble`` builds them.
 
     The model gets the same seed and the same adapter slots (one per client shape) as the
-    in-process runtime's shared model, so training starts from identical weights. Without
-    ``with_data`` (a round where the client only applies the broadcast) no data is read.
+    in-process runtime's shared model, so training starts from identical weights.
     """
     torch.manual_seed(cfg.seed)
     clients = client_specs(cfg)
@@ -93,11 +113,8 @@ def build_client(
     )
     method = build_method(cfg)
     method.validate(setup)
-    seq_len = cfg.train.seq_len
-    raw = client_examples_raw(cfg, cid, data_file) if with_data else []
-    examples = [encode(tokenizer, ex, seq_len, cfg.data.template) for ex in raw]
     return ClientParts(
-        peft_model, method, setup, setup.client(cid), examples, pad_id_of(tokenizer), tokenizer
+        peft_model, method, setup, setup.client(cid), pad_id_of(tokenizer), tokenizer
     )
 
 
@@ -106,7 +123,8 @@ def client_round(
 ) -> tuple[Report, Memory]:
     """Play one round for this node: returns the reply and the memory to keep.
 
-    Raises ``PayloadError`` if the message is not meant for this node's partition.
+    Raises ``PayloadError`` if the message is not meant for this node's partition. Data the
+    node cannot read fails its training (reported), not the broadcast, which it applies.
     """
     if ins.cid != partition_id:
         raise PayloadError(f"message for client {ins.cid} reached partition {partition_id}")
@@ -115,9 +133,19 @@ def client_round(
     if memory.round != ins.round - 1:
         why = f"client remembers round {memory.round}, round {ins.round} needs {ins.round - 1}"
         log.warning("client %d out of sync: %s", ins.cid, why)
-        return Report(cid=ins.cid, round=ins.round, status="out-of-sync", error=why), memory
+        return Report(ins.cid, ins.round, "out-of-sync", ins.nonce, error=why), memory
     cfg = config_mod.from_dict(json.loads(ins.config))
-    parts = build_client(cfg, ins.cid, data_file, with_data=ins.train)
+    parts = build_client(cfg, ins.cid)
+    examples: list[Encoded] = []
+    unreadable = None
+    if ins.train:
+        try:
+            raw = client_examples_raw(cfg, ins.cid, data_file)
+            examples = [
+                encode(parts.tokenizer, ex, cfg.train.seq_len, cfg.data.template) for ex in raw
+            ]
+        except FedloraError as exc:
+            unreadable = f"client failed: {exc}"
     broadcast = receive_broadcast(parts.method, parts.setup, parts.client, ins.broadcast, cfg)
     merges = (*memory.merges, parts.method.base_merge(broadcast, parts.setup))
     # Replay every merge in order, as the shared in-process model received them.
@@ -130,23 +158,25 @@ def client_round(
         client=parts.client,
         view=memory.view,
         broadcast=broadcast,
-        examples=parts.examples,
+        examples=examples,
         cfg=cfg,
         round_=ins.round,
         pad_id=parts.pad_id,
-        train=ins.train,
+        train=ins.train and unreadable is None,
     )
+    error = unreadable or outcome.error
     report = Report(
         cid=ins.cid,
         round=ins.round,
-        status="failed" if outcome.error else "ok",
+        status="failed" if error else "ok",
+        nonce=ins.nonce,
         n_samples=outcome.n_samples,
         train_loss=outcome.train_loss,
         tokens=outcome.tokens,
         truncated=outcome.truncated,
         train_seconds=outcome.train_seconds,
         overhead_seconds=outcome.overhead_seconds,
-        error=outcome.error,
+        error=error,
     )
     if outcome.upload is not None:
         report = dataclasses.replace(
@@ -165,17 +195,17 @@ def client_evaluate(
     """Score the global model on this client's own held-out data (federated evaluation).
 
     The base is rebuilt with the merges the client remembers (it must remember round
-    ``ins.round``), the global update is added on top, and only this client's file is read.
+    ``ins.round``), the global update is added on top, and only this node's file is read.
     """
     if ins.cid != partition_id:
         raise PayloadError(f"message for client {ins.cid} reached partition {partition_id}")
     if memory.round != ins.round:
         why = f"client remembers round {memory.round}, evaluation is of round {ins.round}"
-        return EvalReport(ins.cid, ins.round, "out-of-sync", error=why)
+        return EvalReport(ins.cid, ins.round, "out-of-sync", error=why, nonce=ins.nonce)
     cfg = config_mod.from_dict(json.loads(ins.config))
     if not cfg.data.own_heldout:
-        return EvalReport(ins.cid, ins.round, "ok")
-    parts = build_client(cfg, ins.cid, data_file, with_data=False)
+        return EvalReport(ins.cid, ins.round, "ok", nonce=ins.nonce)
+    parts = build_client(cfg, ins.cid)
     for merge in memory.merges:
         add_into_base(parts.model, merge)
     payload = decode(ins.update, expected=None, max_bytes=int(cfg.wire.max_payload_mb * 2**20))
@@ -184,7 +214,7 @@ def client_evaluate(
         for s in parts.setup.layers
         if f"{s.name}.L" in payload
     }
-    held = own_data(cfg.data, ins.cid, data_file, cfg.seed).heldout
+    held = own_data(node_data(cfg, data_file), ins.cid, None, cfg.seed).heldout
     sets = {name: encode_heldout(parts.tokenizer, h, cfg) for name, h in held.items()}
     scores = score_sets(parts.model, parts.tokenizer, sets, cfg, parts.pad_id, update)
-    return EvalReport(ins.cid, ins.round, "ok", scores)
+    return EvalReport(ins.cid, ins.round, "ok", scores, nonce=ins.nonce)

@@ -4,9 +4,11 @@ Translation only: the message becomes an :class:`~fedlora.runtime.flower.protoco
 :func:`fedlora.runtime.flower.client.client_round` plays it, the reply carries the encoded
 upload as-is, and the client's memory goes back into Flower's per-node ``context.state``.
 
-Node config: ``partition-id`` (required; client id k trains on partition k) and, for
-``data.partition = "files"``, an optional ``data-file`` naming this machine's own JSONL
-file instead of ``data.files[k]``.
+Node config: ``partition-id`` (required; client id k trains on partition k); ``data-file``
+(this machine's own data: its client file, or the dataset a split run divides; the node
+never reads a path the server sends); ``auth-key`` (the path of the SuperNode's private key,
+when the run binds client ids to node keys: every reply is then signed with it, see
+:mod:`fedlora.runtime.flower.identity`).
 
 Flower starts a process per message, so this module imports only Flower and the message
 format; the model code (torch, transformers) is imported by ``train`` alone, which keeps the
@@ -15,10 +17,13 @@ format; the model code (torch, transformers) is imported by ``train`` alone, whi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlora.errors import ConfigError
+from fedlora.runtime.flower.identity import NONCE
 from fedlora.runtime.flower.protocol import (
     RECORD,
     STATE_KEY,
@@ -51,6 +56,17 @@ def _data_file(context: Context) -> str | None:
     return str(value) if value else None
 
 
+def _signed(content: RecordDict, context: Context) -> RecordDict:
+    """``content`` with its fedlora record signed by this node's key, if it has one."""
+    path = context.node_config.get("auth-key")
+    if path:
+        from fedlora.runtime.flower.identity import SIGNATURE, private_key, sign
+
+        rec = content.config_records[RECORD]
+        rec[SIGNATURE] = sign(private_key(str(path)), rec)
+    return content
+
+
 def _memory(context: Context) -> Memory:
     if STATE_KEY in context.state.config_records:
         blob = context.state.config_records[STATE_KEY]["memory"]
@@ -59,39 +75,53 @@ def _memory(context: Context) -> Memory:
     return empty_memory()
 
 
+def make_client_app(data_files: Sequence[str] = ()) -> ClientApp:
+    """The ClientApp. ``data_files`` is for Flower's simulation engine only, where one
+    operator runs every node on one machine and Flower gives a simulated node no config of
+    its own: the data file of each node, by ``partition-id``, as its node config would name
+    it. A deployed node's own ``data-file`` always comes first."""
+    client_app = ClientApp()
+
+    def data_file(context: Context) -> str | None:
+        own = _data_file(context)
+        return own or (data_files[partition_id(context)] if data_files else None)
+
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Tell the server which partition (client id) this SuperNode serves, echoing (and,
+        with a key, signing) the query's nonce."""
+        rec = msg.content.config_records.get(RECORD)
+        nonce = str(rec.get(NONCE, "")) if rec is not None else ""
+        record = ConfigRecord({"partition-id": partition_id(context), NONCE: nonce})
+        return Message(_signed(RecordDict({RECORD: record}), context), reply_to=msg)
+
+    @client_app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """Score the global model on this node's own held-out data; the memory is unchanged."""
+        from fedlora.models import set_offline
+        from fedlora.runtime.flower.client import client_evaluate  # heavy: torch
+
+        set_offline()
+        ins = read_eval_instruction(msg.content)
+        report = client_evaluate(ins, _memory(context), partition_id(context), data_file(context))
+        return Message(_signed(eval_report_content(report), context), reply_to=msg)
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        """One round: apply the broadcast, train if sampled, reply with the encoded upload."""
+        from fedlora.models import set_offline
+        from fedlora.runtime.flower.client import client_round  # heavy: torch, transformers
+
+        set_offline()  # a Flower process is a command line of its own
+        ins = read_instruction(msg.content)
+        memory = _memory(context)
+        report, memory = client_round(ins, memory, partition_id(context), data_file(context))
+        context.state[STATE_KEY] = ConfigRecord({"memory": pack_memory(memory)})
+        return Message(_signed(report_content(report), context), reply_to=msg)
+
+    return client_app
+
+
 # Flower loads the ClientApp as ``module:attribute``, so the app object must exist at module
 # level; creating it does no work.
-app = ClientApp()
-
-
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Tell the server which partition (client id) this SuperNode serves."""
-    return Message(
-        RecordDict({RECORD: ConfigRecord({"partition-id": partition_id(context)})}), reply_to=msg
-    )
-
-
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    """Score the global model on this node's own held-out data; the memory is unchanged."""
-    from fedlora.models import set_offline
-    from fedlora.runtime.flower.client import client_evaluate  # heavy: torch, transformers
-
-    set_offline()
-    ins = read_eval_instruction(msg.content)
-    report = client_evaluate(ins, _memory(context), partition_id(context), _data_file(context))
-    return Message(eval_report_content(report), reply_to=msg)
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """One round: apply the broadcast, train if sampled, reply with the encoded upload."""
-    from fedlora.models import set_offline
-    from fedlora.runtime.flower.client import client_round  # heavy: torch, transformers
-
-    set_offline()  # a Flower process is a command line of its own
-    ins = read_instruction(msg.content)
-    report, memory = client_round(ins, _memory(context), partition_id(context), _data_file(context))
-    context.state[STATE_KEY] = ConfigRecord({"memory": pack_memory(memory)})
-    return Message(report_content(report), reply_to=msg)
+app = make_client_app()

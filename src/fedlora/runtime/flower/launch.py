@@ -63,7 +63,7 @@ fedlora-config = ""
 config-file = ""
 overrides = ""
 resume = false
-round-timeout = 0.0
+round-timeout = 3600.0
 join-timeout = 300.0
 """
 
@@ -130,7 +130,7 @@ def run_config_args(cfg: RunConfig, resume: bool, options: ServerOptions) -> lis
 def _run_sim(cfg: RunConfig, resume: bool, options: ServerOptions, report: Reporter | None) -> Path:
     from flwr.simulation import run_simulation
 
-    from fedlora.runtime.flower.client_app import app as client_app
+    from fedlora.runtime.flower.client_app import make_client_app
     from fedlora.runtime.flower.server_app import make_server_app
 
     cpus = os.cpu_count() or 1
@@ -140,9 +140,12 @@ def _run_sim(cfg: RunConfig, resume: bool, options: ServerOptions, report: Repor
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "log_to_driver": False},
     }
+    # One operator runs every simulated node here, so each node's data file is the one this
+    # config names for its client (a deployed node names its own, in its node config).
+    files = [cfg.data.dataset] * cfg.data.clients if cfg.data.dataset else list(cfg.data.files)
     run_simulation(
         server_app=make_server_app(cfg, resume=resume, options=options, report=report),
-        client_app=client_app,
+        client_app=make_client_app(files),
         num_supernodes=cfg.data.clients,
         backend_config=backend,  # type: ignore[arg-type]  # Flower's annotation is too narrow
     )

@@ -47,6 +47,8 @@ class Instruction:
     config: str
     broadcast: bytes
     sync: bytes | None = None
+    nonce: str = ""
+    """Fresh per message; the reply must echo it (:mod:`.identity`)."""
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Report:
     cid: int
     round: int
     status: str
+    nonce: str = ""
     upload: bytes | None = None
     params: int = 0
     encodings: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -100,6 +103,7 @@ def instruction_content(ins: Instruction) -> RecordDict:
             "train": ins.train,
             "config": ins.config,
             "broadcast": ins.broadcast,
+            "nonce": ins.nonce,
         }
     )
     content = RecordDict({RECORD: rec})
@@ -123,6 +127,7 @@ def read_instruction(content: RecordDict) -> Instruction:
         config=_get(rec, "config", str),
         broadcast=_get(rec, "broadcast", bytes),
         sync=sync,
+        nonce=_get(rec, "nonce", str),
     )
 
 
@@ -132,6 +137,7 @@ def report_content(rep: Report) -> RecordDict:
         "cid": rep.cid,
         "round": rep.round,
         "status": rep.status,
+        "nonce": rep.nonce,
         "params": rep.params,
         "encodings": json.dumps(rep.encodings),
         "n_samples": rep.n_samples,
@@ -151,18 +157,69 @@ def report_content(rep: Report) -> RecordDict:
     return RecordDict({RECORD: ConfigRecord(values)})
 
 
+MAX_JSON_DEPTH = 4
+"""Deepest nesting a JSON field of a reply may have (a deeply nested one is refused, never
+recursed into)."""
+
+MAX_JSON_CHARS = 1 << 20
+"""Longest JSON field of a reply (its figures go into ``metrics.jsonl``)."""
+
+
+def _nesting(text: str) -> int:
+    """The deepest bracket nesting of JSON text, outside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def read_json(rec: ConfigRecord, key: str) -> Any:
+    """A JSON field of a reply, parsed only if it is short and shallow enough."""
+    text = _get(rec, key, str)
+    if len(text) > MAX_JSON_CHARS:
+        raise PayloadError(f"flower reply field {key!r} is {len(text)} characters long")
+    if _nesting(text) > MAX_JSON_DEPTH:  # refused before the (recursive) parser sees it
+        raise PayloadError(f"flower reply field {key!r} nests deeper than {MAX_JSON_DEPTH}")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"flower reply field {key!r} is not JSON: {exc}") from None
+    return value
+
+
+def _encodings(value: Any) -> dict[str, dict[str, int]]:
+    valid = isinstance(value, dict) and all(
+        isinstance(name, str)
+        and isinstance(entry, dict)
+        and all(isinstance(k, str) and type(v) is int for k, v in entry.items())
+        for name, entry in value.items()
+    )
+    if not valid:
+        raise PayloadError("flower reply's encodings are not {tensor: {encoding: count}}")
+    return value  # type: ignore[no-any-return]
+
+
 def read_report(content: RecordDict) -> Report:
     """Parse a client's reply (raises ``PayloadError`` on anything malformed)."""
     if RECORD not in content.config_records:
         raise PayloadError("flower reply has no fedlora record")
     rec = content.config_records[RECORD]
-    try:
-        encodings = json.loads(_get(rec, "encodings", str))
-        upload_report = (
-            json.loads(_get(rec, "upload_report", str)) if "upload_report" in rec else {}
-        )
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"flower reply has bad encodings or upload report: {exc}") from None
+    encodings = _encodings(read_json(rec, "encodings"))
+    upload_report = read_json(rec, "upload_report") if "upload_report" in rec else {}
     if not isinstance(upload_report, dict):
         raise PayloadError("flower reply's upload report is not an object")
     status = _get(rec, "status", str)
@@ -172,6 +229,7 @@ def read_report(content: RecordDict) -> Report:
         cid=_get(rec, "cid", int),
         round=_get(rec, "round", int),
         status=status,
+        nonce=_get(rec, "nonce", str),
         upload=_get(rec, "upload", bytes) if "upload" in rec else None,
         params=_get(rec, "params", int),
         encodings=encodings,
@@ -261,6 +319,41 @@ def empty_memory() -> Memory:
     return Memory(0, None, ())
 
 
+NODE_DATA = "<the node's data-file>"
+"""What a node's config holds in place of a data path: each node reads only the data its
+own node config names (``data-file``), never a path the server chose."""
+
+
+def config_for_nodes(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config (``config.to_dict``) as every node receives it: no data path, no
+    evaluation file, no run folder and no key of the server's (nothing a node needs or
+    should learn about the others)."""
+    out = json.loads(json.dumps(config))
+    data = out["data"]
+    data["files"] = [NODE_DATA] * len(data.get("files", []))
+    if data.get("dataset"):
+        data["dataset"] = NODE_DATA
+    out["eval"]["tasks"] = []
+    out["out_dir"] = ""
+    out["federation"]["node_keys"] = []
+    return out
+
+
+def reply_size(content: RecordDict) -> int:
+    """Bytes a reply's values take, counted without serialising it (a bound checked before
+    anything of the reply is parsed)."""
+
+    def size(value: Any) -> int:
+        if isinstance(value, bytes | str):
+            return len(value)
+        if isinstance(value, list):
+            return sum(size(v) for v in value)
+        data = getattr(value, "data", None)  # an array of an ArrayRecord
+        return len(data) if isinstance(data, bytes) else 8
+
+    return sum(len(k) + size(v) for record in content.values() for k, v in record.items())
+
+
 def content_bytes(content: RecordDict) -> int:
     """Bytes of a message's content as Flower puts it on the wire: the size of its protobuf
     encoding (broadcast or upload, the run's config, a re-sync memory, the small fields).
@@ -278,6 +371,7 @@ class EvalInstruction:
     cid: int
     config: str
     update: bytes
+    nonce: str = ""
 
 
 @dataclass
@@ -290,6 +384,7 @@ class EvalReport:
     status: str
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
+    nonce: str = ""
 
 
 def eval_instruction_content(ins: EvalInstruction) -> RecordDict:
@@ -299,6 +394,7 @@ def eval_instruction_content(ins: EvalInstruction) -> RecordDict:
         "cid": ins.cid,
         "config": ins.config,
         "update": ins.update,
+        "nonce": ins.nonce,
     }
     return RecordDict({RECORD: ConfigRecord(values)})
 
@@ -313,6 +409,7 @@ def read_eval_instruction(content: RecordDict) -> EvalInstruction:
         cid=_get(rec, "cid", int),
         config=_get(rec, "config", str),
         update=_get(rec, "update", bytes),
+        nonce=_get(rec, "nonce", str),
     )
 
 
@@ -323,6 +420,7 @@ def eval_report_content(rep: EvalReport) -> RecordDict:
         "round": rep.round,
         "status": rep.status,
         "scores": json.dumps(rep.scores, sort_keys=True),
+        "nonce": rep.nonce,
     }
     if rep.error is not None:
         values["error"] = rep.error
@@ -337,10 +435,7 @@ def read_eval_report(content: RecordDict) -> EvalReport:
     status = _get(rec, "status", str)
     if status not in ("ok", "failed", "out-of-sync"):
         raise PayloadError(f"flower evaluation reply has unknown status {status!r}")
-    try:
-        scores = json.loads(_get(rec, "scores", str))
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"flower evaluation reply has bad scores: {exc}") from None
+    scores = read_json(rec, "scores")
     valid = isinstance(scores, dict) and all(
         isinstance(name, str)
         and isinstance(entry, dict)
@@ -358,4 +453,5 @@ def read_eval_report(content: RecordDict) -> EvalReport:
         status=status,
         scores=scores,
         error=_get(rec, "error", str) if "error" in rec else None,
+        nonce=_get(rec, "nonce", str),
     )

@@ -12,31 +12,32 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedlora import config as config_mod
 from fedlora.config import RunConfig
-from fedlora.errors import FedloraError, PayloadError
+from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import Factored, Payload
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import Dispatch, EvalReply, Reply, drive
+from fedlora.runtime.driver import Dispatch, EvalReply, Reply, drive, sample_clients
+from fedlora.runtime.flower.identity import fresh_nonce, verify
+from fedlora.runtime.flower.nodes import Answer, Nodes, exchange, node_keys, wait_for_nodes
 from fedlora.runtime.flower.protocol import (
     EVALUATE,
-    QUERY,
     RECORD,
     TRAIN,
     EvalInstruction,
     Instruction,
     Memory,
     Report,
+    config_for_nodes,
     content_bytes,
     eval_instruction_content,
     instruction_content,
@@ -51,173 +52,89 @@ from fedlora.wire import encode
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[str, dict[str, Any]], None]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class ServerOptions:
     """Flower-only knobs (the RunConfig is the same for both runtimes).
 
-    ``round_timeout``: seconds to wait for a round's replies (0: until every SuperNode has
-    answered or the SuperLink declares it unavailable, about 60 s after it stops sending
-    heartbeats). ``join_timeout``: seconds to wait at the start for one SuperNode per
-    client; the run starts earlier once every partition is served, and fails if fewer than
-    ``federation.min_clients`` joined.
+    ``round_timeout``: seconds to wait for a round's (or an evaluation's) replies; a node
+    silent by then is dropped from the round. ``join_timeout``: seconds to wait at the start
+    for one SuperNode per client; the run starts earlier once every client id is served,
+    and fails if fewer than ``federation.min_clients`` joined.
     """
 
-    round_timeout: float = 0.0
+    round_timeout: float = 3600.0
     join_timeout: float = 300.0
     poll_seconds: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.round_timeout < 0 or self.join_timeout < 0 or self.poll_seconds <= 0:
-            raise FedloraError("round-timeout and join-timeout must be >= 0")
-
-
-@dataclass
-class Nodes:
-    """Which SuperNode serves which client id (learnt by asking each node once)."""
-
-    clients: int
-    by_cid: dict[int, int] = field(default_factory=dict)
-    asked: set[int] = field(default_factory=set)
-
-    def discover(self, grid: Grid, timeout: float) -> list[int]:
-        """Ask SuperNodes not asked yet for their ``partition-id``; forget nodes that went
-        offline. Returns the client ids that got a (new) node."""
-        online = set(grid.get_node_ids())
-        for cid, node in list(self.by_cid.items()):
-            if node not in online:
-                log.warning("SuperNode %d (client %d) is offline", node, cid)
-                del self.by_cid[cid]
-        self.asked &= online
-        fresh = sorted(online - self.asked)
-        if not fresh:
-            return []
-        msgs = [Message(_empty_query(), node, QUERY) for node in fresh]
-        replies = exchange(grid, msgs, timeout)
-        added = []
-        for node, reply in zip(fresh, replies, strict=True):
-            if reply is None or reply.has_error():
-                why = "no reply" if reply is None else reply.error.reason
-                log.warning("SuperNode %d did not say its partition-id: %s", node, why)
-                continue  # asked again next time
-            self.asked.add(node)
-            pid = reply.content.config_records[RECORD].get("partition-id")
-            if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < self.clients:
-                log.warning(
-                    "SuperNode %d has partition-id %r outside 0..%d; ignored",
-                    node,
-                    pid,
-                    self.clients - 1,
-                )
-                continue
-            if pid in self.by_cid:
-                log.warning(
-                    "SuperNode %d also claims partition %d (served by %d); ignored",
-                    node,
-                    pid,
-                    self.by_cid[pid],
-                )
-                continue
-            self.by_cid[pid] = node
-            added.append(pid)
-        return added
-
-    def forget(self, cid: int) -> None:
-        node = self.by_cid.pop(cid, None)
-        if node is not None:
-            self.asked.discard(node)
-
-
-def _empty_query() -> RecordDict:
-    return RecordDict({RECORD: ConfigRecord({})})
-
-
-def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message | None]:
-    """Send ``messages`` and collect their replies, in order (``None``: no reply in time).
-
-    ``timeout`` 0 waits until every message has a reply; the SuperLink itself replies with
-    an error for a node that went offline.
-    """
-    ids = list(grid.push_messages(messages))
-    replies: dict[str, Message] = {}
-    deadline = time.monotonic() + timeout if timeout > 0 else None
-    while len(replies) < len(ids):
-        for reply in grid.pull_messages([i for i in ids if i not in replies]):
-            replies[reply.metadata.reply_to_message_id] = reply
-        if len(replies) == len(ids) or (deadline is not None and time.monotonic() > deadline):
-            break
-        time.sleep(0.2)
-    return [replies.get(i) for i in ids]
-
-
-def wait_for_nodes(grid: Grid, nodes: Nodes, cfg: RunConfig, opts: ServerOptions) -> None:
-    """Wait until every client id has a SuperNode, or ``join_timeout`` with at least
-    ``federation.min_clients`` of them."""
-    deadline = time.monotonic() + opts.join_timeout
-    while True:
-        nodes.discover(grid, timeout=max(opts.join_timeout, 30.0))
-        if len(nodes.by_cid) == nodes.clients:
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(opts.poll_seconds)
-    if len(nodes.by_cid) < cfg.federation.min_clients:
-        raise FedloraError(
-            f"only {len(nodes.by_cid)} SuperNode(s) joined within {opts.join_timeout:g} s; "
-            f"federation.min_clients is {cfg.federation.min_clients} (start one SuperNode "
-            f"per client with --node-config 'partition-id=<k>')"
-        )
-    log.warning("starting with clients %s of %d", sorted(nodes.by_cid), nodes.clients)
+        if self.round_timeout <= 0 or self.join_timeout < 0 or self.poll_seconds <= 0:
+            raise ConfigError("round-timeout must be > 0 and join-timeout >= 0")
 
 
 def _collect(
-    t: int, cid: int, reply: Message | None, nodes: Nodes, needs_sync: set[int]
+    t: int, cid: int, nonce: str, reply: Answer, transport: FlowerTransport
 ) -> Report | str:
     """One client's reply as a Report, or why there is none; anything but a clean reply
-    means the client may be out of sync (it is re-synchronised next round)."""
+    means the client may be out of sync (it is re-synchronised next round). Nothing a reply
+    holds can raise out of here."""
     why: str
     if reply is None:
         why = "no reply within round-timeout"
+    elif isinstance(reply, str):
+        why = f"invalid reply: {reply}"
     elif reply.has_error():
         why = f"no reply: {reply.error.reason}"
         if reply.error.code == ErrorCode.NODE_UNAVAILABLE:
-            nodes.forget(cid)
+            transport.nodes.forget(cid)
     else:
         try:
-            rep = read_report(reply.content)
+            rep = transport.read(cid, reply, read_report)
             if rep.cid != cid or rep.round != t:
                 raise PayloadError(f"reply is for client {rep.cid} round {rep.round}")
-        except PayloadError as exc:
-            why = f"invalid reply: {exc}"
+            if rep.nonce != nonce:
+                raise PayloadError("stale or foreign reply: it does not echo this round's nonce")
+        except Exception as exc:
+            why = f"invalid reply: {_reason(exc)}"
         else:
             if rep.status != "out-of-sync":
-                needs_sync.discard(cid)  # it applied the broadcast, even if training failed
+                transport.needs_sync.discard(cid)  # it applied the broadcast
                 return rep
             why = f"out of sync: {rep.error}"
-    needs_sync.add(cid)
+    transport.needs_sync.add(cid)
     log.warning("round %d: client %d: %s", t, cid, why)
     return why
 
 
-def _eval_reply(t: int, cid: int, msg: Message, reply: Message | None) -> EvalReply:
-    sent = content_bytes(msg.content)
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, PayloadError) else f"{type(exc).__name__}: {exc}"
+
+
+def _eval_reply(
+    t: int, cid: int, nonce: str, reply: Answer, transport: FlowerTransport
+) -> EvalReply:
     if reply is None:
-        return EvalReply({}, sent, 0, "no reply within round-timeout")
+        return EvalReply({}, error="no reply within round-timeout")
+    if isinstance(reply, str):
+        return EvalReply({}, error=f"invalid reply: {reply}")
     if reply.has_error():
-        return EvalReply({}, sent, 0, f"no reply: {reply.error.reason}")
+        return EvalReply({}, error=f"no reply: {reply.error.reason}")
     received = content_bytes(reply.content)
     try:
-        rep = read_eval_report(reply.content)
+        rep = transport.read(cid, reply, read_eval_report)
         if rep.cid != cid or rep.round != t:
             raise PayloadError(f"reply is for client {rep.cid} round {rep.round}")
-    except PayloadError as exc:
-        return EvalReply({}, sent, received, f"invalid reply: {exc}")
+        if rep.nonce != nonce:
+            raise PayloadError("stale or foreign reply: it does not echo this evaluation's nonce")
+    except Exception as exc:
+        return EvalReply({}, 0, received, f"invalid reply: {_reason(exc)}")
     if rep.status != "ok":
-        return EvalReply({}, sent, received, f"{rep.status}: {rep.error}")
+        return EvalReply({}, 0, received, f"{rep.status}: {rep.error}")
     # A client may only report the sets it owns.
     own = {name: s for name, s in rep.scores.items() if name == f"client{cid}"}
-    return EvalReply(own, sent, received)
+    return EvalReply(own, 0, received)
 
 
 def _outcome(cid: int, got: Report | str) -> ClientOutcome:
@@ -243,8 +160,8 @@ def _outcome(cid: int, got: Report | str) -> ClientOutcome:
 
 class FlowerTransport:
     """Round messages over a Flower ``Grid``: one TRAIN message per served client, carrying
-    the broadcast, the run's config and, for a client that may be out of sync, its memory
-    (view and base merges so far) to re-synchronise from."""
+    a fresh nonce, the broadcast, the run's config as nodes see it and, for a client that
+    may be out of sync, its memory (view and base merges so far) to re-synchronise from."""
 
     name = "flower"
 
@@ -253,15 +170,38 @@ class FlowerTransport:
         # Every client starts unsynchronised: round 1 ships an (empty) memory, a resumed run
         # ships each client's view and the base merges so far.
         self.needs_sync = {c.cid for c in fed.setup.clients}
-        self.config_json = json.dumps(config_mod.to_dict(fed.cfg), sort_keys=True)
+        self.config_json = json.dumps(config_for_nodes(config_mod.to_dict(fed.cfg)), sort_keys=True)
+        self.max_reply = int(fed.cfg.federation.max_reply_mb * 2**20)
+        # One valid upload's aggregate is that client's own update, which every other
+        # participant would then receive.
+        self.min_uploads = 1 if fed.cfg.federation.allow_individual_updates else 2
+
+    def notes(self) -> dict[str, Any]:
+        refused = self.nodes.take_refusals()
+        return {"nodes_refused": refused} if refused else {}
+
+    def read(self, cid: int, reply: Message, parse: Callable[[RecordDict], R]) -> R:
+        """Parse a reply of client ``cid``; with node keys, only one signed by its key."""
+        key = self.nodes.keys.get(cid)
+        if key is not None and not verify(key, reply.content.config_records.get(RECORD, {})):
+            raise PayloadError(f"reply is not signed with client {cid}'s key")
+        return parse(reply.content)
+
+    def _send(self, kind: str, t: int, contents: dict[int, RecordDict]) -> dict[int, Answer]:
+        msgs = [
+            Message(content, self.nodes.by_cid[cid], kind, group_id=str(t))
+            for cid, content in contents.items()
+        ]
+        answers = exchange(self.grid, msgs, self.opts.round_timeout, self.max_reply)
+        return dict(zip(contents, answers, strict=True))
 
     def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
-        self.nodes.discover(self.grid, timeout=self.opts.round_timeout or 60.0)
+        self.nodes.discover(self.grid, self.opts.round_timeout, self.max_reply)
         replies: dict[int, Reply] = {}
-        targets, msgs = [], []
+        contents: dict[int, RecordDict] = {}
+        nonces: dict[int, str] = {}
         for d in dispatches:
-            node = self.nodes.by_cid.get(d.cid)
-            if node is None:
+            if d.cid not in self.nodes.by_cid:
                 self.needs_sync.add(d.cid)
                 replies[d.cid] = Reply(_outcome(d.cid, "no SuperNode serves this client"))
                 continue
@@ -269,6 +209,7 @@ class FlowerTransport:
             if d.cid in self.needs_sync:
                 # The merges before this round's (the driver has appended it already).
                 sync = pack_memory(Memory(t - 1, rs.views[d.cid], tuple(rs.merges[:-1])))
+            nonces[d.cid] = fresh_nonce()
             ins = Instruction(
                 round=t,
                 cid=d.cid,
@@ -276,14 +217,14 @@ class FlowerTransport:
                 config=self.config_json,
                 broadcast=d.broadcast.data,
                 sync=sync,
+                nonce=nonces[d.cid],
             )
-            targets.append(d.cid)
-            msgs.append(Message(instruction_content(ins), node, TRAIN, group_id=str(t)))
-        answers = exchange(self.grid, msgs, self.opts.round_timeout)
-        for cid, msg, reply in zip(targets, msgs, answers, strict=True):
-            got = _collect(t, cid, reply, self.nodes, self.needs_sync)
-            received = content_bytes(reply.content) if reply and not reply.has_error() else 0
-            replies[cid] = Reply(_outcome(cid, got), content_bytes(msg.content), received)
+            contents[d.cid] = instruction_content(ins)
+        for cid, reply in self._send(TRAIN, t, contents).items():
+            got = _collect(t, cid, nonces[cid], reply, self)
+            ok = isinstance(reply, Message) and not reply.has_error()
+            received = content_bytes(reply.content) if isinstance(reply, Message) and ok else 0
+            replies[cid] = Reply(_outcome(cid, got), content_bytes(contents[cid]), received)
         return replies
 
     def evaluate(
@@ -297,19 +238,38 @@ class FlowerTransport:
             factors[f"{layer}.L"], factors[f"{layer}.R"] = left, right
         blob = encode(factors)  # float32: scores must not depend on the wire's value dtype
         out: dict[int, EvalReply] = {}
-        targets, msgs = [], []
+        contents: dict[int, RecordDict] = {}
+        nonces: dict[int, str] = {}
         for c in self.fed.setup.clients:
-            node = self.nodes.by_cid.get(c.cid)
-            if node is None:
+            if c.cid not in self.nodes.by_cid:
                 out[c.cid] = EvalReply({}, error="no SuperNode serves this client")
                 continue
-            ins = EvalInstruction(t, c.cid, self.config_json, blob)
-            targets.append(c.cid)
-            msgs.append(Message(eval_instruction_content(ins), node, EVALUATE, group_id=str(t)))
-        answers = exchange(self.grid, msgs, self.opts.round_timeout)
-        for cid, msg, reply in zip(targets, msgs, answers, strict=True):
-            out[cid] = _eval_reply(t, cid, msg, reply)
+            nonces[c.cid] = fresh_nonce()
+            ins = EvalInstruction(t, c.cid, self.config_json, blob, nonces[c.cid])
+            contents[c.cid] = eval_instruction_content(ins)
+        for cid, reply in self._send(EVALUATE, t, contents).items():
+            got = _eval_reply(t, cid, nonces[cid], reply, self)
+            got.sent_bytes = content_bytes(contents[cid])
+            out[cid] = got
         return out
+
+
+def refuse_individual_updates(fed: Federation) -> None:
+    """Stop a Flower run whose broadcasts would show clients each other's own updates,
+    unless ``federation.allow_individual_updates`` says the operator accepts it."""
+    cfg = fed.cfg
+    if cfg.federation.allow_individual_updates:
+        return
+    if fed.method.shares_individual_updates:
+        raise ConfigError(
+            f"method {fed.method.name!r} broadcasts every client's own update to every client; "
+            "set federation.allow_individual_updates = true to run it on Flower anyway"
+        )
+    if len(sample_clients(cfg, 1)) < 2:
+        raise ConfigError(
+            "with one client per round the broadcast is that client's own update; "
+            "sample at least 2 clients or set federation.allow_individual_updates = true"
+        )
 
 
 def serve(
@@ -325,8 +285,10 @@ def serve(
     report = report or (lambda kind, info: None)
     check_run_dir(cfg, resume)
     fed = assemble(cfg, report, with_client_data=False)
+    refuse_individual_updates(fed)
+    nodes = Nodes(clients=cfg.data.clients, keys=node_keys(cfg))
     out = prepare_run_dir(cfg, resume)
-    nodes = Nodes(clients=cfg.data.clients)
     report("status", {"text": f"waiting for {cfg.data.clients} SuperNodes"})
-    wait_for_nodes(grid, nodes, cfg, opts)
-    return drive(fed, FlowerTransport(fed, grid, nodes, opts), out, resume, report)
+    transport = FlowerTransport(fed, grid, nodes, opts)
+    wait_for_nodes(grid, nodes, cfg, opts.join_timeout, opts.poll_seconds, transport.max_reply)
+    return drive(fed, transport, out, resume, report)

@@ -68,7 +68,7 @@ def settings(run_config: Mapping[str, Any]) -> tuple[RunConfig, bool, ServerOpti
         )
     try:
         opts = ServerOptions(
-            round_timeout=float(run_config.get("round-timeout", 0.0)),
+            round_timeout=float(run_config.get("round-timeout", 3600.0)),
             join_timeout=float(run_config.get("join-timeout", 300.0)),
         )
     except (TypeError, ValueError) as exc:
