@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fmt clean
+.PHONY: demo test test-fast fmt clean bench-server bench-client bench-round bench-quality
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,33 @@ demo: $(STAMP)
 	$(BIN)/fedlora run --config configs/demo.toml out_dir=runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src benchmarks tests
+	$(BIN)/ruff format --check src benchmarks tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# The inner loop: everything but the tests marked slow (real model, several processes).
+test-fast: $(STAMP)
+	$(BIN)/ruff check src benchmarks tests
+	$(BIN)/python -m pytest -q -m "not slow"
+
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src benchmarks tests
+	$(BIN)/ruff format src benchmarks tests
+
+# Benchmarks measure the project; each takes the machine to itself. ARGS passes options,
+# e.g. make bench-server ARGS="--shape llama-3.2-3b --rank 64 --clients 4".
+bench-server: $(STAMP)
+	$(BIN)/python -m benchmarks.server $(ARGS)
+
+bench-client: $(STAMP)
+	$(BIN)/python -m benchmarks.client $(ARGS)
+
+bench-round: $(STAMP)
+	$(BIN)/python -m benchmarks.round $(ARGS)
+
+bench-quality: $(STAMP)
+	$(BIN)/python -m benchmarks.quality $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -38,7 +38,6 @@ RANK = {
     "export": 7,
     "plan": 7,
     "eval_cmd": 7,
-    "bench": 7,
     "cli": 8,
 }
 FORBIDDEN_IN_OPS = ("torch.nn", "transformers", "peft", "flwr")
@@ -90,6 +89,30 @@ def test_imports_point_down(module: str, path: Path) -> None:
         assert not any(
             i == "fedlora.cli" or i.startswith("fedlora.cli.") for i in _imports(path)
         ), f"{module} imports the CLI"
+
+
+BENCHMARKS = TESTS.parent / "benchmarks"
+
+
+def test_the_package_never_imports_the_benchmarks() -> None:
+    found = [
+        (module, imp)
+        for module, path in _modules()
+        for imp in _imports(path)
+        if imp == "benchmarks" or imp.startswith("benchmarks.")
+    ]
+    assert found == []
+
+
+def test_the_benchmarks_use_fedlora_through_its_public_layers_only() -> None:
+    # Prepare: every benchmark module and what it imports
+    modules = sorted(BENCHMARKS.rglob("*.py"))
+    assert len(modules) > 10
+    # Assert: fedlora's CLI is not a library, and nothing imports the tests
+    for path in modules:
+        imports = _imports(path)
+        assert not any(i == "fedlora.cli" or i.startswith("fedlora.cli.") for i in imports), path
+        assert not any(i == "tests" or i.startswith("tests.") for i in imports), path
 
 
 @pytest.mark.parametrize("name", names())

@@ -76,7 +76,7 @@ def test_quantized_base_layers_are_k_bit(tmp_path: Path, client_files: list[str]
 
 
 def test_bench_client_reports_gpu_memory(tmp_path: Path) -> None:
-    from fedlora.bench import client as bench
+    from benchmarks.client import run as bench
     from tests.conftest import write_client_files
 
     files = write_client_files(tmp_path, 2)

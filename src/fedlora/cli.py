@@ -1,4 +1,4 @@
-"""``fedlora`` command line: run, merge, comm, bench, report.
+"""``fedlora`` command line: run, data, eval, export, merge, comm.
 
 Every ``FedloraError`` (bad config, bad file, bad payload, bad checkpoint) is printed as one
 line and exits with status 2; nothing else in the package prints or exits.
@@ -183,17 +183,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return merge_main(args)
 
 
-BENCHES = {
-    "server": (
-        "fedlora.bench.server",
-        "server aggregation time and memory against a dense reference",
-    ),
-    "client": ("fedlora.bench.client", "client training throughput against a bare PEFT loop"),
-    "quality": ("fedlora.bench.quality", "every method's held-out quality per MB on the wire"),
-    "round": ("fedlora.bench.round_cost", "whole-round cost of FedSRD against FedAvg"),
-}
-
-
 def add_tool(sub: Any, name: str, module_name: str, help_text: str) -> None:
     """A command whose options and body live in ``module_name`` (``add_arguments`` / ``run``):
     the module owns its subparser, so ``fedlora … --help`` shows its real options."""
@@ -204,8 +193,6 @@ def add_tool(sub: Any, name: str, module_name: str, help_text: str) -> None:
     module.add_arguments(p)
 
     def call(args: argparse.Namespace) -> int:
-        if module_name == "fedlora.bench.quality":
-            return int(module.run(args, args.argv[2:]))
         return int(module.run(args))
 
     p.set_defaults(func=call)
@@ -263,14 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_tool(sub, "export", "fedlora.export", "a run's result as a full (merged) model folder")
     add_tool(sub, "data", "fedlora.plan", "how a config splits its data among clients")
     add_tool(sub, "eval", "fedlora.eval_cmd", "score an adapter on local evaluation files")
-    bench = sub.add_parser(
-        "bench",
-        help="benchmarks: server aggregation, client training, quality per byte",
-        description="Run `fedlora bench WHICH --help` for a benchmark's options.",
-    )
-    which = bench.add_subparsers(dest="which", required=True)
-    for name, (module_name, help_text) in BENCHES.items():
-        add_tool(which, name, module_name, help_text)
     return parser
 
 
@@ -285,7 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv  # what was typed, for commands that record it (bench quality)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

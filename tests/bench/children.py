@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedlora.bench import rss
+from benchmarks.common import rss
 
 
 def children_in_process(

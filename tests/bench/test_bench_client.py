@@ -1,4 +1,4 @@
-"""``fedlora bench client`` runs end to end at a tiny size (no absolute-time asserts).
+"""``python -m benchmarks.client`` runs end to end at a tiny size (no absolute-time asserts).
 
 The benchmark is a script; these tests only make sure it cannot rot: it runs, the bare loop
 sees exactly fedlora's batches and trains only the factors fedlora trains, the client step's
@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.bench.children import children_in_process
-from tests.conftest import tiny_overrides, write_client_files
 
+from benchmarks.client import report as client_report
+from benchmarks.client import run as bench
+from benchmarks.common import rss
+from benchmarks.common.measure import Stopwatch
 from fedlora import config as config_mod
-from fedlora.bench import client as bench
-from fedlora.bench import client_report, rss
-from fedlora.bench.measure import Stopwatch
 from fedlora.methods.base import ClientStart
 from fedlora.methods.registry import build
 from fedlora.runtime.assemble import Federation, assemble
@@ -30,6 +29,8 @@ from fedlora.train import local as local_mod
 from fedlora.train.adapters import get_lora, slot_name
 from fedlora.train.local import train_local
 from fedlora.wire import decode
+from tests.bench.children import children_in_process
+from tests.conftest import tiny_overrides, write_client_files
 
 
 def _tiny_set(tmp_path: Path, clients: int = 2) -> list[str]:

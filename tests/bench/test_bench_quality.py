@@ -1,4 +1,4 @@
-"""`fedlora bench quality`: the quick benchmark writes a table, JSON and plots holding every
+"""`python -m benchmarks.quality`: the quick benchmark writes a table, JSON and plots holding every
 method; the summaries it prints are the arithmetic of the runs' metrics records."""
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
-from fedlora.bench import quality_plan
-from fedlora.bench.quality import main
-from fedlora.bench.quality_plan import HETERO_METHODS, plan
-from fedlora.bench.quality_report import MB, aggregate, scores, summarise_run
+from benchmarks.quality.plan import load_plan, plan
+from benchmarks.quality.report import MB, aggregate, scores, summarise_run
+from benchmarks.quality.run import main
 from fedlora.methods.registry import names
 from fedlora.runtime.client_data import OOD_NAME
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLAN = load_plan()
+QUICK, DEFAULT = PLAN.budgets["quick"], PLAN.budgets["default"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     doc = json.loads((quick / "results.json").read_text())
     table, rest = (quick / "results.md").read_text().split("## Claims")
     claims = rest.split("## Runs")[0]
-    expected_labels = {s.label for s in plan(names(), [0], quality_plan.QUICK_BUDGET)}
+    expected_labels = {s.label for s in plan(PLAN, names(), [0], QUICK)}
 
     # Execute
     labels = {row["label"] for row in doc["rows"]}
@@ -78,10 +79,10 @@ def test_quick_runs_share_one_budget_and_differ_only_in_method(quick: Path) -> N
     }
 
     # Assert
-    assert len(configs) == len(plan(names(), [0], quality_plan.QUICK_BUDGET))
+    assert len(configs) == len(plan(PLAN, names(), [0], QUICK))
     assert len(shared) == 1
     hetero = [c for c in configs if c["lora"]["ranks"]]
-    assert sorted(c["method"]["name"] for c in hetero) == sorted(HETERO_METHODS)
+    assert sorted(c["method"]["name"] for c in hetero) == sorted(PLAN.hetero_methods)
 
 
 def test_report_only_rereads_finished_runs_without_running(quick: Path) -> None:
@@ -195,7 +196,7 @@ def test_plan_puts_the_headline_seeds_first_then_the_main_group_then_one_seed_ex
     methods = ["fedavg", "fedprox", "fedsrd", "florist"]
 
     # Execute
-    specs = plan(methods, [0, 1, 2], quality_plan.DEFAULT_BUDGET)
+    specs = plan(PLAN, methods, [0, 1, 2], DEFAULT)
 
     # Assert: the headline methods seed by seed, then the rest of the main group at seed 0
     assert [(s.method, s.seed) for s in specs[:10]] == [
@@ -226,11 +227,9 @@ def test_plan_puts_the_headline_seeds_first_then_the_main_group_then_one_seed_ex
     ]
     hetero = [s for s in extras if s.group == "hetero"]
     assert [s.method for s in hetero] == ["fedavg", "fedprox", "florist"]
-    assert all(s.ranks == quality_plan.HETERO_RANKS for s in hetero)
+    assert all(s.ranks == DEFAULT.hetero_ranks for s in hetero)
     assert [s.options["tau"] for s in hetero if s.method == "florist"] == [0.85]
-    overrides = ablation["fedsrd wire=bfloat16"].overrides(
-        quality_plan.DEFAULT_BUDGET, Path("r"), []
-    )
+    overrides = ablation["fedsrd wire=bfloat16"].overrides(DEFAULT, Path("r"), [])
     assert overrides[-1] == 'wire.value_dtype="bfloat16"' and "eval.at_start=false" in overrides
     assert 'lora.target_modules="all-linear"' in overrides and "lora.dropout=0.05" in overrides
 
@@ -304,7 +303,9 @@ def test_results_say_which_runs_finished_when_and_under_what_load(
     assert main([*args, "--report-only"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert {r["label"]: r["load_1min"] for r in again["runs"]} == before
-    assert "- runs made by: `fedlora bench quality --quick" in (out / "results.md").read_text()
+    assert (
+        "- runs made by: `python -m benchmarks.quality --quick" in (out / "results.md").read_text()
+    )
 
 
 def test_a_finished_run_of_another_budget_is_refused_not_reused(tmp_path: Path) -> None:

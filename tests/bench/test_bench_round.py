@@ -1,4 +1,4 @@
-"""``fedlora bench round``: the demo rounds are read from a real run's records, the paper
+"""``python -m benchmarks.round``: the demo rounds are read from a real run's records, the paper
 setting is built from measured steps and the server benchmark, and the arithmetic that
 combines them is the module docstring's."""
 
@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import tiny_overrides, write_client_files
 
+from benchmarks.round import run as round_cost
 from fedlora import config
-from fedlora.bench import round_cost
 from fedlora.shapes import model_shape
+from tests.conftest import tiny_overrides, write_client_files
 
 PAPER_TOML = """
 [lora]

@@ -1,4 +1,4 @@
-"""``fedlora bench client --clients``: the plan of runs, the figures read from each run's
+"""``python -m benchmarks.client --clients``: the plan of runs, the figures read from each run's
 metrics, the targets, and the runs themselves (children played in-process here)."""
 
 from __future__ import annotations
@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.bench.children import children_in_process
 
+from benchmarks.client import report as client_report
+from benchmarks.client import run as bench
+from benchmarks.client import scale
 from fedlora import config
-from fedlora.bench import client as bench
-from fedlora.bench import client_report, scale
 from fedlora.errors import ConfigError
 from fedlora.runtime.driver import sample_clients
+from tests.bench.children import children_in_process
 
 
 def test_the_plan_varies_registered_then_sampled_at_the_largest() -> None:

@@ -1,4 +1,4 @@
-"""``fedlora bench server`` at a tiny size, so the benchmark cannot rot.
+"""``python -m benchmarks.server`` at a tiny size, so the benchmark cannot rot.
 
 No wall-time assertions: timings on a shared 2-core machine mean nothing in a test. What is
 asserted is what must hold at any size: every registered method is measured and listed, each
@@ -14,9 +14,9 @@ import json
 import pytest
 import torch
 
-from fedlora.bench import dense_reference as ref
-from fedlora.bench.memory import measure
-from fedlora.bench.server import BenchConfig, format_table, main, report_json, run_bench
+from benchmarks.common.memory import measure
+from benchmarks.server import dense_reference as ref
+from benchmarks.server.run import BenchConfig, format_table, main, report_json, run_bench
 from fedlora.methods import registry
 
 TINY = BenchConfig(
@@ -206,8 +206,8 @@ def test_relative_error_and_stacked_bytes() -> None:
 
 def test_device_moves_every_tensor_of_the_inputs_and_refuses_a_missing_gpu() -> None:
     # Prepare: real synthetic round inputs of FedSRD (dense and sparse tensors, seeds)
-    from fedlora.bench import server as server_bench
-    from fedlora.bench.synthetic import make_setup, synthetic_round
+    from benchmarks.common.synthetic import make_setup, synthetic_round
+    from benchmarks.server import run as server_bench
     from fedlora.methods import registry
     from fedlora.methods.base import LayerSpec
     from fedlora.ops.sparse import Sparse
@@ -231,8 +231,8 @@ def test_device_moves_every_tensor_of_the_inputs_and_refuses_a_missing_gpu() -> 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["fedavg", "fedsrd", "fedsrd-e", "florist", "flexlora"])
 def test_a_server_step_on_cuda_gives_the_cpu_step(name: str) -> None:
-    from fedlora.bench import server as server_bench
-    from fedlora.bench.synthetic import make_setup, synthetic_round
+    from benchmarks.common.synthetic import make_setup, synthetic_round
+    from benchmarks.server import run as server_bench
     from fedlora.methods.base import LayerSpec
 
     method = registry.build(name, {"p_down": 0.0} if name.startswith("fedsrd") else {})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedlora.bench.flops import count_flops, machine_rates
+from benchmarks.common.flops import count_flops, machine_rates
 
 
 def test_each_kernel_is_counted_with_its_operation_count() -> None:
@@ -25,7 +25,7 @@ def test_each_kernel_is_counted_with_its_operation_count() -> None:
 
 
 def test_a_server_step_is_counted_and_rated() -> None:
-    from fedlora.bench.synthetic import make_setup, synthetic_round
+    from benchmarks.common.synthetic import make_setup, synthetic_round
     from fedlora.methods.base import LayerSpec
     from fedlora.methods.registry import build
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fedlora.bench.quality_claims import FAILS, HOLDS, UNDECIDED, decide, diff, render
+from benchmarks.quality.claims import FAILS, HOLDS, UNDECIDED, decide, diff, render
 
 
 def row(

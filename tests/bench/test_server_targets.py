@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fedlora.bench.server_report import check_targets
-from fedlora.bench.server_types import BenchConfig, MethodResult, Timing
+from benchmarks.server.spec import BenchConfig, MethodResult, Timing
+from benchmarks.server.targets import check_targets
 
 
 def _result(method: str, seconds: float, ranks: tuple[int, ...] = (64,) * 4) -> MethodResult:

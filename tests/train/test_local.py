@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from tests.conftest import tiny_overrides, write_client_files
 
 from fedlora import config
 from fedlora.methods.base import ClientStart
@@ -14,6 +13,7 @@ from fedlora.ops.schedule import step_lr
 from fedlora.runtime.assemble import assemble
 from fedlora.train.adapters import get_lora, slot_name
 from fedlora.train.local import train_local
+from tests.conftest import tiny_overrides, write_client_files
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])

@@ -16,7 +16,7 @@ round *is* lives here, once:
 7. write the round's record (identical fields in every runtime) and evaluate.
 
 What a round costs the server therefore grows with the clients sampled and the distinct
-client shapes, not with the clients registered (``fedlora bench client --clients``).
+client shapes, not with the clients registered (``python -m benchmarks.client --clients``).
 
 One policy for failures: a sampled client without a usable upload is dropped from the round
 with the transport's reason; a client whose broadcast cannot be applied (``client_start``

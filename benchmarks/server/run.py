@@ -1,15 +1,15 @@
-"""``fedlora bench server``: time and measure every method's server step against a dense reference.
+"""``python -m benchmarks.server``: time and measure every method's server step against a dense reference.
 
 For each registered method, on synthetic client updates of a named model shape
-(:mod:`fedlora.bench.synthetic`, produced through the method's real hooks):
+(:mod:`benchmarks.common.synthetic`, produced through the method's real hooks):
 
 1. The project's server step (``method.aggregate``) is timed on the first ``--blocks``
    transformer blocks and on the whole model: ``time.perf_counter``, best and median of
    ``--repeats`` runs, torch using every core.
 2. Its peak extra memory on the whole model is measured in a separate, untimed run
-   (:mod:`fedlora.bench.memory`) and shown next to the size of the stacked client factors
+   (:mod:`benchmarks.common.memory`) and shown next to the size of the stacked client factors
    ``Σ_k r_k (m+n) · 4`` bytes and the largest layer's ``m·n · 4`` bytes.
-3. The dense reference (:mod:`fedlora.bench.dense_reference`) computes the same round the way
+3. The dense reference (:mod:`benchmarks.server.dense_reference`) computes the same round the way
    the authors' code does, on the ``--blocks`` subset only (it is slow by design), and is
    timed the same way; the ratio reference / project compares like with like (same layers).
 4. The relative Frobenius error between the project's global update (``global_delta``,
@@ -41,12 +41,13 @@ from typing import Any, TextIO
 
 import torch
 
-from fedlora.bench.dense_reference import LayerInputs, references, relative_error, stacked_bytes
-from fedlora.bench.flops import count_flops, machine_rates
-from fedlora.bench.measure import load_average
-from fedlora.bench.memory import MemoryUse, measure, warm_up
-from fedlora.bench.server_report import check_targets, format_table, report_json, summary_line
-from fedlora.bench.server_types import (
+from benchmarks.common.flops import count_flops, machine_rates
+from benchmarks.common.measure import load_average
+from benchmarks.common.memory import MemoryUse, measure, warm_up
+from benchmarks.common.synthetic import RoundInputs, make_setup, synthetic_round
+from benchmarks.server.dense_reference import LayerInputs, references, relative_error, stacked_bytes
+from benchmarks.server.report import format_table, report_json, summary_line
+from benchmarks.server.spec import (
     CHECK_OVERRIDES,
     PAYLOAD_PARTS,
     BenchConfig,
@@ -54,7 +55,7 @@ from fedlora.bench.server_types import (
     MethodResult,
     Timing,
 )
-from fedlora.bench.synthetic import RoundInputs, make_setup, synthetic_round
+from benchmarks.server.targets import check_targets
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.methods import registry
 from fedlora.methods.base import LayerSpec, Method, ServerState, Setup
@@ -347,7 +348,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``fedlora bench server`` (own parser or ``fedlora``'s)."""
+    """The options of ``python -m benchmarks.server`` (own parser or ``fedlora``'s)."""
     p.add_argument(
         "--shape", default="llama-3.2-3b", help="named model shape (default: %(default)s)"
     )
@@ -401,13 +402,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedlora bench server", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.server", description=DESCRIPTION)
     add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    """Entry point of ``fedlora bench server``; returns the process exit status.
+    """Entry point of ``python -m benchmarks.server``; returns the process exit status.
 
     0 on success (target failures included, unless ``--strict``: then 1); 2 on a bad
     configuration, with a one-line message on stderr.
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """``fedlora bench server`` on parsed options (:func:`add_arguments`)."""
+    """``python -m benchmarks.server`` on parsed options (:func:`add_arguments`)."""
     out = out or sys.stdout
     ranks = args.ranks if args.ranks else (args.rank,) * args.clients
     try:

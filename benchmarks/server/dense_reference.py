@@ -4,7 +4,7 @@ These functions are deliberately naive and independent of the project's factored
 (nothing from ``fedlora.ops`` or ``fedlora.methods`` is used): each client's ``B_k A_k`` is
 formed as an m×n matrix, SVDs are full ``torch.linalg.svd`` calls on m×n matrices, and
 pseudo-inverses are dense ``torch.linalg.pinv``. They serve two purposes in
-``fedlora bench server``: a timing baseline (what the factored kernels save) and an
+``python -m benchmarks.server``: a timing baseline (what the factored kernels save) and an
 independent check of the project's result (relative Frobenius error of the global update).
 
 Every reference takes one layer's :class:`LayerInputs` and returns the dense m×n *global

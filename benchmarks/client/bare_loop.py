@@ -1,4 +1,4 @@
-"""The bare PyTorch + PEFT training loop that ``fedlora bench client`` compares against.
+"""The bare PyTorch + PEFT training loop that ``python -m benchmarks.client`` compares against.
 
 A PEFT LoRA model built straight from the same base model (same device, dtype, rank, alpha,
 target modules, LoRA dropout and gradient checkpointing), AdamW over the same LoRA factors the method trains, gradient

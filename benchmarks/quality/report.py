@@ -1,4 +1,4 @@
-"""``fedlora bench quality``'s results: each run's summary from its ``metrics.jsonl``, means
+"""``python -m benchmarks.quality``'s results: each run's summary from its ``metrics.jsonl``, means
 and sample sds over seeds, and ``results.md`` / ``results.json`` with the plots."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedlora.bench.quality_claims import decide
-from fedlora.bench.quality_claims import render as render_claims
+from benchmarks.quality.claims import decide
+from benchmarks.quality.claims import render as render_claims
 from fedlora.runtime.client_data import OOD_NAME
 
 if TYPE_CHECKING:
-    from fedlora.bench.quality_plan import Budget, RunSpec
+    from benchmarks.quality.plan import Budget, RunSpec
 
 MB = 2**20
 
@@ -276,7 +276,7 @@ def write_results(
     plots: bool = True,
 ) -> None:
     """Write ``results.json``, ``results.md`` and (if ``plots``) the PNGs of the runs so far."""
-    from fedlora.bench.plots import plot_group
+    from benchmarks.common.plots import plot_group
 
     if not done:
         return
@@ -315,7 +315,7 @@ def write_results(
         else "- machine load: not recorded by these runs"
     )
     md = [
-        f"# fedlora bench quality{' (PARTIAL)' if partial else ''}",
+        f"# python -m benchmarks.quality{' (PARTIAL)' if partial else ''}",
         "",
         f"- command: `{doc['command']}`",
         *(
@@ -335,7 +335,7 @@ def write_results(
         "## Claims",
         "",
         "In-domain held-out loss decides (lower is better); a difference counts beyond two "
-        "standard errors of the seeds (see `fedlora.bench.quality_claims`).",
+        "standard errors of the seeds (see `benchmarks.quality.claims`).",
         "",
         render_claims(claims),
     ]

@@ -57,7 +57,7 @@ def trl_round(
     seed: int,
 ) -> TrlSample:
     """One local run of ``cfg.train.local_steps`` optimiser steps with ``SFTTrainer`` on
-    ``model`` (a PEFT model, see :func:`fedlora.bench.bare_loop.bare_peft_model`)."""
+    ``model`` (a PEFT model, see :func:`benchmarks.client.bare_loop.bare_peft_model`)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 

@@ -1,4 +1,4 @@
-"""``fedlora bench quality``: every method under one training budget, scored and costed.
+"""``python -m benchmarks.quality``: every method under one training budget, scored and costed.
 
 Each run is a real federation (:func:`fedlora.runtime.simulation.run`) with 4 clients, one
 domain each, on the same model, data, seed and budget; only the method (and, for the extra
@@ -9,7 +9,7 @@ the wire per round per client and the server's aggregation time, then averages o
 
 * ``results.md`` and ``results.json`` in ``--out`` (the table, the base model's round-0
   scores, the budget, the command, versions and machine);
-* PNG plots (:mod:`fedlora.bench.plots`): score against round and against cumulative MB on
+* PNG plots (:mod:`benchmarks.common.plots`): score against round and against cumulative MB on
   the wire, one pair per group of runs.
 
 Scores: "in-domain loss" is the mean held-out completion loss over the client domains,
@@ -38,17 +38,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedlora.bench.quality_plan import (
-    DEFAULT_BUDGET,
-    DEFAULT_SEEDS,
-    MAIN_METHODS,
-    QUICK_BUDGET,
+from benchmarks.quality.plan import (
     Budget,
     RunSpec,
+    load_plan,
     plan,
     write_quick_files,
 )
-from fedlora.bench.quality_report import (
+from benchmarks.quality.report import (
     read_metrics,
     summarise_run,
     write_results,
@@ -356,7 +353,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``fedlora bench quality`` (own parser or ``fedlora``'s)."""
+    """The options of ``python -m benchmarks.quality`` (own parser or ``fedlora``'s)."""
     from fedlora.methods.registry import names
 
     p.add_argument(
@@ -414,37 +411,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedlora bench quality", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=DESCRIPTION)
     add_arguments(p)
     return p
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of ``fedlora bench quality``; returns the exit status."""
+    """Entry point of ``python -m benchmarks.quality``; returns the exit status."""
     return run(build_parser().parse_args(argv), argv)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """``fedlora bench quality`` on parsed options; ``argv`` (its own arguments) is recorded
+    """``python -m benchmarks.quality`` on parsed options; ``argv`` (its own arguments) is recorded
     as the command in the results."""
     from fedlora.methods.registry import names
 
-    budget = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
+    the_plan = load_plan()
+    budget = the_plan.budgets["quick" if args.quick else "default"]
     if args.rounds is not None:
         if args.rounds < 1:
-            print("fedlora bench quality: --rounds must be at least 1", file=sys.stderr)
+            print("python -m benchmarks.quality: --rounds must be at least 1", file=sys.stderr)
             return 2
         budget = Budget(
             **{**asdict(budget), "rounds": args.rounds, "hetero_ranks": tuple(budget.hetero_ranks)}
         )
-    methods = args.methods or (names() if args.quick else list(MAIN_METHODS))
-    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(DEFAULT_SEEDS))
-    specs = plan(methods, seeds, budget, extras=not args.no_extras)
+    methods = args.methods or (names() if args.quick else list(the_plan.methods))
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(the_plan.seeds))
+    specs = plan(the_plan, methods, seeds, budget, extras=not args.no_extras)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     began = time.time()
-    command = "fedlora bench quality " + " ".join(shlex.quote(a) for a in argv)
+    command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in argv)
     if not args.report_only:  # the command that makes the runs, for later reports
         (root / "command.txt").write_text(command + "\n", encoding="utf-8")
     done, missing = run_all(

@@ -1,4 +1,4 @@
-"""``fedlora bench round``: what a whole round costs, FedSRD against FedAvg, in two settings
+"""``python -m benchmarks.round``: what a whole round costs, FedSRD against FedAvg, in two settings
 printed side by side.
 
 1. **The demo's budget, measured.** The demo federation (``configs/demo.toml`` or
@@ -16,7 +16,7 @@ printed side by side.
    layers, gradient checkpointing, fedlora's loss over the second half of each sequence, as
    a completion) is trained at depth 1 and 2; the difference is one decoder layer's cost and
    the rest is the embedding and head, so depth ``L`` costs ``T(1) + (L − 1)·(T(2) − T(1))``.
-   The server's step and one upload's encode + strict decode are ``fedlora bench server``'s
+   The server's step and one upload's encode + strict decode are ``python -m benchmarks.server``'s
    whole-model figures for that shape. Clients train in parallel there (a GPU each), so a
    round is one client's training, two wire round trips (its upload, and a broadcast taken to
    cost as much) and the server's step.
@@ -44,8 +44,8 @@ from typing import Any, TextIO
 import torch
 from transformers import PreTrainedModel
 
+from benchmarks.common.measure import load_average, table
 from fedlora import config as config_mod
-from fedlora.bench.measure import load_average, table
 from fedlora.config import MethodChoice, RunConfig
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.shapes import ModelShape, model_shape
@@ -206,8 +206,8 @@ def run_bench(
     progress: Callable[[str], None] = lambda text: None,
 ) -> RoundCostReport:
     """Measure both settings (see the module docstring)."""
-    from fedlora.bench import server as server_bench
-    from fedlora.bench.server_types import BenchConfig
+    from benchmarks.server import run as server_bench
+    from benchmarks.server.spec import BenchConfig
 
     shape = model_shape(shape_name)
     t, lora = paper_cfg.train, paper_cfg.lora
@@ -248,7 +248,7 @@ def run_bench(
         )
     per_layer = report.step_s[2] - report.step_s[1]
     step = report.step_s[1] + (shape.layers - 1) * per_layer
-    progress(f"paper setting: server step and wire of {shape.name} (fedlora bench server)")
+    progress(f"paper setting: server step and wire of {shape.name} (python -m benchmarks.server)")
     server = server_bench.run_bench(
         BenchConfig(
             shape=shape.name,
@@ -301,7 +301,7 @@ def format_table(report: RoundCostReport) -> str:
     d, p = report.settings["demo"], report.settings["paper"]
     counted = report.demo[0].rounds if report.demo else []
     out = [
-        f"fedlora bench round: torch threads {report.settings['threads']}, load average "
+        f"python -m benchmarks.round: torch threads {report.settings['threads']}, load average "
         f"before {_load(report.load_before)}, after {_load(report.load_after)}",
         "",
         f"Demo budget, measured: {d['model']}, {d['clients']} clients taking turns, rank "
@@ -428,7 +428,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fedlora bench round", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.round", description=DESCRIPTION)
     add_arguments(p)
     return run(p.parse_args(argv), out)
 

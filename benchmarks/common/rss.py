@@ -108,7 +108,7 @@ def child_main(argv: Sequence[str]) -> int:
 
 
 _CHILD = (
-    "import sys\nfrom fedlora.bench.rss import child_main\nsys.exit(child_main(sys.argv[1:]))\n"
+    "import sys\nfrom benchmarks.common.rss import child_main\nsys.exit(child_main(sys.argv[1:]))\n"
 )
 
 

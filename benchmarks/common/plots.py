@@ -1,4 +1,4 @@
-"""PNG plots of ``fedlora bench quality``: held-out score against round or cumulative MB.
+"""PNG plots of ``python -m benchmarks.quality``: held-out score against round or cumulative MB.
 
 Matplotlib runs on the Agg backend (files only, no display). Each figure has one panel per
 headline score that the runs have (in-domain loss, in-domain accuracy, OOD loss) and one line

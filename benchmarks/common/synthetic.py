@@ -1,4 +1,4 @@
-"""The server step's inputs for ``fedlora bench server``: round 1's uploads of a method.
+"""The server step's inputs for ``python -m benchmarks.server``: round 1's uploads of a method.
 
 Not a round of its own: the benchmark times only ``aggregate``, on a whole model, so the
 uploads are made here without the wire (a Llama-3.2-3B round would otherwise hold every

@@ -1,5 +1,5 @@
 """Floating-point operation counts of a server step, and this machine's rate on the same
-kernels at the same sizes (the roofline of ``fedlora bench server``).
+kernels at the same sizes (the roofline of ``python -m benchmarks.server``).
 
 :class:`FlopCounter` sees every dense kernel torch dispatches while a step runs (matrix
 products, QR, SVD, symmetric eigendecomposition) with its shapes, and counts it with the

@@ -1,4 +1,4 @@
-"""A ``fedlora bench client`` report: its per-round samples, per-method medians, and its
+"""A ``python -m benchmarks.client`` report: its per-round samples, per-method medians, and its
 text and JSON forms."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedlora.bench.measure import MIB, mib, ms, table
-from fedlora.bench.rss import RssResult, RssRun
-from fedlora.bench.scale import ScaleRun
+from benchmarks.client.scale import ScaleRun
+from benchmarks.common.measure import MIB, mib, ms, table
+from benchmarks.common.rss import RssResult, RssRun
 
 OVERHEAD_PHASES = (
     "broadcast_encode",
@@ -155,13 +155,13 @@ def header_lines(report: ClientBenchReport) -> list[str]:
     )
     if not report.methods:  # no timing part: its client, batch and steps were not used
         return [
-            f"fedlora bench client: {report.model}, rank {s['rank']} on "
+            f"python -m benchmarks.client: {report.model}, rank {s['rank']} on "
             f"{','.join(s['target_modules'])}; torch threads {report.threads} of "
             f"{os.cpu_count()} cores ({report.threads_why})",
             load,
         ]
     return [
-        f"fedlora bench client: {report.model}, client 0 of {s['clients']}, rank {s['rank']} "
+        f"python -m benchmarks.client: {report.model}, client 0 of {s['clients']}, rank {s['rank']} "
         f"(alpha {s['alpha']:g}) on {','.join(s['target_modules'])}",
         f"  batch {s['batch_size']} x seq_len {s['seq_len']}, {s['local_steps']} local steps, "
         f"grad_accum_steps {s['grad_accum_steps']}, wire {s['wire_value_dtype']}; torch threads "

@@ -1,4 +1,4 @@
-"""What ``fedlora bench server`` measures and reports: its settings, timings, per-method
+"""What ``python -m benchmarks.server`` measures and reports: its settings, timings, per-method
 results and target checks (plain data, shared by the benchmark and its report)."""
 
 from __future__ import annotations
@@ -7,16 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedlora.bench.memory import MemoryUse
+from benchmarks.common.memory import MemoryUse
 from fedlora.errors import ConfigError
 
 MB = 2**20
 PAYLOAD_PARTS = ("A", "B", "dA", "dB")
 CHECK_OVERRIDES: Mapping[str, Any] = {"p_down": 0.0}
 """Options set for the accuracy check run when a method has them (random downlink off)."""
-ERROR_LIMIT = 1e-4
-MEMORY_MULTIPLE = 4.0
-"""A factored method's peak extra memory must stay within this multiple of the stacked factors."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ class MethodResult:
     """Encoding plus strict decoding of one client's upload of the whole model."""
     upload_bytes: int = 0
     flops: float = 0.0
-    """Counted flops of one whole-model step (:mod:`fedlora.bench.flops`)."""
+    """Counted flops of one whole-model step (:mod:`benchmarks.common.flops`)."""
     gflop_per_s: float | None = None
     """``flops`` over the whole-model median time."""
     machine_gflop_per_s: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,142 @@
+"""``python -m benchmarks.server``'s report: its text and JSON forms (targets: ``targets.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.server.spec import (
+    MB,
+    BenchReport,
+    MethodResult,
+    Timing,
+)
+
+
+def summary_line(r: MethodResult) -> str:
+    """One progress line with a method's figures, so a run cut short still tells something."""
+    err = "-" if r.rel_error is None else f"{r.rel_error:.1e}"
+    ratio = "-" if r.ratio is None else f"{r.ratio:.0f}x"
+    peak = "-" if r.memory is None else _mb(r.memory.peak_tensor_bytes)
+    return (
+        f"{r.method}: proj {_secs(r.project_subset)} s / ref {_secs(r.reference)} s "
+        f"({ratio}) on the subset, rel.err {err}; whole model {_secs(r.project_full)} s, "
+        f"peak {peak} MB, stacked {_mb(r.stacked_bytes)} MB"
+    )
+
+
+def _mb(nbytes: int | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / MB:.1f}"
+
+
+def _secs(t: Timing | None) -> str:
+    return "-" if t is None else f"{t.median:.3g}"
+
+
+def format_table(report: BenchReport) -> str:
+    """The human-readable report: one row per method, then the target checks."""
+    cfg = report.config
+    blocks = f"{cfg.blocks} blk"
+    header = [
+        "method",
+        "clients",
+        f"proj s ({blocks})",
+        f"ref s ({blocks})",
+        "ref/proj",
+        "rel.err",
+        "proj s (all)",
+        "peak MB",
+        "stacked MB",
+        "peak/stacked",
+        "rss MB",
+        "m×n formed",
+        f"ref peak MB ({blocks})",
+        "upload MB",
+        "wire s",
+        "GFLOP",
+        "GFLOP/s",
+        "machine mm/qr",
+    ]
+    rows = [header]
+    for r in report.results:
+        mem = r.memory
+        rows.append(
+            [
+                r.method,
+                _clients(r.ranks),
+                _secs(r.project_subset),
+                _secs(r.reference),
+                "-" if r.ratio is None else f"{r.ratio:.0f}x",
+                "-" if r.rel_error is None else f"{r.rel_error:.1e}",
+                _secs(r.project_full),
+                _mb(mem.peak_tensor_bytes if mem else None),
+                _mb(r.stacked_bytes),
+                "-" if mem is None else f"{mem.peak_tensor_bytes / max(r.stacked_bytes, 1):.2f}",
+                _mb(mem.peak_rss_bytes if mem else None),
+                "-" if mem is None else ("yes" if mem.dense_shapes else "no"),
+                _mb(r.reference_memory.peak_tensor_bytes if r.reference_memory else None),
+                _mb(r.upload_bytes or None),
+                _secs(r.wire),
+                f"{r.flops / 1e9:.1f}" if r.flops else "-",
+                "-" if r.gflop_per_s is None else f"{r.gflop_per_s:.1f}",
+                "/".join(
+                    f"{r.machine_gflop_per_s[k]:.0f}"
+                    for k in ("matmul", "qr")
+                    if k in r.machine_gflop_per_s
+                )
+                or "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        f"python -m benchmarks.server: shape {cfg.shape}, targets {','.join(cfg.targets) if cfg.targets else 'all linear'}, "
+        f"{report.machine['layers']} layers ({report.machine['subset_layers']} in {cfg.blocks} block(s)), "
+        f"ranks {','.join(map(str, cfg.ranks))}, torch threads {report.machine['torch_threads']}, "
+        f"whole-model step on {cfg.device}, times = median of {cfg.repeats} (reference: {cfg.ref_repeats}), "
+        f"load average at start {report.machine['load_average_1min']}",
+    ]
+    for i, row in enumerate(rows):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if j < 2 else cell.rjust(w)
+                for j, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    notes = [f"  {r.method}: {r.note}" for r in report.results if r.note]
+    notes += [
+        f"  {r.method}: rel. error from a {r.error_run}"
+        for r in report.results
+        if r.rel_error is not None and r.error_run != "timed run"
+    ]
+    if notes:
+        lines += ["notes:", *notes]
+    lines.append("targets:")
+    for c in report.checks:
+        status = "n/a " if c.passed is None else ("PASS" if c.passed else "FAIL")
+        extra = f"  ({c.note})" if c.note else ""
+        lines.append(f"  {status}  {c.name}: {c.measured}{extra}")
+    return "\n".join(lines)
+
+
+def _clients(ranks: Sequence[int]) -> str:
+    if len(set(ranks)) == 1:
+        return f"{len(ranks)}×r{ranks[0]}"
+    return "r" + ",".join(map(str, ranks))
+
+
+def report_json(report: BenchReport) -> dict[str, Any]:
+    """The report as plain JSON-able data."""
+    methods = []
+    for r in report.results:
+        entry = dataclasses.asdict(r)
+        entry["ratio"] = r.ratio
+        methods.append(entry)
+    return {
+        "config": dataclasses.asdict(report.config),
+        "machine": report.machine,
+        "methods": methods,
+        "targets": [dataclasses.asdict(c) for c in report.checks],
+    }
