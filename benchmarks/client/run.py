@@ -80,7 +80,8 @@ from fedlora.methods.registry import build
 from fedlora.models.placement import device_of, resolve_device
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import run_round
+from fedlora.runtime.driver import Dispatch, run_round
+from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.run_folder import RunState
 from fedlora.runtime.simulation import InProcess
 
@@ -97,6 +98,18 @@ BENCH_OVERRIDES: tuple[str, ...] = (
 # ----------------------------------------------------------------------------- fedlora's round
 
 
+class Kept(InProcess):
+    """The in-process transport, keeping the outcomes of its last exchange for the benchmark."""
+
+    last: dict[int, ClientOutcome]
+
+    def exchange(
+        self, t: int, dispatches: Sequence[Dispatch], rs: RunState
+    ) -> dict[int, ClientOutcome]:
+        self.last = super().exchange(t, dispatches, rs)
+        return self.last
+
+
 @dataclass
 class MethodRun:
     """A method's live federation while it is benchmarked (one base model for all methods)."""
@@ -104,7 +117,7 @@ class MethodRun:
     fed: Federation
     rs: RunState
     watch: Stopwatch
-    transport: InProcess
+    transport: Kept
     trainable: frozenset[str] = frozenset({"A", "B"})
     """What the method's client trained last round (the bare loop trains the same)."""
 
@@ -114,7 +127,7 @@ class MethodRun:
         mine = dataclasses.replace(fed, method=method)
         rs = RunState(0, method.init_server(fed.setup), {c.cid: None for c in fed.setup.clients})
         watch = Stopwatch()
-        return cls(mine, rs, watch, InProcess(mine, timer=watch))
+        return cls(mine, rs, watch, Kept(mine, timer=watch))
 
 
 def alone(cfg: RunConfig) -> RunConfig:
@@ -144,11 +157,11 @@ def fedlora_round(run: MethodRun) -> Sample:
     watch.seconds.clear()
     watch.calls.clear()
     record = run_round(run.fed, run.rs, run.transport, lambda kind, info: None, timer=watch)
-    outcome = run.transport.last[0].outcome
+    outcome = run.transport.last[0]
     if record["skipped"] or outcome.upload is None:
         why = outcome.error or record["dropped"]
         raise FedloraError(f"{run.fed.method.name}: round {record['round']} failed: {why}")
-    run.trainable = outcome.trainable
+    run.trainable = outcome.start.trainable if outcome.start is not None else run.trainable
     swaps = watch.get("swap_in") + watch.get("swap_out")
     overhead = {name: watch.get(name) for name in OVERHEAD_PHASES if name != "other"}
     # client_step's own bookkeeping: its wall time minus every part timed inside it.

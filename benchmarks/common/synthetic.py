@@ -9,18 +9,20 @@ seed streams (:mod:`fedlora.ops.seeds`) and the same synthetic training as ``fed
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from fedlora.methods.base import (
     ClientSpec,
     ClientStart,
     LayerSpec,
+    Lora,
     Method,
     ServerState,
     Setup,
     Upload,
 )
-from fedlora.ops.seeds import Stream, client_seed
+from fedlora.methods.half_round import half_round
 from fedlora.runtime.synthetic import n_samples, trained_adapter
 
 __all__ = ["RoundInputs", "make_setup", "n_samples", "synthetic_round", "trained_adapter"]
@@ -37,6 +39,10 @@ class RoundInputs:
     state: ServerState
     uploads: list[Upload]
     starts: list[ClientStart] = field(default_factory=list)
+
+
+def _trained(start: ClientStart, *, setup: Setup, client: ClientSpec, seed: int) -> Lora:
+    return trained_adapter(start, setup, client, seed)
 
 
 def make_setup(layers: tuple[LayerSpec, ...], ranks: tuple[int, ...], seed: int = 0) -> Setup:
@@ -62,14 +68,19 @@ def synthetic_round(
     starts: list[ClientStart] = []
     for client in setup.clients:
         payload = method.broadcast(state, setup, client)
-        start_seed = client_seed(setup.seed, Stream.CLIENT_START, 1, client.cid)
-        start = method.client_start(None, payload, setup, client, start_seed)
+        done = half_round(
+            method,
+            setup,
+            client,
+            None,
+            payload,
+            1,
+            functools.partial(_trained, setup=setup, client=client, seed=seed),
+        )
         del payload
-        trained = trained_adapter(start, setup, client, seed)
-        upload_seed = client_seed(setup.seed, Stream.UPLOAD, 1, client.cid)
-        up = method.upload(start, trained, setup, client, upload_seed)
-        uploads.append(Upload(client.cid, n_samples(client.cid), up))
+        assert done.upload is not None
+        uploads.append(Upload(client.cid, n_samples(client.cid), done.upload))
         if keep_starts:
-            starts.append(start)
-        del start, trained
+            starts.append(done.start)
+        del done
     return RoundInputs(state=state, uploads=uploads, starts=starts)

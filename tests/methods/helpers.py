@@ -44,9 +44,8 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
+from fedlora.methods.half_round import half_round
 from fedlora.ops.seeded_init import SeededInit
-from fedlora.ops.seeds import Stream
-from fedlora.ops.seeds import client_seed as stream_client_seed
 from fedlora.ops.sparse import Sparse
 
 Trainer = Callable[[ClientStart, torch.Generator], Lora]
@@ -109,15 +108,6 @@ def dense(factored: Factored) -> Tensor:
     return left.double() @ right.double()
 
 
-def client_seeds(setup: Setup, round_: int, cid: int) -> tuple[int, int]:
-    """The seeds the runtimes pass to ``client_start`` and ``upload`` in ``round_`` (1-based):
-    the named streams of ``fedlora.ops.seeds``."""
-    return (
-        stream_client_seed(setup.seed, Stream.CLIENT_START, round_, cid),
-        stream_client_seed(setup.seed, Stream.UPLOAD, round_, cid),
-    )
-
-
 @dataclass
 class RoundResult:
     """Everything one simulated round produced."""
@@ -177,12 +167,19 @@ def run_round(
         new_base[layer] = new_base[layer] + dense(factored)
     for cid in cids:
         client = setup.client(cid)
-        start_seed, upload_seed = client_seeds(setup, state.round + 1, cid)
-        starts[cid] = method.client_start(views.get(cid), payloads[cid], setup, client, start_seed)
-        trained[cid] = train(starts[cid], gen)
-        payload = method.upload(starts[cid], trained[cid], setup, client, upload_seed)
-        uploads_by_cid[cid] = Upload(cid, n_samples[cid], payload)
-        new_views[cid] = dict(starts[cid].view)
+        done = half_round(
+            method,
+            setup,
+            client,
+            views.get(cid),
+            payloads[cid],
+            state.round + 1,
+            lambda start: train(start, gen),
+        )
+        assert done.trained is not None and done.upload is not None
+        starts[cid], trained[cid] = done.start, done.trained
+        uploads_by_cid[cid] = Upload(cid, n_samples[cid], done.upload)
+        new_views[cid] = dict(done.start.view)
     order = list(upload_order) if upload_order is not None else cids
     uploads = [uploads_by_cid[c] for c in order]
     new_state = method.aggregate(state, uploads, setup)

@@ -23,7 +23,6 @@ from fedlora.runtime.flower import client_app
 from fedlora.runtime.flower.protocol import (
     Instruction,
     Memory,
-    Report,
     config_for_nodes,
     instruction_content,
     pack_memory,
@@ -34,6 +33,7 @@ from fedlora.runtime.flower.protocol import (
 )
 from fedlora.runtime.flower.server import serve
 from fedlora.runtime.flower.server_app import decode_config, encode_config, settings
+from fedlora.runtime.outcome import ClientOutcome, Transfer
 from tests.conftest import tiny_overrides
 from tests.runtime.local_grid import LocalGrid
 
@@ -108,18 +108,16 @@ def test_instruction_and_report_round_trip() -> None:
     ins = Instruction(
         round=3, cid=1, train=True, config='{"seed": 1}', broadcast=b"\x00\x01", sync=b"memory"
     )
-    rep = Report(
+    rep = ClientOutcome(
         cid=1,
         round=3,
-        status="ok",
-        upload=b"\xff" * 7,
-        params=12,
-        encodings={"x": {"dense": 1}},
+        upload=Transfer(b"\xff" * 7, 12, {"x": {"dense": 1}}),
         n_samples=9,
         train_loss=0.5,
         tokens=40,
         train_seconds=1.5,
         overhead_seconds=0.25,
+        nonce="n1",
     )
 
     assert read_instruction(instruction_content(ins)) == ins
@@ -361,8 +359,7 @@ def test_resumed_flower_run_resynchronises_fresh_nodes(
     ],
 )
 def test_a_hostile_json_field_is_refused_before_it_is_parsed(text: str, problem: str) -> None:
-    rep = Report(cid=0, round=1, status="ok", encodings={})
-    content = report_content(rep)
+    content = report_content(ClientOutcome(cid=0, round=1))
     content.config_records["fedlora"]["encodings"] = text
 
     with pytest.raises(PayloadError, match=problem):
@@ -370,8 +367,8 @@ def test_a_hostile_json_field_is_refused_before_it_is_parsed(text: str, problem:
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
-    rep = Report(cid=0, round=1, status="ok", upload_report={"note": "[[[[[[[[[[{{{{{"})
-    assert read_report(report_content(rep)).upload_report == {"note": "[[[[[[[[[[{{{{{"}
+    rep = ClientOutcome(cid=0, round=1, report={"note": "[[[[[[[[[[{{{{{"})
+    assert read_report(report_content(rep)).report == {"note": "[[[[[[[[[[{{{{{"}
 
 
 def test_nodes_see_no_data_path_and_no_other_clients_file(client_files: list[str]) -> None:

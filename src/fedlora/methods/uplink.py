@@ -49,8 +49,9 @@ from fedlora.methods.base import (
     Upload,
 )
 from fedlora.methods.common import dense
+from fedlora.methods.half_round import half_round, untrained_upload
 from fedlora.ops.seeded_init import SeededInit
-from fedlora.ops.seeds import Stream, client_seed, label_seed
+from fedlora.ops.seeds import label_seed
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.sparsify import RatioRule, delta_scores, ratio_summary, select
 
@@ -203,8 +204,7 @@ class SparseUplink:
     ) -> ClientStart:
         """What ``client`` trained from in runtime round ``round_``, rebuilt on the server."""
         received = as_received(self.inner.broadcast(state, setup, client), self.wire_dtype)
-        seed = client_seed(setup.seed, Stream.CLIENT_START, round_, client.cid)
-        return self.inner.client_start(None, received, setup, client, seed)
+        return half_round(self.inner, setup, client, None, received, round_).start
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         rebuilt = []
@@ -212,8 +212,7 @@ class SparseUplink:
             client = setup.client(up.cid)
             round_ = up.round if up.round is not None else state.round + 1
             start = self.rebuilt_start(state, setup, client, round_)
-            seed = client_seed(setup.seed, Stream.UPLOAD, round_, client.cid)
-            ref = self.inner.upload(start, start.adapter, setup, client, seed)
+            ref = untrained_upload(self.inner, setup, client, start, round_)
             payload: Payload = {
                 name: dense(ref[name]) + dense(up.payload[name]).to(dense(ref[name]).dtype)
                 for name in ref

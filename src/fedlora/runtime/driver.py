@@ -8,7 +8,8 @@ round *is* lives here, once:
    alpha) and address it to every client of that shape (every client gets one, trained or
    not, so delta-synchronised methods stay in sync and base merges reach everyone);
 3. apply the round's base merge to the server's model;
-4. hand the broadcasts to the transport, which returns one :class:`Reply` per client;
+4. hand the broadcasts to the transport, which returns one
+   :class:`~fedlora.runtime.outcome.ClientOutcome` per client;
 5. mirror every client's view with the same ``client_start`` the client runs (the server's
    copy is what checkpoints hold and what re-synchronises a client that missed a round);
    clients that held one view and got one broadcast share the new view, computed once;
@@ -38,19 +39,14 @@ import torch
 
 from fedlora.config import RunConfig
 from fedlora.methods.base import Factored, Method, Payload, Setup, Tensor
-from fedlora.ops.seeds import Stream, client_seed, stream_seed
+from fedlora.methods.half_round import client_start
+from fedlora.ops.seeds import Stream, stream_seed
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
 from fedlora.runtime.evaluate import Scores
+from fedlora.runtime.outcome import ClientOutcome, Transfer
 from fedlora.runtime.run_folder import RunState, start_or_resume
-from fedlora.runtime.steps import (
-    ClientOutcome,
-    ServerOutcome,
-    Transfer,
-    max_bytes,
-    send,
-    server_step,
-)
+from fedlora.runtime.steps import ServerOutcome, max_bytes, send, server_step
 from fedlora.runtime.tensorboard import with_tensorboard
 from fedlora.train.peft_io import compact, write_adapter
 from fedlora.train.timing import Timer, untimed
@@ -70,15 +66,6 @@ class Dispatch:
     broadcast: Transfer
     payload: Payload
     """``broadcast`` decoded, as the client decodes it (in-process transports use it)."""
-
-
-@dataclass
-class Reply:
-    """What came back from one client, and every byte its transport moved this round."""
-
-    outcome: ClientOutcome
-    sent_bytes: int = 0
-    received_bytes: int = 0
 
 
 @dataclass
@@ -119,8 +106,10 @@ class Transport(Protocol):
         """What the transport saw since the last round that belongs in the round's record
         (e.g. nodes refused for claiming another's identity); ``{}`` for none."""
 
-    def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
-        """Deliver round ``t``'s broadcasts; return a reply for each dispatched client."""
+    def exchange(
+        self, t: int, dispatches: Sequence[Dispatch], rs: RunState
+    ) -> dict[int, ClientOutcome]:
+        """Deliver round ``t``'s broadcasts; return an outcome for each dispatched client."""
 
     def evaluate(
         self, t: int, update: Mapping[str, Factored], rs: RunState
@@ -141,14 +130,20 @@ def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
 
 
 def _mirror_views(
-    fed: Server, rs: RunState, dispatches: Sequence[Dispatch], t: int
+    fed: Server,
+    rs: RunState,
+    dispatches: Sequence[Dispatch],
+    outcomes: Mapping[int, ClientOutcome],
+    t: int,
 ) -> tuple[dict[int, str], dict[int, dict[str, Tensor]]]:
     """Update every client's view as its ``client_start`` does; returns who could not, and
     each training client's upload reference (``Method.upload_reference`` of its start).
 
-    A new view depends on the old one, the broadcast and the client's shape only (the
-    ``Method`` contract), so clients alike in all three share one, computed once. A start's
-    adapter may depend on the client's own seed, so a training client's start is its own.
+    A start the client played in this process (``ClientOutcome.start``) is used as it is;
+    any other is computed here, once. A new view depends on the old one, the broadcast and
+    the client's shape only (the ``Method`` contract), so clients alike in all three share
+    one. A start's adapter may depend on the client's own seed, so a training client's
+    start is its own.
     """
     unapplied: dict[int, str] = {}
     references: dict[int, dict[str, Tensor]] = {}
@@ -158,17 +153,19 @@ def _mirror_views(
         client = fed.setup.client(d.cid)
         old = rs.views[d.cid]
         alike = (id(old), id(d.payload), client.shape)
-        if alike not in done or d.train:
-            seed = client_seed(fed.setup.seed, Stream.CLIENT_START, t, d.cid)
+        out = outcomes.get(d.cid)
+        start = out.start if out is not None else None
+        if start is None and (alike not in done or d.train):
             try:
-                start = fed.method.client_start(old, d.payload, fed.setup, client, seed)
-                done.setdefault(alike, (old, dict(start.view)))
-                if d.train:
-                    references[d.cid] = fed.method.upload_reference(start, fed.setup, client)
+                start = client_start(fed.method, fed.setup, client, old, d.payload, t)
             except Exception as exc:  # the client cannot apply it either: it keeps its view
                 log.warning("round %d: client %d cannot apply the broadcast: %s", t, d.cid, exc)
                 why = f"broadcast could not be applied: {type(exc).__name__}: {exc}"
                 done.setdefault(alike, (old, why))
+        if start is not None:
+            done.setdefault(alike, (old, dict(start.view)))
+            if d.train:
+                references[d.cid] = fed.method.upload_reference(start, fed.setup, client)
         new = done[alike][1]
         if isinstance(new, str):
             unapplied[d.cid] = new
@@ -211,10 +208,10 @@ def run_round(
     replies = transport.exchange(t, dispatches, rs)
     for cid in sampled:
         report("client_done", {"round": t, "cid": cid})
-    unapplied, references = _mirror_views(fed, rs, dispatches, t)
+    unapplied, references = _mirror_views(fed, rs, dispatches, replies, t)
     uploads, failures = {}, {}
     for cid in sampled:
-        out = replies[cid].outcome if cid in replies else None
+        out = replies.get(cid)
         if cid in unapplied:
             failures[cid] = unapplied[cid]
         elif out is None or out.upload is None:
@@ -277,7 +274,7 @@ def round_record(
     t: int,
     sampled: list[int],
     dispatches: Sequence[Dispatch],
-    replies: dict[int, Reply],
+    replies: Mapping[int, ClientOutcome],
     uploaded: set[int],
     server: ServerOutcome,
 ) -> dict[str, Any]:
@@ -287,7 +284,7 @@ def round_record(
     everything the runtime's transport moved per client (payloads plus, on Flower, the
     config and re-sync blobs of its messages).
     """
-    up = {cid: replies[cid].outcome for cid in sorted(uploaded)}
+    up = {cid: replies[cid] for cid in sorted(uploaded)}
     record: dict[str, Any] = {
         "round": t,
         "method": fed.method.name,

@@ -19,10 +19,11 @@ from typing import Any
 from fedlora.config import RunConfig
 from fedlora.methods.base import Factored
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import Dispatch, EvalReply, Reply, Reporter, drive
+from fedlora.runtime.driver import Dispatch, EvalReply, Reporter, drive
 from fedlora.runtime.evaluate import score_sets
+from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
-from fedlora.runtime.steps import ClientOutcome, client_step
+from fedlora.runtime.steps import client_step
 from fedlora.train.timing import Timer, untimed
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,17 @@ class InProcess:
         self.fed = fed
         self.timer = timer
         self.report = report or (lambda kind, info: None)
-        self.last: dict[int, Reply] = {}
-        """The replies of the last exchange (what a benchmark reads back)."""
 
-    def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
+    def exchange(
+        self, t: int, dispatches: Sequence[Dispatch], rs: RunState
+    ) -> dict[int, ClientOutcome]:
         fed = self.fed
-        replies: dict[int, Reply] = {}
+        replies: dict[int, ClientOutcome] = {}
         for d in dispatches:
             if not d.train:
                 # An idle client's view is the server's mirror (one process, one memory), so
-                # applying its broadcast again here would only repeat the driver's work.
-                replies[d.cid] = Reply(ClientOutcome(cid=d.cid, view={}), d.broadcast.nbytes)
+                # applying its broadcast here would only repeat the driver's work.
+                replies[d.cid] = ClientOutcome(d.cid, t, sent_bytes=d.broadcast.nbytes)
                 continue
             client = fed.setup.client(d.cid)
             try:
@@ -74,7 +75,7 @@ class InProcess:
             except Exception as exc:  # a client's failure must not end the federation
                 log.warning("round %d: client %d failed: %s", t, d.cid, exc)
                 outcome = ClientOutcome(
-                    cid=d.cid, view={}, error=f"client failed: {type(exc).__name__}: {exc}"
+                    d.cid, t, error=f"client failed: {type(exc).__name__}: {exc}"
                 )
             self.report(
                 "client_trained",
@@ -86,9 +87,9 @@ class InProcess:
                     "error": outcome.error,
                 },
             )
-            received = outcome.upload.nbytes if outcome.upload is not None else 0
-            replies[d.cid] = Reply(outcome, sent_bytes=d.broadcast.nbytes, received_bytes=received)
-        self.last = replies
+            outcome.sent_bytes = d.broadcast.nbytes
+            outcome.received_bytes = outcome.upload.nbytes if outcome.upload is not None else 0
+            replies[d.cid] = outcome
         return replies
 
     def evaluate(

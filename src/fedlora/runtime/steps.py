@@ -12,22 +12,32 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
 from fedlora.config import RunConfig
 from fedlora.errors import PayloadError
-from fedlora.methods.base import ClientSpec, Method, Payload, ServerState, Setup, Tensor, Upload
+from fedlora.methods.base import (
+    ClientSpec,
+    ClientStart,
+    Lora,
+    Method,
+    Payload,
+    ServerState,
+    Setup,
+    Tensor,
+    Upload,
+)
+from fedlora.methods.half_round import half_round
 from fedlora.models.placement import device_of
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime.guard import ClipPolicy, guard, non_finite
+from fedlora.runtime.outcome import ClientOutcome, Transfer
 from fedlora.train.adapters import on_device, slot_name
 from fedlora.train.batches import Encoded, truncated_count
-from fedlora.train.local import train_local
+from fedlora.train.local import LocalResult, train_local
 from fedlora.train.timing import Timer, untimed
 from fedlora.wire import decode, encode_with_stats
-from fedlora.wire.stats import WireStats
 
 log = logging.getLogger(__name__)
 
@@ -36,45 +46,10 @@ def max_bytes(cfg: RunConfig) -> int:
     return int(cfg.wire.max_payload_mb * 2**20)
 
 
-@dataclass(frozen=True)
-class Transfer:
-    """One encoded payload and what it carries."""
-
-    data: bytes
-    params: int
-    encodings: dict[str, dict[str, int]]
-    stats: WireStats | None = None
-    """The encoder's full accounting, where the sender kept it (not sent on the wire)."""
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.data)
-
-
 def send(payload: Payload, cfg: RunConfig) -> Transfer:
     """Encode a payload for the wire."""
     data, stats = encode_with_stats(payload, value_dtype=cfg.wire.value_dtype)
     return Transfer(data, stats.nonzero, stats.encodings(), stats)
-
-
-@dataclass
-class ClientOutcome:
-    """What one client's round produced (``upload`` is None when it failed)."""
-
-    cid: int
-    view: dict[str, Tensor]
-    upload: Transfer | None = None
-    n_samples: int = 0
-    train_loss: float | None = None
-    tokens: int = 0
-    truncated: int = 0
-    """How many of the client's training examples ``train.seq_len`` cut."""
-    train_seconds: float = 0.0
-    overhead_seconds: float = 0.0
-    error: str | None = None
-    report: dict[str, Any] = field(default_factory=dict)
-    trainable: frozenset[str] = frozenset({"A", "B"})
-    """The factors the client trained (``ClientStart.trainable``)."""
 
 
 def receive_broadcast(
@@ -105,53 +80,50 @@ def client_step(
     phases listed in :mod:`fedlora.train.timing`.
     """
     began = time.perf_counter()
-    with timer("client_start"):
-        start = method.client_start(
-            view,
-            broadcast,
-            setup,
-            client,
-            client_seed(setup.seed, Stream.CLIENT_START, round_, client.cid),
-        )
-    outcome = ClientOutcome(cid=client.cid, view=dict(start.view), trainable=start.trainable)
+    first = half_round(method, setup, client, view, broadcast, round_, phase=timer)
+    outcome = ClientOutcome(cid=client.cid, round=round_, start=first.start)
     if not train:
         return outcome
-    # The broadcast is applied (the view above) even if training fails below, so a client
+    # The broadcast is applied (the start above) even if training fails below, so a client
     # that crashes in one round is still in sync for the next.
-    try:
+    trained: list[LocalResult] = []
+
+    def local(start: ClientStart) -> Lora:
         # The regulariser compares the trained factors with the start, on the model's device.
         here = on_device(start, device_of(model))
-        result = train_local(
-            model,
-            slot_name(client.rank, client.alpha),
-            start,
-            examples,
-            cfg.train,
-            client_seed(setup.seed, Stream.TRAIN, round_, client.cid),
-            pad_id,
-            regulariser=lambda current: method.regulariser(current, here),
-            timeout_s=cfg.federation.client_timeout_s,
-            timer=timer,
-            round_=round_,
-            rounds=max(round_, cfg.federation.rounds),
-        )
-        with timer("upload"):
-            payload = method.upload(
+        trained.append(
+            train_local(
+                model,
+                slot_name(client.rank, client.alpha),
                 start,
-                result.adapter,
-                setup,
-                client,
-                client_seed(setup.seed, Stream.UPLOAD, round_, client.cid),
+                examples,
+                cfg.train,
+                client_seed(setup.seed, Stream.TRAIN, round_, client.cid),
+                pad_id,
+                regulariser=lambda current: method.regulariser(current, here),
+                timeout_s=cfg.federation.client_timeout_s,
+                timer=timer,
+                round_=round_,
+                rounds=max(round_, cfg.federation.rounds),
             )
-        outcome.report = method.upload_report(start, result.adapter, setup, client)
+        )
+        return trained[-1].adapter
+
+    try:
+        done = half_round(
+            method, setup, client, view, broadcast, round_, local, start=first.start, phase=timer
+        )
     except Exception as exc:
         log.warning(
             "round %d: client %d failed: %s: %s", round_, client.cid, type(exc).__name__, exc
         )
         outcome.error = f"client failed: {type(exc).__name__}: {exc}"
         return outcome
+    assert done.upload is not None
+    result = trained[-1]
+    outcome.report = done.report
     with timer("upload_encode"):
-        outcome.upload = send(payload, cfg)
+        outcome.upload = send(done.upload, cfg)
     outcome.n_samples = len(examples)
     outcome.train_loss = result.mean_loss
     outcome.tokens = result.tokens

@@ -36,11 +36,12 @@ from fedlora.methods.base import (
     Method,
     Setup,
 )
-from fedlora.ops.seeds import Stream, client_seed
-from fedlora.runtime.driver import Dispatch, EvalReply, Reply
+from fedlora.methods.half_round import half_round
+from fedlora.runtime.driver import Dispatch, EvalReply
 from fedlora.runtime.evaluate import Scores
+from fedlora.runtime.outcome import ClientOutcome, Transfer
 from fedlora.runtime.run_folder import RunState
-from fedlora.runtime.steps import ClientOutcome, Transfer, send
+from fedlora.runtime.steps import send
 
 Tensor = torch.Tensor
 
@@ -119,25 +120,29 @@ class SyntheticTransport:
     def notes(self) -> dict[str, Any]:
         return {}
 
-    def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
+    def exchange(
+        self, t: int, dispatches: Sequence[Dispatch], rs: RunState
+    ) -> dict[int, ClientOutcome]:
         method, setup, cfg = self.server.method, self.server.setup, self.server.cfg
         self.sent[t] = [d.broadcast for d in dispatches]
         self.uploaded[t] = []
-        replies: dict[int, Reply] = {}
+        replies: dict[int, ClientOutcome] = {}
         for d in dispatches:
             client = setup.client(d.cid)
-            start_seed = client_seed(setup.seed, Stream.CLIENT_START, t, d.cid)
-            start = method.client_start(rs.views[d.cid], d.payload, setup, client, start_seed)
-            outcome = ClientOutcome(cid=d.cid, view=dict(start.view), trainable=start.trainable)
-            if d.train and t <= self.train_rounds:
-                trained = trained_adapter(start, setup, client, setup.seed + t)
-                upload_seed = client_seed(setup.seed, Stream.UPLOAD, t, d.cid)
-                payload = method.upload(start, trained, setup, client, upload_seed)
-                outcome.upload = send(payload, cfg)
+            trains = d.train and t <= self.train_rounds
+            synthetic = (
+                (lambda s, c=client: trained_adapter(s, setup, c, setup.seed + t))
+                if trains
+                else None
+            )
+            done = half_round(method, setup, client, rs.views[d.cid], d.payload, t, synthetic)
+            outcome = ClientOutcome(d.cid, t, start=done.start, sent_bytes=d.broadcast.nbytes)
+            if done.upload is not None:
+                outcome.upload = send(done.upload, cfg)
                 outcome.n_samples = n_samples(d.cid)
+                outcome.received_bytes = outcome.upload.nbytes
                 self.uploaded[t].append(outcome.upload)
-            received = outcome.upload.nbytes if outcome.upload is not None else 0
-            replies[d.cid] = Reply(outcome, d.broadcast.nbytes, received)
+            replies[d.cid] = outcome
         return replies
 
     def evaluate(

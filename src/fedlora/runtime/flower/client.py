@@ -34,9 +34,9 @@ from fedlora.runtime.flower.protocol import (
     EvalReport,
     Instruction,
     Memory,
-    Report,
     unpack_memory,
 )
+from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.steps import client_step, receive_broadcast
 from fedlora.train.adapters import add_into_base, layer_specs
 from fedlora.train.batches import Encoded, encode, pad_id_of
@@ -120,7 +120,7 @@ def build_client(cfg: RunConfig, cid: int) -> ClientParts:
 
 def client_round(
     ins: Instruction, memory: Memory, partition_id: int, data_file: str | None = None
-) -> tuple[Report, Memory]:
+) -> tuple[ClientOutcome, Memory]:
     """Play one round for this node: returns the reply and the memory to keep.
 
     Raises ``PayloadError`` if the message is not meant for this node's partition. Data the
@@ -133,7 +133,8 @@ def client_round(
     if memory.round != ins.round - 1:
         why = f"client remembers round {memory.round}, round {ins.round} needs {ins.round - 1}"
         log.warning("client %d out of sync: %s", ins.cid, why)
-        return Report(ins.cid, ins.round, "out-of-sync", ins.nonce, error=why), memory
+        stale = ClientOutcome(ins.cid, ins.round, error=why, in_sync=False, nonce=ins.nonce)
+        return stale, memory
     cfg = config_mod.from_dict(json.loads(ins.config))
     parts = build_client(cfg, ins.cid)
     examples: list[Encoded] = []
@@ -164,29 +165,10 @@ def client_round(
         pad_id=parts.pad_id,
         train=ins.train and unreadable is None,
     )
-    error = unreadable or outcome.error
-    report = Report(
-        cid=ins.cid,
-        round=ins.round,
-        status="failed" if error else "ok",
-        nonce=ins.nonce,
-        n_samples=outcome.n_samples,
-        train_loss=outcome.train_loss,
-        tokens=outcome.tokens,
-        truncated=outcome.truncated,
-        train_seconds=outcome.train_seconds,
-        overhead_seconds=outcome.overhead_seconds,
-        error=error,
-    )
-    if outcome.upload is not None:
-        report = dataclasses.replace(
-            report,
-            upload=outcome.upload.data,
-            params=outcome.upload.params,
-            encodings=outcome.upload.encodings,
-            upload_report=outcome.report,
-        )
-    return report, Memory(ins.round, outcome.view, merges)
+    outcome.error = unreadable or outcome.error
+    outcome.nonce = ins.nonce
+    assert outcome.start is not None
+    return outcome, Memory(ins.round, dict(outcome.start.view), merges)
 
 
 def client_evaluate(

@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.common import serde
 
 from fedlora.errors import PayloadError
+from fedlora.runtime.outcome import ClientOutcome, Transfer
 
 if TYPE_CHECKING:  # torch is imported only where tensors are (un)packed: see client_app
     from fedlora.methods.base import Factored, Tensor
@@ -49,29 +50,6 @@ class Instruction:
     sync: bytes | None = None
     nonce: str = ""
     """Fresh per message; the reply must echo it (:mod:`.identity`)."""
-
-
-@dataclass
-class Report:
-    """A client's reply for one round. ``status`` is ``ok``, ``failed`` (training failed;
-    the broadcast was still applied) or ``out-of-sync`` (the client's memory is not that of
-    the previous round and no sync came with the message)."""
-
-    cid: int
-    round: int
-    status: str
-    nonce: str = ""
-    upload: bytes | None = None
-    params: int = 0
-    encodings: dict[str, dict[str, int]] = field(default_factory=dict)
-    n_samples: int = 0
-    train_loss: float | None = None
-    tokens: int = 0
-    truncated: int = 0
-    train_seconds: float = 0.0
-    overhead_seconds: float = 0.0
-    error: str | None = None
-    upload_report: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,29 +109,39 @@ def read_instruction(content: RecordDict) -> Instruction:
     )
 
 
-def report_content(rep: Report) -> RecordDict:
-    """The ``RecordDict`` of a client's reply."""
+def status_of(outcome: ClientOutcome) -> str:
+    """A reply's status: ``ok``, ``failed`` (training failed; the broadcast was still
+    applied) or ``out-of-sync`` (the node's memory is not that of the round before and no
+    sync came with the message)."""
+    if not outcome.in_sync:
+        return "out-of-sync"
+    return "failed" if outcome.error else "ok"
+
+
+def report_content(outcome: ClientOutcome) -> RecordDict:
+    """The ``RecordDict`` of a client's reply: its outcome (the start stays on the node)."""
+    up = outcome.upload
     values: dict[str, Any] = {
-        "cid": rep.cid,
-        "round": rep.round,
-        "status": rep.status,
-        "nonce": rep.nonce,
-        "params": rep.params,
-        "encodings": json.dumps(rep.encodings),
-        "n_samples": rep.n_samples,
-        "tokens": rep.tokens,
-        "truncated": rep.truncated,
-        "train_seconds": rep.train_seconds,
-        "overhead_seconds": rep.overhead_seconds,
+        "cid": outcome.cid,
+        "round": outcome.round,
+        "status": status_of(outcome),
+        "nonce": outcome.nonce,
+        "params": up.params if up is not None else 0,
+        "encodings": json.dumps(up.encodings if up is not None else {}),
+        "n_samples": outcome.n_samples,
+        "tokens": outcome.tokens,
+        "truncated": outcome.truncated,
+        "train_seconds": outcome.train_seconds,
+        "overhead_seconds": outcome.overhead_seconds,
     }
-    if rep.upload is not None:
-        values["upload"] = rep.upload
-    if rep.train_loss is not None:
-        values["train_loss"] = rep.train_loss
-    if rep.error is not None:
-        values["error"] = rep.error
-    if rep.upload_report:
-        values["upload_report"] = json.dumps(rep.upload_report)
+    if up is not None:
+        values["upload"] = up.data
+    if outcome.train_loss is not None:
+        values["train_loss"] = outcome.train_loss
+    if outcome.error is not None:
+        values["error"] = outcome.error
+    if outcome.report:
+        values["upload_report"] = json.dumps(outcome.report)
     return RecordDict({RECORD: ConfigRecord(values)})
 
 
@@ -213,7 +201,7 @@ def _encodings(value: Any) -> dict[str, dict[str, int]]:
     return value  # type: ignore[no-any-return]
 
 
-def read_report(content: RecordDict) -> Report:
+def read_report(content: RecordDict) -> ClientOutcome:
     """Parse a client's reply (raises ``PayloadError`` on anything malformed)."""
     if RECORD not in content.config_records:
         raise PayloadError("flower reply has no fedlora record")
@@ -225,22 +213,24 @@ def read_report(content: RecordDict) -> Report:
     status = _get(rec, "status", str)
     if status not in ("ok", "failed", "out-of-sync"):
         raise PayloadError(f"flower reply has unknown status {status!r}")
-    return Report(
+    upload = None
+    if "upload" in rec:
+        upload = Transfer(_get(rec, "upload", bytes), _get(rec, "params", int), encodings)
+    error = _get(rec, "error", str) if "error" in rec else None
+    return ClientOutcome(
         cid=_get(rec, "cid", int),
         round=_get(rec, "round", int),
-        status=status,
-        nonce=_get(rec, "nonce", str),
-        upload=_get(rec, "upload", bytes) if "upload" in rec else None,
-        params=_get(rec, "params", int),
-        encodings=encodings,
+        upload=upload,
         n_samples=_get(rec, "n_samples", int),
         train_loss=float(_get(rec, "train_loss", (int, float))) if "train_loss" in rec else None,
         tokens=_get(rec, "tokens", int),
         truncated=_get(rec, "truncated", int),
         train_seconds=float(_get(rec, "train_seconds", (int, float))),
         overhead_seconds=float(_get(rec, "overhead_seconds", (int, float))),
-        error=_get(rec, "error", str) if "error" in rec else None,
-        upload_report=upload_report,
+        error=error if status != "ok" else None,
+        report=upload_report,
+        in_sync=status != "out-of-sync",
+        nonce=_get(rec, "nonce", str),
     )
 
 

@@ -26,7 +26,7 @@ from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import Factored, Payload
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import Dispatch, EvalReply, Reply, drive, sample_clients
+from fedlora.runtime.driver import Dispatch, EvalReply, drive, sample_clients
 from fedlora.runtime.flower.identity import fresh_nonce, verify
 from fedlora.runtime.flower.nodes import Answer, Nodes, exchange, node_keys, wait_for_nodes
 from fedlora.runtime.flower.protocol import (
@@ -36,7 +36,6 @@ from fedlora.runtime.flower.protocol import (
     EvalInstruction,
     Instruction,
     Memory,
-    Report,
     config_for_nodes,
     content_bytes,
     eval_instruction_content,
@@ -45,8 +44,8 @@ from fedlora.runtime.flower.protocol import (
     read_eval_report,
     read_report,
 )
+from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
-from fedlora.runtime.steps import ClientOutcome, Transfer
 from fedlora.wire import encode
 
 log = logging.getLogger(__name__)
@@ -76,9 +75,9 @@ class ServerOptions:
 
 def _collect(
     t: int, cid: int, nonce: str, reply: Answer, transport: FlowerTransport
-) -> Report | str:
-    """One client's reply as a Report, or why there is none; anything but a clean reply
-    means the client may be out of sync (it is re-synchronised next round). Nothing a reply
+) -> ClientOutcome:
+    """One client's reply as the driver reads it, or why there is none (its ``error``);
+    anything but a clean reply means the client may be out of sync (it is re-synchronised next round). Nothing a reply
     holds can raise out of here."""
     why: str
     if reply is None:
@@ -99,13 +98,13 @@ def _collect(
         except Exception as exc:
             why = f"invalid reply: {_reason(exc)}"
         else:
-            if rep.status != "out-of-sync":
+            if rep.in_sync:
                 transport.needs_sync.discard(cid)  # it applied the broadcast
                 return rep
             why = f"out of sync: {rep.error}"
     transport.needs_sync.add(cid)
     log.warning("round %d: client %d: %s", t, cid, why)
-    return why
+    return ClientOutcome(cid, t, error=why)
 
 
 def _reason(exc: BaseException) -> str:
@@ -135,27 +134,6 @@ def _eval_reply(
     # A client may only report the sets it owns.
     own = {name: s for name, s in rep.scores.items() if name == f"client{cid}"}
     return EvalReply(own, 0, received)
-
-
-def _outcome(cid: int, got: Report | str) -> ClientOutcome:
-    """A reply as the driver reads it (the same fields the in-process client step fills)."""
-    if isinstance(got, str):
-        return ClientOutcome(cid=cid, view={}, error=got)
-    out = ClientOutcome(
-        cid=cid,
-        view={},
-        n_samples=got.n_samples,
-        train_loss=got.train_loss,
-        tokens=got.tokens,
-        truncated=got.truncated,
-        train_seconds=got.train_seconds,
-        overhead_seconds=got.overhead_seconds,
-        error=got.error if got.status == "failed" else None,
-        report=dict(got.upload_report),
-    )
-    if got.upload is not None:
-        out.upload = Transfer(got.upload, got.params, got.encodings)
-    return out
 
 
 class FlowerTransport:
@@ -195,15 +173,17 @@ class FlowerTransport:
         answers = exchange(self.grid, msgs, self.opts.round_timeout, self.max_reply)
         return dict(zip(contents, answers, strict=True))
 
-    def exchange(self, t: int, dispatches: Sequence[Dispatch], rs: RunState) -> dict[int, Reply]:
+    def exchange(
+        self, t: int, dispatches: Sequence[Dispatch], rs: RunState
+    ) -> dict[int, ClientOutcome]:
         self.nodes.discover(self.grid, self.opts.round_timeout, self.max_reply)
-        replies: dict[int, Reply] = {}
+        replies: dict[int, ClientOutcome] = {}
         contents: dict[int, RecordDict] = {}
         nonces: dict[int, str] = {}
         for d in dispatches:
             if d.cid not in self.nodes.by_cid:
                 self.needs_sync.add(d.cid)
-                replies[d.cid] = Reply(_outcome(d.cid, "no SuperNode serves this client"))
+                replies[d.cid] = ClientOutcome(d.cid, t, error="no SuperNode serves this client")
                 continue
             sync = None
             if d.cid in self.needs_sync:
@@ -222,9 +202,10 @@ class FlowerTransport:
             contents[d.cid] = instruction_content(ins)
         for cid, reply in self._send(TRAIN, t, contents).items():
             got = _collect(t, cid, nonces[cid], reply, self)
-            ok = isinstance(reply, Message) and not reply.has_error()
-            received = content_bytes(reply.content) if isinstance(reply, Message) and ok else 0
-            replies[cid] = Reply(_outcome(cid, got), content_bytes(contents[cid]), received)
+            got.sent_bytes = content_bytes(contents[cid])
+            if isinstance(reply, Message) and not reply.has_error():
+                got.received_bytes = content_bytes(reply.content)
+            replies[cid] = got
         return replies
 
     def evaluate(

@@ -1,0 +1,90 @@
+"""The client's half of a round, written once: starting view → training → upload.
+
+Every place a client's round is played calls :func:`half_round`: the in-process and Flower
+clients (with real local training), the synthetic clients of ``fedlora comm`` and the
+benchmarks (with synthetic training), the server when it mirrors a client's start (no
+training), and the uplink plug-in when it rebuilds what a client would have uploaded
+untrained (training that changes nothing). The seeds are the run's named streams
+(:mod:`fedlora.ops.seeds`), so every caller derives the same start and the same upload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedlora.methods.base import ClientSpec, ClientStart, Lora, Method, Payload, Setup, Tensor
+from fedlora.ops.seeds import Stream, client_seed
+
+Train = Callable[[ClientStart], Lora]
+"""Local training: the start in, the trained adapter out."""
+
+Phase = Callable[[str], AbstractContextManager[Any]]
+"""Something to wrap each phase in (a timer); by default nothing."""
+
+
+def _untimed(name: str) -> AbstractContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class HalfRound:
+    """A client's round: where it started, what it trained, what it uploads."""
+
+    start: ClientStart
+    trained: Lora | None = None
+    upload: Payload | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def client_start(
+    method: Method,
+    setup: Setup,
+    client: ClientSpec,
+    view: Mapping[str, Tensor] | None,
+    broadcast: Payload,
+    round_: int,
+) -> ClientStart:
+    """``client``'s start in ``round_``: the broadcast applied to its view, seeded."""
+    seed = client_seed(setup.seed, Stream.CLIENT_START, round_, client.cid)
+    return method.client_start(view, broadcast, setup, client, seed)
+
+
+def half_round(
+    method: Method,
+    setup: Setup,
+    client: ClientSpec,
+    view: Mapping[str, Tensor] | None,
+    broadcast: Payload,
+    round_: int,
+    train: Train | None = None,
+    *,
+    start: ClientStart | None = None,
+    phase: Phase = _untimed,
+) -> HalfRound:
+    """Play ``client``'s half of ``round_``: its start and, with ``train``, the trained
+    adapter, the upload and its report (``start``: one computed already). ``phase`` wraps
+    ``client_start``, ``train`` and ``upload``."""
+    if start is None:
+        with phase("client_start"):
+            start = client_start(method, setup, client, view, broadcast, round_)
+    if train is None:
+        return HalfRound(start)
+    trained = train(start)
+    with phase("upload"):
+        seed = client_seed(setup.seed, Stream.UPLOAD, round_, client.cid)
+        upload = method.upload(start, trained, setup, client, seed)
+    report = method.upload_report(start, trained, setup, client)
+    return HalfRound(start, trained, upload, report)
+
+
+def untrained_upload(
+    method: Method, setup: Setup, client: ClientSpec, start: ClientStart, round_: int
+) -> Payload:
+    """What ``client`` would upload from ``start`` in ``round_`` had it not trained."""
+    done = half_round(method, setup, client, None, {}, round_, lambda s: s.adapter, start=start)
+    assert done.upload is not None
+    return done.upload
