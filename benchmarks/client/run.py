@@ -158,9 +158,9 @@ def fedlora_round(run: MethodRun) -> Sample:
     watch.calls.clear()
     record = run_round(run.fed, run.rs, run.transport, lambda kind, info: None, timer=watch)
     outcome = run.transport.last[0]
-    if record["skipped"] or outcome.upload is None:
-        why = outcome.error or record["dropped"]
-        raise FedloraError(f"{run.fed.method.name}: round {record['round']} failed: {why}")
+    if record.skipped or outcome.upload is None:
+        why = outcome.error or record.dropped
+        raise FedloraError(f"{run.fed.method.name}: round {record.round} failed: {why}")
     run.trainable = outcome.start.trainable if outcome.start is not None else run.trainable
     swaps = watch.get("swap_in") + watch.get("swap_out")
     overhead = {name: watch.get(name) for name in OVERHEAD_PHASES if name != "other"}
@@ -173,7 +173,7 @@ def fedlora_round(run: MethodRun) -> Sample:
     )
     overhead["other"] = max(0.0, watch.get("client_step") - inside)
     return Sample(
-        round=record["round"],
+        round=record.round,
         tokens=outcome.tokens,
         bare_tokens=0,
         bare_seconds=0.0,

@@ -98,10 +98,9 @@ def base_scores(budget: Budget, seed: int, root: Path, files: Sequence[str]) -> 
             return dict(stored)
     log.info("scoring the base model for seed %d", seed)
     fed = assemble(cfg, lambda kind, info: None)
-    began = time.perf_counter()
     rs = RunState(0, fed.method.init_server(fed.setup), {})
-    scores = evaluation(fed, InProcess(fed), rs, {})["eval"]
-    doc = {"key": key, "eval": scores, "eval_seconds": time.perf_counter() - began}
+    evaluated = evaluation(fed, InProcess(fed), rs, {})
+    doc = {"key": key, "eval": evaluated.scores, "eval_seconds": evaluated.seconds}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return doc

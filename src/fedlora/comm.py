@@ -171,8 +171,8 @@ def measure_method(
     )
     for _ in range(rounds):
         record = run_round(server, rs, transport, lambda kind, info: None)
-        if record["skipped"]:
-            raise FedloraError(f"{method.name}: round {rs.round} dropped {record['dropped']}")
+        if record.skipped:
+            raise FedloraError(f"{method.name}: round {rs.round} dropped {record.dropped}")
     # One more round for the broadcast after the last aggregation; nobody trains in it, so
     # the server skips it by design (its warning would only be noise here).
     steps_log = logging.getLogger("fedlora.runtime.steps")

@@ -45,6 +45,7 @@ from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
 from fedlora.runtime.evaluate import Scores
 from fedlora.runtime.outcome import ClientOutcome, Transfer
+from fedlora.runtime.records import Evaluation, RoundRecord
 from fedlora.runtime.run_folder import RunState, start_or_resume
 from fedlora.runtime.steps import ServerOutcome, max_bytes, send, server_step
 from fedlora.runtime.tensorboard import with_tensorboard
@@ -180,10 +181,11 @@ def run_round(
     transport: Transport,
     report: Reporter,
     timer: Timer = untimed,
-) -> dict[str, Any]:
+) -> RoundRecord:
     """Play one round on ``rs`` (mutated: it is the run's explicit progress); returns its
     metrics record. ``timer`` sees the server's phases (``broadcast_encode``,
     ``broadcast_decode``, ``base_merge``, ``upload_decode``; :mod:`fedlora.train.timing`)."""
+    began = time.perf_counter()
     cfg, method, setup = fed.cfg, fed.method, fed.setup
     t = rs.round + 1
     sampled = sample_clients(cfg, t)
@@ -234,92 +236,98 @@ def run_round(
     # A skipped round keeps the state, less what its broadcast already merged everywhere.
     rs.state = method.skip_round(server.state, setup) if server.skipped else server.state
     rs.round = t
-    record = round_record(fed, t, sampled, dispatches, replies, set(uploads), server)
-    record.update(transport.notes())
+    evaluated = None
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
         report("eval_start", {"round": t})
-        began = time.perf_counter()
         evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state, setup))
-        record["eval_seconds"] = time.perf_counter() - began
-        record["eval"] = evaluated["eval"]
-        record["transport_bytes"].update(evaluated.get("transport_bytes", {}))
-        if "eval_dropped" in evaluated:
-            record["eval_dropped"] = evaluated["eval_dropped"]
-    return record
+    return round_record(
+        fed,
+        RoundFacts(t, sampled, dispatches, replies, set(uploads), server, transport.notes()),
+        evaluated,
+        time.perf_counter() - began,
+    )
 
 
 def evaluation(
     fed: Server, transport: Transport, rs: RunState, update: Mapping[str, Factored]
-) -> dict[str, Any]:
+) -> Evaluation:
     """Scores of the global model (base plus ``update``): the server's own sets, scored here,
     and each client's own sets, scored on that client through the transport."""
+    began = time.perf_counter()
     scores = fed.score(update)
-    replies = transport.evaluate(rs.round, update, rs)
-    out: dict[str, Any] = {"eval": scores}
-    for _, reply in sorted(replies.items()):
+    replies = sorted(transport.evaluate(rs.round, update, rs).items())
+    for _, reply in replies:
         scores.update(reply.scores)
-    if replies:
-        out["transport_bytes"] = {
-            "eval_sent": {str(cid): r.sent_bytes for cid, r in sorted(replies.items())},
-            "eval_received": {str(cid): r.received_bytes for cid, r in sorted(replies.items())},
-        }
-    dropped = {str(cid): r.error for cid, r in sorted(replies.items()) if r.error}
-    if dropped:
-        out["eval_dropped"] = dropped
-    return out
+    return Evaluation(
+        scores,
+        time.perf_counter() - began,
+        sent={str(cid): r.sent_bytes for cid, r in replies},
+        received={str(cid): r.received_bytes for cid, r in replies},
+        dropped={str(cid): r.error for cid, r in replies if r.error},
+    )
+
+
+@dataclass(frozen=True)
+class RoundFacts:
+    """What a round did, for its record."""
+
+    t: int
+    sampled: list[int]
+    dispatches: Sequence[Dispatch]
+    replies: Mapping[int, ClientOutcome]
+    uploaded: set[int]
+    server: ServerOutcome
+    notes: Mapping[str, Any]
 
 
 def round_record(
-    fed: Server,
-    t: int,
-    sampled: list[int],
-    dispatches: Sequence[Dispatch],
-    replies: Mapping[int, ClientOutcome],
-    uploaded: set[int],
-    server: ServerOutcome,
-) -> dict[str, Any]:
+    fed: Server, facts: RoundFacts, evaluated: Evaluation | None, seconds: float
+) -> RoundRecord:
     """The metrics.jsonl record of a round (the same fields in every runtime).
 
     ``upload_bytes`` / ``download_bytes`` are the encoded payloads; ``transport_bytes`` is
     everything the runtime's transport moved per client (payloads plus, on Flower, the
     config and re-sync blobs of its messages).
     """
-    up = {cid: replies[cid] for cid in sorted(uploaded)}
-    record: dict[str, Any] = {
-        "round": t,
-        "method": fed.method.name,
-        "sampled": sampled,
-        "value_dtype": fed.cfg.wire.value_dtype,
-        "train_loss": {str(cid): o.train_loss for cid, o in up.items() if o.train_loss is not None},
-        "n_samples": {str(cid): o.n_samples for cid, o in up.items()},
-        "tokens": {str(cid): o.tokens for cid, o in up.items()},
-        "truncated": {str(cid): o.truncated for cid, o in up.items()},
-        "upload_bytes": {str(cid): o.upload.nbytes for cid, o in up.items() if o.upload},
-        "upload_params": {str(cid): o.upload.params for cid, o in up.items() if o.upload},
-        "download_bytes": {str(d.cid): d.broadcast.nbytes for d in dispatches},
-        "download_params": {str(d.cid): d.broadcast.params for d in dispatches},
-        "encodings": {
-            "upload": {str(cid): o.upload.encodings for cid, o in up.items() if o.upload},
-            "download": {str(d.cid): d.broadcast.encodings for d in dispatches},
+    up = {cid: facts.replies[cid] for cid in sorted(facts.uploaded)}
+    loads = {str(c): o.upload for c, o in up.items() if o.upload is not None}
+    replies, server = sorted(facts.replies.items()), facts.server
+    return RoundRecord(
+        round=facts.t,
+        method=fed.method.name,
+        sampled=facts.sampled,
+        value_dtype=fed.cfg.wire.value_dtype,
+        train_loss={str(c): o.train_loss for c, o in up.items() if o.train_loss is not None},
+        n_samples={str(c): o.n_samples for c, o in up.items()},
+        tokens={str(c): o.tokens for c, o in up.items()},
+        truncated={str(c): o.truncated for c, o in up.items()},
+        upload_bytes={c: u.nbytes for c, u in loads.items()},
+        upload_params={c: u.params for c, u in loads.items()},
+        download_bytes={str(d.cid): d.broadcast.nbytes for d in facts.dispatches},
+        download_params={str(d.cid): d.broadcast.params for d in facts.dispatches},
+        encodings={
+            "upload": {c: u.encodings for c, u in loads.items()},
+            "download": {str(d.cid): d.broadcast.encodings for d in facts.dispatches},
         },
-        "transport_bytes": {
-            "sent": {str(cid): r.sent_bytes for cid, r in sorted(replies.items())},
-            "received": {str(cid): r.received_bytes for cid, r in sorted(replies.items())},
+        transport_bytes={
+            "sent": {str(c): r.sent_bytes for c, r in replies},
+            "received": {str(c): r.received_bytes for c, r in replies},
         },
-        "accepted": server.accepted,
-        "dropped": {str(cid): why for cid, why in server.dropped.items()},
-        "skipped": server.skipped,
-        "skip_reason": server.skip_reason,
-        "weight_capped": {str(cid): why for cid, why in server.capped.items()},
-        "clipped": {str(cid): c for cid, c in server.clipped.items()},
-        "server_seconds": server.seconds,
-        "train_seconds": {str(cid): o.train_seconds for cid, o in up.items()},
-        "client_overhead_seconds": {str(cid): o.overhead_seconds for cid, o in up.items()},
-        "upload_report": {str(cid): o.report for cid, o in up.items() if o.report},
-    }
-    if "ranks" in server.state.meta:
-        record["ranks"] = server.state.meta["ranks"]
-    return record
+        accepted=server.accepted,
+        dropped={str(c): why for c, why in server.dropped.items()},
+        skipped=server.skipped,
+        skip_reason=server.skip_reason,
+        weight_capped={str(c): why for c, why in server.capped.items()},
+        clipped={str(c): v for c, v in server.clipped.items()},
+        server_seconds=server.seconds,
+        train_seconds={str(c): o.train_seconds for c, o in up.items()},
+        client_overhead_seconds={str(c): o.overhead_seconds for c, o in up.items()},
+        upload_report={str(c): o.report for c, o in up.items() if o.report},
+        round_seconds=seconds,
+        ranks=server.state.meta.get("ranks"),
+        nodes_refused=facts.notes.get("nodes_refused"),
+        evaluation=evaluated,
+    )
 
 
 def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
@@ -361,9 +369,7 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
         lambda fresh: evaluation(fed, transport, fresh, {}),
     )
     while rs.round < cfg.federation.rounds:
-        began = time.perf_counter()
-        record = run_round(fed, rs, transport, report)
-        record["round_seconds"] = time.perf_counter() - began
+        record = run_round(fed, rs, transport, report).to_json()
         with metrics_path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         checkpoint.write(

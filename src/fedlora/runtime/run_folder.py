@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from fedlora.methods.base import Factored, LayerSpec, ServerState, Tensor
 from fedlora.models.placement import placement
 from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
+from fedlora.runtime.records import Evaluation, StartRecord
 from fedlora.runtime.tensorboard import check_available
 from fedlora.train.adapters import add_into_base
 
@@ -182,7 +182,7 @@ def start_or_resume(
     out: Path,
     resume: bool,
     report: Reporter,
-    evaluate_base: Callable[[RunState], dict[str, Any]],
+    evaluate_base: Callable[[RunState], Evaluation],
 ) -> RunState:
     """The run's progress: restored from the last checkpoint (metrics cut back to it), or a
     fresh state whose round-0 record is ``evaluate_base`` (the base model's evaluation;
@@ -198,12 +198,11 @@ def start_or_resume(
         state=fed.method.init_server(fed.setup),
         views={c.cid: None for c in fed.setup.clients},
     )
-    record: dict[str, Any] = {"round": 0, "method": fed.method.name}
+    evaluated = None
     if fed.cfg.eval.at_start:
         report("eval_start", {"round": 0})
-        began = time.perf_counter()
-        record.update(evaluate_base(rs))
-        record["eval_seconds"] = time.perf_counter() - began
+        evaluated = evaluate_base(rs)
+    record = StartRecord(fed.method.name, evaluated).to_json()
     metrics_path.write_text(json.dumps(record) + "\n")
     report("round_done", {"round": 0, "record": record})
     return rs
