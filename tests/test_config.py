@@ -77,3 +77,22 @@ def test_per_client_ranks_must_match_clients_and_default_alpha_is_ratio() -> Non
 def test_to_dict_round_trips() -> None:
     cfg = config.load(None, ["method=florist", "method.florist.tau=0.7", "lora.ranks=[4,4,2,2]"])
     assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        ("uplink.base=1.5", "uplink.base"),
+        ("method.fedsrd.base=1.5", "method.fedsrd: base"),
+        ("method.fedsrd-e.base=1.5", "method.fedsrd-e: base"),
+    ],
+)
+def test_one_ratio_rule_is_validated_alike_for_fedsrd_fedsrd_e_and_the_uplink(
+    override: str, where: str
+) -> None:
+    from fedlora.ops.sparsify import RatioRule
+
+    extra = [override.split(".")[0] + "=" + override.split(".")[1]] if "method" in override else []
+    with pytest.raises(ConfigError, match=rf"{where} must be in \[0, 1\), got 1.5"):
+        config.load(None, [*extra, override])
+    assert issubclass(type(config.load(None, []).uplink), RatioRule)

@@ -70,9 +70,7 @@ class Variant:
 
     def build(self, value_dtype: str) -> Method:
         inner = registry.build(self.method, self.options)
-        return with_uplink(
-            inner, sparsify=self.uplink, rule=RatioRule(), rescale=True, wire_dtype=value_dtype
-        )
+        return with_uplink(inner, sparsify=self.uplink, rule=RatioRule(), wire_dtype=value_dtype)
 
 
 VARIANTS = (

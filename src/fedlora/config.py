@@ -343,36 +343,24 @@ UPLINK_SPARSIFIERS = ("none", *SPARSIFIERS)
 
 
 @dataclass(frozen=True)
-class UplinkConfig:
+class UplinkConfig(RatioRule):
     """FedSRD's upload sparsification as a plug-in for methods that send LoRA factors
     (``fedlora.methods.uplink``): ``sparsify`` = none | importance | magnitude | random, with
-    FedSRD's ratio rule (``base``, ``coeff``, ``upper`` or ``fixed_rho``) and ``rescale``."""
+    FedSRD's ratio rule (:class:`~fedlora.ops.sparsify.RatioRule`: ``base``, ``coeff``,
+    ``upper`` or ``fixed_rho``, and ``rescale``)."""
 
     sparsify: str = "none"
-    base: float = 0.85
-    coeff: float = 0.1
-    upper: float = 0.11
-    fixed_rho: float | None = None
-    rescale: bool = True
 
     def __post_init__(self) -> None:
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise ConfigError(f"uplink.{exc}") from None
         _check(
             self.sparsify in UPLINK_SPARSIFIERS,
             "uplink.sparsify",
             f"must be one of {', '.join(UPLINK_SPARSIFIERS)}; got {self.sparsify!r}",
         )
-        _check(0 <= self.base < 1, "uplink.base", f"must be in [0, 1), got {self.base}")
-        _check(0 <= self.coeff < float("inf"), "uplink.coeff", "must be finite and >= 0")
-        _check(0 <= self.upper < float("inf"), "uplink.upper", "must be finite and >= 0")
-        _check(
-            self.fixed_rho is None or 0 <= self.fixed_rho <= 1,
-            "uplink.fixed_rho",
-            f"must be in [0, 1], got {self.fixed_rho}",
-        )
-
-    @property
-    def rule(self) -> RatioRule:
-        return RatioRule(self.base, self.coeff, self.upper, self.fixed_rho)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ SERVED = [
 
 
 def wrap(method: Method, sparsifier: str = "importance", **rule: float) -> SparseUplink:
-    return SparseUplink(method, sparsifier=sparsifier, rule=RatioRule(**rule), rescale=True)
+    return SparseUplink(method, sparsifier=sparsifier, rule=RatioRule(**rule))
 
 
 def two_rounds(method: Method, ranks: tuple[int, ...]):
@@ -83,9 +83,7 @@ def test_server_rebuilds_the_start_with_the_wires_rounding() -> None:
     # Prepare: a FedAvg state after one round (dense A and B on the wire)
     setup, r1, _ = two_rounds(build("fedavg"), (4, 4, 4))
     inner = build("fedavg")
-    method = SparseUplink(
-        inner, sparsifier="importance", rule=RatioRule(), rescale=True, wire_dtype="bfloat16"
-    )
+    method = SparseUplink(inner, sparsifier="importance", rule=RatioRule(), wire_dtype="bfloat16")
     client = setup.client(0)
     # Execute
     start = method.rebuilt_start(r1.state, setup, client, round_=2)
@@ -125,8 +123,8 @@ def test_methods_that_already_send_deltas_are_refused(name: str) -> None:
 
 def test_none_returns_the_method_itself_and_reports_ratios() -> None:
     inner = build("fedavg")
-    assert with_uplink(inner, sparsify="none", rule=RatioRule(), rescale=True) is inner
-    method = with_uplink(inner, sparsify="magnitude", rule=RatioRule(), rescale=True)
+    assert with_uplink(inner, sparsify="none", rule=RatioRule()) is inner
+    method = with_uplink(inner, sparsify="magnitude", rule=RatioRule())
     setup, r1, _ = two_rounds(method, (4, 4, 4))
     report = method.upload_report(r1.starts[0], r1.trained[0], setup, setup.client(0))
     assert 0.85 <= report["uplink_rho_A"]["min"] <= report["uplink_rho_A"]["max"] <= 0.96

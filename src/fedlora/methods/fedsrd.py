@@ -112,19 +112,11 @@ from fedlora.ops.stack import fit_rank
 log = logging.getLogger(__name__)
 
 
-def _unit_interval(name: str, value: object, upper_inclusive: bool = False) -> None:
+def _unit_interval(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    ok = 0.0 <= float(value) <= 1.0 if upper_inclusive else 0.0 <= float(value) < 1.0
-    if not ok:
-        raise ValueError(f"{name} must be in [0, 1{']' if upper_inclusive else ')'}, got {value}")
-
-
-def _non_negative(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not 0.0 <= float(value) < float("inf"):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -141,13 +133,12 @@ DECOMPOSITIONS = ("alternating", "dense")
 
 
 @dataclass(frozen=True)
-class FedSRDConfig:
+class FedSRDConfig(RatioRule):
     """Options of FedSRD / FedSRD-e.
 
-    ``base``, ``coeff``, ``upper``: the adaptive upload sparsity
-    ``rho = base + min(upper, coeff·ln(max(kurt, 1)))`` (capped so one element per matrix
-    survives); ``fixed_rho`` replaces it by a constant; ``rescale`` multiplies pruned deltas by
-    ``Σ|Δ| / Σ|Δ_pruned|``; ``p_down`` is the downlink DARE drop probability.
+    The upload ratio rule (``base``, ``coeff``, ``upper``, ``fixed_rho``, ``rescale``) is
+    :class:`~fedlora.ops.sparsify.RatioRule`'s; ``p_down`` is the downlink DARE drop
+    probability.
 
     Ablations (the paper's Table 4): ``sparsifier`` = "importance" | "magnitude" | "random"
     (same ratio rule); ``reconstruct = false`` aggregates the sparse factor deltas directly
@@ -157,31 +148,17 @@ class FedSRDConfig:
     truncation to broadcast).
     """
 
-    base: float = 0.85
-    coeff: float = 0.1
-    upper: float = 0.11
-    fixed_rho: float | None = None
-    rescale: bool = True
     p_down: float = 0.8
     sparsifier: str = "importance"
     reconstruct: bool = True
     decompose: str = "alternating"
 
     def __post_init__(self) -> None:
-        _unit_interval("base", self.base)
-        _non_negative("coeff", self.coeff)
-        _non_negative("upper", self.upper)
-        if self.fixed_rho is not None:
-            _unit_interval("fixed_rho", self.fixed_rho, upper_inclusive=True)
-        _flag("rescale", self.rescale)
+        super().__post_init__()
         _unit_interval("p_down", self.p_down)
         _choice("sparsifier", self.sparsifier, SPARSIFIERS)
         _flag("reconstruct", self.reconstruct)
         _choice("decompose", self.decompose, DECOMPOSITIONS)
-
-    @property
-    def ratio_rule(self) -> RatioRule:
-        return RatioRule(self.base, self.coeff, self.upper, self.fixed_rho)
 
 
 def active_factor(round_: int) -> str:
@@ -350,7 +327,7 @@ class _FedSRDBase(DefaultHooks):
             old = (start.view[key(s.name, "A")], start.view[key(s.name, "B")])
             new = (trained[s.name].A.detach(), trained[s.name].B.detach())
             out[s.name] = sparsify_layer(
-                old, new, cfg.ratio_rule, cfg.sparsifier, cfg.rescale, upload_seed(seed, s.name)
+                old, new, cfg, cfg.sparsifier, cfg.rescale, upload_seed(seed, s.name)
             )
         return out
 
@@ -372,7 +349,7 @@ class _FedSRDBase(DefaultHooks):
         """Per-matrix ratios (mean, min, max over layers) and the relative size of the
         client's local update of each factor, ``‖ΔA‖/‖A‖`` and ``‖ΔB‖/‖B‖`` (all layers
         together; null while the factor is zero, as B is in round 1)."""
-        rule = self.config.ratio_rule
+        rule = self.config
         rho: dict[str, list[float]] = {"A": [], "B": []}
         olds: dict[str, list[Tensor]] = {"A": [], "B": []}
         news: dict[str, list[Tensor]] = {"A": [], "B": []}

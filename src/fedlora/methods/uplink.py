@@ -90,13 +90,11 @@ class SparseUplink:
         *,
         sparsifier: str,
         rule: RatioRule,
-        rescale: bool,
         wire_dtype: str = "float32",
     ) -> None:
         self.inner = inner
         self.sparsifier = sparsifier
         self.rule = rule
-        self.rescale = rescale
         self.wire_dtype = wire_dtype
 
     @property
@@ -179,7 +177,7 @@ class SparseUplink:
             scores = self._scores(name, delta, start, trained)
             rho = self.rule.ratio(scores)
             mask_seed = label_seed(seed, "uplink", name)
-            out[name] = select(delta, scores, rho, self.sparsifier, self.rescale, mask_seed)
+            out[name] = select(delta, scores, rho, self.sparsifier, self.rule.rescale, mask_seed)
         return out
 
     def upload_report(
@@ -226,12 +224,9 @@ def with_uplink(
     *,
     sparsify: str,
     rule: RatioRule,
-    rescale: bool,
     wire_dtype: str = "float32",
 ) -> Method:
     """``method`` itself for ``sparsify = "none"``, else wrapped in :class:`SparseUplink`."""
     if sparsify == "none":
         return method
-    return SparseUplink(
-        method, sparsifier=sparsify, rule=rule, rescale=rescale, wire_dtype=wire_dtype
-    )
+    return SparseUplink(method, sparsifier=sparsify, rule=rule, wire_dtype=wire_dtype)

@@ -77,8 +77,7 @@ def build_method(cfg: RunConfig) -> Method:
     return with_uplink(
         build(cfg.method.name, cfg.method.options),
         sparsify=cfg.uplink.sparsify,
-        rule=cfg.uplink.rule,
-        rescale=cfg.uplink.rescale,
+        rule=cfg.uplink,
         wire_dtype=cfg.wire.value_dtype,
     )
 
