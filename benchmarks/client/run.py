@@ -38,7 +38,6 @@ one base model, adding clients should add far less than one model copy each.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import logging
@@ -57,9 +56,8 @@ from benchmarks.client.bare_loop import (
     batch_tokens,
     plan_batches,
 )
+from benchmarks.client.fedlora_round import MethodRun, alone, fedlora_round
 from benchmarks.client.report import (
-    IN_LOOP_PROBES,
-    OVERHEAD_PHASES,
     ClientBenchReport,
     MethodResult,
     Sample,
@@ -70,20 +68,15 @@ from benchmarks.client.report import (
 from benchmarks.client.scale import measure_scale, scale_checks, scale_plan
 from benchmarks.client.trl_loop import trl_available, trl_round
 from benchmarks.common.data import beside
-from benchmarks.common.measure import Stopwatch, choose_threads, load_average
+from benchmarks.common.measure import choose_threads, load_average
 from benchmarks.common.rss import measure_rss
 from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.methods.base import Method
 from fedlora.methods.registry import build
 from fedlora.models.placement import device_of, resolve_device
 from fedlora.ops.seeds import Stream, client_seed
-from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import Dispatch, run_round
-from fedlora.runtime.outcome import ClientOutcome
-from fedlora.runtime.run_folder import RunState
-from fedlora.runtime.simulation import InProcess
+from fedlora.runtime.assemble import assemble
 
 log = logging.getLogger(__name__)
 
@@ -93,94 +86,6 @@ BENCH_OVERRIDES: tuple[str, ...] = (
     "data.max_eval_per_domain=1",  # nothing is evaluated
 )
 """Applied before the user's ``--set`` overrides; they do not change what is timed."""
-
-
-# ----------------------------------------------------------------------------- fedlora's round
-
-
-class Kept(InProcess):
-    """The in-process transport, keeping the outcomes of its last exchange for the benchmark."""
-
-    last: dict[int, ClientOutcome]
-
-    def exchange(
-        self, t: int, dispatches: Sequence[Dispatch], rs: RunState
-    ) -> dict[int, ClientOutcome]:
-        self.last = super().exchange(t, dispatches, rs)
-        return self.last
-
-
-@dataclass
-class MethodRun:
-    """A method's live federation while it is benchmarked (one base model for all methods)."""
-
-    fed: Federation
-    rs: RunState
-    watch: Stopwatch
-    transport: Kept
-    trainable: frozenset[str] = frozenset({"A", "B"})
-    """What the method's client trained last round (the bare loop trains the same)."""
-
-    @classmethod
-    def start(cls, fed: Federation, method: Method) -> MethodRun:
-        method.validate(fed.setup)
-        mine = dataclasses.replace(fed, method=method)
-        rs = RunState(0, method.init_server(fed.setup), {c.cid: None for c in fed.setup.clients})
-        watch = Stopwatch()
-        return cls(mine, rs, watch, Kept(mine, timer=watch))
-
-
-def alone(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the timed client alone in its federation, so that one round of the round
-    driver is one client's round: client 0's file (``files``) or first domain (``domain``),
-    its rank, every client sampled, no evaluation and no end in sight."""
-    data = cfg.data
-    if data.partition == "files":
-        data = dataclasses.replace(data, clients=1, files=data.files[:1])
-    else:
-        data = dataclasses.replace(data, clients=1, domains=data.domains[:1])
-    return dataclasses.replace(
-        cfg,
-        data=data,
-        lora=dataclasses.replace(cfg.lora, ranks=cfg.lora.ranks[:1], alphas=cfg.lora.alphas[:1]),
-        federation=dataclasses.replace(
-            cfg.federation, rounds=10**9, clients_per_round=1.0, min_clients=1
-        ),
-        eval=dataclasses.replace(cfg.eval, every=10**9),
-    )
-
-
-def fedlora_round(run: MethodRun) -> Sample:
-    """Play the next round through the round driver and the in-process transport (the timed
-    client is alone: :func:`alone`) and split its time with the explicit timing hook."""
-    watch = run.watch
-    watch.seconds.clear()
-    watch.calls.clear()
-    record = run_round(run.fed, run.rs, run.transport, lambda kind, info: None, timer=watch)
-    outcome = run.transport.last[0]
-    if record.skipped or outcome.upload is None:
-        why = outcome.error or record.dropped
-        raise FedloraError(f"{run.fed.method.name}: round {record.round} failed: {why}")
-    run.trainable = outcome.start.trainable if outcome.start is not None else run.trainable
-    swaps = watch.get("swap_in") + watch.get("swap_out")
-    overhead = {name: watch.get(name) for name in OVERHEAD_PHASES if name != "other"}
-    # client_step's own bookkeeping: its wall time minus every part timed inside it.
-    inside = (
-        outcome.train_seconds
-        + watch.get("client_start")
-        + watch.get("upload")
-        + watch.get("upload_encode")
-    )
-    overhead["other"] = max(0.0, watch.get("client_step") - inside)
-    return Sample(
-        round=record.round,
-        tokens=outcome.tokens,
-        bare_tokens=0,
-        bare_seconds=0.0,
-        train_seconds=outcome.train_seconds - swaps,
-        overhead=overhead,
-        in_loop={name: watch.get(name) for name in IN_LOOP_PROBES},
-    )
 
 
 # ----------------------------------------------------------------------------- running

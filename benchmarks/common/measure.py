@@ -62,9 +62,8 @@ def choose_threads(requested: int | None) -> tuple[int, str]:
 
     All cores help only when they are free: on a machine whose run queue already exceeds its
     cores, each extra intra-op thread mostly waits for a descheduled sibling at every
-    barrier (measured at load 10 on 2 cores: bare training 4x slower for tiny-llama and over
-    5x slower for smollm2-135m with 2 threads than with 1). So the default is every core
-    unless the 1-minute load average is at least the core count, then one thread.
+    barrier (benchmarks/README.md gives the figures). So the default is every core unless
+    the 1-minute load average is at least the core count, then one thread.
     """
     cores = os.cpu_count() or 1
     if requested is not None:

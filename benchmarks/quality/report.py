@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.quality.claims import decide
+from benchmarks.quality.claims import Claim, decide
 from benchmarks.quality.claims import render as render_claims
 from fedlora.runtime.client_data import OOD_NAME
 
@@ -265,102 +265,107 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_results(
-    root: Path,
+def results_doc(
     specs: Sequence[RunSpec],
     budget: Budget,
     done: Sequence[Mapping[str, Any]],
     missing: Sequence[Mapping[str, Any]],
     command: str,
+    made_by: str | None,
     partial: bool,
-    plots: bool = True,
-) -> None:
-    """Write ``results.json``, ``results.md`` and (if ``plots``) the PNGs of the runs so far."""
-    from benchmarks.common.plots import plot_group
-
-    if not done:
-        return
+) -> dict[str, Any]:
+    """Everything the report shows, as plain data: ``results.json``, from which
+    :func:`render_markdown` and :func:`write_plots` regenerate the page and its plots."""
     rows = aggregate(done)
-    base = base_row(done)
-    finished = sum(1 for r in done if r.get("finished", True))
-    doc = {
+    return {
         "command": command,
+        "made_by": made_by,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "partial": partial,
         "budget": asdict(budget),
         "planned_runs": len(specs),
-        "finished_runs": finished,
+        "finished_runs": sum(1 for r in done if r.get("finished", True)),
         "not_run": list(missing),
         "environment": environment(),
-        "base": base,
+        "base": base_row(done),
         "rows": rows,
         "runs": list(done),
+        "claims": [asdict(c) for c in decide(rows)],
     }
-    (root / "results.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    images = []
-    for group in dict.fromkeys(r["group"] for r in rows) if plots else ():
-        mine = [r for r in rows if r["group"] == group]
-        for x in ("round", "cum_mb"):
-            path = root / f"{group}_vs_{'round' if x == 'round' else 'mb'}.png"
-            plot_group(mine, base, x, path, title=f"{group} ({budget.model})")
-            images.append(path.name)
-    claims = decide(rows)
-    doc["claims"] = [asdict(c) for c in claims]
-    (root / "results.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    loads = [x for r in done for x in (r.get("load_1min") or [])]
+
+
+def plot_names(doc: Mapping[str, Any]) -> list[str]:
+    """The PNG files of a results doc: score against round and against MB, per group."""
+    groups = dict.fromkeys(r["group"] for r in doc["rows"])
+    return [f"{g}_vs_{x}.png" for g in groups for x in ("round", "mb")]
+
+
+def write_plots(doc: Mapping[str, Any], folder: Path) -> None:
+    from benchmarks.common.plots import plot_group
+
+    for name in plot_names(doc):
+        group, _, x = name.removesuffix(".png").rpartition("_vs_")
+        mine = [r for r in doc["rows"] if r["group"] == group]
+        title = f"{group} ({doc['budget']['model']})"
+        plot_group(
+            mine, doc["base"], "round" if x == "round" else "cum_mb", folder / name, title=title
+        )
+
+
+def _runs_table(doc: Mapping[str, Any]) -> list[str]:
+    md = ["## Runs", "", "| run | seed | rounds | finished | minutes | load 1-min |"]
+    md += ["|---|---|---|---|---|---|"]
+    for r in doc["runs"]:
+        minutes = f"{r['wall_s'] / 60:.1f}" if r.get("wall_s") else "–"
+        load = "/".join(f"{x:.2f}" for x in r["load_1min"]) if r.get("load_1min") else "–"
+        when = r.get("finished_at") or "–"
+        md.append(f"| {r['label']} | {r['seed']} | {r['rounds']} | {when} | {minutes} | {load} |")
+    md.append("")
+    if doc["not_run"]:
+        md += ["Not run / failed:", ""]
+        md += [f"- {m['label']} seed {m['seed']}: {m['why']}" for m in doc["not_run"]] + [""]
+    return md
+
+
+def render_markdown(doc: Mapping[str, Any]) -> str:
+    """``results.md`` of a results doc (a pure function of it)."""
+    loads = [x for r in doc["runs"] for x in (r.get("load_1min") or [])]
     load_line = (
         f"- machine load (1-min average at each run's start and end): {min(loads):.2f}–"
         f"{max(loads):.2f} over {len(loads) // 2} runs that recorded it"
         if loads
         else "- machine load: not recorded by these runs"
     )
+    claims = [Claim(**c) for c in doc["claims"]]
     md = [
-        f"# python -m benchmarks.quality{' (PARTIAL)' if partial else ''}",
+        f"# python -m benchmarks.quality{' (PARTIAL)' if doc['partial'] else ''}",
         "",
         f"- command: `{doc['command']}`",
-        *(
-            [f"- runs made by: `{(root / 'command.txt').read_text().strip()}`"]
-            if (root / "command.txt").is_file()
-            else []
-        ),
+        *([f"- runs made by: `{doc['made_by']}`"] if doc.get("made_by") else []),
         f"- date: {doc['date']}",
-        f"- runs finished: {finished} of {len(specs)}",
+        f"- runs finished: {doc['finished_runs']} of {doc['planned_runs']}",
         load_line,
-        f"- budget: {json.dumps(asdict(budget))}",
-        f"- environment: {json.dumps(doc['environment'])}",
+        f"- budget: {json.dumps(doc['budget'], sort_keys=True)}",
+        f"- environment: {json.dumps(doc['environment'], sort_keys=True)}",
         "",
         "Mean ± sample sd over seeds; losses are held-out completion losses (nats/token).",
         "",
-        render_table(rows, base),
+        render_table(doc["rows"], doc["base"]),
         "## Claims",
         "",
         "In-domain held-out loss decides (lower is better); a difference counts beyond two "
         "standard errors of the seeds (see `benchmarks.quality.claims`).",
         "",
         render_claims(claims),
+        *_runs_table(doc),
+        *(f"![{name}]({name})" for name in plot_names(doc)),
     ]
-    md += [
-        "## Runs",
-        "",
-        "| run | seed | rounds | finished (metrics written) | minutes | load 1-min |",
-    ]
-    md += ["|---|---|---|---|---|---|"]
-    for r in done:
-        metrics = Path(r["run_dir"]) / "metrics.jsonl"
-        when = (
-            dt.datetime.fromtimestamp(metrics.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M")
-            if metrics.is_file()
-            else "–"
-        )
-        minutes = f"{r['wall_s'] / 60:.1f}" if r.get("wall_s") else "–"
-        load = "/".join(f"{x:.2f}" for x in r["load_1min"]) if r.get("load_1min") else "–"
-        md.append(f"| {r['label']} | {r['seed']} | {r['rounds']} | {when} | {minutes} | {load} |")
-    md.append("")
-    if missing:
-        md += (
-            ["Not run / failed:", ""]
-            + [f"- {m['label']} seed {m['seed']}: {m['why']}" for m in missing]
-            + [""]
-        )
-    md += [f"![{name}]({name})" for name in images]
-    (root / "results.md").write_text("\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
+
+
+def write_report(doc: Mapping[str, Any], folder: Path, plots: bool = True) -> None:
+    """``results.json``, ``results.md`` and (if ``plots``) the PNGs of ``doc`` in ``folder``."""
+    (folder / "results.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if plots:
+        write_plots(doc, folder)
+    (folder / "results.md").write_text(render_markdown(doc))

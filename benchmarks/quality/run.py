@@ -47,8 +47,9 @@ from benchmarks.quality.plan import (
 )
 from benchmarks.quality.report import (
     read_metrics,
+    results_doc,
     summarise_run,
-    write_results,
+    write_report,
 )
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,12 @@ def base_scores(budget: Budget, seed: int, root: Path, files: Sequence[str]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return doc
+
+
+def made_by(root: Path) -> str | None:
+    """The command that made the runs in ``root`` (a report-only command records none)."""
+    path = root / "command.txt"
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
 def _base_eval(root: Path, seed: int) -> dict[str, Any] | None:
@@ -240,9 +247,11 @@ class _Progress:
             )
         done, missing = self.results()
         partial = len(self.done) < len(self.specs)
-        write_results(
-            self.root, self.specs, self.budget, done, missing, self.command, partial, plots=False
-        )
+        if done:
+            doc = results_doc(
+                self.specs, self.budget, done, missing, self.command, made_by(self.root), partial
+            )
+            write_report(doc, self.root, plots=False)
 
     def late(self, i: int) -> bool:
         """Whether run ``i`` is not to start: report-only and unfinished, or past the deadline."""
@@ -331,6 +340,16 @@ def run_all(
     return progress.results()
 
 
+def render(results: Path, publish_to: Path | None) -> int:
+    """Regenerate the report beside ``results`` from it alone; optionally publish it."""
+    doc = json.loads(results.read_text(encoding="utf-8"))
+    write_report(doc, results.parent)
+    if publish_to is not None:
+        publish(results.parent, publish_to)
+    print(f"results: {results.parent / 'results.md'}", flush=True)
+    return 0
+
+
 def publish(root: Path, target: Path) -> Path:
     """Copy ``root``'s ``results.md`` to ``target/results.md`` and its plots to
     ``target/img/quality_<name>.png``, with the image links rewritten; returns the page."""
@@ -361,7 +380,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         choices=names(),
         metavar="METHOD",
-        help="methods of the main group (default: the issue's ten; --quick: all registered)",
+        help="methods of the main group (default: plan.toml's; --quick: all registered)",
     )
     p.add_argument(
         "--seeds",
@@ -396,6 +415,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run nothing: tabulate and plot the finished runs in --out",
     )
     p.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        default=None,
+        help="run nothing, read no run: regenerate results.md and the plots beside a "
+        "results.json (with --publish, publish them)",
+    )
+    p.add_argument(
         "--publish",
         default=None,
         metavar="DIR",
@@ -425,6 +451,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     as the command in the results."""
     from fedlora.methods.registry import names
 
+    if args.render:
+        return render(Path(args.render), Path(args.publish) if args.publish else None)
     the_plan = load_plan()
     budget = the_plan.budgets["quick" if args.quick else "default"]
     if args.rounds is not None:
@@ -454,7 +482,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         report_only=args.report_only,
         say=lambda text: print(f"· {text}", file=sys.stderr, flush=True),
     )
-    write_results(root, specs, budget, done, missing, command, partial=bool(missing))
+    if done:
+        doc = results_doc(specs, budget, done, missing, command, made_by(root), bool(missing))
+        write_report(doc, root)
     if args.publish:
         publish(root, Path(args.publish))
     log.info("benchmark took %.1f min", (time.time() - began) / 60)

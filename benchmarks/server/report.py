@@ -34,74 +34,77 @@ def _secs(t: Timing | None) -> str:
     return "-" if t is None else f"{t.median:.3g}"
 
 
+HEADER = (
+    "method",
+    "clients",
+    "proj s ({blocks})",
+    "ref s ({blocks})",
+    "ref/proj",
+    "rel.err",
+    "proj s (all)",
+    "peak MB",
+    "stacked MB",
+    "peak/stacked",
+    "rss MB",
+    "m×n formed",
+    "ref peak MB ({blocks})",
+    "upload MB",
+    "wire s",
+    "GFLOP",
+    "GFLOP/s",
+    "machine mm/qr",
+)
+
+
+def _row(r: MethodResult) -> list[str]:
+    mem = r.memory
+    rates = "/".join(
+        f"{r.machine_gflop_per_s[k]:.0f}" for k in ("matmul", "qr") if k in r.machine_gflop_per_s
+    )
+    return [
+        r.method,
+        _clients(r.ranks),
+        _secs(r.project_subset),
+        _secs(r.reference),
+        "-" if r.ratio is None else f"{r.ratio:.0f}x",
+        "-" if r.rel_error is None else f"{r.rel_error:.1e}",
+        _secs(r.project_full),
+        _mb(mem.peak_tensor_bytes if mem else None),
+        _mb(r.stacked_bytes),
+        "-" if mem is None else f"{mem.peak_tensor_bytes / max(r.stacked_bytes, 1):.2f}",
+        _mb(mem.peak_rss_bytes if mem else None),
+        "-" if mem is None else ("yes" if mem.dense_shapes else "no"),
+        _mb(r.reference_memory.peak_tensor_bytes if r.reference_memory else None),
+        _mb(r.upload_bytes or None),
+        _secs(r.wire),
+        f"{r.flops / 1e9:.1f}" if r.flops else "-",
+        "-" if r.gflop_per_s is None else f"{r.gflop_per_s:.1f}",
+        rates or "-",
+    ]
+
+
+def _title(report: BenchReport) -> str:
+    cfg, machine = report.config, report.machine
+    targets = ",".join(cfg.targets) if cfg.targets else "all linear"
+    return (
+        f"python -m benchmarks.server: shape {cfg.shape}, targets {targets}, "
+        f"{machine['layers']} layers ({machine['subset_layers']} in {cfg.blocks} block(s)), "
+        f"ranks {','.join(map(str, cfg.ranks))}, torch threads {machine['torch_threads']}, "
+        f"whole-model step on {cfg.device}, times = median of {cfg.repeats} (reference: "
+        f"{cfg.ref_repeats}), load average at start {machine['load_average_1min']}"
+    )
+
+
 def format_table(report: BenchReport) -> str:
     """The human-readable report: one row per method, then the target checks."""
-    cfg = report.config
-    blocks = f"{cfg.blocks} blk"
-    header = [
-        "method",
-        "clients",
-        f"proj s ({blocks})",
-        f"ref s ({blocks})",
-        "ref/proj",
-        "rel.err",
-        "proj s (all)",
-        "peak MB",
-        "stacked MB",
-        "peak/stacked",
-        "rss MB",
-        "m×n formed",
-        f"ref peak MB ({blocks})",
-        "upload MB",
-        "wire s",
-        "GFLOP",
-        "GFLOP/s",
-        "machine mm/qr",
-    ]
-    rows = [header]
-    for r in report.results:
-        mem = r.memory
-        rows.append(
-            [
-                r.method,
-                _clients(r.ranks),
-                _secs(r.project_subset),
-                _secs(r.reference),
-                "-" if r.ratio is None else f"{r.ratio:.0f}x",
-                "-" if r.rel_error is None else f"{r.rel_error:.1e}",
-                _secs(r.project_full),
-                _mb(mem.peak_tensor_bytes if mem else None),
-                _mb(r.stacked_bytes),
-                "-" if mem is None else f"{mem.peak_tensor_bytes / max(r.stacked_bytes, 1):.2f}",
-                _mb(mem.peak_rss_bytes if mem else None),
-                "-" if mem is None else ("yes" if mem.dense_shapes else "no"),
-                _mb(r.reference_memory.peak_tensor_bytes if r.reference_memory else None),
-                _mb(r.upload_bytes or None),
-                _secs(r.wire),
-                f"{r.flops / 1e9:.1f}" if r.flops else "-",
-                "-" if r.gflop_per_s is None else f"{r.gflop_per_s:.1f}",
-                "/".join(
-                    f"{r.machine_gflop_per_s[k]:.0f}"
-                    for k in ("matmul", "qr")
-                    if k in r.machine_gflop_per_s
-                )
-                or "-",
-            ]
-        )
+    header = [h.format(blocks=f"{report.config.blocks} blk") for h in HEADER]
+    rows = [header, *(_row(r) for r in report.results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        f"python -m benchmarks.server: shape {cfg.shape}, targets {','.join(cfg.targets) if cfg.targets else 'all linear'}, "
-        f"{report.machine['layers']} layers ({report.machine['subset_layers']} in {cfg.blocks} block(s)), "
-        f"ranks {','.join(map(str, cfg.ranks))}, torch threads {report.machine['torch_threads']}, "
-        f"whole-model step on {cfg.device}, times = median of {cfg.repeats} (reference: {cfg.ref_repeats}), "
-        f"load average at start {report.machine['load_average_1min']}",
-    ]
+    lines = [_title(report)]
     for i, row in enumerate(rows):
+        cells = zip(row, widths, strict=True)
         lines.append(
-            "  ".join(
-                cell.ljust(w) if j < 2 else cell.rjust(w)
-                for j, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
+            "  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(cells))
         )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))

@@ -19,7 +19,7 @@ For each registered method, on synthetic client updates of a named model shape
    counterpart; the timed runs use the method's defaults.
 
 Methods that refuse mixed client ranks (``validate`` raises) run with every client at the
-largest requested rank; the table says so. Target checks (the issue's item 2) are evaluated
+largest requested rank; the table says so. Target checks (``targets.toml``) are evaluated
 from the measured numbers only; a check whose configuration was not run is reported as
 ``n/a`` with the command that would evaluate it.
 """

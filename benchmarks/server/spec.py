@@ -95,7 +95,7 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class TargetCheck:
-    """One target of the issue, evaluated from measurements (``passed is None``: n/a)."""
+    """One target of ``targets.toml``, evaluated from measurements (``passed is None``: n/a)."""
 
     name: str
     passed: bool | None

@@ -65,7 +65,7 @@ def test_bare_loop_sees_fedlora_tokens_and_figures_agree(
         for s in result.samples:
             assert s["tokens"] == s["bare_tokens"] > 0
             assert s["bare_seconds"] > 0 and s["train_seconds"] > 0
-            assert set(s["overhead"]) == set(bench.OVERHEAD_PHASES)
+            assert set(s["overhead"]) == set(client_report.OVERHEAD_PHASES)
             assert all(v >= 0 for v in s["overhead"].values())
         shares = sorted(
             sum(s["overhead"].values()) / (s["train_seconds"] + sum(s["overhead"].values()))
@@ -111,8 +111,8 @@ def test_paired_ratio_cancels_noise_shared_by_both_sides() -> None:
             bare_tokens=100,
             bare_seconds=f,
             train_seconds=f / 0.8,
-            overhead={k: 0.0 for k in bench.OVERHEAD_PHASES},
-            in_loop={k: 0.0 for k in bench.IN_LOOP_PROBES},
+            overhead={k: 0.0 for k in client_report.OVERHEAD_PHASES},
+            in_loop={k: 0.0 for k in client_report.IN_LOOP_PROBES},
         )
         for i, f in enumerate(noise)
     ]

@@ -325,3 +325,21 @@ def test_a_finished_run_of_another_budget_is_refused_not_reused(tmp_path: Path) 
     (failed,) = doc["not_run"]
     assert failed["label"] == "fedavg" and "different run" in failed["why"]
     assert [(r["label"], r["reused"]) for r in doc["runs"]] == [("fedsrd", True)]
+
+
+def test_the_report_regenerates_byte_identically_from_its_results_json(
+    quick: Path, tmp_path: Path
+) -> None:
+    # Prepare: the quick benchmark's results.json alone, in a folder of its own
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copyfile(quick / "results.json", alone / "results.json")
+
+    # Execute
+    assert main(["--render", str(alone / "results.json")]) == 0
+
+    # Assert: the same page and the same set of plots, from the JSON only
+    assert (alone / "results.md").read_bytes() == (quick / "results.md").read_bytes()
+    assert sorted(p.name for p in alone.glob("*.png")) == sorted(
+        p.name for p in quick.glob("*.png")
+    )

@@ -10,7 +10,7 @@ A round, as every runtime drives it::
     report_k  = method.upload_report(start_k, trained_k, setup, client_k)   # into metrics
     state     = method.aggregate(state, [Upload(k, n_k, upload_k) ...], setup)
 
-Conventions (ALGORITHMS.md notation): per adapted layer, ``A`` is r×n, ``B`` is m×r, the
+Conventions (docs/methods.md's notation): per adapted layer, ``A`` is r×n, ``B`` is m×r, the
 adapter adds ``s·B·A`` with ``s = alpha / r``. A ``Factored`` pair ``(L, R)`` stands for the
 m×n matrix ``L @ R`` *with any scaling already folded in*; it is never formed densely.
 Every hook is a pure function of its arguments: inputs are never mutated, new objects are

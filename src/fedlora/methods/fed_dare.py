@@ -23,6 +23,9 @@ Choices and departures:
   nothing). The first broadcast is the initial adapter sent as seeds and the init rule
   (``common.initial_payload``: no values of A, ``B^0 = 0`` as an empty sparse tensor).
 - Heterogeneous ranks (or alphas) are refused: there is one shared global adapter.
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("Fed-DARE").
 """
 
 from __future__ import annotations

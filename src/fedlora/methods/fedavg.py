@@ -19,6 +19,9 @@ Departures and choices:
 - The global model's update is ``s_g·B̄·Ā`` with ``s_g`` = global alpha / max rank. Averaging
   the factors separately is inexact (``B̄Ā ≠ Σ p_k B_k A_k``): that is the method's known flaw,
   kept on purpose.
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("FedIT / FedAvg").
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Departures and choices:
 - The residual of round t is sent in round t+1's broadcast; ``global_delta`` is
   ``s B̄ Ā + Res`` with that pending residual, as one stacked pair.
 - Uploads are summed in client-id order (result independent of arrival order).
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("FedEx-LoRA").
 """
 
 from __future__ import annotations

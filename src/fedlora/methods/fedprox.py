@@ -14,6 +14,9 @@ Departures and choices:
 - ``mu = 0`` returns no term (``None``): FedProx then is FedAvg.
 - The paper's inexact-solver tolerance γ and its client-side partial work are not modelled;
   the number of local steps is a training setting.
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("FedProx").
 """
 
 from __future__ import annotations

@@ -51,6 +51,9 @@ Departures and choices:
 - ``upload_report`` records per round the ratios chosen (mean / min / max over layers) and
   ``‖ΔA‖/‖A‖``, ``‖ΔB‖/‖B‖`` of the client's local update (Appendix F of the paper).
 - Heterogeneous ranks (or alphas) are refused: the method keeps one shared global adapter.
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("FedSRD and FedSRD-e").
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Departures and choices:
 - The paper also studies DP-SGD and a scaling-factor choice; DP is a separate wrapper here
   and ``s = alpha / r`` is the clients' own scaling.
 - Uploads are summed in client-id order (result independent of arrival order).
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("FFA-LoRA").
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Departures and choices:
   setup seed, B = 0), truncated per client like any other state; that first broadcast is
   sent as seeds and the init rule (``common.initial_payload``).
 - Uploads are stacked in client-id order (result independent of arrival order).
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("FlexLoRA").
 """
 
 from __future__ import annotations

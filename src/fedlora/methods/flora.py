@@ -19,6 +19,9 @@ Departures and choices:
   irrelevant here, noted for completeness (see ``fedavg``).
 - Fresh LoRA after a merge uses ``fresh_lora(setup, r_k, seed)`` with the runtime's seed
   (the paper re-initialises A randomly and B to zero, as PEFT does).
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("FLoRA").
 """
 
 from __future__ import annotations

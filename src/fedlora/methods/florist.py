@@ -3,7 +3,7 @@
 Paper: "FLoRIST: Singular Value Thresholding for Efficient and Accurate Federated
 Fine-Tuning of Large Language Models", arXiv 2506.09199 (MLSys 2026). Equation numbers are
 not cited here because the arXiv and camera-ready numbering was not checked; the steps
-follow ALGORITHMS.md ("FLoRIST"):
+follow docs/methods.md ("FLoRIST"):
 
 1. Stack: ``B_st = [B_1 … B_K]``, ``A_st = [p_1 s_1 A_1; …; p_K s_K A_K]``, so
    ``B_st A_st = Σ p_k s_k B_k A_k = ΔW_agg`` exactly.
@@ -33,6 +33,9 @@ Departures and choices:
   ``s_g / s_k`` so that its adapter still adds ``s_g B_g A_g`` (no-op for ``alpha = 2r``).
 - A layer whose aggregate is exactly zero gets rank ``k* = 0`` (empty factors).
 - Merge mode: before round 1 there is nothing to merge; the state holds rank-0 factors.
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("FLoRIST").
 """
 
 from __future__ import annotations

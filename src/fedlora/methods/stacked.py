@@ -47,7 +47,7 @@ def client_b(upload: Upload, setup: Setup, layer: str) -> Tensor:
 
 
 def stacked_update(uploads: Sequence[Upload], setup: Setup) -> dict[str, Factored]:
-    """Per layer ``(B_st, A_st)`` with ``B_st @ A_st = Σ_k p_k s_k B_k A_k`` (ALGORITHMS.md,
+    """Per layer ``(B_st, A_st)`` with ``B_st @ A_st = Σ_k p_k s_k B_k A_k`` (docs/methods.md,
     FLoRIST "Stack"): B's side by side, ``p_k s_k A_k`` stacked, rank ``Σ r_k``."""
     ups = ordered(uploads)
     weights = aggregation_weights(ups, setup.weighting)

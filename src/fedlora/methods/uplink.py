@@ -25,6 +25,9 @@ Departures and choices:
   ``magnitude``, ``random``), as in the FedSRD ablations (:mod:`fedlora.ops.sparsify`).
 - The wrapped method must be able to rebuild a client's start without the client's view
   (true of every method that qualifies: their starts follow from the broadcast and a seed).
+
+The project's reference for this method's maths and invariants: docs/methods.md
+("The uplink plug-in").
 """
 
 from __future__ import annotations

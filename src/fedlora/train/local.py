@@ -69,6 +69,21 @@ class BatchSampler:
         return out
 
 
+def _backward(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    accum_steps: int,
+    regulariser: Callable[[Lora], Tensor | None] | None,
+    live: Lora | None,
+) -> float:
+    """Accumulate one micro-batch's gradients (loss plus any regulariser); its loss."""
+    loss = completion_only_loss(model, batch)
+    extra = regulariser(live) if regulariser is not None and live is not None else None
+    total = loss if extra is None else loss + extra
+    (total / accum_steps).backward()
+    return float(loss.detach())
+
+
 def train_local(
     model: nn.Module,
     slot: str,
@@ -126,12 +141,8 @@ def train_local(
                 with timer("collate"):
                     picked = [examples[i] for i in sampler.take(cfg.batch_size)]
                     batch = collate(picked, pad_id, device)
-                loss = completion_only_loss(model, batch)
-                losses.append(float(loss.detach()))
+                losses.append(_backward(model, batch, cfg.grad_accum_steps, regulariser, live))
                 tokens += int(batch["attention_mask"].sum())
-                extra = regulariser(live) if regulariser is not None and live is not None else None
-                total = loss if extra is None else loss + extra
-                (total / cfg.grad_accum_steps).backward()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimiser.step()
