@@ -32,6 +32,7 @@ class RoundTable:
         self.header_done = False
         self.cum_up = 0.0
         self.cum_down = 0.0
+        self.privacy: dict[str, Any] | None = None
         self.bar: Any = None
 
     def _line(self, text: str) -> None:
@@ -75,6 +76,13 @@ class RoundTable:
                 self.bar.close()
                 self.bar = None
             self._line(f"cumulative MB per client: up {self.cum_up:.3f}, down {self.cum_down:.3f}")
+            if self.privacy is not None:
+                p = self.privacy
+                self._line(
+                    f"privacy: ε = {p['epsilon']:.3g} at δ = {p['delta']:g} (noise multiplier "
+                    f"{p['noise_multiplier']:.3g}, clip {p['clip_norm']:g}, sample rate "
+                    f"{p['sample_rate']:g})"
+                )
 
     def _client(self, info: dict[str, Any]) -> None:
         """A client's local run: on the bar when one is drawn, else one line (a log shows
@@ -91,6 +99,7 @@ class RoundTable:
         self._line(f"  round {info['round']} client {info['cid']}: {what}")
 
     def _round(self, rec: dict[str, Any]) -> None:
+        self.privacy = rec.get("privacy", self.privacy)
         ev = rec.get("eval", {})
         domains = sorted(ev)
         if not self.header_done:

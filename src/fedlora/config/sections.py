@@ -219,6 +219,59 @@ class TrainConfig:
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr = {self.lr}]")
 
 
+SAMPLINGS = ("fixed", "poisson")
+PRIVACY_MODES = ("none", "central")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy (DP-FedAvg). ``mode = "central"``: each client clips
+    the change it uploads to L2 norm ``clip_norm``, the server adds Gaussian noise of standard
+    deviation ``noise_multiplier · clip_norm`` to their sum and averages it with weights that
+    do not depend on the data. Give ``noise_multiplier`` (ε is then reported) or
+    ``target_epsilon`` (the noise is calibrated to it over the planned rounds), or both (a run
+    that would exceed the target stops at start). ``delta`` defaults to 1/N clients rounded
+    down to a power of ten. The noise is drawn from a generator seeded from the operating
+    system's entropy; ``noise_seed`` fixes it, for tests only. See docs/threat-model.md."""
+
+    mode: str = "none"
+    clip_norm: float = 1.0
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    delta: float | None = None
+    noise_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(
+            self.mode in PRIVACY_MODES,
+            "privacy.mode",
+            f"must be one of {', '.join(PRIVACY_MODES)}; got {self.mode!r}",
+        )
+        _check(self.clip_norm > 0, "privacy.clip_norm", f"must be positive, got {self.clip_norm}")
+        _check(
+            self.noise_multiplier is None or self.noise_multiplier >= 0,
+            "privacy.noise_multiplier",
+            "must be >= 0",
+        )
+        _check(
+            self.target_epsilon is None or self.target_epsilon > 0,
+            "privacy.target_epsilon",
+            "must be positive",
+        )
+        _check(self.delta is None or 0 < self.delta < 1, "privacy.delta", "must be in (0, 1)")
+        _check(
+            self.mode == "none"
+            or self.noise_multiplier is not None
+            or self.target_epsilon is not None,
+            "privacy",
+            "mode = central needs privacy.noise_multiplier or privacy.target_epsilon",
+        )
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "none"
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """Rounds, sampling, weighting, and what the server trusts of a client's reply.
@@ -234,6 +287,8 @@ class FederationConfig:
 
     rounds: int = 3
     clients_per_round: float = 1.0  # fraction in (0, 1] or a count > 1
+    sampling: str = "fixed"  # fixed: clients_per_round each round | poisson: each at sample_rate
+    sample_rate: float = 1.0
     weighting: str = "samples"  # samples | uniform
     min_clients: int = 1
     client_timeout_s: float = 0.0  # a client training longer is dropped; 0 = no limit
@@ -248,6 +303,12 @@ class FederationConfig:
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", f"must be at least 1, got {self.rounds}")
         _check(self.clients_per_round > 0, "federation.clients_per_round", "must be positive")
+        _check(
+            self.sampling in SAMPLINGS,
+            "federation.sampling",
+            f"must be one of {', '.join(SAMPLINGS)}; got {self.sampling!r}",
+        )
+        _check(0 < self.sample_rate <= 1, "federation.sample_rate", "must be in (0, 1]")
         _check(
             self.weighting in ("samples", "uniform"),
             "federation.weighting",
@@ -377,6 +438,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     wire: WireConfig = field(default_factory=WireConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     method: MethodChoice = field(default_factory=MethodChoice)
 
@@ -407,6 +469,18 @@ class RunConfig:
             self.federation.min_clients <= n,
             "federation.min_clients",
             f"is {self.federation.min_clients} but there are only {n} clients",
+        )
+        _check(
+            not self.privacy.on or self.federation.weighting == "uniform",
+            "federation.weighting",
+            "privacy.mode = central weighs every client alike (weights may not depend on the "
+            "data): set federation.weighting = uniform",
+        )
+        _check(
+            not self.privacy.on or not self.lora.ranks or len(set(self.lora.ranks)) == 1,
+            "lora.ranks",
+            "privacy.mode = central needs every client at one rank (noise is added to one "
+            "shared vector space)",
         )
         _check(
             not self.federation.node_keys or len(self.federation.node_keys) == n,

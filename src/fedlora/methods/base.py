@@ -217,6 +217,11 @@ class Method(Protocol):
         and bounded. Computed on the server from its mirror of the client's start."""
 
     @property
+    def dp_refusal(self) -> str | None:
+        """Why central differential privacy does not compose with this method (its server
+        step is not a weighted sum of the uploads it receives), or None when it does."""
+
+    @property
     def shares_individual_updates(self) -> bool:
         """Whether a broadcast carries clients' own updates rather than only their
         aggregate (FLoRA's stack): any participant could then read another's update."""

@@ -35,6 +35,7 @@ class DefaultHooks:
     """Defaults for the optional hooks: accept every setup, no base merge, no extra loss."""
 
     shares_individual_updates = False
+    dp_refusal: str | None = "its server step is not a weighted sum of the clients' uploads"
 
     def validate(self, setup: Setup) -> None:
         return None

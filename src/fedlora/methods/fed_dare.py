@@ -77,6 +77,8 @@ def upload_seed(client_seed: int, round_: int, cid: int, layer: str, part: str) 
 class FedDare(DefaultHooks):
     """Fed-DARE (see module docstring)."""
 
+    dp_refusal = None  # the server step is a weighted sum of the uploads
+
     name = "fed_dare"
 
     def __init__(self, config: FedDareConfig) -> None:

@@ -100,6 +100,8 @@ ConfigT = TypeVar("ConfigT", bound=PadConfig)
 class FedAvg(DefaultHooks, Generic[ConfigT]):
     """FedIT: separate weighted averages of A and B (see module docstring)."""
 
+    dp_refusal = None  # the server step is a weighted sum of the uploads
+
     name = "fedavg"
 
     def __init__(self, config: ConfigT) -> None:

@@ -120,6 +120,8 @@ class FedEx(DefaultHooks):
     def __init__(self, config: FedExConfig) -> None:
         self.config = config
 
+    dp_refusal = "its residual is built from each client's own product B_k A_k"
+
     @property
     def shares_individual_updates(self) -> bool:  # type: ignore[override]
         """Uncompressed, the residual's factors are the clients' own scaled factors."""

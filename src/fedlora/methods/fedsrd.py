@@ -259,6 +259,17 @@ class _FedSRDBase(DefaultHooks):
     def __init__(self, config: FedSRDConfig) -> None:
         self.config = config
 
+    @property
+    def dp_refusal(self) -> str | None:  # type: ignore[override]
+        """With ``reconstruct = false`` the server averages the uploaded deltas (a weighted
+        sum); reconstructing forms each client's own product first."""
+        if not self.config.reconstruct:
+            return None
+        return (
+            "it reconstructs each client's own product B_k A_k before aggregating (set "
+            f"method.{self.name}.reconstruct = false, which averages the uploaded deltas)"
+        )
+
     # -- setup and state -------------------------------------------------------------------
 
     def validate(self, setup: Setup) -> None:

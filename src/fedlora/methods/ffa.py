@@ -94,6 +94,8 @@ def _b_state(round_: int, bs: Mapping[str, Tensor]) -> ServerState:
 class Ffa(DefaultHooks):
     """FFA-LoRA (see module docstring)."""
 
+    dp_refusal = None  # the server step is a weighted sum of the uploads
+
     name = "ffa"
 
     def __init__(self, config: FfaConfig) -> None:

@@ -84,6 +84,8 @@ def _factored(state: ServerState, setup: Setup) -> dict[str, Factored]:
 class FlexLora(DefaultHooks):
     """FlexLoRA (see module docstring)."""
 
+    dp_refusal = "it takes an SVD of the stack of each client's own factors, not of a sum"
+
     name = "flexlora"
 
     def __init__(self, config: FlexLoraConfig) -> None:

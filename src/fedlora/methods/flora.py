@@ -79,6 +79,7 @@ class Flora(DefaultHooks):
 
     name = "flora"
     shares_individual_updates = True  # the broadcast is the stack of every client's factors
+    dp_refusal = "its broadcast is the stack of every client's own factors"
 
     def __init__(self, config: FloraConfig) -> None:
         self.config = config

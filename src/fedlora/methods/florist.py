@@ -131,6 +131,8 @@ def _adapter(state: ServerState, setup: Setup) -> dict[str, LoraPair]:
 class Florist(DefaultHooks):
     """FLoRIST (see module docstring)."""
 
+    dp_refusal = "it takes an SVD of the stack of each client's own factors, not of a sum"
+
     name = "florist"
 
     def __init__(self, config: FloristConfig) -> None:

@@ -150,6 +150,10 @@ class SparseUplink:
     def shares_individual_updates(self) -> bool:
         return self.inner.shares_individual_updates
 
+    @property
+    def dp_refusal(self) -> str | None:
+        return self.inner.dp_refusal
+
     def upload_reference(
         self, start: ClientStart, setup: Setup, client: ClientSpec
     ) -> dict[str, Tensor]:

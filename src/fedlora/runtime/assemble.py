@@ -19,6 +19,8 @@ from fedlora.methods.uplink import with_uplink
 from fedlora.models import model_folder
 from fedlora.models.placement import load_base, placement
 from fedlora.runtime.client_data import Heldout, client_split, server_heldout, task_heldout
+from fedlora.runtime.privacy import Plan as PrivacyPlan
+from fedlora.runtime.privacy import plan as privacy_plan
 from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
 from fedlora.train.batches import Encoded, PackedExamples, encode, pad_id_of
 
@@ -52,6 +54,8 @@ class Federation:
     client_eval_sets: dict[int, dict[str, EvalSet]] = field(default_factory=dict)
     """Held-out sets of each client's own data, scored on that client (in-process only: a
     server in a deployment holds none)."""
+    privacy: PrivacyPlan | None = None
+    """The run's differential-privacy plan (None without DP)."""
 
     def merge_into_base(self, merge: Mapping[str, Factored]) -> None:
         """Add a round's base merge into the server's model (shared with in-process clients)."""
@@ -120,13 +124,14 @@ def assemble(
     own held-out set is read (none may even exist on its machine); only the public held-out
     sets the server owns are loaded.
     """
+    method = build_method(cfg)
+    dp = privacy_plan(cfg, method)  # a method DP does not compose with stops here
     torch.manual_seed(cfg.seed)
     report("status", {"text": f"loading model {cfg.model.name}"})
     clients = client_specs(cfg)
     peft_model, tokenizer = adapted_model(cfg, clients)
     layers = layer_specs(peft_model)
     setup = Setup(layers=layers, clients=clients, seed=cfg.seed, weighting=cfg.federation.weighting)
-    method = build_method(cfg)
     method.validate(setup)
 
     report("status", {"text": "preparing data"})
@@ -172,4 +177,5 @@ def assemble(
         # What the adapter names as its base: a folder that loads outside fedlora.
         base_model_ref=str(model_folder(cfg.model.name, seed=cfg.seed)),
         client_eval_sets=client_eval_sets,
+        privacy=dp,
     )

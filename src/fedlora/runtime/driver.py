@@ -45,6 +45,7 @@ from fedlora.runtime import checkpoint
 from fedlora.runtime.assemble import Federation
 from fedlora.runtime.evaluate import Scores
 from fedlora.runtime.outcome import ClientOutcome, Transfer
+from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.records import Evaluation, RoundRecord
 from fedlora.runtime.run_folder import RunState, start_or_resume
 from fedlora.runtime.steps import ServerOutcome, max_bytes, send, server_step
@@ -87,6 +88,7 @@ class Server(Protocol):
     cfg: RunConfig
     method: Method
     setup: Setup
+    privacy: PrivacyPlan | None
 
     def merge_into_base(self, merge: Mapping[str, Factored]) -> None:
         """Add a round's base merge into the server's model."""
@@ -120,13 +122,18 @@ class Transport(Protocol):
 
 
 def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
-    """The clients that train in ``round_`` (seeded; sorted)."""
+    """The clients that train in ``round_`` (seeded; sorted): ``clients_per_round`` of them,
+    or, with ``sampling = "poisson"``, each independently with probability ``sample_rate``
+    (possibly none: what a differential-privacy accountant of Poisson sampling assumes)."""
     n = cfg.data.clients
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, Stream.SAMPLING, round_))
+    if cfg.federation.sampling == "poisson":
+        draws = torch.rand(n, generator=gen, dtype=torch.float64)
+        return [k for k in range(n) if float(draws[k]) < cfg.federation.sample_rate]
     want = cfg.federation.clients_per_round
     count = max(1, round(want * n)) if want <= 1 else min(n, int(want))
     if count >= n:
         return list(range(n))
-    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, Stream.SAMPLING, round_))
     return sorted(torch.randperm(n, generator=gen)[:count].tolist())
 
 
@@ -138,7 +145,8 @@ def _mirror_views(
     t: int,
 ) -> tuple[dict[int, str], dict[int, dict[str, Tensor]]]:
     """Update every client's view as its ``client_start`` does; returns who could not, and
-    each training client's upload reference (``Method.upload_reference`` of its start).
+    the upload reference (``Method.upload_reference`` of its start) of each training client
+    and of each group of clients alike.
 
     A start the client played in this process (``ClientOutcome.start``) is used as it is;
     any other is computed here, once. A new view depends on the old one, the broadcast and
@@ -164,8 +172,9 @@ def _mirror_views(
                 why = f"broadcast could not be applied: {type(exc).__name__}: {exc}"
                 done.setdefault(alike, (old, why))
         if start is not None:
+            fresh = alike not in done
             done.setdefault(alike, (old, dict(start.view)))
-            if d.train:
+            if d.train or fresh:
                 references[d.cid] = fed.method.upload_reference(start, fed.setup, client)
         new = done[alike][1]
         if isinstance(new, str):
@@ -231,6 +240,7 @@ def run_round(
         references=references,
         round_=t,
         min_uploads=transport.min_uploads,
+        dp=fed.privacy,
         timer=timer,
     )
     # A skipped round keeps the state, less what its broadcast already merged everywhere.
@@ -326,6 +336,7 @@ def round_record(
         round_seconds=seconds,
         ranks=server.state.meta.get("ranks"),
         nodes_refused=facts.notes.get("nodes_refused"),
+        privacy=fed.privacy.spent(facts.t) if fed.privacy is not None else None,
         evaluation=evaluated,
     )
 

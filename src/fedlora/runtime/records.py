@@ -96,6 +96,7 @@ class RoundRecord:
     round_seconds: float
     ranks: dict[str, int] | None = None
     nodes_refused: dict[str, str] | None = None
+    privacy: dict[str, float] | None = None
     evaluation: Evaluation | None = None
     schema: int = SCHEMA
     ALWAYS = (

@@ -33,6 +33,8 @@ from fedlora.models.placement import device_of
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime.guard import ClipPolicy, guard, non_finite
 from fedlora.runtime.outcome import ClientOutcome, Transfer
+from fedlora.runtime.privacy import Plan as PrivacyPlan
+from fedlora.runtime.privacy import clip_upload, noisy_mean
 from fedlora.train.adapters import on_device, slot_name
 from fedlora.train.batches import Encoded, truncated_count
 from fedlora.train.local import LocalResult, train_local
@@ -122,8 +124,12 @@ def client_step(
     assert done.upload is not None
     result = trained[-1]
     outcome.report = done.report
+    upload = done.upload
+    if cfg.privacy.on:  # the client bounds its own change before anything leaves it
+        reference = method.upload_reference(done.start, setup, client)
+        upload = clip_upload(upload, reference, cfg.privacy.clip_norm)
     with timer("upload_encode"):
-        outcome.upload = send(done.upload, cfg)
+        outcome.upload = send(upload, cfg)
     outcome.n_samples = len(examples)
     outcome.train_loss = result.mean_loss
     outcome.tokens = result.tokens
@@ -185,6 +191,7 @@ def server_step(
     references: Mapping[int, Mapping[str, Tensor]],
     round_: int | None = None,
     min_uploads: int = 1,
+    dp: PrivacyPlan | None = None,
     timer: Timer = untimed,
 ) -> ServerOutcome:
     """Decode every upload strictly, drop the bad ones, bound the rest, aggregate them.
@@ -195,7 +202,9 @@ def server_step(
     (:mod:`fedlora.runtime.guard`). With fewer valid uploads than ``federation.min_clients``
     (or ``min_uploads``, the runtime's own floor) the round is skipped and ``state`` is
     returned unchanged; so is a new state holding NaN or Inf. ``round_`` is the runtime round
-    the uploads were trained in (see ``Upload.round``).
+    the uploads were trained in (see ``Upload.round``). Under differential privacy (``dp``)
+    the method aggregates one upload instead, the noisy mean of the clipped changes
+    (:mod:`fedlora.runtime.privacy`), whatever the number of uploads.
     """
     began = time.perf_counter()
     t = state.round + 1
@@ -212,6 +221,8 @@ def server_step(
             continue
         decoded.append(Upload(cid=cid, n_samples=n_samples, payload=payload, round=round_))
     fed = cfg.federation
+    if dp is not None:
+        return _private(method, state, setup, decoded, references, dp, dropped, t, began)
     guarded = guard(
         decoded, references, max_weight_ratio=fed.max_weight_ratio, policy=clip_policy(cfg)
     )
@@ -243,3 +254,42 @@ def server_step(
     if bad is not None:
         return outcome(state, f"the new global state is not finite ({bad} holds NaN or Inf)")
     return outcome(new_state, None)
+
+
+def _private(
+    method: Method,
+    state: ServerState,
+    setup: Setup,
+    decoded: Sequence[Upload],
+    references: Mapping[int, Mapping[str, Tensor]],
+    dp: PrivacyPlan,
+    dropped: dict[int, str],
+    t: int,
+    began: float,
+) -> ServerOutcome:
+    """The DP server step: one noisy mean of the clipped changes, aggregated as one upload
+    (every client alike: any one's reference and schema are every one's)."""
+    anyone = min(references)
+    mean = noisy_mean(
+        decoded,
+        references,
+        method.upload_schema(setup, setup.client(anyone)),
+        references[anyone],
+        dp,
+        t,
+    )
+    accepted = [u.cid for u in decoded]
+    new_state = method.aggregate(
+        state, [Upload(anyone, 1, mean, decoded[0].round if decoded else None)], setup
+    )
+    bad = non_finite(new_state)
+    skip = None if bad is None else f"the new global state is not finite ({bad} holds NaN or Inf)"
+    seconds = time.perf_counter() - began
+    return ServerOutcome(
+        new_state if skip is None else state,
+        accepted,
+        dropped,
+        skip is not None,
+        seconds,
+        skip_reason=skip,
+    )

@@ -40,6 +40,7 @@ from fedlora.methods.half_round import half_round
 from fedlora.runtime.driver import Dispatch, EvalReply
 from fedlora.runtime.evaluate import Scores
 from fedlora.runtime.outcome import ClientOutcome, Transfer
+from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.run_folder import RunState
 from fedlora.runtime.steps import send
 
@@ -93,6 +94,7 @@ class SyntheticServer:
     cfg: RunConfig
     method: Method
     setup: Setup
+    privacy: PrivacyPlan | None = None
 
     def merge_into_base(self, merge: Mapping[str, Factored]) -> None:
         return None

@@ -246,7 +246,11 @@ def refuse_individual_updates(fed: Federation) -> None:
             f"method {fed.method.name!r} broadcasts every client's own update to every client; "
             "set federation.allow_individual_updates = true to run it on Flower anyway"
         )
-    if len(sample_clients(cfg, 1)) < 2:
+    if (
+        cfg.federation.sampling == "fixed"
+        and not cfg.privacy.on
+        and len(sample_clients(cfg, 1)) < 2
+    ):
         raise ConfigError(
             "with one client per round the broadcast is that client's own update; "
             "sample at least 2 clients or set federation.allow_individual_updates = true"
