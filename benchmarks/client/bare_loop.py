@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fedlora.config import RunConfig, TrainConfig
 from fedlora.methods.base import ClientSpec
-from fedlora.train.batches import Encoded, collate
-from fedlora.train.local import BatchSampler
+from fedlora.train.batches import Encoded
+from fedlora.train.batching import batch_of, sampler
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The micro-batches ``train_local`` draws with one seed: ``[step][micro] -> batch``
+    (already on the device), and how many real (non-padding) tokens they hold."""
+
+    batches: list[list[dict[str, torch.Tensor]]]
+    tokens: int
 
 
 def plan_batches(
@@ -27,25 +37,20 @@ def plan_batches(
     seed: int,
     pad_id: int,
     device: torch.device | None = None,
-) -> list[list[dict[str, torch.Tensor]]]:
-    """The micro-batches ``train_local`` draws with ``seed``: ``[step][micro] -> batch``,
-    already on ``device``.
-
-    Same sampler, same order, same collation, so the bare loop sees identical tensors.
-    """
-    sampler = BatchSampler(len(examples), seed)
-    return [
-        [
-            collate([examples[i] for i in sampler.take(train.batch_size)], pad_id, device)
-            for _ in range(train.grad_accum_steps)
-        ]
-        for _ in range(train.local_steps)
-    ]
-
-
-def batch_tokens(batches: Sequence[Sequence[dict[str, torch.Tensor]]]) -> int:
-    """Non-padding tokens of a plan (what ``train_local`` counts)."""
-    return sum(int(b["attention_mask"].sum()) for step in batches for b in step)
+) -> Plan:
+    """Same sampler, same order, same layout (``train.batching``) as ``train_local``, so the
+    bare loop sees identical tensors."""
+    draw = sampler(examples, train.batching, train.batch_size, seed)
+    batches: list[list[dict[str, torch.Tensor]]] = []
+    tokens = 0
+    for _ in range(train.local_steps):
+        step = []
+        for _ in range(train.grad_accum_steps):
+            picked = [examples[i] for i in draw.take(train.batch_size)]
+            tokens += sum(len(e.input_ids) for e in picked)
+            step.append(batch_of(picked, train.batching, pad_id, train.seq_len, device))
+        batches.append(step)
+    return Plan(batches, tokens)
 
 
 def bare_peft_model(cfg: RunConfig, client: ClientSpec) -> nn.Module:

@@ -53,7 +53,6 @@ from benchmarks.client.bare_loop import (
     bare_params,
     bare_peft_model,
     bare_train,
-    batch_tokens,
     plan_batches,
 )
 from benchmarks.client.fedlora_round import MethodRun, alone, fedlora_round
@@ -154,7 +153,7 @@ def time_methods(
         rotates with ``turn`` so no side always runs first or last."""
         t = run.rs.round + 1
         device = device_of(bare)
-        batches = plan_batches(
+        plan = plan_batches(
             examples,
             cfg.train,
             client_seed(fed.setup.seed, Stream.TRAIN, t, client.cid),
@@ -167,7 +166,7 @@ def time_methods(
         def side(name: str) -> Any:
             if name == "bare":
                 params = bare_params(bare, run.trainable)
-                return bare_train(bare, params, batches, cfg.train)
+                return bare_train(bare, params, plan.batches, cfg.train)
             if name == "fedlora":
                 return fedlora_round(run)
             assert trl is not None
@@ -178,7 +177,7 @@ def time_methods(
         for name in sides[k:] + sides[:k]:
             got[name], peaks[name] = gpu_peak(device, functools.partial(side, name))
         sample: Sample = got["fedlora"]
-        sample.bare_seconds, sample.bare_tokens = got["bare"], batch_tokens(batches)
+        sample.bare_seconds, sample.bare_tokens = got["bare"], plan.tokens
         if "trl" in got:
             sample.trl_seconds, sample.trl_tokens = got["trl"].seconds, got["trl"].tokens
         if device.type == "cuda":
@@ -403,6 +402,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-timing", action="store_true", help="skip the throughput timing")
     p.add_argument(
+        "--batching",
+        action="store_true",
+        help="instead: real tokens/s of each train.batching mode and of TRL's packed "
+        "SFTTrainer at seq_len 512 (iid mix, one domain) and 64, batch 8",
+    )
+    p.add_argument(
         "--no-trl", action="store_true", help="do not time TRL's SFTTrainer beside fedlora"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -432,6 +437,24 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     return run(build_parser().parse_args(argv), out)
 
 
+def batching_main(args: argparse.Namespace, progress: Callable[[str], None]) -> int:
+    """``--batching``: the batching modes against each other and TRL (:mod:`.batching`)."""
+    from benchmarks.client.batching import print_report, run_batching, to_json
+
+    cfg = config_mod.load(
+        None, [f"model.name={json.dumps(args.model)}", *BENCH_OVERRIDES, *args.overrides]
+    )
+    threads, why = choose_threads(args.threads)
+    torch.set_num_threads(threads)
+    progress(f"torch threads: {threads} ({why}); load {load_average()}")
+    scenarios = run_batching(cfg, args.repeats, not args.no_trl, progress)
+    progress(f"load at the end {load_average()}")
+    print_report(scenarios, args.json)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(to_json(scenarios), indent=1) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``python -m benchmarks.client`` on parsed options (:func:`add_arguments`)."""
     out = out or sys.stdout
@@ -440,6 +463,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if not args.quiet:
             print(f"· {text}", file=sys.stderr, flush=True)
 
+    if args.batching:
+        return batching_main(args, progress)
     try:
         config = ClientBenchConfig(
             model=args.model,

@@ -44,9 +44,14 @@ class _TokenCounter:
         self.handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        if not module.training:
+            return
         mask = kwargs.get("attention_mask")
-        if module.training and mask is not None:
+        ids = kwargs.get("input_ids")
+        if mask is not None:
             self.tokens += int(mask.sum())
+        elif ids is not None:  # padding-free: every position is a real token
+            self.tokens += int(ids.numel())
 
 
 def trl_round(
@@ -58,6 +63,34 @@ def trl_round(
 ) -> TrlSample:
     """One local run of ``cfg.train.local_steps`` optimiser steps with ``SFTTrainer`` on
     ``model`` (a PEFT model, see :func:`benchmarks.client.bare_loop.bare_peft_model`)."""
+    return _train(cfg, model, tokenizer, examples, seed, cfg.train.batch_size, packing=False)
+
+
+def trl_packed_round(
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Encoded],
+    mean_length: float,
+    seed: int,
+) -> TrlSample:
+    """TRL at its fastest here: best-fit-decreasing packing into rows of ``seq_len`` (which
+    TRL trains padding-free), as many rows per step as hold ``batch_size`` examples of
+    ``mean_length`` tokens, so a step's real-token budget is about fedlora's."""
+    t = cfg.train
+    rows = max(1, round(t.batch_size * mean_length / t.seq_len))
+    return _train(cfg, model, tokenizer, examples, seed, rows, packing=True)
+
+
+def _train(
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Encoded],
+    seed: int,
+    batch_size: int,
+    packing: bool,
+) -> TrlSample:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -69,7 +102,7 @@ def trl_round(
     with tempfile.TemporaryDirectory(prefix="fedlora-trl-") as out:
         args = SFTConfig(
             output_dir=out,
-            per_device_train_batch_size=t.batch_size,
+            per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=t.grad_accum_steps,
             max_steps=t.local_steps,
             learning_rate=t.lr,
@@ -78,7 +111,7 @@ def trl_round(
             max_grad_norm=t.max_grad_norm,
             optim="adamw_torch",
             max_length=t.seq_len,
-            packing=False,
+            packing=packing,
             gradient_checkpointing=t.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
             save_strategy="no",

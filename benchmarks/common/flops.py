@@ -115,6 +115,9 @@ def machine_rates(counter: FlopCounter, device: torch.device = CPU) -> dict[str,
         b = torch.randn(k, n, generator=gen).to(device)
         rates["matmul"] = 2.0 * m * k * n / _median_seconds(lambda: a @ b, device) / 1e9
     qr = counter.heaviest("qr")
+    if qr is None:  # a step that factorises by SVD or eigh only: its rate at that size
+        square = counter.heaviest("svd") or counter.heaviest("eigh")
+        qr = (square[0], square[-1]) if square is not None else None
     if qr is not None:
         m, n = qr
         x = torch.randn(m, n, generator=gen).to(device)
@@ -122,3 +125,15 @@ def machine_rates(counter: FlopCounter, device: torch.device = CPU) -> dict[str,
         seconds = _median_seconds(lambda: torch.linalg.qr(x, mode="r"), device)
         rates["qr"] = flops / seconds / 1e9
     return rates
+
+
+def roofline_seconds(counter: FlopCounter, rates: dict[str, float]) -> float | None:
+    """The time the counted flops take at the measured kernel rates (GFLOP/s): matrix
+    products at the matmul rate, factorisations (QR, SVD, eigh) at the QR rate; None when a
+    rate the step needs was not measured."""
+    by_kind: dict[str, float] = defaultdict(float)
+    for (kernel, _), flops in counter.by_kernel.items():
+        by_kind["matmul" if kernel == "matmul" else "qr"] += flops
+    if any(kind not in rates for kind, flops in by_kind.items() if flops > 0):
+        return None
+    return sum(flops / (rates[kind] * 1e9) for kind, flops in by_kind.items())

@@ -53,6 +53,8 @@ HEADER = (
     "GFLOP",
     "GFLOP/s",
     "machine mm/qr",
+    "x roofline",
+    "wire/copy",
 )
 
 
@@ -80,6 +82,8 @@ def _row(r: MethodResult) -> list[str]:
         f"{r.flops / 1e9:.1f}" if r.flops else "-",
         "-" if r.gflop_per_s is None else f"{r.gflop_per_s:.1f}",
         rates or "-",
+        "-" if r.roofline_ratio is None else f"{r.roofline_ratio:.2f}",
+        "-" if r.wire_over_copy is None else f"{r.wire_over_copy:.1f}",
     ]
 
 

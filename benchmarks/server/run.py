@@ -41,7 +41,7 @@ from typing import Any, TextIO
 
 import torch
 
-from benchmarks.common.flops import count_flops, machine_rates
+from benchmarks.common.flops import count_flops, machine_rates, roofline_seconds
 from benchmarks.common.measure import load_average
 from benchmarks.common.memory import MemoryUse, measure, warm_up
 from benchmarks.common.synthetic import RoundInputs, make_setup, synthetic_round
@@ -262,13 +262,26 @@ def bench_method(
     result.whole_model_s = result.project_full.median
     result.gflop_per_s = counter.total / max(result.project_full.median, 1e-12) / 1e9
     result.machine_gflop_per_s = machine_rates(counter, device)
+    result.roofline_s = roofline_seconds(counter, result.machine_gflop_per_s)
     del aggregate_full, state, uploads
     ranks = [c.rank for c in setup_full.clients]
     result.stacked_bytes = sum(stacked_bytes(ranks, s.out_features, s.in_features) for s in full)
     result.dense_layer_bytes = max(s.out_features * s.in_features * 4 for s in full)
     result.wire, result.upload_bytes = time_wire(whole.uploads[0].payload, config.repeats)
+    result.copy = time_copy(result.upload_bytes, config.repeats)
     del whole
     return result
+
+
+def time_copy(nbytes: int, repeats: int) -> Timing:
+    """Copying ``nbytes`` bytes twice (out to the wire and back in), the wire's floor."""
+    source = torch.empty(nbytes, dtype=torch.uint8)
+
+    def copies() -> None:
+        torch.empty_like(source).copy_(source.clone())
+
+    timing, _ = time_call(copies, repeats)
+    return timing
 
 
 def time_wire(payload: Mapping[str, Any], repeats: int) -> tuple[Timing, int]:

@@ -84,6 +84,24 @@ class MethodResult:
     machine_gflop_per_s: dict[str, float] = field(default_factory=dict)
     """This machine's rate on the step's heaviest matmul and QR shapes."""
     whole_model_s: float | None = None
+    roofline_s: float | None = None
+    """The time the step's counted flops take at the kernel rates measured in the same run."""
+    copy: Timing | None = None
+    """Copying the upload's bytes out and back in: the floor the wire is measured against."""
+
+    @property
+    def roofline_ratio(self) -> float | None:
+        """Whole-model step time over its roofline time (1: the step runs at the machine's
+        kernel rates)."""
+        if self.project_full is None or not self.roofline_s:
+            return None
+        return self.project_full.median / self.roofline_s
+
+    @property
+    def wire_over_copy(self) -> float | None:
+        if self.wire is None or self.copy is None:
+            return None
+        return self.wire.median / max(self.copy.median, 1e-12)
 
     @property
     def ratio(self) -> float | None:

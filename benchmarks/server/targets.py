@@ -22,16 +22,33 @@ def _wire(r: MethodResult) -> tuple[float, str] | None:
     return None if r.wire is None else (r.wire.median, f"{r.wire.median:.3f} s")
 
 
+def _roofline(r: MethodResult) -> tuple[float, str] | None:
+    x, t = r.roofline_ratio, r.project_full
+    if x is None or t is None or r.roofline_s is None:
+        return None
+    return x, f"{x:.2f}x ({t.median:.3g} s / roofline {r.roofline_s:.3g} s)"
+
+
+def _wire_copy(r: MethodResult) -> tuple[float, str] | None:
+    x, wire, copy = r.wire_over_copy, r.wire, r.copy
+    if x is None or wire is None or copy is None:
+        return None
+    return x, f"{x:.1f}x ({wire.median:.3f} s / copy {copy.median:.4f} s)"
+
+
 METRICS: Mapping[str, Callable[[MethodResult], tuple[float, str] | None]] = {
     "reference_over_project": _ratio,
     "whole_model_seconds": _whole,
     "wire_seconds": _wire,
+    "roofline_ratio": _roofline,
+    "wire_over_copy": _wire_copy,
 }
 """A measured figure of one method (value, as shown), or None when the run has none."""
 
 
 def _applies(when: Mapping[str, Any], config: BenchConfig) -> bool:
-    settings = {
+    settings: dict[str, Any] = {
+        "device": "cuda" if config.device.startswith("cuda") else "cpu",
         "shape": config.shape,
         "ranks": list(config.ranks),
         "blocks": config.blocks,

@@ -8,6 +8,7 @@ RSS children run (one of them as a real process).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -130,33 +131,36 @@ def tiny_fed(tmp_path: Path) -> Federation:
     return assemble(cfg, lambda kind, info: None)
 
 
+@pytest.mark.parametrize("batching", ["pad", "group", "pack"])
 def test_plan_batches_are_the_batches_train_local_draws(
+    batching: str,
     tiny_fed: Federation,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare
     fed, seen = tiny_fed, []
+    train = dataclasses.replace(fed.cfg.train, batching=batching)
     client = fed.setup.clients[0]
     slot = slot_name(client.rank, client.alpha)
-    original = local_mod.collate
+    original = local_mod.batch_of
 
-    def recording(batch, pad_id, device=None):  # type: ignore[no-untyped-def]
-        out = original(batch, pad_id, device)
+    def recording(*args, **kw):  # type: ignore[no-untyped-def]
+        out = original(*args, **kw)
         seen.append(out)
         return out
 
-    monkeypatch.setattr(local_mod, "collate", recording)
+    monkeypatch.setattr(local_mod, "batch_of", recording)
     start = ClientStart(adapter=get_lora(fed.model, slot))
     # Execute
-    planned = bench.plan_batches(fed.train_sets[0], fed.cfg.train, 11, fed.pad_id)
-    result = train_local(fed.model, slot, start, fed.train_sets[0], fed.cfg.train, 11, fed.pad_id)
+    planned = bench.plan_batches(fed.train_sets[0], train, 11, fed.pad_id)
+    result = train_local(fed.model, slot, start, fed.train_sets[0], train, 11, fed.pad_id)
     # Assert
-    flat = [b for step in planned for b in step]
-    assert len(flat) == len(seen) == fed.cfg.train.local_steps * fed.cfg.train.grad_accum_steps
+    flat = [b for step in planned.batches for b in step]
+    assert len(flat) == len(seen) == train.local_steps * train.grad_accum_steps
     for mine, theirs in zip(flat, seen, strict=True):
-        for k in ("input_ids", "attention_mask", "labels"):
-            assert torch.equal(mine[k], theirs[k])
-    assert bench.batch_tokens(planned) == result.tokens
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert planned.tokens == result.tokens
 
 
 def test_bare_loop_trains_only_the_requested_factors(tiny_fed: Federation) -> None:
@@ -170,9 +174,9 @@ def test_bare_loop_trains_only_the_requested_factors(tiny_fed: Federation) -> No
             if "lora_B." in name:
                 p.normal_(0.0, 0.01)
     before = {n: p.detach().clone() for n, p in named.items()}
-    batches = bench.plan_batches(fed.train_sets[0], fed.cfg.train, 3, fed.pad_id)
+    plan = bench.plan_batches(fed.train_sets[0], fed.cfg.train, 3, fed.pad_id)
     # Execute
-    seconds = bench.bare_train(model, params, batches, fed.cfg.train)
+    seconds = bench.bare_train(model, params, plan.batches, fed.cfg.train)
     # Assert
     assert seconds > 0
     assert params and all("lora_B." in n for n, p in named.items() if p.requires_grad)
@@ -293,3 +297,23 @@ def test_an_rss_child_is_a_real_process_that_reports_its_own_peak() -> None:
     assert info["param_bytes"] > 0 and seconds > 0
     assert info["vmhwm_bytes"] > info["param_bytes"] + 20 * 2**20  # Python + torch resident
     assert own is not None and info["vmhwm_bytes"] != own
+
+
+def test_the_batching_comparison_runs_every_mode_on_every_scenario(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--batching", "--model", "tiny-llama", "--repeats", "1", "--no-trl", "--json"]
+    assert bench.main([*argv, "--quiet", "--set", "train.local_steps=1"]) == 0
+    scenarios = json.loads(capsys.readouterr().out)
+    assert [(s["data"], s["seq_len"]) for s in scenarios] == [
+        ("iid", 512),
+        ("domain", 512),
+        ("iid", 64),
+    ]
+    for s in scenarios:
+        assert set(s["tokens_per_s"]) == {"pad", "group", "pack"}
+        sides = s["sides"]
+        assert sides["pack"]["padding"] <= sides["pad"]["padding"]
+        assert all(0 < s["mfu"][k] < 1 for k in s["mfu"])
+        # every side trained on the same number of real tokens (same examples, same steps)
+        assert sides["pad"]["tokens"] == sides["pack"]["tokens"]

@@ -187,6 +187,7 @@ class TrainConfig:
 
     local_steps: int = 10
     batch_size: int = 4
+    batching: str = "pad"  # pad | group | pack (fedlora.train.batching)
     grad_accum_steps: int = 1
     seq_len: int = 64
     lr: float = 3e-4
@@ -211,6 +212,11 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = off)")
         _check(
+            self.batching in BATCHINGS,
+            "train.batching",
+            f"must be one of {', '.join(BATCHINGS)}; got {self.batching!r}",
+        )
+        _check(
             self.lr_schedule in SCHEDULES,
             "train.lr_schedule",
             f"must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}",
@@ -219,6 +225,8 @@ class TrainConfig:
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr = {self.lr}]")
 
 
+BATCHINGS = ("pad", "group", "pack")
+"""How a client's examples become micro-batches (:mod:`fedlora.train.batching`)."""
 SAMPLINGS = ("fixed", "poisson")
 PRIVACY_MODES = ("none", "central")
 

@@ -47,15 +47,15 @@ def labelled_log_probs(
     """
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
+    # A padded batch has an attention mask; a packed one has position ids that restart at
+    # each example instead, from which the model builds a block-diagonal causal mask.
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     parts = _parts(model)
     if parts is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        picked = logits[:, :-1][keep]
+        picked = model(**inputs).logits[:, :-1][keep]
     else:
         backbone, head = parts
-        hidden = backbone(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state
+        hidden = backbone(**inputs, use_cache=False).last_hidden_state
         picked = head(hidden[:, :-1][keep])
     if picked.dtype != torch.float64:
         picked = picked.float()  # at least float32 for the softmax, as the model's own loss

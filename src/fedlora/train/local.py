@@ -22,7 +22,8 @@ from fedlora.methods.base import ClientStart, Lora, Tensor
 from fedlora.models.placement import device_of
 from fedlora.ops.schedule import step_lr
 from fedlora.train.adapters import get_lora, live_lora, set_lora, set_trainable
-from fedlora.train.batches import Encoded, collate
+from fedlora.train.batches import Encoded
+from fedlora.train.batching import batch_of, sampler
 from fedlora.train.lm_loss import completion_only_loss
 from fedlora.train.progress import progress
 from fedlora.train.timing import Timer, untimed
@@ -48,25 +49,6 @@ def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
-
-
-class BatchSampler:
-    """Seeded epochs over ``n`` examples: a fresh permutation each pass, taken in order."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        if n <= 0:
-            raise ValueError("a client has no training examples")
-        self.n = n
-        self.gen = torch.Generator().manual_seed(seed)
-        self.order: list[int] = []
-
-    def take(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            if not self.order:
-                self.order = torch.randperm(self.n, generator=self.gen).tolist()
-            out.append(self.order.pop())
-        return out
 
 
 def _backward(
@@ -111,7 +93,7 @@ def train_local(
         model.set_adapter(slot)  # type: ignore[operator]
         params = set_trainable(model, slot, start.trainable)
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = BatchSampler(len(examples), seed)
+    draw = sampler(examples, cfg.batching, cfg.batch_size, seed)
     # The slot's parameter objects stay the same all round: look them up once, not per batch.
     with timer("live_lora"):
         live = live_lora(model, slot) if regulariser is not None else None
@@ -139,10 +121,10 @@ def train_local(
             optimiser.zero_grad(set_to_none=True)
             for _ in range(cfg.grad_accum_steps):
                 with timer("collate"):
-                    picked = [examples[i] for i in sampler.take(cfg.batch_size)]
-                    batch = collate(picked, pad_id, device)
+                    picked = [examples[i] for i in draw.take(cfg.batch_size)]
+                    batch = batch_of(picked, cfg.batching, pad_id, cfg.seq_len, device)
                 losses.append(_backward(model, batch, cfg.grad_accum_steps, regulariser, live))
-                tokens += int(batch["attention_mask"].sum())
+                tokens += sum(len(e.input_ids) for e in picked)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimiser.step()
