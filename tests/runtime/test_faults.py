@@ -131,14 +131,8 @@ def test_one_huge_update_is_clipped_and_does_not_wreck_the_model(
     assert bounded < 5 and free > 100 * bounded, (bounded, free)
 
 
-@pytest.mark.parametrize(
-    "variant", [["method=flora"], ["method=fedex"], ["method=florist", "method.florist.mode=merge"]]
-)
-def test_a_skipped_round_does_not_merge_the_last_aggregate_twice(
-    variant: list[str], tmp_path: Path, client_files: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Prepare: every client fails in round 2 (train calls 4..6), so round 2 is skipped after
-    # its broadcast (which merges round 1's aggregate into every base) went out
+def _fail_round_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every client fails in round 2 (train calls 4..6 of 3 clients)."""
     real_train = steps.train_local
     calls = {"n": 0}
 
@@ -149,6 +143,30 @@ def test_a_skipped_round_does_not_merge_the_last_aggregate_twice(
         return real_train(model, slot, *a, **kw)
 
     monkeypatch.setattr(steps, "train_local", down_in_round_two)
+
+
+@pytest.mark.parametrize("method", ["fedsrd", "fed_dare"])
+def test_a_synced_method_runs_on_after_a_skipped_round(
+    method: str, tmp_path: Path, client_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: round 2 is skipped after its broadcast (round 1's delta) reached every view
+    _fail_round_two(monkeypatch)
+    # Execute
+    records = _run(tmp_path, client_files, f"method={method}", "federation.rounds=3")
+    # Assert: round 3 accepts every client: no view went out of sync with the server
+    assert records[2]["skipped"] and not records[3]["skipped"]
+    assert records[3]["accepted"] == [0, 1, 2], records[3]["dropped"]
+
+
+@pytest.mark.parametrize(
+    "variant", [["method=flora"], ["method=fedex"], ["method=florist", "method.florist.mode=merge"]]
+)
+def test_a_skipped_round_does_not_merge_the_last_aggregate_twice(
+    variant: list[str], tmp_path: Path, client_files: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: every client fails in round 2 (train calls 4..6), so round 2 is skipped after
+    # its broadcast (which merges round 1's aggregate into every base) went out
+    _fail_round_two(monkeypatch)
     # Execute
     records = _run(tmp_path, client_files, *variant, "federation.rounds=3")
     # Assert: round 2 skipped; round 3's broadcast merges nothing already merged, so the

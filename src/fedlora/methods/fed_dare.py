@@ -20,7 +20,7 @@ Choices and departures:
   seed travels with each :class:`Sparse` so the wire may send it instead of the positions.
 - Aggregation weights follow ``setup.weighting``; uploads are summed in client-id order.
 - The broadcast leaves out positions whose averaged value is exactly 0 (they change
-  nothing). The first broadcast is the initial adapter sent as seeds and the init rule
+  nothing); after a skipped round it is empty (:func:`.synced.skip_round`). The first broadcast is the initial adapter sent as seeds and the init rule
   (``common.initial_payload``: no values of A, ``B^0 = 0`` as an empty sparse tensor).
 - Heterogeneous ranks (or alphas) are refused: there is one shared global adapter.
 
@@ -33,8 +33,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from fedlora.methods import synced
 from fedlora.methods.base import (
     ClientSpec,
@@ -46,13 +44,11 @@ from fedlora.methods.base import (
     Setup,
     Tensor,
     Upload,
-    aggregation_weights,
 )
-from fedlora.methods.common import DefaultHooks, fresh_lora, initial_payload, key
+from fedlora.methods.common import DefaultHooks, initial_payload, key
 from fedlora.methods.registry import register
 from fedlora.ops.masks import dare
 from fedlora.ops.seeds import label_seed
-from fedlora.ops.sparse import Sparse
 
 
 @dataclass(frozen=True)
@@ -89,11 +85,7 @@ class FedDare(DefaultHooks):
 
     def init_server(self, setup: Setup) -> ServerState:
         self.validate(setup)
-        tensors: dict[str, Tensor] = {}
-        for layer, pair in fresh_lora(setup, setup.max_rank, setup.seed).items():
-            tensors[key(layer, "A")] = pair.A
-            tensors[key(layer, "B")] = pair.B
-        return ServerState(round=0, tensors=tensors)
+        return synced.initial_state(setup)
 
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
         return synced.global_scaled(state, setup)
@@ -101,12 +93,10 @@ class FedDare(DefaultHooks):
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
         if state.round == 0:
             return initial_payload(setup, setup.max_rank, setup.seed)
-        out: Payload = {}
-        for s in setup.layers:
-            for part in ("dA", "dB"):
-                avg = state.tensors[key(s.name, part)]
-                out[key(s.name, part)] = Sparse.from_mask(avg, avg != 0)
-        return out
+        return synced.delta_broadcast(state, setup)
+
+    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+        return synced.skip_round(state)
 
     def client_start(
         self,
@@ -136,17 +126,4 @@ class FedDare(DefaultHooks):
         return out
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        ordered = sorted(uploads, key=lambda u: u.cid)
-        weights = aggregation_weights(ordered, setup.weighting)
-        tensors: dict[str, Tensor] = {}
-        for s in setup.layers:
-            for part in ("A", "B"):
-                prev = state.tensors[key(s.name, part)]
-                avg = torch.zeros_like(prev)
-                for p, u in zip(weights, ordered, strict=True):
-                    avg = avg + p * synced.upload_delta(u.payload, s.name, part, prev)
-                # Apply exactly what is broadcast, so clients reproduce the same bits.
-                sent = Sparse.from_mask(avg, avg != 0)
-                tensors[key(s.name, part)] = synced.add_delta(prev, sent)
-                tensors[key(s.name, "d" + part)] = sent.to_dense()
-        return ServerState(round=state.round + 1, tensors=tensors)
+        return synced.mean_delta_step(state, uploads, setup)

@@ -84,7 +84,6 @@ from fedlora.methods.base import (
 from fedlora.methods.common import (
     DefaultHooks,
     dense,
-    fresh_lora,
     initial_payload,
     key,
     lora_payload,
@@ -277,12 +276,7 @@ class _FedSRDBase(DefaultHooks):
 
     def init_server(self, setup: Setup) -> ServerState:
         self.validate(setup)
-        adapter = fresh_lora(setup, setup.max_rank, setup.seed)
-        tensors: dict[str, Tensor] = {}
-        for layer, pair in adapter.items():
-            tensors[key(layer, "A")] = pair.A
-            tensors[key(layer, "B")] = pair.B
-        return ServerState(round=0, tensors=tensors, meta={"updated": None})
+        return synced.initial_state(setup, {"updated": None})
 
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
         return synced.global_scaled(state, setup)
@@ -298,13 +292,18 @@ class _FedSRDBase(DefaultHooks):
         keep = 1.0 - self.config.p_down
         out: Payload = {}
         for s in setup.layers:
-            applied = state.tensors[key(s.name, part)]
+            applied = state.tensors.get(key(s.name, part))
+            if applied is None:  # nothing pending: the last round was skipped
+                continue
             # The stored delta is zero off the seeded mask, so re-extracting it on that mask
             # reproduces the sparse tensor the server applied, values included.
             out[key(s.name, part)] = Sparse.from_seeded_mask(
                 applied, downlink_seed(setup.seed, state.round, s.name), keep
             )
         return out
+
+    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+        return synced.skip_round(state)
 
     def client_start(
         self,

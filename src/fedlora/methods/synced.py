@@ -1,6 +1,6 @@
 """A global adapter that server and clients keep in sync by exchanging sparse deltas.
 
-Shared by FedSRD / FedSRD-e and Fed-DARE. The protocol:
+Shared by FedSRD / FedSRD-e, Fed-DARE and RoLoRA. The protocol:
 
 - Round 0 (``state.round == 0``): the server sends the initial global adapter in full, as
   ``common.initial_payload`` describes a fresh PEFT init: each ``layer.A`` as its seed and init
@@ -16,18 +16,34 @@ Shared by FedSRD / FedSRD-e and Fed-DARE. The protocol:
 
 Server state tensors: ``layer.A``, ``layer.B`` (the global adapter) and, after round 0, the
 dense delta applied in the last round (``layer.dA`` / ``layer.dB``), from which the next
-broadcast is rebuilt.
+broadcast is rebuilt. ``state.round`` equals the round of every client's view once it has
+applied the state's broadcast.
+
+A skipped round (too few valid uploads) still sent its broadcast, which every client
+applied: :func:`skip_round` advances the state to the clients' round with no delta pending,
+so the next broadcast is empty instead of the same delta a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from fedlora.errors import ConfigError, PayloadError
-from fedlora.methods.base import Factored, Lora, LoraPair, Payload, ServerState, Setup, Tensor
-from fedlora.methods.common import dense, key
+from fedlora.methods.base import (
+    Factored,
+    Lora,
+    LoraPair,
+    Payload,
+    ServerState,
+    Setup,
+    Tensor,
+    Upload,
+    aggregation_weights,
+)
+from fedlora.methods.common import dense, fresh_lora, key
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
@@ -48,6 +64,15 @@ def require_homogeneous(setup: Setup, method: str) -> None:
         )
 
 
+def initial_state(setup: Setup, meta: dict[str, Any] | None = None) -> ServerState:
+    """Round 0: the fresh global adapter (PEFT's init from the run seed, ``B = 0``)."""
+    tensors: dict[str, Tensor] = {}
+    for layer, pair in fresh_lora(setup, setup.max_rank, setup.seed).items():
+        tensors[key(layer, "A")] = pair.A
+        tensors[key(layer, "B")] = pair.B
+    return ServerState(round=0, tensors=tensors, meta=dict(meta or {}))
+
+
 def global_lora(state: ServerState, setup: Setup) -> Lora:
     """The global adapter held in ``state``."""
     return {
@@ -60,6 +85,49 @@ def global_scaled(state: ServerState, setup: Setup) -> dict[str, Factored]:
     """``(s·B, A)`` per layer with the clients' common scaling ``s``."""
     scaling = setup.clients[0].scaling
     return {name: (scaling * p.B, p.A) for name, p in global_lora(state, setup).items()}
+
+
+def skip_round(state: ServerState) -> ServerState:
+    """The state after a skipped round whose broadcast every client applied: the same global
+    adapter, one round on, no delta pending (the next broadcast sends nothing)."""
+    kept = {name: t for name, t in state.tensors.items() if name.rpartition(".")[2] in ("A", "B")}
+    return ServerState(round=state.round + 1, tensors=kept, meta=dict(state.meta))
+
+
+def delta_broadcast(state: ServerState, setup: Setup) -> Payload:
+    """The deltas the server applied in its last aggregation, sparse on their nonzeros
+    (``layer.dA`` / ``layer.dB``; a factor the round left alone is not sent)."""
+    out: Payload = {}
+    for s in setup.layers:
+        for part in ("dA", "dB"):
+            applied = state.tensors.get(key(s.name, part))
+            if applied is not None:
+                out[key(s.name, part)] = Sparse.from_mask(applied, applied != 0)
+    return out
+
+
+def mean_delta_step(
+    state: ServerState, uploads: Sequence[Upload], setup: Setup, parts: str = "AB"
+) -> ServerState:
+    """Add the weighted mean of the uploaded deltas of ``parts`` to the global adapter
+    (uploads summed in client-id order) and keep what was applied for the next broadcast.
+    The server applies the sparse tensor it will send, so clients reproduce the same bits."""
+    ordered = sorted(uploads, key=lambda u: u.cid)
+    weights = aggregation_weights(ordered, setup.weighting)
+    tensors: dict[str, Tensor] = {}
+    for s in setup.layers:
+        for part in ("A", "B"):
+            prev = state.tensors[key(s.name, part)]
+            if part not in parts:
+                tensors[key(s.name, part)] = prev.clone()
+                continue
+            mean = torch.zeros_like(prev)
+            for p, u in zip(weights, ordered, strict=True):
+                mean = mean + p * upload_delta(u.payload, s.name, part, prev)
+            sent = Sparse.from_mask(mean, mean != 0)
+            tensors[key(s.name, part)] = add_delta(prev, sent)
+            tensors[key(s.name, "d" + part)] = sent.to_dense()
+    return ServerState(round=state.round + 1, tensors=tensors)
 
 
 def add_delta(x: Tensor, delta: Sparse | Tensor | SeededInit | None) -> Tensor:
