@@ -187,7 +187,7 @@ class TrainConfig:
 
     local_steps: int = 10
     batch_size: int = 4
-    batching: str = "pad"  # pad | group | pack (fedlora.train.batching)
+    batching: str = "pack"  # pad | group | pack (fedlora.train.batching)
     grad_accum_steps: int = 1
     seq_len: int = 64
     lr: float = 3e-4
