@@ -60,6 +60,13 @@ def test_ffa_sends_only_b(small_rows: dict[str, dict[str, Any]]) -> None:
     assert small_rows["ffa"]["upload"]["values"] == b_params
 
 
+def test_rolora_sends_one_factor_a_round(small_rows: dict[str, dict[str, Any]]) -> None:
+    # Rounds 1 and 2 train B then A: the mean over them is half of FedAvg's values each way
+    full = small_rows["fedavg"]
+    for direction in ("upload", "download"):
+        assert 2 * small_rows["rolora"][direction]["values"] == full[direction]["values"]
+
+
 def test_sparse_payloads_stay_within_1_10_of_the_information_bound(
     small_rows: dict[str, dict[str, Any]],
 ) -> None:

@@ -32,7 +32,7 @@ def test_malformed_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("method=fedsvd", "unknown method 'fedsvd'"),
+        ("method=fedsvdx", "unknown method 'fedsvdx'"),
         ("method.florist.tau=0", "tau"),
         ("method.florist.tau=1.01", "tau"),
         ("method.fedsrd.p_down=1.0", "p_down"),

@@ -46,6 +46,8 @@ class LayerInputs:
     round: int = 1
     weighting: str = "samples"
     options: Mapping[str, Any] = field(default_factory=dict)
+    b_basis: Tensor | None = None
+    """Fed-SB's fixed ``B`` (m×r); ``starts[k]`` then holds ``(A, R_k)``, the core."""
 
     def weights(self) -> list[float]:
         """``p_k``: ``n_k / Σ n_j`` or uniform."""
@@ -205,8 +207,37 @@ def fed_dare(inp: LayerInputs) -> Tensor:
     return inp.scalings()[0] * (b_new @ a_new)
 
 
+def rolora(inp: LayerInputs) -> Tensor:
+    """RoLoRA: odd rounds add the weighted mean ``ΔB``, even rounds the mean ``ΔA``."""
+    a_prev, b_prev = inp.starts[0]
+    weights = inp.weights()
+    if inp.round % 2 == 1:
+        b_prev = b_prev + sum(p * up["dB"] for p, up in zip(weights, inp.uploads, strict=True))
+    else:
+        a_prev = a_prev + sum(p * up["dA"] for p, up in zip(weights, inp.uploads, strict=True))
+    return inp.scalings()[0] * (b_prev @ a_prev)
+
+
+def fedsvd(inp: LayerInputs) -> Tensor:
+    """FedSVD as the authors' code does it: ``B̄·A`` formed densely, a full SVD, and the
+    product of its rank-r factors ``(U_r S_r)·V_rᵀ``."""
+    b_bar = sum(p * up["B"] for p, up in zip(inp.weights(), inp.uploads, strict=True))
+    product = b_bar @ inp.starts[0][0]  # type: ignore[operator]
+    u, s, vh = _svd(product)
+    rank = max(inp.ranks)
+    return inp.scalings()[0] * ((u[:, :rank] * s[:rank]) @ vh[:rank])
+
+
+def fed_sb(inp: LayerInputs) -> Tensor:
+    """Fed-SB: ``s·B·(Σ p_k R_k)·A`` with the fixed ``B`` and ``A``."""
+    assert inp.b_basis is not None
+    r_bar = sum(p * up["R"] for p, up in zip(inp.weights(), inp.uploads, strict=True))
+    return inp.scalings()[0] * (inp.b_basis @ r_bar @ inp.starts[0][0])  # type: ignore[operator]
+
+
 def references() -> dict[str, Reference]:
-    """Registered method name -> its dense reference (FedProx's server is FedAvg's)."""
+    """Registered method name -> its dense reference (FedProx's server is FedAvg's; FedSA-LoRA
+    has none: its global update is the shared A with B = 0, the base model)."""
     return {
         "fedavg": fedavg,
         "fedprox": fedavg,
@@ -218,6 +249,9 @@ def references() -> dict[str, Reference]:
         "fedsrd": fedsrd,
         "fedsrd-e": fedsrd_e,
         "fed_dare": fed_dare,
+        "rolora": rolora,
+        "fedsvd": fedsvd,
+        "fed_sb": fed_sb,
     }
 
 

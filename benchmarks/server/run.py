@@ -138,6 +138,7 @@ def layer_inputs(
         starts=tuple(
             (starts[c.cid].adapter[layer].A, starts[c.cid].adapter[layer].B) for c in clients
         ),
+        b_basis=starts[clients[0].cid].b_basis.get(layer) if starts else None,
         n_samples=tuple(u.n_samples for u in uploads),
         ranks=tuple(c.rank for c in clients),
         alphas=tuple(c.alpha for c in clients),

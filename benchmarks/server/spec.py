@@ -11,7 +11,7 @@ from benchmarks.common.memory import MemoryUse
 from fedlora.errors import ConfigError
 
 MB = 2**20
-PAYLOAD_PARTS = ("A", "B", "dA", "dB")
+PAYLOAD_PARTS = ("A", "B", "dA", "dB", "R")
 CHECK_OVERRIDES: Mapping[str, Any] = {"p_down": 0.0}
 """Options set for the accuracy check run when a method has them (random downlink off)."""
 

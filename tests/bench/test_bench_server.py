@@ -45,6 +45,9 @@ def test_every_registered_method_is_measured_and_matches_its_dense_reference(tin
     methods = {m["method"]: m for m in data["methods"]}
     assert set(methods) == expected
     for name, m in methods.items():
+        if registry.build(name).keeps_own_parts:  # FedSA: no global update to compare
+            assert m["rel_error"] is None
+            continue
         assert m["rel_error"] is not None, f"{name} has no dense reference"
         assert m["rel_error"] < 1e-4, (name, m["rel_error"])
         assert m["project_subset"]["runs"] == 1 and m["project_full"]["median"] > 0
@@ -67,8 +70,9 @@ def test_table_has_a_row_per_method_and_every_target_line(tiny_report) -> None: 
     assert set(registry.names()) <= rows
     assert "targets:" in table
     for name in registry.names():
-        assert f"{name}: rel. error vs dense reference" in table
         assert f"{name}: peak <=" in table
+        if not registry.build(name).keeps_own_parts:
+            assert f"{name}: rel. error vs dense reference" in table
     # The GPU's seconds do not apply to a CPU run and must say so, not pass; the ratios to
     # the roofline and to copying the upload are measured on any shape.
     assert "n/a   fedsrd whole llama-3.2-3b server step (r=64, K=4) <= 0.2 s on one GPU" in table
@@ -82,8 +86,11 @@ def test_memory_probe_sees_dense_reference_but_no_method_forms_an_m_by_n_matrix(
 ) -> None:  # type: ignore[no-untyped-def]
     # Assert
     for r in tiny_report.results:
-        assert r.reference_memory is not None and r.memory is not None
+        assert r.memory is not None
         assert r.memory.dense_shapes == (), (r.method, r.memory.dense_shapes)
+        if registry.build(r.method).keeps_own_parts:  # no dense reference (see above)
+            continue
+        assert r.reference_memory is not None
         # Every reference returns dense m×n updates: the probe must notice.
         assert r.reference_memory.dense_shapes, r.method
 

@@ -120,6 +120,8 @@ class RoundResult:
     uploads: list[Upload]
     views: dict[int, dict[str, Tensor]]
     base: dict[str, Tensor] = field(default_factory=dict)
+    own: dict[int, dict[str, Tensor]] = field(default_factory=dict)
+    """What each client kept for itself (``Method.own_part``)."""
 
 
 def run_round(
@@ -135,13 +137,15 @@ def run_round(
     base: Mapping[str, Tensor] | None = None,
     upload_order: Sequence[int] | None = None,
     transport: Callable[[Payload], Payload] | None = None,
+    own: Mapping[int, Mapping[str, Tensor]] | None = None,
 ) -> RoundResult:
     """One round as a runtime drives it (see ``methods/base.py``).
 
     ``base`` is the dense float64 offset already merged into W0 per layer; the result's
     ``base`` adds this round's ``base_merge`` (which must be identical for every client).
     ``upload_order`` permutes the uploads handed to ``aggregate`` (default: ``cids``);
-    ``transport`` turns each broadcast into what the client receives (e.g. ``to_float64``).
+    ``transport`` turns each broadcast into what the client receives (e.g. ``to_float64``);
+    ``own`` is what each client kept from its last round (``Method.own_part``).
     """
     cids = list(cids) if cids is not None else [c.cid for c in setup.clients]
     gen = gen if gen is not None else torch.Generator().manual_seed(1234)
@@ -156,6 +160,7 @@ def run_round(
         for s in setup.layers
     }
     payloads, merges, starts, trained, uploads_by_cid, new_views = {}, {}, {}, {}, {}, {}
+    kept: dict[int, dict[str, Tensor]] = {}
     for cid in cids:
         client = setup.client(cid)
         payloads[cid] = method.broadcast(state, setup, client)
@@ -175,15 +180,19 @@ def run_round(
             payloads[cid],
             state.round + 1,
             lambda start: train(start, gen),
+            own=(own or {}).get(cid),
         )
         assert done.trained is not None and done.upload is not None
         starts[cid], trained[cid] = done.start, done.trained
+        kept[cid] = done.own
         uploads_by_cid[cid] = Upload(cid, n_samples[cid], done.upload)
         new_views[cid] = dict(done.start.view)
     order = list(upload_order) if upload_order is not None else cids
     uploads = [uploads_by_cid[c] for c in order]
     new_state = method.aggregate(state, uploads, setup)
-    return RoundResult(new_state, payloads, merges, starts, trained, uploads, new_views, new_base)
+    return RoundResult(
+        new_state, payloads, merges, starts, trained, uploads, new_views, new_base, kept
+    )
 
 
 def to_float64(payload: Payload) -> Payload:

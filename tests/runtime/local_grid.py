@@ -20,8 +20,9 @@ Tamper = Callable[[Message, Message, Context], Message | None]
 
 
 class LocalGrid(Grid):
-    """One node per client file (node id ``1000 + k``, node config ``partition-id = k`` and
-    ``data-file``), plus any ``extra`` nodes with node configs of their own."""
+    """One node per client file (node id ``1000 + k``, node config ``partition-id = k``,
+    ``data-file`` and, given ``state_dirs``, ``state-dir``), plus any ``extra`` nodes with
+    node configs of their own."""
 
     def __init__(
         self,
@@ -29,9 +30,12 @@ class LocalGrid(Grid):
         dead: Iterable[int] = (),
         extra: Iterable[dict[str, Any]] = (),
         auth_keys: list[str] | None = None,
+        state_dirs: list[str] | None = None,
     ) -> None:
         def node_config(k: int) -> dict[str, Any]:
             own = {"auth-key": auth_keys[k]} if auth_keys else {}
+            if state_dirs:
+                own["state-dir"] = state_dirs[k]
             return {"partition-id": k, "data-file": data_files[k], **own}
 
         configs = [node_config(k) for k in range(len(data_files))] + list(extra)

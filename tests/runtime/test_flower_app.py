@@ -164,10 +164,11 @@ def test_flower_run_equals_in_process_run(
     if method == "flora":  # its broadcast is every client's own factors: opted into here
         extra.append("federation.allow_individual_updates=true")
     sim, flw = _pair(tmp_path, client_files, *extra)
+    nodes = [str(tmp_path / f"node-{k}") for k in range(3)]
 
     # Execute
     simulation.run(sim)
-    grid = LocalGrid(client_files)
+    grid = LocalGrid(client_files, state_dirs=nodes)
     serve(grid, flw)
 
     # Assert: same adapter bits, same records (bytes per client included) but timings

@@ -31,6 +31,10 @@ COMPOSABLE = {
     "fedprox": {},
     "ffa": {},
     "fed_dare": {},
+    "rolora": {},
+    "fedsvd": {},
+    "fed_sb": {},
+    "fedsa": {},
     "fedsrd": {"reconstruct": False},
     "fedsrd-e": {"reconstruct": False},
 }

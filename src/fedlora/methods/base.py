@@ -5,9 +5,11 @@ A round, as every runtime drives it::
     payload_k = method.broadcast(state, setup, client_k)          # server, per client
     merge     = method.base_merge(payload_k, setup)                # every client: W0 += L @ R
     start_k   = method.client_start(view_k, payload_k, setup, client_k, seed)
-    trained_k = <local training of start_k.adapter, only start_k.trainable factors>
+    mine_k    = method.personalise(start_k, own_k from its last round, setup, client_k)
+    trained_k = <local training of mine_k.adapter, only mine_k.trainable factors>
     upload_k  = method.upload(start_k, trained_k, setup, client_k, seed)
     report_k  = method.upload_report(start_k, trained_k, setup, client_k)   # into metrics
+    own_k     = method.own_part(start_k, trained_k, setup, client_k)   # stays on the client
     state     = method.aggregate(state, [Upload(k, n_k, upload_k) ...], setup)
 
 Conventions (docs/methods.md's notation): per adapted layer, ``A`` is r×n, ``B`` is m×r, the
@@ -146,13 +148,17 @@ class ClientStart:
     """What a client trains from after applying a broadcast.
 
     ``adapter`` has the client's own rank; only factors named in ``trainable`` ("A", "B")
-    receive gradients; ``view`` is what the client must remember until the next broadcast
+    receive gradients (a ``B`` with a ``b_basis`` through its core only); ``view`` is what the client must remember until the next broadcast
     (e.g. FedSRD's synchronised global adapter), as plain tensors.
     """
 
     adapter: Lora
     trainable: frozenset[str] = frozenset({"A", "B"})
     view: dict[str, Tensor] = field(default_factory=dict)
+    b_basis: dict[str, Tensor] = field(default_factory=dict)
+    """Per layer, a fixed m×q matrix ``P`` when ``B`` trains inside its column space
+    (Fed-SB): the adapter's ``B`` entry, and the trained one's, is then the q×r core ``R``,
+    and the layer computes with ``B = P·R`` while only ``R`` learns. Empty for plain LoRA."""
 
 
 class Method(Protocol):
@@ -225,6 +231,38 @@ class Method(Protocol):
     def shares_individual_updates(self) -> bool:
         """Whether a broadcast carries clients' own updates rather than only their
         aggregate (FLoRA's stack): any participant could then read another's update."""
+
+    @property
+    def keeps_own_parts(self) -> bool:
+        """Whether each client keeps a part of its model that never leaves it (FedSA-LoRA's
+        ``B``): the runtime then stores it on the client's side between rounds
+        (:mod:`fedlora.runtime.own_parts`) and scores each client's own model."""
+
+    def personalise(
+        self,
+        start: ClientStart,
+        own: Mapping[str, Tensor] | None,
+        setup: Setup,
+        client: ClientSpec,
+    ) -> ClientStart:
+        """The start the client trains from: ``start`` (what the broadcast gives every
+        client alike) combined with its own part (``None`` before it first trained).
+        ``start`` itself stays what the server mirrors and bounds uploads against."""
+
+    def own_part(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+    ) -> dict[str, Tensor]:
+        """What the client keeps after training and never sends; ``{}`` for most methods."""
+
+    def own_update(
+        self,
+        update: Mapping[str, Factored],
+        own: Mapping[str, Tensor] | None,
+        setup: Setup,
+        client: ClientSpec,
+    ) -> dict[str, Factored]:
+        """The client's own model, per layer, given the global ``update``
+        (:meth:`global_delta`) and its own part: ``update`` itself for most methods."""
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         """Fold the round's uploads into a new state (round + 1). Inputs are not mutated."""

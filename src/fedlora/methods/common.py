@@ -35,7 +35,31 @@ class DefaultHooks:
     """Defaults for the optional hooks: accept every setup, no base merge, no extra loss."""
 
     shares_individual_updates = False
+    keeps_own_parts = False
     dp_refusal: str | None = "its server step is not a weighted sum of the clients' uploads"
+
+    def personalise(
+        self,
+        start: ClientStart,
+        own: Mapping[str, Tensor] | None,
+        setup: Setup,
+        client: ClientSpec,
+    ) -> ClientStart:
+        return start
+
+    def own_part(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+    ) -> dict[str, Tensor]:
+        return {}
+
+    def own_update(
+        self,
+        update: Mapping[str, Factored],
+        own: Mapping[str, Tensor] | None,
+        setup: Setup,
+        client: ClientSpec,
+    ) -> dict[str, Factored]:
+        return dict(update)
 
     def validate(self, setup: Setup) -> None:
         return None

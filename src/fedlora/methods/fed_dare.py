@@ -37,7 +37,6 @@ from fedlora.methods import synced
 from fedlora.methods.base import (
     ClientSpec,
     ClientStart,
-    Factored,
     Lora,
     Payload,
     ServerState,
@@ -45,7 +44,7 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.common import DefaultHooks, initial_payload, key
+from fedlora.methods.common import key
 from fedlora.methods.registry import register
 from fedlora.ops.masks import dare
 from fedlora.ops.seeds import label_seed
@@ -70,7 +69,7 @@ def upload_seed(client_seed: int, round_: int, cid: int, layer: str, part: str) 
 
 
 @register("fed_dare", FedDareConfig)
-class FedDare(DefaultHooks):
+class FedDare(synced.DeltaSynced):
     """Fed-DARE (see module docstring)."""
 
     dp_refusal = None  # the server step is a weighted sum of the uploads
@@ -79,24 +78,6 @@ class FedDare(DefaultHooks):
 
     def __init__(self, config: FedDareConfig) -> None:
         self.config = config
-
-    def validate(self, setup: Setup) -> None:
-        synced.require_homogeneous(setup, self.name)
-
-    def init_server(self, setup: Setup) -> ServerState:
-        self.validate(setup)
-        return synced.initial_state(setup)
-
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        return synced.global_scaled(state, setup)
-
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
-        if state.round == 0:
-            return initial_payload(setup, setup.max_rank, setup.seed)
-        return synced.delta_broadcast(state, setup)
-
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
-        return synced.skip_round(state)
 
     def client_start(
         self,

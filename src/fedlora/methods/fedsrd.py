@@ -82,7 +82,6 @@ from fedlora.methods.base import (
     aggregation_weights,
 )
 from fedlora.methods.common import (
-    DefaultHooks,
     dense,
     initial_payload,
     key,
@@ -250,7 +249,7 @@ def update_ratio(old: Sequence[Tensor], new: Sequence[Tensor]) -> float | None:
     return math.sqrt(num / den) if den > 0 else None
 
 
-class _FedSRDBase(DefaultHooks):
+class _FedSRDBase(synced.DeltaSynced):
     """FedSRD's round; subclasses choose the decomposition of the aggregate (see module doc)."""
 
     name = "fedsrd"
@@ -271,17 +270,9 @@ class _FedSRDBase(DefaultHooks):
 
     # -- setup and state -------------------------------------------------------------------
 
-    def validate(self, setup: Setup) -> None:
-        synced.require_homogeneous(setup, self.name)
-
     def init_server(self, setup: Setup) -> ServerState:
         self.validate(setup)
         return synced.initial_state(setup, {"updated": None})
-
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        return synced.global_scaled(state, setup)
-
-    # -- downlink --------------------------------------------------------------------------
 
     def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
         if state.round == 0:
@@ -301,9 +292,6 @@ class _FedSRDBase(DefaultHooks):
                 applied, downlink_seed(setup.seed, state.round, s.name), keep
             )
         return out
-
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
-        return synced.skip_round(state)
 
     def client_start(
         self,

@@ -38,6 +38,8 @@ class HalfRound:
     trained: Lora | None = None
     upload: Payload | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    own: dict[str, Tensor] = field(default_factory=dict)
+    """What the client keeps and never sends (``Method.own_part``)."""
 
 
 def client_start(
@@ -63,22 +65,27 @@ def half_round(
     train: Train | None = None,
     *,
     start: ClientStart | None = None,
+    own: Mapping[str, Tensor] | None = None,
     phase: Phase = _untimed,
 ) -> HalfRound:
     """Play ``client``'s half of ``round_``: its start and, with ``train``, the trained
-    adapter, the upload and its report (``start``: one computed already). ``phase`` wraps
-    ``client_start``, ``train`` and ``upload``."""
+    adapter, the upload, its report and what the client keeps (``start``: one computed
+    already; ``own``: the client's own part from its last round). Training starts from the
+    start personalised with ``own``; the result's ``start`` is the shared one, which the
+    server can mirror. ``phase`` wraps ``client_start``, ``train`` and ``upload``."""
     if start is None:
         with phase("client_start"):
             start = client_start(method, setup, client, view, broadcast, round_)
     if train is None:
         return HalfRound(start)
-    trained = train(start)
+    mine = method.personalise(start, own, setup, client)
+    trained = train(mine)
     with phase("upload"):
         seed = client_seed(setup.seed, Stream.UPLOAD, round_, client.cid)
-        upload = method.upload(start, trained, setup, client, seed)
-    report = method.upload_report(start, trained, setup, client)
-    return HalfRound(start, trained, upload, report)
+        upload = method.upload(mine, trained, setup, client, seed)
+    report = method.upload_report(mine, trained, setup, client)
+    kept = method.own_part(mine, trained, setup, client)
+    return HalfRound(start, trained, upload, report, kept)
 
 
 def untrained_upload(

@@ -33,6 +33,7 @@ import torch
 
 from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import (
+    ClientSpec,
     Factored,
     Lora,
     LoraPair,
@@ -43,7 +44,7 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import dense, fresh_lora, key
+from fedlora.methods.common import DefaultHooks, dense, fresh_lora, initial_payload, key
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
@@ -230,3 +231,35 @@ def upload_delta(payload: Payload, layer: str, part: str, like: Tensor) -> Tenso
     if tuple(d.shape) != tuple(like.shape):
         raise PayloadError(f"{name} has shape {tuple(d.shape)}, expected {tuple(like.shape)}")
     return d.to(like.dtype)
+
+
+class SharedAdapter(DefaultHooks):
+    """Hooks of a method whose clients all train one global adapter the server keeps: one
+    rank and alpha for all, PEFT's init from the run seed at round 0, global update
+    ``s·B·A``."""
+
+    name: str
+
+    def validate(self, setup: Setup) -> None:
+        require_homogeneous(setup, self.name)
+
+    def init_server(self, setup: Setup) -> ServerState:
+        self.validate(setup)
+        return initial_state(setup)
+
+    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
+        return global_scaled(state, setup)
+
+
+class DeltaSynced(SharedAdapter):
+    """A :class:`SharedAdapter` kept in sync on the clients by the deltas the server applied
+    (the protocol of this module): the first broadcast is the initial adapter, later ones
+    the last aggregation's deltas, and a skipped round leaves nothing pending."""
+
+    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+        if state.round == 0:
+            return initial_payload(setup, setup.max_rank, setup.seed)
+        return delta_broadcast(state, setup)
+
+    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+        return skip_round(state)

@@ -163,6 +163,33 @@ class SparseUplink:
     def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
         return self.inner.skip_round(state, setup)
 
+    @property
+    def keeps_own_parts(self) -> bool:
+        return self.inner.keeps_own_parts
+
+    def personalise(
+        self,
+        start: ClientStart,
+        own: Mapping[str, Tensor] | None,
+        setup: Setup,
+        client: ClientSpec,
+    ) -> ClientStart:
+        return self.inner.personalise(start, own, setup, client)
+
+    def own_part(
+        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+    ) -> dict[str, Tensor]:
+        return self.inner.own_part(start, trained, setup, client)
+
+    def own_update(
+        self,
+        update: Mapping[str, Factored],
+        own: Mapping[str, Tensor] | None,
+        setup: Setup,
+        client: ClientSpec,
+    ) -> dict[str, Factored]:
+        return self.inner.own_update(update, own, setup, client)
+
     # -- the plug-in -----------------------------------------------------------------------
 
     def _scores(self, name: str, delta: Tensor, start: ClientStart, trained: Lora) -> Tensor:

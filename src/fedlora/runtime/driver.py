@@ -115,10 +115,12 @@ class Transport(Protocol):
         """Deliver round ``t``'s broadcasts; return an outcome for each dispatched client."""
 
     def evaluate(
-        self, t: int, update: Mapping[str, Factored], rs: RunState
+        self, t: int, update: Mapping[str, Factored], rs: RunState, final: bool
     ) -> dict[int, EvalReply]:
         """Have every client that owns held-out data score the global model (its base with
-        ``rs.merges`` plus ``update``) on it, after round ``t``'s aggregation."""
+        ``rs.merges`` plus ``update``) on it, after round ``t``'s aggregation; where clients
+        keep own parts (``Method.keeps_own_parts``) each scores its own model, and after the
+        last round (``final``) each writes that model as a PEFT folder on its side."""
 
 
 def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
@@ -249,7 +251,8 @@ def run_round(
     evaluated = None
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
         report("eval_start", {"round": t})
-        evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state, setup))
+        last = t == cfg.federation.rounds
+        evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state, setup), last)
     return round_record(
         fed,
         RoundFacts(t, sampled, dispatches, replies, set(uploads), server, transport.notes()),
@@ -259,13 +262,17 @@ def run_round(
 
 
 def evaluation(
-    fed: Server, transport: Transport, rs: RunState, update: Mapping[str, Factored]
+    fed: Server,
+    transport: Transport,
+    rs: RunState,
+    update: Mapping[str, Factored],
+    final: bool = False,
 ) -> Evaluation:
     """Scores of the global model (base plus ``update``): the server's own sets, scored here,
     and each client's own sets, scored on that client through the transport."""
     began = time.perf_counter()
     scores = fed.score(update)
-    replies = sorted(transport.evaluate(rs.round, update, rs).items())
+    replies = sorted(transport.evaluate(rs.round, update, rs, final).items())
     for _, reply in replies:
         scores.update(reply.scores)
     return Evaluation(
@@ -343,14 +350,21 @@ def round_record(
 
 def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
     """Everything the run learnt, per layer: all base merges plus the global adapter."""
-    total: dict[str, list[Factored]] = {s.name: [] for s in fed.setup.layers}
-    for m in rs.merges:
+    return learnt(fed.setup, rs.merges, fed.method.global_delta(rs.state, fed.setup))
+
+
+def learnt(
+    setup: Setup, merges: Sequence[Mapping[str, Factored]], update: Mapping[str, Factored]
+) -> dict[str, Factored]:
+    """Per layer, the base merges so far and ``update`` side by side as one factored update."""
+    total: dict[str, list[Factored]] = {s.name: [] for s in setup.layers}
+    for m in merges:
         for name, f in m.items():
             total[name].append(f)
-    for name, f in fed.method.global_delta(rs.state, fed.setup).items():
+    for name, f in update.items():
         total[name].append(f)
     out: dict[str, Factored] = {}
-    for spec in fed.setup.layers:
+    for spec in setup.layers:
         parts = total[spec.name]
         if parts:
             out[spec.name] = (
@@ -394,10 +408,10 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
             ),
         )
         report("round_done", {"round": rs.round, "record": record})
-    write_adapter(
-        out / "adapter",
-        compact(global_update(fed, rs)),
-        base_model=fed.base_model_ref,
-    )
+    learned = global_update(fed, rs)
+    # Where clients keep own parts the shared adapter is written factor by factor (FedSA's
+    # shared A beside B = 0), so a client can pair it with its own part; else compacted.
+    shared = learned if fed.method.keeps_own_parts else compact(learned)
+    write_adapter(out / "adapter", shared, base_model=fed.base_model_ref)
     report("done", {"out": str(out)})
     return out

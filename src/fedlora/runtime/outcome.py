@@ -60,3 +60,6 @@ class ClientOutcome:
     Flower the config and re-sync blobs of the message)."""
     received_bytes: int = 0
     """Everything the transport moved back (the upload, and on Flower the reply's fields)."""
+    own: dict[str, Any] = field(default_factory=dict)
+    """What the client keeps for itself (``Method.own_part``): stays on the client's side,
+    never part of a reply."""

@@ -19,11 +19,13 @@ from typing import Any
 from fedlora.config import RunConfig
 from fedlora.methods.base import Factored
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import Dispatch, EvalReply, Reporter, drive
+from fedlora.runtime.driver import Dispatch, EvalReply, Reporter, drive, learnt
 from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.outcome import ClientOutcome
+from fedlora.runtime.own_parts import OwnParts, client_folder, run_token
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
 from fedlora.runtime.steps import client_step
+from fedlora.train.peft_io import compact, write_adapter
 from fedlora.train.timing import Timer, untimed
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,28 @@ class InProcess:
         return {}
 
     def __init__(
-        self, fed: Federation, timer: Timer = untimed, report: Reporter | None = None
+        self,
+        fed: Federation,
+        timer: Timer = untimed,
+        report: Reporter | None = None,
+        own_root: Path | None = None,
     ) -> None:
         self.fed = fed
         self.timer = timer
         self.report = report or (lambda kind, info: None)
+        self.own_root = own_root
+        """``clients/run-<token>`` of the run folder, where the clients keep their own parts
+        (methods that keep any; :mod:`fedlora.runtime.own_parts`)."""
+
+    def own_parts(self, cid: int) -> OwnParts | None:
+        """Client ``cid``'s own parts, where the method keeps any."""
+        if not self.fed.method.keeps_own_parts:
+            return None
+        if self.own_root is None:
+            raise ValueError(
+                f"{self.fed.method.name} keeps own parts: the transport needs own_root"
+            )
+        return OwnParts(self.own_root / f"client-{cid}")
 
     def exchange(
         self, t: int, dispatches: Sequence[Dispatch], rs: RunState
@@ -57,6 +76,7 @@ class InProcess:
                 replies[d.cid] = ClientOutcome(d.cid, t, sent_bytes=d.broadcast.nbytes)
                 continue
             client = fed.setup.client(d.cid)
+            store = self.own_parts(d.cid)
             try:
                 with self.timer("client_step"):
                     outcome = client_step(
@@ -70,8 +90,11 @@ class InProcess:
                         cfg=fed.cfg,
                         round_=t,
                         pad_id=fed.pad_id,
+                        own=store.before(t) if store is not None else None,
                         timer=self.timer,
                     )
+                if store is not None and outcome.upload is not None:
+                    store.save(t, outcome.own)
             except Exception as exc:  # a client's failure must not end the federation
                 log.warning("round %d: client %d failed: %s", t, d.cid, exc)
                 outcome = ClientOutcome(
@@ -93,15 +116,37 @@ class InProcess:
         return replies
 
     def evaluate(
-        self, t: int, update: Mapping[str, Factored], rs: RunState
+        self, t: int, update: Mapping[str, Factored], rs: RunState, final: bool
     ) -> dict[int, EvalReply]:
         """Each client scores its own held-out sets on the shared model (which carries the
-        run's base merges, as every client's own copy does); nothing crosses."""
+        run's base merges, as every client's own copy does) plus its own update; after the
+        last round a client that keeps own parts writes its model beside them. Nothing
+        crosses."""
         fed = self.fed
-        return {
-            cid: EvalReply(score_sets(fed.model, fed.tokenizer, sets, fed.cfg, fed.pad_id, update))
-            for cid, sets in sorted(fed.client_eval_sets.items())
-        }
+        out: dict[int, EvalReply] = {}
+        for cid, sets in sorted(fed.client_eval_sets.items()):
+            mine = self.own_update(cid, update, t)
+            out[cid] = EvalReply(
+                score_sets(fed.model, fed.tokenizer, sets, fed.cfg, fed.pad_id, mine)
+            )
+        if final and self.own_root is not None:
+            for c in fed.setup.clients:
+                store = self.own_parts(c.cid)
+                assert store is not None
+                write_adapter(
+                    store.folder / "adapter",
+                    compact(learnt(fed.setup, rs.merges, self.own_update(c.cid, update, t))),
+                    base_model=fed.base_model_ref,
+                )
+        return out
+
+    def own_update(self, cid: int, update: Mapping[str, Factored], t: int) -> dict[str, Factored]:
+        """Client ``cid``'s own model after round ``t``: ``update`` with its own part."""
+        store = self.own_parts(cid)
+        if store is None:
+            return dict(update)
+        method, setup = self.fed.method, self.fed.setup
+        return method.own_update(update, store.before(t + 1), setup, setup.client(cid))
 
 
 def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None) -> Path:
@@ -110,4 +155,7 @@ def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None)
     check_run_dir(cfg, resume)
     fed = assemble(cfg, report)  # bad data stops the run here, before anything is written
     out = prepare_run_dir(cfg, resume)
-    return drive(fed, InProcess(fed, report=report), out, resume, report)
+    own_root = None
+    if fed.method.keeps_own_parts:
+        own_root = client_folder(out / "clients", run_token(out, resume), 0).parent
+    return drive(fed, InProcess(fed, report=report, own_root=own_root), out, resume, report)

@@ -74,12 +74,15 @@ def client_step(
     round_: int,
     pad_id: int,
     train: bool = True,
+    own: Mapping[str, Tensor] | None = None,
     timer: Timer = untimed,
 ) -> ClientOutcome:
     """Apply a decoded broadcast; when ``train``, train locally and encode the upload.
 
-    The caller has already applied the round's base merge to ``model``; ``timer`` sees the
-    phases listed in :mod:`fedlora.train.timing`.
+    The caller has already applied the round's base merge to ``model``; ``own`` is the
+    client's own part from its last round (``Method.keeps_own_parts``), and the outcome's
+    ``own`` what it keeps from this one; ``timer`` sees the phases listed in
+    :mod:`fedlora.train.timing`.
     """
     began = time.perf_counter()
     first = half_round(method, setup, client, view, broadcast, round_, phase=timer)
@@ -113,7 +116,16 @@ def client_step(
 
     try:
         done = half_round(
-            method, setup, client, view, broadcast, round_, local, start=first.start, phase=timer
+            method,
+            setup,
+            client,
+            view,
+            broadcast,
+            round_,
+            local,
+            start=first.start,
+            own=own,
+            phase=timer,
         )
     except Exception as exc:
         log.warning(
@@ -124,6 +136,7 @@ def client_step(
     assert done.upload is not None
     result = trained[-1]
     outcome.report = done.report
+    outcome.own = done.own
     upload = done.upload
     if cfg.privacy.on:  # the client bounds its own change before anything leaves it
         reference = method.upload_reference(done.start, setup, client)

@@ -66,7 +66,8 @@ def _shared_direction(spec: LayerSpec, rank: int, index: int, seed: int) -> Lora
 def trained_adapter(start: ClientStart, setup: Setup, client: ClientSpec, seed: int) -> Lora:
     """``start.adapter`` moved along the shared + client directions (see module docstring).
 
-    Only factors in ``start.trainable`` move. Step sizes: A by ``0.1/√n`` per unit direction
+    Only factors in ``start.trainable`` move (a ``B`` with a basis through its core, by the
+    step's projection on the basis). Step sizes: A by ``0.1/√n`` per unit direction
     (the scale of its PEFT init is ``1/√n``), B by ``0.01``.
     """
     gen = torch.Generator().manual_seed(seed * 7_919 + 31 * client.cid + 1)
@@ -82,7 +83,10 @@ def trained_adapter(start: ClientStart, setup: Setup, client: ClientSpec, seed: 
             a = a0 + step_a * (shared.A[:rank] + CLIENT_NOISE * noise)
         if "B" in start.trainable:
             noise = torch.randn(spec.out_features, rank, generator=gen)
-            b = b0 + 0.01 * (shared.B[:, :rank] + CLIENT_NOISE * noise)
+            step_b = 0.01 * (shared.B[:, :rank] + CLIENT_NOISE * noise)
+            basis = start.b_basis.get(spec.name)
+            # B trained inside a fixed span moves its core by the step's projection
+            b = b0 + (step_b if basis is None else basis.T @ step_b)
         out[spec.name] = LoraPair(a.contiguous(), b.contiguous())
     return out
 
@@ -148,6 +152,6 @@ class SyntheticTransport:
         return replies
 
     def evaluate(
-        self, t: int, update: Mapping[str, Factored], rs: RunState
+        self, t: int, update: Mapping[str, Factored], rs: RunState, final: bool
     ) -> dict[int, EvalReply]:
         return {}

@@ -20,6 +20,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from fedlora.methods.base import ClientStart, Factored, LayerSpec, Lora, LoraPair
+from fedlora.train.subspace import learnable
 
 _PREFIX = "base_model.model."
 
@@ -126,6 +127,11 @@ def get_lora(model: nn.Module, slot: str) -> Lora:
     }
 
 
+def b_modules(model: nn.Module, slot: str) -> dict[str, nn.Module]:
+    """The ``B`` linear of ``slot`` in every layer (what :mod:`.subspace` parametrises)."""
+    return {name: layer.lora_B[slot] for name, layer in lora_layers(model).items()}
+
+
 def live_lora(model: nn.Module, slot: str) -> Lora:
     """The slot's parameters themselves (for differentiable regularisers)."""
     return {
@@ -143,14 +149,16 @@ def on_device(start: ClientStart, device: torch.device) -> ClientStart:
 
 
 def set_trainable(model: nn.Module, slot: str, factors: frozenset[str]) -> list[nn.Parameter]:
-    """Make only ``factors`` ("A", "B") of ``slot`` trainable; return those parameters."""
+    """Make only ``factors`` ("A", "B") of ``slot`` trainable; return those parameters (a
+    ``B`` parametrised inside a fixed span contributes its core, :mod:`.subspace`)."""
     for p in model.parameters():
         p.requires_grad_(False)
     params: list[nn.Parameter] = []
     for layer in lora_layers(model).values():
         for part in ("A", "B"):
             if part in factors:
-                w = _factor(layer, part, slot)
+                store = layer.lora_A if part == "A" else layer.lora_B
+                w = learnable(store[slot])
                 w.requires_grad_(True)
                 params.append(w)
     return params

@@ -21,11 +21,12 @@ from fedlora.config import TrainConfig
 from fedlora.methods.base import ClientStart, Lora, Tensor
 from fedlora.models.placement import device_of
 from fedlora.ops.schedule import step_lr
-from fedlora.train.adapters import get_lora, live_lora, set_lora, set_trainable
+from fedlora.train.adapters import b_modules, get_lora, live_lora, set_lora, set_trainable
 from fedlora.train.batches import Encoded
 from fedlora.train.batching import batch_of, sampler
 from fedlora.train.lm_loss import completion_only_loss
 from fedlora.train.progress import progress
+from fedlora.train.subspace import b_in_span, model_form, trained_form
 from fedlora.train.timing import Timer, untimed
 
 
@@ -87,56 +88,21 @@ def train_local(
     places this run in the federation for a round-aware ``train.lr_schedule``.
     """
     began = time.perf_counter()
-    device = device_of(model)
-    with timer("swap_in"):
-        set_lora(model, slot, start.adapter)
-        model.set_adapter(slot)  # type: ignore[operator]
-        params = set_trainable(model, slot, start.trainable)
-    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    draw = sampler(examples, cfg.batching, cfg.batch_size, seed)
-    # The slot's parameter objects stay the same all round: look them up once, not per batch.
-    with timer("live_lora"):
-        live = live_lora(model, slot) if regulariser is not None else None
-    model.train()
-    losses: list[float] = []
-    lrs: list[float] = []
-    tokens = 0
-    # LoRA dropout draws from torch's global generator: seed it from this client's round (and
-    # restore it after) so reruns, resumes and either runtime draw the same masks.
-    with seeded_global_rng(seed, device), progress(cfg.local_steps, "local steps") as bar:
-        for step in range(cfg.local_steps):
-            lr = step_lr(
-                cfg.lr_schedule,
-                cfg.lr,
-                cfg.min_lr,
-                cfg.warmup_steps,
-                round_,
-                rounds,
-                step,
-                cfg.local_steps,
-            )
-            for group in optimiser.param_groups:
-                group["lr"] = lr
-            lrs.append(lr)
-            optimiser.zero_grad(set_to_none=True)
-            for _ in range(cfg.grad_accum_steps):
-                with timer("collate"):
-                    picked = [examples[i] for i in draw.take(cfg.batch_size)]
-                    batch = batch_of(picked, cfg.batching, pad_id, cfg.seq_len, device)
-                losses.append(_backward(model, batch, cfg.grad_accum_steps, regulariser, live))
-                tokens += sum(len(e.input_ids) for e in picked)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimiser.step()
-            bar.advance(loss=losses[-1])
-            if timeout_s > 0 and time.perf_counter() - began > timeout_s:
-                model.eval()
-                raise TimeoutError(f"local training exceeded {timeout_s:g} s")
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    with timer("swap_out"):
-        adapter = get_lora(model, slot)
+    with contextlib.ExitStack() as stack:
+        with timer("swap_in"):
+            set_lora(model, slot, model_form(start))
+            model.set_adapter(slot)  # type: ignore[operator]
+            cores = stack.enter_context(b_in_span(b_modules(model, slot), start))
+            params = set_trainable(model, slot, start.trainable)
+        run = _Run(model, slot, examples, cfg, seed, pad_id, timer, began, timeout_s)
+        try:
+            losses, lrs, tokens = run.steps(params, regulariser, round_, rounds)
+        finally:
+            model.eval()
+            for p in params:
+                p.requires_grad_(False)
+        with timer("swap_out"):
+            adapter = trained_form(get_lora(model, slot), cores)
     return LocalResult(
         adapter=adapter,
         mean_loss=sum(losses) / len(losses),
@@ -144,3 +110,73 @@ def train_local(
         seconds=time.perf_counter() - began,
         lrs=tuple(lrs),
     )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One local training run's fixed inputs (the optimiser loop below reads them)."""
+
+    model: nn.Module
+    slot: str
+    examples: Sequence[Encoded]
+    cfg: TrainConfig
+    seed: int
+    pad_id: int
+    timer: Timer
+    began: float
+    timeout_s: float
+
+    def steps(
+        self,
+        params: list[nn.Parameter],
+        regulariser: Callable[[Lora], Tensor | None] | None,
+        round_: int,
+        rounds: int,
+    ) -> tuple[list[float], list[float], int]:
+        """``local_steps`` AdamW steps of ``grad_accum_steps`` micro-batches each: the
+        micro-batch losses, each step's learning rate and the tokens seen."""
+        cfg, model, timer = self.cfg, self.model, self.timer
+        device = device_of(model)
+        optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        draw = sampler(self.examples, cfg.batching, cfg.batch_size, self.seed)
+        # The slot's parameter objects stay the same all round: look them up once.
+        with timer("live_lora"):
+            live = live_lora(model, self.slot) if regulariser is not None else None
+        model.train()
+        losses: list[float] = []
+        lrs: list[float] = []
+        tokens = 0
+        # LoRA dropout draws from torch's global generator: seed it from this client's round
+        # (and restore it after) so reruns, resumes and either runtime draw the same masks.
+        with (
+            seeded_global_rng(self.seed, device),
+            progress(cfg.local_steps, "local steps") as bar,
+        ):
+            for step in range(cfg.local_steps):
+                lr = step_lr(
+                    cfg.lr_schedule,
+                    cfg.lr,
+                    cfg.min_lr,
+                    cfg.warmup_steps,
+                    round_,
+                    rounds,
+                    step,
+                    cfg.local_steps,
+                )
+                for group in optimiser.param_groups:
+                    group["lr"] = lr
+                lrs.append(lr)
+                optimiser.zero_grad(set_to_none=True)
+                for _ in range(cfg.grad_accum_steps):
+                    with timer("collate"):
+                        picked = [self.examples[i] for i in draw.take(cfg.batch_size)]
+                        batch = batch_of(picked, cfg.batching, self.pad_id, cfg.seq_len, device)
+                    losses.append(_backward(model, batch, cfg.grad_accum_steps, regulariser, live))
+                    tokens += sum(len(e.input_ids) for e in picked)
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimiser.step()
+                bar.advance(loss=losses[-1])
+                if self.timeout_s > 0 and time.perf_counter() - self.began > self.timeout_s:
+                    raise TimeoutError(f"local training exceeded {self.timeout_s:g} s")
+        return losses, lrs, tokens

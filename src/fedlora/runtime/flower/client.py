@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,8 +26,10 @@ from fedlora.data.types import Example
 from fedlora.errors import ConfigError, FedloraError, PayloadError
 from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.common import dense
+from fedlora.models import model_folder
 from fedlora.runtime.assemble import adapted_model, build_method, client_specs, encode_heldout
 from fedlora.runtime.client_data import client_split, own_data
+from fedlora.runtime.driver import learnt
 from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.flower.protocol import (
     NODE_DATA,
@@ -37,9 +40,11 @@ from fedlora.runtime.flower.protocol import (
     unpack_memory,
 )
 from fedlora.runtime.outcome import ClientOutcome
+from fedlora.runtime.own_parts import OwnParts, client_folder
 from fedlora.runtime.steps import client_step, receive_broadcast
 from fedlora.train.adapters import add_into_base, layer_specs
 from fedlora.train.batches import Encoded, encode, pad_id_of
+from fedlora.train.peft_io import compact, write_adapter
 from fedlora.wire import decode
 
 log = logging.getLogger(__name__)
@@ -118,13 +123,34 @@ def build_client(cfg: RunConfig, cid: int) -> ClientParts:
     )
 
 
+def own_store(method: Method, state_dir: str | None, run: str, cid: int) -> OwnParts | None:
+    """This node's store of its client's own parts, where the method keeps any: under the
+    node's ``state-dir``, by run token (``fedlora.runtime.own_parts``)."""
+    if not method.keeps_own_parts:
+        return None
+    if not state_dir:
+        raise ConfigError(
+            f"{method.name} keeps each client's own part on its node: this SuperNode's node "
+            "config names no state-dir (--node-config 'state-dir=\"/path\"')"
+        )
+    try:
+        return OwnParts(client_folder(Path(state_dir), run, cid))
+    except ValueError as exc:
+        raise PayloadError(str(exc)) from None
+
+
 def client_round(
-    ins: Instruction, memory: Memory, partition_id: int, data_file: str | None = None
+    ins: Instruction,
+    memory: Memory,
+    partition_id: int,
+    data_file: str | None = None,
+    state_dir: str | None = None,
 ) -> tuple[ClientOutcome, Memory]:
     """Play one round for this node: returns the reply and the memory to keep.
 
     Raises ``PayloadError`` if the message is not meant for this node's partition. Data the
     node cannot read fails its training (reported), not the broadcast, which it applies.
+    A method that keeps own parts keeps them under ``state_dir`` (the node's own folder).
     """
     if ins.cid != partition_id:
         raise PayloadError(f"message for client {ins.cid} reached partition {partition_id}")
@@ -139,8 +165,10 @@ def client_round(
     parts = build_client(cfg, ins.cid)
     examples: list[Encoded] = []
     unreadable = None
+    store = None
     if ins.train:
         try:
+            store = own_store(parts.method, state_dir, ins.run, ins.cid)
             raw = client_examples_raw(cfg, ins.cid, data_file)
             examples = [
                 encode(parts.tokenizer, ex, cfg.train.seq_len, cfg.data.template) for ex in raw
@@ -164,7 +192,10 @@ def client_round(
         round_=ins.round,
         pad_id=parts.pad_id,
         train=ins.train and unreadable is None,
+        own=store.before(ins.round) if store is not None else None,
     )
+    if store is not None and outcome.upload is not None:
+        store.save(ins.round, outcome.own)
     outcome.error = unreadable or outcome.error
     outcome.nonce = ins.nonce
     assert outcome.start is not None
@@ -172,12 +203,18 @@ def client_round(
 
 
 def client_evaluate(
-    ins: EvalInstruction, memory: Memory, partition_id: int, data_file: str | None = None
+    ins: EvalInstruction,
+    memory: Memory,
+    partition_id: int,
+    data_file: str | None = None,
+    state_dir: str | None = None,
 ) -> EvalReport:
     """Score the global model on this client's own held-out data (federated evaluation).
 
     The base is rebuilt with the merges the client remembers (it must remember round
-    ``ins.round``), the global update is added on top, and only this node's file is read.
+    ``ins.round``), the global update is added on top (with the client's own part, where the
+    method keeps one), and only this node's file is read. After the last round such a
+    client writes its own model as a PEFT folder beside its parts.
     """
     if ins.cid != partition_id:
         raise PayloadError(f"message for client {ins.cid} reached partition {partition_id}")
@@ -185,7 +222,11 @@ def client_evaluate(
         why = f"client remembers round {memory.round}, evaluation is of round {ins.round}"
         return EvalReport(ins.cid, ins.round, "out-of-sync", error=why, nonce=ins.nonce)
     cfg = config_mod.from_dict(json.loads(ins.config))
-    if not cfg.data.own_heldout:
+    try:
+        store = own_store(build_method(cfg), state_dir, ins.run, ins.cid)
+    except FedloraError as exc:
+        return EvalReport(ins.cid, ins.round, "failed", error=str(exc), nonce=ins.nonce)
+    if not cfg.data.own_heldout and not (ins.final and store is not None):
         return EvalReport(ins.cid, ins.round, "ok", nonce=ins.nonce)
     parts = build_client(cfg, ins.cid)
     for merge in memory.merges:
@@ -196,6 +237,17 @@ def client_evaluate(
         for s in parts.setup.layers
         if f"{s.name}.L" in payload
     }
+    if store is not None:
+        own = store.before(ins.round + 1)
+        update = parts.method.own_update(update, own, parts.setup, parts.client)
+        if ins.final:
+            write_adapter(
+                store.folder / "adapter",
+                compact(learnt(parts.setup, memory.merges, update)),
+                base_model=str(model_folder(cfg.model.name, seed=cfg.seed)),
+            )
+    if not cfg.data.own_heldout:
+        return EvalReport(ins.cid, ins.round, "ok", nonce=ins.nonce)
     held = own_data(node_data(cfg, data_file), ins.cid, None, cfg.seed).heldout
     sets = {name: encode_heldout(parts.tokenizer, h, cfg) for name, h in held.items()}
     scores = score_sets(parts.model, parts.tokenizer, sets, cfg, parts.pad_id, update)

@@ -8,7 +8,9 @@ Node config: ``partition-id`` (required; client id k trains on partition k); ``d
 (this machine's own data: its client file, or the dataset a split run divides; the node
 never reads a path the server sends); ``auth-key`` (the path of the SuperNode's private key,
 when the run binds client ids to node keys: every reply is then signed with it, see
-:mod:`fedlora.runtime.flower.identity`).
+:mod:`fedlora.runtime.flower.identity`); ``state-dir`` (a folder of the node's own, where a
+method that keeps per-client parts, FedSA-LoRA, keeps them across rounds and resumes, and
+where the client's own model is written after the last round).
 
 Flower starts a process per message, so this module imports only Flower and the message
 format; the model code (torch, transformers) is imported by ``train`` alone, which keeps the
@@ -75,16 +77,21 @@ def _memory(context: Context) -> Memory:
     return empty_memory()
 
 
-def make_client_app(data_files: Sequence[str] = ()) -> ClientApp:
-    """The ClientApp. ``data_files`` is for Flower's simulation engine only, where one
-    operator runs every node on one machine and Flower gives a simulated node no config of
-    its own: the data file of each node, by ``partition-id``, as its node config would name
-    it. A deployed node's own ``data-file`` always comes first."""
+def make_client_app(data_files: Sequence[str] = (), state_root: str | None = None) -> ClientApp:
+    """The ClientApp. ``data_files`` and ``state_root`` are for Flower's simulation engine
+    only, where one operator runs every node on one machine and Flower gives a simulated node
+    no config of its own: the data file of each node, by ``partition-id``, as its node config
+    would name it, and the folder under which every simulated node keeps its state. A deployed
+    node's own ``data-file`` and ``state-dir`` always come first."""
     client_app = ClientApp()
 
     def data_file(context: Context) -> str | None:
         own = _data_file(context)
         return own or (data_files[partition_id(context)] if data_files else None)
+
+    def state_dir(context: Context) -> str | None:
+        own = context.node_config.get("state-dir")
+        return str(own) if own else state_root
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -103,7 +110,9 @@ def make_client_app(data_files: Sequence[str] = ()) -> ClientApp:
 
         set_offline()
         ins = read_eval_instruction(msg.content)
-        report = client_evaluate(ins, _memory(context), partition_id(context), data_file(context))
+        report = client_evaluate(
+            ins, _memory(context), partition_id(context), data_file(context), state_dir(context)
+        )
         return Message(_signed(eval_report_content(report), context), reply_to=msg)
 
     @client_app.train()
@@ -115,7 +124,9 @@ def make_client_app(data_files: Sequence[str] = ()) -> ClientApp:
         set_offline()  # a Flower process is a command line of its own
         ins = read_instruction(msg.content)
         memory = _memory(context)
-        report, memory = client_round(ins, memory, partition_id(context), data_file(context))
+        report, memory = client_round(
+            ins, memory, partition_id(context), data_file(context), state_dir(context)
+        )
         context.state[STATE_KEY] = ConfigRecord({"memory": pack_memory(memory)})
         return Message(_signed(report_content(report), context), reply_to=msg)
 

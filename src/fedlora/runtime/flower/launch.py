@@ -145,7 +145,8 @@ def _run_sim(cfg: RunConfig, resume: bool, options: ServerOptions, report: Repor
     files = [cfg.data.dataset] * cfg.data.clients if cfg.data.dataset else list(cfg.data.files)
     run_simulation(
         server_app=make_server_app(cfg, resume=resume, options=options, report=report),
-        client_app=make_client_app(files),
+        # The simulated nodes keep own parts where an in-process run keeps them.
+        client_app=make_client_app(files, state_root=str(Path(cfg.out_dir) / "clients")),
         num_supernodes=cfg.data.clients,
         backend_config=backend,  # type: ignore[arg-type]  # Flower's annotation is too narrow
     )

@@ -50,6 +50,9 @@ class Instruction:
     sync: bytes | None = None
     nonce: str = ""
     """Fresh per message; the reply must echo it (:mod:`.identity`)."""
+    run: str = ""
+    """The run's token, naming where the client keeps its own parts (empty: none kept;
+    :mod:`fedlora.runtime.own_parts`)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ def instruction_content(ins: Instruction) -> RecordDict:
             "config": ins.config,
             "broadcast": ins.broadcast,
             "nonce": ins.nonce,
+            "run": ins.run,
         }
     )
     content = RecordDict({RECORD: rec})
@@ -106,6 +110,7 @@ def read_instruction(content: RecordDict) -> Instruction:
         broadcast=_get(rec, "broadcast", bytes),
         sync=sync,
         nonce=_get(rec, "nonce", str),
+        run=_get(rec, "run", str),
     )
 
 
@@ -362,6 +367,10 @@ class EvalInstruction:
     config: str
     update: bytes
     nonce: str = ""
+    run: str = ""
+    """As :attr:`Instruction.run`."""
+    final: bool = False
+    """After the last round: a client that keeps own parts writes its own model."""
 
 
 @dataclass
@@ -385,6 +394,8 @@ def eval_instruction_content(ins: EvalInstruction) -> RecordDict:
         "config": ins.config,
         "update": ins.update,
         "nonce": ins.nonce,
+        "run": ins.run,
+        "final": ins.final,
     }
     return RecordDict({RECORD: ConfigRecord(values)})
 
@@ -400,6 +411,8 @@ def read_eval_instruction(content: RecordDict) -> EvalInstruction:
         config=_get(rec, "config", str),
         update=_get(rec, "update", bytes),
         nonce=_get(rec, "nonce", str),
+        run=_get(rec, "run", str),
+        final=_get(rec, "final", bool),
     )
 
 

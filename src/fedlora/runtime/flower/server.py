@@ -45,6 +45,7 @@ from fedlora.runtime.flower.protocol import (
     read_report,
 )
 from fedlora.runtime.outcome import ClientOutcome
+from fedlora.runtime.own_parts import run_token
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
 from fedlora.wire import encode
 
@@ -143,8 +144,11 @@ class FlowerTransport:
 
     name = "flower"
 
-    def __init__(self, fed: Federation, grid: Grid, nodes: Nodes, opts: ServerOptions) -> None:
+    def __init__(
+        self, fed: Federation, grid: Grid, nodes: Nodes, opts: ServerOptions, run: str = ""
+    ) -> None:
         self.fed, self.grid, self.nodes, self.opts = fed, grid, nodes, opts
+        self.run = run  # the run token, where clients keep own parts (own_parts.run_token)
         # Every client starts unsynchronised: round 1 ships an (empty) memory, a resumed run
         # ships each client's view and the base merges so far.
         self.needs_sync = {c.cid for c in fed.setup.clients}
@@ -198,6 +202,7 @@ class FlowerTransport:
                 broadcast=d.broadcast.data,
                 sync=sync,
                 nonce=nonces[d.cid],
+                run=self.run,
             )
             contents[d.cid] = instruction_content(ins)
         for cid, reply in self._send(TRAIN, t, contents).items():
@@ -209,10 +214,12 @@ class FlowerTransport:
         return replies
 
     def evaluate(
-        self, t: int, update: Mapping[str, Factored], rs: RunState
+        self, t: int, update: Mapping[str, Factored], rs: RunState, final: bool
     ) -> dict[int, EvalReply]:
-        """Federated evaluation: every served client scores its own held-out data."""
-        if not self.fed.cfg.data.own_heldout:
+        """Federated evaluation: every served client scores its own held-out data (and after
+        the last round writes its own model, where the method keeps own parts)."""
+        writes = final and self.fed.method.keeps_own_parts
+        if not self.fed.cfg.data.own_heldout and not writes:
             return {}
         factors: Payload = {}
         for layer, (left, right) in update.items():
@@ -226,7 +233,9 @@ class FlowerTransport:
                 out[c.cid] = EvalReply({}, error="no SuperNode serves this client")
                 continue
             nonces[c.cid] = fresh_nonce()
-            ins = EvalInstruction(t, c.cid, self.config_json, blob, nonces[c.cid])
+            ins = EvalInstruction(
+                t, c.cid, self.config_json, blob, nonces[c.cid], run=self.run, final=final
+            )
             contents[c.cid] = eval_instruction_content(ins)
         for cid, reply in self._send(EVALUATE, t, contents).items():
             got = _eval_reply(t, cid, nonces[cid], reply, self)
@@ -274,6 +283,7 @@ def serve(
     nodes = Nodes(clients=cfg.data.clients, keys=node_keys(cfg))
     out = prepare_run_dir(cfg, resume)
     report("status", {"text": f"waiting for {cfg.data.clients} SuperNodes"})
-    transport = FlowerTransport(fed, grid, nodes, opts)
+    token = run_token(out, resume) if fed.method.keeps_own_parts else ""
+    transport = FlowerTransport(fed, grid, nodes, opts, token)
     wait_for_nodes(grid, nodes, cfg, opts.join_timeout, opts.poll_seconds, transport.max_reply)
     return drive(fed, transport, out, resume, report)
