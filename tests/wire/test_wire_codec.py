@@ -360,3 +360,17 @@ def test_foreign_safetensors_file_is_rejected() -> None:
     from safetensors.torch import save
 
     assert_rejected(save({"w": torch.zeros(2)}), "payload", "__metadata__")
+
+
+def test_a_nearly_full_sparse_entry_travels_dense_and_decodes_to_the_same_values() -> None:
+    # Prepare: 1023 of 1024 entries present, so any position code costs more than it saves
+    values = torch.arange(1, 1025, dtype=torch.float32).reshape(32, 32)
+    values[3, 7] = 0.0
+    sparse = Sparse.from_mask(values, values != 0)
+    # Execute
+    data, stats = encode_with_stats({"x": sparse})
+    back = decode(data, expected=None)["x"]
+    # Assert: sent as a dense block (no position bytes), the same tensor comes back
+    assert stats.encodings() == {"x": {"dense": 1}}
+    assert len(data) < 1024 * 4 + 512
+    assert isinstance(back, torch.Tensor) and torch.equal(back, values)

@@ -4,7 +4,9 @@
 receiver's job). Dense tensors are sent as they are; a :class:`~fedlora.ops.sparse.Sparse`
 entry sends its values plus its positions in the smallest of the position codes of
 :mod:`fedlora.wire.positions`, or only its seed when its mask is a portable seeded mask
-(``mask_seed`` set; positions are ``seeded_keep_mask(seed, numel, keep_prob)``). Values
+(``mask_seed`` set; positions are ``seeded_keep_mask(seed, numel, keep_prob)``); one whose
+positions would cost more than they save (nearly every entry present) is sent, and decodes,
+as a dense tensor. Values
 travel as float32 unless ``value_dtype`` asks for bfloat16 / float16, and always decode to
 float32. The byte layout is documented in :mod:`fedlora.wire.container`.
 
@@ -151,6 +153,9 @@ def _encode_sparse(
             enc = encode_smallest(indices, numel)
         except ValueError as exc:
             raise ValueError(f"tensor {name!r}: {exc}") from None
+        if len(enc.data) + values.numel() * values.element_size() >= numel * values.element_size():
+            # Nearly every entry is present: the positions cost more than they save.
+            return _encode_dense(name, sparse.to_dense(), value_dtype)
         positions = {"encoding": enc.encoding, **enc.params}
         stored[ct.positions_key(name)] = _byte_tensor(enc.data)
         pos_bytes = len(enc.data)
