@@ -90,7 +90,7 @@ def test_to_dict_round_trips() -> None:
 def test_one_ratio_rule_is_validated_alike_for_fedsrd_fedsrd_e_and_the_uplink(
     override: str, where: str
 ) -> None:
-    from fedlora.ops.sparsify import RatioRule
+    from fedlora.ops.ratio import RatioRule
 
     extra = [override.split(".")[0] + "=" + override.split(".")[1]] if "method" in override else []
     with pytest.raises(ConfigError, match=rf"{where} must be in \[0, 1\), got 1.5"):

@@ -40,7 +40,7 @@ from fedlora.errors import FedloraError
 from fedlora.methods import registry
 from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.uplink import with_uplink
-from fedlora.ops.sparsify import RatioRule
+from fedlora.ops.ratio import RatioRule
 from fedlora.runtime.driver import run_round
 from fedlora.runtime.run_folder import RunState
 from fedlora.runtime.synthetic import SyntheticServer, SyntheticTransport

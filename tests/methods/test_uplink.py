@@ -13,8 +13,8 @@ from fedlora.methods.registry import build
 from fedlora.methods.uplink import SparseUplink, as_received, with_uplink
 from fedlora.ops.importance import importance_a, importance_b
 from fedlora.ops.masks import quantile_mask
+from fedlora.ops.ratio import RatioRule
 from fedlora.ops.sparse import Sparse
-from fedlora.ops.sparsify import RatioRule
 
 # (method, options, ranks): every method the plug-in serves, mixed ranks where it has them
 SERVED = [

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fedlora.ops.solve import (
+    condition,
     solve_a_clients,
     solve_a_terms,
     solve_a_update,
@@ -163,3 +164,64 @@ def test_client_steps_refuse_a_delta_of_the_wrong_shape() -> None:
     ]
     with pytest.raises(ValueError, match="does not fit"):
         solve_b_clients(a, b, bad)
+
+
+# -- the Tikhonov ("ridge") solve and the condition number ------------------------------------
+
+
+def _tikhonov_b(target: torch.Tensor, a: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Dense float64 reference: ``ΔB = ΔW·Aᵀ·(A·Aᵀ + μI)⁻¹`` with ``μ = ridge·λ_max(A·Aᵀ)``."""
+    gram = a @ a.T
+    mu = ridge * float(torch.linalg.eigvalsh(gram).max())
+    return target @ a.T @ torch.linalg.inv(gram + mu * torch.eye(gram.shape[0], dtype=a.dtype))
+
+
+def _tikhonov_a(target: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
+    gram = b.T @ b
+    mu = ridge * float(torch.linalg.eigvalsh(gram).max())
+    return torch.linalg.inv(gram + mu * torch.eye(gram.shape[0], dtype=b.dtype)) @ b.T @ target
+
+
+@pytest.mark.parametrize("ridge", [1e-3, 0.1])
+def test_ridge_solves_are_the_tikhonov_solution(ridge: float) -> None:
+    # Prepare: an ill-conditioned A and B (one direction 1e-4 of the others)
+    gen = torch.Generator().manual_seed(21)
+    a = torch.randn(R, N, generator=gen, dtype=torch.float64)
+    b = torch.randn(M, R, generator=gen, dtype=torch.float64)
+    a[3] = a[0] + 1e-4 * a[3]
+    b[:, 3] = b[:, 0] + 1e-4 * b[:, 3]
+    left, right = _factors(22)
+    clients = _clients(gen, a, b, 0.5, sparse=True)
+    target = _dense_target(a, b, clients)
+    # Execute / Assert: the stacked-target solves and the per-client ones (FedSRD-e)
+    torch.testing.assert_close(
+        solve_b_terms([(left, right)], a, ridge), _tikhonov_b(left @ right, a, ridge)
+    )
+    torch.testing.assert_close(
+        solve_a_terms([(left, right)], b, ridge), _tikhonov_a(left @ right, b, ridge)
+    )
+    torch.testing.assert_close(solve_b_clients(a, b, clients, ridge), _tikhonov_b(target, a, ridge))
+    torch.testing.assert_close(solve_a_clients(a, b, clients, ridge), _tikhonov_a(target, b, ridge))
+
+
+def test_ridge_bounds_the_gain_of_an_ill_conditioned_factor() -> None:
+    # Prepare: B with singular values 1 and 1e-6: the pseudo-inverse amplifies by 1e6
+    b = torch.zeros(M, 2, dtype=torch.float64)
+    b[0, 0], b[1, 1] = 1.0, 1e-6
+    left = torch.zeros(M, 1, dtype=torch.float64)
+    left[1, 0] = 1.0
+    right = torch.ones(1, N, dtype=torch.float64)
+    # Execute
+    plain = solve_a_terms([(left, right)], b)
+    ridged = solve_a_terms([(left, right)], b, 1e-4)
+    # Assert: gain σ/(σ² + μ) ≤ 1/(2√μ) = 50 for μ = 1e-4 (σ_max = 1)
+    assert float(plain.abs().max()) == pytest.approx(1e6, rel=1e-6)
+    assert float(ridged.abs().max()) <= 50.0
+
+
+def test_condition_is_the_ratio_of_extreme_singular_values() -> None:
+    gen = torch.Generator().manual_seed(5)
+    for matrix in (torch.randn(M, R, generator=gen), torch.randn(R, N, generator=gen)):
+        s = torch.linalg.svdvals(matrix.double())
+        assert condition(matrix) == pytest.approx(float(s[0] / s[-1]), rel=1e-4)
+    assert condition(torch.zeros(M, R)) == 1.0

@@ -15,8 +15,8 @@ from typing import Any
 from fedlora.data.dataset_split import DATASET_PARTITIONS
 from fedlora.data.formats import FORMATS, TEMPLATES, Columns
 from fedlora.errors import ConfigError
+from fedlora.ops.ratio import SPARSIFIERS, RatioRule
 from fedlora.ops.schedule import SCHEDULES
-from fedlora.ops.sparsify import SPARSIFIERS, RatioRule
 
 ALL_LINEAR = "all-linear"
 
@@ -106,7 +106,10 @@ class DataConfig:
     ``save_to_disk`` folder in ``format`` (or renamed by ``columns``); ``template`` renders
     the prompt."""
 
-    clients: int = 4
+    clients: int = 0
+    """0: from the data: one client per file, one per value of ``label_column`` for a column
+    split (counted when the run starts, :func:`fedlora.runtime.client_data.with_client_count`),
+    else 4."""
     partition: str = "domain"  # domain | dirichlet | iid | files | column
     domains: tuple[str, ...] = ("code", "literature", "email", "dictionary")
     dirichlet_alpha: float = 0.5
@@ -123,7 +126,10 @@ class DataConfig:
     heldout_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        _check(self.clients >= 1, "data.clients", f"must be at least 1, got {self.clients}")
+        _check(self.clients >= 0, "data.clients", f"must be at least 1, got {self.clients}")
+        if self.clients == 0 and not (self.dataset and self.partition == "column"):
+            # Only a column split needs the data itself to count its clients.
+            object.__setattr__(self, "clients", len(self.files) if self.files else 4)
         allowed = DATASET_PARTITIONS if self.dataset else BUILTIN_PARTITIONS
         where = "with data.dataset" if self.dataset else "without data.dataset"
         _check(
@@ -198,8 +204,13 @@ class TrainConfig:
     min_lr: float = 0.0  # where cosine ends
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     gradient_checkpointing: bool = False
+    threads: int = 0
+    """Torch threads of each training client; 0: the cores this process may use, divided
+    among the clients that train at once in it (resolved at start and written to the run's
+    config.json; :mod:`fedlora.train.threads`)."""
 
     def __post_init__(self) -> None:
+        _check(self.threads >= 0, "train.threads", f"must be >= 0 (0 = auto), got {self.threads}")
         _check(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             "train.device",
@@ -461,8 +472,8 @@ class RunConfig:
         ratio = self.lora.alpha / self.lora.rank
         return [ratio * r for r in self.client_ranks()]
 
-    def __post_init__(self) -> None:
-        n = self.data.clients
+    def _check_counts(self, n: int) -> None:
+        """The checks that need the number of clients ``n``."""
         _check(
             not self.lora.ranks or len(self.lora.ranks) == n,
             "lora.ranks",
@@ -479,6 +490,16 @@ class RunConfig:
             f"is {self.federation.min_clients} but there are only {n} clients",
         )
         _check(
+            not self.federation.node_keys or len(self.federation.node_keys) == n,
+            "federation.node_keys",
+            f"needs one key per client ({n}), got {len(self.federation.node_keys)}",
+        )
+
+    def __post_init__(self) -> None:
+        n = self.data.clients
+        if n:  # 0: a column split not counted yet; checked again once it is
+            self._check_counts(n)
+        _check(
             not self.privacy.on or self.federation.weighting == "uniform",
             "federation.weighting",
             "privacy.mode = central weighs every client alike (weights may not depend on the "
@@ -489,9 +510,4 @@ class RunConfig:
             "lora.ranks",
             "privacy.mode = central needs every client at one rank (noise is added to one "
             "shared vector space)",
-        )
-        _check(
-            not self.federation.node_keys or len(self.federation.node_keys) == n,
-            "federation.node_keys",
-            f"needs one key per client ({n}), got {len(self.federation.node_keys)}",
         )

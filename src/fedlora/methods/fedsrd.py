@@ -88,12 +88,14 @@ from fedlora.methods.common import (
     lora_payload,
 )
 from fedlora.methods.registry import register
-from fedlora.ops.factored import truncated_factors
+from fedlora.ops.factored import numerical_rank, truncated_factors
 from fedlora.ops.masks import dare_dense
+from fedlora.ops.ratio import SPARSIFIERS, SUPPORTS, RatioRule
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import label_seed
 from fedlora.ops.solve import (
     ClientDeltas,
+    condition,
     solve_a_clients,
     solve_a_terms,
     solve_b_clients,
@@ -101,8 +103,6 @@ from fedlora.ops.solve import (
 )
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.sparsify import (
-    SPARSIFIERS,
-    RatioRule,
     SparseDelta,
     delta_scores,
     ratio_summary,
@@ -153,13 +153,25 @@ class FedSRDConfig(RatioRule):
     sparsifier: str = "importance"
     reconstruct: bool = True
     decompose: str = "alternating"
+    support: str = "global"
+    """Where the kept share of a factor delta is counted: over the whole matrix (the paper's)
+    or within each rank slot, ``ΔB``'s columns and ``ΔA``'s rows ("per-rank")."""
+    ridge: float = 0.0
+    """Tikhonov term of the least-squares step, relative to the largest eigenvalue of the
+    solved-against factor's Gram matrix (0: the paper's pseudo-inverse; docs/methods.md,
+    "FedSRD's stability")."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _unit_interval("p_down", self.p_down)
+        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)):
+            raise ValueError(f"ridge must be a number, got {self.ridge!r}")
+        if not 0.0 <= float(self.ridge) < 1.0:
+            raise ValueError(f"ridge must be in [0, 1), got {self.ridge}")
         _choice("sparsifier", self.sparsifier, SPARSIFIERS)
         _flag("reconstruct", self.reconstruct)
         _choice("decompose", self.decompose, DECOMPOSITIONS)
+        _choice("support", self.support, SUPPORTS)
 
 
 def active_factor(round_: int) -> str:
@@ -217,18 +229,74 @@ def averaged_aggregate(a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas) -> 
     return b, a
 
 
-def least_squares_step(target: Factored, a_prev: Tensor, b_prev: Tensor, factor: str) -> Tensor:
+def least_squares_step(
+    target: Factored, a_prev: Tensor, b_prev: Tensor, factor: str, ridge: float = 0.0
+) -> Tensor:
     """The closed-form update of ``factor`` toward ``target − B^{t-1}A^{t-1}`` (factored).
 
     Returns ``ΔB = ΔW·pinv(A^{t-1})`` (m×r) for ``factor == "B"``, else
-    ``ΔA = pinv(B^{t-1})·ΔW`` (r×n), with ``ΔW = [W_l, −B^{t-1}]·[W_r; A^{t-1}]``.
+    ``ΔA = pinv(B^{t-1})·ΔW`` (r×n), with ``ΔW = [W_l, −B^{t-1}]·[W_r; A^{t-1}]``;
+    ``ridge > 0`` replaces the pseudo-inverse by the Tikhonov solve (:mod:`fedlora.ops.solve`).
     """
     # ΔW as two products solved against one Gram matrix, never concatenated:
     # [W_l, −B]·[W_r; A] = W_l·W_r − B·A.
     terms = [target, (-b_prev, a_prev)]
     if factor == "B":
-        return solve_b_terms(terms, a_prev)
-    return solve_a_terms(terms, b_prev)
+        return solve_b_terms(terms, a_prev, ridge)
+    return solve_a_terms(terms, b_prev, ridge)
+
+
+COND_WARN = 1e4
+"""A solved-against factor worse conditioned than this amplifies its weakest direction by
+at least this much relative to its strongest (docs/methods.md, "FedSRD's stability")."""
+
+GROWTH_WARN = 10.0
+"""A round that multiplies ‖A‖ or ‖B‖ (over all layers) by more than this is flagged."""
+
+
+def stability_report(
+    factor: str,
+    conditions: Sequence[float],
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+) -> dict[str, Any]:
+    """The round's solve diagnostics: the solved-against factor's condition numbers
+    (max and median over layers), the norms of A and B over all layers before and after the
+    update, and a warning when either crosses :data:`COND_WARN` / :data:`GROWTH_WARN`."""
+    ordered = sorted(conditions)
+    report: dict[str, Any] = {
+        "solved_against": "A" if factor == "B" else "B",
+        "cond_max": ordered[-1],
+        "cond_median": ordered[len(ordered) // 2],
+        "norm_a": after["A"],
+        "norm_b": after["B"],
+    }
+    growth = {p: after[p] / before[p] for p in ("A", "B") if before[p] > 0}
+    problems = []
+    if report["cond_max"] > COND_WARN:
+        problems.append(
+            f"{report['solved_against']} is ill-conditioned (condition number "
+            f"{report['cond_max']:.3g} > {COND_WARN:g})"
+        )
+    problems += [
+        f"‖{p}‖ grew {g:.3g}× in one round" for p, g in sorted(growth.items()) if g > GROWTH_WARN
+    ]
+    if problems:
+        report["warning"] = (
+            "FedSRD's solve may be blowing up: "
+            + "; ".join(problems)
+            + (" (method.fedsrd.ridge stabilises it; docs/methods.md)")
+        )
+    return report
+
+
+def _norms(tensors: Mapping[str, Tensor], setup: Setup) -> dict[str, float]:
+    return {
+        part: math.sqrt(
+            sum(float(tensors[key(s.name, part)].double().pow(2).sum()) for s in setup.layers)
+        )
+        for part in ("A", "B")
+    }
 
 
 def balanced_factors(target: Factored, rank: int) -> LoraPair:
@@ -328,7 +396,7 @@ class _FedSRDBase(synced.DeltaSynced):
             old = (start.view[key(s.name, "A")], start.view[key(s.name, "B")])
             new = (trained[s.name].A.detach(), trained[s.name].B.detach())
             out[s.name] = sparsify_layer(
-                old, new, cfg, cfg.sparsifier, cfg.rescale, upload_seed(seed, s.name)
+                old, new, cfg, cfg.sparsifier, cfg.rescale, upload_seed(seed, s.name), cfg.support
             )
         return out
 
@@ -347,27 +415,33 @@ class _FedSRDBase(synced.DeltaSynced):
     def upload_report(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
     ) -> dict[str, Any]:
-        """Per-matrix ratios (mean, min, max over layers) and the relative size of the
+        """Per-matrix ratios (mean, min, max over layers), the relative size of the
         client's local update of each factor, ``‖ΔA‖/‖A‖`` and ``‖ΔB‖/‖B‖`` (all layers
-        together; null while the factor is zero, as B is in round 1)."""
-        rule = self.config
+        together; null while the factor is zero, as B is in round 1), and the numerical rank
+        of the kept ``ΔB`` as a share of r (mean, min, max over layers: a support collapsed
+        onto a few whole columns shows here; for the random sparsifier, of one draw)."""
         rho: dict[str, list[float]] = {"A": [], "B": []}
         olds: dict[str, list[Tensor]] = {"A": [], "B": []}
         news: dict[str, list[Tensor]] = {"A": [], "B": []}
         for s in setup.layers:
             a_old, b_old = start.view[key(s.name, "A")], start.view[key(s.name, "B")]
             a_new, b_new = trained[s.name].A.detach(), trained[s.name].B.detach()
-            rho["A"].append(rule.ratio(delta_scores("A", a_new - a_old, a_old, b_new)))
-            rho["B"].append(rule.ratio(delta_scores("B", b_new - b_old, a_old, b_new)))
+            rho["A"].append(self.config.ratio(delta_scores("A", a_new - a_old, a_old, b_new)))
+            rho["B"].append(self.config.ratio(delta_scores("B", b_new - b_old, a_old, b_new)))
             olds["A"].append(a_old)
             olds["B"].append(b_old)
             news["A"].append(a_new)
             news["B"].append(b_new)
+        kept_rank = [
+            numerical_rank(torch.linalg.svdvals(d_b.delta.to_dense().double())) / client.rank
+            for _, d_b in self._sparsified(start, trained, setup, 0).values()
+        ]
         return {
             "rho_A": ratio_summary(rho["A"]),
             "rho_B": ratio_summary(rho["B"]),
             "update_ratio_A": update_ratio(olds["A"], news["A"]),
             "update_ratio_B": update_ratio(olds["B"], news["B"]),
+            "kept_rank_B": ratio_summary(kept_rank),
         }
 
     # -- server ----------------------------------------------------------------------------
@@ -390,6 +464,7 @@ class _FedSRDBase(synced.DeltaSynced):
         factor = active_factor(round_)
         rank = setup.max_rank
         tensors: dict[str, Tensor] = {}
+        conditions: list[float] = []
         for s in setup.layers:
             a_prev = state.tensors[key(s.name, "A")]
             b_prev = state.tensors[key(s.name, "B")]
@@ -405,6 +480,7 @@ class _FedSRDBase(synced.DeltaSynced):
                 new = balanced_factors(self.target(a_prev, b_prev, deltas, rank), rank)
                 tensors[key(s.name, "A")], tensors[key(s.name, "B")] = new.A, new.B
                 continue
+            conditions.append(condition(a_prev if factor == "B" else b_prev))
             update = self.step(a_prev, b_prev, deltas, factor, rank)
             applied = dare_dense(
                 update, self.config.p_down, downlink_seed(setup.seed, round_, s.name)
@@ -415,7 +491,11 @@ class _FedSRDBase(synced.DeltaSynced):
                 tensors[key(s.name, part)] = synced.add_delta(prev[part], delta)
             tensors[key(s.name, "d" + factor)] = applied
         updated = "AB" if self.config.decompose == "dense" else factor
-        return ServerState(round=round_, tensors=tensors, meta={"updated": updated})
+        meta: dict[str, Any] = {"updated": updated}
+        if conditions:
+            before, after = _norms(state.tensors, setup), _norms(tensors, setup)
+            meta["report"] = stability_report(factor, conditions, before, after)
+        return ServerState(round=round_, tensors=tensors, meta=meta)
 
 
 @register("fedsrd", FedSRDConfig)
@@ -433,7 +513,8 @@ class FedSRD(_FedSRDBase):
     def step(
         self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
     ) -> Tensor:
-        return least_squares_step(self.target(a_prev, b_prev, deltas, rank), a_prev, b_prev, factor)
+        target = self.target(a_prev, b_prev, deltas, rank)
+        return least_squares_step(target, a_prev, b_prev, factor, self.config.ridge)
 
 
 @register("fedsrd-e", FedSRDConfig)
@@ -453,9 +534,10 @@ class FedSRDE(_FedSRDBase):
     def step(
         self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
     ) -> Tensor:
+        ridge = self.config.ridge
         if not self.config.reconstruct:
             target = averaged_aggregate(a_prev, b_prev, deltas)
-            return least_squares_step(target, a_prev, b_prev, factor)
+            return least_squares_step(target, a_prev, b_prev, factor, ridge)
         # The full aggregate's step needs no stack: per-client r×r products (ops.solve).
         solve = solve_b_clients if factor == "B" else solve_a_clients
-        return solve(a_prev, b_prev, deltas)
+        return solve(a_prev, b_prev, deltas, ridge)

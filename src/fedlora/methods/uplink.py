@@ -53,10 +53,11 @@ from fedlora.methods.base import (
 )
 from fedlora.methods.common import dense
 from fedlora.methods.half_round import half_round, untrained_upload
+from fedlora.ops.ratio import RatioRule
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import label_seed
 from fedlora.ops.sparse import Sparse
-from fedlora.ops.sparsify import RatioRule, delta_scores, ratio_summary, select
+from fedlora.ops.sparsify import delta_scores, ratio_summary, select
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

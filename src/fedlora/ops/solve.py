@@ -32,9 +32,14 @@ class _Pinv:
     inverting it would blow the solution up. For float32 matrices (the server's) the first
     bound is the larger; it matters for exactly rank-deficient float64 matrices. Costs
     O(k·r²) once and O(k·r·q) per right-hand side of q columns; the k×r pseudo-inverse is
-    never built."""
+    never built.
 
-    def __init__(self, matrix: Tensor) -> None:
+    ``ridge > 0`` makes it the Tikhonov-regularised solve ``(MᵀM + μI)⁻¹Mᵀ`` with
+    ``μ = ridge·λ_max``: each kept direction's gain ``σ/(σ² + μ)`` is at most
+    ``1/(2√μ)``, so an ill-conditioned ``M`` can no longer amplify the right-hand side by
+    ``1/σ_min`` (``ridge = 0``: the plain pseudo-inverse)."""
+
+    def __init__(self, matrix: Tensor, ridge: float = 0.0) -> None:
         # The r×r algebra runs in float64: squaring σ into λ would otherwise cost float32 half
         # its digits.
         wide = matrix.double()
@@ -45,9 +50,13 @@ class _Pinv:
         noise = max(matrix.shape) * torch.finfo(torch.float64).eps
         cutoff = max(rtol**2, noise) * top
         keep = lam > cutoff if top > 0 else torch.zeros_like(lam, dtype=torch.bool)
+        shifted = lam + ridge * top
         self.inv = torch.where(
-            keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam)
+            keep, 1.0 / torch.where(keep, shifted, torch.ones_like(lam)), torch.zeros_like(lam)
         )
+        kept = lam[keep]
+        # σ_max / σ_min over the directions the solve inverts (1 for a zero matrix).
+        self.condition = float((kept.max() / kept.min()).sqrt()) if kept.numel() else 1.0
         self.matrix = matrix
 
     def gram_pinv(self) -> Tensor:
@@ -72,26 +81,34 @@ def _total(parts: list[Tensor]) -> Tensor:
     return total
 
 
-def solve_b_terms(terms: Terms, a: Tensor) -> Tensor:
+def condition(matrix: Tensor) -> float:
+    """``σ_max / σ_min`` of ``matrix`` over the directions a solve against it inverts (the
+    gain of the worst-conditioned direction, relative to the best)."""
+    tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
+    return _Pinv(tall).condition
+
+
+def solve_b_terms(terms: Terms, a: Tensor, ridge: float = 0.0) -> Tensor:
     """``ΔB = (Σ_i L_i R_i) @ pinv(A)`` as ``Σ_i L_i (R_i pinv(A))``, one Gram of A for all
-    terms (a target given as several products needs no concatenated stack)."""
+    terms (a target given as several products needs no concatenated stack); ``ridge``: the
+    Tikhonov solve of :class:`_Pinv`."""
     for left, right in terms:
         _check_chain(left, right)
         if a.ndim != 2 or a.shape[1] != right.shape[1]:
             raise ValueError(f"A {tuple(a.shape)} does not match ΔW's {right.shape[1]} columns")
     # X = R·pinv(A) is the minimum-norm least-squares solution of X·A = R, i.e. of
     # Aᵀ·Xᵀ = Rᵀ: an n×r system with q right-hand sides, never an n×r pseudo-inverse.
-    pinv = _Pinv(a.T)
+    pinv = _Pinv(a.T, ridge)
     return _total([left @ pinv(right.T).T for left, right in terms])
 
 
-def solve_a_terms(terms: Terms, b: Tensor) -> Tensor:
+def solve_a_terms(terms: Terms, b: Tensor, ridge: float = 0.0) -> Tensor:
     """``ΔA = pinv(B) @ (Σ_i L_i R_i)`` as ``Σ_i (pinv(B) L_i) R_i``, one Gram of B."""
     for left, right in terms:
         _check_chain(left, right)
         if b.ndim != 2 or b.shape[0] != left.shape[0]:
             raise ValueError(f"B {tuple(b.shape)} does not match ΔW's {left.shape[0]} rows")
-    pinv = _Pinv(b)
+    pinv = _Pinv(b, ridge)
     return _total([pinv(left) @ right for left, right in terms])
 
 
@@ -141,16 +158,17 @@ def _as_dense(delta: Delta, like: Tensor) -> Tensor:
     return d.to(like.dtype)
 
 
-def solve_b_clients(a: Tensor, b: Tensor, clients: ClientDeltas) -> Tensor:
+def solve_b_clients(a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 0.0) -> Tensor:
     """``ΔB = (Σ_k p_k (B + ΔB_k)(A + ΔA_k) − B·A)·pinv(A)`` from r×r products per client.
 
     With ``G = A·Aᵀ``, ``Y_k = ΔA_k·Aᵀ`` and ``pinv(A) = Aᵀ·G⁺`` the target is
     ``(B·C_0 + Σ_k ΔB_k·C_k)·G⁺`` with ``C_0 = Σ_k p_k (G + Y_k) − G`` and
     ``C_k = p_k (G + Y_k)``: every m- or n-sized product has r columns, the clients' factors
     are never stacked, and ``B·A`` cancels in the r×r algebra (float64) instead of in m×r
-    float32 sums. Equal to ``solve_b_terms`` on the stacked aggregate up to float error.
+    float32 sums. Equal to ``solve_b_terms`` on the stacked aggregate up to float error
+    (``ridge`` as there: ``G⁺`` becomes ``(G + μI)⁻¹``).
     """
-    pinv = _Pinv(a.T)
+    pinv = _Pinv(a.T, ridge)
     g, g_plus = pinv.gram, pinv.gram_pinv()
     c0 = -g
     parts: list[Tensor] = []
@@ -161,14 +179,14 @@ def solve_b_clients(a: Tensor, b: Tensor, clients: ClientDeltas) -> Tensor:
     return _total([b @ (c0 @ g_plus).to(b.dtype), *parts])
 
 
-def solve_a_clients(a: Tensor, b: Tensor, clients: ClientDeltas) -> Tensor:
+def solve_a_clients(a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 0.0) -> Tensor:
     """``ΔA = pinv(B)·(Σ_k p_k (B + ΔB_k)(A + ΔA_k) − B·A)`` from r×r products per client.
 
     With ``H = Bᵀ·B``, ``Z_k = Bᵀ·ΔB_k`` and ``pinv(B) = H⁺·Bᵀ``:
     ``H⁺·(D_0·A + Σ_k D_k·ΔA_k)``, ``D_0 = Σ_k p_k (H + Z_k) − H``, ``D_k = p_k (H + Z_k)``
     (see :func:`solve_b_clients`).
     """
-    pinv = _Pinv(b)
+    pinv = _Pinv(b, ridge)
     h, h_plus = pinv.gram, pinv.gram_pinv()
     d0 = -h
     parts: list[Tensor] = []

@@ -24,55 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fedlora.ops.importance import adaptive_sparsity, importance_a, importance_b
-from fedlora.ops.masks import capped_ratio, magnitude_mask, quantile_mask, rescale_pruned
+from fedlora.ops.importance import importance_a, importance_b
+from fedlora.ops.masks import quantile_mask, rescale_pruned
+from fedlora.ops.ratio import SPARSIFIERS, RatioRule
 from fedlora.ops.seeds import label_seed
 from fedlora.ops.sparse import Sparse
 
 Tensor = torch.Tensor
-
-SPARSIFIERS = ("importance", "magnitude", "random")
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class RatioRule:
-    """FedSRD's per-matrix sparsity ratio and what is done to the kept values: one type for
-    FedSRD, FedSRD-e and the uplink plug-in, validated here once.
-
-    ``rho = base + min(upper, coeff·ln(max(kurt, 1)))`` (capped so one element per matrix
-    survives), or ``fixed_rho``; ``rescale`` multiplies the kept values by ``Σ|Δ| / Σ|Δ_kept|``.
-    """
-
-    base: float = 0.85
-    coeff: float = 0.1
-    upper: float = 0.11
-    fixed_rho: float | None = None
-    rescale: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= _number("base", self.base) < 1.0:
-            raise ValueError(f"base must be in [0, 1), got {self.base}")
-        for name in ("coeff", "upper"):
-            if not 0.0 <= _number(name, getattr(self, name)) < math.inf:
-                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
-        if self.fixed_rho is not None and not 0.0 <= _number("fixed_rho", self.fixed_rho) <= 1.0:
-            raise ValueError(f"fixed_rho must be in [0, 1], got {self.fixed_rho}")
-        if not isinstance(self.rescale, bool):
-            raise ValueError(f"rescale must be true or false, got {self.rescale!r}")
-
-    def ratio(self, scores: Tensor) -> float:
-        """The capped ratio for one matrix of ``scores``."""
-        if self.fixed_rho is not None:
-            rho = self.fixed_rho
-        else:
-            rho = min(1.0, adaptive_sparsity(scores, self.base, self.coeff, self.upper))
-        return capped_ratio(rho, scores.numel())
 
 
 @dataclass(frozen=True)
@@ -83,10 +41,31 @@ class SparseDelta:
     rho: float
 
 
+def rank_slot_dim(part: str) -> int:
+    """The dimension of a factor delta that indexes its rank slots: ``ΔB``'s columns (m×r),
+    ``ΔA``'s rows (r×n)."""
+    return 1 if part == "B" else 0
+
+
+def per_slot_mask(scores: Tensor, rho: float, slot_dim: int) -> Tensor:
+    """:func:`quantile_mask` applied within each rank slot (each slice along ``slot_dim``):
+    every slot keeps its own top share, so the kept support spans every rank direction."""
+    slots = scores.movedim(slot_dim, 0)
+    return torch.stack([quantile_mask(slot, rho) for slot in slots]).movedim(0, slot_dim)
+
+
 def select(
-    delta: Tensor, scores: Tensor, rho: float, sparsifier: str, rescale: bool, seed: int
+    delta: Tensor,
+    scores: Tensor,
+    rho: float,
+    sparsifier: str,
+    rescale: bool,
+    seed: int,
+    slot_dim: int | None = None,
 ) -> Sparse:
-    """Keep part of ``delta`` by ``sparsifier`` at ratio ``rho`` (see module docstring).
+    """Keep part of ``delta`` by ``sparsifier`` at ratio ``rho`` (see module docstring);
+    with ``slot_dim`` the score-based sparsifiers keep the share ``1 − rho`` within each rank
+    slot (:func:`per_slot_mask`) instead of over the whole matrix.
 
     Exact zeros among kept values are left out for the score-based sparsifiers (adding them
     back changes nothing); a random mask keeps its positions, so that its seed describes them.
@@ -98,12 +77,10 @@ def select(
         if rescale:
             values = rescale_pruned(delta, mask.to_dense()).reshape(-1)[mask.indices]
         return Sparse(mask.shape, mask.indices, values.clone(), seed, keep)
-    if sparsifier == "importance":
-        kept = quantile_mask(scores, rho)
-    elif sparsifier == "magnitude":
-        kept = magnitude_mask(delta, rho)
-    else:
+    if sparsifier not in ("importance", "magnitude"):
         raise ValueError(f"sparsifier must be one of {', '.join(SPARSIFIERS)}, got {sparsifier!r}")
+    ranked = scores if sparsifier == "importance" else delta.abs()
+    kept = quantile_mask(ranked, rho) if slot_dim is None else per_slot_mask(ranked, rho, slot_dim)
     pruned = torch.where(kept, delta, torch.zeros_like(delta))
     if rescale:
         pruned = rescale_pruned(delta, pruned)
@@ -123,16 +100,20 @@ def sparsify_layer(
     sparsifier: str,
     rescale: bool,
     seed: int,
+    support: str = "global",
 ) -> tuple[SparseDelta, SparseDelta]:
     """Sparsified ``(ΔA, ΔB)`` of one layer from ``old = (A_old, B_old)`` and
-    ``new = (A_new, B_new)``; ``seed`` drives the random sparsifier only."""
+    ``new = (A_new, B_new)``; ``seed`` drives the random sparsifier only; ``support``
+    ("global" | "per-rank") chooses where the kept share is counted (:func:`select`)."""
     (a_old, b_old), (a_new, b_new) = old, new
     d_a, d_b = a_new - a_old, b_new - b_old
     out = []
     for part, delta in (("A", d_a), ("B", d_b)):
         scores = delta_scores(part, delta, a_old, b_new)
         rho = rule.ratio(scores)
-        sparse = select(delta, scores, rho, sparsifier, rescale, label_seed(seed, "uplink", part))
+        slot_dim = rank_slot_dim(part) if support == "per-rank" else None
+        mask_seed = label_seed(seed, "uplink", part)
+        sparse = select(delta, scores, rho, sparsifier, rescale, mask_seed, slot_dim)
         out.append(SparseDelta(sparse, rho))
     return out[0], out[1]
 

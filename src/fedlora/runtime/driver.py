@@ -247,6 +247,10 @@ def run_round(
     )
     # A skipped round keeps the state, less what its broadcast already merged everywhere.
     rs.state = method.skip_round(server.state, setup) if server.skipped else server.state
+    warning = (rs.state.meta.get("report") or {}).get("warning") if not server.skipped else None
+    if warning:
+        log.warning("round %d: %s", t, warning)
+        report("status", {"text": f"round {t}: {warning}"})
     rs.round = t
     evaluated = None
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
@@ -342,6 +346,7 @@ def round_record(
         upload_report={str(c): o.report for c, o in up.items() if o.report},
         round_seconds=seconds,
         ranks=server.state.meta.get("ranks"),
+        server_report=server.state.meta.get("report") if not server.skipped else None,
         nodes_refused=facts.notes.get("nodes_refused"),
         privacy=fed.privacy.spent(facts.t) if fed.privacy is not None else None,
         evaluation=evaluated,
@@ -411,7 +416,8 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
     learned = global_update(fed, rs)
     # Where clients keep own parts the shared adapter is written factor by factor (FedSA's
     # shared A beside B = 0), so a client can pair it with its own part; else compacted.
-    shared = learned if fed.method.keeps_own_parts else compact(learned)
+    factorwise = fed.method.keeps_own_parts and all(f[0].shape[1] for f in learned.values())
+    shared = learned if factorwise else compact(learned)
     write_adapter(out / "adapter", shared, base_model=fed.base_model_ref)
     report("done", {"out": str(out)})
     return out

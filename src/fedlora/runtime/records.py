@@ -95,6 +95,7 @@ class RoundRecord:
     upload_report: PerClient
     round_seconds: float
     ranks: dict[str, int] | None = None
+    server_report: dict[str, Any] | None = None
     nodes_refused: dict[str, str] | None = None
     privacy: dict[str, float] | None = None
     evaluation: Evaluation | None = None

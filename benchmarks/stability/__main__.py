@@ -1,0 +1,3 @@
+from benchmarks.stability.run import main
+
+raise SystemExit(main())
