@@ -16,7 +16,7 @@ from fedlora.methods.registry import build, names
 from tests.conftest import tiny_overrides
 from tests.runtime.test_resume import metrics
 
-HETERO = {"fedavg", "fedprox", "ffa", "florist", "flora", "flexlora"}
+HETERO = {"fedavg", "fedprox", "ffa", "florist", "flora", "flexlora", "local"}
 
 
 @pytest.mark.parametrize("method", names())
@@ -43,8 +43,7 @@ def test_method_runs_two_rounds(
     assert not any(r["clipped"] or r["weight_capped"] for r in records[1:])
     tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert tensors and all(torch.isfinite(t).all() for t in tensors.values())
-    if build(method).keeps_own_parts:  # the shared part: A, with B = 0; B's are the clients'
-        assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if "lora_A" in k)
+    if build(method).keeps_own_parts:  # each client's own model is on its side
         own = list((run / "clients").glob("run-*/client-*/adapter/adapter_model.safetensors"))
         assert len(own) == 3
         tensors = load_file(str(own[0]))

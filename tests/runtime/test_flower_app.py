@@ -147,7 +147,7 @@ def test_run_config_carries_the_whole_config(tmp_path: Path, client_files: list[
 # --------------------------------------------------------------------------- whole runs
 
 FAST = {"fedsrd"}
-HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora"}
+HETERO = {"fedavg", "fedprox", "florist", "flora", "flexlora", "local"}
 
 
 @pytest.mark.parametrize(

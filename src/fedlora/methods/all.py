@@ -13,5 +13,6 @@ from fedlora.methods import (
     flexlora,  # noqa: F401
     flora,  # noqa: F401
     florist,  # noqa: F401
+    local,  # noqa: F401
     rolora,  # noqa: F401
 )
