@@ -29,7 +29,8 @@ def test_each_tool_shows_its_own_options(
 
 
 def test_a_tools_options_are_parsed_by_the_tree() -> None:
-    args = build_parser().parse_args(["comm", "--shape", "smollm2-135m", "--rank", "2", "--json"])
+    argv = ["comm", "--shape", "smollm2-135m", "--rank", "2", "--json"]
+    args = build_parser(argv).parse_args(argv)
     assert (args.shape, args.rank, args.json) == ("smollm2-135m", 2, True)
 
 

@@ -95,6 +95,7 @@ def test_fedlora_eval_reproduces_the_runs_task_scores(
     assert main(["eval", str(run), "--tasks", *tasks, "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["quiz"]["acc"] == last["quiz"]["acc"]
+    assert scores["quiz"]["items"] == 4 and isinstance(scores["quiz"]["items"], int)
     assert scores["heldout"]["loss"] == pytest.approx(last["heldout"]["loss"], rel=1e-4)
     # an adapter folder alone works too (its base is named in adapter_config.json)
     assert (

@@ -44,6 +44,8 @@ class RoundTable:
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         if kind == "status":
             self._line(f"· {info['text']}")
+        elif kind == "run_start":
+            self._start(info)
         elif kind == "round_start" and self.bar is None:
             from tqdm import tqdm
 
@@ -83,6 +85,29 @@ class RoundTable:
                     f"{p['noise_multiplier']:.3g}, clip {p['clip_norm']:g}, sample rate "
                     f"{p['sample_rate']:g})"
                 )
+
+    def _start(self, info: dict[str, Any]) -> None:
+        """The run's header, each client's data, and the totals of rounds already done."""
+        what = (
+            f"method={info['method']} model={info['model']} clients={info['clients']} "
+            f"rounds={info['rounds']}"
+        )
+        if info["resumed_after"] is None:
+            self._line(f"fedlora run: {what} -> {info['out']}")
+        else:
+            self._line(
+                f"fedlora run: resuming at round {info['resumed_after'] + 1} from {info['out']} "
+                f"({what})"
+            )
+        for c in info["clients_info"]:
+            cut = f", {c['cut_by_seq_len']} cut by seq_len" if c["cut_by_seq_len"] else ""
+            self._line(
+                f"  client {c['client']}: {c['source']} ({c['train_examples']} examples{cut})"
+            )
+        for rec in info["previous"]:
+            if rec.get("round", 0) >= 1:
+                self.cum_up += (_mean(rec.get("upload_bytes", {}).values()) or 0.0) / MB
+                self.cum_down += (_mean(rec.get("download_bytes", {}).values()) or 0.0) / MB
 
     def _client(self, info: dict[str, Any]) -> None:
         """A client's local run: on the bar when one is drawn, else one line (a log shows
@@ -137,13 +162,8 @@ class RoundTable:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as hf_logging
-
+    # The config first: a mistake in it is reported before torch and transformers load.
     from fedlora import config
-    from fedlora.runtime import simulation
-    from fedlora.train import progress
-
-    hf_logging.disable_progress_bar()  # our own progress is shown; theirs is noise here
 
     if args.resume:
         import json
@@ -156,17 +176,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = config.from_dict(config.apply_overrides(raw, args.overrides))
     else:
         cfg = config.load(args.config, args.overrides)
+    from transformers.utils import logging as hf_logging
+
+    from fedlora.runtime import simulation
+    from fedlora.train import progress
+
+    hf_logging.disable_progress_bar()  # our own progress is shown; theirs is noise here
     progress.set_mode(cfg.log.progress)
     if args.dry_run:
         from fedlora.plan import dry_run_lines
 
         print("\n".join(dry_run_lines(cfg)))
         return 0
-    print(
-        f"fedlora run: method={cfg.method.name} model={cfg.model.name} "
-        f"clients={cfg.data.clients} rounds={cfg.federation.rounds} -> {cfg.out_dir}",
-        flush=True,
-    )
     if args.runtime == "inprocess":
         if args.superlink:
             raise FedloraError("--superlink needs --runtime flower")
@@ -192,9 +213,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return merge_main(args)
 
 
-def add_tool(sub: Any, name: str, module_name: str, help_text: str) -> None:
+def add_tool(sub: Any, name: str, module_name: str, help_text: str, chosen: bool) -> None:
     """A command whose options and body live in ``module_name`` (``add_arguments`` / ``run``):
-    the module owns its subparser, so ``fedlora … --help`` shows its real options."""
+    the module owns its subparser, so ``fedlora … --help`` shows its real options. It is
+    imported only when its command is ``chosen`` (the modules import torch; the top-level
+    help and every other command should not wait for that)."""
+    if not chosen:
+        sub.add_parser(name, help=help_text)
+        return
     import importlib
 
     module = importlib.import_module(module_name)
@@ -207,11 +233,19 @@ def add_tool(sub: Any, name: str, module_name: str, help_text: str) -> None:
     p.set_defaults(func=call)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    from fedlora import __version__
+
     parser = argparse.ArgumentParser(
         prog="fedlora",
         description="Communication-efficient federated LoRA fine-tuning of language models.",
     )
+    parser.add_argument("--version", action="version", version=f"fedlora {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -253,13 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR")
     merge.set_defaults(func=cmd_merge)
 
-    add_tool(
-        sub, "comm", "fedlora.comm", "bytes per round per client of every method for a model shape"
-    )
-    add_tool(sub, "export", "fedlora.export", "a run's result as a full (merged) model folder")
-    add_tool(sub, "data", "fedlora.plan", "how a config splits its data among clients")
-    add_tool(sub, "eval", "fedlora.eval_cmd", "score an adapter on local evaluation files")
+    command = _command(argv)
+    for name, module_name, help_text in TOOLS:
+        add_tool(sub, name, module_name, help_text, chosen=command == name)
     return parser
+
+
+TOOLS = (
+    ("comm", "fedlora.comm", "bytes per round per client of every method for a model shape"),
+    ("export", "fedlora.export", "a run's result as a full (merged) model folder"),
+    ("data", "fedlora.plan", "how a config splits its data among clients"),
+    ("eval", "fedlora.eval_cmd", "score an adapter on local evaluation files"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -272,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

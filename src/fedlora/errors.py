@@ -5,6 +5,11 @@ that is wrong and says what is wrong with it. The CLI prints ``str(error)`` on o
 exits with status 2 for any :class:`FedloraError`.
 """
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class FedloraError(Exception):
     """Base class of every error that ``fedlora`` raises on purpose."""
@@ -24,3 +29,9 @@ class CheckpointError(FedloraError):
 
 class DataError(FedloraError, ValueError):
     """A data file or data source is missing, empty or malformed."""
+
+
+def did_you_mean(word: str, known: Iterable[str], prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``word``, or nothing."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""

@@ -100,7 +100,7 @@ def evaluate_adapter(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 pad,
                 cfg.data.template,
             )
-        entry["items"] = float(len(task.examples) + len(task.questions))
+        entry["items"] = len(task.examples) + len(task.questions)
         scores[task.name] = entry
     return scores
 
@@ -112,5 +112,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for name, entry in scores.items():
         shown: list[Any] = [f"{k} {v:.4f}" for k, v in entry.items() if k != "items"]
-        print(f"{name}: {', '.join(shown)} ({int(entry['items'])} items)")
+        print(f"{name}: {', '.join(shown)} ({entry['items']} items)")
     return 0

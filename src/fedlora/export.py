@@ -20,6 +20,7 @@ import torch
 
 from fedlora import config as config_mod
 from fedlora.errors import ConfigError
+from fedlora.files import follow_umask
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def export_merged(run: str | os.PathLike[str], out: str | os.PathLike[str]) -> P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    follow_umask(tmp)
     if out_dir.exists():
         out_dir.rmdir()
     shutil.move(str(tmp), str(out_dir))

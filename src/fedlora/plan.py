@@ -47,12 +47,18 @@ def partition_lines(cfg: RunConfig) -> list[str]:
     ]
     for cid, examples in enumerate(split.clients):
         own = split.heldout.get(f"client{cid}")
-        held = f", held out {len(own.examples)}" if own is not None else ""
+        held = f", {len(own.examples)} held out" if own is not None else ""
         labels = split.labels[cid] if cid < len(split.labels) else {}
+        unit = "rows"  # a dataset split counts rows; one row may hold several examples
         if not labels:
             labels = dict(sorted(Counter(e.label for e in examples if e.label is not None).items()))
+            unit = "examples"
         shown = ", ".join(f"{k}: {v}" for k, v in labels.items()) if labels else "-"
-        lines.append(f"  client {cid}: {len(examples)} examples{held}; labels {shown}")
+        source = f" from {split.sources[cid]}" if cid < len(split.sources) else ""
+        lines.append(
+            f"  client {cid}: {len(examples)} training examples{held}{source}; "
+            f"labels ({unit}) {shown}"
+        )
         if not examples:
             raise ConfigError(f"client {cid} has no training examples; use fewer clients")
     public = {n: h for n, h in split.heldout.items() if h.owner is None}
@@ -185,7 +191,10 @@ def dry_run_lines(cfg: RunConfig) -> list[str]:
     from fedlora.models.placement import placement
 
     place = placement(cfg.model, cfg.train.device)
+    from fedlora.runtime.client_data import with_client_count
+
     out = check_paths(cfg)
+    cfg = with_client_count(cfg)
     out.append(
         f"device {place.device}, base {cfg.model.dtype}"
         + (f" quantized {cfg.model.quantize}" if cfg.model.quantize != "none" else "")
@@ -207,6 +216,8 @@ def dry_run_lines(cfg: RunConfig) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """``fedlora data``: the partition a config gives."""
-    cfg = config_mod.load(args.config, args.overrides)
+    from fedlora.runtime.client_data import with_client_count
+
+    cfg = with_client_count(config_mod.load(args.config, args.overrides))
     print("\n".join(partition_lines(cfg)))
     return 0

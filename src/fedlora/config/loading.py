@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.config.sections import MethodChoice, RunConfig, _check
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, did_you_mean
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -60,7 +60,10 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for k, v in data.items():
         key = f"{prefix}{k}"
         if k not in fields:
-            raise ConfigError(f"unknown config key {key!r}; known: {', '.join(sorted(fields))}")
+            raise ConfigError(
+                f"unknown config key {key!r}{did_you_mean(k, fields, prefix)}; "
+                f"known: {', '.join(sorted(fields))}"
+            )
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             _check(isinstance(v, dict), key, "must be a table")

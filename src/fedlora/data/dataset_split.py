@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fedlora.data.local import Row
 from fedlora.data.partition import dirichlet, iid
 from fedlora.data.types import Example
-from fedlora.errors import ConfigError, DataError
+from fedlora.errors import ConfigError, DataError, did_you_mean
 
 DATASET_PARTITIONS = ("iid", "dirichlet", "column")
 
@@ -30,12 +30,15 @@ class ClientPart:
     """Rows per label value (empty without a label column)."""
 
 
-def _labels(rows: Sequence[Row], column: str, source: str) -> list[str]:
+def label_values(rows: Sequence[Row], column: str, source: str) -> list[str]:
     out = []
     for number, row in enumerate(rows, start=1):
         value = row.get(column)
         if value is None:
-            raise DataError(f"{source}: row {number}: missing field {column!r} (data.label_column)")
+            raise DataError(
+                f"{source}: row {number} has no field {column!r} (data.label_column)"
+                f"{did_you_mean(column, row)}; its fields: {', '.join(sorted(row)) or '(none)'}"
+            )
         out.append(str(value))
     return out
 
@@ -61,7 +64,7 @@ def assign_rows(
     else:
         if not label_column:
             raise ConfigError(f"data.partition = {partition!r} needs data.label_column")
-        labels = _labels(rows, label_column, source)
+        labels = label_values(rows, label_column, source)
         groups: dict[str, list[int]] = {}
         for i, label in enumerate(labels):
             groups.setdefault(label, []).append(i)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from fedlora.data.local import Row
 from fedlora.data.types import Example
-from fedlora.errors import DataError
+from fedlora.errors import DataError, did_you_mean
 
 FORMATS = ("prompt-completion", "alpaca", "dolly", "messages")
 TEMPLATES = ("chat", "alpaca", "vicuna")
@@ -64,7 +64,10 @@ def _text(row: Row, column: str, where: str, required: bool) -> str:
     value = row.get(column)
     if value is None:
         if required:
-            raise DataError(f"{where}: missing field {column!r}")
+            raise DataError(
+                f"{where}: missing field {column!r}{did_you_mean(column, row)}; "
+                f"its fields: {', '.join(sorted(row)) or '(none)'} (data.format, data.columns)"
+            )
         return ""
     if not isinstance(value, str):
         raise DataError(f"{where}: field {column!r} must be text, got {type(value).__name__}")
@@ -91,7 +94,10 @@ def _flat_example(row: Row, fields: Mapping[str, tuple[str, bool]], where: str) 
 def _turns(row: Row, column: str, where: str) -> list[tuple[str, str]]:
     names = [column] if column else [c for c in ("messages", "conversations") if c in row]
     if not names or row.get(names[0]) is None:
-        raise DataError(f"{where}: missing field 'messages' (or ShareGPT 'conversations')")
+        raise DataError(
+            f"{where}: missing field 'messages' (or ShareGPT 'conversations'); its fields: "
+            f"{', '.join(sorted(row)) or '(none)'} (data.format, data.columns)"
+        )
     raw = row[names[0]]
     if not isinstance(raw, Sequence) or isinstance(raw, str):
         raise DataError(f"{where}: field {names[0]!r} must be a list of turns")

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fedlora.data.cache import cache_root
 from fedlora.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,12 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
     return rows
 
 
+def datasets_cache() -> Path:
+    """Where the ``datasets`` library may write while reading a user's file: under fedlora's
+    cache (``FEDLORA_CACHE``), never ``~/.cache/huggingface``."""
+    return cache_root() / "datasets"
+
+
 def _with_datasets(file: Path, kind: str) -> list[Row]:
     import datasets
 
@@ -110,12 +117,14 @@ def _with_datasets(file: Path, kind: str) -> list[Row]:
                 if "train" not in loaded:
                     raise DataError(f"{file}: a DatasetDict without a 'train' split")
                 loaded = loaded["train"]
-        elif kind == "json":
-            loaded = datasets.Dataset.from_json(str(file), keep_in_memory=True)
-        elif kind == "csv":
-            loaded = datasets.Dataset.from_csv(str(file), keep_in_memory=True)
         else:
-            loaded = datasets.Dataset.from_parquet(str(file), keep_in_memory=True)
+            # The builder still writes lock and info files to its cache folder: fedlora's.
+            read = {
+                "json": datasets.Dataset.from_json,
+                "csv": datasets.Dataset.from_csv,
+                "parquet": datasets.Dataset.from_parquet,
+            }[kind]
+            loaded = read(str(file), keep_in_memory=True, cache_dir=str(datasets_cache()))
     except DataError:
         raise
     except Exception as exc:  # pyarrow and datasets raise many types for a bad file

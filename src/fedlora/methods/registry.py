@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, did_you_mean
 from fedlora.methods.base import Method
 
 _REGISTRY: dict[str, tuple[type, type]] = {}
@@ -47,7 +47,10 @@ def entry(name: str) -> tuple[type, type]:
     """(class, config class) of a method, or ConfigError naming the choices."""
     _load_all()
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(
+            f"unknown method {name!r}{did_you_mean(name, _REGISTRY)}; "
+            f"choose one of: {', '.join(sorted(_REGISTRY))}"
+        )
     return _REGISTRY[name]
 
 
@@ -60,7 +63,8 @@ def make_config(name: str, options: Mapping[str, Any] | None = None) -> Any:
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(
-            f"unknown option method.{name}.{unknown[0]}; options of {name}: "
+            f"unknown option method.{name}.{unknown[0]}"
+            f"{did_you_mean(unknown[0], known, f'method.{name}.')}; options of {name}: "
             f"{', '.join(sorted(known)) or '(none)'}"
         )
     try:

@@ -13,6 +13,7 @@ import torch
 
 from fedlora.data.cache import cache_root
 from fedlora.errors import ConfigError
+from fedlora.files import follow_umask
 from fedlora.models.local import load_model_folder
 from fedlora.models.smollm2 import SMOLLM2_NAME, provision_smollm2
 from fedlora.models.tiny import build_tiny_model
@@ -106,6 +107,7 @@ def _saved_tiny(name: str, seed: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    follow_umask(tmp)
     if not folder.exists():  # another process may have won the race: keep theirs
         os.replace(tmp, folder)
     else:

@@ -22,7 +22,7 @@ from fedlora.runtime.client_data import Heldout, client_split, server_heldout, t
 from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.privacy import plan as privacy_plan
 from fedlora.train.adapters import add_into_base, attach_slots, layer_specs
-from fedlora.train.batches import Encoded, PackedExamples, encode, pad_id_of
+from fedlora.train.batches import Encoded, PackedExamples, encode, pad_id_of, truncated_count
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class Federation:
     server in a deployment holds none)."""
     privacy: PrivacyPlan | None = None
     """The run's differential-privacy plan (None without DP)."""
+    clients_info: list[dict[str, Any]] = field(default_factory=list)
+    """Per client: where its data comes from (``source``), its training examples and how many
+    ``train.seq_len`` cuts (empty on a deployment's server, which reads no client data)."""
 
     def merge_into_base(self, merge: Mapping[str, Factored]) -> None:
         """Add a round's base merge into the server's model (shared with in-process clients)."""
@@ -138,6 +141,7 @@ def assemble(
     seq_len = cfg.train.seq_len
     train_sets: dict[int, Sequence[Encoded]] = {}
     client_eval_sets: dict[int, dict[str, EvalSet]] = {}
+    clients_info: list[dict[str, Any]] = []
     if with_client_data:
         split = client_split(cfg.data, seed=cfg.seed)
         template = cfg.data.template
@@ -151,6 +155,7 @@ def assemble(
                     f"client {cid} has no training examples (data.partition="
                     f"{cfg.data.partition!r}); use fewer clients or more data"
                 )
+        clients_info = describe_clients(split.sources, train_sets, cfg, report)
         heldout = split.heldout
     else:
         heldout = server_heldout(cfg.data, seed=cfg.seed)
@@ -178,4 +183,39 @@ def assemble(
         base_model_ref=str(model_folder(cfg.model.name, seed=cfg.seed)),
         client_eval_sets=client_eval_sets,
         privacy=dp,
+        clients_info=clients_info,
     )
+
+
+CUT_WARN = 0.25
+"""Share of a client's training examples cut by ``train.seq_len`` above which a run warns."""
+
+
+def describe_clients(
+    sources: Sequence[str],
+    train_sets: Mapping[int, Sequence[Encoded]],
+    cfg: RunConfig,
+    report: Callable[[str, dict[str, Any]], None],
+) -> list[dict[str, Any]]:
+    """Each client's source and example counts; says so when ``train.seq_len`` cuts more
+    than :data:`CUT_WARN` of a client's training examples."""
+    out = []
+    for cid, examples in sorted(train_sets.items()):
+        cut = truncated_count(examples)
+        out.append(
+            {
+                "client": cid,
+                "source": sources[cid] if cid < len(sources) else "",
+                "train_examples": len(examples),
+                "cut_by_seq_len": cut,
+            }
+        )
+        if cut > CUT_WARN * len(examples):
+            text = (
+                f"client {cid}: {cut} of {len(examples)} training examples are longer than "
+                f"train.seq_len = {cfg.train.seq_len} tokens and are cut; raise train.seq_len "
+                "to train on them whole"
+            )
+            log.warning(text)
+            report("status", {"text": text})
+    return out

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedlora.errors import CheckpointError
+from fedlora.files import follow_umask
 from fedlora.methods.base import Factored, ServerState, Tensor
 
 _NAME = re.compile(r"^round-(\d{4,})$")
@@ -73,6 +74,7 @@ def _save(tensors: dict[str, Tensor], path: Path) -> str:
     """Write ``tensors`` durably at ``path`` (under a temporary name first); its sha256."""
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp))
+    follow_umask(tmp)  # safetensors creates its files 0600
     _sync(tmp)
     digest = _sha256(tmp)
     os.replace(tmp, path)
@@ -102,7 +104,6 @@ def write(root: Path, ckpt: Checkpoint) -> Path:
         if owner == cid:
             tensors.update({f"view/{cid}/{name}": t for name, t in view.items()})
     tmp = Path(tempfile.mkdtemp(prefix=".round-", dir=root))
-    tmp.chmod(0o755)
     meta = {
         "round": ckpt.round,
         "state_round": ckpt.state.round,
@@ -116,6 +117,7 @@ def write(root: Path, ckpt: Checkpoint) -> Path:
         json.dump(meta, f, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
+    follow_umask(tmp)
     _sync(tmp)
     final = root / f"round-{ckpt.round:04d}"
     if final.exists():

@@ -11,10 +11,11 @@ server scores them. The server never reads a client's file.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 
-from fedlora.config import DataConfig, EvalConfig
-from fedlora.data.dataset_split import assign_rows, client_parts
+from fedlora.config import DataConfig, EvalConfig, RunConfig
+from fedlora.data.dataset_split import assign_rows, client_parts, label_values
 from fedlora.data.domains import load_domain, load_split_records
 from fedlora.data.eval_tasks import ChoiceItem, choice_task, ood_arithmetic
 from fedlora.data.formats import examples_of
@@ -43,6 +44,9 @@ class ClientSplit:
     heldout: dict[str, Heldout]
     labels: list[dict[str, int]] = field(default_factory=list)
     """Rows per label value of each client (a dataset split over a label column)."""
+    sources: list[str] = field(default_factory=list)
+    """Where each client's training data comes from, in words (its file, the label values
+    of its rows, the built-in domains it holds and how many examples of each)."""
 
 
 def _cap(items: list[Example], limit: int) -> list[Example]:
@@ -67,7 +71,7 @@ def _file_split(cfg: DataConfig) -> ClientSplit:
         clients.append(_cap(_flat(per_row[:-cut]), cfg.max_train_per_client))
         held = _flat(per_row[-cut:])[: cfg.max_eval_per_domain]
         heldout[f"client{k}"] = Heldout(held, owner=k)
-    return ClientSplit(clients, heldout)
+    return ClientSplit(clients, heldout, sources=[f"file {path}" for path in cfg.files])
 
 
 def _dataset_split(cfg: DataConfig, seed: int) -> ClientSplit:
@@ -91,7 +95,15 @@ def _dataset_split(cfg: DataConfig, seed: int) -> ClientSplit:
             for k, p in enumerate(own)
         },
         [p.labels for p in own],
+        [_dataset_source(cfg, k, p.labels) for k, p in enumerate(own)],
     )
+
+
+def _dataset_source(cfg: DataConfig, k: int, labels: dict[str, int]) -> str:
+    if not labels:
+        return f"{cfg.dataset}: {cfg.partition} part {k + 1} of {cfg.clients}"
+    values = ", ".join(f"{v} ({n} rows)" for v, n in labels.items())
+    return f"{cfg.dataset}: {cfg.label_column} = {values}"
 
 
 OOD_NAME = "ood-arithmetic"
@@ -120,7 +132,13 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     }
     # Out of domain: arithmetic word problems that no client trains on (loss only).
     heldout[OOD_NAME] = Heldout(ood_arithmetic(cfg.max_eval_per_domain, seed))
-    return ClientSplit([_cap(c, cfg.max_train_per_client) for c in clients], heldout)
+    capped = [_cap(c, cfg.max_train_per_client) for c in clients]
+    domain_of = {id(ex): name for name, exs in train.items() for ex in exs}
+    sources = []
+    for examples in capped:
+        counts = Counter(domain_of[id(ex)] for ex in examples)
+        sources.append("built-in " + ", ".join(f"{d} ({n})" for d, n in sorted(counts.items())))
+    return ClientSplit(capped, heldout, sources=sources)
 
 
 def server_heldout(cfg: DataConfig, seed: int) -> dict[str, Heldout]:
@@ -149,3 +167,15 @@ def own_data(cfg: DataConfig, cid: int, path: str | None, seed: int) -> ClientSp
     split = client_split(one, seed)
     (held,) = split.heldout.values()
     return ClientSplit(split.clients, {f"client{cid}": Heldout(held.examples, owner=cid)})
+
+
+def with_client_count(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.clients`` counted from the data where it was left to the data (a
+    column split: one client per value of ``data.label_column``)."""
+    data = cfg.data
+    if data.clients != 0:
+        return cfg
+    values = {
+        str(v) for v in label_values(read_rows(data.dataset), data.label_column, data.dataset)
+    }
+    return dataclasses.replace(cfg, data=dataclasses.replace(data, clients=len(values)))

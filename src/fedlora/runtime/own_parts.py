@@ -23,6 +23,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from fedlora.errors import CheckpointError
+from fedlora.files import follow_umask
 from fedlora.methods.base import Tensor
 
 KEEP = 4
@@ -78,6 +79,7 @@ class OwnParts:
         path = self.folder / f"round-{round_:04d}.safetensors"
         tmp = path.with_suffix(".tmp")
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        follow_umask(tmp)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         tmp.replace(path)

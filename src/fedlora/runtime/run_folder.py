@@ -48,6 +48,7 @@ def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
     data = config_mod.to_dict(cfg)
     data.pop("out_dir", None)
     data.get("federation", {}).pop("rounds", None)
+    data.get("train", {}).pop("threads", None)  # a resume may run on other cores
     return data
 
 
@@ -177,6 +178,33 @@ def truncate_metrics(path: Path, last_round: int) -> None:
     path.write_text("".join(k + "\n" for k in keep))
 
 
+def announce(
+    fed: Federation,
+    out: Path,
+    report: Reporter,
+    resumed: int | None,
+    previous: list[dict[str, Any]],
+) -> None:
+    """Say what runs: the run (or the round it resumes after), each client's data (also
+    written to ``clients.json``) and the records so far (so totals count from the start)."""
+    if fed.clients_info:
+        (out / "clients.json").write_text(json.dumps(fed.clients_info, indent=1) + "\n")
+    cfg = fed.cfg
+    report(
+        "run_start",
+        {
+            "method": cfg.method.name,
+            "model": cfg.model.name,
+            "clients": cfg.data.clients,
+            "rounds": cfg.federation.rounds,
+            "out": str(out),
+            "resumed_after": resumed,
+            "clients_info": fed.clients_info,
+            "previous": previous,
+        },
+    )
+
+
 def start_or_resume(
     fed: Federation,
     out: Path,
@@ -192,7 +220,10 @@ def start_or_resume(
     if rs is not None:
         truncate_metrics(metrics_path, rs.round)
         log.info("resuming %s after round %d", out, rs.round)
+        previous = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+        announce(fed, out, report, rs.round, previous)
         return rs
+    announce(fed, out, report, None, [])
     rs = RunState(
         round=0,
         state=fed.method.init_server(fed.setup),

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fedlora.config import RunConfig
 from fedlora.methods.base import Factored
 from fedlora.runtime.assemble import Federation, assemble
+from fedlora.runtime.client_data import with_client_count
 from fedlora.runtime.driver import Dispatch, EvalReply, Reporter, drive, learnt
 from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.outcome import ClientOutcome
@@ -26,6 +28,7 @@ from fedlora.runtime.own_parts import OwnParts, client_folder, run_token
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
 from fedlora.runtime.steps import client_step
 from fedlora.train.peft_io import compact, write_adapter
+from fedlora.train.threads import resolve_threads, use_threads
 from fedlora.train.timing import Timer, untimed
 
 log = logging.getLogger(__name__)
@@ -129,6 +132,13 @@ class InProcess:
             out[cid] = EvalReply(
                 score_sets(fed.model, fed.tokenizer, sets, fed.cfg, fed.pad_id, mine)
             )
+        if self.own_root is not None and fed.eval_sets:
+            # Each client's own model on the public sets too (one process holds both; a
+            # deployment's server cannot: it never holds a client's own part).
+            for c in fed.setup.clients:
+                scores = fed.score(self.own_update(c.cid, update, t))
+                reply = out.setdefault(c.cid, EvalReply({}))
+                reply.scores.update({f"{name}@client{c.cid}": v for name, v in scores.items()})
         if final and self.own_root is not None:
             for c in fed.setup.clients:
                 store = self.own_parts(c.cid)
@@ -152,6 +162,10 @@ class InProcess:
 def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None) -> Path:
     """Run (or resume) a federation in this process; returns the run folder."""
     report = report or (lambda kind, info: None)
+    cfg = with_client_count(cfg)
+    # Clients train one after another here: each may use every core this process has.
+    cfg = replace(cfg, train=replace(cfg.train, threads=resolve_threads(cfg.train.threads)))
+    use_threads(cfg.train.threads)
     check_run_dir(cfg, resume)
     fed = assemble(cfg, report)  # bad data stops the run here, before anything is written
     out = prepare_run_dir(cfg, resume)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedlora.errors import ConfigError
+from fedlora.files import follow_umask
 from fedlora.methods.base import Factored, Lora, LoraPair
 from fedlora.ops.factored import factored_svd, numerical_rank
 
@@ -91,9 +92,9 @@ def write_adapter(
     }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    tmp.chmod(0o755)
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    follow_umask(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)

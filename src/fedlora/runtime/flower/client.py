@@ -45,6 +45,7 @@ from fedlora.runtime.steps import client_step, receive_broadcast
 from fedlora.train.adapters import add_into_base, layer_specs
 from fedlora.train.batches import Encoded, encode, pad_id_of
 from fedlora.train.peft_io import compact, write_adapter
+from fedlora.train.threads import resolve_threads, use_threads
 from fedlora.wire import decode
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def build_client(cfg: RunConfig, cid: int) -> ClientParts:
     The model gets the same seed and the same adapter slots (one per client shape) as the
     in-process runtime's shared model, so training starts from identical weights.
     """
+    use_threads(resolve_threads(cfg.train.threads))
     torch.manual_seed(cfg.seed)
     clients = client_specs(cfg)
     peft_model, tokenizer = adapted_model(cfg, clients)

@@ -130,10 +130,17 @@ def run_config_args(cfg: RunConfig, resume: bool, options: ServerOptions) -> lis
 def _run_sim(cfg: RunConfig, resume: bool, options: ServerOptions, report: Reporter | None) -> Path:
     from flwr.simulation import run_simulation
 
+    from fedlora.runtime.client_data import with_client_count
     from fedlora.runtime.flower.client_app import make_client_app
     from fedlora.runtime.flower.server_app import make_server_app
+    from fedlora.train.threads import available_cores, resolve_threads
 
-    cpus = os.cpu_count() or 1
+    cfg = with_client_count(cfg)  # one operator holds every simulated node's data here
+    cpus = available_cores()
+    # Up to `cpus` simulated clients train at once, one Ray actor each: they share the cores.
+    concurrent = min(cpus, cfg.data.clients)
+    threads = resolve_threads(cfg.train.threads, concurrent)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     # One CPU per virtual SuperNode: Ray then runs up to `cpus` clients at once; each
     # ClientApp gets the node config partition-id = k, as a deployed SuperNode would.
     backend = {

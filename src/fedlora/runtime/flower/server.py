@@ -277,6 +277,11 @@ def serve(
     """Run (or resume) the federation ``cfg`` over ``grid``; returns the run folder."""
     opts = options or ServerOptions()
     report = report or (lambda kind, info: None)
+    if cfg.data.clients == 0:
+        raise ConfigError(
+            "data.clients: a Flower server never reads client data, so it cannot count the "
+            f"values of data.label_column = {cfg.data.label_column!r}; set data.clients"
+        )
     check_run_dir(cfg, resume)
     fed = assemble(cfg, report, with_client_data=False)
     refuse_individual_updates(fed)
