@@ -124,9 +124,33 @@ class DataConfig:
     template: str = "chat"  # chat | alpaca | vicuna
     label_column: str = ""
     heldout_fraction: float = 0.1
+    pool: int = 0
+    """0: no pooling. N >= 2: the centralised reference: the data is split as for N clients
+    and the union of their training examples goes to the one client (``data.clients = 1``);
+    the held-out sets stay as for N clients."""
+    eval_split: str = "test"  # test | validation
+    """``validation`` (built-in domains, ``files``): score a slice of each domain's (file's)
+    training records, removed from training and disjoint from the test held-out set, instead
+    of the test set (no choice tasks): for choosing settings without seeing a test score."""
 
     def __post_init__(self) -> None:
         _check(self.clients >= 0, "data.clients", f"must be at least 1, got {self.clients}")
+        _check(self.pool == 0 or self.pool >= 2, "data.pool", f"must be 0 or >= 2, got {self.pool}")
+        _check(
+            self.pool == 0 or self.clients == 1,
+            "data.clients",
+            f"must be 1 with data.pool = {self.pool} (one client holds the pooled data)",
+        )
+        _check(
+            self.eval_split in ("test", "validation"),
+            "data.eval_split",
+            f"must be 'test' or 'validation', got {self.eval_split!r}",
+        )
+        _check(
+            self.eval_split == "test" or not self.dataset,
+            "data.eval_split",
+            "'validation' is for the built-in domains and data.files, not data.dataset",
+        )
         if self.clients == 0 and not (self.dataset and self.partition == "column"):
             # Only a column split needs the data itself to count its clients.
             object.__setattr__(self, "clients", len(self.files) if self.files else 4)
@@ -167,9 +191,9 @@ class DataConfig:
             )
         elif self.partition == "files":
             _check(
-                len(self.files) == self.clients,
+                len(self.files) == (self.pool or self.clients),
                 "data.files",
-                f"needs one file per client ({self.clients}), got {len(self.files)}",
+                f"needs one file per client ({self.pool or self.clients}), got {len(self.files)}",
             )
         else:
             _check(bool(self.domains), "data.domains", "must name at least one domain")

@@ -21,7 +21,7 @@ from fedlora.data.eval_tasks import ChoiceItem, choice_task, ood_arithmetic
 from fedlora.data.formats import examples_of
 from fedlora.data.local import read_rows
 from fedlora.data.partition import by_domain, dirichlet, iid
-from fedlora.data.types import Example
+from fedlora.data.types import DomainData, Example
 from fedlora.data.user_tasks import load_tasks
 from fedlora.errors import DataError
 
@@ -59,7 +59,8 @@ def _flat(per_row: list[list[Example]]) -> list[Example]:
 
 def _file_split(cfg: DataConfig) -> ClientSplit:
     """User files: each client's file, its last ``heldout_fraction`` of rows held out as
-    domain ``client<k>``."""
+    domain ``client<k>`` (``eval_split = "validation"``: as many rows before them instead,
+    left out of training)."""
     clients: list[list[Example]] = []
     heldout: dict[str, Heldout] = {}
     for k, path in enumerate(cfg.files):
@@ -68,8 +69,13 @@ def _file_split(cfg: DataConfig) -> ClientSplit:
         if len(rows) < 2:
             raise DataError(f"{path}: needs at least 2 rows (train and held-out), has {len(rows)}")
         cut = max(1, int(len(rows) * cfg.heldout_fraction))
-        clients.append(_cap(_flat(per_row[:-cut]), cfg.max_train_per_client))
-        held = _flat(per_row[-cut:])[: cfg.max_eval_per_domain]
+        train, held_rows = per_row[:-cut], per_row[-cut:]
+        if cfg.eval_split == "validation":  # the rows before the test rows, not trained on
+            if len(train) < 2:
+                raise DataError(f"{path}: too few rows for a validation slice ({len(rows)})")
+            train, held_rows = train[:-cut], train[-cut:]
+        clients.append(_cap(_flat(train), cfg.max_train_per_client))
+        held = _flat(held_rows)[: cfg.max_eval_per_domain]
         heldout[f"client{k}"] = Heldout(held, owner=k)
     return ClientSplit(clients, heldout, sources=[f"file {path}" for path in cfg.files])
 
@@ -110,12 +116,18 @@ OOD_NAME = "ood-arithmetic"
 
 
 def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
-    """Assign training data to ``cfg.clients`` clients as ``cfg.partition`` says."""
+    """Assign training data to ``cfg.clients`` clients as ``cfg.partition`` says (with
+    ``cfg.pool``: as for that many clients, then all of it to one)."""
+    if cfg.pool:
+        return pooled(client_split(dataclasses.replace(cfg, pool=0, clients=cfg.pool), seed))
     if cfg.dataset:
         return _dataset_split(cfg, seed)
     if cfg.partition == "files":
         return _file_split(cfg)
     domains = {name: load_domain(name) for name in cfg.domains}
+    validation = cfg.eval_split == "validation"
+    if validation:
+        domains = {name: validation_view(d, cfg.max_eval_per_domain) for name, d in domains.items()}
     train = {name: d.train for name, d in domains.items()}
     if cfg.partition == "domain":
         clients = by_domain(train, cfg.clients)
@@ -126,7 +138,9 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
     heldout = {
         name: Heldout(
             d.heldout[: cfg.max_eval_per_domain],
-            choice_task(name, load_split_records(name)[1], seed)[: cfg.choice_items],
+            []
+            if validation
+            else choice_task(name, load_split_records(name)[1], seed)[: cfg.choice_items],
         )
         for name, d in domains.items()
     }
@@ -139,6 +153,25 @@ def client_split(cfg: DataConfig, seed: int) -> ClientSplit:
         counts = Counter(domain_of[id(ex)] for ex in examples)
         sources.append("built-in " + ", ".join(f"{d} ({n})" for d, n in sorted(counts.items())))
     return ClientSplit(capped, heldout, sources=sources)
+
+
+def validation_view(domain: DomainData, most: int) -> DomainData:
+    """``domain`` with the last ``min(most, 10%)`` of its training examples (hash order, so
+    a fixed pseudo-random slice) as its held-out set: disjoint from its test held-out set,
+    and no longer trained on."""
+    n = max(1, min(most, len(domain.train) // 10))
+    return DomainData(domain.name, domain.train[:-n], domain.train[-n:])
+
+
+def pooled(split: ClientSplit) -> ClientSplit:
+    """One client holding every client's training examples of ``split`` (the centralised
+    reference); held-out sets owned by a client become the one client's."""
+    heldout = {
+        name: h if h.owner is None else dataclasses.replace(h, owner=0)
+        for name, h in split.heldout.items()
+    }
+    source = "pooled: " + "; ".join(split.sources) if split.sources else "pooled"
+    return ClientSplit([_flat(split.clients)], heldout, sources=[source])
 
 
 def server_heldout(cfg: DataConfig, seed: int) -> dict[str, Heldout]:
