@@ -4,6 +4,7 @@ types, the runs it expands to, and the small data set of its quick mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -17,12 +18,13 @@ from typing import Any
 @dataclass(frozen=True)
 class Variant:
     """An ablation: a method with options beyond its paper defaults, or with other plain
-    settings (``key=value`` overrides)."""
+    settings (``key=value`` overrides); ``seeds``: how many of the plan's seeds (0: all)."""
 
     label: str
     method: str
     options: Mapping[str, Any] = field(default_factory=dict)
     settings: tuple[str, ...] = ()
+    seeds: int = 0
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,14 @@ class Budget:
     """The training and evaluation budget every run shares.
 
     LoRA on every linear layer with dropout 0.05 (the papers' adapter), ``alpha = 2 *
-    rank`` as in FedSRD; ``lr`` is fixed a priori (never tuned on the evaluation sets);
-    ``max_train`` caps each client's examples (a fixed pseudo-random subset, more than
-    ``rounds * local_steps * batch_size`` so it never repeats within the budget). Held-out
-    loss is scored on ``max_eval`` items per domain and choice accuracy on ``max_choice``
-    questions per task, every ``eval_every`` rounds; the base model (round 0) is scored
-    once per seed and shared by every run of that seed. The budgets that run are in
-    ``plan.toml``; their sizing in benchmarks/quality/README.md.
+    rank`` as in FedSRD; each row's learning rate is tuned on the validation split from
+    ``lr_grid`` (``lr`` is the rate of a row that is not); ``max_train`` caps each client's
+    examples (a fixed pseudo-random subset, more than ``rounds * local_steps * batch_size``
+    so it never repeats within the budget). Held-out loss is scored on ``max_eval`` items per
+    domain and choice accuracy on ``max_choice`` questions per task, every ``eval_every``
+    rounds; the base model (round 0) is scored once per seed and shared by every run of that
+    seed. The budgets that run are in ``plan.toml``; their sizing in
+    benchmarks/quality/README.md.
     """
 
     model: str
@@ -45,6 +48,7 @@ class Budget:
     batch_size: int
     seq_len: int
     lr: float
+    lr_grid: tuple[float, ...]
     rank: int
     target_modules: str
     dropout: float
@@ -55,6 +59,10 @@ class Budget:
     eval_every: int
     weighting: str
     quick_files: bool
+
+    @property
+    def clients(self) -> int:
+        return len(self.hetero_ranks)
 
     def overrides(self) -> list[str]:
         """``key=value`` overrides shared by every run of this budget."""
@@ -70,7 +78,7 @@ class Budget:
             f"lora.alpha={2.0 * self.rank!r}",
             f"lora.target_modules={json.dumps(self.target_modules)}",
             f"lora.dropout={self.dropout!r}",
-            f"data.clients={len(self.hetero_ranks)}",
+            f"data.clients={self.clients}",
             f"data.max_train_per_client={self.max_train}",
             f"data.max_eval_per_domain={self.max_eval}",
             f"data.max_choice_per_domain={self.max_choice}",
@@ -80,18 +88,23 @@ class Budget:
 
 @dataclass(frozen=True)
 class Plan:
-    """``plan.toml``: the methods, seeds, ablations, FLoRIST's settings and the budgets."""
+    """``plan.toml``: the rows, their seeds, the tuning and the budgets."""
 
     methods: tuple[str, ...]
-    seeded: frozenset[str]
     seeds: tuple[int, ...]
     paper_options: Mapping[str, Mapping[str, Any]]
+    centralised: Variant
+    tuning_seed: int
     ablations: tuple[Variant, ...]
     florist_taus: tuple[float, ...]
     florist_pads: tuple[str, ...]
     florist_tau_homogeneous: float
     florist_tau_heterogeneous: float
+    florist_one_seed: frozenset[str]
     hetero_methods: tuple[str, ...]
+    hetero_seeded: frozenset[str]
+    dp: Mapping[str, Any]
+    stability: Mapping[str, Any]
     budgets: Mapping[str, Budget]
 
     def paper(self, method: str, **more: Any) -> dict[str, Any]:
@@ -99,30 +112,48 @@ class Plan:
         return {**self.paper_options.get(method, {}), **more}
 
 
+def _variant(raw: Mapping[str, Any]) -> Variant:
+    return Variant(
+        raw["label"],
+        raw["method"],
+        raw.get("options", {}),
+        tuple(raw.get("settings", ())),
+        int(raw.get("seeds", 0)),
+    )
+
+
 def load_plan(path: Path | None = None) -> Plan:
     """The plan in ``path`` (default: ``plan.toml`` beside this module)."""
     with (path or Path(__file__).with_name("plan.toml")).open("rb") as f:
         raw = tomllib.load(f)
     budgets = {
-        name: Budget(**{**b, "hetero_ranks": tuple(b["hetero_ranks"])})
+        name: Budget(
+            **{**b, "hetero_ranks": tuple(b["hetero_ranks"]), "lr_grid": tuple(b["lr_grid"])}
+        )
         for name, b in raw["budget"].items()
     }
+    florist, hetero = raw["florist"], raw["hetero"]
     return Plan(
         methods=tuple(raw["methods"]),
-        seeded=frozenset(raw["seeded"]),
         seeds=tuple(raw["seeds"]),
         paper_options=raw["paper_options"],
-        ablations=tuple(
-            Variant(a["label"], a["method"], a.get("options", {}), tuple(a.get("settings", ())))
-            for a in raw.get("ablation", [])
-        ),
-        florist_taus=tuple(raw["florist"]["taus"]),
-        florist_pads=tuple(raw["florist"]["pads"]),
-        florist_tau_homogeneous=raw["florist"]["tau_homogeneous"],
-        florist_tau_heterogeneous=raw["florist"]["tau_heterogeneous"],
-        hetero_methods=tuple(raw["hetero"]["methods"]),
+        centralised=_variant(raw["centralised"]),
+        tuning_seed=int(raw["tuning"]["seed"]),
+        ablations=tuple(_variant(a) for a in raw.get("ablation", [])),
+        florist_taus=tuple(florist["taus"]),
+        florist_pads=tuple(florist["pads"]),
+        florist_tau_homogeneous=florist["tau_homogeneous"],
+        florist_tau_heterogeneous=florist["tau_heterogeneous"],
+        florist_one_seed=frozenset(florist.get("one_seed", ())),
+        hetero_methods=tuple(hetero["methods"]),
+        hetero_seeded=frozenset(hetero.get("seeded", hetero["methods"])),
+        dp=raw["dp"],
+        stability=raw["stability"],
         budgets=budgets,
     )
+
+
+CENTRAL = "centralised"
 
 
 @dataclass(frozen=True)
@@ -130,18 +161,26 @@ class RunSpec:
     """One federation of the benchmark."""
 
     label: str
-    group: str  # "main" | "ablation" | "florist-tau" | "hetero"
+    group: str  # tune | main | bounds | ablation | florist-tau | hetero | dp | stability
     method: str
     seed: int
     options: Mapping[str, Any] = field(default_factory=dict)
     ranks: tuple[int, ...] = ()
     settings: tuple[str, ...] = ()
     """Plain ``key=value`` overrides beyond the method's options (an ablation's)."""
+    tuned_as: str = ""
+    """Whose tuned learning rate this row trains with (a method, or ``centralised``)."""
+    lr: float | None = None
+    """The learning rate, where the row sets it (a tuning row); else the tuned one."""
+    local_steps: int | None = None
+    """Local steps per round where the row differs from the budget."""
 
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label).strip("_")
 
-    def overrides(self, budget: Budget, out_dir: Path, files: Sequence[str]) -> list[str]:
+    def overrides(
+        self, budget: Budget, out_dir: Path, files: Sequence[str], lr: float | None = None
+    ) -> list[str]:
         """Every override of this run on top of the defaults; the base model is scored
         once per seed apart from the runs (``eval.at_start = false``)."""
         out = [
@@ -151,13 +190,127 @@ class RunSpec:
             f"out_dir={json.dumps(str(out_dir))}",
             "eval.at_start=false",
         ]
+        rate = self.lr if self.lr is not None else lr
+        if rate is not None:
+            out.append(f"train.lr={rate!r}")
+        if self.local_steps is not None:
+            out.append(f"train.local_steps={self.local_steps}")
         for k, v in self.options.items():
             out.append(f"method.{self.method}.{k}={json.dumps(v)}")
         if self.ranks:
             out.append(f"lora.ranks={json.dumps(list(self.ranks))}")
         if files:
             out += ['data.partition="files"', f"data.files={json.dumps(list(files))}"]
+        if any(x.startswith("privacy.mode") for x in self.settings):
+            out.append(f"privacy.noise_seed={self.seed}")  # DP rows pair by seed too
         return [*out, *self.settings]
+
+
+def _steps(variant: Variant, budget: Budget) -> int | None:
+    """The centralised reference's local steps: the clients' steps of a round together."""
+    return budget.local_steps * budget.clients if variant.label == CENTRAL else None
+
+
+def tuning_plan(the_plan: Plan, methods: Sequence[str], budget: Budget) -> list[RunSpec]:
+    """One run per tuned row (the methods and the centralised reference) and rate of the
+    grid, on the validation split, at the tuning seed."""
+    p, c = the_plan, the_plan.centralised
+    rows: list[tuple[str, str, dict[str, Any], tuple[str, ...], int | None]]
+    rows = [(m, m, p.paper(m), (), None) for m in methods]
+    rows.append((CENTRAL, c.method, p.paper(c.method), c.settings, _steps(c, budget)))
+    return [
+        RunSpec(
+            f"tune {key} lr={lr:g}",
+            "tune",
+            method,
+            p.tuning_seed,
+            options,
+            (),
+            (*settings, 'data.eval_split="validation"'),
+            key,
+            lr,
+            steps,
+        )
+        for key, method, options, settings, steps in rows
+        for lr in budget.lr_grid
+    ]
+
+
+def _rows(the_plan: Plan, methods: Sequence[str], budget: Budget) -> list[tuple[RunSpec, int]]:
+    """Every row at seed 0 (replaced per seed) with how many seeds it runs (0: all)."""
+    p, c = the_plan, the_plan.centralised
+    rows = [(RunSpec(m, "main", m, 0, p.paper(m), tuned_as=m), 0) for m in methods]
+    central = RunSpec(c.label, "bounds", c.method, 0, p.paper(c.method), (), c.settings, CENTRAL)
+    rows.append((dataclasses.replace(central, local_steps=_steps(c, budget)), 0))
+    for v in p.ablations:
+        if v.method in methods:
+            opts = p.paper(v.method, **v.options)
+            spec = RunSpec(v.label, "ablation", v.method, 0, opts, (), v.settings, v.method)
+            rows.append((spec, v.seeds))
+    if "florist" in methods:
+        for t in p.florist_taus:
+            for pad in p.florist_pads:
+                if math.isclose(t, p.florist_tau_homogeneous) and pad == "fresh":
+                    continue  # the main row
+                label = f"florist tau={t:.2f} pad={pad}"
+                opts = p.paper("florist", tau=t, pad=pad)
+                spec = RunSpec(label, "florist-tau", "florist", 0, opts, tuned_as="florist")
+                rows.append((spec, 1 if label in p.florist_one_seed else 0))
+    ranks = "-".join(str(r) for r in budget.hetero_ranks)
+    for m in p.hetero_methods:
+        if m in methods:
+            tau = {"tau": p.florist_tau_heterogeneous} if m == "florist" else {}
+            spec = RunSpec(
+                f"{m} ranks {ranks}", "hetero", m, 0, p.paper(m, **tau), budget.hetero_ranks
+            )
+            rows.append((dataclasses.replace(spec, tuned_as=m), 0 if m in p.hetero_seeded else 1))
+    rows += _dp_rows(the_plan, methods)
+    rows += _stability_rows(the_plan, methods, budget)
+    return rows
+
+
+def _dp_rows(the_plan: Plan, methods: Sequence[str]) -> list[tuple[RunSpec, int]]:
+    dp, rows = the_plan.dp, []
+    for m in dp["methods"]:
+        if m not in methods:
+            continue
+        for eps in dp["epsilons"]:
+            noise = (
+                ["privacy.noise_multiplier=0.0"]
+                if math.isinf(eps)
+                else [f"privacy.target_epsilon={float(eps)!r}"]
+            )
+            settings = (
+                'privacy.mode="central"',
+                f"privacy.clip_norm={float(dp['clip_norm'])!r}",
+                *noise,
+            )
+            opts = the_plan.paper(m, **dp.get("options", {}).get(m, {}))
+            label = f"{m} dp eps={'inf' if math.isinf(eps) else f'{eps:g}'}"
+            rows.append(
+                (RunSpec(label, "dp", m, 0, opts, (), settings, m), int(dp.get("seeds", 0)))
+            )
+    return rows
+
+
+def _stability_rows(
+    the_plan: Plan, methods: Sequence[str], budget: Budget
+) -> list[tuple[RunSpec, int]]:
+    st, rows = the_plan.stability, []
+    small = int(st["small_steps"])
+    for m in st["methods"]:
+        if m not in methods:
+            continue
+        stable = the_plan.paper(m, **st["stabilised"])
+        rows.append((RunSpec(f"{m} stabilised", "stability", m, 0, stable, tuned_as=m), 0))
+        for name, opts in (("faithful", the_plan.paper(m)), ("stabilised", stable)):
+            spec = RunSpec(f"{m} {name} steps={small}", "stability", m, 0, opts, tuned_as=m)
+            rows.append((dataclasses.replace(spec, local_steps=small), 0))
+    ref = st["reference"]
+    if ref in methods:
+        spec = RunSpec(f"{ref} steps={small}", "stability", ref, 0, the_plan.paper(ref))
+        rows.append((dataclasses.replace(spec, tuned_as=ref, local_steps=small), 0))
+    return rows
 
 
 def plan(
@@ -167,51 +320,21 @@ def plan(
     budget: Budget,
     extras: bool = True,
 ) -> list[RunSpec]:
-    """The runs of a benchmark, in the order they are run.
-
-    The headline methods (``seeded``) come first, seed by seed, so that an interrupted
-    benchmark can already decide the papers' main comparisons with a seed spread; then the
-    rest of the main group at the first seed; then, at the first seed, the ablations,
-    FLoRIST's thresholds with either padding, and the heterogeneous-rank runs.
-    """
+    """The test-set runs of a benchmark, in the order they are run: seed by seed, every row
+    that runs that seed, so that an interrupted benchmark holds whole pairs of seeds. The
+    main group and the centralised reference first within a seed; without ``extras`` only
+    they."""
     if not seeds:
         raise ValueError("at least one seed is needed")
-    p, first = the_plan, seeds[0]
-    headline = [m for m in methods if m in p.seeded]
-    specs = [RunSpec(m, "main", m, s, p.paper(m)) for s in seeds for m in headline]
-    specs += [RunSpec(m, "main", m, first, p.paper(m)) for m in methods if m not in headline]
+    rows = _rows(the_plan, methods, budget)
     if not extras:
-        return specs
-    specs += [
-        RunSpec(
-            v.label, "ablation", v.method, first, p.paper(v.method, **v.options), (), v.settings
-        )
-        for v in p.ablations
-        if v.method in methods
+        rows = [(spec, n) for spec, n in rows if spec.group in ("main", "bounds")]
+    return [
+        dataclasses.replace(spec, seed=seed)
+        for i, seed in enumerate(seeds)
+        for spec, n in rows
+        if n == 0 or i < n
     ]
-    if "florist" in methods:
-        specs += [
-            RunSpec(
-                f"florist tau={t:.2f} pad={pad}",
-                "florist-tau",
-                "florist",
-                first,
-                p.paper("florist", tau=t, pad=pad),
-            )
-            for t in p.florist_taus
-            for pad in p.florist_pads
-            if not (math.isclose(t, p.florist_tau_homogeneous) and pad == "fresh")  # the main run
-        ]
-    ranks = "-".join(str(r) for r in budget.hetero_ranks)
-    for m in p.hetero_methods:
-        if m in methods:
-            tau = {"tau": p.florist_tau_heterogeneous} if m == "florist" else {}
-            specs.append(
-                RunSpec(
-                    f"{m} ranks {ranks}", "hetero", m, first, p.paper(m, **tau), budget.hetero_ranks
-                )
-            )
-    return specs
 
 
 # --------------------------------------------------------------------------- quick data

@@ -13,8 +13,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.quality.claims import Claim, decide
+from benchmarks.quality.claims import MACRO, Claim, decide
 from benchmarks.quality.claims import render as render_claims
+from benchmarks.quality.plan import CENTRAL
+from benchmarks.quality.scores import (
+    all_clients_losses,
+    central_reference,
+    domain_losses,
+    gap_closed,
+    in_domain_names,
+)
 from fedlora.runtime.client_data import OOD_NAME
 
 if TYPE_CHECKING:
@@ -51,7 +59,7 @@ def scores(ev: Mapping[str, Mapping[str, float]]) -> dict[str, float | None]:
         in-domain sets that have a choice task, None if none does), ``ood_loss`` (None
         without an OOD set).
     """
-    inside = {d: e for d, e in ev.items() if d != OOD_NAME}
+    inside = {d: ev[d] for d in in_domain_names(ev)}
     return {
         "id_loss": _mean(e["loss"] for e in inside.values()),
         "id_acc": _mean(e["acc"] for e in inside.values() if "acc" in e),
@@ -62,6 +70,7 @@ def scores(ev: Mapping[str, Mapping[str, float]]) -> dict[str, float | None]:
 def summarise_run(
     records: Sequence[Mapping[str, Any]],
     base_eval: Mapping[str, Mapping[str, float]] | None = None,
+    clients: int = 4,
 ) -> dict[str, Any]:
     """Scores and costs of one finished run from its metrics records.
 
@@ -70,6 +79,10 @@ def summarise_run(
     every evaluated round with the cumulative MB per client up to it (round 0 = base model:
     the run's own round-0 scores, or ``base_eval`` where the run did not score the base).
     ``eval_s`` is the mean wall time of the run's evaluations after round 0.
+    ``domain_loss`` is each in-domain set's loss (the owning client's own model where the
+    run scored clients' own models, :func:`benchmarks.quality.scores.domain_losses`),
+    ``domain_loss_all`` the mean over every client's own model (None: no own models), and
+    ``base_domain_loss`` the base model's.
     """
     base: Mapping[str, Any] | None = {"eval": base_eval} if base_eval is not None else None
     for r in records:
@@ -104,6 +117,9 @@ def summarise_run(
         "rounds": int(rounds[-1]["round"]),
         "curve": curve,
         "base_eval": base["eval"],
+        "domain_loss": domain_losses(last["eval"], clients),
+        "domain_loss_all": all_clients_losses(last["eval"]),
+        "base_domain_loss": domain_losses(base["eval"], clients),
     }
     if "ranks" in rounds[-1]:
         out["final_ranks"] = rounds[-1]["ranks"]
@@ -122,8 +138,26 @@ def spread(values: Sequence[float | None]) -> dict[str, float | None]:
 SCALARS = ("id_loss", "id_acc", "ood_loss", "mb_up", "mb_down", "cum_mb", "server_s", "eval_s")
 
 
+def normalise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` with ``gap`` (and ``gap_all`` for own-model runs): the fraction of the gap
+    closed per domain and its macro-average, against the centralised reference's mean over
+    its seeds (empty without one)."""
+    central = central_reference([r["domain_loss"] for r in runs if r["label"] == CENTRAL])
+    out = []
+    for r in runs:
+        base = r["base_domain_loss"]
+        gap = gap_closed(r["domain_loss"], base, central) if central else {}
+        extra = {}
+        if central and r.get("domain_loss_all"):
+            extra["gap_all"] = gap_closed(r["domain_loss_all"], base, central)
+        out.append({**r, "gap": gap, **extra})
+    return out
+
+
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per label: mean ± sd over seeds of every scalar, every task and the curve."""
+    """One row per label: mean ± sd over seeds of every scalar, every task, the curve, the
+    gap closed per domain and macro (``gap``, from :func:`normalise`), and each seed's gap
+    (``per_seed``) for the paired claims."""
     rows: list[dict[str, Any]] = []
     labels = list(dict.fromkeys(r["label"] for r in runs))
     for label in labels:
@@ -141,6 +175,14 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         task_names = list(dict.fromkeys(t for r in mine for t in r["tasks"]))
         row["tasks"] = {t: spread([r["tasks"].get(t) for r in mine]) for t in task_names}
         row["curve"] = _mean_curve([r["curve"] for r in mine])
+        row["lr"] = mine[0].get("lr")
+        gaps = list(dict.fromkeys(g for r in mine for g in r.get("gap", {})))
+        row["per_seed"] = {g: {r["seed"]: r["gap"][g] for r in mine if g in r["gap"]} for g in gaps}
+        row["gap"] = {g: spread(list(row["per_seed"][g].values())) for g in gaps}
+        alls = [r["gap_all"][MACRO] for r in mine if MACRO in r.get("gap_all", {})]
+        row["gap_all"] = spread(alls) if alls else None
+        domains = list(dict.fromkeys(d for r in mine for d in r["domain_loss"]))
+        row["domain_loss"] = {d: spread([r["domain_loss"].get(d) for r in mine]) for d in domains}
         rows.append(row)
     return rows
 
@@ -203,17 +245,31 @@ def task_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return sorted(names, key=lambda t: (t.split(".")[0] == OOD_NAME, t))
 
 
+def discriminating(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> list[str]:
+    """The accuracy tasks at which the rows do not all score the same (a task every row
+    scores alike cannot tell methods apart and is dropped)."""
+    keep = []
+    for t in tasks:
+        means = {round(r["tasks"][t]["mean"], 9) for r in rows if t in r["tasks"]}
+        if len(means) > 1:
+            keep.append(t)
+    return keep
+
+
+def _gap_cell(s: Mapping[str, Any] | None) -> str:
+    return _cell(s, 2)
+
+
 def render_table(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None) -> str:
-    """The results table as Markdown (mean ± sd over seeds)."""
-    tasks = [
-        t for t in task_columns([*rows, *([base] if base else [])]) if not t.startswith(OOD_NAME)
-    ]
+    """The headline table as Markdown: the fraction of the base-to-centralised gap closed,
+    macro and per domain (mean ± sd over seeds), the learning rate and the bytes."""
+    domains = list(dict.fromkeys(d for r in rows for d in r.get("domain_loss", {})))
     head = [
         "method",
         "seeds",
-        "ID loss ↓",
-        "ID acc ↑",
-        *tasks,
+        "lr",
+        "gap closed ↑ (macro)",
+        *domains,
         "OOD loss ↓",
         "MB up /rnd/client",
         "MB down /rnd/client",
@@ -221,22 +277,45 @@ def render_table(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | No
         "server s /rnd",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    all_rows = ([base] if base else []) + list(rows)
-    for r in all_rows:
-        cells = [r["label"], str(len(r["seeds"])), _cell(r["id_loss"]), _cell(r["id_acc"])]
-        cells += [_cell(r["tasks"].get(t)) for t in tasks]
-        cells.append(_cell(r["ood_loss"]))
-        if r.get("group") == "base":
-            cells += ["–", "–", "–", "–"]
-        else:
-            cells += [
-                _cell(r["mb_up"], 4),
-                _cell(r["mb_down"], 4),
-                _cell(r["cum_mb"], 3),
-                _cell(r["server_s"], 3),
-            ]
+    if base:
+        cells = [base["label"], str(len(base["seeds"])), "–", "0 (by definition)"]
+        lines.append("| " + " | ".join(cells + ["0"] * len(domains) + [_cell(base["ood_loss"])]))
+        lines[-1] += " | – | – | – | – |"
+    for r in rows:
+        gap = r.get("gap", {})
+        lr = f"{r['lr']:g}" if r.get("lr") else "–"
+        cells = [r["label"], str(len(r["seeds"])), lr, _gap_cell(gap.get(MACRO))]
+        cells += [_gap_cell(gap.get(d)) for d in domains]
+        cells += [
+            _cell(r["ood_loss"]),
+            _cell(r["mb_up"], 4),
+            _cell(r["mb_down"], 4),
+            _cell(r["cum_mb"], 3),
+            _cell(r["server_s"], 3),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def render_raw(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None) -> str:
+    """Each domain's raw held-out loss and the choice tasks that discriminate."""
+    all_rows = ([base] if base else []) + list(rows)
+    tasks = [t for t in task_columns(all_rows) if not t.startswith(OOD_NAME)]
+    losses = [t for t in tasks if t.endswith(".loss")]
+    accs = discriminating(rows, [t for t in tasks if t.endswith(".acc")])
+    head = ["method", "seeds", "mean ID loss ↓", *losses, *accs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in all_rows:
+        loss = r.get("domain_loss")
+        cells = [r["label"], str(len(r["seeds"])), _cell(r["id_loss"])]
+        cells += [
+            _cell(loss[t.removesuffix(".loss")] if loss else r["tasks"].get(t)) for t in losses
+        ]
+        cells += [_cell(r["tasks"].get(t)) for t in accs]
+        lines.append("| " + " | ".join(cells) + " |")
+    dropped = sorted(set(t for t in tasks if t.endswith(".acc")) - set(accs))
+    note = f"\nChoice tasks dropped (every row scores the same): {', '.join(dropped)}.\n"
+    return "\n".join(lines) + "\n" + (note if dropped else "")
 
 
 def environment() -> dict[str, Any]:
@@ -273,11 +352,17 @@ def results_doc(
     command: str,
     made_by: str | None,
     partial: bool,
+    tuned: Mapping[str, Any] | None = None,
+    versions: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Everything the report shows, as plain data: ``results.json``, from which
     :func:`render_markdown` and :func:`write_plots` regenerate the page and its plots."""
+    done = normalise(done)
     rows = aggregate(done)
     return {
+        "scale": scale(budget),
+        "tuned": dict(tuned or {}),
+        "code_versions": list(versions),
         "command": command,
         "made_by": made_by,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -291,6 +376,30 @@ def results_doc(
         "rows": rows,
         "runs": list(done),
         "claims": [asdict(c) for c in decide(rows)],
+    }
+
+
+PAPERS = (
+    "FedSRD: Llama-3.2-3B r=64 (or Qwen2-7B r=32) on all linear layers, 4 clients of one "
+    "domain each (code, medical, finance, math), 10 local steps of batch 32 per round; "
+    "FLoRIST: models of 1B-7B parameters on Dolly, Alpaca and WizardLM split across 8 clients"
+)
+
+
+def scale(budget: Budget) -> dict[str, Any]:
+    """The scale of a budget in the papers' terms: model, adapter, tokens per client."""
+    tokens = budget.rounds * budget.local_steps * budget.batch_size * budget.seq_len
+    return {
+        "model": budget.model,
+        "adapter": f"LoRA r={budget.rank} on {budget.target_modules}",
+        "clients": budget.clients,
+        "tokens_per_client": tokens,
+        "papers": PAPERS,
+        "out_of_reach": (
+            "absolute scores and the papers' benchmarks (HumanEval, MMLU-style, MT-Bench); "
+            "effects that need a 3B-7B model or hundreds of local steps; bytes per round at "
+            "the papers' sizes (`fedlora comm` computes those from shapes)"
+        ),
     }
 
 
@@ -337,30 +446,79 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         else "- machine load: not recorded by these runs"
     )
     claims = [Claim(**c) for c in doc["claims"]]
+    sc = doc["scale"]
     md = [
         f"# python -m benchmarks.quality{' (PARTIAL)' if doc['partial'] else ''}",
         "",
+        f"Scale: {sc['model']}, {sc['adapter']}, {sc['clients']} clients, at most "
+        f"{sc['tokens_per_client']:,} training tokens per client. The papers: {sc['papers']}. "
+        f"Out of reach here: {sc['out_of_reach']}.",
+        "",
         f"- command: `{doc['command']}`",
         *([f"- runs made by: `{doc['made_by']}`"] if doc.get("made_by") else []),
+        f"- code (tree of src/fedlora): {', '.join(doc['code_versions']) or 'not recorded'}",
         f"- date: {doc['date']}",
         f"- runs finished: {doc['finished_runs']} of {doc['planned_runs']}",
         load_line,
         f"- budget: {json.dumps(doc['budget'], sort_keys=True)}",
         f"- environment: {json.dumps(doc['environment'], sort_keys=True)}",
         "",
-        "Mean ± sample sd over seeds; losses are held-out completion losses (nats/token).",
+        "Score: the fraction of the gap between the base model (0) and the centralised "
+        "reference (1) closed on each domain's held-out loss, and its macro-average over the "
+        "domains (`benchmarks/quality/scores.py`); mean ± sample sd over seeds.",
         "",
         render_table(doc["rows"], doc["base"]),
+        *_own_models(doc["rows"]),
+        "## Held-out loss per domain (nats/token)",
+        "",
+        render_raw(doc["rows"], doc["base"]),
+        *_tuned_table(doc.get("tuned", {})),
         "## Claims",
         "",
-        "In-domain held-out loss decides (lower is better); a difference counts beyond two "
-        "standard errors of the seeds (see `benchmarks.quality.claims`).",
+        "Rows pair by seed; Δ is the mean per-seed difference of the macro gap closed with its "
+        "95% paired-t interval (df = n − 1); 'better' needs the interval above 0, 'no worse' "
+        "and 'close' are TOST equivalence tests at the margin fixed in `claims.toml` "
+        "(`benchmarks/quality/stats.py`).",
         "",
         render_claims(claims),
         *_runs_table(doc),
         *(f"![{name}]({name})" for name in plot_names(doc)),
     ]
     return "\n".join(md) + "\n"
+
+
+def _own_models(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    mine = [r for r in rows if r.get("gap_all")]
+    if not mine:
+        return []
+    md = [
+        "Where each client keeps a model of its own, the table scores each domain with the",
+        "model of the client that trains on it; the mean over every client's model on every",
+        "domain (how a client's model does on the others' data), macro gap closed:",
+        "",
+    ]
+    md += [f"- {r['label']}: {_gap_cell(r['gap_all'])}" for r in mine]
+    return [*md, ""]
+
+
+def _tuned_table(tuned: Mapping[str, Any]) -> list[str]:
+    if not tuned:
+        return []
+    grid = list(dict.fromkeys(lr for t in tuned.values() for lr in t["scores"]))
+    md = [
+        "## Learning rates, tuned on the validation split",
+        "",
+        "Mean relative validation loss L/L0 over the domains at the tuning seed (lower is "
+        "better; `benchmarks/quality/tuning.py`).",
+        "",
+        "| row | chosen | " + " | ".join(f"lr {g}" for g in grid) + " |",
+        "|---|---|" + "---|" * len(grid),
+    ]
+    for key, t in sorted(tuned.items()):
+        cells = [f"{t['scores'][g]:.4f}" if g in t["scores"] else "–" for g in grid]
+        chosen = f"{t['lr']:g}" if t["tuned"] else f"{t['lr']:g} (untuned)"
+        md.append(f"| {key} | {chosen} | " + " | ".join(cells) + " |")
+    return [*md, ""]
 
 
 def write_report(doc: Mapping[str, Any], folder: Path, plots: bool = True) -> None:

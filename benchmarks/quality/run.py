@@ -32,7 +32,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +43,17 @@ from benchmarks.quality.plan import (
     RunSpec,
     load_plan,
     plan,
+    tuning_plan,
     write_quick_files,
+)
+from benchmarks.quality.provenance import (
+    MixedCode,
+    check_one_code,
+    code_version,
+    read_record,
+    record_path,
+    run_record,
+    write_record,
 )
 from benchmarks.quality.report import (
     read_metrics,
@@ -51,10 +61,12 @@ from benchmarks.quality.report import (
     summarise_run,
     write_report,
 )
+from benchmarks.quality.tuning import choose, relative_loss
 
 log = logging.getLogger(__name__)
 
 MB = 2**20
+RESULTS = Path(__file__).with_name("results")
 
 # --------------------------------------------------------------------------- running
 
@@ -74,22 +86,29 @@ def _run_dir(root: Path, spec: RunSpec) -> Path:
     return root / "runs" / spec.slug() / f"seed{spec.seed}"
 
 
-def _base_path(root: Path, seed: int) -> Path:
-    return root / "base" / f"seed{seed}.json"
+def _split(spec: RunSpec) -> str:
+    return "validation" if spec.group == "tune" else "test"
 
 
-def base_scores(budget: Budget, seed: int, root: Path, files: Sequence[str]) -> dict[str, Any]:
-    """The base model's scores on every evaluation set of ``seed``, computed once and kept
-    in ``base/seed<seed>.json`` with what they depend on (model, data, sequence length);
-    a stored file that no longer matches the budget is recomputed."""
+def _base_path(root: Path, seed: int, split: str = "test") -> Path:
+    return root / "base" / (f"seed{seed}.json" if split == "test" else f"{split}-seed{seed}.json")
+
+
+def base_scores(
+    budget: Budget, seed: int, root: Path, files: Sequence[str], split: str = "test"
+) -> dict[str, Any]:
+    """The base model's scores on every evaluation set of ``seed`` (and ``split``: the test
+    sets or the validation slices), computed once and kept in ``base/`` with what they
+    depend on (model, data, sequence length); a stored file that no longer matches the
+    budget is recomputed."""
     from fedlora import config
     from fedlora.runtime.assemble import assemble
     from fedlora.runtime.driver import evaluation
     from fedlora.runtime.run_folder import RunState
     from fedlora.runtime.simulation import InProcess
 
-    path = _base_path(root, seed)
-    spec = RunSpec("base", "base", "fedavg", seed)
+    path = _base_path(root, seed, split)
+    spec = RunSpec("base", "base", "fedavg", seed, settings=(f"data.eval_split={split!r}",))
     cfg = config.load(None, spec.overrides(budget, root / "base" / "unused", files))
     plain = config.to_dict(cfg)
     key = {"model": plain["model"], "data": plain["data"], "seq_len": cfg.train.seq_len}
@@ -97,7 +116,7 @@ def base_scores(budget: Budget, seed: int, root: Path, files: Sequence[str]) -> 
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("key") == key:
             return dict(stored)
-    log.info("scoring the base model for seed %d", seed)
+    log.info("scoring the base model for seed %d (%s)", seed, split)
     fed = assemble(cfg, lambda kind, info: None)
     rs = RunState(0, fed.method.init_server(fed.setup), {})
     evaluated = evaluation(fed, InProcess(fed), rs, {})
@@ -113,45 +132,7 @@ def made_by(root: Path) -> str | None:
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
-def _base_eval(root: Path, seed: int) -> dict[str, Any] | None:
-    path = _base_path(root, seed)
-    return json.loads(path.read_text(encoding="utf-8"))["eval"] if path.is_file() else None
-
-
-def run_one(
-    spec: RunSpec, budget: Budget, root: Path, files: Sequence[str], verify: bool = True
-) -> dict[str, Any]:
-    """Run (or reuse, or resume) one federation and summarise it (its base scores from
-    :func:`base_scores`, computed before any run of the seed). With ``verify`` a folder
-    holding a run of another budget or setting is refused (``--report-only`` reads what is
-    there, e.g. a copied benchmark whose data paths moved)."""
-    from fedlora import config
-    from fedlora.runtime.run_folder import check_run_dir
-    from fedlora.runtime.simulation import run
-
-    run_dir = _run_dir(root, spec)
-    began = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    cfg = config.load(None, spec.overrides(budget, run_dir, files))
-    resume = (run_dir / "config.json").is_file()
-    if resume and verify:  # a folder of another budget or setting is refused, never reused
-        check_run_dir(cfg, resume=True)
-    reused = _complete(run_dir, budget.rounds)
-    if not reused:
-        log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)
-        run(cfg, resume=resume)
-    summary = summarise_run(read_metrics(run_dir / "metrics.jsonl"), _base_eval(root, spec.seed))
-    # When and under what load the run was made, kept beside it for later reports
-    made = run_dir / "bench_run.json"
-    if reused:
-        kept = json.loads(made.read_text(encoding="utf-8")) if made.is_file() else {}
-    else:
-        kept = {
-            "wall_s": time.perf_counter() - began,
-            "load_1min": [load_before, os.getloadavg()[0]],
-            "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        }
-        made.write_text(json.dumps(kept) + "\n", encoding="utf-8")
+def _spec_doc(spec: RunSpec, lr: float | None) -> dict[str, Any]:
     return {
         "label": spec.label,
         "group": spec.group,
@@ -159,72 +140,113 @@ def run_one(
         "seed": spec.seed,
         "options": dict(spec.options),
         "ranks": list(spec.ranks),
-        "run_dir": str(run_dir),
-        "reused": reused,
-        "finished": True,
-        "wall_s": kept.get("wall_s"),
-        "load_1min": kept.get("load_1min"),
-        "finished_at": kept.get("finished_at"),
-        **summary,
+        "settings": list(spec.settings),
+        "tuned_as": spec.tuned_as,
+        "local_steps": spec.local_steps,
+        "lr": spec.lr if spec.lr is not None else lr,
     }
 
 
-def _unfinished(spec: RunSpec, root: Path, rounds: int) -> dict[str, Any] | None:
-    """An unfinished run's summary up to its last evaluated round, under its own label
-    ("<label> [t/R rounds]") so it is never averaged with finished runs; None if it has
-    no evaluated trained round."""
-    path = _run_dir(root, spec) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    recs = read_metrics(path)
-    evaluated = [r for r in recs if int(r["round"]) > 0 and "eval" in r]
-    if not evaluated:
-        return None
-    last = int(evaluated[-1]["round"])
-    cut = [r for r in recs if int(r["round"]) <= last]
-    summary = summarise_run(cut, _base_eval(root, spec.seed))
+def summary_of(record: Mapping[str, Any], clients: int) -> dict[str, Any]:
+    """A run's summary from its provenance record alone."""
+    spec = record["spec"]
     return {
-        "label": f"{spec.label} [{last}/{rounds} rounds]",
-        "group": spec.group,
-        "method": spec.method,
-        "seed": spec.seed,
-        "options": dict(spec.options),
-        "ranks": list(spec.ranks),
-        "run_dir": str(path.parent),
+        **{k: spec[k] for k in ("label", "group", "method", "seed", "options", "ranks", "lr")},
         "reused": True,
-        "finished": False,
-        "wall_s": None,
-        **summary,
+        "finished": True,
+        "code": record.get("code"),
+        **record["made"],
+        **summarise_run(record["records"], record["base_eval"], clients),
     }
+
+
+def run_one(
+    spec: RunSpec,
+    budget: Budget,
+    root: Path,
+    files: Sequence[str],
+    verify: bool = True,
+    lr: float | None = None,
+    results: Path | None = None,
+) -> dict[str, Any]:
+    """Run (or reuse, or resume) one federation at learning rate ``lr`` (a tuning row's
+    own, else the tuned one), keep its provenance record in ``results`` (default
+    ``root/results``) and summarise it. With ``verify`` a folder holding a run of another
+    budget or setting is refused."""
+    from fedlora import config
+    from fedlora.runtime.run_folder import check_run_dir
+    from fedlora.runtime.simulation import run
+
+    results = results or root / "results"
+    run_dir = _run_dir(root, spec)
+    kept_at = record_path(results, spec.slug(), spec.seed)
+    began = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    cfg = config.load(None, spec.overrides(budget, run_dir, files, lr))
+    resume = (run_dir / "config.json").is_file()
+    if resume and verify:  # a folder of another budget or setting is refused, never reused
+        check_run_dir(cfg, resume=True)
+    reused = _complete(run_dir, budget.rounds)
+    kept = read_record(kept_at)
+    if reused and kept is not None and kept["config"] == config.to_dict(cfg):
+        return {**summary_of(kept, budget.clients), "run_dir": str(run_dir)}
+    if not reused:
+        log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)
+        run(cfg, resume=resume)
+    made = {
+        "wall_s": None if reused else time.perf_counter() - began,
+        "load_1min": None if reused else [load_before, os.getloadavg()[0]],
+        "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    base = json.loads(_base_path(root, spec.seed, _split(spec)).read_text(encoding="utf-8"))
+    record = run_record(
+        _spec_doc(spec, lr),
+        config.to_dict(cfg),
+        read_metrics(run_dir / "metrics.jsonl"),
+        made,
+        code_version(),
+    )
+    record["base_eval"] = base["eval"]
+    write_record(kept_at, record)
+    return {**summary_of(record, budget.clients), "reused": reused, "run_dir": str(run_dir)}
 
 
 def _worker(
-    spec: RunSpec, budget: Budget, root: Path, files: Sequence[str], threads: int
+    spec: RunSpec,
+    budget: Budget,
+    root: Path,
+    files: Sequence[str],
+    threads: int,
+    lr: float | None,
+    results: Path,
 ) -> dict[str, Any]:
     """A run in a child process with ``threads`` torch threads (``--jobs`` > 1)."""
     import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return run_one(spec, budget, root, files)
+    return run_one(spec, budget, root, files, lr=lr, results=results)
 
 
 @dataclass
 class _Progress:
-    """What a benchmark run has produced so far; the table is rewritten after every run."""
+    """What one phase of a benchmark (tuning, or the test runs) has produced so far;
+    ``changed`` is called after every run (the test phase rewrites its table there)."""
 
     specs: Sequence[RunSpec]
     budget: Budget
     root: Path
-    command: str
+    results: Path
     deadline: float | None
     report_only: bool
+    lr_of: Callable[[RunSpec], float | None]
     say: Callable[[str], None] = lambda text: None
     """Where a line per started and finished run goes (stderr from the command)."""
+    changed: Callable[[_Progress], None] = lambda progress: None
     done: dict[int, dict[str, Any]] = field(default_factory=dict)
     missing: dict[int, dict[str, Any]] = field(default_factory=dict)
 
-    def results(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def outcome(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         done = [self.done[k] for k in sorted(self.done)]
         return done, [self.missing[k] for k in sorted(self.missing)]
 
@@ -245,23 +267,21 @@ class _Progress:
                 f"finished {spec.label} seed {spec.seed} ({len(self.done)}/{len(self.specs)}"
                 + (f", {took / 60:.1f} min)" if took is not None else ", reused)")
             )
-        done, missing = self.results()
-        partial = len(self.done) < len(self.specs)
-        if done:
-            doc = results_doc(
-                self.specs, self.budget, done, missing, self.command, made_by(self.root), partial
-            )
-            write_report(doc, self.root, plots=False)
+        self.changed(self)
 
     def late(self, i: int) -> bool:
-        """Whether run ``i`` is not to start: report-only and unfinished, or past the deadline."""
-        rounds = self.budget.rounds
-        if self.report_only and not _complete(_run_dir(self.root, self.specs[i]), rounds):
-            cut = _unfinished(self.specs[i], self.root, rounds)
-            if cut is not None:
-                self.done[i] = cut
-            shown = f"; shown as {cut['label']!r}" if cut else ""
-            self._skip(i, "not finished (report only)" + shown)
+        """Whether run ``i`` is not to start: report-only (its kept record is read
+        instead), its learning rate not tuned yet, or past the deadline."""
+        spec = self.specs[i]
+        if self.report_only:
+            kept = read_record(record_path(self.results, spec.slug(), spec.seed))
+            if kept is not None:
+                self.done[i] = summary_of(kept, self.budget.clients)
+            else:
+                self._skip(i, "not run (report only)")
+            return True
+        if spec.lr is None and self.lr_of(spec) is None:
+            self._skip(i, f"not started: the tuning of {spec.tuned_as} did not finish")
             return True
         if self.deadline is not None and time.time() > self.deadline:
             self._skip(i, "not started: time limit")
@@ -279,8 +299,9 @@ def _run_serial(progress: _Progress, files: Sequence[str]) -> None:
             continue
         progress.announce(i)
         try:
+            lr = progress.lr_of(spec)
             outcome = run_one(
-                spec, progress.budget, progress.root, files, verify=not progress.report_only
+                spec, progress.budget, progress.root, files, lr=lr, results=progress.results
             )
             progress.finish(i, outcome)
         except Exception as exc:  # one broken run must not lose the others' results
@@ -300,7 +321,8 @@ def _run_parallel(progress: _Progress, files: Sequence[str], jobs: int) -> None:
                     progress.announce(i)
                     spec = progress.specs[i]
                     args = (spec, progress.budget, progress.root, files, threads)
-                    pending[pool.submit(_worker, *args)] = i
+                    more = (progress.lr_of(spec), progress.results)
+                    pending[pool.submit(_worker, *args, *more)] = i
             if not pending:
                 break
             ready, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -310,34 +332,99 @@ def _run_parallel(progress: _Progress, files: Sequence[str], jobs: int) -> None:
                 progress.finish(i, error if error is not None else fut.result())
 
 
+def _execute(progress: _Progress, files: Sequence[str], jobs: int) -> None:
+    if jobs <= 1:
+        _run_serial(progress, files)
+    else:
+        _run_parallel(progress, files, jobs)
+
+
+def tuned_rates(
+    tune: Sequence[Mapping[str, Any]], specs: Sequence[RunSpec], default: float
+) -> dict[str, dict[str, Any]]:
+    """The chosen rate per tuned row from the finished tuning runs; a row with a grid run
+    neither finished nor failed is left out (its test runs wait for it)."""
+    by_key: dict[str, dict[float, float]] = {}
+    for r in tune:
+        score = relative_loss(r["domain_loss"], r["base_domain_loss"])
+        by_key.setdefault(r["method_key"], {})[float(r["lr"])] = score
+    planned: dict[str, int] = {}
+    for s in specs:
+        planned[s.tuned_as] = planned.get(s.tuned_as, 0) + 1
+    complete = {k: v for k, v in by_key.items() if len(v) == planned.get(k, 0)}
+    return choose(complete, default)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    done: list[dict[str, Any]]
+    missing: list[dict[str, Any]]
+    tuned: dict[str, Any]
+    versions: list[str]
+
+
 def run_all(
+    tune_specs: Sequence[RunSpec],
     specs: Sequence[RunSpec],
     budget: Budget,
     root: Path,
+    results: Path,
     command: str,
     deadline: float | None = None,
     jobs: int = 1,
     report_only: bool = False,
     say: Callable[[str], None] = lambda text: None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run every spec in plan order, ``jobs`` at a time; a failed run is recorded, not fatal.
+    allow_mixed: bool = False,
+) -> Outcome:
+    """Tune, then run every test spec in plan order, ``jobs`` at a time; a failed run is
+    recorded, not fatal. Each finished run is kept as a provenance record in ``results``.
 
-    No new run starts once ``deadline`` (``time.time()``) has passed; those are reported as
-    not run; with ``report_only`` only finished runs are read and nothing is run. The table
-    (not the plots) is rewritten after every run, so a killed benchmark still leaves its
-    results so far.
+    No new run starts once ``deadline`` (``time.time()``) has passed, nor a row whose
+    learning rate is not tuned yet; those are reported as not run. With ``report_only``
+    nothing runs: the kept records are read. The table (not the plots) is rewritten after
+    every test run, so a killed benchmark still leaves its results so far.
     """
-    files = write_quick_files(root / "data", len(budget.hetero_ranks)) if budget.quick_files else []
+    files = write_quick_files(root / "data", budget.clients) if budget.quick_files else []
     if not report_only:
+        for seed in dict.fromkeys(s.seed for s in tune_specs):
+            say(f"base model scores for seed {seed} (validation)")
+            base_scores(budget, seed, root, files, "validation")
         for seed in dict.fromkeys(s.seed for s in specs):
             say(f"base model scores for seed {seed}")
             base_scores(budget, seed, root, files)
-    progress = _Progress(specs, budget, root, command, deadline, report_only, say)
-    if jobs <= 1:
-        _run_serial(progress, files)
-    else:
-        _run_parallel(progress, files, jobs)
-    return progress.results()
+    common = (budget, root, results, deadline, report_only)
+    tune = _Progress(tune_specs, *common, lambda spec: None, say)
+    _execute(tune, files, jobs)
+    tune_done = [{**r, "method_key": tune_specs[i].tuned_as} for i, r in sorted(tune.done.items())]
+    tuned = tuned_rates(tune_done, tune_specs, budget.lr)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "tuned.json").write_text(json.dumps(tuned, indent=1, sort_keys=True) + "\n")
+
+    def lr_of(spec: RunSpec) -> float | None:
+        return tuned[spec.tuned_as]["lr"] if spec.tuned_as in tuned else None
+
+    def changed(progress: _Progress) -> None:
+        done, missing = progress.outcome()
+        if done:
+            versions = check_one_code([*tune.done.values(), *done], allow_mixed=True)
+            doc = results_doc(
+                specs,
+                budget,
+                done,
+                missing,
+                command,
+                made_by(root),
+                len(done) < len(specs),
+                tuned,
+                versions,
+            )
+            write_report(doc, results, plots=False)
+
+    test = _Progress(specs, *common, lr_of, say, changed)
+    _execute(test, files, jobs)
+    done, missing = test.outcome()
+    versions = check_one_code([*tune.done.values(), *done], allow_mixed)
+    return Outcome(done, [*tune.outcome()[1], *missing], tuned, versions)
 
 
 def render(results: Path, publish_to: Path | None) -> int:
@@ -365,8 +452,9 @@ def publish(root: Path, target: Path) -> Path:
 
 
 DESCRIPTION = (
-    "Run every method under one budget on 4 clients (one domain each) and "
-    "write a results table (Markdown + JSON) and plots of score against round and MB."
+    "Tune each method's learning rate on a validation split, then run every row of the "
+    "plan under one budget on 4 clients (one domain each), seed by seed, keep each run's "
+    "record, and write the results (Markdown + JSON), the claims and plots."
 )
 
 
@@ -387,12 +475,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         type=int,
         default=None,
-        help="seeds; the headline methods run all, the rest the first (default: 0 1 2; --quick: 0)",
+        help="seeds (default: plan.toml's; --quick: 0); a row of fewer seeds runs the first",
     )
     p.add_argument(
-        "--rounds", type=int, default=None, help="federation rounds (default 4; --quick: 2)"
+        "--rounds", type=int, default=None, help="federation rounds (default: the budget's)"
     )
-    p.add_argument("--out", default="runs/bench-quality", help="output folder")
+    p.add_argument("--out", default="runs/bench-quality", help="folder of the runs themselves")
+    p.add_argument(
+        "--results",
+        default=None,
+        help="folder of the kept run records and the report (default: "
+        "benchmarks/quality/results/default; --quick: OUT/results)",
+    )
+    p.add_argument(
+        "--allow-mixed-code",
+        action="store_true",
+        help="report runs made by different versions of src/fedlora together",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -401,7 +500,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-extras",
         action="store_true",
-        help="skip the FLoRIST threshold sweep and heterogeneous-rank runs",
+        help="only the main group and the centralised reference (no ablations, FLoRIST "
+        "sweep, heterogeneous ranks, DP or stability rows)",
     )
     p.add_argument(
         "--jobs",
@@ -412,7 +512,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="run nothing: tabulate and plot the finished runs in --out",
+        help="run nothing: tabulate and plot the runs kept in --results",
     )
     p.add_argument(
         "--render",
@@ -465,29 +565,52 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     methods = args.methods or (names() if args.quick else list(the_plan.methods))
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(the_plan.seeds))
     specs = plan(the_plan, methods, seeds, budget, extras=not args.no_extras)
+    tune_specs = tuning_plan(the_plan, methods, budget)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
+    default_results = root / "results" if args.quick else RESULTS / "default"
+    results = Path(args.results) if args.results else default_results
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     began = time.time()
     command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in argv)
     if not args.report_only:  # the command that makes the runs, for later reports
         (root / "command.txt").write_text(command + "\n", encoding="utf-8")
-    done, missing = run_all(
-        specs,
-        budget,
-        root,
-        command,
-        deadline,
-        jobs=args.jobs,
-        report_only=args.report_only,
-        say=lambda text: print(f"· {text}", file=sys.stderr, flush=True),
-    )
-    if done:
-        doc = results_doc(specs, budget, done, missing, command, made_by(root), bool(missing))
-        write_report(doc, root)
+    try:
+        out = run_all(
+            tune_specs,
+            specs,
+            budget,
+            root,
+            results,
+            command,
+            deadline,
+            jobs=args.jobs,
+            report_only=args.report_only,
+            say=lambda text: print(f"· {text}", file=sys.stderr, flush=True),
+            allow_mixed=args.allow_mixed_code,
+        )
+    except MixedCode as exc:
+        print(f"python -m benchmarks.quality: {exc}", file=sys.stderr)
+        return 2
+    if out.done:
+        doc = results_doc(
+            specs,
+            budget,
+            out.done,
+            out.missing,
+            command,
+            made_by(root),
+            bool(out.missing),
+            out.tuned,
+            out.versions,
+        )
+        write_report(doc, results)
     if args.publish:
-        publish(root, Path(args.publish))
+        publish(results, Path(args.publish))
     log.info("benchmark took %.1f min", (time.time() - began) / 60)
-    finished = sum(1 for r in done if r["finished"])
-    print(f"results: {root / 'results.md'} ({finished} of {len(specs)} runs finished)", flush=True)
-    return 0 if done and not missing else 1
+    print(
+        f"results: {results / 'results.md'} ({len(out.done)} of {len(specs)} runs finished, "
+        f"{len(tune_specs)} tuning runs)",
+        flush=True,
+    )
+    return 0 if out.done and not out.missing else 1

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.quality.plan import load_plan, plan
+from benchmarks.quality.claims import load_claims
+from benchmarks.quality.plan import load_plan, plan, tuning_plan
 from benchmarks.quality.report import MB, aggregate, scores, summarise_run
 from benchmarks.quality.run import main
 from fedlora.methods.registry import names
@@ -33,9 +34,11 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     # Prepare
-    doc = json.loads((quick / "results.json").read_text())
-    table, rest = (quick / "results.md").read_text().split("## Claims")
-    claims = rest.split("## Runs")[0]
+    results = quick / "results"
+    doc = json.loads((results / "results.json").read_text())
+    page = (results / "results.md").read_text()
+    table = page.split("## Held-out loss per domain")[0]
+    claims = page.split("## Claims")[1].split("## Runs")[0]
     expected_labels = {s.label for s in plan(PLAN, names(), [0], QUICK)}
 
     # Execute
@@ -49,49 +52,84 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     # Assert
     assert labels == expected_labels
     assert expected_labels | {"base model (round 0)"} == md_labels
-    # one seed only: every claim is there, and none holds without a seed spread (a claim
-    # may still fail on its bytes alone)
-    assert len(doc["claims"]) == claims.count("\n| ") - 1 == 9
+    # one seed only: every claim is there (one per method against local-only training
+    # too), and none holds below the claims file's seeds (a claim may still fail on its
+    # bytes alone)
+    n_claims = len(load_claims()["claim"])
+    assert len(doc["claims"]) == claims.count("\n| ") - 1 == n_claims > 20
     assert "**holds**" not in claims
     assert {r["method"] for r in doc["rows"]} == set(names())
     assert not doc["partial"] and doc["finished_runs"] == len(expected_labels)
     for row in doc["rows"]:
-        assert math.isfinite(row["id_loss"]["mean"]) and row["cum_mb"]["mean"] > 0
+        assert math.isfinite(row["id_loss"]["mean"]) and row["cum_mb"]["mean"] >= 0
         assert [p["round"] for p in row["curve"]] == [0, 1, 2]
-    pngs = sorted(quick.glob("*.png"))
+    # the centralised reference closes its own gap by definition; the others are scored
+    central = next(r for r in doc["rows"] if r["label"] == "centralised")
+    assert central["gap"]["macro"]["mean"] == pytest.approx(1.0)
+    assert all("macro" in r["gap"] for r in doc["rows"])
+    assert set(doc["tuned"]) == {*names(), "centralised"}
+    assert all(
+        r["lr"] == doc["tuned"][r["method"]]["lr"] for r in doc["rows"] if r["group"] == "main"
+    )
+    pngs = sorted(results.glob("*.png"))
     assert {p.name for p in pngs} >= {
         "main_vs_round.png",
         "main_vs_mb.png",
         "hetero_vs_round.png",
         "florist-tau_vs_mb.png",
+        "dp_vs_round.png",
+        "stability_vs_round.png",
     }
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
 
 
-def test_quick_runs_share_one_budget_and_differ_only_in_method(quick: Path) -> None:
+def test_quick_runs_share_one_budget_and_differ_only_in_their_row(quick: Path) -> None:
     # Prepare
-    configs = [json.loads(p.read_text()) for p in quick.glob("runs/*/seed0/config.json")]
+    records = [json.loads(p.read_text()) for p in quick.glob("results/runs/*/seed0.json")]
+    tuned = json.loads((quick / "results" / "tuned.json").read_text())
 
     # Execute
     shared = {
-        json.dumps({k: c[k] for k in ("train", "federation", "eval", "model")}, sort_keys=True)
-        for c in configs
+        json.dumps(
+            {
+                "model": r["config"]["model"],
+                "eval": r["config"]["eval"],
+                "rounds": r["config"]["federation"]["rounds"],
+                "batch": r["config"]["train"]["batch_size"],
+            },
+            sort_keys=True,
+        )
+        for r in records
     }
 
     # Assert
-    assert len(configs) == len(plan(PLAN, names(), [0], QUICK))
+    tests = [r for r in records if r["spec"]["group"] != "tune"]
+    assert len(tests) == len(plan(PLAN, names(), [0], QUICK))
+    assert len(records) == len(tests) + len(tuning_plan(PLAN, names(), QUICK))
     assert len(shared) == 1
-    hetero = [c for c in configs if c["lora"]["ranks"]]
-    assert sorted(c["method"]["name"] for c in hetero) == sorted(PLAN.hetero_methods)
+    for r in tests:  # each test row trains at its tuned rate, on the test split
+        assert r["config"]["train"]["lr"] == tuned[r["spec"]["tuned_as"]]["lr"]
+        assert r["config"]["data"]["eval_split"] == "test"
+        assert r["commit"] and r["code"] and r["records"][-1]["round"] == QUICK.rounds
+    for r in records:
+        if r["spec"]["group"] == "tune":
+            assert r["config"]["data"]["eval_split"] == "validation"
+    hetero = [r for r in tests if r["config"]["lora"]["ranks"]]
+    assert sorted(r["config"]["method"]["name"] for r in hetero) == sorted(PLAN.hetero_methods)
+    (central,) = [r for r in tests if r["spec"]["label"] == "centralised"]
+    assert central["config"]["data"]["clients"] == 1 and central["config"]["data"]["pool"] == 4
+    assert central["config"]["train"]["local_steps"] == QUICK.local_steps * QUICK.clients
+    dp = [r for r in tests if r["spec"]["group"] == "dp"]
+    assert dp and all(r["config"]["privacy"]["noise_seed"] == 0 for r in dp)
 
 
 def test_report_only_rereads_finished_runs_without_running(quick: Path) -> None:
     # Prepare
-    before = json.loads((quick / "results.json").read_text())
+    before = json.loads((quick / "results" / "results.json").read_text())
 
     # Execute
     code = main(["--quick", "--out", str(quick), "--report-only"])
-    after = json.loads((quick / "results.json").read_text())
+    after = json.loads((quick / "results" / "results.json").read_text())
 
     # Assert
     assert code == 0
@@ -191,33 +229,32 @@ def test_aggregate_reports_mean_and_sample_sd_over_seeds() -> None:
     assert row["curve"][0]["id_loss_sd"] == pytest.approx(0.0)  # the same base scores
 
 
-def test_plan_puts_the_headline_seeds_first_then_the_main_group_then_one_seed_extras() -> None:
+def test_plan_runs_seed_by_seed_with_one_seed_rows_at_the_first_only() -> None:
     # Prepare
     methods = ["fedavg", "fedprox", "fedsrd", "florist"]
 
     # Execute
     specs = plan(PLAN, methods, [0, 1, 2], DEFAULT)
+    tune = tuning_plan(PLAN, methods, DEFAULT)
 
-    # Assert: the headline methods seed by seed, then the rest of the main group at seed 0
-    assert [(s.method, s.seed) for s in specs[:10]] == [
-        ("fedavg", 0),
-        ("fedsrd", 0),
-        ("florist", 0),
-        ("fedavg", 1),
-        ("fedsrd", 1),
-        ("florist", 1),
-        ("fedavg", 2),
-        ("fedsrd", 2),
-        ("florist", 2),
-        ("fedprox", 0),
-    ]
-    extras = specs[10:]
-    assert all(s.seed == 0 and s.group != "main" for s in extras)
-    ablation = {s.label: s for s in extras if s.group == "ablation"}
+    # Assert: whole seeds in order, the main group and the centralised reference first
+    seeds = [s.seed for s in specs]
+    assert seeds == sorted(seeds)
+    first = [s for s in specs if s.seed == 0]
+    assert [s.label for s in first[:5]] == [*methods, "centralised"]
+    one_seed = {s.label for s in first} - {s.label for s in specs if s.seed == 2}
+    assert one_seed == {
+        "fedsrd reconstruct=false",
+        "fedsrd decompose=dense",
+        "florist tau=0.80 pad=zeros",
+        "florist tau=0.99 pad=zeros",
+        "fedprox ranks 16-8-8-4",
+    }
+    ablation = {s.label: s for s in first if s.group == "ablation"}
     assert ablation["fedsrd sparsifier=random"].options["sparsifier"] == "random"
     assert ablation["fedsrd wire=bfloat16"].settings == ('wire.value_dtype="bfloat16"',)
     assert ablation["fedavg + importance uplink"].settings == ('uplink.sparsify="importance"',)
-    taus = sorted((s.options["tau"], s.options["pad"]) for s in extras if s.group == "florist-tau")
+    taus = sorted((s.options["tau"], s.options["pad"]) for s in first if s.group == "florist-tau")
     assert taus == [
         (0.8, "fresh"),
         (0.8, "zeros"),
@@ -225,19 +262,32 @@ def test_plan_puts_the_headline_seeds_first_then_the_main_group_then_one_seed_ex
         (0.99, "fresh"),
         (0.99, "zeros"),
     ]
-    hetero = [s for s in extras if s.group == "hetero"]
+    hetero = [s for s in first if s.group == "hetero"]
     assert [s.method for s in hetero] == ["fedavg", "fedprox", "florist"]
     assert all(s.ranks == DEFAULT.hetero_ranks for s in hetero)
     assert [s.options["tau"] for s in hetero if s.method == "florist"] == [0.85]
-    overrides = ablation["fedsrd wire=bfloat16"].overrides(DEFAULT, Path("r"), [])
+    dp = {s.label: s for s in first if s.group == "dp"}
+    assert set(dp) == {f"{m} dp eps={e}" for m in ("fedavg", "fedsrd") for e in ("8", "2", "inf")}
+    assert dp["fedsrd dp eps=2"].options["reconstruct"] is False
+    assert "privacy.noise_multiplier=0.0" in dp["fedavg dp eps=inf"].settings
+    stable = {s.label: s for s in first if s.group == "stability"}
+    assert stable["fedsrd stabilised steps=2"].local_steps == 2
+    assert stable["fedsrd stabilised"].options["support"] == "per-rank"
+    assert stable["fedsrd faithful steps=2"].options.get("ridge") is None
+    # every tuned row at every rate of the grid, on the validation split, at the tuning seed
+    assert len(tune) == (len(methods) + 1) * len(DEFAULT.lr_grid)
+    assert all(s.seed == PLAN.tuning_seed and s.lr in DEFAULT.lr_grid for s in tune)
+    assert all('data.eval_split="validation"' in s.settings for s in tune)
+    overrides = ablation["fedsrd wire=bfloat16"].overrides(DEFAULT, Path("r"), [], 1e-3)
     assert overrides[-1] == 'wire.value_dtype="bfloat16"' and "eval.at_start=false" in overrides
-    assert 'lora.target_modules="all-linear"' in overrides and "lora.dropout=0.05" in overrides
+    assert "train.lr=0.001" in overrides and "lora.dropout=0.05" in overrides
 
 
 def test_the_base_model_is_scored_once_per_seed_and_shared_by_the_runs(quick: Path) -> None:
     # Prepare
     base = json.loads((quick / "base" / "seed0.json").read_text())
-    doc = json.loads((quick / "results.json").read_text())
+    val = json.loads((quick / "base" / "validation-seed0.json").read_text())
+    doc = json.loads((quick / "results" / "results.json").read_text())
     first_records = [
         json.loads(p.read_text().splitlines()[0]) for p in quick.glob("runs/*/seed0/metrics.jsonl")
     ]
@@ -245,27 +295,40 @@ def test_the_base_model_is_scored_once_per_seed_and_shared_by_the_runs(quick: Pa
     assert first_records and all("eval" not in r for r in first_records)
     assert all(r["base_eval"] == base["eval"] for r in doc["runs"])
     assert base["eval_seconds"] > 0 and all(r["eval_s"] > 0 for r in doc["runs"])
+    assert val["eval"] != base["eval"]  # other rows: the validation slices
 
 
-def test_report_only_shows_an_unfinished_run_under_its_own_label(
-    quick: Path, tmp_path: Path
-) -> None:
-    # Prepare: a copy of the quick benchmark whose fedavg run stopped after round 1.
+def test_report_only_lists_a_run_without_a_record_as_not_run(quick: Path, tmp_path: Path) -> None:
+    # Prepare: a copy of the quick benchmark whose fedavg record was lost
     out = tmp_path / "cut"
     shutil.copytree(quick, out)
-    metrics = out / "runs" / "fedavg" / "seed0" / "metrics.jsonl"
-    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
+    (out / "results" / "runs" / "fedavg" / "seed0.json").unlink()
 
     # Execute
     code = main(["--quick", "--out", str(out), "--report-only"])
-    doc = json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "results" / "results.json").read_text())
 
     # Assert
-    labels = {r["label"] for r in doc["rows"]}
     assert code == 1 and doc["partial"]
-    assert "fedavg [1/2 rounds]" in labels and "fedavg" not in labels
+    assert "fedavg" not in {r["label"] for r in doc["rows"]}
     assert doc["finished_runs"] == doc["planned_runs"] - 1
     assert [m["label"] for m in doc["not_run"]] == ["fedavg"]
+
+
+def test_the_report_refuses_runs_of_two_library_versions(quick: Path, tmp_path: Path) -> None:
+    # Prepare: one kept record claims another tree of src/fedlora
+    out = tmp_path / "mixed"
+    shutil.copytree(quick, out)
+    path = out / "results" / "runs" / "fedsrd" / "seed0.json"
+    record = json.loads(path.read_text())
+    record["code"] = "0" * 40
+    path.write_text(json.dumps(record))
+
+    # Execute / Assert
+    assert main(["--quick", "--out", str(out), "--report-only"]) == 2
+    assert main(["--quick", "--out", str(out), "--report-only", "--allow-mixed-code"]) == 0
+    doc = json.loads((out / "results" / "results.json").read_text())
+    assert len(doc["code_versions"]) == 2
 
 
 def test_publish_writes_the_page_and_its_plots_where_the_links_point(
@@ -278,33 +341,35 @@ def test_publish_writes_the_page_and_its_plots_where_the_links_point(
     links = [line[line.index("](") + 2 : -1] for line in page.splitlines() if line.startswith("![")]
     assert code == 0 and links and all(link.startswith("img/quality_") for link in links)
     assert all((tmp_path / link).read_bytes()[:8] == PNG_MAGIC for link in links)
-    assert "## Claims" in page
+    assert "## Claims" in page and page.index("Scale: tiny-llama") < page.index("## Claims")
 
 
 def test_results_say_which_runs_finished_when_and_under_what_load(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare / Execute: two fresh quick runs
+    # Prepare / Execute: two methods and the centralised reference, fresh
     out = tmp_path / "two"
     args = ["--quick", "--out", str(out), "--methods", "fedavg", "fedsrd", "--no-extras"]
     assert main(args) == 0
-    page = (out / "results.md").read_text()
-    doc = json.loads((out / "results.json").read_text())
+    page = (out / "results" / "results.md").read_text()
+    doc = json.loads((out / "results" / "results.json").read_text())
     # Assert
     runs = page.split("## Runs")[1].split("\n\n")[1].splitlines()[2:]
-    assert [line.split("|")[1].strip() for line in runs] == ["fedavg", "fedsrd"]
+    assert [line.split("|")[1].strip() for line in runs] == ["fedavg", "fedsrd", "centralised"]
     assert all(line.count("|") == 7 and " 20" in line for line in runs)  # a date in each
     assert "machine load (1-min average at each run's start and end)" in page
     assert all(len(r["load_1min"]) == 2 and r["finished_at"] for r in doc["runs"])
-    err = capsys.readouterr().err  # a line per started and finished run
-    assert "· [1/2] fedavg seed 0" in err and "· finished fedsrd seed 0 (2/2, " in err
+    err = capsys.readouterr().err  # a line per started and finished run, tuning first
+    assert "· [1/6] tune fedavg lr=0.002 seed 0" in err
+    assert "· finished fedsrd seed 0 (2/3, " in err
     # a later report keeps when and under what load each run was made, and by what command
     before = {r["label"]: r["load_1min"] for r in doc["runs"]}
     assert main([*args, "--report-only"]) == 0
-    again = json.loads((out / "results.json").read_text())
+    again = json.loads((out / "results" / "results.json").read_text())
     assert {r["label"]: r["load_1min"] for r in again["runs"]} == before
     assert (
-        "- runs made by: `python -m benchmarks.quality --quick" in (out / "results.md").read_text()
+        "- runs made by: `python -m benchmarks.quality --quick"
+        in (out / "results" / "results.md").read_text()
     )
 
 
@@ -319,12 +384,15 @@ def test_a_finished_run_of_another_budget_is_refused_not_reused(tmp_path: Path) 
     cfg_path.write_text(json.dumps(cfg))
     # Execute
     code = main(args)
-    doc = json.loads((out / "results.json").read_text())
-    # Assert: that run is reported as failed, with the reason; the other is reused
+    doc = json.loads((out / "results" / "results.json").read_text())
+    # Assert: that run is reported as failed, with the reason; the others are reused
     assert code == 1
     (failed,) = doc["not_run"]
     assert failed["label"] == "fedavg" and "different run" in failed["why"]
-    assert [(r["label"], r["reused"]) for r in doc["runs"]] == [("fedsrd", True)]
+    assert [(r["label"], r["reused"]) for r in doc["runs"]] == [
+        ("fedsrd", True),
+        ("centralised", True),
+    ]
 
 
 def test_the_report_regenerates_byte_identically_from_its_results_json(
@@ -333,13 +401,13 @@ def test_the_report_regenerates_byte_identically_from_its_results_json(
     # Prepare: the quick benchmark's results.json alone, in a folder of its own
     alone = tmp_path / "alone"
     alone.mkdir()
-    shutil.copyfile(quick / "results.json", alone / "results.json")
+    shutil.copyfile(quick / "results" / "results.json", alone / "results.json")
 
     # Execute
     assert main(["--render", str(alone / "results.json")]) == 0
 
     # Assert: the same page and the same set of plots, from the JSON only
-    assert (alone / "results.md").read_bytes() == (quick / "results.md").read_bytes()
+    assert (alone / "results.md").read_bytes() == (quick / "results" / "results.md").read_bytes()
     assert sorted(p.name for p in alone.glob("*.png")) == sorted(
-        p.name for p in quick.glob("*.png")
+        p.name for p in (quick / "results").glob("*.png")
     )
