@@ -142,3 +142,24 @@ def test_method_ships_config_paper_and_runs(name: str) -> None:
         spec = setup.layer(layer)
         assert left.shape[0] == spec.out_features and right.shape[1] == spec.in_features
         assert bool(torch.isfinite(left @ right).all()), f"{name}: non-finite update of {layer}"
+
+
+def _sources() -> list[Path]:
+    return sorted([*(TESTS.parent / "src").rglob("*.py"), *BENCHMARKS.rglob("*.py")])
+
+
+def test_no_module_is_over_500_lines_and_no_function_over_80() -> None:
+    long_modules = {
+        str(p): n
+        for p in _sources()
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500
+    }
+    long_functions = {
+        f"{p}:{node.name}": node.end_lineno - node.lineno + 1
+        for p in _sources()
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > 80
+    }
+    assert long_modules == {} and long_functions == {}

@@ -9,7 +9,7 @@ from helpers import run_round, tiny_setup
 
 from fedlora.errors import ConfigError
 from fedlora.methods import registry
-from fedlora.methods.fedsrd import COND_WARN, stability_report
+from fedlora.methods.fedsrd_report import COND_WARN, stability_report
 from fedlora.ops.sparsify import per_slot_mask, rank_slot_dim, select
 
 

@@ -1,6 +1,7 @@
 """The sections of a run's configuration: frozen dataclasses, checked on construction.
 
-Every section of the TOML file is a dataclass below (``[model]`` is :class:`ModelConfig`, …),
+Every section of the TOML file is a dataclass below (``[model]`` is :class:`ModelConfig`, …;
+``[federation]`` and ``[privacy]`` are in :mod:`fedlora.config.federation`),
 and :class:`RunConfig` is the whole run; a bad value raises :class:`ConfigError` naming the
 dotted key. Loading and overrides: :mod:`fedlora.config.loading`.
 """
@@ -12,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedlora.config.checks import check as _check
+from fedlora.config.federation import FederationConfig, PrivacyConfig
 from fedlora.data.dataset_split import DATASET_PARTITIONS
 from fedlora.data.formats import FORMATS, TEMPLATES, Columns
 from fedlora.errors import ConfigError
@@ -19,11 +22,6 @@ from fedlora.ops.ratio import SPARSIFIERS, RatioRule
 from fedlora.ops.schedule import SCHEDULES
 
 ALL_LINEAR = "all-linear"
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{key}: {msg}")
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
@@ -262,125 +260,6 @@ class TrainConfig:
 
 BATCHINGS = ("pad", "group", "pack")
 """How a client's examples become micro-batches (:mod:`fedlora.train.batching`)."""
-SAMPLINGS = ("fixed", "poisson")
-PRIVACY_MODES = ("none", "central")
-
-
-@dataclass(frozen=True)
-class PrivacyConfig:
-    """Client-level differential privacy (DP-FedAvg). ``mode = "central"``: each client clips
-    the change it uploads to L2 norm ``clip_norm``, the server adds Gaussian noise of standard
-    deviation ``noise_multiplier · clip_norm`` to their sum and averages it with weights that
-    do not depend on the data. Give ``noise_multiplier`` (ε is then reported) or
-    ``target_epsilon`` (the noise is calibrated to it over the planned rounds), or both (a run
-    that would exceed the target stops at start). ``delta`` defaults to 1/N clients rounded
-    down to a power of ten. The noise is drawn from a generator seeded from the operating
-    system's entropy; ``noise_seed`` fixes it, for tests only. See docs/threat-model.md."""
-
-    mode: str = "none"
-    clip_norm: float = 1.0
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    delta: float | None = None
-    noise_seed: int | None = None
-
-    def __post_init__(self) -> None:
-        _check(
-            self.mode in PRIVACY_MODES,
-            "privacy.mode",
-            f"must be one of {', '.join(PRIVACY_MODES)}; got {self.mode!r}",
-        )
-        _check(self.clip_norm > 0, "privacy.clip_norm", f"must be positive, got {self.clip_norm}")
-        _check(
-            self.noise_multiplier is None or self.noise_multiplier >= 0,
-            "privacy.noise_multiplier",
-            "must be >= 0",
-        )
-        _check(
-            self.target_epsilon is None or self.target_epsilon > 0,
-            "privacy.target_epsilon",
-            "must be positive",
-        )
-        _check(self.delta is None or 0 < self.delta < 1, "privacy.delta", "must be in (0, 1)")
-        _check(
-            self.mode == "none"
-            or self.noise_multiplier is not None
-            or self.target_epsilon is not None,
-            "privacy",
-            "mode = central needs privacy.noise_multiplier or privacy.target_epsilon",
-        )
-
-    @property
-    def on(self) -> bool:
-        return self.mode != "none"
-
-
-@dataclass(frozen=True)
-class FederationConfig:
-    """Rounds, sampling, weighting, and what the server trusts of a client's reply.
-
-    ``max_weight_ratio`` caps a reported training-sample count at that multiple of the
-    round's (lower) median report. ``clip_ratio`` / ``clip_norm`` bound each upload's change
-    per layer (a multiple of the round's lower median change of that layer / an absolute
-    norm); ``clip_action`` scales a change back onto the bound or refuses the upload. On
-    Flower, ``max_reply_mb`` refuses larger replies before parsing them, ``node_keys`` binds
-    each client id to a SuperNode key (OpenSSH public keys, one per client), and a method
-    whose broadcast carries clients' own updates, or a round with one valid upload, is
-    refused unless ``allow_individual_updates``. See docs/threat-model.md."""
-
-    rounds: int = 3
-    clients_per_round: float = 1.0  # fraction in (0, 1] or a count > 1
-    sampling: str = "fixed"  # fixed: clients_per_round each round | poisson: each at sample_rate
-    sample_rate: float = 1.0
-    weighting: str = "samples"  # samples | uniform
-    min_clients: int = 1
-    client_timeout_s: float = 0.0  # a client training longer is dropped; 0 = no limit
-    max_weight_ratio: float = 4.0  # 0 = reported counts are taken as they are
-    clip_ratio: float = 10.0  # 0 = no bound relative to the round's changes
-    clip_norm: float = 0.0  # 0 = no absolute bound
-    clip_action: str = "clip"  # clip | refuse
-    max_reply_mb: float = 2048.0
-    node_keys: tuple[str, ...] = ()
-    allow_individual_updates: bool = False
-
-    def __post_init__(self) -> None:
-        _check(self.rounds >= 1, "federation.rounds", f"must be at least 1, got {self.rounds}")
-        _check(self.clients_per_round > 0, "federation.clients_per_round", "must be positive")
-        _check(
-            self.sampling in SAMPLINGS,
-            "federation.sampling",
-            f"must be one of {', '.join(SAMPLINGS)}; got {self.sampling!r}",
-        )
-        _check(0 < self.sample_rate <= 1, "federation.sample_rate", "must be in (0, 1]")
-        _check(
-            self.weighting in ("samples", "uniform"),
-            "federation.weighting",
-            f"must be 'samples' or 'uniform', got {self.weighting!r}",
-        )
-        _check(self.min_clients >= 1, "federation.min_clients", "must be at least 1")
-        _check(self.client_timeout_s >= 0, "federation.client_timeout_s", "must be >= 0")
-        _check(
-            self.max_weight_ratio == 0 or self.max_weight_ratio >= 1,
-            "federation.max_weight_ratio",
-            f"must be 0 (off) or at least 1, got {self.max_weight_ratio}",
-        )
-        _check(
-            self.clip_ratio == 0 or self.clip_ratio >= 1,
-            "federation.clip_ratio",
-            f"must be 0 (off) or at least 1, got {self.clip_ratio}",
-        )
-        _check(self.clip_norm >= 0, "federation.clip_norm", "must be >= 0 (0 = off)")
-        _check(
-            self.clip_action in ("clip", "refuse"),
-            "federation.clip_action",
-            f"must be 'clip' or 'refuse', got {self.clip_action!r}",
-        )
-        _check(self.max_reply_mb > 0, "federation.max_reply_mb", "must be positive")
-        _check(
-            all(isinstance(k, str) and k.strip() for k in self.node_keys),
-            "federation.node_keys",
-            "must be OpenSSH public keys (one line each), one per client",
-        )
 
 
 @dataclass(frozen=True)

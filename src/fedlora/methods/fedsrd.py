@@ -87,6 +87,7 @@ from fedlora.methods.common import (
     key,
     lora_payload,
 )
+from fedlora.methods.fedsrd_report import stability_report
 from fedlora.methods.registry import register
 from fedlora.ops.factored import numerical_rank, truncated_factors
 from fedlora.ops.masks import dare_dense
@@ -244,50 +245,6 @@ def least_squares_step(
     if factor == "B":
         return solve_b_terms(terms, a_prev, ridge)
     return solve_a_terms(terms, b_prev, ridge)
-
-
-COND_WARN = 1e4
-"""A solved-against factor worse conditioned than this amplifies its weakest direction by
-at least this much relative to its strongest (docs/methods.md, "FedSRD's stability")."""
-
-GROWTH_WARN = 10.0
-"""A round that multiplies ‖A‖ or ‖B‖ (over all layers) by more than this is flagged."""
-
-
-def stability_report(
-    factor: str,
-    conditions: Sequence[float],
-    before: Mapping[str, float],
-    after: Mapping[str, float],
-) -> dict[str, Any]:
-    """The round's solve diagnostics: the solved-against factor's condition numbers
-    (max and median over layers), the norms of A and B over all layers before and after the
-    update, and a warning when either crosses :data:`COND_WARN` / :data:`GROWTH_WARN`."""
-    ordered = sorted(conditions)
-    report: dict[str, Any] = {
-        "solved_against": "A" if factor == "B" else "B",
-        "cond_max": ordered[-1],
-        "cond_median": ordered[len(ordered) // 2],
-        "norm_a": after["A"],
-        "norm_b": after["B"],
-    }
-    growth = {p: after[p] / before[p] for p in ("A", "B") if before[p] > 0}
-    problems = []
-    if report["cond_max"] > COND_WARN:
-        problems.append(
-            f"{report['solved_against']} is ill-conditioned (condition number "
-            f"{report['cond_max']:.3g} > {COND_WARN:g})"
-        )
-    problems += [
-        f"‖{p}‖ grew {g:.3g}× in one round" for p, g in sorted(growth.items()) if g > GROWTH_WARN
-    ]
-    if problems:
-        report["warning"] = (
-            "FedSRD's solve may be blowing up: "
-            + "; ".join(problems)
-            + (" (method.fedsrd.ridge stabilises it; docs/methods.md)")
-        )
-    return report
 
 
 def _norms(tensors: Mapping[str, Tensor], setup: Setup) -> dict[str, float]:

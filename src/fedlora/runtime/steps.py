@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -61,6 +61,45 @@ def receive_broadcast(
     return decode(data, expected=None, max_bytes=max_bytes(cfg))
 
 
+def _local_trainer(
+    model: nn.Module,
+    method: Method,
+    setup: Setup,
+    client: ClientSpec,
+    examples: Sequence[Encoded],
+    cfg: RunConfig,
+    round_: int,
+    pad_id: int,
+    timer: Timer,
+    trained: list[LocalResult],
+) -> Callable[[ClientStart], Lora]:
+    """The client's local training from a start (what :func:`half_round` calls), appending
+    each result to ``trained``."""
+
+    def local(start: ClientStart) -> Lora:
+        # The regulariser compares the trained factors with the start, on the model's device.
+        here = on_device(start, device_of(model))
+        trained.append(
+            train_local(
+                model,
+                slot_name(client.rank, client.alpha),
+                start,
+                examples,
+                cfg.train,
+                client_seed(setup.seed, Stream.TRAIN, round_, client.cid),
+                pad_id,
+                regulariser=lambda current: method.regulariser(current, here),
+                timeout_s=cfg.federation.client_timeout_s,
+                timer=timer,
+                round_=round_,
+                rounds=max(round_, cfg.federation.rounds),
+            )
+        )
+        return trained[-1].adapter
+
+    return local
+
+
 def client_step(
     *,
     model: nn.Module,
@@ -92,27 +131,9 @@ def client_step(
     # The broadcast is applied (the start above) even if training fails below, so a client
     # that crashes in one round is still in sync for the next.
     trained: list[LocalResult] = []
-
-    def local(start: ClientStart) -> Lora:
-        # The regulariser compares the trained factors with the start, on the model's device.
-        here = on_device(start, device_of(model))
-        trained.append(
-            train_local(
-                model,
-                slot_name(client.rank, client.alpha),
-                start,
-                examples,
-                cfg.train,
-                client_seed(setup.seed, Stream.TRAIN, round_, client.cid),
-                pad_id,
-                regulariser=lambda current: method.regulariser(current, here),
-                timeout_s=cfg.federation.client_timeout_s,
-                timer=timer,
-                round_=round_,
-                rounds=max(round_, cfg.federation.rounds),
-            )
-        )
-        return trained[-1].adapter
+    local = _local_trainer(
+        model, method, setup, client, examples, cfg, round_, pad_id, timer, trained
+    )
 
     try:
         done = half_round(
