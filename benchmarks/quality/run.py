@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.quality.one_run import base_scores, made_by, run_one, summary_of, worker
 from benchmarks.quality.plan import (
     Budget,
     RunSpec,
@@ -49,16 +50,11 @@ from benchmarks.quality.plan import (
 from benchmarks.quality.provenance import (
     MixedCode,
     check_one_code,
-    code_version,
     read_record,
     record_path,
-    run_record,
-    write_record,
 )
 from benchmarks.quality.report import (
-    read_metrics,
     results_doc,
-    summarise_run,
     write_report,
 )
 from benchmarks.quality.tuning import choose, relative_loss
@@ -69,163 +65,6 @@ MB = 2**20
 RESULTS = Path(__file__).with_name("results")
 
 # --------------------------------------------------------------------------- running
-
-
-def _complete(run_dir: Path, rounds: int) -> bool:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return False
-    try:
-        recs = read_metrics(path)
-    except (json.JSONDecodeError, KeyError):
-        return False
-    return bool(recs) and int(recs[-1]["round"]) >= rounds and "eval" in recs[-1]
-
-
-def _run_dir(root: Path, spec: RunSpec) -> Path:
-    return root / "runs" / spec.slug() / f"seed{spec.seed}"
-
-
-def _split(spec: RunSpec) -> str:
-    return "validation" if spec.group == "tune" else "test"
-
-
-def _base_path(root: Path, seed: int, split: str = "test") -> Path:
-    return root / "base" / (f"seed{seed}.json" if split == "test" else f"{split}-seed{seed}.json")
-
-
-def base_scores(
-    budget: Budget, seed: int, root: Path, files: Sequence[str], split: str = "test"
-) -> dict[str, Any]:
-    """The base model's scores on every evaluation set of ``seed`` (and ``split``: the test
-    sets or the validation slices), computed once and kept in ``base/`` with what they
-    depend on (model, data, sequence length); a stored file that no longer matches the
-    budget is recomputed."""
-    from fedlora import config
-    from fedlora.runtime.assemble import assemble
-    from fedlora.runtime.driver import evaluation
-    from fedlora.runtime.run_folder import RunState
-    from fedlora.runtime.simulation import InProcess
-
-    path = _base_path(root, seed, split)
-    spec = RunSpec("base", "base", "fedavg", seed, settings=(f"data.eval_split={split!r}",))
-    cfg = config.load(None, spec.overrides(budget, root / "base" / "unused", files))
-    plain = config.to_dict(cfg)
-    key = {"model": plain["model"], "data": plain["data"], "seq_len": cfg.train.seq_len}
-    if path.is_file():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("key") == key:
-            return dict(stored)
-    log.info("scoring the base model for seed %d (%s)", seed, split)
-    fed = assemble(cfg, lambda kind, info: None)
-    rs = RunState(0, fed.method.init_server(fed.setup), {})
-    evaluated = evaluation(fed, InProcess(fed), rs, {})
-    doc = {"key": key, "eval": evaluated.scores, "eval_seconds": evaluated.seconds}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return doc
-
-
-def made_by(root: Path) -> str | None:
-    """The command that made the runs in ``root`` (a report-only command records none)."""
-    path = root / "command.txt"
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
-
-
-def _spec_doc(spec: RunSpec, lr: float | None) -> dict[str, Any]:
-    return {
-        "label": spec.label,
-        "group": spec.group,
-        "method": spec.method,
-        "seed": spec.seed,
-        "options": dict(spec.options),
-        "ranks": list(spec.ranks),
-        "settings": list(spec.settings),
-        "tuned_as": spec.tuned_as,
-        "local_steps": spec.local_steps,
-        "lr": spec.lr if spec.lr is not None else lr,
-    }
-
-
-def summary_of(record: Mapping[str, Any], clients: int) -> dict[str, Any]:
-    """A run's summary from its provenance record alone."""
-    spec = record["spec"]
-    return {
-        **{k: spec[k] for k in ("label", "group", "method", "seed", "options", "ranks", "lr")},
-        "reused": True,
-        "finished": True,
-        "code": record.get("code"),
-        **record["made"],
-        **summarise_run(record["records"], record["base_eval"], clients),
-    }
-
-
-def run_one(
-    spec: RunSpec,
-    budget: Budget,
-    root: Path,
-    files: Sequence[str],
-    verify: bool = True,
-    lr: float | None = None,
-    results: Path | None = None,
-) -> dict[str, Any]:
-    """Run (or reuse, or resume) one federation at learning rate ``lr`` (a tuning row's
-    own, else the tuned one), keep its provenance record in ``results`` (default
-    ``root/results``) and summarise it. With ``verify`` a folder holding a run of another
-    budget or setting is refused."""
-    from fedlora import config
-    from fedlora.runtime.run_folder import check_run_dir
-    from fedlora.runtime.simulation import run
-
-    results = results or root / "results"
-    run_dir = _run_dir(root, spec)
-    kept_at = record_path(results, spec.slug(), spec.seed)
-    began = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    cfg = config.load(None, spec.overrides(budget, run_dir, files, lr))
-    resume = (run_dir / "config.json").is_file()
-    if resume and verify:  # a folder of another budget or setting is refused, never reused
-        check_run_dir(cfg, resume=True)
-    reused = _complete(run_dir, budget.rounds)
-    kept = read_record(kept_at)
-    if reused and kept is not None and kept["config"] == config.to_dict(cfg):
-        return {**summary_of(kept, budget.clients), "run_dir": str(run_dir)}
-    if not reused:
-        log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)
-        run(cfg, resume=resume)
-    made = {
-        "wall_s": None if reused else time.perf_counter() - began,
-        "load_1min": None if reused else [load_before, os.getloadavg()[0]],
-        "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    base = json.loads(_base_path(root, spec.seed, _split(spec)).read_text(encoding="utf-8"))
-    record = run_record(
-        _spec_doc(spec, lr),
-        config.to_dict(cfg),
-        read_metrics(run_dir / "metrics.jsonl"),
-        made,
-        code_version(),
-    )
-    record["base_eval"] = base["eval"]
-    write_record(kept_at, record)
-    return {**summary_of(record, budget.clients), "reused": reused, "run_dir": str(run_dir)}
-
-
-def _worker(
-    spec: RunSpec,
-    budget: Budget,
-    root: Path,
-    files: Sequence[str],
-    threads: int,
-    lr: float | None,
-    results: Path,
-) -> dict[str, Any]:
-    """A run in a child process with ``threads`` torch threads (``--jobs`` > 1)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return run_one(spec, budget, root, files, lr=lr, results=results)
 
 
 @dataclass
@@ -322,7 +161,7 @@ def _run_parallel(progress: _Progress, files: Sequence[str], jobs: int) -> None:
                     spec = progress.specs[i]
                     args = (spec, progress.budget, progress.root, files, threads)
                     more = (progress.lr_of(spec), progress.results)
-                    pending[pool.submit(_worker, *args, *more)] = i
+                    pending[pool.submit(worker, *args, *more)] = i
             if not pending:
                 break
             ready, _ = wait(pending, return_when=FIRST_COMPLETED)
