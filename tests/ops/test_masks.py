@@ -217,3 +217,12 @@ def test_dense_dare_is_the_sparse_dare_bit_for_bit() -> None:
         want = dare(delta, drop, 42).to_dense()
         got = dare_dense(delta, drop, 42)
         assert torch.equal(got.view(torch.int32), want.view(torch.int32)), drop
+
+
+def test_dare_dense_keeps_the_delta_on_its_own_device() -> None:
+    # The seeded mask is built on the CPU; a server step on a GPU passes a GPU delta. The
+    # meta device stands in for any device that is not the CPU.
+    from fedlora.ops.masks import dare_dense
+
+    out = dare_dense(torch.empty(6, 5, device="meta"), 0.5, seed=3)
+    assert out.device.type == "meta" and out.shape == (6, 5)

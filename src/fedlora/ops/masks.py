@@ -133,8 +133,8 @@ def dare_dense(delta: Tensor, drop: float, seed: int) -> Tensor:
     caller that applies the delta and keeps it dense)."""
     _check_ratio(drop, "drop")
     keep = 1.0 - drop
-    mask = dare_mask(seed, tuple(delta.shape), drop)
-    return torch.where(mask, delta / keep, torch.zeros((), dtype=delta.dtype))
+    mask = dare_mask(seed, tuple(delta.shape), drop).to(delta.device)
+    return torch.where(mask, delta / keep, torch.zeros((), dtype=delta.dtype, device=delta.device))
 
 
 def rescale_pruned(original: Tensor, pruned: Tensor) -> Tensor:

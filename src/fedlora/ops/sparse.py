@@ -50,6 +50,6 @@ class Sparse:
     @staticmethod
     def from_seeded_mask(dense: torch.Tensor, seed: int, keep_prob: float) -> Sparse:
         """Keep ``dense`` where the portable seeded mask is true (positions regenerable)."""
-        mask = seeded_keep_mask(seed, dense.numel(), keep_prob)
+        mask = seeded_keep_mask(seed, dense.numel(), keep_prob).to(dense.device)
         s = Sparse.from_mask(dense, mask)
         return Sparse(s.shape, s.indices, s.values, mask_seed=seed, keep_prob=keep_prob)
