@@ -102,7 +102,8 @@ def useful_flops_per_token(
 ) -> tuple[float, FlopCounter]:
     """Counted flops of one packed micro-batch's forward and backward, per real token."""
     picked = [examples[i] for i in sampler(examples, "pack", cfg.train.batch_size, 0).take(8)]
-    batch = batch_of(picked, "pack", pad_id, cfg.train.seq_len)
+    device = next(model.parameters()).device
+    batch = batch_of(picked, "pack", pad_id, cfg.train.seq_len, device)
     model.set_adapter(slot)  # type: ignore[operator]
     params = set_trainable(model, slot, frozenset({"A", "B"}))
     model.train()
@@ -132,7 +133,9 @@ def measure_scenario(
     examples = _examples(cfg, tokenizer)
     pad_id = pad_id_of(tokenizer)
     per_token, counter = useful_flops_per_token(model, slot, examples, cfg, pad_id)
-    rate = machine_rates(counter).get("matmul", float("nan"))
+    # the rate of the device and precision the model trains in (bf16 on a GPU, say)
+    weights = max(model.parameters(), key=lambda p: p.numel())
+    rate = machine_rates(counter, weights.device, weights.dtype).get("matmul", float("nan"))
     sides = {m: Side(m, padding=padding_share(examples, cfg, m, pad_id)) for m in MODES}
     trl_model = None
     if with_trl and trl_available():

@@ -103,16 +103,18 @@ def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 
 CPU = torch.device("cpu")
 
 
-def machine_rates(counter: FlopCounter, device: torch.device = CPU) -> dict[str, float]:
-    """GFLOP/s of ``device`` on the matrix product and the R-only QR at the shapes that cost
-    ``counter``'s step the most (float32; on the CPU, torch's threads)."""
+def machine_rates(
+    counter: FlopCounter, device: torch.device = CPU, dtype: torch.dtype = torch.float32
+) -> dict[str, float]:
+    """GFLOP/s of ``device`` on the matrix product (in ``dtype``) and the R-only QR (float32)
+    at the shapes that cost ``counter``'s step the most (on the CPU, torch's threads)."""
     gen = torch.Generator().manual_seed(0)
     rates: dict[str, float] = {}
     mm = counter.heaviest("matmul")
     if mm is not None:
         m, k, n = mm
-        a = torch.randn(m, k, generator=gen).to(device)
-        b = torch.randn(k, n, generator=gen).to(device)
+        a = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
+        b = torch.randn(k, n, generator=gen).to(device=device, dtype=dtype)
         rates["matmul"] = 2.0 * m * k * n / _median_seconds(lambda: a @ b, device) / 1e9
     qr = counter.heaviest("qr")
     if qr is None:  # a step that factorises by SVD or eigh only: its rate at that size
