@@ -30,12 +30,14 @@ def test_two_local_steps_faithful_explodes_and_stabilised_learns(tmp_path: Path)
     faithful = _rounds(tmp_path, "faithful", "method=fedsrd", regime="tiny-two-steps")
     stable = _rounds(tmp_path, "stable", "method=fedsrd", *STABLE, regime="tiny-two-steps")
     # Assert: the faithful kept support is one column of r = 8 and A explodes while its loss
-    # rises in some round; the stabilised one keeps every rank, bounded A, a falling loss
+    # climbs back above its lowest point (by more than a round-to-round jitter: the climb is
+    # spread over several rounds, so no single step is asserted); the stabilised one keeps
+    # every rank, bounded A, a falling loss
     assert faithful[1]["kept_rank_B_min"] == 1 / 8
     assert faithful[-1]["norm_a"] > 1e6 * faithful[1]["norm_a"]
-    assert any(
-        b["loss"] > a["loss"] + 0.02 for a, b in zip(faithful[1:], faithful[2:], strict=False)
-    )
+    losses = [r["loss"] for r in faithful[1:]]
+    lowest = losses.index(min(losses))
+    assert max(losses[lowest:]) > losses[lowest] + 0.03
     assert stable[1]["kept_rank_B_min"] == 1.0
     assert stable[-1]["norm_a"] < 2 * stable[1]["norm_a"]
     assert all(b["loss"] <= a["loss"] + 1e-3 for a, b in zip(stable, stable[1:], strict=False))
