@@ -4,20 +4,26 @@ and when and under what load it ran; the report is computed from these files alo
 
 ``code`` is the git tree hash of ``src/fedlora`` (what decides a result; a commit that only
 touches docs or benchmarks keeps it), ``commit`` the commit checked out, ``dirty`` whether
-``src/fedlora`` had uncommitted changes. A report refuses to mix runs of different ``code``
-unless told (``--allow-mixed-code``).
+``src/fedlora`` had uncommitted changes, ``environment`` the interpreter and the versions of
+the packages that compute a result (float results drift between environments: a FedSRD
+validation score moved 2% between two sittings whose venvs were installed apart). A report
+refuses to mix runs of different ``code`` unless told (``--allow-mixed-code``).
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = "src/fedlora"
+#: The packages whose versions a record keeps.
+PACKAGES = ("torch", "transformers", "peft", "numpy", "accelerate", "safetensors", "tokenizers")
 
 
 def _git(*args: str) -> str:
@@ -36,7 +42,20 @@ def code_version() -> dict[str, Any]:
         "commit": _git("rev-parse", "HEAD") or "unknown",
         "code": _git("rev-parse", f"HEAD:{LIBRARY}") or "unknown",
         "dirty": bool(_git("status", "--porcelain", "--", LIBRARY)),
+        "environment": environment(),
     }
+
+
+def environment() -> dict[str, str]:
+    """The interpreter's version and those of :data:`PACKAGES` (``"absent"`` if one is not
+    installed)."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
 
 
 def record_path(results: Path, slug: str, seed: int) -> Path:

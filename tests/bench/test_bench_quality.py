@@ -411,3 +411,15 @@ def test_the_report_regenerates_byte_identically_from_its_results_json(
     assert sorted(p.name for p in alone.glob("*.png")) == sorted(
         p.name for p in (quick / "results").glob("*.png")
     )
+
+
+def test_a_record_keeps_the_versions_that_compute_its_numbers() -> None:
+    import platform
+
+    import torch
+
+    from benchmarks.quality.provenance import code_version
+
+    env = code_version()["environment"]
+    assert env["torch"] == torch.__version__ and env["python"] == platform.python_version()
+    assert set(env) >= {"transformers", "peft", "numpy"}
