@@ -141,7 +141,10 @@ def run_one(
         check_run_dir(cfg, resume=True)
     reused = _complete(run_dir, budget.rounds)
     kept = read_record(kept_at)
-    if reused and kept is not None and kept["config"] == config.to_dict(cfg):
+    # compared as JSON (a kept record's tuples read back as lists), so that a finished run's
+    # record is reused, never rewritten with a later commit and time
+    as_kept = json.loads(json.dumps(config.to_dict(cfg)))
+    if reused and kept is not None and kept["config"] == as_kept:
         return {**summary_of(kept, budget.clients), "run_dir": str(run_dir)}
     if not reused:
         log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)

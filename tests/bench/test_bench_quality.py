@@ -137,6 +137,17 @@ def test_report_only_rereads_finished_runs_without_running(quick: Path) -> None:
     assert [r["id_loss"] for r in after["rows"]] == [r["id_loss"] for r in before["rows"]]
 
 
+def test_a_resumed_benchmark_leaves_kept_records_as_they_were(quick: Path) -> None:
+    # Prepare: the kept records of the finished quick plan, byte for byte
+    kept = {p: p.read_bytes() for p in sorted((quick / "results" / "runs").rglob("*.json"))}
+
+    # Execute: the same command again, which finds every run finished
+    assert main(["--quick", "--out", str(quick)]) == 0
+
+    # Assert: no record was rewritten (its commit, time and load are the run's own)
+    assert kept and {p: p.read_bytes() for p in kept} == kept
+
+
 def _records() -> list[dict[str, Any]]:
     """Metrics records of a 2-round run with choice tasks and an OOD set."""
     ev = [
