@@ -5,8 +5,7 @@ and when and under what load it ran; the report is computed from these files alo
 ``code`` is the git tree hash of ``src/fedlora`` (what decides a result; a commit that only
 touches docs or benchmarks keeps it), ``commit`` the commit checked out, ``dirty`` whether
 ``src/fedlora`` had uncommitted changes, ``environment`` the interpreter and the versions of
-the packages that compute a result (float results drift between environments: a FedSRD
-validation score moved 2% between two sittings whose venvs were installed apart). A report
+the packages that compute a result (float results drift between environments). A report
 refuses to mix runs of different ``code`` unless told (``--allow-mixed-code``).
 """
 
