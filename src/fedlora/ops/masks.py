@@ -134,7 +134,7 @@ def dare_dense(delta: Tensor, drop: float, seed: int) -> Tensor:
     _check_ratio(drop, "drop")
     keep = 1.0 - drop
     mask = dare_mask(seed, tuple(delta.shape), drop).to(delta.device)
-    return torch.where(mask, delta / keep, delta.new_zeros(()))
+    return torch.where(mask, delta / keep, torch.zeros((), dtype=delta.dtype, device=delta.device))
 
 
 def rescale_pruned(original: Tensor, pruned: Tensor) -> Tensor:
