@@ -202,7 +202,9 @@ class RunSpec:
         if files:
             out += ['data.partition="files"', f"data.files={json.dumps(list(files))}"]
         if any(x.startswith("privacy.mode") for x in self.settings):
-            out.append(f"privacy.noise_seed={self.seed}")  # DP rows pair by seed too
+            # DP rows pair by seed too: seeded noise, so each such run declares itself not
+            # private (it measures the utility at the σ its ε calibrates)
+            out += [f"privacy.noise_seed={self.seed}", "privacy.not_private=true"]
         return [*out, *self.settings]
 
 

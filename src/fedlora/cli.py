@@ -80,11 +80,18 @@ class RoundTable:
             self._line(f"cumulative MB per client: up {self.cum_up:.3f}, down {self.cum_down:.3f}")
             if self.privacy is not None:
                 p = self.privacy
-                self._line(
-                    f"privacy: ε = {p['epsilon']:.3g} at δ = {p['delta']:g} (noise multiplier "
-                    f"{p['noise_multiplier']:.3g}, clip {p['clip_norm']:g}, sample rate "
-                    f"{p['sample_rate']:g})"
+                mechanism = (
+                    f"noise multiplier {p['noise_multiplier']:.3g}, clip {p['clip_norm']:g}, "
+                    f"{p['sampling']} sampling at rate {p['sample_rate']:g}, "
+                    f"{p['releases']} releases"
                 )
+                if p.get("epsilon") is None:
+                    self._line(f"privacy: NOT PRIVATE, no ε ({p['void']}); {mechanism}")
+                else:
+                    self._line(
+                        f"privacy: ε = {p['epsilon']:.3g} at δ = {p['delta']:g}, "
+                        f"{p['adjacency']} (RDP bound {p['epsilon_rdp']:.3g}); {mechanism}"
+                    )
 
     def _start(self, info: dict[str, Any]) -> None:
         """The run's header, each client's data, and the totals of rounds already done."""

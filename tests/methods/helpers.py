@@ -248,6 +248,22 @@ def trained_sum(
     return out
 
 
+def entry_kind(entry: Tensor | Sparse | SeededInit) -> str:
+    """The wire kind a payload entry travels as (before the codec's dense fallback)."""
+    if isinstance(entry, Sparse):
+        return "sparse"
+    return "seeded" if isinstance(entry, SeededInit) else "dense"
+
+
+def conforms(payload: Payload, schema: Mapping[str, Any]) -> bool:
+    """Whether ``payload`` holds exactly the schema's names, each of its shape and a kind
+    the schema allows."""
+    return payload.keys() == schema.keys() and all(
+        tuple(entry.shape) == schema[name].shape and entry_kind(entry) in schema[name].kinds
+        for name, entry in payload.items()
+    )
+
+
 def rel_err(x: Tensor, ref: Tensor) -> float:
     """``||x - ref||_F / ||ref||_F`` in float64."""
     return float(torch.linalg.norm(x.double() - ref.double()) / torch.linalg.norm(ref.double()))

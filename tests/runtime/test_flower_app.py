@@ -111,7 +111,8 @@ def test_instruction_and_report_round_trip() -> None:
     rep = ClientOutcome(
         cid=1,
         round=3,
-        upload=Transfer(b"\xff" * 7, 12, {"x": {"dense": 1}}),
+        # what an upload holds is the server's to count when it decodes it, not the node's
+        upload=Transfer(b"\xff" * 7, 0, {}),
         n_samples=9,
         train_loss=0.5,
         tokens=40,
@@ -353,15 +354,18 @@ def test_resumed_flower_run_resynchronises_fresh_nodes(
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("[" * 50_000 + "]" * 50_000, "nests deeper"),
+        ("[" * 30_000 + "]" * 30_000, "nests deeper"),
         ('{"a": {"b": {"c": {"d": {"e": 1}}}}}', "nests deeper"),
-        ("{" + '"k": 1, ' * 200_000 + '"z": 0}', "characters long"),
+        ("{" + '"k": 1, ' * 20_000 + '"z": 0}', "characters long"),
+        ('{"loss": NaN}', "not JSON"),
+        ('{"ratio": [1, Infinity]}', "not JSON"),
+        ('{"' + "k" * 200 + '": 1}', "key of 200 characters"),
         ("{not json", "not JSON"),
     ],
 )
 def test_a_hostile_json_field_is_refused_before_it_is_parsed(text: str, problem: str) -> None:
     content = report_content(ClientOutcome(cid=0, round=1))
-    content.config_records["fedlora"]["encodings"] = text
+    content.config_records["fedlora"]["upload_report"] = text
 
     with pytest.raises(PayloadError, match=problem):
         read_report(content)
@@ -396,3 +400,25 @@ def test_a_node_reads_only_the_data_its_own_config_names(client_files: list[str]
     with pytest.raises(ConfigError, match="names no data-file"):
         node_data(as_sent, None)
     assert node_data(as_sent, client_files[1]).files == (client_files[1],) * 3
+
+
+def test_a_deployment_beyond_loopback_needs_node_keys_unless_told_otherwise(
+    tmp_path: Path, client_files: list[str]
+) -> None:
+    from fedlora.errors import ConfigError
+    from fedlora.runtime.flower.launch import run_config_args, run_flower
+    from fedlora.runtime.flower.server import ServerOptions, require_identity
+
+    cfg = config.load(None, tiny_overrides(tmp_path, client_files))
+    open_door = config.load(
+        None, [*tiny_overrides(tmp_path, client_files), "federation.allow_unauthenticated=true"]
+    )
+
+    with pytest.raises(ConfigError, match="federation.node_keys: a deployment whose SuperLink"):
+        run_flower(cfg, runtime="flower", superlink="10.1.2.3:9093", resume=False)
+    with pytest.raises(ConfigError, match="federation.allow_unauthenticated"):
+        require_identity(cfg, loopback=False)  # a ServerApp started by `flwr run` by hand
+    require_identity(cfg, loopback=True)
+    require_identity(open_door, loopback=False)
+    assert "superlink-loopback=true" in run_config_args(cfg, False, ServerOptions(), True)
+    assert "superlink-loopback=false" in run_config_args(cfg, False, ServerOptions())

@@ -19,8 +19,11 @@ class PrivacyConfig:
     do not depend on the data. Give ``noise_multiplier`` (ε is then reported) or
     ``target_epsilon`` (the noise is calibrated to it over the planned rounds), or both (a run
     that would exceed the target stops at start). ``delta`` defaults to 1/N clients rounded
-    down to a power of ten. The noise is drawn from a generator seeded from the operating
-    system's entropy; ``noise_seed`` fixes it, for tests only. See docs/threat-model.md."""
+    down to a power of ten. The noise and the sample of clients come from the operating
+    system's cryptographic source. ``noise_seed`` derives the noise from a seed and the sample
+    from the run's seed instead, which anyone who knows them can undo: it is refused unless
+    ``not_private = true`` declares the run not private (its ε is then void). See
+    docs/privacy.md and docs/threat-model.md."""
 
     mode: str = "none"
     clip_norm: float = 1.0
@@ -28,6 +31,7 @@ class PrivacyConfig:
     target_epsilon: float | None = None
     delta: float | None = None
     noise_seed: int | None = None
+    not_private: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -54,10 +58,22 @@ class PrivacyConfig:
             "privacy",
             "mode = central needs privacy.noise_multiplier or privacy.target_epsilon",
         )
+        _check(
+            self.noise_seed is None or self.not_private,
+            "privacy.noise_seed",
+            "a fixed noise seed lets anyone who knows it remove the noise; set "
+            "privacy.not_private = true to run without privacy (its ε is void), or leave "
+            "the noise to the operating system",
+        )
 
     @property
     def on(self) -> bool:
         return self.mode != "none"
+
+    @property
+    def secret(self) -> bool:
+        """Whether noise and sample must be unpredictable (DP on and the run private)."""
+        return self.on and not self.not_private
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,8 @@ class FederationConfig:
     per layer (a multiple of the round's lower median change of that layer / an absolute
     norm); ``clip_action`` scales a change back onto the bound or refuses the upload. On
     Flower, ``max_reply_mb`` refuses larger replies before parsing them, ``node_keys`` binds
-    each client id to a SuperNode key (OpenSSH public keys, one per client), and a method
+    each client id to a SuperNode key (OpenSSH public keys, one per client; a deployment
+    whose SuperLink is not on loopback needs them unless ``allow_unauthenticated``), and a method
     whose broadcast carries clients' own updates, or a round with one valid upload, is
     refused unless ``allow_individual_updates``. See docs/threat-model.md."""
 
@@ -87,6 +104,7 @@ class FederationConfig:
     max_reply_mb: float = 2048.0
     node_keys: tuple[str, ...] = ()
     allow_individual_updates: bool = False
+    allow_unauthenticated: bool = False
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", f"must be at least 1, got {self.rounds}")

@@ -52,6 +52,26 @@ Payload = dict[str, "Tensor | Sparse | SeededInit"]
 travels as its seed and init rule only."""
 
 
+WHOLE = frozenset({"dense"})
+"""Entry kinds of an upload entry that is a whole value (a trained factor): dense only."""
+CHANGE = frozenset({"dense", "sparse"})
+"""Entry kinds of an upload entry that is a change from zero (a delta): it may travel sparse
+(positions, or a seeded mask), or dense when its positions would cost more than they save."""
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """What the server accepts for one upload entry: its (logical) shape and the wire kinds
+    it may travel as (:data:`WHOLE` or :data:`CHANGE`; a seeded init never is an upload)."""
+
+    shape: tuple[int, ...]
+    kinds: frozenset[str] = WHOLE
+
+
+Schema = dict[str, EntrySpec]
+"""Name -> :class:`EntrySpec` of every entry one client uploads."""
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """An adapted linear layer: ``W0`` is ``out_features × in_features`` (m×n)."""
@@ -211,9 +231,10 @@ class Method(Protocol):
         """JSON-ready figures about this client's upload for the round's metrics (e.g. the
         sparsity ratios FedSRD chose); ``{}`` for most methods. Computed on the client."""
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
-        """Names and (logical) shapes of every tensor ``client`` uploads; the server decodes
-        uploads strictly against it."""
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
+        """Name, (logical) shape and wire kinds of every tensor ``client`` uploads; the
+        server decodes uploads strictly against it (an entry of another name, shape or kind
+        drops the client)."""
 
     def upload_reference(
         self, start: ClientStart, setup: Setup, client: ClientSpec

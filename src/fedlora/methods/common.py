@@ -9,12 +9,15 @@ from typing import Any
 import torch
 
 from fedlora.methods.base import (
+    WHOLE,
     ClientSpec,
     ClientStart,
+    EntrySpec,
     Factored,
     Lora,
     LoraPair,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -79,7 +82,7 @@ class DefaultHooks:
     ) -> dict[str, Any]:
         return {}
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         """Default: the client uploads ``layer.A`` (r×n) and ``layer.B`` (m×r) of every layer."""
         return lora_schema(setup, client.rank)
 
@@ -96,14 +99,15 @@ class DefaultHooks:
         return out
 
 
-def lora_schema(setup: Setup, rank: int, parts: str = "AB") -> dict[str, tuple[int, ...]]:
-    """Shapes of ``layer.A`` / ``layer.B`` entries of a rank-``rank`` adapter payload."""
-    out: dict[str, tuple[int, ...]] = {}
+def lora_schema(setup: Setup, rank: int, parts: str = "AB") -> Schema:
+    """The ``layer.A`` / ``layer.B`` entries of a rank-``rank`` adapter upload: whole
+    factors, dense."""
+    out: Schema = {}
     for spec in setup.layers:
         if "A" in parts:
-            out[key(spec.name, "A")] = (rank, spec.in_features)
+            out[key(spec.name, "A")] = EntrySpec((rank, spec.in_features), WHOLE)
         if "B" in parts:
-            out[key(spec.name, "B")] = (spec.out_features, rank)
+            out[key(spec.name, "B")] = EntrySpec((spec.out_features, rank), WHOLE)
     return out
 
 

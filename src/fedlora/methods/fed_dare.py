@@ -39,6 +39,7 @@ from fedlora.methods.base import (
     ClientStart,
     Lora,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -90,7 +91,7 @@ class FedDare(synced.DeltaSynced):
         new_view = synced.apply_broadcast(view, payload, setup)
         return ClientStart(adapter=synced.lora_from_view(new_view, setup), view=new_view)
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         return synced.delta_schema(setup, client.rank)
 
     def upload(

@@ -45,10 +45,12 @@ from fedlora.methods import synced
 from fedlora.methods.base import (
     ClientSpec,
     ClientStart,
+    EntrySpec,
     Factored,
     Lora,
     LoraPair,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -144,8 +146,8 @@ class FedSb(synced.SharedAdapter):
             basis[s.name] = fixed.B
         return ClientStart(adapter=adapter, trainable=frozenset({"B"}), b_basis=basis)
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
-        return {key(s.name, "R"): (client.rank, client.rank) for s in setup.layers}
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
+        return {key(s.name, "R"): EntrySpec((client.rank, client.rank)) for s in setup.layers}
 
     def upload(
         self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int

@@ -46,6 +46,7 @@ from fedlora.methods.base import (
     Lora,
     LoraPair,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -146,7 +147,7 @@ class FedSa(synced.SharedAdapter):
             for layer, (_, shared_a) in update.items()
         }
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         return lora_schema(setup, client.rank, "A")
 
     def upload(

@@ -75,18 +75,14 @@ from fedlora.methods.base import (
     Lora,
     LoraPair,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import (
-    dense,
-    initial_payload,
-    key,
-    lora_payload,
-)
+from fedlora.methods.common import dense, initial_payload, key, lora_payload
 from fedlora.methods.fedsrd_report import stability_report
 from fedlora.methods.registry import register
 from fedlora.ops.factored import numerical_rank, truncated_factors
@@ -341,7 +337,7 @@ class _FedSRDBase(synced.DeltaSynced):
 
     # -- uplink ----------------------------------------------------------------------------
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         return synced.delta_schema(setup, client.rank)
 
     def _sparsified(

@@ -43,6 +43,7 @@ from fedlora.methods.base import (
     Lora,
     LoraPair,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -97,7 +98,7 @@ class FedSvd(synced.SharedAdapter):
     ) -> ClientStart:
         return ClientStart(adapter=lora_from_payload(payload, setup), trainable=frozenset({"B"}))
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         return lora_schema(setup, client.rank, "B")
 
     def upload(

@@ -43,6 +43,7 @@ from fedlora.methods.base import (
     Lora,
     LoraPair,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -137,7 +138,7 @@ class Ffa(DefaultHooks):
     ) -> Payload:
         return {key(layer, "B"): pair.B.detach().clone() for layer, pair in trained.items()}
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         return lora_schema(setup, client.rank, "B")
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:

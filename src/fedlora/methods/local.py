@@ -27,6 +27,7 @@ from fedlora.methods.base import (
     Lora,
     LoraPair,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -110,7 +111,7 @@ class Local(DefaultHooks):
             for s in setup.layers
         }
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         return {}
 
     def upload(

@@ -39,6 +39,7 @@ from fedlora.methods.base import (
     ClientStart,
     Lora,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -86,7 +87,7 @@ class RoLora(synced.DeltaSynced):
             view=new_view,
         )
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         return synced.delta_schema(setup, client.rank)
 
     def upload(

@@ -33,11 +33,14 @@ import torch
 
 from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import (
+    CHANGE,
     ClientSpec,
+    EntrySpec,
     Factored,
     Lora,
     LoraPair,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -195,12 +198,13 @@ def view_round(view: Mapping[str, Tensor]) -> int:
     return int(view[ROUND])
 
 
-def delta_schema(setup: Setup, rank: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of the ``layer.dA`` (r×n) and ``layer.dB`` (m×r) upload entries."""
-    out: dict[str, tuple[int, ...]] = {}
+def delta_schema(setup: Setup, rank: int) -> Schema:
+    """The ``layer.dA`` (r×n) and ``layer.dB`` (m×r) upload entries: changes, which may
+    travel sparse."""
+    out: Schema = {}
     for s in setup.layers:
-        out[key(s.name, "dA")] = (rank, s.in_features)
-        out[key(s.name, "dB")] = (s.out_features, rank)
+        out[key(s.name, "dA")] = EntrySpec((rank, s.in_features), CHANGE)
+        out[key(s.name, "dB")] = EntrySpec((s.out_features, rank), CHANGE)
     return out
 
 

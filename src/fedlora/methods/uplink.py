@@ -40,12 +40,15 @@ import torch
 
 from fedlora.errors import ConfigError
 from fedlora.methods.base import (
+    CHANGE,
     ClientSpec,
     ClientStart,
+    EntrySpec,
     Factored,
     Lora,
     Method,
     Payload,
+    Schema,
     ServerState,
     Setup,
     Tensor,
@@ -141,8 +144,10 @@ class SparseUplink:
     def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
         return self.inner.regulariser(current, start)
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> dict[str, tuple[int, ...]]:
-        return self.inner.upload_schema(setup, client)
+    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
+        """The wrapped method's entries, as changes: they may travel sparse."""
+        inner = self.inner.upload_schema(setup, client)
+        return {name: EntrySpec(entry.shape, CHANGE) for name, entry in inner.items()}
 
     def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
         return self.inner.global_delta(state, setup)

@@ -27,8 +27,8 @@ sampled, is dropped with that reason.
 
 from __future__ import annotations
 
-import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,11 +42,13 @@ from fedlora.methods.base import Factored, Method, Payload, Setup, Tensor
 from fedlora.methods.half_round import client_start
 from fedlora.ops.seeds import Stream, stream_seed
 from fedlora.runtime import checkpoint
+from fedlora.runtime.accounting import Release
 from fedlora.runtime.assemble import Federation
 from fedlora.runtime.evaluate import Scores
 from fedlora.runtime.outcome import ClientOutcome, Transfer
 from fedlora.runtime.privacy import Plan as PrivacyPlan
-from fedlora.runtime.records import Evaluation, RoundRecord
+from fedlora.runtime.privacy import round_size
+from fedlora.runtime.records import Evaluation, RoundRecord, dumps
 from fedlora.runtime.run_folder import RunState, start_or_resume
 from fedlora.runtime.steps import ServerOutcome, max_bytes, send, server_step
 from fedlora.runtime.tensorboard import with_tensorboard
@@ -124,16 +126,24 @@ class Transport(Protocol):
 
 
 def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
-    """The clients that train in ``round_`` (seeded; sorted): ``clients_per_round`` of them,
-    or, with ``sampling = "poisson"``, each independently with probability ``sample_rate``
-    (possibly none: what a differential-privacy accountant of Poisson sampling assumes)."""
-    n = cfg.data.clients
+    """The clients that train in ``round_`` (sorted): ``clients_per_round`` of them, or, with
+    ``sampling = "poisson"``, each independently with probability ``sample_rate`` (possibly
+    none: what a differential-privacy accountant of Poisson sampling assumes).
+
+    Seeded by the run's seed (:data:`Stream.SAMPLING`), so a run repeats, except under
+    differential privacy: every node knows the seed, and the accountant's amplification by
+    sampling holds only if nobody can predict the sample, so a private run draws it from the
+    operating system's cryptographic source."""
+    n, count = cfg.data.clients, round_size(cfg)
+    if cfg.privacy.secret:
+        draw = secrets.SystemRandom()
+        if cfg.federation.sampling == "poisson":
+            return [k for k in range(n) if draw.random() < cfg.federation.sample_rate]
+        return sorted(draw.sample(range(n), count))
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, Stream.SAMPLING, round_))
     if cfg.federation.sampling == "poisson":
         draws = torch.rand(n, generator=gen, dtype=torch.float64)
         return [k for k in range(n) if float(draws[k]) < cfg.federation.sample_rate]
-    want = cfg.federation.clients_per_round
-    count = max(1, round(want * n)) if want <= 1 else min(n, int(want))
     if count >= n:
         return list(range(n))
     return sorted(torch.randperm(n, generator=gen)[:count].tolist())
@@ -247,6 +257,9 @@ def run_round(
     )
     # A skipped round keeps the state, less what its broadcast already merged everywhere.
     rs.state = method.skip_round(server.state, setup) if server.skipped else server.state
+    if fed.privacy is not None and not server.skipped:
+        # counted before anything of it can leave: the evaluation below sends it to clients
+        rs.released(fed.privacy.release(t))
     warning = (rs.state.meta.get("report") or {}).get("warning") if not server.skipped else None
     if warning:
         log.warning("round %d: %s", t, warning)
@@ -259,7 +272,9 @@ def run_round(
         evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state, setup), last)
     return round_record(
         fed,
-        RoundFacts(t, sampled, dispatches, replies, set(uploads), server, transport.notes()),
+        RoundFacts(
+            t, sampled, dispatches, replies, set(uploads), server, transport.notes(), rs.releases
+        ),
         evaluated,
         time.perf_counter() - began,
     )
@@ -299,6 +314,8 @@ class RoundFacts:
     uploaded: set[int]
     server: ServerOutcome
     notes: Mapping[str, Any]
+    releases: Sequence[Release] = ()
+    """Every DP release so far (the ledger's)."""
 
 
 def round_record(
@@ -313,6 +330,9 @@ def round_record(
     up = {cid: facts.replies[cid] for cid in sorted(facts.uploaded)}
     loads = {str(c): o.upload for c, o in up.items() if o.upload is not None}
     replies, server = sorted(facts.replies.items()), facts.server
+    # What the server decoded, not what a client says of its upload (0 and {} if undecodable)
+    seen = {str(c): st for c, st in server.stats.items()}
+    private = fed.privacy is not None
     return RoundRecord(
         round=facts.t,
         method=fed.method.name,
@@ -323,11 +343,11 @@ def round_record(
         tokens={str(c): o.tokens for c, o in up.items()},
         truncated={str(c): o.truncated for c, o in up.items()},
         upload_bytes={c: u.nbytes for c, u in loads.items()},
-        upload_params={c: u.params for c, u in loads.items()},
+        upload_params={c: seen[c].nonzero if c in seen else 0 for c in loads},
         download_bytes={str(d.cid): d.broadcast.nbytes for d in facts.dispatches},
         download_params={str(d.cid): d.broadcast.params for d in facts.dispatches},
         encodings={
-            "upload": {c: u.encodings for c, u in loads.items()},
+            "upload": {c: seen[c].encodings() if c in seen else {} for c in loads},
             "download": {str(d.cid): d.broadcast.encodings for d in facts.dispatches},
         },
         transport_bytes={
@@ -343,12 +363,13 @@ def round_record(
         server_seconds=server.seconds,
         train_seconds={str(c): o.train_seconds for c, o in up.items()},
         client_overhead_seconds={str(c): o.overhead_seconds for c, o in up.items()},
-        upload_report={str(c): o.report for c, o in up.items() if o.report},
+        # Under DP a report's figures describe the unclipped update: none is kept
+        upload_report={} if private else {str(c): o.report for c, o in up.items() if o.report},
         round_seconds=seconds,
         ranks=server.state.meta.get("ranks"),
         server_report=server.state.meta.get("report") if not server.skipped else None,
         nodes_refused=facts.notes.get("nodes_refused"),
-        privacy=fed.privacy.spent(facts.t) if fed.privacy is not None else None,
+        privacy=fed.privacy.spent(facts.releases) if fed.privacy is not None else None,
         evaluation=evaluated,
     )
 
@@ -401,7 +422,10 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
     while rs.round < cfg.federation.rounds:
         record = run_round(fed, rs, transport, report).to_json()
         with metrics_path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(dumps(record) + "\n")
+        extra: dict[str, Any] = {"runtime": transport.name}
+        if fed.privacy is not None:
+            extra["releases"] = [r.to_json() for r in rs.releases]
         checkpoint.write(
             out / "checkpoints",
             checkpoint.Checkpoint(
@@ -409,7 +433,7 @@ def drive(fed: Federation, transport: Transport, out: Path, resume: bool, report
                 state=rs.state,
                 views={cid: v for cid, v in rs.views.items() if v is not None},
                 merges=rs.merges,
-                extra={"runtime": transport.name},
+                extra=extra,
             ),
         )
         report("round_done", {"round": rs.round, "record": record})

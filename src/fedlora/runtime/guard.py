@@ -141,10 +141,18 @@ def clip_changes(
     """
     if policy.ratio <= 0 and policy.norm <= 0:
         return list(uploads), {}, {}
-    norms = {u.cid: change_norms(u.payload, references.get(u.cid, {})) for u in uploads}
-    bounds = policy.bounds(norms)
-    kept, clipped, refused = [], {}, {}
+    norms: dict[int, dict[str, float]] = {}
+    refused: dict[int, str] = {}
     for u in uploads:
+        try:
+            norms[u.cid] = change_norms(u.payload, references.get(u.cid, {}))
+        except (ValueError, RuntimeError) as exc:  # the decoder's checks make this a bug
+            refused[u.cid] = f"its change cannot be measured: {exc}"
+    bounds = policy.bounds(norms)
+    kept, clipped = [], {}
+    for u in uploads:
+        if u.cid in refused:
+            continue
         over = {layer: bounds[layer] / n for layer, n in norms[u.cid].items() if n > bounds[layer]}
         if not over:
             kept.append(u)

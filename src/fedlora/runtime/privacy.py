@@ -1,4 +1,4 @@
-"""Client-level differential privacy (DP-FedAvg), with ε accounted by Opacus.
+"""Client-level differential privacy (DP-FedAvg): the mechanism and the run's plan.
 
 The mechanism, per round: every sampled client clips the change it uploads (its upload minus
 what it would have uploaded untrained, in the method's own representation: factors, deltas,
@@ -8,33 +8,47 @@ deviation ``σ·C`` to every coordinate, and divides by a denominator that does 
 the data (the expected number of participants: ``q·N`` under Poisson sampling, the fixed
 count otherwise). The method's server step then runs on that one noisy mean, as on one upload
 of uniform weight: everything after it, the broadcast's sparsification included, is
-post-processing.
+post-processing. ε is accounted in :mod:`fedlora.runtime.accounting` (replace-one adjacency).
 
-Accounting: the Rényi-DP accountant of Opacus (``opacus.accountants.analysis.rdp``) for the
-sampled Gaussian mechanism, composed over the rounds. Poisson sampling (``federation.sampling
-= "poisson"``) gets its amplification at rate ``q``; fixed-size sampling is accounted at
-``q = 1``, no amplification, which bounds it from above. Adjacent datasets differ in one
-client's whole data (client-level DP).
+**The noise.** Each round's noise comes from a fresh 256-bit key drawn from the operating
+system's cryptographic source (``secrets``), expanded by the ChaCha20 stream cipher into
+uniforms of 53 bits, turned into normals by Box–Muller in float64; each coordinate's noise is
+the sum of four such normals times ``σC/2`` (Opacus's ``secure_mode`` recipe, after Holohan
+and Braghin, against floating-point attacks on a single sample). Nothing about the noise is
+sent to a node. A fixed ``privacy.noise_seed`` derives the keys from it instead, and is only
+accepted in a run that declares itself not private (``privacy.not_private``): its ε is then
+void, in every record and on the console.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
 from fedlora.methods.base import Method, Payload, Upload
 from fedlora.methods.common import dense
-from fedlora.ops.seeds import label_seed
+from fedlora.runtime import accounting
+from fedlora.runtime.accounting import Release
 from fedlora.runtime.guard import change_norms, scale_changes
 
-ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
-"""Rényi orders the accountant minimises over (Opacus's default grid)."""
+log = logging.getLogger(__name__)
+
+VOID = (
+    "privacy.not_private = true: this run declares itself not private (its noise and its "
+    "sample of clients may be seeded, and then undone by anyone who knows the seeds); it has no ε"
+)
+CHUNK = 1 << 20
+"""Noise coordinates drawn per keystream chunk (bounds the transient memory to ~64 MiB)."""
 
 
 def default_delta(clients: int) -> float:
@@ -42,47 +56,10 @@ def default_delta(clients: int) -> float:
     return 10.0 ** math.floor(math.log10(1.0 / clients))
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """ε after ``rounds`` rounds of the sampled Gaussian mechanism (Opacus RDP)."""
-    from opacus.accountants.analysis import rdp
-
-    if rounds == 0:
-        return 0.0
-    if noise_multiplier == 0:
-        return math.inf
-    orders = ORDERS
-    spent = rdp.compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=rounds, orders=orders
-    )
-    eps, _ = rdp.get_privacy_spent(orders=orders, rdp=spent, delta=delta)
-    return float(eps)
-
-
-def calibrated_noise(target: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """The smallest noise multiplier (to Opacus's tolerance) whose ε after ``rounds`` is at most
-    ``target``."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=rounds,
-            accountant="rdp",
-            epsilon_tolerance=0.001,
-        )
-    )
-
-
-def rounds_allowed(noise_multiplier: float, sample_rate: float, delta: float, target: float) -> int:
-    """How many rounds stay within ``target`` (0 if not even one)."""
-    rounds = 0
-    while epsilon(noise_multiplier, sample_rate, rounds + 1, delta) <= target:
-        rounds += 1
-        if rounds >= 100_000:
-            break
-    return rounds
+def round_size(cfg: RunConfig) -> int:
+    """How many clients fixed-size sampling draws each round (``clients_per_round`` of N)."""
+    n, want = cfg.data.clients, cfg.federation.clients_per_round
+    return min(n, max(1, round(want * n)) if want <= 1 else int(want))
 
 
 @dataclass(frozen=True)
@@ -91,21 +68,39 @@ class Plan:
 
     clip_norm: float
     noise_multiplier: float
+    sampling: str
+    """``fixed`` or ``poisson`` (:mod:`fedlora.runtime.accounting`)."""
     sample_rate: float
-    """The ``q`` the accountant uses (1 under fixed-size sampling)."""
+    """``m/N`` under fixed-size sampling, ``q`` under Poisson sampling."""
     denominator: float
     """The data-independent count the noisy sum is divided by."""
     delta: float
-    noise_seed: int | None
+    private: bool = True
+    """False for a run declared not private (``privacy.not_private``): no ε is reported."""
+    noise_seed: int | None = None
+    """Only in a run declared not private: its noise keys derive from this seed."""
 
-    def spent(self, rounds: int) -> dict[str, float]:
-        """The record's ``privacy`` entry after ``rounds`` rounds."""
-        return {
-            "epsilon": epsilon(self.noise_multiplier, self.sample_rate, rounds, self.delta),
+    def release(self, round_: int) -> Release:
+        """The release one aggregated round makes."""
+        return Release(round_, self.sampling, self.sample_rate, self.noise_multiplier)
+
+    def spent(self, releases: Sequence[Release]) -> dict[str, Any]:
+        """The record's ``privacy`` entry after ``releases``."""
+        out: dict[str, Any] = {
             "delta": self.delta,
             "noise_multiplier": self.noise_multiplier,
+            "sampling": self.sampling,
             "sample_rate": self.sample_rate,
             "clip_norm": self.clip_norm,
+            "releases": len(releases),
+            "adjacency": accounting.ADJACENCY,
+        }
+        if not self.private:
+            return {**out, "epsilon": None, "epsilon_rdp": None, "void": VOID}
+        return {
+            **out,
+            "epsilon": accounting.epsilon(releases, self.delta),
+            "epsilon_rdp": accounting.epsilon_rdp(releases, self.delta),
         }
 
 
@@ -122,42 +117,62 @@ def plan(cfg: RunConfig, method: Method) -> Plan | None:
     if fed.sampling == "poisson":
         q, denominator = fed.sample_rate, fed.sample_rate * n
     else:
-        want = fed.clients_per_round
-        q, denominator = 1.0, float(max(1, round(want * n)) if want <= 1 else min(n, int(want)))
+        count = round_size(cfg)
+        q, denominator = count / n, float(count)
     delta = p.delta if p.delta is not None else default_delta(n)
     sigma = p.noise_multiplier
     if sigma is None:
         assert p.target_epsilon is not None
-        sigma = calibrated_noise(p.target_epsilon, q, fed.rounds, delta)
+        sigma = accounting.calibrate(p.target_epsilon, fed.sampling, q, fed.rounds, delta)
     elif p.target_epsilon is not None:
-        eps = epsilon(sigma, q, fed.rounds, delta)
+        eps = accounting.epsilon(accounting.planned(fed.sampling, q, sigma, fed.rounds), delta)
         if eps > p.target_epsilon:
-            allowed = rounds_allowed(sigma, q, delta, p.target_epsilon)
+            allowed = accounting.rounds_allowed(fed.sampling, q, sigma, delta, p.target_epsilon)
             raise ConfigError(
                 f"privacy: ε after {fed.rounds} rounds would be {eps:.3g} > target "
-                f"{p.target_epsilon:g} (δ = {delta:g}, σ = {sigma:g}, q = {q:g}); the budget "
-                f"allows {allowed} rounds"
+                f"{p.target_epsilon:g} (δ = {delta:g}, σ = {sigma:g}, {fed.sampling} sampling "
+                f"at rate {q:g}); the budget allows {allowed} rounds"
             )
-    return Plan(p.clip_norm, sigma, q, denominator, delta, p.noise_seed)
+    if p.not_private:
+        log.warning("%s", VOID)
+    return Plan(
+        p.clip_norm, sigma, fed.sampling, q, denominator, delta, not p.not_private, p.noise_seed
+    )
 
 
 def clip_upload(payload: Payload, reference: Mapping[str, torch.Tensor], bound: float) -> Payload:
     """``payload`` with its whole change from ``reference`` scaled into L2 norm ``bound``."""
-    norm = math.sqrt(sum(x * x for x in change_norms(payload, reference).values()))
+    layers = change_norms(payload, reference)
+    norm = math.sqrt(sum(x * x for x in layers.values()))
     if norm <= bound:
         return payload
-    scale = bound / norm
-    layers = change_norms(payload, reference)
-    return scale_changes(payload, reference, dict.fromkeys(layers, scale))
+    return scale_changes(payload, reference, dict.fromkeys(layers, bound / norm))
 
 
-def _noise_generator(plan: Plan, round_: int) -> torch.Generator:
-    seed = (
-        label_seed(plan.noise_seed, "dp-noise", round_)
-        if plan.noise_seed is not None
-        else secrets.randbits(63)
-    )
-    return torch.Generator().manual_seed(seed)
+def noise_key(plan: Plan, round_: int) -> bytes:
+    """The round's 256-bit noise key: from the OS's cryptographic source, or (a run declared
+    not private) derived from ``noise_seed``."""
+    if plan.noise_seed is None:
+        return secrets.token_bytes(32)
+    return hashlib.sha256(f"fedlora-dp-noise\x1f{plan.noise_seed}\x1f{round_}".encode()).digest()
+
+
+def gaussian(key: bytes, count: int) -> np.ndarray:
+    """``count`` standard normals (float64) from the ChaCha20 keystream of ``key``: each the
+    sum of four Box–Muller normals, halved."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    out = np.empty(count, dtype=np.float64)
+    for begin in range(0, count, CHUNK):
+        size = min(CHUNK, count - begin)
+        # four normals per coordinate from four uniforms (two Box–Muller pairs)
+        raw = np.frombuffer(stream.update(bytes(32 * size)), dtype="<u8").reshape(2, 2, size)
+        u = ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1)
+        radius = np.sqrt(-2.0 * np.log(u[:, 0]))
+        angle = 2.0 * math.pi * u[:, 1]
+        out[begin : begin + size] = (radius * (np.cos(angle) + np.sin(angle))).sum(axis=0) / 2
+    return out
 
 
 def noisy_mean(
@@ -170,7 +185,6 @@ def noisy_mean(
 ) -> Payload:
     """The one upload the method aggregates under DP: ``reference`` plus the noisy mean of
     the clipped changes (``schema``: every entry's shape; the noise covers all of it)."""
-    gen = _noise_generator(plan, round_)
     total = {name: torch.zeros(shape, dtype=torch.float64) for name, shape in schema.items()}
     for up in uploads:
         mine = references.get(up.cid, {})
@@ -180,10 +194,15 @@ def noisy_mean(
             change = dense(entry).double() - (base.double() if base is not None else 0.0)
             total[name] += change.reshape(total[name].shape)
     std = plan.noise_multiplier * plan.clip_norm
+    names = sorted(total)
+    draws = gaussian(noise_key(plan, round_), sum(total[n].numel() for n in names))
     out: Payload = {}
-    for name, summed in total.items():
-        noise = torch.randn(summed.shape, generator=gen, dtype=torch.float64) * std
-        mean = (summed + noise) / plan.denominator
+    offset = 0
+    for name in names:
+        summed = total[name]
+        noise = torch.from_numpy(draws[offset : offset + summed.numel()]).reshape(summed.shape)
+        offset += summed.numel()
+        mean = (summed + noise * std) / plan.denominator
         base = reference.get(name)
         out[name] = (mean + (base.double() if base is not None else 0.0)).to(torch.float32)
     return out

@@ -9,8 +9,28 @@ rather than written empty.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None (JSON's null), so
+    that a record is strict JSON (an honest diverged loss, an infinite condition number)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """One ``metrics.jsonl`` line: strict JSON (no NaN or Infinity), keys sorted."""
+    return json.dumps(finite(record), sort_keys=True, allow_nan=False)
+
 
 SCHEMA = 2
 """Version of docs/metrics.md the records follow (1: records before the field was written)."""
@@ -97,7 +117,7 @@ class RoundRecord:
     ranks: dict[str, int] | None = None
     server_report: dict[str, Any] | None = None
     nodes_refused: dict[str, str] | None = None
-    privacy: dict[str, float] | None = None
+    privacy: dict[str, Any] | None = None
     evaluation: Evaluation | None = None
     schema: int = SCHEMA
     ALWAYS = (

@@ -23,9 +23,10 @@ from fedlora.config import RunConfig
 from fedlora.errors import CheckpointError, ConfigError
 from fedlora.methods.base import Factored, LayerSpec, ServerState, Tensor
 from fedlora.models.placement import placement
-from fedlora.runtime import checkpoint
+from fedlora.runtime import checkpoint, ledger
+from fedlora.runtime.accounting import Release
 from fedlora.runtime.assemble import Federation
-from fedlora.runtime.records import Evaluation, StartRecord
+from fedlora.runtime.records import Evaluation, StartRecord, dumps
 from fedlora.runtime.tensorboard import check_available
 from fedlora.train.adapters import add_into_base
 
@@ -42,6 +43,16 @@ class RunState:
     state: ServerState
     views: dict[int, dict[str, Tensor] | None]
     merges: list[dict[str, Factored]] = field(default_factory=list)
+    releases: list[Release] = field(default_factory=list)
+    """Every noisy aggregate of a DP run that may have reached a client (:mod:`.ledger`)."""
+    ledger: Path | None = None
+    """Where each release is written before it can leave the server (DP runs only)."""
+
+    def released(self, release: Release) -> None:
+        """Count ``release``: in the ledger first (durably), then here."""
+        if self.ledger is not None:
+            ledger.append(self.ledger, release)
+        self.releases.append(release)
 
 
 def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
@@ -160,7 +171,15 @@ def restore(fed: Federation, out: Path, report: Reporter) -> RunState | None:
             add_into_base(fed.model, m)
         views: dict[int, dict[str, Tensor] | None] = {c.cid: None for c in fed.setup.clients}
         views.update(ckpt.views)
-        return RunState(round=ckpt.round, state=ckpt.state, views=views, merges=ckpt.merges)
+        rs = RunState(round=ckpt.round, state=ckpt.state, views=views, merges=ckpt.merges)
+        if fed.privacy is not None:
+            rs.ledger = out / ledger.LEDGER
+            try:
+                kept = [Release.from_json(x) for x in ckpt.extra.get("releases", [])]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"checkpoint of round {r}: bad privacy releases") from exc
+            rs.releases = ledger.releases_at_resume(rs.ledger, kept)
+        return rs
     raise CheckpointError(f"no usable checkpoint in {ck_root}: {'; '.join(problems)}")
 
 
@@ -229,11 +248,14 @@ def start_or_resume(
         state=fed.method.init_server(fed.setup),
         views={c.cid: None for c in fed.setup.clients},
     )
+    if fed.privacy is not None:  # releases already in this folder's ledger still count
+        rs.ledger = out / ledger.LEDGER
+        rs.releases = ledger.read(rs.ledger)
     evaluated = None
     if fed.cfg.eval.at_start:
         report("eval_start", {"round": 0})
         evaluated = evaluate_base(rs)
     record = StartRecord(fed.method.name, evaluated).to_json()
-    metrics_path.write_text(json.dumps(record) + "\n")
+    metrics_path.write_text(dumps(record) + "\n")
     report("round_done", {"round": 0, "record": record})
     return rs

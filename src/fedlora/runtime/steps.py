@@ -39,7 +39,7 @@ from fedlora.train.adapters import on_device, slot_name
 from fedlora.train.batches import Encoded, truncated_count
 from fedlora.train.local import LocalResult, train_local
 from fedlora.train.timing import Timer, untimed
-from fedlora.wire import decode, encode_with_stats
+from fedlora.wire import WireStats, decode, decode_with_stats, encode_with_stats
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ def client_step(
         return outcome
     assert done.upload is not None
     result = trained[-1]
-    outcome.report = done.report
+    # Under DP nothing about the unclipped update leaves the client (its norms, its ratios)
+    outcome.report = {} if cfg.privacy.on else done.report
     outcome.own = done.own
     upload = done.upload
     if cfg.privacy.on:  # the client bounds its own change before anything leaves it
@@ -191,6 +192,9 @@ class ServerOutcome:
     clipped: dict[int, dict[str, float]] = field(default_factory=dict)
     """Clients whose change was scaled back: ``{"layers": n, "scale": smallest}``."""
     skip_reason: str | None = None
+    stats: dict[int, WireStats] = field(default_factory=dict)
+    """What the server decoded of each valid upload (its record's parameter counts and
+    encodings are these, never what a client says of its own upload)."""
 
 
 def clip_policy(cfg: RunConfig) -> ClipPolicy:
@@ -200,12 +204,13 @@ def clip_policy(cfg: RunConfig) -> ClipPolicy:
 
 def _decoded(
     method: Method, setup: Setup, cid: int, data: bytes, n_samples: int, cfg: RunConfig
-) -> Payload:
-    """One upload, decoded strictly; any failure at all raises ``PayloadError``."""
-    if not isinstance(n_samples, int) or not 0 < n_samples <= MAX_REPORTED_SAMPLES:
+) -> tuple[Payload, WireStats]:
+    """One upload, decoded strictly against the method's schema (names, shapes, entry kinds,
+    finite values); any failure at all raises ``PayloadError``."""
+    if type(n_samples) is not int or not 0 < n_samples <= MAX_REPORTED_SAMPLES:
         raise PayloadError(f"client {cid} reports {n_samples!r} training samples")
     try:
-        return decode(
+        return decode_with_stats(
             data, expected=method.upload_schema(setup, setup.client(cid)), max_bytes=max_bytes(cfg)
         )
     except PayloadError:
@@ -244,11 +249,12 @@ def server_step(
     t = state.round + 1
     dropped = dict(failures)
     decoded: list[Upload] = []
+    stats: dict[int, WireStats] = {}
     for cid in sorted(uploads):
         data, n_samples = uploads[cid]
         try:
             with timer("upload_decode"):
-                payload = _decoded(method, setup, cid, data, n_samples, cfg)
+                payload, stats[cid] = _decoded(method, setup, cid, data, n_samples, cfg)
         except PayloadError as exc:
             log.warning("round %d: dropping client %d: %s", t, cid, exc)
             dropped[cid] = f"invalid upload: {exc}"
@@ -256,7 +262,9 @@ def server_step(
         decoded.append(Upload(cid=cid, n_samples=n_samples, payload=payload, round=round_))
     fed = cfg.federation
     if dp is not None:
-        return _private(method, state, setup, decoded, references, dp, dropped, t, began)
+        private = _private(method, state, setup, decoded, references, dp, dropped, t, began)
+        private.stats = stats
+        return private
     guarded = guard(
         decoded, references, max_weight_ratio=fed.max_weight_ratio, policy=clip_policy(cfg)
     )
@@ -278,16 +286,29 @@ def server_step(
             guarded.capped,
             guarded.clipped,
             skip,
+            stats,
         )
 
     need = max(fed.min_clients, min_uploads)
     if len(kept) < need:
         return outcome(state, f"{len(kept)} valid uploads, fewer than the {need} required")
-    new_state = method.aggregate(state, kept, setup)
+    new_state, failed = _aggregated(lambda: method.aggregate(state, kept, setup))
+    return outcome(state if new_state is None else new_state, failed)
+
+
+def _aggregated(step: Callable[[], ServerState]) -> tuple[ServerState | None, str | None]:
+    """The method's new state, or why the round must be skipped: whatever the (checked)
+    uploads make the maths do, an exception or a state holding NaN or Inf never leaves the
+    server step."""
+    try:
+        new_state = step()
+    except Exception as exc:
+        log.warning("the server step failed", exc_info=True)
+        return None, f"aggregation failed: {type(exc).__name__}: {exc}"[:1024]
     bad = non_finite(new_state)
     if bad is not None:
-        return outcome(state, f"the new global state is not finite ({bad} holds NaN or Inf)")
-    return outcome(new_state, None)
+        return None, f"the new global state is not finite ({bad} holds NaN or Inf)"
+    return new_state, None
 
 
 def _private(
@@ -303,27 +324,24 @@ def _private(
 ) -> ServerOutcome:
     """The DP server step: one noisy mean of the clipped changes, aggregated as one upload
     (every client alike: any one's reference and schema are every one's)."""
-    anyone = min(references)
-    mean = noisy_mean(
-        decoded,
-        references,
-        method.upload_schema(setup, setup.client(anyone)),
-        references[anyone],
-        dp,
-        t,
-    )
     accepted = [u.cid for u in decoded]
-    new_state = method.aggregate(
-        state, [Upload(anyone, 1, mean, decoded[0].round if decoded else None)], setup
-    )
-    bad = non_finite(new_state)
-    skip = None if bad is None else f"the new global state is not finite ({bad} holds NaN or Inf)"
-    seconds = time.perf_counter() - began
+
+    def step() -> ServerState:
+        if not references:
+            raise ValueError("no client could apply this round's broadcast")
+        anyone = min(references)
+        schema = method.upload_schema(setup, setup.client(anyone))
+        shapes = {name: entry.shape for name, entry in schema.items()}
+        mean = noisy_mean(decoded, references, shapes, references[anyone], dp, t)
+        one = Upload(anyone, 1, mean, decoded[0].round if decoded else None)
+        return method.aggregate(state, [one], setup)
+
+    new_state, skip = _aggregated(step)
     return ServerOutcome(
-        new_state if skip is None else state,
+        state if new_state is None else new_state,
         accepted,
         dropped,
         skip is not None,
-        seconds,
+        time.perf_counter() - began,
         skip_reason=skip,
     )

@@ -11,7 +11,7 @@ travel as float32 unless ``value_dtype`` asks for bfloat16 / float16, and always
 float32. The byte layout is documented in :mod:`fedlora.wire.container`.
 
 ``decode`` validates everything before it returns anything: container structure, names,
-shapes and dtypes (against ``expected`` when given), size limits, finiteness, positions
+shapes, entry kinds and dtypes (against ``expected`` when given), size limits, finiteness, positions
 (in range, strictly increasing, count equal to the values) and, for seeded masks, the
 regenerated count. A :class:`~fedlora.ops.seeded_init.SeededInit` entry sends only its init
 rule and seed (no values) and decodes to the same ``SeededInit``, rebuilt by the receiver.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fedlora.errors import PayloadError
-from fedlora.methods.base import Payload
+from fedlora.methods.base import EntrySpec, Payload
 from fedlora.ops.prng import seeded_keep_mask
 from fedlora.ops.seeded_init import INIT_RULES, SeededInit
 from fedlora.ops.sparse import Sparse
@@ -44,6 +44,11 @@ DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_MAX_ELEMENTS = 1 << 28
 """Largest total dense size (sum of ``numel``) of a decoded payload: seeded masks are tiny on
 the wire but cost ``numel`` work and memory to regenerate."""
+
+ANY_KIND = frozenset({"dense", "sparse", "seeded"})
+
+Expected = Mapping[str, "tuple[int, ...] | EntrySpec"]
+"""What a receiver accepts, per entry name (see :func:`decode_with_stats`)."""
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -221,7 +226,7 @@ def _seed_positions(name: str, sparse: Sparse, indices: np.ndarray) -> dict[str,
 def decode(
     buf: bytes | bytearray | memoryview,
     *,
-    expected: Mapping[str, tuple[int, ...]] | None = None,
+    expected: Expected | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> Payload:
@@ -244,7 +249,7 @@ def describe(
 def decode_with_stats(
     buf: bytes | bytearray | memoryview,
     *,
-    expected: Mapping[str, tuple[int, ...]] | None = None,
+    expected: Expected | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> tuple[Payload, WireStats]:
@@ -253,8 +258,9 @@ def decode_with_stats(
     Parameters
     ----------
     buf : the encoded payload.
-    expected : name -> dense shape the receiver accepts; when given, the payload must hold
-        exactly these names with these shapes.
+    expected : name -> what the receiver accepts: a dense shape (any kind of entry), or an
+        :class:`~fedlora.methods.base.EntrySpec` (a shape and the entry kinds allowed); when
+        given, the payload must hold exactly these names, shapes and kinds.
     max_bytes : buffers longer than this are refused before parsing.
     max_elements : the payload's total dense size (sum of numel) may not exceed this.
 
@@ -389,9 +395,7 @@ def _check_stored_keys(specs: Mapping[str, _Spec], header: ct.Header) -> None:
         raise _fail(extra[0], "stored tensor is not described in the payload header")
 
 
-def _check_expected(
-    specs: Mapping[str, _Spec], expected: Mapping[str, tuple[int, ...]] | None
-) -> None:
+def _check_expected(specs: Mapping[str, _Spec], expected: Expected | None) -> None:
     if expected is None:
         return
     missing = sorted(set(expected) - set(specs))
@@ -400,10 +404,14 @@ def _check_expected(
     unexpected = sorted(set(specs) - set(expected))
     if unexpected:
         raise _fail(unexpected[0], "not a tensor the receiver expects")
-    for name, (_, shape, _, _, _) in specs.items():
-        if tuple(expected[name]) != shape:
+    for name, (kind, shape, _, _, _) in specs.items():
+        want = expected[name]
+        spec = want if isinstance(want, EntrySpec) else EntrySpec(tuple(want), ANY_KIND)
+        if tuple(spec.shape) != shape:
+            raise _fail(name, f"shape {list(shape)} does not match the expected {list(spec.shape)}")
+        if kind not in spec.kinds:
             raise _fail(
-                name, f"shape {list(shape)} does not match the expected {list(expected[name])}"
+                name, f"a {kind} entry where the receiver accepts {' or '.join(sorted(spec.kinds))}"
             )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.runtime.flower.server import Reporter, ServerOptions
+from fedlora.runtime.flower.server import Reporter, ServerOptions, require_identity
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ overrides = ""
 resume = false
 round-timeout = 3600.0
 join-timeout = 300.0
+superlink-loopback = false
 """
 
 
@@ -115,8 +116,11 @@ def _is_loopback(address: str) -> bool:
     return host in LOOPBACK
 
 
-def run_config_args(cfg: RunConfig, resume: bool, options: ServerOptions) -> list[str]:
-    """``--run-config`` items for ``flwr run`` carrying the whole fedlora config."""
+def run_config_args(
+    cfg: RunConfig, resume: bool, options: ServerOptions, loopback: bool = False
+) -> list[str]:
+    """``--run-config`` items for ``flwr run`` carrying the whole fedlora config (and, for a
+    SuperLink this launcher reached on loopback, that fact: see :func:`require_identity`)."""
     from fedlora.runtime.flower.server_app import encode_config
 
     return [
@@ -124,6 +128,7 @@ def run_config_args(cfg: RunConfig, resume: bool, options: ServerOptions) -> lis
         f"resume={'true' if resume else 'false'}",
         f"round-timeout={float(options.round_timeout)}",
         f"join-timeout={float(options.join_timeout)}",
+        f"superlink-loopback={'true' if loopback else 'false'}",
     ]
 
 
@@ -248,6 +253,8 @@ def _run_deployment(
     root_certificates: str | None,
     timeout: float | None,
 ) -> Path:
+    loopback = ":" in superlink and _is_loopback(superlink)
+    require_identity(cfg, loopback)
     with tempfile.TemporaryDirectory(prefix="fedlora-flower-") as tmp:
         app_dir = write_app(Path(tmp) / "app")
         if ":" in superlink:
@@ -268,7 +275,7 @@ def _run_deployment(
             env, connection = flower_env(), superlink
         submit(
             app_dir,
-            run_config_args(cfg, resume, options),
+            run_config_args(cfg, resume, options, loopback),
             env,
             connection=connection,
             timeout=timeout,

@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr.common import serde
 
 from fedlora.errors import PayloadError
+from fedlora.runtime.flower.fields import count, get, json_field, number, scores, text
 from fedlora.runtime.outcome import ClientOutcome, Transfer
 
 if TYPE_CHECKING:  # torch is imported only where tensors are (un)packed: see client_app
@@ -66,15 +67,6 @@ class Memory:
     merges: tuple[dict[str, Factored], ...] = ()
 
 
-def _get(rec: ConfigRecord, key: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in rec:
-        raise PayloadError(f"flower message lacks {key!r}")
-    value = rec[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise PayloadError(f"flower message field {key!r} has type {type(value).__name__}")
-    return value
-
-
 def instruction_content(ins: Instruction) -> RecordDict:
     """The ``RecordDict`` of a round message."""
     rec = ConfigRecord(
@@ -101,16 +93,16 @@ def read_instruction(content: RecordDict) -> Instruction:
     rec = content.config_records[RECORD]
     sync = None
     if SYNC in content.config_records:
-        sync = _get(content.config_records[SYNC], "memory", bytes)
+        sync = get(content.config_records[SYNC], "memory", bytes)
     return Instruction(
-        round=_get(rec, "round", int),
-        cid=_get(rec, "cid", int),
-        train=_get(rec, "train", bool),
-        config=_get(rec, "config", str),
-        broadcast=_get(rec, "broadcast", bytes),
+        round=get(rec, "round", int),
+        cid=get(rec, "cid", int),
+        train=get(rec, "train", bool),
+        config=get(rec, "config", str),
+        broadcast=get(rec, "broadcast", bytes),
         sync=sync,
-        nonce=_get(rec, "nonce", str),
-        run=_get(rec, "run", str),
+        nonce=get(rec, "nonce", str),
+        run=get(rec, "run", str),
     )
 
 
@@ -131,8 +123,6 @@ def report_content(outcome: ClientOutcome) -> RecordDict:
         "round": outcome.round,
         "status": status_of(outcome),
         "nonce": outcome.nonce,
-        "params": up.params if up is not None else 0,
-        "encodings": json.dumps(up.encodings if up is not None else {}),
         "n_samples": outcome.n_samples,
         "tokens": outcome.tokens,
         "truncated": outcome.truncated,
@@ -150,92 +140,37 @@ def report_content(outcome: ClientOutcome) -> RecordDict:
     return RecordDict({RECORD: ConfigRecord(values)})
 
 
-MAX_JSON_DEPTH = 4
-"""Deepest nesting a JSON field of a reply may have (a deeply nested one is refused, never
-recursed into)."""
-
-MAX_JSON_CHARS = 1 << 20
-"""Longest JSON field of a reply (its figures go into ``metrics.jsonl``)."""
-
-
-def _nesting(text: str) -> int:
-    """The deepest bracket nesting of JSON text, outside strings."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
-def read_json(rec: ConfigRecord, key: str) -> Any:
-    """A JSON field of a reply, parsed only if it is short and shallow enough."""
-    text = _get(rec, key, str)
-    if len(text) > MAX_JSON_CHARS:
-        raise PayloadError(f"flower reply field {key!r} is {len(text)} characters long")
-    if _nesting(text) > MAX_JSON_DEPTH:  # refused before the (recursive) parser sees it
-        raise PayloadError(f"flower reply field {key!r} nests deeper than {MAX_JSON_DEPTH}")
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"flower reply field {key!r} is not JSON: {exc}") from None
-    return value
-
-
-def _encodings(value: Any) -> dict[str, dict[str, int]]:
-    valid = isinstance(value, dict) and all(
-        isinstance(name, str)
-        and isinstance(entry, dict)
-        and all(isinstance(k, str) and type(v) is int for k, v in entry.items())
-        for name, entry in value.items()
-    )
-    if not valid:
-        raise PayloadError("flower reply's encodings are not {tensor: {encoding: count}}")
-    return value  # type: ignore[no-any-return]
-
-
 def read_report(content: RecordDict) -> ClientOutcome:
-    """Parse a client's reply (raises ``PayloadError`` on anything malformed)."""
+    """Parse a client's reply (raises ``PayloadError`` on anything malformed: every field
+    typed, counts bounded, numbers finite, text cut to ``fields.MAX_TEXT``)."""
     if RECORD not in content.config_records:
         raise PayloadError("flower reply has no fedlora record")
     rec = content.config_records[RECORD]
-    encodings = _encodings(read_json(rec, "encodings"))
-    upload_report = read_json(rec, "upload_report") if "upload_report" in rec else {}
+    upload_report = json_field(rec, "upload_report") if "upload_report" in rec else {}
     if not isinstance(upload_report, dict):
         raise PayloadError("flower reply's upload report is not an object")
-    status = _get(rec, "status", str)
+    status = get(rec, "status", str)
     if status not in ("ok", "failed", "out-of-sync"):
-        raise PayloadError(f"flower reply has unknown status {status!r}")
+        raise PayloadError(f"flower reply has unknown status {status[:64]!r}")
     upload = None
     if "upload" in rec:
-        upload = Transfer(_get(rec, "upload", bytes), _get(rec, "params", int), encodings)
-    error = _get(rec, "error", str) if "error" in rec else None
+        # what it holds is the server's to count when it decodes it (steps.server_step)
+        upload = Transfer(get(rec, "upload", bytes), 0, {})
+    error = text(rec, "error") if "error" in rec else None
     return ClientOutcome(
-        cid=_get(rec, "cid", int),
-        round=_get(rec, "round", int),
+        cid=get(rec, "cid", int),
+        round=get(rec, "round", int),
         upload=upload,
-        n_samples=_get(rec, "n_samples", int),
-        train_loss=float(_get(rec, "train_loss", (int, float))) if "train_loss" in rec else None,
-        tokens=_get(rec, "tokens", int),
-        truncated=_get(rec, "truncated", int),
-        train_seconds=float(_get(rec, "train_seconds", (int, float))),
-        overhead_seconds=float(_get(rec, "overhead_seconds", (int, float))),
+        n_samples=count(rec, "n_samples"),
+        train_loss=number(rec, "train_loss") if "train_loss" in rec else None,
+        tokens=count(rec, "tokens"),
+        truncated=count(rec, "truncated"),
+        train_seconds=number(rec, "train_seconds", low=0.0),
+        overhead_seconds=number(rec, "overhead_seconds", low=0.0),
         error=error if status != "ok" else None,
         report=upload_report,
         in_sync=status != "out-of-sync",
-        nonce=_get(rec, "nonce", str),
+        nonce=get(rec, "nonce", str),
     )
 
 
@@ -321,8 +256,8 @@ own node config names (``data-file``), never a path the server chose."""
 
 def config_for_nodes(config: dict[str, Any]) -> dict[str, Any]:
     """The run's config (``config.to_dict``) as every node receives it: no data path, no
-    evaluation file, no run folder and no key of the server's (nothing a node needs or
-    should learn about the others)."""
+    evaluation file, no run folder, no key of the server's and no noise seed (nothing a node
+    needs or should learn about the others or about the noise)."""
     out = json.loads(json.dumps(config))
     data = out["data"]
     data["files"] = [NODE_DATA] * len(data.get("files", []))
@@ -331,6 +266,7 @@ def config_for_nodes(config: dict[str, Any]) -> dict[str, Any]:
     out["eval"]["tasks"] = []
     out["out_dir"] = ""
     out["federation"]["node_keys"] = []
+    out["privacy"]["noise_seed"] = None  # nothing about the noise reaches a node
     return out
 
 
@@ -406,13 +342,13 @@ def read_eval_instruction(content: RecordDict) -> EvalInstruction:
         raise PayloadError("flower message has no fedlora record")
     rec = content.config_records[RECORD]
     return EvalInstruction(
-        round=_get(rec, "round", int),
-        cid=_get(rec, "cid", int),
-        config=_get(rec, "config", str),
-        update=_get(rec, "update", bytes),
-        nonce=_get(rec, "nonce", str),
-        run=_get(rec, "run", str),
-        final=_get(rec, "final", bool),
+        round=get(rec, "round", int),
+        cid=get(rec, "cid", int),
+        config=get(rec, "config", str),
+        update=get(rec, "update", bytes),
+        nonce=get(rec, "nonce", str),
+        run=get(rec, "run", str),
+        final=get(rec, "final", bool),
     )
 
 
@@ -435,26 +371,14 @@ def read_eval_report(content: RecordDict) -> EvalReport:
     if RECORD not in content.config_records:
         raise PayloadError("flower reply has no fedlora record")
     rec = content.config_records[RECORD]
-    status = _get(rec, "status", str)
+    status = get(rec, "status", str)
     if status not in ("ok", "failed", "out-of-sync"):
-        raise PayloadError(f"flower evaluation reply has unknown status {status!r}")
-    scores = read_json(rec, "scores")
-    valid = isinstance(scores, dict) and all(
-        isinstance(name, str)
-        and isinstance(entry, dict)
-        and all(
-            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-            for k, v in entry.items()
-        )
-        for name, entry in scores.items()
-    )
-    if not valid:
-        raise PayloadError("flower evaluation reply's scores are not {set: {metric: number}}")
+        raise PayloadError(f"flower evaluation reply has unknown status {status[:64]!r}")
     return EvalReport(
-        cid=_get(rec, "cid", int),
-        round=_get(rec, "round", int),
+        cid=get(rec, "cid", int),
+        round=get(rec, "round", int),
         status=status,
-        scores=scores,
-        error=_get(rec, "error", str) if "error" in rec else None,
-        nonce=_get(rec, "nonce", str),
+        scores=scores(json_field(rec, "scores")),
+        error=text(rec, "error") if "error" in rec else None,
+        nonce=get(rec, "nonce", str),
     )

@@ -26,7 +26,7 @@ from fedlora.config import RunConfig
 from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import Factored, Payload
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.driver import Dispatch, EvalReply, drive, sample_clients
+from fedlora.runtime.driver import Dispatch, EvalReply, drive
 from fedlora.runtime.flower.identity import fresh_nonce, verify
 from fedlora.runtime.flower.nodes import Answer, Nodes, exchange, node_keys, wait_for_nodes
 from fedlora.runtime.flower.protocol import (
@@ -46,6 +46,7 @@ from fedlora.runtime.flower.protocol import (
 )
 from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.own_parts import run_token
+from fedlora.runtime.privacy import round_size
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
 from fedlora.wire import encode
 
@@ -255,15 +256,26 @@ def refuse_individual_updates(fed: Federation) -> None:
             f"method {fed.method.name!r} broadcasts every client's own update to every client; "
             "set federation.allow_individual_updates = true to run it on Flower anyway"
         )
-    if (
-        cfg.federation.sampling == "fixed"
-        and not cfg.privacy.on
-        and len(sample_clients(cfg, 1)) < 2
-    ):
+    if cfg.federation.sampling == "fixed" and not cfg.privacy.on and round_size(cfg) < 2:
         raise ConfigError(
             "with one client per round the broadcast is that client's own update; "
             "sample at least 2 clients or set federation.allow_individual_updates = true"
         )
+
+
+def require_identity(cfg: RunConfig, loopback: bool) -> None:
+    """Refuse a deployment whose SuperNodes may run on other machines (its SuperLink is not
+    on loopback, or its address is unknown here) without ``federation.node_keys``: any node
+    could then claim any client id. ``federation.allow_unauthenticated = true`` accepts that."""
+    fed = cfg.federation
+    if loopback or fed.node_keys or fed.allow_unauthenticated:
+        return
+    raise ConfigError(
+        "federation.node_keys: a deployment whose SuperLink is not on loopback needs one "
+        "SuperNode public key per client, or any node can claim any client (impostors, "
+        "Sybils: docs/threat-model.md); set federation.allow_unauthenticated = true to run "
+        "without them"
+    )
 
 
 def serve(

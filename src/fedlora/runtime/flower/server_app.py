@@ -13,6 +13,10 @@ Run config keys (all optional except one of the first two):
     Continue the run in ``out_dir`` from its last checkpoint.
 ``round-timeout`` / ``join-timeout``
     Seconds; see :class:`fedlora.runtime.flower.server.ServerOptions`.
+``superlink-loopback``
+    ``true`` when the launcher reached the SuperLink on loopback; otherwise the run needs
+    ``federation.node_keys`` or ``federation.allow_unauthenticated`` (see
+    :func:`fedlora.runtime.flower.server.require_identity`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from fedlora import config as config_mod
 from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
 from fedlora.models.offline import set_offline
-from fedlora.runtime.flower.server import Reporter, ServerOptions, serve
+from fedlora.runtime.flower.server import Reporter, ServerOptions, require_identity, serve
 
 
 def encode_config(cfg: RunConfig) -> str:
@@ -110,8 +114,9 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         set_offline()  # a Flower process is a command line of its own
-        if cfg is None:
+        if cfg is None:  # a deployment: nodes may be on other machines
             run_cfg, run_resume, opts = settings(context.run_config)
+            require_identity(run_cfg, context.run_config.get("superlink-loopback") is True)
         else:
             run_cfg, run_resume, opts = cfg, resume, options or ServerOptions()
         serve(grid, run_cfg, resume=run_resume, options=opts, report=report or log_progress)
