@@ -95,7 +95,7 @@ def test_messages_train_every_assistant_turn_with_its_history() -> None:
     assert share == [Example("Hi", "Hello")]
 
 
-@pytest.mark.parametrize("template", ["chat", "alpaca", "vicuna"])
+@pytest.mark.parametrize("template", ["chat", "chatml", "alpaca", "vicuna"])
 def test_templates_label_only_the_completion(template: str) -> None:
     tok = build_byte_tokenizer()
     ex = Example("Add the numbers", "3", context="1 2")
@@ -108,6 +108,24 @@ def test_templates_label_only_the_completion(template: str) -> None:
     assert "Add the numbers" in prompt_text and "1 2" in prompt_text
     assert not enc.truncated
     assert encode(tok, ex, 8, template).truncated
+
+
+def test_chatml_leaves_out_a_default_system_message_the_chat_template_adds() -> None:
+    # Prepare: a tokenizer whose own template adds a system turn, as SmolLM2's does
+    tok = build_byte_tokenizer()
+    tok.chat_template = (
+        "{{ '<|im_start|>system\\nYou are a helpful AI assistant.<|im_end|>\\n' }}"
+        + tok.chat_template
+    )
+    ex = Example("Define 'cat':", "a small feline")
+
+    # Execute
+    chat, chatml = (tok.decode(encode(tok, ex, 256, t).input_ids) for t in ("chat", "chatml"))
+
+    # Assert
+    assert chat.startswith("<|im_start|>system\nYou are a helpful AI assistant.")
+    assert chatml.startswith("<|im_start|>user\nDefine 'cat':<|im_end|>\n<|im_start|>assistant\n")
+    assert chat.endswith(chatml)
 
 
 def test_alpaca_and_vicuna_texts() -> None:

@@ -119,7 +119,7 @@ class DataConfig:
     dataset: str = ""
     format: str = "prompt-completion"  # prompt-completion | alpaca | dolly | messages
     columns: Columns = field(default_factory=Columns)
-    template: str = "chat"  # chat | alpaca | vicuna
+    template: str = "chat"  # chat | chatml | alpaca | vicuna
     label_column: str = ""
     heldout_fraction: float = 0.1
     pool: int = 0

@@ -20,7 +20,7 @@ from fedlora.data.types import Example
 from fedlora.errors import DataError, did_you_mean
 
 FORMATS = ("prompt-completion", "alpaca", "dolly", "messages")
-TEMPLATES = ("chat", "alpaca", "vicuna")
+TEMPLATES = ("chat", "chatml", "alpaca", "vicuna")
 """``data.template`` values (rendered by :mod:`fedlora.train.prompt_format`)."""
 
 #: Each format's fields: role -> (column, required).

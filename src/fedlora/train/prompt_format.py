@@ -1,7 +1,10 @@
 """``data.template``: how an example's prompt becomes the tokens before its completion.
 
 ``chat``: the tokenizer's own chat template (earlier turns, then the prompt as a user turn,
-then the assistant header). ``alpaca``: the Stanford Alpaca instruction format (with its
+then the assistant header). ``chatml``: the same turns in plain ChatML, with no system turn
+the caller did not give (SmolLM2's own template adds a default system message of about 20
+tokens to every prompt; ChatML is its format, so this is its template without that line).
+``alpaca``: the Stanford Alpaca instruction format (with its
 ``### Input:`` block when the example has a context), which FedSRD's and FLoRIST's training
 scripts use. ``vicuna``: the Vicuna v1.1 conversation format (``USER: … ASSISTANT:``).
 The completion follows the prompt tokens and ends with the tokenizer's end-of-text token in
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 from fedlora.data.formats import TEMPLATES
 from fedlora.data.types import Example
+from fedlora.models.tokenizer import CHATML_TEMPLATE
 
 __all__ = ["TEMPLATES", "prompt_token_ids"]
 
@@ -64,9 +68,10 @@ def chat_messages(example: Example) -> list[dict[str, str]]:
 
 def prompt_token_ids(tokenizer: object, example: Example, template: str) -> list[int]:
     """Token ids of ``example``'s prompt under ``template`` (see the module docstring)."""
-    if template == "chat" and getattr(tokenizer, "chat_template", None):
+    if template == "chatml" or (template == "chat" and getattr(tokenizer, "chat_template", None)):
+        own = {"chat_template": CHATML_TEMPLATE} if template == "chatml" else {}
         ids = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-            chat_messages(example), add_generation_prompt=True, tokenize=True
+            chat_messages(example), add_generation_prompt=True, tokenize=True, **own
         )
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
