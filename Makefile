@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast fmt clean bench-server bench-client bench-round bench-quality
+.PHONY: demo test test-fast fmt clean bench-server bench-client bench-round bench-quality bench-quality-pinned
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-round: $(STAMP)
 
 bench-quality: $(STAMP)
 	$(BIN)/python -m benchmarks.quality $(ARGS)
+
+# The quality benchmark from one commit in a worktree and venv of its own (PIN=<commit>), its
+# records kept here: main may change between sittings.
+bench-quality-pinned: $(STAMP)
+	$(BIN)/python -m benchmarks.quality.pinned $(PIN) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

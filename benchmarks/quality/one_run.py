@@ -17,6 +17,7 @@ from benchmarks.quality.provenance import (
     read_record,
     record_path,
     run_record,
+    same_run,
     write_record,
 )
 from benchmarks.quality.report import read_metrics, summarise_run
@@ -40,31 +41,39 @@ def _run_dir(root: Path, spec: RunSpec) -> Path:
 
 
 def _split(spec: RunSpec) -> str:
-    return "validation" if spec.group == "tune" else "test"
+    """Which held-out sets a run scores: a tuning or pilot run the validation slices."""
+    return "validation" if 'data.eval_split="validation"' in spec.settings else "test"
 
 
-def _base_path(root: Path, seed: int, split: str = "test") -> Path:
-    return root / "base" / (f"seed{seed}.json" if split == "test" else f"{split}-seed{seed}.json")
+def _base_path(results: Path, seed: int, split: str = "test") -> Path:
+    name = f"seed{seed}.json" if split == "test" else f"{split}-seed{seed}.json"
+    return results / "base" / name
 
 
 def base_scores(
-    budget: Budget, seed: int, root: Path, files: Sequence[str], split: str = "test"
+    budget: Budget,
+    seed: int,
+    root: Path,
+    files: Sequence[str],
+    split: str = "test",
+    results: Path | None = None,
 ) -> dict[str, Any]:
     """The base model's scores on every evaluation set of ``seed`` (and ``split``: the test
-    sets or the validation slices), computed once and kept in ``base/`` with what they
-    depend on (model, data, sequence length); a stored file that no longer matches the
-    budget is recomputed."""
+    sets or the validation slices), computed once and kept beside the run records
+    (``results/base/``, committed with them) with what they depend on (model, data, sequence
+    length, template); a stored file that no longer matches the budget is recomputed."""
     from fedlora import config
     from fedlora.runtime.assemble import assemble
     from fedlora.runtime.driver import evaluation
     from fedlora.runtime.run_folder import RunState
     from fedlora.runtime.simulation import InProcess
 
-    path = _base_path(root, seed, split)
+    path = _base_path(results or root / "results", seed, split)
     spec = RunSpec("base", "base", "fedavg", seed, settings=(f"data.eval_split={split!r}",))
     cfg = config.load(None, spec.overrides(budget, root / "base" / "unused", files))
     plain = config.to_dict(cfg)
-    key = {"model": plain["model"], "data": plain["data"], "seq_len": cfg.train.seq_len}
+    data = {k: v for k, v in plain["data"].items() if k != "files"}  # paths differ by clone
+    key = {"model": plain["model"], "data": data, "seq_len": cfg.train.seq_len}
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("key") == key:
@@ -108,9 +117,31 @@ def summary_of(record: Mapping[str, Any], clients: int) -> dict[str, Any]:
         "reused": True,
         "finished": True,
         "code": record.get("code"),
+        "dirty": record.get("dirty", False),
+        "environment": record.get("environment", {}),
         **record["made"],
         **summarise_run(record["records"], record["base_eval"], clients),
     }
+
+
+def kept_run(
+    spec: RunSpec,
+    budget: Budget,
+    root: Path,
+    results: Path,
+    files: Sequence[str],
+    lr: float | None = None,
+) -> dict[str, Any] | None:
+    """The kept record of this run, when ``results`` holds it (a finished run: reused as it
+    is, wherever and whenever it was made), else None."""
+    from fedlora import config
+
+    kept = read_record(record_path(results, spec.slug(), spec.seed))
+    if kept is None or "records" not in kept:
+        return None
+    overrides = spec.overrides(budget, _run_dir(root, spec), files, lr)
+    as_run = json.loads(json.dumps(config.to_dict(config.load(None, overrides))))
+    return kept if same_run(kept, as_run, overrides) else None
 
 
 def run_one(
@@ -124,37 +155,34 @@ def run_one(
 ) -> dict[str, Any]:
     """Run (or reuse, or resume) one federation at learning rate ``lr`` (a tuning row's
     own, else the tuned one), keep its provenance record in ``results`` (default
-    ``root/results``) and summarise it. With ``verify`` a folder holding a run of another
-    budget or setting is refused."""
+    ``root/results``) and summarise it. A kept record of this run is reused as it is, never
+    rewritten; with ``verify`` a run folder holding a run of another budget or setting is
+    refused."""
     from fedlora import config
     from fedlora.runtime.run_folder import check_run_dir
     from fedlora.runtime.simulation import run
 
     results = results or root / "results"
+    kept = kept_run(spec, budget, root, results, files, lr)
+    if kept is not None:
+        return {**summary_of(kept, budget.clients), "reused": True}
     run_dir = _run_dir(root, spec)
-    kept_at = record_path(results, spec.slug(), spec.seed)
     began = time.perf_counter()
     load_before = os.getloadavg()[0]
     cfg = config.load(None, spec.overrides(budget, run_dir, files, lr))
     resume = (run_dir / "config.json").is_file()
     if resume and verify:  # a folder of another budget or setting is refused, never reused
         check_run_dir(cfg, resume=True)
-    reused = _complete(run_dir, budget.rounds)
-    kept = read_record(kept_at)
-    # compared as JSON (a kept record's tuples read back as lists), so that a finished run's
-    # record is reused, never rewritten with a later commit and time
-    as_kept = json.loads(json.dumps(config.to_dict(cfg)))
-    if reused and kept is not None and kept["config"] == as_kept:
-        return {**summary_of(kept, budget.clients), "run_dir": str(run_dir)}
-    if not reused:
+    finished = _complete(run_dir, budget.rounds)
+    if not finished:
         log.info("running %s seed %d -> %s", spec.label, spec.seed, run_dir)
         run(cfg, resume=resume)
     made = {
-        "wall_s": None if reused else time.perf_counter() - began,
-        "load_1min": None if reused else [load_before, os.getloadavg()[0]],
+        "wall_s": None if finished else time.perf_counter() - began,
+        "load_1min": None if finished else [load_before, os.getloadavg()[0]],
         "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    base = json.loads(_base_path(root, spec.seed, _split(spec)).read_text(encoding="utf-8"))
+    base = json.loads(_base_path(results, spec.seed, _split(spec)).read_text(encoding="utf-8"))
     record = run_record(
         _spec_doc(spec, lr),
         config.to_dict(cfg),
@@ -163,8 +191,8 @@ def run_one(
         code_version(),
     )
     record["base_eval"] = base["eval"]
-    write_record(kept_at, record)
-    return {**summary_of(record, budget.clients), "reused": reused, "run_dir": str(run_dir)}
+    write_record(record_path(results, spec.slug(), spec.seed), record)
+    return {**summary_of(record, budget.clients), "reused": False, "run_dir": str(run_dir)}
 
 
 def worker(

@@ -59,6 +59,8 @@ class Budget:
     eval_every: int
     weighting: str
     quick_files: bool
+    template: str = "chat"
+    """``data.template``: ``chatml`` leaves out SmolLM2's default system message."""
 
     @property
     def clients(self) -> int:
@@ -83,6 +85,7 @@ class Budget:
             f"data.max_eval_per_domain={self.max_eval}",
             f"data.max_choice_per_domain={self.max_choice}",
             f"eval.every={self.eval_every}",
+            f"data.template={json.dumps(self.template)}",
         ]
 
 
@@ -133,6 +136,8 @@ def load_plan(path: Path | None = None) -> Plan:
         for name, b in raw["budget"].items()
     }
     florist, hetero = raw["florist"], raw["hetero"]
+    if int(raw["tuning"]["seed"]) in raw["seeds"]:
+        raise ValueError("plan.toml: the tuning seed must not be a test seed")
     return Plan(
         methods=tuple(raw["methods"]),
         seeds=tuple(raw["seeds"]),
@@ -213,29 +218,33 @@ def _steps(variant: Variant, budget: Budget) -> int | None:
     return budget.local_steps * budget.clients if variant.label == CENTRAL else None
 
 
+def tuning_spec(the_plan: Plan, key: str, lr: float, budget: Budget) -> RunSpec:
+    """The tuning run of row ``key`` (a method, or the centralised reference) at rate ``lr``:
+    on the validation split, at the tuning seed."""
+    p, c = the_plan, the_plan.centralised
+    if key == CENTRAL:
+        method, settings, steps = c.method, c.settings, _steps(c, budget)
+    else:
+        method, settings, steps = key, (), None
+    return RunSpec(
+        f"tune {key} lr={lr:g}",
+        "tune",
+        method,
+        p.tuning_seed,
+        p.paper(method),
+        (),
+        (*settings, 'data.eval_split="validation"'),
+        key,
+        lr,
+        steps,
+    )
+
+
 def tuning_plan(the_plan: Plan, methods: Sequence[str], budget: Budget) -> list[RunSpec]:
     """One run per tuned row (the methods and the centralised reference) and rate of the
-    grid, on the validation split, at the tuning seed."""
-    p, c = the_plan, the_plan.centralised
-    rows: list[tuple[str, str, dict[str, Any], tuple[str, ...], int | None]]
-    rows = [(m, m, p.paper(m), (), None) for m in methods]
-    rows.append((CENTRAL, c.method, p.paper(c.method), c.settings, _steps(c, budget)))
-    return [
-        RunSpec(
-            f"tune {key} lr={lr:g}",
-            "tune",
-            method,
-            p.tuning_seed,
-            options,
-            (),
-            (*settings, 'data.eval_split="validation"'),
-            key,
-            lr,
-            steps,
-        )
-        for key, method, options, settings, steps in rows
-        for lr in budget.lr_grid
-    ]
+    grid, on the validation split, at the tuning seed (the rule may add rates beyond it)."""
+    keys = [*methods, CENTRAL]
+    return [tuning_spec(the_plan, k, lr, budget) for k in keys for lr in budget.lr_grid]
 
 
 def _rows(the_plan: Plan, methods: Sequence[str], budget: Budget) -> list[tuple[RunSpec, int]]:
@@ -266,7 +275,8 @@ def _rows(the_plan: Plan, methods: Sequence[str], budget: Budget) -> list[tuple[
                 f"{m} ranks {ranks}", "hetero", m, 0, p.paper(m, **tau), budget.hetero_ranks
             )
             rows.append((dataclasses.replace(spec, tuned_as=m), 0 if m in p.hetero_seeded else 1))
-    rows += _dp_rows(the_plan, methods)
+    if the_plan.dp.get("decided", True):  # else they wait for their pilot (dp_pilot)
+        rows += _dp_rows(the_plan, methods)
     rows += _stability_rows(the_plan, methods, budget)
     return rows
 
@@ -293,6 +303,26 @@ def _dp_rows(the_plan: Plan, methods: Sequence[str]) -> list[tuple[RunSpec, int]
                 (RunSpec(label, "dp", m, 0, opts, (), settings, m), int(dp.get("seeds", 0)))
             )
     return rows
+
+
+def dp_pilot(the_plan: Plan, methods: Sequence[str]) -> list[RunSpec]:
+    """The DP rows' pilot while ``[dp] decided`` is false: its rows (``[dp] pilot``) once,
+    at the tuning seed on the validation split, so that no test-set number is seen before
+    the decision."""
+    if the_plan.dp.get("decided", True):
+        return []
+    wanted = set(the_plan.dp.get("pilot", ()))
+    return [
+        dataclasses.replace(
+            spec,
+            label=f"pilot {spec.label}",
+            group="dp-pilot",
+            seed=the_plan.tuning_seed,
+            settings=(*spec.settings, 'data.eval_split="validation"'),
+        )
+        for spec, _ in _dp_rows(the_plan, methods)
+        if spec.label in wanted
+    ]
 
 
 def _stability_rows(

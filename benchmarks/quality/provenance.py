@@ -5,8 +5,12 @@ and when and under what load it ran; the report is computed from these files alo
 ``code`` is the git tree hash of ``src/fedlora`` (what decides a result; a commit that only
 touches docs or benchmarks keeps it), ``commit`` the commit checked out, ``dirty`` whether
 ``src/fedlora`` had uncommitted changes, ``environment`` the interpreter and the versions of
-the packages that compute a result (float results drift between environments). A report
-refuses to mix runs of different ``code`` unless told (``--allow-mixed-code``).
+the packages that compute a result and the device (float results drift between
+environments). A claim is not decided from rows made by different code or environments.
+
+A kept record **is** a finished run: :func:`same_run` says whether it is the run a plan asks
+for (its configuration agrees on every value the run sets), so a fresh clone reuses the
+committed records and reruns none of them.
 """
 
 from __future__ import annotations
@@ -46,9 +50,12 @@ def code_version() -> dict[str, Any]:
 
 
 def environment() -> dict[str, str]:
-    """The interpreter's version and those of :data:`PACKAGES` (``"absent"`` if one is not
-    installed)."""
-    versions = {"python": platform.python_version()}
+    """The interpreter's version, those of :data:`PACKAGES` (``"absent"`` if one is not
+    installed) and the device the runs compute on (a CUDA device's name, else ``cpu``)."""
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    versions = {"python": platform.python_version(), "device": device}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -95,18 +102,32 @@ def run_record(
     }
 
 
-class MixedCode(ValueError):
-    """Runs of different library code in one report."""
+def same_run(kept: Mapping[str, Any], config: Mapping[str, Any], overrides: Sequence[str]) -> bool:
+    """Whether the ``kept`` record is the run of ``config`` made from ``overrides``: every
+    dotted key the overrides set has the same value in both configurations (the library's
+    defaults may have grown new keys since; what decides the numbers is the code, which the
+    record keeps and a claim checks)."""
+    theirs = kept.get("config")
+    if not isinstance(theirs, Mapping):
+        return False
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in ("out_dir", "data.files"):  # where a run and its files lay is not what it is
+            continue
+        key = "method.name" if key == "method" else key
+        a, b = _at(theirs, key), _at(config, key)
+        if a is _MISSING or json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            return False
+    return True
 
 
-def check_one_code(docs: Sequence[Mapping[str, Any]], allow_mixed: bool) -> list[str]:
-    """The distinct ``code`` versions of ``docs``; more than one (or a run made from a
-    modified tree) raises :class:`MixedCode` unless ``allow_mixed``."""
-    versions = sorted({str(d.get("code")) + ("+dirty" if d.get("dirty") else "") for d in docs})
-    if len(versions) > 1 and not allow_mixed:
-        raise MixedCode(
-            f"these runs were made by {len(versions)} versions of {LIBRARY} "
-            f"({', '.join(v[:12] for v in versions)}); rerun the older ones, or pass "
-            "--allow-mixed-code to report them together"
-        )
-    return versions
+_MISSING = object()
+
+
+def _at(doc: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value

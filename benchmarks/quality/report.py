@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.quality.claims import MACRO, Claim, decide
+from benchmarks.quality.claims import MACRO, Claim, decide, load_claims
 from benchmarks.quality.claims import render as render_claims
 from benchmarks.quality.plan import CENTRAL
 from benchmarks.quality.scores import (
@@ -148,15 +148,17 @@ SCALARS = ("id_loss", "id_acc", "ood_loss", "mb_up", "mb_down", "cum_mb", "serve
 def normalise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``runs`` with ``gap`` (and ``gap_all`` for own-model runs): the fraction of the gap
     closed per domain and its macro-average, against the centralised reference's mean over
-    its seeds (empty without one)."""
+    its seeds (empty without one), with the floors of ``claims.toml``."""
     central = central_reference([r["domain_loss"] for r in runs if r["label"] == CENTRAL])
+    spec = load_claims()
+    floors = (spec["gap_floor"], spec["score_floor"])
     out = []
     for r in runs:
         base = r["base_domain_loss"]
-        gap = gap_closed(r["domain_loss"], base, central) if central else {}
+        gap = gap_closed(r["domain_loss"], base, central, *floors) if central else {}
         extra = {}
         if central and r.get("domain_loss_all"):
-            extra["gap_all"] = gap_closed(r["domain_loss_all"], base, central)
+            extra["gap_all"] = gap_closed(r["domain_loss_all"], base, central, *floors)
         out.append({**r, "gap": gap, **extra})
     return out
 
@@ -183,6 +185,8 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["tasks"] = {t: spread([r["tasks"].get(t) for r in mine]) for t in task_names}
         row["curve"] = _mean_curve([r["curve"] for r in mine])
         row["lr"] = mine[0].get("lr")
+        # what made the row's runs: a claim refuses rows of different code or environments
+        row["made_by"] = sorted({made_by(r) for r in mine})
         gaps = list(dict.fromkeys(g for r in mine for g in r.get("gap", {})))
         row["per_seed"] = {g: {r["seed"]: r["gap"][g] for r in mine if g in r["gap"]} for g in gaps}
         row["gap"] = {g: spread(list(row["per_seed"][g].values())) for g in gaps}
@@ -192,6 +196,13 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["domain_loss"] = {d: spread([r["domain_loss"].get(d) for r in mine]) for d in domains}
         rows.append(row)
     return rows
+
+
+def made_by(run: Mapping[str, Any]) -> str:
+    """The library tree and environment a run was made by, as one string."""
+    env = run.get("environment") or {}
+    versions = ",".join(f"{k}={env[k]}" for k in sorted(env))
+    return f"{run.get('code')}{'+dirty' if run.get('dirty') else ''} {versions}"
 
 
 def _mean_curve(curves: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
@@ -270,13 +281,16 @@ def results_doc(
     partial: bool,
     tuned: Mapping[str, Any] | None = None,
     versions: Sequence[str] = (),
+    fit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as plain data: ``results.json``, from which
-    :func:`render_markdown` and :func:`write_plots` regenerate the page and its plots."""
+    :func:`render_markdown` and :func:`write_plots` regenerate the page and its plots;
+    ``fit`` is the budget's truncation table (:mod:`benchmarks.quality.fit`)."""
     done = normalise(done)
     rows = aggregate(done)
     return {
         "scale": scale(budget),
+        "fit": dict(fit or {}),
         "tuned": dict(tuned or {}),
         "code_versions": list(versions),
         "command": command,
@@ -377,15 +391,48 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "## Claims",
         "",
         "Rows pair by seed; Δ is the mean per-seed difference of the macro gap closed with its "
-        "95% paired-t interval (df = n − 1); 'better' needs the interval above 0, 'no worse' "
-        "and 'close' are TOST equivalence tests at the margin fixed in `claims.toml` "
-        "(`benchmarks/quality/stats.py`).",
+        "95% paired-t interval (df = n − 1); 'better' is the two-sided paired t-test, 'no "
+        "worse' and 'close' are TOST equivalence tests at the margin fixed in `claims.toml` "
+        "(`benchmarks/quality/stats.py`), all at α = 0.05. The headline claims (the first six) "
+        "are one family, corrected by Holm's method; the others are uncorrected, and every "
+        "per-domain verdict is exploratory. The macro weighs each domain alike in gap-closed "
+        "units (a nat of a small-gap domain weighs more); a domain whose gap is under the "
+        "floor of `claims.toml` is left out, and a run's score is floored there too. A claim "
+        "is not decided from rows made by different code or environments.",
         "",
         render_claims(claims),
+        *fit_section(doc.get("fit") or {}, doc["budget"]["seq_len"]),
+        *sittings_section(doc["runs"]),
         *runs_table(doc),
         *(f"![{name}]({name})" for name in plot_names(doc)),
     ]
     return "\n".join(md) + "\n"
+
+
+def fit_section(fit: Mapping[str, Any], seq_len: int) -> list[str]:
+    """The budget's truncation table (what ``train.seq_len`` cuts per domain)."""
+    if not fit:
+        return []
+    from benchmarks.quality.fit import markdown
+
+    return ["## Do the tasks fit?", "", markdown(fit, seq_len), ""]
+
+
+def sittings_section(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The days the runs were made on: how many, and the machine's load then."""
+    days: dict[str, list[Mapping[str, Any]]] = {}
+    for r in runs:
+        if r.get("wall_s") and r.get("finished_at"):
+            days.setdefault(str(r["finished_at"])[:10], []).append(r)
+    if not days:
+        return []
+    lines = ["## Sittings", "", "| day | runs made | minutes | load (1-min) |", "|---|---|---|---|"]
+    for day, mine in sorted(days.items()):
+        loads = [x for r in mine for x in (r.get("load_1min") or [])]
+        load = f"{min(loads):.2f}–{max(loads):.2f}" if loads else "–"
+        minutes = sum(float(r["wall_s"]) for r in mine) / 60
+        lines.append(f"| {day} | {len(mine)} | {minutes:.0f} | {load} |")
+    return [*lines, ""]
 
 
 def write_report(doc: Mapping[str, Any], folder: Path, plots: bool = True) -> None:

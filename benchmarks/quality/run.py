@@ -17,47 +17,44 @@ Scores: "in-domain loss" is the mean held-out completion loss over the client do
 have a choice task, and "OOD loss" the completion loss on the out-of-domain set no client
 trains on (reported separately, as FedSRD does). Lower loss and higher accuracy are better.
 
-Finished runs are reused (a run folder whose metrics reach the last round is read, not
-re-run), so an interrupted benchmark continues where it stopped.
+The runs go claims first (:mod:`benchmarks.quality.order`): each claim's rows are tuned
+and run for every seed before the next claim's. A run whose record is kept in the results
+folder is a finished run, reused as it is (:mod:`benchmarks.quality.execute`), so an
+interrupted benchmark, a fresh clone or another machine continues where the committed
+records end; ``--plan`` lists what is done and what remains.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import multiprocessing
-import os
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.quality.one_run import base_scores, made_by, run_one, summary_of, worker
+from benchmarks.quality.claims import load_claims
+from benchmarks.quality.execute import Runner, Tuning, key, listing, run_stages
+from benchmarks.quality.fit import MAX_CUT, markdown, truncation, worst
+from benchmarks.quality.one_run import base_scores
+from benchmarks.quality.one_run import made_by as made_by_command
+from benchmarks.quality.order import Stage, select, stages
 from benchmarks.quality.plan import (
     Budget,
+    Plan,
     RunSpec,
+    dp_pilot,
     load_plan,
     plan,
-    tuning_plan,
     write_quick_files,
 )
-from benchmarks.quality.provenance import (
-    MixedCode,
-    check_one_code,
-    read_record,
-    record_path,
-)
-from benchmarks.quality.report import (
-    results_doc,
-    write_report,
-)
-from benchmarks.quality.tuning import choose, relative_loss
+from benchmarks.quality.report import made_by, results_doc, write_report
 
 log = logging.getLogger(__name__)
 
@@ -65,133 +62,6 @@ MB = 2**20
 RESULTS = Path(__file__).with_name("results")
 
 # --------------------------------------------------------------------------- running
-
-
-@dataclass
-class _Progress:
-    """What one phase of a benchmark (tuning, or the test runs) has produced so far;
-    ``changed`` is called after every run (the test phase rewrites its table there)."""
-
-    specs: Sequence[RunSpec]
-    budget: Budget
-    root: Path
-    results: Path
-    deadline: float | None
-    report_only: bool
-    lr_of: Callable[[RunSpec], float | None]
-    say: Callable[[str], None] = lambda text: None
-    """Where a line per started and finished run goes (stderr from the command)."""
-    changed: Callable[[_Progress], None] = lambda progress: None
-    done: dict[int, dict[str, Any]] = field(default_factory=dict)
-    missing: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    def outcome(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        done = [self.done[k] for k in sorted(self.done)]
-        return done, [self.missing[k] for k in sorted(self.missing)]
-
-    def _skip(self, i: int, why: str) -> None:
-        spec = self.specs[i]
-        self.missing[i] = {"label": spec.label, "seed": spec.seed, "why": why}
-
-    def finish(self, i: int, outcome: dict[str, Any] | BaseException) -> None:
-        spec = self.specs[i]
-        if isinstance(outcome, BaseException):
-            log.warning("%s seed %d failed: %s", spec.label, spec.seed, outcome)
-            self._skip(i, f"{type(outcome).__name__}: {outcome}")
-            self.say(f"failed {spec.label} seed {spec.seed}: {outcome}")
-        else:
-            self.done[i] = outcome
-            took = None if outcome.get("reused") else outcome.get("wall_s")
-            self.say(
-                f"finished {spec.label} seed {spec.seed} ({len(self.done)}/{len(self.specs)}"
-                + (f", {took / 60:.1f} min)" if took is not None else ", reused)")
-            )
-        self.changed(self)
-
-    def late(self, i: int) -> bool:
-        """Whether run ``i`` is not to start: report-only (its kept record is read
-        instead), its learning rate not tuned yet, or past the deadline."""
-        spec = self.specs[i]
-        if self.report_only:
-            kept = read_record(record_path(self.results, spec.slug(), spec.seed))
-            if kept is not None:
-                self.done[i] = summary_of(kept, self.budget.clients)
-            else:
-                self._skip(i, "not run (report only)")
-            return True
-        if spec.lr is None and self.lr_of(spec) is None:
-            self._skip(i, f"not started: the tuning of {spec.tuned_as} did not finish")
-            return True
-        if self.deadline is not None and time.time() > self.deadline:
-            self._skip(i, "not started: time limit")
-            return True
-        return False
-
-    def announce(self, i: int) -> None:
-        spec = self.specs[i]
-        self.say(f"[{i + 1}/{len(self.specs)}] {spec.label} seed {spec.seed}")
-
-
-def _run_serial(progress: _Progress, files: Sequence[str]) -> None:
-    for i, spec in enumerate(progress.specs):
-        if progress.late(i):
-            continue
-        progress.announce(i)
-        try:
-            lr = progress.lr_of(spec)
-            outcome = run_one(
-                spec, progress.budget, progress.root, files, lr=lr, results=progress.results
-            )
-            progress.finish(i, outcome)
-        except Exception as exc:  # one broken run must not lose the others' results
-            progress.finish(i, exc)
-
-
-def _run_parallel(progress: _Progress, files: Sequence[str], jobs: int) -> None:
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        pending: dict[Future[dict[str, Any]], int] = {}
-        queue = list(range(len(progress.specs)))
-        while queue or pending:
-            while queue and len(pending) < jobs:
-                i = queue.pop(0)
-                if not progress.late(i):
-                    progress.announce(i)
-                    spec = progress.specs[i]
-                    args = (spec, progress.budget, progress.root, files, threads)
-                    more = (progress.lr_of(spec), progress.results)
-                    pending[pool.submit(worker, *args, *more)] = i
-            if not pending:
-                break
-            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in ready:
-                i = pending.pop(fut)
-                error = fut.exception()
-                progress.finish(i, error if error is not None else fut.result())
-
-
-def _execute(progress: _Progress, files: Sequence[str], jobs: int) -> None:
-    if jobs <= 1:
-        _run_serial(progress, files)
-    else:
-        _run_parallel(progress, files, jobs)
-
-
-def tuned_rates(
-    tune: Sequence[Mapping[str, Any]], specs: Sequence[RunSpec], default: float
-) -> dict[str, dict[str, Any]]:
-    """The chosen rate per tuned row from the finished tuning runs; a row with a grid run
-    neither finished nor failed is left out (its test runs wait for it)."""
-    by_key: dict[str, dict[float, float]] = {}
-    for r in tune:
-        score = relative_loss(r["domain_loss"], r["base_domain_loss"])
-        by_key.setdefault(r["method_key"], {})[float(r["lr"])] = score
-    planned: dict[str, int] = {}
-    for s in specs:
-        planned[s.tuned_as] = planned.get(s.tuned_as, 0) + 1
-    complete = {k: v for k, v in by_key.items() if len(v) == planned.get(k, 0)}
-    return choose(complete, default)
 
 
 @dataclass(frozen=True)
@@ -202,8 +72,26 @@ class Outcome:
     versions: list[str]
 
 
+def all_stages(the_plan: Plan, specs: Sequence[RunSpec], methods: Sequence[str]) -> list[Stage]:
+    """The plan's stages, claims first, and the DP rows' pilot last while it is pending."""
+    out = stages(specs, load_claims()["claim"])
+    pilot = dp_pilot(the_plan, methods)
+    if pilot:
+        out.append(
+            Stage(
+                "DP rows' pilot (their test runs wait for its decision)",
+                0,
+                (),
+                tuple(pilot),
+                tuple(s.label for s in pilot),
+            )
+        )
+    return out
+
+
 def run_all(
-    tune_specs: Sequence[RunSpec],
+    the_plan: Plan,
+    chosen: Sequence[Stage],
     specs: Sequence[RunSpec],
     budget: Budget,
     root: Path,
@@ -213,57 +101,53 @@ def run_all(
     jobs: int = 1,
     report_only: bool = False,
     say: Callable[[str], None] = lambda text: None,
-    allow_mixed: bool = False,
 ) -> Outcome:
-    """Tune, then run every test spec in plan order, ``jobs`` at a time; a failed run is
-    recorded, not fatal. Each finished run is kept as a provenance record in ``results``.
-
-    No new run starts once ``deadline`` (``time.time()``) has passed, nor a row whose
-    learning rate is not tuned yet; those are reported as not run. With ``report_only``
-    nothing runs: the kept records are read. The table (not the plots) is rewritten after
-    every test run, so a killed benchmark still leaves its results so far.
-    """
+    """Run the ``chosen`` stages of the plan, ``jobs`` runs at a time: each stage's tuning,
+    then its runs seed by seed, every run reused from its kept record when there is one; a
+    failed run is recorded, not fatal. No new run starts once ``deadline`` (``time.time()``)
+    has passed; with ``report_only`` nothing runs. The table (not the plots) is rewritten
+    after every stage, so a killed benchmark still leaves its results so far."""
     files = write_quick_files(root / "data", budget.clients) if budget.quick_files else []
     if not report_only:
-        for seed in dict.fromkeys(s.seed for s in tune_specs):
-            say(f"base model scores for seed {seed} (validation)")
-            base_scores(budget, seed, root, files, "validation")
-        for seed in dict.fromkeys(s.seed for s in specs):
-            say(f"base model scores for seed {seed}")
-            base_scores(budget, seed, root, files)
-    common = (budget, root, results, deadline, report_only)
-    tune = _Progress(tune_specs, *common, lambda spec: None, say)
-    _execute(tune, files, jobs)
-    tune_done = [{**r, "method_key": tune_specs[i].tuned_as} for i, r in sorted(tune.done.items())]
-    tuned = tuned_rates(tune_done, tune_specs, budget.lr)
+        seeds = dict.fromkeys(s.seed for st in chosen for s in st.runs)
+        if any(st.runs for st in chosen):
+            say(f"base model scores for seed {the_plan.tuning_seed} (validation)")
+            base_scores(budget, the_plan.tuning_seed, root, files, "validation", results)
+        for seed in seeds:
+            if seed != the_plan.tuning_seed:
+                say(f"base model scores for seed {seed}")
+                base_scores(budget, seed, root, files, results=results)
+    runner = Runner(budget, root, results, files, deadline, jobs, report_only, say)
+    tuning = Tuning(the_plan, budget)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "tuned.json").write_text(json.dumps(tuned, indent=1, sort_keys=True) + "\n")
+    # the pilot's records are kept for its decision, but it is no row of the table
+    tested = {key(s) for st in chosen for s in st.runs if s.group != "dp-pilot"}
 
-    def lr_of(spec: RunSpec) -> float | None:
-        return tuned[spec.tuned_as]["lr"] if spec.tuned_as in tuned else None
+    def outcome() -> Outcome:
+        done = [v for k, v in runner.done.items() if k in tested]
+        missing = [v for k, v in runner.missing.items()]
+        versions = sorted({made_by(r) for r in runner.done.values()})
+        return Outcome(done, missing, tuning.chosen(), versions)
 
-    def changed(progress: _Progress) -> None:
-        done, missing = progress.outcome()
-        if done:
-            versions = check_one_code([*tune.done.values(), *done], allow_mixed=True)
+    def changed() -> None:
+        got = outcome()
+        (results / "tuned.json").write_text(json.dumps(got.tuned, indent=1, sort_keys=True) + "\n")
+        if got.done:
             doc = results_doc(
                 specs,
                 budget,
-                done,
-                missing,
+                got.done,
+                got.missing,
                 command,
-                made_by(root),
-                len(done) < len(specs),
-                tuned,
-                versions,
+                made_by_command(root),
+                True,
+                got.tuned,
+                got.versions,
             )
             write_report(doc, results, plots=False)
 
-    test = _Progress(specs, *common, lr_of, say, changed)
-    _execute(test, files, jobs)
-    done, missing = test.outcome()
-    versions = check_one_code([*tune.done.values(), *done], allow_mixed)
-    return Outcome(done, [*tune.outcome()[1], *missing], tuned, versions)
+    run_stages(runner, tuning, chosen, changed)
+    return outcome()
 
 
 def render(results: Path, publish_to: Path | None) -> int:
@@ -326,11 +210,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="folder of the kept run records and the report (default: "
         "benchmarks/quality/results/default; --quick: OUT/results)",
     )
-    p.add_argument(
-        "--allow-mixed-code",
-        action="store_true",
-        help="report runs made by different versions of src/fedlora together",
-    )
+    _selection_arguments(p)
     p.add_argument(
         "--quick",
         action="store_true",
@@ -374,6 +254,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _selection_arguments(p: argparse.ArgumentParser) -> None:
+    """What to run of the plan, or what to say about it without running."""
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="run nothing: list the stages (claims first) with what is done, what remains "
+        "and the estimated minutes",
+    )
+    p.add_argument(
+        "--claims",
+        nargs="+",
+        default=(),
+        metavar="CLAIM",
+        help="only the stages of these claims (their number in claims.toml, or words of their "
+        "text)",
+    )
+    p.add_argument("--rows", nargs="+", default=(), metavar="ROW", help="only these rows (labels)")
+    p.add_argument(
+        "--fit",
+        action="store_true",
+        help="run nothing: print how many of each domain's examples the budget's seq_len cuts",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=DESCRIPTION)
     add_arguments(p)
@@ -398,58 +302,62 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         if args.rounds < 1:
             print("python -m benchmarks.quality: --rounds must be at least 1", file=sys.stderr)
             return 2
-        budget = Budget(
-            **{**asdict(budget), "rounds": args.rounds, "hetero_ranks": tuple(budget.hetero_ranks)}
-        )
+        budget = dataclasses.replace(budget, rounds=args.rounds)
+    if args.fit:
+        table = truncation(budget)
+        print(markdown(table, budget.seq_len))
+        print(f"worst: {100 * worst(table):.1f}% (at most {100 * MAX_CUT:.0f}% fits)")
+        return 0 if worst(table) <= MAX_CUT else 1
     methods = args.methods or (names() if args.quick else list(the_plan.methods))
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(the_plan.seeds))
     specs = plan(the_plan, methods, seeds, budget, extras=not args.no_extras)
-    tune_specs = tuning_plan(the_plan, methods, budget)
+    chosen = select(all_stages(the_plan, specs, methods), args.claims, args.rows)
     root = Path(args.out)
-    root.mkdir(parents=True, exist_ok=True)
     default_results = root / "results" if args.quick else RESULTS / "default"
     results = Path(args.results) if args.results else default_results
+    files = write_quick_files(root / "data", budget.clients) if budget.quick_files else []
+    if args.plan:
+        print(listing(chosen, the_plan, budget, root, results, files))
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     began = time.time()
     command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in argv)
     if not args.report_only:  # the command that makes the runs, for later reports
         (root / "command.txt").write_text(command + "\n", encoding="utf-8")
-    try:
-        out = run_all(
-            tune_specs,
-            specs,
-            budget,
-            root,
-            results,
-            command,
-            deadline,
-            jobs=args.jobs,
-            report_only=args.report_only,
-            say=lambda text: print(f"· {text}", file=sys.stderr, flush=True),
-            allow_mixed=args.allow_mixed_code,
-        )
-    except MixedCode as exc:
-        print(f"python -m benchmarks.quality: {exc}", file=sys.stderr)
-        return 2
+    out = run_all(
+        the_plan,
+        chosen,
+        specs,
+        budget,
+        root,
+        results,
+        command,
+        deadline,
+        jobs=args.jobs,
+        report_only=args.report_only,
+        say=lambda text: print(f"· {text}", file=sys.stderr, flush=True),
+    )
     if out.done:
+        fit = None if budget.quick_files else truncation(budget)
         doc = results_doc(
             specs,
             budget,
             out.done,
             out.missing,
             command,
-            made_by(root),
-            bool(out.missing),
+            made_by_command(root),
+            bool(out.missing) or len(out.done) < len(specs),
             out.tuned,
             out.versions,
+            fit,
         )
         write_report(doc, results)
     if args.publish:
         publish(results, Path(args.publish))
     log.info("benchmark took %.1f min", (time.time() - began) / 60)
     print(
-        f"results: {results / 'results.md'} ({len(out.done)} of {len(specs)} runs finished, "
-        f"{len(tune_specs)} tuning runs)",
+        f"results: {results / 'results.md'} ({len(out.done)} of {len(specs)} test runs finished)",
         flush=True,
     )
     return 0 if out.done and not out.missing else 1

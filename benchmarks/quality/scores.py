@@ -12,6 +12,10 @@ than the base). The headline is ``macro = mean_d gap_d``: a domain whose base lo
 (a two-token label) moves its own fraction, not the whole score. Because ``L0_d`` and
 ``Lc_d`` are the same for every run, a difference of ``gap_d`` between two runs of one seed
 is the difference of their losses rescaled per domain, so pairing by seed carries over.
+Every domain weighs alike in the macro (so a nat of a domain with a small gap weighs more
+than a nat of one with a large gap); ``claims.toml`` fixes a floor under the gap (a domain
+the reference barely improves is left out) and under a run's score (a diverged run counts
+as the floor, no worse).
 
 A run whose clients keep their own parts (``method = "local"``, FedSA-LoRA) is scored, per
 domain, by the model of the client that trains on it (``d@client<k>`` in its records, the
@@ -21,6 +25,7 @@ client's own model (how a client's model does on the others' domains).
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Mapping, Sequence
@@ -66,15 +71,22 @@ def all_clients_losses(ev: Eval) -> dict[str, float] | None:
 
 
 def gap_closed(
-    losses: Mapping[str, float], base: Mapping[str, float], central: Mapping[str, float]
+    losses: Mapping[str, float],
+    base: Mapping[str, float],
+    central: Mapping[str, float],
+    gap_floor: float = 0.0,
+    score_floor: float = -math.inf,
 ) -> dict[str, float]:
-    """``gap_d`` of every domain of ``losses`` (module docstring) and their ``macro`` mean;
-    a domain where the reference did not improve on the base (no gap) is left out."""
-    out = {
-        d: (base[d] - loss) / (base[d] - central[d])
-        for d, loss in losses.items()
-        if d in base and d in central and base[d] - central[d] > 0
-    }
+    """``gap_d`` of every domain of ``losses`` (module docstring) and their ``macro`` mean.
+
+    A domain whose gap ``L0_d − Lc_d`` is not above ``gap_floor`` (the reference barely
+    improved on the base) is left out; a run's ``gap_d`` is floored at ``score_floor``, and a
+    non-finite loss (a diverged run) scores that floor."""
+    out = {}
+    for d, loss in losses.items():
+        if d in base and d in central and base[d] - central[d] > max(gap_floor, 0.0):
+            value = (base[d] - loss) / (base[d] - central[d]) if math.isfinite(loss) else -math.inf
+            out[d] = max(value, score_floor)
     if out:
         out["macro"] = statistics.fmean(out.values())
     return out

@@ -15,6 +15,11 @@ positive means ``a`` is better), ``n`` seeds, mean ``d̄`` and sample sd ``s_d``
 
 The margins are written in ``claims.toml`` before the runs, so more noise makes an
 equivalence harder to show, never easier. Fewer than ``min_n`` paired seeds: undecided.
+
+The same decisions as p-values (:func:`p_values`): a test "holds" at level α when its
+``p_holds < α`` and "does not hold" when its ``p_fails < α``, exactly the intervals above at
+α = 0.05. A family of tests is corrected by Holm's step-down method (:func:`holm`), each
+direction on its own.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class Paired:
     """Two-sided 95% interval (None below two pairs or with no spread)."""
     ci90: tuple[float, float] | None
     """Two-sided 90% interval: the two one-sided 5% tests of TOST."""
+    sd: float = math.nan
+    """Sample standard deviation of the differences."""
 
     def text(self, unit: str = "") -> str:
         if self.ci95 is None:
@@ -64,7 +71,8 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired:
     seeds = sorted(set(a) & set(b))
     diffs = [a[s] - b[s] for s in seeds]
     mean = statistics.fmean(diffs) if diffs else math.nan
-    return Paired(len(diffs), mean, t_interval(diffs, 0.95), t_interval(diffs, 0.90))
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+    return Paired(len(diffs), mean, t_interval(diffs, 0.95), t_interval(diffs, 0.90), sd)
 
 
 def beats(p: Paired) -> str:
@@ -98,3 +106,57 @@ def both(*verdicts: str) -> str:
     if FAILS in verdicts:
         return FAILS
     return HOLDS if verdicts and all(v == HOLDS for v in verdicts) else UNDECIDED
+
+
+def _above(p: Paired, at: float) -> float:
+    """One-sided p-value of "the mean difference is above ``at``" (t, df = n − 1)."""
+    from scipy import stats
+
+    if p.n < 2 or math.isnan(p.sd):
+        return 1.0
+    if p.sd == 0.0:
+        return 0.0 if p.mean > at else 1.0
+    t = (p.mean - at) / (p.sd / math.sqrt(p.n))
+    return float(stats.t.sf(t, p.n - 1))
+
+
+def _below(p: Paired, at: float) -> float:
+    """One-sided p-value of "the mean difference is below ``at``"."""
+    from scipy import stats
+
+    if p.n < 2 or math.isnan(p.sd):
+        return 1.0
+    if p.sd == 0.0:
+        return 0.0 if p.mean < at else 1.0
+    t = (p.mean - at) / (p.sd / math.sqrt(p.n))
+    return float(stats.t.cdf(t, p.n - 1))
+
+
+def p_values(test: str, p: Paired, margin: float = 0.0) -> tuple[float, float]:
+    """``(p_holds, p_fails)`` of a "better", "no_worse" or "close" test (module docstring)."""
+    if test == "better":  # two-sided at the sign observed: the 95% interval's decision
+        return min(1.0, 2 * _above(p, 0.0)), min(1.0, 2 * _below(p, 0.0))
+    if test == "no_worse":
+        return _above(p, -margin), _below(p, -margin)
+    if test == "close":
+        return max(_above(p, -margin), _below(p, margin)), min(
+            _below(p, -margin), _above(p, margin)
+        )
+    raise ValueError(f"unknown test {test!r}")
+
+
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of a family (same order as ``ps``): reject the
+    ``i``-th smallest when every adjusted value up to it is below α."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    adjusted = [1.0] * len(ps)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def decided(p_holds: float, p_fails: float, alpha: float) -> str:
+    """The verdict of a test from its (possibly adjusted) p-values."""
+    return HOLDS if p_holds < alpha else FAILS if p_fails < alpha else UNDECIDED

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.quality.claims import load_claims
-from benchmarks.quality.plan import load_plan, plan, tuning_plan
+from benchmarks.quality.plan import dp_pilot, load_plan, plan, tuning_plan
 from benchmarks.quality.report import MB, aggregate, scores, summarise_run
 from benchmarks.quality.run import main
 from fedlora.methods.registry import names
@@ -38,7 +38,7 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     doc = json.loads((results / "results.json").read_text())
     page = (results / "results.md").read_text()
     table = page.split("## Held-out loss per domain")[0]
-    claims = page.split("## Claims")[1].split("## Runs")[0]
+    claims = page.split("## Claims")[1].split("\n## ")[0]
     expected_labels = {s.label for s in plan(PLAN, names(), [0], QUICK)}
 
     # Execute
@@ -57,7 +57,8 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
     # bytes alone)
     n_claims = len(load_claims()["claim"])
     assert len(doc["claims"]) == claims.count("\n| ") - 1 == n_claims > 20
-    assert "**holds**" not in claims
+    held = [c["claim"] for c in doc["claims"] if c["verdict"] == "holds"]
+    assert held == ["FLoRIST downloads less than FLoRA"]  # bytes need no second seed
     assert {r["method"] for r in doc["rows"]} == set(names())
     assert not doc["partial"] and doc["finished_runs"] == len(expected_labels)
     for row in doc["rows"]:
@@ -77,7 +78,6 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
         "main_vs_mb.png",
         "hetero_vs_round.png",
         "florist-tau_vs_mb.png",
-        "dp_vs_round.png",
         "stability_vs_round.png",
     }
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in pngs)
@@ -85,7 +85,7 @@ def test_quick_table_json_and_plots_hold_every_method(quick: Path) -> None:
 
 def test_quick_runs_share_one_budget_and_differ_only_in_their_row(quick: Path) -> None:
     # Prepare
-    records = [json.loads(p.read_text()) for p in quick.glob("results/runs/*/seed0.json")]
+    records = [json.loads(p.read_text()) for p in quick.glob("results/runs/*/seed*.json")]
     tuned = json.loads((quick / "results" / "tuned.json").read_text())
 
     # Execute
@@ -103,9 +103,14 @@ def test_quick_runs_share_one_budget_and_differ_only_in_their_row(quick: Path) -
     }
 
     # Assert
-    tests = [r for r in records if r["spec"]["group"] != "tune"]
+    tests = [r for r in records if r["spec"]["group"] not in ("tune", "dp-pilot")]
+    tune = [r for r in records if r["spec"]["group"] == "tune"]
     assert len(tests) == len(plan(PLAN, names(), [0], QUICK))
-    assert len(records) == len(tests) + len(tuning_plan(PLAN, names(), QUICK))
+    # the grid of every tuned row, and whatever steps the rule added beyond it
+    grid = {(s.tuned_as, s.lr) for s in tuning_plan(PLAN, names(), QUICK)}
+    assert grid <= {(r["spec"]["tuned_as"], r["spec"]["lr"]) for r in tune}
+    assert all(r["spec"]["seed"] == PLAN.tuning_seed not in PLAN.seeds for r in tune)
+    assert all(v["settled"] for v in tuned.values())
     assert len(shared) == 1
     for r in tests:  # each test row trains at its tuned rate, on the test split
         assert r["config"]["train"]["lr"] == tuned[r["spec"]["tuned_as"]]["lr"]
@@ -119,8 +124,15 @@ def test_quick_runs_share_one_budget_and_differ_only_in_their_row(quick: Path) -
     (central,) = [r for r in tests if r["spec"]["label"] == "centralised"]
     assert central["config"]["data"]["clients"] == 1 and central["config"]["data"]["pool"] == 4
     assert central["config"]["train"]["local_steps"] == QUICK.local_steps * QUICK.clients
-    dp = [r for r in tests if r["spec"]["group"] == "dp"]
-    assert dp and all(r["config"]["privacy"]["noise_seed"] == 0 for r in dp)
+    # the DP rows wait for their pilot's decision: only the pilot ran, on validation data
+    assert not [r for r in tests if r["spec"]["group"] == "dp"]
+    pilot = [r for r in records if r["spec"]["group"] == "dp-pilot"]
+    assert sorted(r["spec"]["label"] for r in pilot) == sorted(
+        f"pilot {x}" for x in PLAN.dp["pilot"]
+    )
+    assert all(r["config"]["privacy"]["noise_seed"] == PLAN.tuning_seed for r in pilot)
+    assert all(r["config"]["privacy"]["not_private"] for r in pilot)
+    assert all(r["config"]["data"]["eval_split"] == "validation" for r in pilot)
 
 
 def test_report_only_rereads_finished_runs_without_running(quick: Path) -> None:
@@ -277,10 +289,13 @@ def test_plan_runs_seed_by_seed_with_one_seed_rows_at_the_first_only() -> None:
     assert [s.method for s in hetero] == ["fedavg", "fedprox", "florist"]
     assert all(s.ranks == DEFAULT.hetero_ranks for s in hetero)
     assert [s.options["tau"] for s in hetero if s.method == "florist"] == [0.85]
-    dp = {s.label: s for s in first if s.group == "dp"}
-    assert set(dp) == {f"{m} dp eps={e}" for m in ("fedavg", "fedsrd") for e in ("8", "2", "inf")}
-    assert dp["fedsrd dp eps=2"].options["reconstruct"] is False
-    assert "privacy.noise_multiplier=0.0" in dp["fedavg dp eps=inf"].settings
+    # the DP rows wait for their pilot's decision; the pilot runs on validation data
+    assert not [s for s in first if s.group == "dp"]
+    pilot = {s.label: s for s in dp_pilot(PLAN, methods)}
+    assert set(pilot) == {"pilot fedavg dp eps=2", "pilot fedavg dp eps=inf"}
+    assert all(s.seed == PLAN.tuning_seed for s in pilot.values())
+    assert "privacy.noise_multiplier=0.0" in pilot["pilot fedavg dp eps=inf"].settings
+    assert 'data.eval_split="validation"' in pilot["pilot fedavg dp eps=2"].settings
     stable = {s.label: s for s in first if s.group == "stability"}
     assert stable["fedsrd stabilised steps=2"].local_steps == 2
     assert stable["fedsrd stabilised"].options["support"] == "per-rank"
@@ -296,8 +311,10 @@ def test_plan_runs_seed_by_seed_with_one_seed_rows_at_the_first_only() -> None:
 
 def test_the_base_model_is_scored_once_per_seed_and_shared_by_the_runs(quick: Path) -> None:
     # Prepare
-    base = json.loads((quick / "base" / "seed0.json").read_text())
-    val = json.loads((quick / "base" / "validation-seed0.json").read_text())
+    base = json.loads((quick / "results" / "base" / "seed0.json").read_text())
+    val = json.loads(
+        (quick / "results" / "base" / f"validation-seed{PLAN.tuning_seed}.json").read_text()
+    )
     doc = json.loads((quick / "results" / "results.json").read_text())
     first_records = [
         json.loads(p.read_text().splitlines()[0]) for p in quick.glob("runs/*/seed0/metrics.jsonl")
@@ -326,7 +343,9 @@ def test_report_only_lists_a_run_without_a_record_as_not_run(quick: Path, tmp_pa
     assert [m["label"] for m in doc["not_run"]] == ["fedavg"]
 
 
-def test_the_report_refuses_runs_of_two_library_versions(quick: Path, tmp_path: Path) -> None:
+def test_a_claim_is_not_decided_from_rows_of_two_library_versions(
+    quick: Path, tmp_path: Path
+) -> None:
     # Prepare: one kept record claims another tree of src/fedlora
     out = tmp_path / "mixed"
     shutil.copytree(quick, out)
@@ -335,11 +354,37 @@ def test_the_report_refuses_runs_of_two_library_versions(quick: Path, tmp_path: 
     record["code"] = "0" * 40
     path.write_text(json.dumps(record))
 
-    # Execute / Assert
-    assert main(["--quick", "--out", str(out), "--report-only"]) == 2
-    assert main(["--quick", "--out", str(out), "--report-only", "--allow-mixed-code"]) == 0
+    # Execute
+    assert main(["--quick", "--out", str(out), "--report-only"]) == 0
     doc = json.loads((out / "results" / "results.json").read_text())
+
+    # Assert: the claims that compare fedsrd say why they are not decided; others do not
+    claims = {c["claim"]: c for c in doc["claims"]}
+    mixed = "made by different code or environments"
+    assert mixed in claims["FedSRD beats Fed-DARE"]["evidence"]
+    assert mixed not in claims["FLoRIST matches or beats FedIT"]["evidence"]
     assert len(doc["code_versions"]) == 2
+
+
+def test_a_fresh_clone_of_the_records_has_nothing_to_run(
+    quick: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: only the kept records (and base scores), as a clone of the repository has them
+    fresh, results = tmp_path / "fresh", tmp_path / "clone" / "results"
+    shutil.copytree(quick / "results", results)
+    kept = {p: p.read_bytes() for p in sorted((results / "runs").rglob("*.json"))}
+    args = ["--quick", "--out", str(fresh), "--results", str(results)]
+
+    # Execute
+    assert main([*args, "--plan"]) == 0
+    listing = capsys.readouterr().out
+    assert main(args) == 0
+
+    # Assert: the plan lists every stage as done, nothing ran, no record was rewritten
+    stages = [line for line in listing.splitlines() if " done, " in line]
+    assert stages and all(" 0 to run" in line for line in stages)
+    assert not (fresh / "runs").exists()
+    assert {p: p.read_bytes() for p in kept} == kept
 
 
 def test_publish_writes_the_page_and_its_plots_where_the_links_point(
@@ -371,8 +416,8 @@ def test_results_say_which_runs_finished_when_and_under_what_load(
     assert "machine load (1-min average at each run's start and end)" in page
     assert all(len(r["load_1min"]) == 2 and r["finished_at"] for r in doc["runs"])
     err = capsys.readouterr().err  # a line per started and finished run, tuning first
-    assert "· [1/6] tune fedavg lr=0.002 seed 0" in err
-    assert "· finished fedsrd seed 0 (2/3, " in err
+    assert f"· [1] tune fedavg lr=0.002 seed {PLAN.tuning_seed}" in err
+    assert "· finished fedsrd seed 0 (" in err and " min)" in err
     # a later report keeps when and under what load each run was made, and by what command
     before = {r["label"]: r["load_1min"] for r in doc["runs"]}
     assert main([*args, "--report-only"]) == 0
@@ -385,14 +430,18 @@ def test_results_say_which_runs_finished_when_and_under_what_load(
 
 
 def test_a_finished_run_of_another_budget_is_refused_not_reused(tmp_path: Path) -> None:
-    # Prepare: a finished benchmark whose fedavg run was then made another learning rate's
+    # Prepare: a finished benchmark whose fedavg run (record and folder) was then made
+    # another learning rate's
     out = tmp_path / "other"
     args = ["--quick", "--out", str(out), "--methods", "fedavg", "fedsrd", "--no-extras"]
     assert main(args) == 0
-    cfg_path = out / "runs" / "fedavg" / "seed0" / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["train"]["lr"] = 0.123
-    cfg_path.write_text(json.dumps(cfg))
+    for path, train in (
+        (out / "runs" / "fedavg" / "seed0" / "config.json", lambda d: d["train"]),
+        (out / "results" / "runs" / "fedavg" / "seed0.json", lambda d: d["config"]["train"]),
+    ):
+        doc = json.loads(path.read_text())
+        train(doc)["lr"] = 0.123
+        path.write_text(json.dumps(doc))
     # Execute
     code = main(args)
     doc = json.loads((out / "results" / "results.json").read_text())
@@ -434,3 +483,28 @@ def test_a_record_keeps_the_versions_that_compute_its_numbers() -> None:
     env = code_version()["environment"]
     assert env["torch"] == torch.__version__ and env["python"] == platform.python_version()
     assert set(env) >= {"transformers", "peft", "numpy"}
+
+
+def test_a_pinned_sitting_runs_that_commits_benchmark_and_keeps_records_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from benchmarks.quality import pinned
+
+    calls: list[tuple[list[str], Path | None]] = []
+
+    def fake_run(cmd: list[str], cwd: Path | None = None, **kw: Any) -> Any:
+        calls.append((cmd, cwd))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(pinned, "worktree", lambda commit, base: tmp_path / "wt")
+    monkeypatch.setattr(pinned.subprocess, "run", fake_run)
+
+    assert pinned.main(["abc123", "--claims", "1", "--max-minutes", "150"]) == 0
+
+    ((cmd, cwd),) = calls
+    assert cwd == tmp_path / "wt" and cmd[0] == str(tmp_path / "wt" / ".venv" / "bin" / "python")
+    assert cmd[1:3] == ["-m", "benchmarks.quality"]
+    assert cmd[cmd.index("--results") + 1] == str(pinned.RESULTS)  # this checkout's records
+    assert cmd[-4:] == ["--claims", "1", "--max-minutes", "150"]

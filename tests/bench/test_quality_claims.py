@@ -16,7 +16,7 @@ from scipy import stats as sps
 from benchmarks.quality.claims import MACRO, decide, load_claims, render
 from benchmarks.quality.scores import domain_losses, gap_closed
 from benchmarks.quality.stats import FAILS, HOLDS, UNDECIDED, beats, close, no_worse, paired
-from benchmarks.quality.tuning import choose, relative_loss
+from benchmarks.quality.tuning import choose, next_rates, relative_loss
 
 SEEDS = range(5)
 
@@ -98,7 +98,71 @@ def test_tuning_picks_the_lowest_finite_macro_relative_loss() -> None:
     assert relative_loss({"code": 1.0, "email": 10.0}, base) == pytest.approx(0.75)
     got = choose({"m": {1e-3: 0.8, 3e-3: 0.7, 1e-2: math.nan}, "n": {1e-3: math.inf}}, 5e-4)
     assert got["m"]["lr"] == 3e-3 and got["m"]["tuned"]
-    assert got["n"] == {"lr": 5e-4, "scores": {"0.001": math.inf}, "tuned": False}
+    assert got["n"] == {"lr": 5e-4, "scores": {"0.001": math.inf}, "tuned": False, "settled": True}
+
+
+GRID = (1e-3, 3e-3, 1e-2)
+
+
+@pytest.mark.parametrize(
+    ("scores", "wanted"),
+    [
+        ({}, [1e-3, 3e-3, 1e-2]),  # the grid first
+        ({1e-3: 0.9, 3e-3: 0.8, 1e-2: 0.7}, [0.0333]),  # best at the top: one step beyond
+        ({1e-3: 0.6, 3e-3: 0.8, 1e-2: 0.9}, [0.000333]),  # best at the bottom: a step below
+        ({3e-4: 0.5, 1e-3: 0.6, 3e-3: 0.8, 1e-2: 0.9}, [0.0001]),  # still at the edge
+        ({1e-3: 0.7, 3e-3: 0.6, 1e-2: 0.65}, []),  # interior, neighbours close: tuned
+        # FedSRD's cliff: 0.56 at 1e-3, 1.85 at 3e-3 (3.3x): the midpoint, after the edge
+        ({3e-4: 0.7, 1e-3: 0.56, 3e-3: 1.85, 1e-2: math.inf}, [0.00173]),
+        ({3e-4: 0.7, 1e-3: 0.56, 1.73e-3: 0.6, 3e-3: 1.85, 1e-2: math.inf}, []),  # once
+        # a neighbour 2.25x worse and one that diverged: both midpoints
+        ({1e-3: 0.9, 3e-3: 0.4, 1e-2: math.inf}, [0.00173, 0.00548]),
+    ],
+)
+def test_the_tuning_rule_leaves_no_edge_and_no_cliff_untried(
+    scores: dict[float, float], wanted: list[float]
+) -> None:
+    assert next_rates(scores, GRID) == pytest.approx(wanted)
+
+
+def test_the_tuning_rule_stops_after_three_steps_beyond_the_grid() -> None:
+    scores = {1e-3: 0.9, 3e-3: 0.8, 1e-2: 0.7, 0.0333: 0.6, 0.111: 0.5, 0.37: 0.4}
+    assert next_rates(scores, GRID) == []
+    assert not choose({"m": {1e-3: 0.9, 3e-3: 0.8, 1e-2: 0.7}}, 5e-4, GRID)["m"]["settled"]
+
+
+def test_p_values_decide_as_the_intervals_do() -> None:
+    from benchmarks.quality.stats import beats, close, decided, no_worse, p_values
+
+    for diffs in ([0.1, 0.12, 0.09, 0.11, 0.1], [-0.2, 0.1, 0.05, -0.1, 0.0], [-0.1, -0.12, -0.09]):
+        p = paired(dict(enumerate(diffs)), dict.fromkeys(range(len(diffs)), 0.0))
+        assert decided(*p_values("better", p), 0.05) == beats(p)
+        assert decided(*p_values("no_worse", p, 0.05), 0.05) == no_worse(p, 0.05)
+        assert decided(*p_values("close", p, 0.05), 0.05) == close(p, 0.05)
+
+
+def test_holm_adjusts_step_down_as_its_definition_says() -> None:
+    from benchmarks.quality.stats import holm
+
+    # sorted 0.01, 0.02, 0.04, 0.30 over m = 4: 0.04, max(0.04, 0.06), max(0.06, 0.08), 0.30
+    assert holm([0.04, 0.01, 0.30, 0.02]) == pytest.approx([0.08, 0.04, 0.30, 0.06])
+
+
+def test_the_headline_family_is_corrected_and_the_rest_is_not() -> None:
+    # Prepare: fedsrd beats fed_dare by a margin that is significant alone (p about 0.02)
+    # but not once corrected over the 8 comparisons of the headline family
+    diffs = [0.10, 0.02, 0.09, 0.01, 0.08]
+    rows = [row("fedsrd", [0.5 + d for d in diffs]), row("fed_dare", [0.5] * 5)]
+    spec = load_claims()
+    alone = {**spec, "claim": [{**c, "family": ""} for c in spec["claim"]]}
+
+    # Execute
+    corrected = {c.claim: c for c in decide(rows, spec)}["FedSRD beats Fed-DARE"]
+    uncorrected = {c.claim: c for c in decide(rows, alone)}["FedSRD beats Fed-DARE"]
+
+    # Assert
+    assert uncorrected.verdict == HOLDS and corrected.verdict == UNDECIDED
+    assert "Holm-adjusted p" in corrected.evidence
 
 
 def row(label: str, macro: list[float], mb: float = 1.0, **more: Any) -> dict[str, Any]:
