@@ -120,8 +120,11 @@ def _text(t: Test, verdict: str, corrected: bool) -> str:
     margin = f", margin {c['margin']}" if "margin" in c else ""
     note = f" ({t.why})" if t.why else ""
     if not t.why:
-        kind = "Holm-adjusted" if corrected else "p"
-        note = f", {kind} p {min(t.p_holds, 1):.3g} ({verdict})"
+        kind = "Holm-adjusted p" if corrected else "p"
+        note = (
+            f", {kind}: holds {min(t.p_holds, 1):.3g}, does not hold {min(t.p_fails, 1):.3g}"
+            f" ({verdict})"
+        )
     return f"{c['a']} vs {c['b']}: gap closed {t.paired.text()}{margin}{note}"
 
 
@@ -135,19 +138,20 @@ def _per_domain(c: Mapping[str, Any], by: Mapping[str, Row], alpha: float, min_s
     return f"{c['a']} vs {c['b']}: " + ", ".join(parts) if parts else ""
 
 
-def _verdicts(
-    tests: Sequence[Test], corrected: bool, alpha: float
-) -> tuple[list[str], list[float]]:
-    """Each test's verdict, and its (Holm-adjusted where ``corrected``) p_holds."""
+Adjusted = tuple[str, float, float]
+"""A comparison's verdict and its (possibly Holm-adjusted) p-values: holds, does not hold."""
+
+
+def _verdicts(tests: Sequence[Test], corrected: bool, alpha: float) -> list[Adjusted]:
+    """Each test's verdict and p-values (Holm-adjusted over ``tests`` where ``corrected``)."""
     holds = [t.p_holds for t in tests]
     fails = [t.p_fails for t in tests]
     if corrected:
         holds, fails = holm(holds), holm(fails)
-    out = [
-        UNDECIDED if t.why else decided(h, f, alpha)
+    return [
+        (UNDECIDED if t.why else decided(h, f, alpha), h, f)
         for t, h, f in zip(tests, holds, fails, strict=True)
     ]
-    return out, holds
 
 
 def decide_one(
@@ -155,10 +159,10 @@ def decide_one(
     by: Mapping[str, Row],
     min_seeds: int,
     alpha: float = 0.05,
-    family: Mapping[int, tuple[str, float]] | None = None,
+    family: Mapping[int, Adjusted] | None = None,
 ) -> Claim:
     """One claim of ``claims.toml`` (see its header) decided from the rows; ``family``
-    holds the Holm-corrected (verdict, adjusted p) of its comparisons, by position, when it
+    holds the Holm-corrected verdict and p-values of its comparisons, by position, when it
     belongs to the headline family."""
     missing = [lab for lab in _labels(spec) if lab not in by]
     if missing:
@@ -169,11 +173,12 @@ def decide_one(
         verdicts.append(HOLDS if all(x <= y for x, y in itertools.pairwise(mbs)) else FAILS)
         evidence.append(f"{inc['metric']} " + " / ".join(f"{m:.3f}" for m in mbs))
     tests = [_test(c, by, min_seeds) for c in spec.get("compare", [])]
-    own, own_p = _verdicts(tests, False, alpha)
+    own = _verdicts(tests, False, alpha)
     for i, t in enumerate(tests):
-        v, p_adj = family[i] if family is not None else (own[i], own_p[i])
+        v, p_holds, p_fails = family[i] if family is not None else own[i]
         verdicts.append(v)
-        evidence.append(_text(dataclasses.replace(t, p_holds=p_adj), v, family is not None))
+        shown = dataclasses.replace(t, p_holds=p_holds, p_fails=p_fails)
+        evidence.append(_text(shown, v, family is not None))
         per_domain.append(_per_domain(t.spec, by, alpha, min_seeds))
     for r in spec.get("ratio", []):
         share = _mb(by[r["a"]], r["metric"]) / _mb(by[r["b"]], r["metric"])
@@ -192,7 +197,7 @@ def decide_one(
 
 def _family(
     claims: Sequence[Mapping[str, Any]], by: Mapping[str, Row], spec: Mapping[str, Any]
-) -> dict[int, dict[int, tuple[str, float]]]:
+) -> dict[int, dict[int, Adjusted]]:
     """The headline family's comparisons decided together (Holm), by claim index and
     comparison index; a member whose rows have not run counts in the family with p = 1."""
     members = [
@@ -207,10 +212,10 @@ def _family(
         else Test(c, None, why="not run")
         for _, _, c in members
     ]
-    verdicts, adjusted = _verdicts(tests, True, float(spec.get("alpha", 0.05)))
-    out: dict[int, dict[int, tuple[str, float]]] = {}
-    for (i, j, _), v, p in zip(members, verdicts, adjusted, strict=True):
-        out.setdefault(i, {})[j] = (v, p)
+    adjusted = _verdicts(tests, True, float(spec.get("alpha", 0.05)))
+    out: dict[int, dict[int, Adjusted]] = {}
+    for (i, j, _), got in zip(members, adjusted, strict=True):
+        out.setdefault(i, {})[j] = got
     return out
 
 

@@ -162,7 +162,7 @@ def test_the_headline_family_is_corrected_and_the_rest_is_not() -> None:
 
     # Assert
     assert uncorrected.verdict == HOLDS and corrected.verdict == UNDECIDED
-    assert "Holm-adjusted p" in corrected.evidence
+    assert "Holm-adjusted p: holds" in corrected.evidence
 
 
 def row(label: str, macro: list[float], mb: float = 1.0, **more: Any) -> dict[str, Any]:
