@@ -25,6 +25,7 @@ TESTS = Path(__file__).parent
 RANK = {
     "errors": 0,
     "files": 0,
+    "validate": 0,
     "__init__": 0,
     "ops": 1,
     "methods": 2,

@@ -93,6 +93,6 @@ def test_one_ratio_rule_is_validated_alike_for_fedsrd_fedsrd_e_and_the_uplink(
     from fedlora.ops.ratio import RatioRule
 
     extra = [override.split(".")[0] + "=" + override.split(".")[1]] if "method" in override else []
-    with pytest.raises(ConfigError, match=rf"{where} must be in \[0, 1\), got 1.5"):
+    with pytest.raises(ConfigError, match=rf"{where}: must be in \[0, 1\); got 1.5"):
         config.load(None, [*extra, override])
     assert issubclass(type(config.load(None, []).uplink), RatioRule)

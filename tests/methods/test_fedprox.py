@@ -64,7 +64,7 @@ def test_term_is_zero_at_the_start_and_absent_for_mu_zero():
 
 @pytest.mark.parametrize("mu", [-0.1, float("nan"), float("inf"), "big"])
 def test_config_rejects_bad_mu(mu):
-    with pytest.raises(ValueError, match="mu must be"):
+    with pytest.raises(ValueError, match="mu: must be"):
         FedProxConfig(mu=mu)
     with pytest.raises(ConfigError, match="method.fedprox: mu"):
         make_config("fedprox", {"mu": mu})

@@ -214,10 +214,10 @@ def test_aggregation_never_allocates_an_m_by_n_matrix():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"tau": 1.5}, "tau must be in \\(0, 1\\], got 1.5"),
+        ({"tau": 1.5}, "tau: must be in \\(0, 1\\]; got 1.5"),
         ({"tau": 0.0}, "tau"),
-        ({"mode": "cold"}, "mode must be one of"),
-        ({"tau": "high"}, "tau must be a number"),
+        ({"mode": "cold"}, "mode: must be one of"),
+        ({"tau": "high"}, "tau: must be a number"),
     ],
 )
 def test_config_rejects_bad_options(options, message):

@@ -70,7 +70,7 @@ def test_fresh_padding_revives_slots_and_keeps_the_product(name: str) -> None:
 @pytest.mark.parametrize("name", PADDING_METHODS)
 def test_default_pad_is_fresh_and_bad_values_are_refused(name: str) -> None:
     assert make_config(name).pad == "fresh"
-    with pytest.raises(ConfigError, match=f"method.{name}: pad must be one of fresh, zeros"):
+    with pytest.raises(ConfigError, match=f"method.{name}: pad: must be one of fresh, zeros"):
         make_config(name, {"pad": "random"})
 
 

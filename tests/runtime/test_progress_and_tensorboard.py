@@ -62,5 +62,5 @@ def test_progress_on_draws_local_steps_and_auto_stays_out_of_logs(
 
 
 def test_progress_mode_is_checked() -> None:
-    with pytest.raises(ValueError, match="progress mode"):
+    with pytest.raises(ValueError, match="log.progress: must be one of"):
         progress.set_mode("loud")

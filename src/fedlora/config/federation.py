@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedlora.config.checks import check as _check
+from fedlora.validate import check as _check
+from fedlora.validate import one_of
 
 SAMPLINGS = ("fixed", "poisson")
+WEIGHTINGS = ("samples", "uniform")
+CLIP_ACTIONS = ("clip", "refuse")
 PRIVACY_MODES = ("none", "central")
 
 
@@ -34,11 +37,7 @@ class PrivacyConfig:
     not_private: bool = False
 
     def __post_init__(self) -> None:
-        _check(
-            self.mode in PRIVACY_MODES,
-            "privacy.mode",
-            f"must be one of {', '.join(PRIVACY_MODES)}; got {self.mode!r}",
-        )
+        one_of("privacy.mode", self.mode, PRIVACY_MODES)
         _check(self.clip_norm > 0, "privacy.clip_norm", f"must be positive, got {self.clip_norm}")
         _check(
             self.noise_multiplier is None or self.noise_multiplier >= 0,
@@ -109,17 +108,9 @@ class FederationConfig:
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", f"must be at least 1, got {self.rounds}")
         _check(self.clients_per_round > 0, "federation.clients_per_round", "must be positive")
-        _check(
-            self.sampling in SAMPLINGS,
-            "federation.sampling",
-            f"must be one of {', '.join(SAMPLINGS)}; got {self.sampling!r}",
-        )
+        one_of("federation.sampling", self.sampling, SAMPLINGS)
         _check(0 < self.sample_rate <= 1, "federation.sample_rate", "must be in (0, 1]")
-        _check(
-            self.weighting in ("samples", "uniform"),
-            "federation.weighting",
-            f"must be 'samples' or 'uniform', got {self.weighting!r}",
-        )
+        one_of("federation.weighting", self.weighting, WEIGHTINGS)
         _check(self.min_clients >= 1, "federation.min_clients", "must be at least 1")
         _check(self.client_timeout_s >= 0, "federation.client_timeout_s", "must be >= 0")
         _check(
@@ -133,11 +124,7 @@ class FederationConfig:
             f"must be 0 (off) or at least 1, got {self.clip_ratio}",
         )
         _check(self.clip_norm >= 0, "federation.clip_norm", "must be >= 0 (0 = off)")
-        _check(
-            self.clip_action in ("clip", "refuse"),
-            "federation.clip_action",
-            f"must be 'clip' or 'refuse', got {self.clip_action!r}",
-        )
+        one_of("federation.clip_action", self.clip_action, CLIP_ACTIONS)
         _check(self.max_reply_mb > 0, "federation.max_reply_mb", "must be positive")
         _check(
             all(isinstance(k, str) and k.strip() for k in self.node_keys),

@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedlora.config.checks import check as _check
 from fedlora.config.federation import FederationConfig, PrivacyConfig
 from fedlora.data.dataset_split import DATASET_PARTITIONS
 from fedlora.data.formats import FORMATS, TEMPLATES, Columns
 from fedlora.errors import ConfigError
 from fedlora.ops.ratio import SPARSIFIERS, RatioRule
 from fedlora.ops.schedule import SCHEDULES
+from fedlora.validate import check as _check
+from fedlora.validate import one_of
 
 ALL_LINEAR = "all-linear"
 
@@ -41,16 +42,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "must not be empty")
-        _check(
-            self.dtype in MODEL_DTYPES,
-            "model.dtype",
-            f"must be one of {', '.join(MODEL_DTYPES)}; got {self.dtype!r}",
-        )
-        _check(
-            self.quantize in QUANTIZE,
-            "model.quantize",
-            f"must be one of {', '.join(QUANTIZE)}; got {self.quantize!r}",
-        )
+        one_of("model.dtype", self.dtype, MODEL_DTYPES)
+        one_of("model.quantize", self.quantize, QUANTIZE)
 
 
 @dataclass(frozen=True)
@@ -152,27 +145,14 @@ class DataConfig:
         if self.clients == 0 and not (self.dataset and self.partition == "column"):
             # Only a column split needs the data itself to count its clients.
             object.__setattr__(self, "clients", len(self.files) if self.files else 4)
-        allowed = DATASET_PARTITIONS if self.dataset else BUILTIN_PARTITIONS
-        where = "with data.dataset" if self.dataset else "without data.dataset"
-        _check(
-            self.partition in allowed,
-            "data.partition",
-            f"{where} must be one of {', '.join(allowed)}; got {self.partition!r}",
-        )
+        key = "data.partition with data.dataset" if self.dataset else "data.partition"
+        one_of(key, self.partition, DATASET_PARTITIONS if self.dataset else BUILTIN_PARTITIONS)
         _check(self.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be positive")
         _check(self.max_train_per_client >= 0, "data.max_train_per_client", "must be >= 0")
         _check(self.max_eval_per_domain >= 1, "data.max_eval_per_domain", "must be >= 1")
         _check(self.max_choice_per_domain >= 0, "data.max_choice_per_domain", "must be >= 0")
-        _check(
-            self.format in FORMATS,
-            "data.format",
-            f"must be one of {', '.join(FORMATS)}; got {self.format!r}",
-        )
-        _check(
-            self.template in TEMPLATES,
-            "data.template",
-            f"must be one of {', '.join(TEMPLATES)}; got {self.template!r}",
-        )
+        one_of("data.format", self.format, FORMATS)
+        one_of("data.template", self.template, TEMPLATES)
         _check(
             0 < self.heldout_fraction <= 0.5,
             "data.heldout_fraction",
@@ -244,16 +224,8 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = off)")
-        _check(
-            self.batching in BATCHINGS,
-            "train.batching",
-            f"must be one of {', '.join(BATCHINGS)}; got {self.batching!r}",
-        )
-        _check(
-            self.lr_schedule in SCHEDULES,
-            "train.lr_schedule",
-            f"must be one of {', '.join(SCHEDULES)}; got {self.lr_schedule!r}",
-        )
+        one_of("train.batching", self.batching, BATCHINGS)
+        one_of("train.lr_schedule", self.lr_schedule, SCHEDULES)
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr = {self.lr}]")
 
@@ -331,11 +303,7 @@ class UplinkConfig(RatioRule):
             super().__post_init__()
         except ValueError as exc:
             raise ConfigError(f"uplink.{exc}") from None
-        _check(
-            self.sparsify in UPLINK_SPARSIFIERS,
-            "uplink.sparsify",
-            f"must be one of {', '.join(UPLINK_SPARSIFIERS)}; got {self.sparsify!r}",
-        )
+        one_of("uplink.sparsify", self.sparsify, UPLINK_SPARSIFIERS)
 
 
 @dataclass(frozen=True)

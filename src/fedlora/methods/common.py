@@ -26,6 +26,7 @@ from fedlora.ops.seeded_init import SeededInit, lora_a_init
 from fedlora.ops.seeds import label_seed
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.stack import fit_rank
+from fedlora.validate import one_of
 
 PAD_RULES = ("fresh", "zeros")
 """How a client's adapter slots that carry nothing (``A`` row and ``B`` column both zero) are
@@ -123,12 +124,6 @@ def dense(value: Tensor | Sparse | SeededInit) -> Tensor:
     return value
 
 
-def check_pad(pad: object) -> None:
-    """Raise ``ValueError`` naming the option unless ``pad`` is one of :data:`PAD_RULES`."""
-    if pad not in PAD_RULES:
-        raise ValueError(f"pad must be one of {', '.join(PAD_RULES)}, got {pad!r}")
-
-
 @dataclass(frozen=True)
 class PadConfig:
     """The ``pad`` option (:data:`PAD_RULES`) of every method that pads a client's adapter;
@@ -137,7 +132,7 @@ class PadConfig:
     pad: str = "fresh"
 
     def __post_init__(self) -> None:
-        check_pad(self.pad)
+        one_of("pad", self.pad, PAD_RULES)
 
 
 def layer_init_seed(seed: int, layer: str) -> int:

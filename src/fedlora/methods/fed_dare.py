@@ -49,6 +49,7 @@ from fedlora.methods.common import key
 from fedlora.methods.registry import register
 from fedlora.ops.masks import dare
 from fedlora.ops.seeds import label_seed
+from fedlora.validate import number
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,7 @@ class FedDareConfig:
     p_up: float = 0.9
 
     def __post_init__(self) -> None:
-        if isinstance(self.p_up, bool) or not isinstance(self.p_up, (int, float)):
-            raise ValueError(f"p_up must be a number, got {self.p_up!r}")
-        if not 0.0 <= float(self.p_up) < 1.0:
-            raise ValueError(f"p_up must be in [0, 1), got {self.p_up}")
+        number("p_up", self.p_up, at_least=0.0, below=1.0)
 
 
 def upload_seed(client_seed: int, round_: int, cid: int, layer: str, part: str) -> int:

@@ -61,6 +61,7 @@ from fedlora.methods.stacked import client_pair, ordered, weighted_sum
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.stack import compress, stack_products
+from fedlora.validate import flag
 
 RES_L, RES_R = "res_L", "res_R"
 
@@ -72,8 +73,7 @@ class FedExConfig:
     compress: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.compress, bool):
-            raise ValueError(f"compress must be true or false, got {self.compress!r}")
+        flag("compress", self.compress)
 
 
 def residual(

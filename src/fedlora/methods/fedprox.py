@@ -30,6 +30,7 @@ from fedlora.methods.base import ClientStart, Lora, Tensor
 from fedlora.methods.common import PadConfig
 from fedlora.methods.fedavg import FedAvg
 from fedlora.methods.registry import register
+from fedlora.validate import number
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,7 @@ class FedProxConfig(PadConfig):
     mu: float = 0.01
 
     def __post_init__(self) -> None:
-        if isinstance(self.mu, bool) or not isinstance(self.mu, int | float):
-            raise ValueError(f"mu must be a number, got {self.mu!r}")
-        if not math.isfinite(self.mu) or self.mu < 0:
-            raise ValueError(f"mu must be finite and >= 0, got {self.mu}")
+        number("mu", self.mu, at_least=0.0, below=math.inf)
         super().__post_init__()
 
 

@@ -106,25 +106,9 @@ from fedlora.ops.sparsify import (
     sparsify_layer,
 )
 from fedlora.ops.stack import fit_rank
+from fedlora.validate import flag, number, one_of
 
 log = logging.getLogger(__name__)
-
-
-def _unit_interval(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-
-
-def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 DECOMPOSITIONS = ("alternating", "dense")
@@ -160,15 +144,12 @@ class FedSRDConfig(RatioRule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _unit_interval("p_down", self.p_down)
-        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)):
-            raise ValueError(f"ridge must be a number, got {self.ridge!r}")
-        if not 0.0 <= float(self.ridge) < 1.0:
-            raise ValueError(f"ridge must be in [0, 1), got {self.ridge}")
-        _choice("sparsifier", self.sparsifier, SPARSIFIERS)
-        _flag("reconstruct", self.reconstruct)
-        _choice("decompose", self.decompose, DECOMPOSITIONS)
-        _choice("support", self.support, SUPPORTS)
+        number("p_down", self.p_down, at_least=0.0, below=1.0)
+        number("ridge", self.ridge, at_least=0.0, below=1.0)
+        one_of("sparsifier", self.sparsifier, SPARSIFIERS)
+        flag("reconstruct", self.reconstruct)
+        one_of("decompose", self.decompose, DECOMPOSITIONS)
+        one_of("support", self.support, SUPPORTS)
 
 
 def active_factor(round_: int) -> str:

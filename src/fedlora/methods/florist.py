@@ -72,6 +72,7 @@ from fedlora.methods.common import (
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import global_scaling, stacked_update
 from fedlora.ops.factored import energy_rank, factored_svd
+from fedlora.validate import number, one_of
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,8 @@ class FloristConfig(PadConfig):
     mode: str = "warm"
 
     def __post_init__(self) -> None:
-        if isinstance(self.tau, bool) or not isinstance(self.tau, int | float):
-            raise ValueError(f"tau must be a number, got {self.tau!r}")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        number("tau", self.tau, above=0.0, at_most=1.0)
+        one_of("mode", self.mode, MODES)
         super().__post_init__()
 
 

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fedlora.validate import flag, number
+
 if TYPE_CHECKING:
     import torch
 
@@ -18,12 +20,6 @@ SPARSIFIERS = ("importance", "magnitude", "random")
 
 SUPPORTS = ("global", "per-rank")
 """Where the kept share is counted: the whole matrix, or each rank slot."""
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -42,15 +38,12 @@ class RatioRule:
     rescale: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 <= _number("base", self.base) < 1.0:
-            raise ValueError(f"base must be in [0, 1), got {self.base}")
+        number("base", self.base, at_least=0.0, below=1.0)
         for name in ("coeff", "upper"):
-            if not 0.0 <= _number(name, getattr(self, name)) < math.inf:
-                raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
-        if self.fixed_rho is not None and not 0.0 <= _number("fixed_rho", self.fixed_rho) <= 1.0:
-            raise ValueError(f"fixed_rho must be in [0, 1], got {self.fixed_rho}")
-        if not isinstance(self.rescale, bool):
-            raise ValueError(f"rescale must be true or false, got {self.rescale!r}")
+            number(name, getattr(self, name), at_least=0.0, below=math.inf)
+        if self.fixed_rho is not None:
+            number("fixed_rho", self.fixed_rho, at_least=0.0, at_most=1.0)
+        flag("rescale", self.rescale)
 
     def ratio(self, scores: torch.Tensor) -> float:
         """The capped ratio for one matrix of ``scores``."""

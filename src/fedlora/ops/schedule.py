@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+from fedlora.validate import one_of
+
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -30,7 +32,8 @@ def round_lr(schedule: str, lr: float, min_lr: float, round_: int, rounds: int) 
         return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * (round_ - 1) / rounds)) / 2
     if schedule in ("constant", "linear"):
         return lr
-    raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    one_of("lr_schedule", schedule, SCHEDULES)
+    raise AssertionError("unreachable")
 
 
 def step_lr(

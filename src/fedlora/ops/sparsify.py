@@ -29,6 +29,7 @@ from fedlora.ops.masks import quantile_mask, rescale_pruned
 from fedlora.ops.ratio import SPARSIFIERS, RatioRule
 from fedlora.ops.seeds import label_seed
 from fedlora.ops.sparse import Sparse
+from fedlora.validate import one_of
 
 Tensor = torch.Tensor
 
@@ -77,8 +78,7 @@ def select(
         if rescale:
             values = rescale_pruned(delta, mask.to_dense()).reshape(-1)[mask.indices]
         return Sparse(mask.shape, mask.indices, values.clone(), seed, keep)
-    if sparsifier not in ("importance", "magnitude"):
-        raise ValueError(f"sparsifier must be one of {', '.join(SPARSIFIERS)}, got {sparsifier!r}")
+    one_of("sparsifier", sparsifier, SPARSIFIERS)
     ranked = scores if sparsifier == "importance" else delta.abs()
     kept = quantile_mask(ranked, rho) if slot_dim is None else per_slot_mask(ranked, rho, slot_dim)
     pruned = torch.where(kept, delta, torch.zeros_like(delta))

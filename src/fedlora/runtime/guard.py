@@ -29,8 +29,6 @@ from fedlora.methods.common import dense
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
-CLIP_ACTIONS = ("clip", "refuse")
-
 
 def layer_of(name: str) -> str:
     """The adapted layer a payload entry belongs to (``<layer>.<part>``)."""

@@ -15,14 +15,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fedlora.validate import one_of
+
 MODES = ("auto", "on", "off")
 _mode = {"value": "auto"}
 
 
 def set_mode(mode: str) -> None:
     """``auto`` (bars on a terminal outside CI), ``on`` or ``off``."""
-    if mode not in MODES:
-        raise ValueError(f"progress mode must be one of {', '.join(MODES)}; got {mode!r}")
+    one_of("log.progress", mode, MODES)
     _mode["value"] = mode
 
 
