@@ -192,3 +192,21 @@ def test_no_module_is_over_500_code_lines_and_no_function_over_80() -> None:
                 if n > 80:
                     long_functions[f"{p}:{node.name}"] = n
     assert long_modules == {} and long_functions == {}
+
+
+def _parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    a = node.args
+    names = [*a.posonlyargs, *a.args, *a.kwonlyargs]
+    n = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+    return n - (1 if names and names[0].arg in ("self", "cls") else 0)
+
+
+def test_no_function_of_the_library_takes_more_than_8_parameters() -> None:
+    # what travels together is grouped into a type (ClientSide, Turn, Received, LocalRun)
+    wide = {
+        f"{path.relative_to(PACKAGE)}:{node.name}": _parameters(node)
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _parameters(node) > 8
+    }
+    assert wide == {}

@@ -21,7 +21,7 @@ from fedlora.methods.base import ClientStart
 from fedlora.models import resolve_model
 from fedlora.runtime.assemble import assemble
 from fedlora.train.adapters import get_lora, lora_layers, slot_name
-from fedlora.train.local import train_local
+from fedlora.train.local import LocalRun, train_local
 from tests.conftest import tiny_overrides, write_client_files
 
 MLP = {"gate_proj", "up_proj", "down_proj"}
@@ -67,7 +67,9 @@ def test_bfloat16_base_with_float32_factors(files: list[str], tmp_path: Path) ->
     client = fed.setup.clients[0]
     slot = slot_name(client.rank, client.alpha)
     start = ClientStart(adapter=get_lora(fed.model, slot))
-    result = train_local(fed.model, slot, start, fed.train_sets[0], cfg.train, 3, fed.pad_id)
+    result = train_local(
+        fed.model, slot, start, fed.train_sets[0], cfg.train, fed.pad_id, LocalRun(3)
+    )
     assert all(p.A.dtype == p.B.dtype == torch.float32 for p in result.adapter.values())
     assert all(p.A.device.type == "cpu" for p in result.adapter.values())
 
@@ -129,7 +131,9 @@ def test_dropout_is_seeded_per_round_and_really_drops(files: list[str], tmp_path
     start = ClientStart(adapter=get_lora(fed.model, slot))
 
     def trained(seed: int, train: config.TrainConfig = cfg.train) -> list[float]:
-        result = train_local(fed.model, slot, start, fed.train_sets[0], train, seed, fed.pad_id)
+        result = train_local(
+            fed.model, slot, start, fed.train_sets[0], train, fed.pad_id, LocalRun(seed)
+        )
         return [float(p.A.sum()) for p in result.adapter.values()]
 
     torch.manual_seed(123)
@@ -155,7 +159,9 @@ def test_gradient_checkpointing_trains_the_same(files: list[str], tmp_path: Path
         slot = slot_name(fed.setup.clients[0].rank, fed.setup.clients[0].alpha)
         start = ClientStart(adapter=get_lora(fed.model, slot))
         results.append(
-            train_local(fed.model, slot, start, fed.train_sets[0], cfg.train, 5, fed.pad_id)
+            train_local(
+                fed.model, slot, start, fed.train_sets[0], cfg.train, fed.pad_id, LocalRun(5)
+            )
         )
     plain, checkpointed = results
     assert plain.mean_loss == pytest.approx(checkpointed.mean_loss, rel=1e-5)

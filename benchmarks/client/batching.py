@@ -39,7 +39,7 @@ from fedlora.train.adapters import layer_specs, set_trainable, slot_name
 from fedlora.train.batches import Encoded, encode, pad_id_of
 from fedlora.train.batching import batch_of, sampler
 from fedlora.train.lm_loss import completion_only_loss
-from fedlora.train.local import train_local
+from fedlora.train.local import LocalRun, train_local
 
 MODES = ("pad", "group", "pack")
 SCENARIOS = (("iid", 512), ("domain", 512), ("iid", 64))
@@ -152,7 +152,7 @@ def measure_scenario(
             return got.seconds, got.tokens
         train = dataclasses.replace(cfg.train, batching=name)
         start = ClientStart(adapter=fresh_lora(setup, client.rank, cfg.seed + turn))
-        result = train_local(model, slot, start, examples, train, cfg.seed + turn, pad_id)
+        result = train_local(model, slot, start, examples, train, pad_id, LocalRun(cfg.seed + turn))
         return result.seconds, result.tokens
 
     names = list(sides)

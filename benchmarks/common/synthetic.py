@@ -22,7 +22,7 @@ from fedlora.methods.base import (
     Setup,
     Upload,
 )
-from fedlora.methods.half_round import half_round
+from fedlora.methods.half_round import Turn, half_round
 from fedlora.runtime.synthetic import n_samples, trained_adapter
 
 __all__ = ["RoundInputs", "make_setup", "n_samples", "synthetic_round", "trained_adapter"]
@@ -71,10 +71,7 @@ def synthetic_round(
         done = half_round(
             method,
             setup,
-            client,
-            None,
-            payload,
-            1,
+            Turn(client, 1, None, payload),
             functools.partial(_trained, setup=setup, client=client, seed=seed),
         )
         del payload

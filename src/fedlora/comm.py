@@ -202,7 +202,6 @@ def comm_table(
     methods: Sequence[str] | None = None,
     value_dtype: str = "float32",
     rounds: int = ROUNDS,
-    measured_blocks: int = DEFAULT_MEASURED_BLOCKS,
 ) -> list[dict[str, Any]]:
     """One row per method: measured upload / download bytes per round per client.
 
@@ -213,11 +212,10 @@ def comm_table(
     clients : number of clients, all sampled every round.
     targets : target modules (default all seven linear layers of a block).
     blocks : measure exactly this many blocks and report them unscaled; default: measure
-        ``measured_blocks`` blocks and scale to the whole model.
+        :data:`DEFAULT_MEASURED_BLOCKS` blocks and scale to the whole model.
     methods : row labels: method names or :data:`VARIANTS` labels (default: all of them).
     value_dtype : how values travel ("float32", "bfloat16", "float16").
     rounds : rounds simulated (figures are means over them).
-    measured_blocks : blocks actually run when ``blocks`` is None (then scaled).
 
     Returns
     -------
@@ -227,7 +225,7 @@ def comm_table(
     if rank < 1 or clients < 1:
         raise FedloraError(f"rank and clients must be positive, got rank={rank}, clients={clients}")
     total_blocks = shapes.model_shape(shape).layers
-    measured = blocks if blocks is not None else min(measured_blocks, total_blocks)
+    measured = blocks if blocks is not None else min(DEFAULT_MEASURED_BLOCKS, total_blocks)
     reported = blocks if blocks is not None else total_blocks
     scale = reported / measured
     layers = shapes.layer_specs(shape, targets, measured)

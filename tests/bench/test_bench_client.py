@@ -23,12 +23,13 @@ from benchmarks.common import rss
 from benchmarks.common.measure import Stopwatch
 from fedlora import config as config_mod
 from fedlora.methods.base import ClientStart
+from fedlora.methods.half_round import Turn
 from fedlora.methods.registry import build
 from fedlora.runtime.assemble import Federation, assemble
-from fedlora.runtime.steps import client_step, send
+from fedlora.runtime.steps import ClientSide, client_step, send
 from fedlora.train import local as local_mod
 from fedlora.train.adapters import get_lora, slot_name
-from fedlora.train.local import train_local
+from fedlora.train.local import LocalRun, train_local
 from fedlora.wire import decode
 from tests.bench.children import children_in_process
 from tests.conftest import tiny_overrides, write_client_files
@@ -153,7 +154,7 @@ def test_plan_batches_are_the_batches_train_local_draws(
     start = ClientStart(adapter=get_lora(fed.model, slot))
     # Execute
     planned = bench.plan_batches(fed.train_sets[0], train, 11, fed.pad_id)
-    result = train_local(fed.model, slot, start, fed.train_sets[0], train, 11, fed.pad_id)
+    result = train_local(fed.model, slot, start, fed.train_sets[0], train, fed.pad_id, LocalRun(11))
     # Assert
     flat = [b for step in planned.batches for b in step]
     assert len(flat) == len(seen) == train.local_steps * train.grad_accum_steps
@@ -193,19 +194,8 @@ def test_the_timing_hook_sees_every_phase_of_a_real_client_step(tiny_fed: Federa
     broadcast = decode(send(method.broadcast(state, fed.setup, client), fed.cfg).data)
     watch = Stopwatch()
     # Execute
-    outcome = client_step(
-        model=fed.model,
-        method=method,
-        setup=fed.setup,
-        client=client,
-        view=None,
-        broadcast=broadcast,
-        examples=fed.train_sets[0],
-        cfg=fed.cfg,
-        round_=1,
-        pad_id=fed.pad_id,
-        timer=watch,
-    )
+    side = ClientSide(fed.model, method, fed.setup, fed.cfg, fed.pad_id)
+    outcome = client_step(side, Turn(client, 1, None, broadcast), fed.train_sets[0], timer=watch)
     # Assert: every phase entered, collation once per micro-batch, and the time inside the
     # training phases is part of the measured training time
     steps = fed.cfg.train.local_steps * fed.cfg.train.grad_accum_steps

@@ -44,7 +44,7 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.half_round import half_round
+from fedlora.methods.half_round import Turn, half_round
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
@@ -172,16 +172,8 @@ def run_round(
         new_base[layer] = new_base[layer] + dense(factored)
     for cid in cids:
         client = setup.client(cid)
-        done = half_round(
-            method,
-            setup,
-            client,
-            views.get(cid),
-            payloads[cid],
-            state.round + 1,
-            lambda start: train(start, gen),
-            own=(own or {}).get(cid),
-        )
+        turn = Turn(client, state.round + 1, views.get(cid), payloads[cid], (own or {}).get(cid))
+        done = half_round(method, setup, turn, lambda start: train(start, gen))
         assert done.trained is not None and done.upload is not None
         starts[cid], trained[cid] = done.start, done.trained
         kept[cid] = done.own

@@ -42,9 +42,9 @@ def _send_garbage_for_bad_client(monkeypatch: pytest.MonkeyPatch, garbage: bytes
 
     real_step = steps.client_step
 
-    def client_step(**kw: Any) -> steps.ClientOutcome:
-        send.cid = kw["client"].cid
-        return real_step(**kw)
+    def client_step(side: Any, turn: Any, *args: Any, **kw: Any) -> steps.ClientOutcome:
+        send.cid = turn.client.cid
+        return real_step(side, turn, *args, **kw)
 
     send.cid = -1
     monkeypatch.setattr(steps, "send", send)

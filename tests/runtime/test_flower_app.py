@@ -208,7 +208,7 @@ def test_records_are_identical_with_a_failing_client_in_both_runtimes(
     bad_seed = client_seed(sim.seed, Stream.TRAIN, 1, 1)
 
     def failing_train(*args: Any, **kw: Any) -> Any:
-        if args[5] == bad_seed:
+        if args[6].seed == bad_seed:
             raise RuntimeError("injected failure")
         return real_train(*args, **kw)
 
@@ -303,7 +303,7 @@ def test_restarted_node_is_resynchronised_and_matches_in_process_failure(
     real_train = steps.train_local
 
     def failing_train(*args: Any, **kw: Any) -> Any:
-        if args[5] == bad_seed:
+        if args[6].seed == bad_seed:
             raise RuntimeError("injected failure")
         return real_train(*args, **kw)
 

@@ -20,7 +20,7 @@ from fedlora.runtime.guard import (
     non_finite,
     scale_changes,
 )
-from fedlora.runtime.steps import server_step
+from fedlora.runtime.steps import Received, server_step
 
 
 def nonzero(dense: torch.Tensor) -> Sparse:
@@ -141,13 +141,11 @@ def test_a_non_finite_new_state_skips_the_round() -> None:
     state = ServerState(0, {"l.A": torch.zeros(1)})
 
     out = server_step(
-        method=Exploding(),  # type: ignore[arg-type]
-        state=state,
-        setup=setup,
-        uploads={0: (blob, 5), 1: (blob, 5)},
-        failures={},
-        cfg=config.load(None, ["data.clients=2"]),
-        references={},
+        Exploding(),  # type: ignore[arg-type]
+        state,
+        setup,
+        config.load(None, ["data.clients=2"]),
+        Received({0: (blob, 5), 1: (blob, 5)}, {}, {}),
     )
 
     assert out.skipped and out.state is state and "l.A holds NaN or Inf" in (out.skip_reason or "")

@@ -43,7 +43,7 @@ from fedlora.runtime.flower.protocol import (
 from fedlora.runtime.flower.server import _collect, _eval_reply
 from fedlora.runtime.outcome import ClientOutcome, Transfer
 from fedlora.runtime.records import Evaluation, dumps
-from fedlora.runtime.steps import server_step
+from fedlora.runtime.steps import Received, server_step
 from fedlora.wire import encode
 from tests.methods.helpers import run_round, tiny_setup
 
@@ -136,14 +136,11 @@ def step(name: str, data: bytes, n_samples: Any, overrides: list[str], dp: bool)
     )
     uploads = {**h.uploads, HOSTILE: (data, n_samples)}
     out = server_step(
-        method=h.method,
-        state=h.state,
-        setup=h.setup,
-        uploads=uploads,
-        failures={},
-        cfg=cfg,
-        references=h.references,
-        round_=h.state.round + 1,
+        h.method,
+        h.state,
+        h.setup,
+        cfg,
+        Received(uploads, {}, h.references, h.state.round + 1),
         dp=plan,
     )
     assert HOSTILE in out.accepted or HOSTILE in out.dropped
@@ -270,13 +267,15 @@ def test_no_train_reply_raises_out_of_the_server_or_its_record(edits: dict[str, 
     assert got.error is None or len(got.error) <= MAX_TEXT + 200
     fed, ok = Fed(), got.error is None
     outcome = server_step(
-        method=fed.method,
-        state=fed.method.init_server(fed.setup),
-        setup=fed.setup,
-        uploads={1: (got.upload.data, got.n_samples)} if ok and got.upload else {},
-        failures={} if ok else {1: got.error},
-        cfg=fed.cfg,
-        references={1: {}},
+        fed.method,
+        fed.method.init_server(fed.setup),
+        fed.setup,
+        fed.cfg,
+        Received(
+            {1: (got.upload.data, got.n_samples)} if ok and got.upload else {},
+            {} if ok else {1: got.error},
+            {1: {}},
+        ),
     )
     facts = RoundFacts(2, [1], [], {1: got}, {1} if ok and got.upload else set(), outcome, {})
     _strict(round_record(fed, facts, None, 1.0).to_json())  # type: ignore[arg-type]
@@ -296,13 +295,11 @@ def test_no_evaluation_reply_raises_out_of_the_server_or_its_record(edits: dict[
 
     evaluation = Evaluation(dict(got.scores), 1.0, dropped={"1": got.error} if got.error else {})
     outcome = server_step(
-        method=build("fedavg"),
-        state=ServerState(0),
-        setup=tiny_setup(),
-        uploads={},
-        failures={},
-        cfg=config.load(None, []),
-        references={},
+        build("fedavg"),
+        ServerState(0),
+        tiny_setup(),
+        config.load(None, []),
+        Received({}, {}, {}),
     )
     facts = RoundFacts(2, [], [], {}, set(), outcome, {})
     _strict(round_record(Fed(), facts, evaluation, 1.0).to_json())  # type: ignore[arg-type]
@@ -319,13 +316,11 @@ def test_a_sparse_entry_for_a_whole_factor_drops_the_client_naming_the_kind() ->
     payload["l0.A"] = Sparse(schema["l0.A"].shape, torch.tensor([0, 3]), torch.ones(2))
 
     out = server_step(
-        method=h.method,
-        state=h.state,
-        setup=h.setup,
-        uploads={**h.uploads, HOSTILE: (encode(payload), 10)},
-        failures={},
-        cfg=config.load(None, []),
-        references=h.references,
+        h.method,
+        h.state,
+        h.setup,
+        config.load(None, []),
+        Received({**h.uploads, HOSTILE: (encode(payload), 10)}, {}, h.references),
     )
 
     assert "'l0.A': a sparse entry where the receiver accepts dense" in out.dropped[HOSTILE]
@@ -343,13 +338,11 @@ def test_a_failing_aggregation_skips_the_round_with_the_reason() -> None:
             raise RuntimeError("linalg.svd: the algorithm failed to converge")
 
     out = server_step(
-        method=Broken(),  # type: ignore[arg-type]
-        state=h.state,
-        setup=h.setup,
-        uploads=h.uploads,
-        failures={},
-        cfg=config.load(None, []),
-        references=h.references,
+        Broken(),  # type: ignore[arg-type]
+        h.state,
+        h.setup,
+        config.load(None, []),
+        Received(h.uploads, {}, h.references),
     )
 
     assert out.skipped and out.state is h.state
@@ -360,12 +353,15 @@ def test_a_failing_aggregation_skips_the_round_with_the_reason() -> None:
 
 
 def test_a_reply_with_a_nan_loss_is_dropped_and_a_long_error_is_cut() -> None:
-    nan = report_content(ClientOutcome(cid=1, round=2, train_loss=float("nan"), nonce="n"))
+    honest = report_content(ClientOutcome(cid=1, round=2, train_loss=float("nan"), nonce="n"))
+    nan = report_content(ClientOutcome(cid=1, round=2, train_loss=1.0, nonce="n"))
+    nan.config_records["fedlora"]["train_loss"] = float("nan")  # as a hostile node sends it
     long = report_content(ClientOutcome(cid=1, round=2, error="x" * (20 << 20), nonce="n"))
 
     dropped = _collect(2, 1, "n", Message(nan, 1001, "train"), Transport())  # type: ignore[arg-type]
     failed = _collect(2, 1, "n", Message(long, 1001, "train"), Transport())  # type: ignore[arg-type]
 
+    assert "train_loss" not in honest.config_records["fedlora"]  # an honest node omits it
     assert dropped.error is not None and "'train_loss' is nan, not a finite number" in dropped.error
     assert failed.error is not None and len(failed.error) < MAX_TEXT + 100
 

@@ -12,7 +12,7 @@ from fedlora.methods.base import ClientStart
 from fedlora.ops.schedule import step_lr
 from fedlora.runtime.assemble import assemble
 from fedlora.train.adapters import get_lora, slot_name
-from fedlora.train.local import train_local
+from fedlora.train.local import LocalRun, train_local
 from tests.conftest import tiny_overrides, write_client_files
 
 
@@ -29,7 +29,7 @@ def test_train_local_uses_one_scheduled_rate_per_step(schedule: str, tmp_path: P
     start = ClientStart(adapter=get_lora(fed.model, slot))
     # Execute
     result = train_local(
-        fed.model, slot, start, fed.train_sets[0], train, 5, fed.pad_id, round_=2, rounds=3
+        fed.model, slot, start, fed.train_sets[0], train, fed.pad_id, LocalRun(5, round=2, rounds=3)
     )
     # Assert
     steps = train.local_steps

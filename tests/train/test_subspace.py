@@ -14,7 +14,7 @@ from fedlora import config
 from fedlora.methods.base import ClientStart, LoraPair
 from fedlora.runtime.assemble import assemble
 from fedlora.train.adapters import b_modules, get_lora, slot_name
-from fedlora.train.local import train_local
+from fedlora.train.local import LocalRun, train_local
 from fedlora.train.subspace import b_in_span, learnable
 from tests.conftest import tiny_overrides, write_client_files
 
@@ -62,7 +62,7 @@ def test_local_training_moves_only_the_core(tmp_path: Path) -> None:
     start = ClientStart(adapter=adapter, trainable=frozenset({"B"}), b_basis=basis)
     cfg = dataclasses.replace(fed.cfg.train, lr=1e-2)
     # Execute
-    result = train_local(fed.model, slot, start, fed.train_sets[0], cfg, 3, fed.pad_id)
+    result = train_local(fed.model, slot, start, fed.train_sets[0], cfg, fed.pad_id, LocalRun(3))
     # Assert: the trained entry is the r×r core, moved; A untouched; the slot holds P·R and
     # is no longer parametrised
     moved = 0.0

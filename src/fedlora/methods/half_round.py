@@ -42,6 +42,19 @@ class HalfRound:
     """What the client keeps and never sends (``Method.own_part``)."""
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One client's part of one round as the client holds it: who it is, the runtime round,
+    what it remembers (``view``; None before its first broadcast), what it received, and
+    the part of its model it keeps for itself (``own``; None before it first trained)."""
+
+    client: ClientSpec
+    round: int
+    view: Mapping[str, Tensor] | None
+    broadcast: Payload
+    own: Mapping[str, Tensor] | None = None
+
+
 def client_start(
     method: Method,
     setup: Setup,
@@ -58,27 +71,25 @@ def client_start(
 def half_round(
     method: Method,
     setup: Setup,
-    client: ClientSpec,
-    view: Mapping[str, Tensor] | None,
-    broadcast: Payload,
-    round_: int,
+    turn: Turn,
     train: Train | None = None,
     *,
     start: ClientStart | None = None,
-    own: Mapping[str, Tensor] | None = None,
     phase: Phase = _untimed,
 ) -> HalfRound:
-    """Play ``client``'s half of ``round_``: its start and, with ``train``, the trained
-    adapter, the upload, its report and what the client keeps (``start``: one computed
-    already; ``own``: the client's own part from its last round). Training starts from the
-    start personalised with ``own``; the result's ``start`` is the shared one, which the
-    server can mirror. ``phase`` wraps ``client_start``, ``train`` and ``upload``."""
+    """Play ``turn.client``'s half of ``turn.round``: its start and, with ``train``, the
+    trained adapter, the upload, its report and what the client keeps (``start``: one
+    computed already). Training starts from the start personalised with ``turn.own``; the
+    result's ``start`` is the shared one, which the server can mirror. ``phase`` wraps
+    ``client_start`` and ``upload`` (``train`` times its own phases:
+    :mod:`fedlora.train.timing`)."""
+    client, round_ = turn.client, turn.round
     if start is None:
         with phase("client_start"):
-            start = client_start(method, setup, client, view, broadcast, round_)
+            start = client_start(method, setup, client, turn.view, turn.broadcast, round_)
     if train is None:
         return HalfRound(start)
-    mine = method.personalise(start, own, setup, client)
+    mine = method.personalise(start, turn.own, setup, client)
     trained = train(mine)
     with phase("upload"):
         seed = client_seed(setup.seed, Stream.UPLOAD, round_, client.cid)
@@ -92,6 +103,7 @@ def untrained_upload(
     method: Method, setup: Setup, client: ClientSpec, start: ClientStart, round_: int
 ) -> Payload:
     """What ``client`` would upload from ``start`` in ``round_`` had it not trained."""
-    done = half_round(method, setup, client, None, {}, round_, lambda s: s.adapter, start=start)
+    turn = Turn(client, round_, None, {})
+    done = half_round(method, setup, turn, lambda s: s.adapter, start=start)
     assert done.upload is not None
     return done.upload

@@ -32,9 +32,9 @@ The project's reference for this method's maths and invariants: docs/methods.md
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -44,7 +44,6 @@ from fedlora.methods.base import (
     ClientSpec,
     ClientStart,
     EntrySpec,
-    Factored,
     Lora,
     Method,
     Payload,
@@ -55,7 +54,7 @@ from fedlora.methods.base import (
     Upload,
 )
 from fedlora.methods.common import dense
-from fedlora.methods.half_round import half_round, untrained_upload
+from fedlora.methods.half_round import Turn, half_round, untrained_upload
 from fedlora.ops.ratio import RatioRule
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import label_seed
@@ -104,11 +103,12 @@ class SparseUplink:
         self.rule = rule
         self.wire_dtype = wire_dtype
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    # -- delegated hooks -----------------------------------------------------------------
+    def __getattr__(self, hook: str) -> Any:
+        # Every hook the plug-in does not change is the wrapped method's own (delegation:
+        # a hook added to the protocol later needs no line here).
+        if hook == "inner":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(hook)
+        return getattr(self.inner, hook)
 
     def validate(self, setup: Setup) -> None:
         self.inner.validate(setup)
@@ -122,79 +122,16 @@ class SparseUplink:
                     "A and B (fedavg, fedprox, ffa, flora, flexlora, florist)"
                 )
 
-    def init_server(self, setup: Setup) -> ServerState:
-        return self.inner.init_server(setup)
-
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
-        return self.inner.broadcast(state, setup, client)
-
-    def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
-        return self.inner.base_merge(payload, setup)
-
-    def client_start(
-        self,
-        view: Mapping[str, Tensor] | None,
-        payload: Payload,
-        setup: Setup,
-        client: ClientSpec,
-        seed: int,
-    ) -> ClientStart:
-        return self.inner.client_start(view, payload, setup, client, seed)
-
-    def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
-        return self.inner.regulariser(current, start)
-
     def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
         """The wrapped method's entries, as changes: they may travel sparse."""
         inner = self.inner.upload_schema(setup, client)
         return {name: EntrySpec(entry.shape, CHANGE) for name, entry in inner.items()}
-
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        return self.inner.global_delta(state, setup)
-
-    @property
-    def shares_individual_updates(self) -> bool:
-        return self.inner.shares_individual_updates
-
-    @property
-    def dp_refusal(self) -> str | None:
-        return self.inner.dp_refusal
 
     def upload_reference(
         self, start: ClientStart, setup: Setup, client: ClientSpec
     ) -> dict[str, Tensor]:
         """Zero: the plug-in uploads the difference from what the client would send untrained."""
         return {}
-
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
-        return self.inner.skip_round(state, setup)
-
-    @property
-    def keeps_own_parts(self) -> bool:
-        return self.inner.keeps_own_parts
-
-    def personalise(
-        self,
-        start: ClientStart,
-        own: Mapping[str, Tensor] | None,
-        setup: Setup,
-        client: ClientSpec,
-    ) -> ClientStart:
-        return self.inner.personalise(start, own, setup, client)
-
-    def own_part(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
-        return self.inner.own_part(start, trained, setup, client)
-
-    def own_update(
-        self,
-        update: Mapping[str, Factored],
-        own: Mapping[str, Tensor] | None,
-        setup: Setup,
-        client: ClientSpec,
-    ) -> dict[str, Factored]:
-        return self.inner.own_update(update, own, setup, client)
 
     # -- the plug-in -----------------------------------------------------------------------
 
@@ -242,7 +179,7 @@ class SparseUplink:
     ) -> ClientStart:
         """What ``client`` trained from in runtime round ``round_``, rebuilt on the server."""
         received = as_received(self.inner.broadcast(state, setup, client), self.wire_dtype)
-        return half_round(self.inner, setup, client, None, received, round_).start
+        return half_round(self.inner, setup, Turn(client, round_, None, received)).start
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         rebuilt = []
@@ -266,7 +203,8 @@ def with_uplink(
     rule: RatioRule,
     wire_dtype: str = "float32",
 ) -> Method:
-    """``method`` itself for ``sparsify = "none"``, else wrapped in :class:`SparseUplink`."""
+    """``method`` itself for ``sparsify = "none"``, else wrapped in :class:`SparseUplink`
+    (which is the wrapped method for every hook it does not change)."""
     if sparsify == "none":
         return method
-    return SparseUplink(method, sparsifier=sparsify, rule=rule, wire_dtype=wire_dtype)
+    return cast(Method, SparseUplink(method, sparsifier=sparsify, rule=rule, wire_dtype=wire_dtype))

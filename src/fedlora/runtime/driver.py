@@ -50,7 +50,7 @@ from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.privacy import round_size
 from fedlora.runtime.records import Evaluation, RoundRecord, dumps
 from fedlora.runtime.run_folder import RunState, start_or_resume
-from fedlora.runtime.steps import ServerOutcome, max_bytes, send, server_step
+from fedlora.runtime.steps import Received, ServerOutcome, max_bytes, send, server_step
 from fedlora.runtime.tensorboard import with_tensorboard
 from fedlora.train.peft_io import compact, write_adapter
 from fedlora.train.timing import Timer, untimed
@@ -149,16 +149,34 @@ def sample_clients(cfg: RunConfig, round_: int) -> list[int]:
     return sorted(torch.randperm(n, generator=gen)[:count].tolist())
 
 
+@dataclass(frozen=True)
+class Mirrored:
+    """What mirroring a round's views found: the clients that could not apply their
+    broadcast (and why), and the upload reference (``Method.upload_reference`` of its start)
+    of each training client and of each group of clients alike."""
+
+    unapplied: dict[int, str]
+    references: dict[int, dict[str, Tensor]]
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """One group's broadcast applied to one old view: the new view, or why it failed. The
+    old view is held so that the group's key (its ``id``) is never reused while cached."""
+
+    old: object
+    view: dict[str, Tensor] | None
+    error: str | None = None
+
+
 def _mirror_views(
     fed: Server,
     rs: RunState,
     dispatches: Sequence[Dispatch],
     outcomes: Mapping[int, ClientOutcome],
     t: int,
-) -> tuple[dict[int, str], dict[int, dict[str, Tensor]]]:
-    """Update every client's view as its ``client_start`` does; returns who could not, and
-    the upload reference (``Method.upload_reference`` of its start) of each training client
-    and of each group of clients alike.
+) -> Mirrored:
+    """Update every client's view as its ``client_start`` does (see :class:`Mirrored`).
 
     A start the client played in this process (``ClientOutcome.start``) is used as it is;
     any other is computed here, once. A new view depends on the old one, the broadcast and
@@ -166,34 +184,32 @@ def _mirror_views(
     one. A start's adapter may depend on the client's own seed, so a training client's
     start is its own.
     """
-    unapplied: dict[int, str] = {}
-    references: dict[int, dict[str, Tensor]] = {}
-    # keyed by object identity; each entry also holds the old view, so no id is reused
-    done: dict[tuple[int, int, tuple[int, float]], tuple[object, dict[str, Any] | str]] = {}
+    out = Mirrored({}, {})
+    done: dict[tuple[int, int, tuple[int, float]], _Applied] = {}
     for d in dispatches:
         client = fed.setup.client(d.cid)
         old = rs.views[d.cid]
         alike = (id(old), id(d.payload), client.shape)
-        out = outcomes.get(d.cid)
-        start = out.start if out is not None else None
+        reply = outcomes.get(d.cid)
+        start = reply.start if reply is not None else None
         if start is None and (alike not in done or d.train):
             try:
                 start = client_start(fed.method, fed.setup, client, old, d.payload, t)
             except Exception as exc:  # the client cannot apply it either: it keeps its view
                 log.warning("round %d: client %d cannot apply the broadcast: %s", t, d.cid, exc)
                 why = f"broadcast could not be applied: {type(exc).__name__}: {exc}"
-                done.setdefault(alike, (old, why))
+                done.setdefault(alike, _Applied(old, None, why))
         if start is not None:
             fresh = alike not in done
-            done.setdefault(alike, (old, dict(start.view)))
+            done.setdefault(alike, _Applied(old, dict(start.view)))
             if d.train or fresh:
-                references[d.cid] = fed.method.upload_reference(start, fed.setup, client)
-        new = done[alike][1]
-        if isinstance(new, str):
-            unapplied[d.cid] = new
+                out.references[d.cid] = fed.method.upload_reference(start, fed.setup, client)
+        applied = done[alike]
+        if applied.view is None:
+            out.unapplied[d.cid] = applied.error or "broadcast could not be applied"
         else:
-            rs.views[d.cid] = new
-    return unapplied, references
+            rs.views[d.cid] = applied.view
+    return out
 
 
 def run_round(
@@ -231,7 +247,8 @@ def run_round(
     replies = transport.exchange(t, dispatches, rs)
     for cid in sampled:
         report("client_done", {"round": t, "cid": cid})
-    unapplied, references = _mirror_views(fed, rs, dispatches, replies, t)
+    mirrored = _mirror_views(fed, rs, dispatches, replies, t)
+    unapplied, references = mirrored.unapplied, mirrored.references
     uploads, failures = {}, {}
     for cid in sampled:
         out = replies.get(cid)
@@ -243,14 +260,11 @@ def run_round(
             uploads[cid] = (out.upload.data, out.n_samples)
     report("server_start", {"round": t, "uploads": len(uploads)})
     server = server_step(
-        method=method,
-        state=rs.state,
-        setup=setup,
-        uploads=uploads,
-        failures=failures,
-        cfg=cfg,
-        references=references,
-        round_=t,
+        method,
+        rs.state,
+        setup,
+        cfg,
+        Received(uploads, failures, references, t),
         min_uploads=transport.min_uploads,
         dp=fed.privacy,
         timer=timer,

@@ -19,6 +19,7 @@ from typing import Any
 
 from fedlora.config import RunConfig
 from fedlora.methods.base import Factored
+from fedlora.methods.half_round import Turn
 from fedlora.runtime.assemble import Federation, assemble
 from fedlora.runtime.client_data import with_client_count
 from fedlora.runtime.driver import Dispatch, EvalReply, Reporter, drive, learnt
@@ -26,7 +27,7 @@ from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.own_parts import OwnParts, client_folder, run_token
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
-from fedlora.runtime.steps import client_step
+from fedlora.runtime.steps import ClientSide, client_step
 from fedlora.train.peft_io import compact, write_adapter
 from fedlora.train.threads import resolve_threads, use_threads
 from fedlora.train.timing import Timer, untimed
@@ -56,6 +57,8 @@ class InProcess:
         self.own_root = own_root
         """``clients/run-<token>`` of the run folder, where the clients keep their own parts
         (methods that keep any; :mod:`fedlora.runtime.own_parts`)."""
+        self.side = ClientSide(fed.model, fed.method, fed.setup, fed.cfg, fed.pad_id)
+        """What every in-process client holds: the one shared model, method and config."""
 
     def own_parts(self, cid: int) -> OwnParts | None:
         """Client ``cid``'s own parts, where the method keeps any."""
@@ -82,20 +85,9 @@ class InProcess:
             store = self.own_parts(d.cid)
             try:
                 with self.timer("client_step"):
-                    outcome = client_step(
-                        model=fed.model,
-                        method=fed.method,
-                        setup=fed.setup,
-                        client=client,
-                        view=rs.views[d.cid],
-                        broadcast=d.payload,
-                        examples=fed.train_sets[d.cid],
-                        cfg=fed.cfg,
-                        round_=t,
-                        pad_id=fed.pad_id,
-                        own=store.before(t) if store is not None else None,
-                        timer=self.timer,
-                    )
+                    own = store.before(t) if store is not None else None
+                    turn = Turn(client, t, rs.views[d.cid], d.payload, own)
+                    outcome = client_step(self.side, turn, fed.train_sets[d.cid], timer=self.timer)
                 if store is not None and outcome.upload is not None:
                     store.save(t, outcome.own)
             except Exception as exc:  # a client's failure must not end the federation

@@ -28,16 +28,16 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.half_round import half_round
+from fedlora.methods.half_round import Turn, half_round
 from fedlora.models.placement import device_of
 from fedlora.ops.seeds import Stream, client_seed
-from fedlora.runtime.guard import ClipPolicy, guard, non_finite
+from fedlora.runtime.guard import ClipPolicy, Guarded, guard, non_finite
 from fedlora.runtime.outcome import ClientOutcome, Transfer
 from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.privacy import clip_upload, noisy_mean
 from fedlora.train.adapters import on_device, slot_name
 from fedlora.train.batches import Encoded, truncated_count
-from fedlora.train.local import LocalResult, train_local
+from fedlora.train.local import LocalResult, LocalRun, train_local
 from fedlora.train.timing import Timer, untimed
 from fedlora.wire import WireStats, decode, decode_with_stats, encode_with_stats
 
@@ -61,101 +61,81 @@ def receive_broadcast(
     return decode(data, expected=None, max_bytes=max_bytes(cfg))
 
 
-def _local_trainer(
-    model: nn.Module,
-    method: Method,
-    setup: Setup,
-    client: ClientSpec,
-    examples: Sequence[Encoded],
-    cfg: RunConfig,
-    round_: int,
-    pad_id: int,
-    timer: Timer,
-    trained: list[LocalResult],
-) -> Callable[[ClientStart], Lora]:
-    """The client's local training from a start (what :func:`half_round` calls), appending
-    each result to ``trained``."""
+@dataclass(frozen=True)
+class ClientSide:
+    """What a client holds for the whole run: the model (its base merges applied by the
+    caller), the method and the federation, the run's config, the tokenizer's padding id."""
 
-    def local(start: ClientStart) -> Lora:
+    model: nn.Module
+    method: Method
+    setup: Setup
+    cfg: RunConfig
+    pad_id: int
+
+
+@dataclass
+class _Training:
+    """A client's local training from a start (what :func:`half_round` calls), keeping the
+    figures of the run (``result``) beside the adapter it returns."""
+
+    side: ClientSide
+    turn: Turn
+    examples: Sequence[Encoded]
+    timer: Timer
+    result: LocalResult | None = None
+
+    def __call__(self, start: ClientStart) -> Lora:
+        side, client, t = self.side, self.turn.client, self.turn.round
+        cfg = side.cfg
         # The regulariser compares the trained factors with the start, on the model's device.
-        here = on_device(start, device_of(model))
-        trained.append(
-            train_local(
-                model,
-                slot_name(client.rank, client.alpha),
-                start,
-                examples,
-                cfg.train,
-                client_seed(setup.seed, Stream.TRAIN, round_, client.cid),
-                pad_id,
-                regulariser=lambda current: method.regulariser(current, here),
-                timeout_s=cfg.federation.client_timeout_s,
-                timer=timer,
-                round_=round_,
-                rounds=max(round_, cfg.federation.rounds),
-            )
+        here = on_device(start, device_of(side.model))
+        run = LocalRun(
+            seed=client_seed(side.setup.seed, Stream.TRAIN, t, client.cid),
+            round=t,
+            rounds=max(t, cfg.federation.rounds),
+            regulariser=lambda current: side.method.regulariser(current, here),
+            timeout_s=cfg.federation.client_timeout_s,
         )
-        return trained[-1].adapter
-
-    return local
+        slot = slot_name(client.rank, client.alpha)
+        self.result = train_local(
+            side.model, slot, start, self.examples, cfg.train, side.pad_id, run, self.timer
+        )
+        return self.result.adapter
 
 
 def client_step(
-    *,
-    model: nn.Module,
-    method: Method,
-    setup: Setup,
-    client: ClientSpec,
-    view: Mapping[str, Tensor] | None,
-    broadcast: Payload,
+    side: ClientSide,
+    turn: Turn,
     examples: Sequence[Encoded],
-    cfg: RunConfig,
-    round_: int,
-    pad_id: int,
+    *,
     train: bool = True,
-    own: Mapping[str, Tensor] | None = None,
     timer: Timer = untimed,
 ) -> ClientOutcome:
     """Apply a decoded broadcast; when ``train``, train locally and encode the upload.
 
-    The caller has already applied the round's base merge to ``model``; ``own`` is the
-    client's own part from its last round (``Method.keeps_own_parts``), and the outcome's
-    ``own`` what it keeps from this one; ``timer`` sees the phases listed in
-    :mod:`fedlora.train.timing`.
+    ``turn.own`` is the client's own part from its last round (``Method.keeps_own_parts``),
+    and the outcome's ``own`` what it keeps from this one; ``timer`` sees the phases listed
+    in :mod:`fedlora.train.timing`.
     """
     began = time.perf_counter()
-    first = half_round(method, setup, client, view, broadcast, round_, phase=timer)
-    outcome = ClientOutcome(cid=client.cid, round=round_, start=first.start)
+    method, setup, cfg, client = side.method, side.setup, side.cfg, turn.client
+    first = half_round(method, setup, turn, phase=timer)
+    outcome = ClientOutcome(cid=client.cid, round=turn.round, start=first.start)
     if not train:
         return outcome
     # The broadcast is applied (the start above) even if training fails below, so a client
     # that crashes in one round is still in sync for the next.
-    trained: list[LocalResult] = []
-    local = _local_trainer(
-        model, method, setup, client, examples, cfg, round_, pad_id, timer, trained
-    )
-
+    training = _Training(side, turn, examples, timer)
     try:
-        done = half_round(
-            method,
-            setup,
-            client,
-            view,
-            broadcast,
-            round_,
-            local,
-            start=first.start,
-            own=own,
-            phase=timer,
-        )
+        done = half_round(method, setup, turn, training, start=first.start, phase=timer)
     except Exception as exc:
         log.warning(
-            "round %d: client %d failed: %s: %s", round_, client.cid, type(exc).__name__, exc
+            "round %d: client %d failed: %s: %s", turn.round, client.cid, type(exc).__name__, exc
         )
         outcome.error = f"client failed: {type(exc).__name__}: {exc}"
         return outcome
-    assert done.upload is not None
-    result = trained[-1]
+    assert done.upload is not None and training.result is not None
+    result = training.result
     # Under DP nothing about the unclipped update leaves the client (its norms, its ratios)
     outcome.report = {} if cfg.privacy.on else done.report
     outcome.own = done.own
@@ -219,39 +199,46 @@ def _decoded(
         raise PayloadError(f"undecodable upload: {type(exc).__name__}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class Received:
+    """What reached the server in a round: each client's upload (encoded bytes, reported
+    training-sample count), why the others sent nothing, what each would have uploaded
+    untrained (:meth:`Method.upload_reference`: the origin its change is bounded against),
+    and the runtime round the uploads were trained in (see ``Upload.round``)."""
+
+    uploads: Mapping[int, tuple[bytes, int]]
+    failures: Mapping[int, str] = field(default_factory=dict)
+    references: Mapping[int, Mapping[str, Tensor]] = field(default_factory=dict)
+    round: int | None = None
+
+
 def server_step(
-    *,
     method: Method,
     state: ServerState,
     setup: Setup,
-    uploads: Mapping[int, tuple[bytes, int]],
-    failures: Mapping[int, str],
     cfg: RunConfig,
-    references: Mapping[int, Mapping[str, Tensor]],
-    round_: int | None = None,
+    received: Received,
+    *,
     min_uploads: int = 1,
     dp: PrivacyPlan | None = None,
     timer: Timer = untimed,
 ) -> ServerOutcome:
     """Decode every upload strictly, drop the bad ones, bound the rest, aggregate them.
 
-    ``uploads`` maps client id -> (encoded bytes, reported n_samples); ``failures`` maps
-    client id -> why it sent nothing; ``references`` maps client id -> what it would have
-    uploaded untrained (:meth:`Method.upload_reference`), against which changes are bounded
-    (:mod:`fedlora.runtime.guard`). With fewer valid uploads than ``federation.min_clients``
-    (or ``min_uploads``, the runtime's own floor) the round is skipped and ``state`` is
-    returned unchanged; so is a new state holding NaN or Inf. ``round_`` is the runtime round
-    the uploads were trained in (see ``Upload.round``). Under differential privacy (``dp``)
-    the method aggregates one upload instead, the noisy mean of the clipped changes
+    Changes are bounded by :mod:`fedlora.runtime.guard`. With fewer valid uploads than
+    ``federation.min_clients`` (or ``min_uploads``, the runtime's own floor) the round is
+    skipped and ``state`` is returned unchanged; so is a new state holding NaN or Inf, and
+    one the method's maths could not compute. Under differential privacy (``dp``) the method
+    aggregates one upload instead, the noisy mean of the clipped changes
     (:mod:`fedlora.runtime.privacy`), whatever the number of uploads.
     """
     began = time.perf_counter()
     t = state.round + 1
-    dropped = dict(failures)
+    dropped = dict(received.failures)
     decoded: list[Upload] = []
     stats: dict[int, WireStats] = {}
-    for cid in sorted(uploads):
-        data, n_samples = uploads[cid]
+    for cid in sorted(received.uploads):
+        data, n_samples = received.uploads[cid]
         try:
             with timer("upload_decode"):
                 payload, stats[cid] = _decoded(method, setup, cid, data, n_samples, cfg)
@@ -259,41 +246,42 @@ def server_step(
             log.warning("round %d: dropping client %d: %s", t, cid, exc)
             dropped[cid] = f"invalid upload: {exc}"
             continue
-        decoded.append(Upload(cid=cid, n_samples=n_samples, payload=payload, round=round_))
+        decoded.append(Upload(cid, n_samples, payload, received.round))
     fed = cfg.federation
     if dp is not None:
-        private = _private(method, state, setup, decoded, references, dp, dropped, t, began)
-        private.stats = stats
-        return private
-    guarded = guard(
-        decoded, references, max_weight_ratio=fed.max_weight_ratio, policy=clip_policy(cfg)
-    )
+        step = _private(method, state, setup, decoded, received.references, dp)
+        guarded = Guarded(decoded, {}, {}, {})
+    else:
+        guarded = guard(
+            decoded,
+            received.references,
+            max_weight_ratio=fed.max_weight_ratio,
+            policy=clip_policy(cfg),
+        )
+        kept = guarded.uploads
+        step = lambda: method.aggregate(state, kept, setup)  # noqa: E731
     for cid, why in guarded.refused.items():
         log.warning("round %d: dropping client %d: %s", t, cid, why)
         dropped[cid] = f"refused change: {why}"
-    kept = guarded.uploads
-    accepted = [u.cid for u in kept]
-
-    def outcome(new: ServerState, skip: str | None) -> ServerOutcome:
-        if skip is not None:
-            log.warning("round %d skipped: %s", t, skip)
-        return ServerOutcome(
-            new if skip is None else state,
-            accepted,
-            dropped,
-            skip is not None,
-            time.perf_counter() - began,
-            guarded.capped,
-            guarded.clipped,
-            skip,
-            stats,
-        )
-
-    need = max(fed.min_clients, min_uploads)
-    if len(kept) < need:
-        return outcome(state, f"{len(kept)} valid uploads, fewer than the {need} required")
-    new_state, failed = _aggregated(lambda: method.aggregate(state, kept, setup))
-    return outcome(state if new_state is None else new_state, failed)
+    # Under DP a round releases its noisy mean whatever the count (skipping would say it)
+    need = 0 if dp is not None else max(fed.min_clients, min_uploads)
+    new_state: ServerState | None = None
+    skip: str | None = f"{len(guarded.uploads)} valid uploads, fewer than the {need} required"
+    if len(guarded.uploads) >= need:
+        new_state, skip = _aggregated(step)
+    if skip is not None:
+        log.warning("round %d skipped: %s", t, skip)
+    return ServerOutcome(
+        state if new_state is None else new_state,
+        [u.cid for u in guarded.uploads],
+        dropped,
+        skip is not None,
+        time.perf_counter() - began,
+        guarded.capped,
+        guarded.clipped,
+        skip,
+        stats,
+    )
 
 
 def _aggregated(step: Callable[[], ServerState]) -> tuple[ServerState | None, str | None]:
@@ -318,13 +306,9 @@ def _private(
     decoded: Sequence[Upload],
     references: Mapping[int, Mapping[str, Tensor]],
     dp: PrivacyPlan,
-    dropped: dict[int, str],
-    t: int,
-    began: float,
-) -> ServerOutcome:
+) -> Callable[[], ServerState]:
     """The DP server step: one noisy mean of the clipped changes, aggregated as one upload
     (every client alike: any one's reference and schema are every one's)."""
-    accepted = [u.cid for u in decoded]
 
     def step() -> ServerState:
         if not references:
@@ -332,16 +316,8 @@ def _private(
         anyone = min(references)
         schema = method.upload_schema(setup, setup.client(anyone))
         shapes = {name: entry.shape for name, entry in schema.items()}
-        mean = noisy_mean(decoded, references, shapes, references[anyone], dp, t)
+        mean = noisy_mean(decoded, references, shapes, references[anyone], dp, state.round + 1)
         one = Upload(anyone, 1, mean, decoded[0].round if decoded else None)
         return method.aggregate(state, [one], setup)
 
-    new_state, skip = _aggregated(step)
-    return ServerOutcome(
-        state if new_state is None else new_state,
-        accepted,
-        dropped,
-        skip is not None,
-        time.perf_counter() - began,
-        skip_reason=skip,
-    )
+    return step

@@ -36,7 +36,7 @@ from fedlora.methods.base import (
     Method,
     Setup,
 )
-from fedlora.methods.half_round import half_round
+from fedlora.methods.half_round import Turn, half_round
 from fedlora.runtime.driver import Dispatch, EvalReply
 from fedlora.runtime.evaluate import Scores
 from fedlora.runtime.outcome import ClientOutcome, Transfer
@@ -141,7 +141,8 @@ class SyntheticTransport:
                 if trains
                 else None
             )
-            done = half_round(method, setup, client, rs.views[d.cid], d.payload, t, synthetic)
+            turn = Turn(client, t, rs.views[d.cid], d.payload)
+            done = half_round(method, setup, turn, synthetic)
             outcome = ClientOutcome(d.cid, t, start=done.start, sent_bytes=d.broadcast.nbytes)
             if done.upload is not None:
                 outcome.upload = send(done.upload, cfg)

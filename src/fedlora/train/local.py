@@ -42,6 +42,21 @@ class LocalResult:
     """The learning rate of each optimiser step (``train.lr_schedule``)."""
 
 
+@dataclass(frozen=True)
+class LocalRun:
+    """What a client's local training run takes beyond its model, adapter, data and
+    ``train`` config: its seed (batch order and dropout), where it sits in the federation
+    (``round`` of ``rounds``, for a round-aware ``train.lr_schedule``), the method's extra
+    loss term, and a time limit (``timeout_s > 0``: ``TimeoutError`` once an optimiser step
+    ends past it)."""
+
+    seed: int
+    round: int = 1
+    rounds: int = 1
+    regulariser: Callable[[Lora], Tensor | None] | None = None
+    timeout_s: float = 0.0
+
+
 @contextlib.contextmanager
 def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's global generators (CPU, and ``device`` when it is CUDA) for the block,
@@ -73,20 +88,12 @@ def train_local(
     start: ClientStart,
     examples: Sequence[Encoded],
     cfg: TrainConfig,
-    seed: int,
     pad_id: int,
-    regulariser: Callable[[Lora], Tensor | None] | None = None,
-    timeout_s: float = 0.0,
+    run: LocalRun,
     timer: Timer = untimed,
-    round_: int = 1,
-    rounds: int = 1,
 ) -> LocalResult:
-    """Train ``start.adapter`` in ``slot`` on ``examples`` and return the trained factors.
-
-    With ``timeout_s > 0``, raises ``TimeoutError`` once an optimiser step ends past it;
-    ``timer`` sees the phases listed in :mod:`fedlora.train.timing`; ``round_`` of ``rounds``
-    places this run in the federation for a round-aware ``train.lr_schedule``.
-    """
+    """Train ``start.adapter`` in ``slot`` on ``examples`` as ``run`` says and return the
+    trained factors; ``timer`` sees the phases listed in :mod:`fedlora.train.timing`."""
     began = time.perf_counter()
     with contextlib.ExitStack() as stack:
         with timer("swap_in"):
@@ -94,9 +101,9 @@ def train_local(
             model.set_adapter(slot)  # type: ignore[operator]
             cores = stack.enter_context(b_in_span(b_modules(model, slot), start))
             params = set_trainable(model, slot, start.trainable)
-        run = _Run(model, slot, examples, cfg, seed, pad_id, timer, began, timeout_s)
+        loop = _Run(model, slot, examples, cfg, pad_id, run, timer, began)
         try:
-            losses, lrs, tokens = run.steps(params, regulariser, round_, rounds)
+            losses, lrs, tokens = loop.steps(params)
         finally:
             model.eval()
             for p in params:
@@ -120,25 +127,19 @@ class _Run:
     slot: str
     examples: Sequence[Encoded]
     cfg: TrainConfig
-    seed: int
     pad_id: int
+    run: LocalRun
     timer: Timer
     began: float
-    timeout_s: float
 
-    def steps(
-        self,
-        params: list[nn.Parameter],
-        regulariser: Callable[[Lora], Tensor | None] | None,
-        round_: int,
-        rounds: int,
-    ) -> tuple[list[float], list[float], int]:
+    def steps(self, params: list[nn.Parameter]) -> tuple[list[float], list[float], int]:
         """``local_steps`` AdamW steps of ``grad_accum_steps`` micro-batches each: the
         micro-batch losses, each step's learning rate and the tokens seen."""
-        cfg, model, timer = self.cfg, self.model, self.timer
+        cfg, model, timer, run = self.cfg, self.model, self.timer, self.run
+        regulariser = run.regulariser
         device = device_of(model)
         optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        draw = sampler(self.examples, cfg.batching, cfg.batch_size, self.seed)
+        draw = sampler(self.examples, cfg.batching, cfg.batch_size, run.seed)
         # The slot's parameter objects stay the same all round: look them up once.
         with timer("live_lora"):
             live = live_lora(model, self.slot) if regulariser is not None else None
@@ -149,7 +150,7 @@ class _Run:
         # LoRA dropout draws from torch's global generator: seed it from this client's round
         # (and restore it after) so reruns, resumes and either runtime draw the same masks.
         with (
-            seeded_global_rng(self.seed, device),
+            seeded_global_rng(run.seed, device),
             progress(cfg.local_steps, "local steps") as bar,
         ):
             for step in range(cfg.local_steps):
@@ -158,8 +159,8 @@ class _Run:
                     cfg.lr,
                     cfg.min_lr,
                     cfg.warmup_steps,
-                    round_,
-                    rounds,
+                    run.round,
+                    run.rounds,
                     step,
                     cfg.local_steps,
                 )
@@ -177,6 +178,6 @@ class _Run:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimiser.step()
                 bar.advance(loss=losses[-1])
-                if self.timeout_s > 0 and time.perf_counter() - self.began > self.timeout_s:
-                    raise TimeoutError(f"local training exceeded {self.timeout_s:g} s")
+                if run.timeout_s > 0 and time.perf_counter() - self.began > run.timeout_s:
+                    raise TimeoutError(f"local training exceeded {run.timeout_s:g} s")
         return losses, lrs, tokens

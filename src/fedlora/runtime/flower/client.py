@@ -26,6 +26,7 @@ from fedlora.data.types import Example
 from fedlora.errors import ConfigError, FedloraError, PayloadError
 from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.common import dense
+from fedlora.methods.half_round import Turn
 from fedlora.models import model_folder
 from fedlora.runtime.assemble import adapted_model, build_method, client_specs, encode_heldout
 from fedlora.runtime.client_data import client_split, own_data
@@ -41,7 +42,7 @@ from fedlora.runtime.flower.protocol import (
 )
 from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.own_parts import OwnParts, client_folder
-from fedlora.runtime.steps import client_step, receive_broadcast
+from fedlora.runtime.steps import ClientSide, client_step, receive_broadcast
 from fedlora.train.adapters import add_into_base, layer_specs
 from fedlora.train.batches import Encoded, encode, pad_id_of
 from fedlora.train.peft_io import compact, write_adapter
@@ -182,20 +183,10 @@ def client_round(
     # Replay every merge in order, as the shared in-process model received them.
     for merge in merges:
         add_into_base(parts.model, merge)
-    outcome = client_step(
-        model=parts.model,
-        method=parts.method,
-        setup=parts.setup,
-        client=parts.client,
-        view=memory.view,
-        broadcast=broadcast,
-        examples=examples,
-        cfg=cfg,
-        round_=ins.round,
-        pad_id=parts.pad_id,
-        train=ins.train and unreadable is None,
-        own=store.before(ins.round) if store is not None else None,
-    )
+    side = ClientSide(parts.model, parts.method, parts.setup, cfg, parts.pad_id)
+    own = store.before(ins.round) if store is not None else None
+    turn = Turn(parts.client, ins.round, memory.view, broadcast, own)
+    outcome = client_step(side, turn, examples, train=ins.train and unreadable is None)
     if store is not None and outcome.upload is not None:
         store.save(ins.round, outcome.own)
     outcome.error = unreadable or outcome.error

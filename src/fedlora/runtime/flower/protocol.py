@@ -13,6 +13,7 @@ what the server sends to re-synchronise a client that missed a round or joined l
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from flwr.common import serde
 from fedlora.errors import PayloadError
 from fedlora.runtime.flower.fields import count, get, json_field, number, scores, text
 from fedlora.runtime.outcome import ClientOutcome, Transfer
+from fedlora.runtime.records import finite
 
 if TYPE_CHECKING:  # torch is imported only where tensors are (un)packed: see client_app
     from fedlora.methods.base import Factored, Tensor
@@ -131,12 +133,12 @@ def report_content(outcome: ClientOutcome) -> RecordDict:
     }
     if up is not None:
         values["upload"] = up.data
-    if outcome.train_loss is not None:
-        values["train_loss"] = outcome.train_loss
+    if outcome.train_loss is not None and math.isfinite(outcome.train_loss):
+        values["train_loss"] = outcome.train_loss  # a reply carries finite numbers only
     if outcome.error is not None:
         values["error"] = outcome.error
     if outcome.report:
-        values["upload_report"] = json.dumps(outcome.report)
+        values["upload_report"] = json.dumps(finite(outcome.report), allow_nan=False)
     return RecordDict({RECORD: ConfigRecord(values)})
 
 
@@ -358,7 +360,13 @@ def eval_report_content(rep: EvalReport) -> RecordDict:
         "cid": rep.cid,
         "round": rep.round,
         "status": rep.status,
-        "scores": json.dumps(rep.scores, sort_keys=True),
+        "scores": json.dumps(
+            {
+                name: {k: v for k, v in m.items() if math.isfinite(v)}
+                for name, m in rep.scores.items()
+            },
+            sort_keys=True,
+        ),
         "nonce": rep.nonce,
     }
     if rep.error is not None:
