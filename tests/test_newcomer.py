@@ -1,4 +1,4 @@
-"""A newcomer's first hour (issue 29): clients have names, a resumed run says so and keeps
+"""A newcomer's first hour: clients have names, a resumed run says so and keeps
 counting, errors point at the fix, cut examples are warned about, outputs follow the umask,
 caches stay where the user put them, and the units are said."""
 
@@ -142,3 +142,26 @@ def test_fedlora_data_says_which_counts_are_rows_and_which_examples(
     assert main(["data", *_column_run(tmp_path, data)]) == 0
     out = capsys.readouterr().out
     assert "training examples" in out and "labels (rows)" in out
+
+
+def test_a_mistyped_method_is_answered_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    from fedlora.methods.registry import NAMES, names
+
+    code = (
+        "import sys\n"
+        "from fedlora import config\n"
+        "from fedlora.errors import ConfigError\n"
+        "try:\n"
+        "    config.load(None, ['method=fedsrdd'])\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    said, torch_loaded = out.stdout.strip().splitlines()
+    assert "unknown method 'fedsrdd'" in said and "fedsrd" in said
+    assert torch_loaded == "False"
+    assert sorted(NAMES) == names()  # the list the answer names is the registry's

@@ -151,7 +151,7 @@ def test_client_steps_stay_accurate_in_float32_when_clients_barely_move(spread: 
     # Execute
     got_b = solve_b_clients(a, b, clients)
     got_a = solve_a_clients(a, b, clients)
-    # Assert: relative Frobenius error against float64 dense, the 1e-5
+    # Assert: relative Frobenius error against float64 dense, the bound of 1e-5
     for got, want in ((got_b, want_b), (got_a, want_a)):
         error = torch.linalg.matrix_norm(got.double() - want) / torch.linalg.matrix_norm(want)
         assert error <= 1e-5, (spread, float(error))

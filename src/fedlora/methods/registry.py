@@ -1,13 +1,24 @@
-"""Name -> (method class, config dataclass). The only place method names are looked up."""
+"""Name -> (method class, config dataclass). The only place method names are looked up.
+
+:data:`NAMES` lists the registered names without importing any method (which imports torch),
+so that a mistyped name is answered at once; a test keeps it equal to the registry.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fedlora.errors import ConfigError, did_you_mean
-from fedlora.methods.base import Method
+
+if TYPE_CHECKING:
+    from fedlora.methods.base import Method
+
+NAMES = (
+    "fed_dare", "fed_sb", "fedavg", "fedex", "fedprox", "fedsa", "fedsrd", "fedsrd-e",
+    "fedsvd", "ffa", "flexlora", "flora", "florist", "local", "rolora",
+)  # fmt: skip
 
 _REGISTRY: dict[str, tuple[type, type]] = {}
 
@@ -45,6 +56,10 @@ def names() -> list[str]:
 
 def entry(name: str) -> tuple[type, type]:
     """(class, config class) of a method, or ConfigError naming the choices."""
+    if name not in NAMES:  # answered before any method (and torch) is imported
+        raise ConfigError(
+            f"unknown method {name!r}{did_you_mean(name, NAMES)}; choose one of: {', '.join(NAMES)}"
+        )
     _load_all()
     if name not in _REGISTRY:
         raise ConfigError(

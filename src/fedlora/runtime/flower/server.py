@@ -4,7 +4,8 @@ The round, its record, checkpoints and the final adapter are the driver's
 (:mod:`fedlora.runtime.driver`); this module is the transport: it finds which SuperNode
 serves which client, sends each its client's broadcast (all clients, trained or not) with the
 run's config, re-synchronises a client that may have missed a round from the server's mirror
-of its view, and turns the replies into the driver's :class:`~fedlora.runtime.driver.Reply`,
+of its view, and turns the replies into the driver's
+:class:`~fedlora.runtime.outcome.ClientOutcome` (and :class:`~fedlora.runtime.driver.EvalReply`),
 counting every byte of every message it hands to Flower or gets back.
 """
 
