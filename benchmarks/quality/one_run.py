@@ -50,6 +50,24 @@ def _base_path(results: Path, seed: int, split: str = "test") -> Path:
     return results / "base" / name
 
 
+def _base_config(budget: Budget, seed: int, root: Path, files: Sequence[str], split: str) -> Any:
+    from fedlora import config
+
+    spec = RunSpec("base", "base", "fedavg", seed, settings=(f"data.eval_split={split!r}",))
+    return config.load(None, spec.overrides(budget, root / "base" / "unused", files))
+
+
+def base_key(cfg: Any) -> dict[str, Any]:
+    """What the base model's scores depend on (model, data, sequence length), as JSON keeps
+    it: tuples become lists, so a stored key compares equal to a fresh one."""
+    from fedlora import config
+
+    plain = config.to_dict(cfg)
+    data = {k: v for k, v in plain["data"].items() if k != "files"}  # paths differ by clone
+    key = {"model": plain["model"], "data": data, "seq_len": cfg.train.seq_len}
+    return dict(json.loads(json.dumps(key)))
+
+
 def base_scores(
     budget: Budget,
     seed: int,
@@ -62,18 +80,14 @@ def base_scores(
     sets or the validation slices), computed once and kept beside the run records
     (``results/base/``, committed with them) with what they depend on (model, data, sequence
     length, template); a stored file that no longer matches the budget is recomputed."""
-    from fedlora import config
     from fedlora.runtime.assemble import assemble
     from fedlora.runtime.driver import evaluation
     from fedlora.runtime.run_folder import RunState
     from fedlora.runtime.simulation import InProcess
 
     path = _base_path(results or root / "results", seed, split)
-    spec = RunSpec("base", "base", "fedavg", seed, settings=(f"data.eval_split={split!r}",))
-    cfg = config.load(None, spec.overrides(budget, root / "base" / "unused", files))
-    plain = config.to_dict(cfg)
-    data = {k: v for k, v in plain["data"].items() if k != "files"}  # paths differ by clone
-    key = {"model": plain["model"], "data": data, "seq_len": cfg.train.seq_len}
+    cfg = _base_config(budget, seed, root, files, split)
+    key = base_key(cfg)
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("key") == key:

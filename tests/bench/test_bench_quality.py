@@ -372,7 +372,7 @@ def test_a_fresh_clone_of_the_records_has_nothing_to_run(
     # Prepare: only the kept records (and base scores), as a clone of the repository has them
     fresh, results = tmp_path / "fresh", tmp_path / "clone" / "results"
     shutil.copytree(quick / "results", results)
-    kept = {p: p.read_bytes() for p in sorted((results / "runs").rglob("*.json"))}
+    kept = {p: p.read_bytes() for p in sorted(results.rglob("*/*.json"))}
     args = ["--quick", "--out", str(fresh), "--results", str(results)]
 
     # Execute
@@ -385,6 +385,33 @@ def test_a_fresh_clone_of_the_records_has_nothing_to_run(
     assert stages and all(" 0 to run" in line for line in stages)
     assert not (fresh / "runs").exists()
     assert {p: p.read_bytes() for p in kept} == kept
+
+
+def test_the_committed_base_scores_are_reused_not_recomputed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a copy of the committed default records; scoring the base model would fail
+    from benchmarks.quality import one_run
+    from fedlora.runtime import assemble
+
+    results = tmp_path / "results"
+    shutil.copytree(
+        Path(one_run.__file__).parent / "results" / "default" / "base", results / "base"
+    )
+    kept = {p: p.read_bytes() for p in sorted((results / "base").glob("*.json"))}
+
+    def no_scoring(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("the base model was scored again")
+
+    monkeypatch.setattr(assemble, "assemble", no_scoring)
+
+    # Execute / Assert: every kept seed's scores come back as stored, byte for byte
+    for path in kept:
+        split, seed = ("validation", PLAN.tuning_seed) if "validation" in path.name else ("test", 0)
+        seed = seed if split == "validation" else int(path.stem.removeprefix("seed"))
+        doc = one_run.base_scores(DEFAULT, seed, tmp_path / "out", [], split, results)
+        assert doc == json.loads(kept[path])
+    assert kept and {p: p.read_bytes() for p in kept} == kept
 
 
 def test_publish_writes_the_page_and_its_plots_where_the_links_point(
