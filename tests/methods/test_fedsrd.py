@@ -403,3 +403,40 @@ def test_client_stack_is_the_weighted_stack_of_reconstructed_factors() -> None:
     got = (left.double() * weights) @ right.double()
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert weights.tolist() == [0.4] * 3 + [0.6] * 3
+
+
+@pytest.mark.parametrize("budget", [None, 1])
+def test_batched_targets_equal_one_truncation_per_layer(
+    budget: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: five layers of two shapes, three clients, sparse and dense deltas; budget 1
+    # byte forces one layer per batch
+    from fedlora.methods import fedsrd
+    from fedlora.ops.factored import truncated_factors
+
+    if budget is not None:
+        monkeypatch.setattr(fedsrd, "BATCH_BYTES", budget)
+    gen = torch.Generator().manual_seed(6)
+    layers = {}
+    for k, (m, n) in enumerate([(12, 9), (12, 9), (7, 15), (12, 9), (7, 15)]):
+        a, b = torch.randn(3, n, generator=gen), torch.randn(m, 3, generator=gen)
+        deltas = []
+        for p in (0.5, 0.3, 0.2):
+            d_a, d_b = torch.randn(3, n, generator=gen), torch.randn(m, 3, generator=gen)
+            if k % 2:
+                d_a, d_b = Sparse.from_mask(d_a, d_a > 0.5), Sparse.from_mask(d_b, d_b > 0.5)
+            deltas.append((p, d_a, d_b))
+        layers[f"l{k}"] = fedsrd._Layer(a, b, deltas)
+    # Execute
+    got = fedsrd.batched_targets(layers, 3)
+    # Assert: every layer's truncation matches the per-layer call on its own stack
+    assert got.keys() == layers.keys()
+    for name, layer in layers.items():
+        left, right, weights = client_stack(*layer)
+        want = truncated_factors(left, right, 3, weights)
+        torch.testing.assert_close(
+            got[name][0].double() @ got[name][1].double(),
+            want[0].double() @ want[1].double(),
+            rtol=1e-4,
+            atol=1e-4,
+        )

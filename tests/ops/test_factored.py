@@ -170,3 +170,27 @@ def test_column_weights_equal_a_scaled_left_factor(spread):
         assert error <= 1e-5, (spread, rank, float(error))
     with pytest.raises(ValueError, match="weights"):
         truncated_factors(left, right, r, weights[:-1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_batched_truncation_equals_one_call_per_product(dtype: torch.dtype) -> None:
+    # Prepare: four weighted products of one shape, one of them rank-deficient, one zero
+    gen = torch.Generator().manual_seed(9)
+    batch, m, q, n, rank = 4, 40, 12, 30, 5
+    left = torch.randn(batch, m, q, generator=gen, dtype=dtype)
+    right = torch.randn(batch, q, n, generator=gen, dtype=dtype)
+    left[1, :, 6:] = left[1, :, :6]  # rank 6 at most
+    left[3] = 0.0
+    weights = torch.rand(batch, q, generator=gen, dtype=torch.float64)
+    # Execute
+    us, vt = truncated_factors(left, right, rank, weights)
+    # Assert: each entry is what the 2-D call gives, to float error; the zero one is zero
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for i in range(batch):
+        want_us, want_vt = truncated_factors(left[i], right[i], rank, weights[i])
+        got, want = us[i].double() @ vt[i].double(), want_us.double() @ want_vt.double()
+        scale = max(float(torch.linalg.matrix_norm(want)), 1.0)
+        assert float(torch.linalg.matrix_norm(got - want)) <= tol * scale, i
+    assert torch.equal(us[3], torch.zeros_like(us[3]))
+    with pytest.raises(ValueError, match="batches differ"):
+        truncated_factors(left, right[:2], rank)

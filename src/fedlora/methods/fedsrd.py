@@ -62,7 +62,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -205,6 +205,45 @@ def averaged_aggregate(a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas) -> 
     b = b_prev + sum((p * dense(d_b) for p, _, d_b in deltas), torch.zeros_like(b_prev))
     a = a_prev + sum((p * dense(d_a) for p, d_a, _ in deltas), torch.zeros_like(a_prev))
     return b, a
+
+
+class _Layer(NamedTuple):
+    """One layer's round inputs on the server: the previous factors and the clients' deltas."""
+
+    a_prev: Tensor
+    b_prev: Tensor
+    deltas: ClientDeltas
+
+
+BATCH_BYTES = 256 * 2**20
+"""The most bytes of stacked client factors :func:`batched_targets` truncates in one call."""
+
+
+def batched_targets(layers: Mapping[str, _Layer], rank: int) -> dict[str, Factored]:
+    """Every layer's rank-``rank`` truncation of its reconstructed aggregate, the layers of
+    one shape factorised together (:func:`truncated_factors` on a batch): a handful of
+    batched calls per model instead of one per layer. A batch holds at most
+    :data:`BATCH_BYTES` of stacked factors (at least one layer), so the extra memory is that
+    batch's stacks and their copy into it."""
+    by_shape: dict[tuple[tuple[int, ...], ...], list[str]] = {}
+    for name, layer in layers.items():
+        shape = (tuple(layer.b_prev.shape), tuple(layer.a_prev.shape), (len(layer.deltas),))
+        by_shape.setdefault(shape, []).append(name)
+    out: dict[str, Factored] = {}
+    for ((m, r), (_, n), (count,)), names in by_shape.items():
+        itemsize = layers[names[0]].b_prev.element_size()
+        per_layer = (m + n) * count * r * itemsize
+        size = max(1, BATCH_BYTES // max(per_layer, 1))
+        for start in range(0, len(names), size):
+            chunk = names[start : start + size]
+            stacks = [client_stack(*layers[name]) for name in chunk]
+            left = torch.stack([st[0] for st in stacks])
+            right = torch.stack([st[1] for st in stacks])
+            weights = torch.stack([st[2] for st in stacks])
+            del stacks
+            us, vt = truncated_factors(left, right, rank, weights)
+            out.update({name: (us[i], vt[i]) for i, name in enumerate(chunk)})
+    return out
 
 
 def least_squares_step(
@@ -381,15 +420,20 @@ class _FedSRDBase(synced.DeltaSynced):
     # -- server ----------------------------------------------------------------------------
 
     def step(
-        self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
+        self,
+        a_prev: Tensor,
+        b_prev: Tensor,
+        deltas: ClientDeltas,
+        factor: str,
+        target: Factored | None,
     ) -> Tensor:
-        """One layer's least-squares update of ``factor`` toward ``W_r − B^{t-1}A^{t-1}``."""
+        """One layer's least-squares update of ``factor`` toward ``W_r − B^{t-1}A^{t-1}``
+        (``target``: ``W_r`` from :meth:`targets`, None where the method needs none)."""
         raise NotImplementedError
 
-    def target(self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, rank: int) -> Factored:
-        """One layer's rank-r ``W_r``, factored (FedSRD only: it is what ``decompose =
-        "dense"`` broadcasts, which FedSRD-e refuses)."""
-        raise NotImplementedError
+    def targets(self, layers: Mapping[str, _Layer], rank: int) -> dict[str, Factored]:
+        """Every layer's rank-r ``W_r``, factored (FedSRD only: FedSRD-e needs none)."""
+        return {}
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         ordered = sorted(uploads, key=lambda u: u.cid)
@@ -399,31 +443,38 @@ class _FedSRDBase(synced.DeltaSynced):
         rank = setup.max_rank
         tensors: dict[str, Tensor] = {}
         conditions: list[float] = []
+        layers: dict[str, _Layer] = {}
         for s in setup.layers:
             a_prev = state.tensors[key(s.name, "A")]
             b_prev = state.tensors[key(s.name, "B")]
-            deltas = [
-                (
-                    p,
-                    synced.upload_entry(u.payload, s.name, "A", a_prev),
-                    synced.upload_entry(u.payload, s.name, "B", b_prev),
-                )
-                for p, u in zip(weights, ordered, strict=True)
-            ]
+            layers[s.name] = _Layer(
+                a_prev,
+                b_prev,
+                [
+                    (
+                        p,
+                        synced.upload_entry(u.payload, s.name, "A", a_prev),
+                        synced.upload_entry(u.payload, s.name, "B", b_prev),
+                    )
+                    for p, u in zip(weights, ordered, strict=True)
+                ],
+            )
+        targets = self.targets(layers, rank)
+        for name, (a_prev, b_prev, deltas) in layers.items():
             if self.config.decompose == "dense":
-                new = balanced_factors(self.target(a_prev, b_prev, deltas, rank), rank)
-                tensors[key(s.name, "A")], tensors[key(s.name, "B")] = new.A, new.B
+                new = balanced_factors(targets[name], rank)
+                tensors[key(name, "A")], tensors[key(name, "B")] = new.A, new.B
                 continue
             conditions.append(condition(a_prev if factor == "B" else b_prev))
-            update = self.step(a_prev, b_prev, deltas, factor, rank)
+            update = self.step(a_prev, b_prev, deltas, factor, targets.get(name))
             applied = dare_dense(
-                update, self.config.p_down, downlink_seed(setup.seed, round_, s.name)
+                update, self.config.p_down, downlink_seed(setup.seed, round_, name)
             )
             prev = {"A": a_prev, "B": b_prev}
             for part in ("A", "B"):
                 delta = applied if part == factor else None
-                tensors[key(s.name, part)] = synced.add_delta(prev[part], delta)
-            tensors[key(s.name, "d" + factor)] = applied
+                tensors[key(name, part)] = synced.add_delta(prev[part], delta)
+            tensors[key(name, "d" + factor)] = applied
         updated = "AB" if self.config.decompose == "dense" else factor
         meta: dict[str, Any] = {"updated": updated}
         if conditions:
@@ -438,16 +489,23 @@ class FedSRD(_FedSRDBase):
 
     name = "fedsrd"
 
-    def target(self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, rank: int) -> Factored:
+    def targets(self, layers: Mapping[str, _Layer], rank: int) -> dict[str, Factored]:
         if not self.config.reconstruct:
-            return truncated_factors(*averaged_aggregate(a_prev, b_prev, deltas), rank)
-        left, right, weights = client_stack(a_prev, b_prev, deltas)
-        return truncated_factors(left, right, rank, weights)
+            return {
+                name: truncated_factors(*averaged_aggregate(a, b, deltas), rank)
+                for name, (a, b, deltas) in layers.items()
+            }
+        return batched_targets(layers, rank)
 
     def step(
-        self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
+        self,
+        a_prev: Tensor,
+        b_prev: Tensor,
+        deltas: ClientDeltas,
+        factor: str,
+        target: Factored | None,
     ) -> Tensor:
-        target = self.target(a_prev, b_prev, deltas, rank)
+        assert target is not None
         return least_squares_step(target, a_prev, b_prev, factor, self.config.ridge)
 
 
@@ -466,7 +524,12 @@ class FedSRDE(_FedSRDBase):
             )
 
     def step(
-        self, a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas, factor: str, rank: int
+        self,
+        a_prev: Tensor,
+        b_prev: Tensor,
+        deltas: ClientDeltas,
+        factor: str,
+        target: Factored | None,
     ) -> Tensor:
         ridge = self.config.ridge
         if not self.config.reconstruct:

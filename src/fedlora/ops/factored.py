@@ -76,24 +76,32 @@ def truncated_factors(
     :func:`factored_svd` when only ``rank`` of the ``q`` directions are kept. Directions whose
     singular value is float noise get zero factors (their product is zero either way), so the
     product is exact up to float error; rows of ``V_kᵀ`` are orthonormal up to ``eps·S_1/S_i``.
+
+    Batched: ``left`` (b, m, q), ``right`` (b, q, n) and ``weights`` (b, q) truncate b
+    products of one shape in one call of each factorisation (what a GPU needs: one launch per
+    kernel instead of one per layer); the 2-D call computes exactly what one batch entry does.
     """
-    if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[0]:
+    if left.ndim not in (2, 3) or right.ndim != left.ndim or left.shape[-1] != right.shape[-2]:
         raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
-    if weights is not None and tuple(weights.shape) != (left.shape[1],):
-        raise ValueError(f"weights {tuple(weights.shape)} do not match {left.shape[1]} columns")
+    if left.shape[:-2] != right.shape[:-2]:
+        raise ValueError(f"batches differ: {tuple(left.shape)} and {tuple(right.shape)}")
+    if weights is not None and tuple(weights.shape) != (*left.shape[:-2], left.shape[-1]):
+        raise ValueError(f"weights {tuple(weights.shape)} do not match {left.shape[-1]} columns")
     t_l = torch.linalg.qr(left, mode="r").R
-    t_r = torch.linalg.qr(right.T, mode="r").R
+    t_r = torch.linalg.qr(right.mT, mode="r").R
     if weights is not None:
-        t_l = t_l * weights.to(t_l.dtype)
-    u_c, s, vh_c = torch.linalg.svd(t_l @ t_r.T, full_matrices=False)
-    k = min(rank, s.numel())
-    inner = t_r.T @ vh_c[:k].T
+        t_l = t_l * weights.to(t_l.dtype).unsqueeze(-2)
+    u_c, s, vh_c = torch.linalg.svd(t_l @ t_r.mT, full_matrices=False)
+    k = min(rank, s.shape[-1])
+    inner = t_r.mT @ vh_c[..., :k, :].mT
     if weights is not None:
-        inner = weights.to(inner.dtype)[:, None] * inner
+        inner = weights.to(inner.dtype).unsqueeze(-1) * inner
     us = left @ inner
-    kept = s[:k] > s[0] * RELATIVE_RANK_CUTOFF if s.numel() else s[:k] > 0
+    kept = s[..., :k] > s[..., :1] * RELATIVE_RANK_CUTOFF
     inverse = torch.where(
-        kept, 1.0 / torch.where(kept, s[:k], torch.ones_like(s[:k])), torch.zeros_like(s[:k])
+        kept,
+        1.0 / torch.where(kept, s[..., :k], torch.ones_like(s[..., :k])),
+        torch.zeros_like(s[..., :k]),
     )
-    vt = (inverse[:, None] * (u_c[:, :k].T @ t_l)) @ right
-    return us * kept.to(us.dtype), vt
+    vt = (inverse.unsqueeze(-1) * (u_c[..., :k].mT @ t_l)) @ right
+    return us * kept.to(us.dtype).unsqueeze(-2), vt
