@@ -7,12 +7,14 @@ import torch
 
 from fedlora.ops.solve import (
     condition,
+    projected_change,
     solve_a_clients,
     solve_a_terms,
     solve_a_update,
     solve_b_clients,
     solve_b_terms,
     solve_b_update,
+    solve_projected,
 )
 from fedlora.ops.sparse import Sparse
 
@@ -225,3 +227,37 @@ def test_condition_is_the_ratio_of_extreme_singular_values() -> None:
         s = torch.linalg.svdvals(matrix.double())
         assert condition(matrix) == pytest.approx(float(s[0] / s[-1]), rel=1e-4)
     assert condition(torch.zeros(M, R)) == 1.0
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("case", ["general", "rank-deficient", "zero-b"])
+@pytest.mark.parametrize("ridge", [0.0, 0.1])
+def test_the_sum_of_per_client_projections_gives_the_same_step(
+    sparse: bool, case: str, ridge: float
+) -> None:
+    # Prepare: as above with weights summing to 1 (the server's); each client's term is
+    # computed alone, as it would be on the client
+    gen = torch.Generator().manual_seed(12)
+    a = torch.randn(R, N, generator=gen, dtype=torch.float64)
+    b = torch.randn(M, R, generator=gen, dtype=torch.float64)
+    if case == "rank-deficient":
+        a[1], b[:, 2] = a[0], b[:, 0]
+    if case == "zero-b":
+        b = torch.zeros_like(b)
+    raw = _clients(gen, a, b, 0.5, sparse)
+    clients = [(p / sum(q for q, _, _ in raw), d_a, d_b) for p, d_a, d_b in raw]  # sum to 1
+    target = _dense_target(a, b, clients)
+    # Execute: the server sees only the weighted sums
+    summed_b = sum(p * projected_change(a, b, d_a, d_b, "B") for p, d_a, d_b in clients)
+    summed_a = sum(p * projected_change(a, b, d_a, d_b, "A") for p, d_a, d_b in clients)
+    delta_b = solve_projected(summed_b, a, b, "B", ridge)
+    delta_a = solve_projected(summed_a, a, b, "A", ridge)
+    # Assert: the terms are the dense target seen through the fixed factor, and the steps
+    # equal the per-client solves (and, without ridge, torch's dense pseudo-inverse)
+    torch.testing.assert_close(summed_b, target @ a.T, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(summed_a, b.T @ target, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(delta_b, solve_b_clients(a, b, clients, ridge), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(delta_a, solve_a_clients(a, b, clients, ridge), rtol=1e-9, atol=1e-9)
+    if ridge == 0.0:
+        torch.testing.assert_close(delta_b, target @ torch.linalg.pinv(a), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(delta_a, torch.linalg.pinv(b) @ target, rtol=1e-9, atol=1e-9)

@@ -195,3 +195,36 @@ def solve_a_clients(a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 
         d0 = d0 + d_k
         parts.append((h_plus @ d_k).to(a.dtype) @ _as_dense(d_a, a))
     return _total([(h_plus @ d0).to(a.dtype) @ a, *parts])
+
+
+def projected_change(a: Tensor, b: Tensor, d_a: Delta, d_b: Delta, factor: str) -> Tensor:
+    """One client's reconstruction change seen through the fixed factor: what a sum over
+    clients needs for FedSRD-e's step, so that each client can send its own term.
+
+    With ``B_k = B + ΔB_k`` and ``A_k = A + ΔA_k``, a B-round (``factor == "B"``) returns
+    ``(B_k A_k − B A)·Aᵀ = ΔB_k·(G + Y_k) + B·Y_k`` (m×r; ``G = A·Aᵀ``, ``Y_k = ΔA_k·Aᵀ``),
+    an A-round ``Bᵀ·(B_k A_k − B A) = (H + Z_k)·ΔA_k + Z_k·A`` (r×n; ``H = Bᵀ·B``,
+    ``Z_k = Bᵀ·ΔB_k``). ``B·A`` never enters, so the term is as small as the client's change
+    (what a fixed-point secure sum needs); the r×r Grams are formed in float64."""
+    if factor == "B":
+        y = (_as_dense(d_a, a).double() @ a.double().T).to(b.dtype)
+        g = (a.double() @ a.double().T).to(b.dtype)
+        return _as_dense(d_b, b) @ (g + y) + b @ y
+    z = (b.double().T @ _as_dense(d_b, b).double()).to(a.dtype)
+    h = (b.double().T @ b.double()).to(a.dtype)
+    return (h + z) @ _as_dense(d_a, a) + z @ a
+
+
+def solve_projected(
+    projected: Tensor, a: Tensor, b: Tensor, factor: str, ridge: float = 0.0
+) -> Tensor:
+    """FedSRD-e's update from the weighted sum of :func:`projected_change` over clients
+    (weights summing to one, as the server's do):
+    ``ΔB = P·(A·Aᵀ)⁺`` (B-round) or ``ΔA = (Bᵀ·B)⁺·P`` (A-round), the pseudo-inverse (or,
+    with ``ridge``, the Tikhonov solve) of :class:`_Pinv`; equal to :func:`solve_b_clients`
+    / :func:`solve_a_clients` on the same deltas up to float error."""
+    if factor == "B":
+        g_plus = _Pinv(a.T, ridge).gram_pinv()
+        return (projected.double() @ g_plus).to(b.dtype)
+    h_plus = _Pinv(b, ridge).gram_pinv()
+    return (h_plus @ projected.double()).to(a.dtype)
