@@ -28,6 +28,14 @@ def _tall(m: int, n: int) -> tuple[int, int]:
     return (m, n) if m >= n else (n, m)
 
 
+def _batch(a: torch.Tensor) -> int:
+    """How many matrices a (possibly batched) factorisation's input holds."""
+    count = 1
+    for size in a.shape[:-2]:
+        count *= size
+    return count
+
+
 def kernel_flops(
     name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, tuple[int, ...], float] | None:
@@ -42,13 +50,13 @@ def kernel_flops(
         mode = kwargs.get("mode", args[1] if len(args) > 1 else "reduced")
         m, n = _tall(a.shape[-2], a.shape[-1])
         r_only = 2.0 * m * n * n - 2.0 * n**3 / 3
-        return "qr", (m, n), r_only if mode == "r" else 2 * r_only
+        return "qr", (m, n), _batch(a) * (r_only if mode == "r" else 2 * r_only)
     if name == "_linalg_svd":
         m, n = _tall(args[0].shape[-2], args[0].shape[-1])
-        return "svd", (m, n), 6.0 * m * n * n + 20.0 * n**3
+        return "svd", (m, n), _batch(args[0]) * (6.0 * m * n * n + 20.0 * n**3)
     if name == "_linalg_eigh":
         n = args[0].shape[-1]
-        return "eigh", (n,), 9.0 * n**3
+        return "eigh", (n,), _batch(args[0]) * 9.0 * n**3
     return None
 
 

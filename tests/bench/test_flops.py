@@ -24,6 +24,17 @@ def test_each_kernel_is_counted_with_its_operation_count() -> None:
     assert count_flops(lambda: (a + 1).relu()).total == 0  # elementwise work is not counted
 
 
+def test_a_batched_factorisation_counts_every_matrix_of_its_batch() -> None:
+    tall, square = torch.randn(5, 10, 4), torch.randn(3, 6, 6)
+    r_only = 2 * 10 * 16 - 2 * 64 / 3
+    assert count_flops(lambda: torch.linalg.qr(tall, mode="r")).total == pytest.approx(5 * r_only)
+    svd = 6 * 10 * 16 + 20 * 64
+    assert count_flops(lambda: torch.linalg.svd(tall, full_matrices=False)).total == 5 * svd
+    gram = square @ square.mT  # counted as a batched product: 3 × 2·6³
+    assert count_flops(lambda: torch.linalg.eigh(gram)).total == 3 * 9 * 6**3
+    assert count_flops(lambda: square @ square.mT).total == 3 * 2 * 6**3
+
+
 def test_a_server_step_is_counted_and_rated() -> None:
     from benchmarks.common.synthetic import make_setup, synthetic_round
     from fedlora.methods.base import LayerSpec

@@ -405,17 +405,13 @@ def test_client_stack_is_the_weighted_stack_of_reconstructed_factors() -> None:
     assert weights.tolist() == [0.4] * 3 + [0.6] * 3
 
 
-@pytest.mark.parametrize("budget", [None, 1])
-def test_batched_targets_equal_one_truncation_per_layer(
-    budget: int | None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Prepare: five layers of two shapes, three clients, sparse and dense deltas; budget 1
-    # byte forces one layer per batch
+@pytest.mark.parametrize("budget", [None, 0, 2**20])
+def test_batched_targets_equal_one_truncation_per_layer(budget: int | None) -> None:
+    # Prepare: five layers of two shapes, three clients, sparse and dense deltas; None: the
+    # device's default (one layer at a time on the CPU), 2**20 bytes: whole shapes batched
     from fedlora.methods import fedsrd
     from fedlora.ops.factored import truncated_factors
 
-    if budget is not None:
-        monkeypatch.setattr(fedsrd, "BATCH_BYTES", budget)
     gen = torch.Generator().manual_seed(6)
     layers = {}
     for k, (m, n) in enumerate([(12, 9), (12, 9), (7, 15), (12, 9), (7, 15)]):
@@ -428,7 +424,7 @@ def test_batched_targets_equal_one_truncation_per_layer(
             deltas.append((p, d_a, d_b))
         layers[f"l{k}"] = fedsrd._Layer(a, b, deltas)
     # Execute
-    got = fedsrd.batched_targets(layers, 3)
+    got = dict(fedsrd.batched_targets(layers, 3, budget))
     # Assert: every layer's truncation matches the per-layer call on its own stack
     assert got.keys() == layers.keys()
     for name, layer in layers.items():

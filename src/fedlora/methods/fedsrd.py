@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -215,35 +215,52 @@ class _Layer(NamedTuple):
     deltas: ClientDeltas
 
 
+def _keys(layer: str, factor: str) -> tuple[str, str, str]:
+    """A layer's entries of the new state, in the order the state keeps them."""
+    return key(layer, "A"), key(layer, "B"), key(layer, "d" + factor)
+
+
 BATCH_BYTES = 256 * 2**20
 """The most bytes of stacked client factors :func:`batched_targets` truncates in one call."""
 
 
-def batched_targets(layers: Mapping[str, _Layer], rank: int) -> dict[str, Factored]:
-    """Every layer's rank-``rank`` truncation of its reconstructed aggregate, the layers of
-    one shape factorised together (:func:`truncated_factors` on a batch): a handful of
-    batched calls per model instead of one per layer. A batch holds at most
-    :data:`BATCH_BYTES` of stacked factors (at least one layer), so the extra memory is that
-    batch's stacks and their copy into it."""
+def batched_targets(
+    layers: Mapping[str, _Layer], rank: int, batch_bytes: int | None = None
+) -> Iterator[tuple[str, Factored]]:
+    """Every layer's rank-``rank`` truncation of its reconstructed aggregate. On a GPU the
+    layers of one shape are factorised together (:func:`truncated_factors` on a batch): a
+    handful of batched calls per model instead of one launch-bound call per layer; a batch
+    holds at most :data:`BATCH_BYTES` of stacked factors (at least one layer), so the extra
+    memory is that batch's stacks and their copy into it. On the CPU, where LAPACK runs a
+    batch one matrix at a time anyway, each layer is truncated alone from its own stack (no
+    copy; batching measured slower there and +60% peak memory). ``batch_bytes`` overrides
+    the budget on either device (0: one layer at a time). Yields ``(layer, W_r)`` batch by
+    batch, so a consumer holds one batch's truncations at a time."""
     by_shape: dict[tuple[tuple[int, ...], ...], list[str]] = {}
     for name, layer in layers.items():
         shape = (tuple(layer.b_prev.shape), tuple(layer.a_prev.shape), (len(layer.deltas),))
         by_shape.setdefault(shape, []).append(name)
-    out: dict[str, Factored] = {}
     for ((m, r), (_, n), (count,)), names in by_shape.items():
         itemsize = layers[names[0]].b_prev.element_size()
         per_layer = (m + n) * count * r * itemsize
-        size = max(1, BATCH_BYTES // max(per_layer, 1))
+        budget = batch_bytes
+        if budget is None:
+            budget = BATCH_BYTES if layers[names[0]].b_prev.is_cuda else 0
+        size = max(1, budget // max(per_layer, 1))
         for start in range(0, len(names), size):
             chunk = names[start : start + size]
+            if len(chunk) == 1:
+                left, right, weights = client_stack(*layers[chunk[0]])
+                yield chunk[0], truncated_factors(left, right, rank, weights)
+                continue
             stacks = [client_stack(*layers[name]) for name in chunk]
             left = torch.stack([st[0] for st in stacks])
             right = torch.stack([st[1] for st in stacks])
             weights = torch.stack([st[2] for st in stacks])
             del stacks
             us, vt = truncated_factors(left, right, rank, weights)
-            out.update({name: (us[i], vt[i]) for i, name in enumerate(chunk)})
-    return out
+            for i, name in enumerate(chunk):
+                yield name, (us[i], vt[i])
 
 
 def least_squares_step(
@@ -431,9 +448,12 @@ class _FedSRDBase(synced.DeltaSynced):
         (``target``: ``W_r`` from :meth:`targets`, None where the method needs none)."""
         raise NotImplementedError
 
-    def targets(self, layers: Mapping[str, _Layer], rank: int) -> dict[str, Factored]:
-        """Every layer's rank-r ``W_r``, factored (FedSRD only: FedSRD-e needs none)."""
-        return {}
+    def targets(
+        self, layers: Mapping[str, _Layer], rank: int
+    ) -> Iterator[tuple[str, Factored | None]]:
+        """Every layer with its rank-r ``W_r``, factored, computed as it is consumed
+        (FedSRD only: FedSRD-e needs none and yields None)."""
+        return ((name, None) for name in layers)
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         ordered = sorted(uploads, key=lambda u: u.cid)
@@ -459,14 +479,15 @@ class _FedSRDBase(synced.DeltaSynced):
                     for p, u in zip(weights, ordered, strict=True)
                 ],
             )
-        targets = self.targets(layers, rank)
-        for name, (a_prev, b_prev, deltas) in layers.items():
+        for name, target in self.targets(layers, rank):
+            a_prev, b_prev, deltas = layers[name]
             if self.config.decompose == "dense":
-                new = balanced_factors(targets[name], rank)
+                assert target is not None
+                new = balanced_factors(target, rank)
                 tensors[key(name, "A")], tensors[key(name, "B")] = new.A, new.B
                 continue
             conditions.append(condition(a_prev if factor == "B" else b_prev))
-            update = self.step(a_prev, b_prev, deltas, factor, targets.get(name))
+            update = self.step(a_prev, b_prev, deltas, factor, target)
             applied = dare_dense(
                 update, self.config.p_down, downlink_seed(setup.seed, round_, name)
             )
@@ -475,6 +496,7 @@ class _FedSRDBase(synced.DeltaSynced):
                 delta = applied if part == factor else None
                 tensors[key(name, part)] = synced.add_delta(prev[part], delta)
             tensors[key(name, "d" + factor)] = applied
+        tensors = {k: tensors[k] for name in layers for k in _keys(name, factor) if k in tensors}
         updated = "AB" if self.config.decompose == "dense" else factor
         meta: dict[str, Any] = {"updated": updated}
         if conditions:
@@ -489,12 +511,14 @@ class FedSRD(_FedSRDBase):
 
     name = "fedsrd"
 
-    def targets(self, layers: Mapping[str, _Layer], rank: int) -> dict[str, Factored]:
+    def targets(
+        self, layers: Mapping[str, _Layer], rank: int
+    ) -> Iterator[tuple[str, Factored | None]]:
         if not self.config.reconstruct:
-            return {
-                name: truncated_factors(*averaged_aggregate(a, b, deltas), rank)
+            return (
+                (name, truncated_factors(*averaged_aggregate(a, b, deltas), rank))
                 for name, (a, b, deltas) in layers.items()
-            }
+            )
         return batched_targets(layers, rank)
 
     def step(
