@@ -9,7 +9,7 @@ import os
 import platform
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -271,21 +271,31 @@ def environment() -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a benchmark command ran: the finished test runs' records, the runs it did not
+    run, the tuned rates and the library versions the records were made by."""
+
+    done: list[dict[str, Any]]
+    missing: list[dict[str, Any]]
+    tuned: dict[str, Any]
+    versions: list[str]
+
+
 def results_doc(
     specs: Sequence[RunSpec],
     budget: Budget,
-    done: Sequence[Mapping[str, Any]],
-    missing: Sequence[Mapping[str, Any]],
+    outcome: Outcome,
     command: str,
     made_by: str | None,
     partial: bool,
-    tuned: Mapping[str, Any] | None = None,
-    versions: Sequence[str] = (),
     fit: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as plain data: ``results.json``, from which
     :func:`render_markdown` and :func:`write_plots` regenerate the page and its plots;
     ``fit`` is the budget's truncation table (:mod:`benchmarks.quality.fit`)."""
+    done, missing = outcome.done, outcome.missing
+    tuned, versions = outcome.tuned, outcome.versions
     done = normalise(done)
     rows = aggregate(done)
     return {

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from benchmarks.quality.claims import load_claims
 from benchmarks.quality.execute import Runner, Tuning, key, listing, run_stages
@@ -54,7 +53,7 @@ from benchmarks.quality.plan import (
     plan,
     write_quick_files,
 )
-from benchmarks.quality.report import made_by, results_doc, write_report
+from benchmarks.quality.report import Outcome, made_by, results_doc, write_report
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +64,15 @@ RESULTS = Path(__file__).with_name("results")
 
 
 @dataclass(frozen=True)
-class Outcome:
-    done: list[dict[str, Any]]
-    missing: list[dict[str, Any]]
-    tuned: dict[str, Any]
-    versions: list[str]
+class Sitting:
+    """How one command runs the plan: the time after which no new run starts
+    (``time.time()``; None: no limit), runs at once, whether it only reports, and where its
+    progress lines go."""
+
+    deadline: float | None = None
+    jobs: int = 1
+    report_only: bool = False
+    say: Callable[[str], None] = lambda text: None
 
 
 def all_stages(the_plan: Plan, specs: Sequence[RunSpec], methods: Sequence[str]) -> list[Stage]:
@@ -97,18 +100,16 @@ def run_all(
     root: Path,
     results: Path,
     command: str,
-    deadline: float | None = None,
-    jobs: int = 1,
-    report_only: bool = False,
-    say: Callable[[str], None] = lambda text: None,
+    sitting: Sitting = Sitting(),
 ) -> Outcome:
     """Run the ``chosen`` stages of the plan, ``jobs`` runs at a time: each stage's tuning,
     then its runs seed by seed, every run reused from its kept record when there is one; a
-    failed run is recorded, not fatal. No new run starts once ``deadline`` (``time.time()``)
-    has passed; with ``report_only`` nothing runs. The table (not the plots) is rewritten
+    failed run is recorded, not fatal. No new run starts once ``sitting.deadline`` has
+    passed; with ``sitting.report_only`` nothing runs. The table (not the plots) is rewritten
     after every stage, so a killed benchmark still leaves its results so far."""
+    say = sitting.say
     files = write_quick_files(root / "data", budget.clients) if budget.quick_files else []
-    if not report_only:
+    if not sitting.report_only:
         seeds = dict.fromkeys(s.seed for st in chosen for s in st.runs)
         if any(st.runs for st in chosen):
             say(f"base model scores for seed {the_plan.tuning_seed} (validation)")
@@ -117,7 +118,9 @@ def run_all(
             if seed != the_plan.tuning_seed:
                 say(f"base model scores for seed {seed}")
                 base_scores(budget, seed, root, files, results=results)
-    runner = Runner(budget, root, results, files, deadline, jobs, report_only, say)
+    runner = Runner(
+        budget, root, results, files, sitting.deadline, sitting.jobs, sitting.report_only, say
+    )
     tuning = Tuning(the_plan, budget)
     results.mkdir(parents=True, exist_ok=True)
     # the pilot's records are kept for its decision, but it is no row of the table
@@ -133,17 +136,7 @@ def run_all(
         got = outcome()
         (results / "tuned.json").write_text(json.dumps(got.tuned, indent=1, sort_keys=True) + "\n")
         if got.done:
-            doc = results_doc(
-                specs,
-                budget,
-                got.done,
-                got.missing,
-                command,
-                made_by_command(root),
-                True,
-                got.tuned,
-                got.versions,
-            )
+            doc = results_doc(specs, budget, got, command, made_by_command(root), True)
             write_report(doc, results, plots=False)
 
     run_stages(runner, tuning, chosen, changed)
@@ -333,25 +326,17 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         root,
         results,
         command,
-        deadline,
-        jobs=args.jobs,
-        report_only=args.report_only,
-        say=lambda text: print(f"· {text}", file=sys.stderr, flush=True),
+        Sitting(
+            deadline,
+            args.jobs,
+            args.report_only,
+            lambda text: print(f"· {text}", file=sys.stderr, flush=True),
+        ),
     )
     if out.done:
         fit = None if budget.quick_files else truncation(budget)
-        doc = results_doc(
-            specs,
-            budget,
-            out.done,
-            out.missing,
-            command,
-            made_by_command(root),
-            bool(out.missing) or len(out.done) < len(specs),
-            out.tuned,
-            out.versions,
-            fit,
-        )
+        partial = bool(out.missing) or len(out.done) < len(specs)
+        doc = results_doc(specs, budget, out, command, made_by_command(root), partial, fit)
         write_report(doc, results)
     if args.publish:
         publish(results, Path(args.publish))

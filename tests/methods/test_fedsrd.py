@@ -23,7 +23,8 @@ from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods import registry
 from fedlora.methods.base import ServerState, Setup
 from fedlora.methods.common import fresh_lora
-from fedlora.methods.fedsrd import client_stack, downlink_seed
+from fedlora.methods.fedsrd import downlink_seed
+from fedlora.methods.fedsrd_server import client_stack
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
@@ -409,7 +410,7 @@ def test_client_stack_is_the_weighted_stack_of_reconstructed_factors() -> None:
 def test_batched_targets_equal_one_truncation_per_layer(budget: int | None) -> None:
     # Prepare: five layers of two shapes, three clients, sparse and dense deltas; None: the
     # device's default (one layer at a time on the CPU), 2**20 bytes: whole shapes batched
-    from fedlora.methods import fedsrd
+    from fedlora.methods import fedsrd_server as fedsrd
     from fedlora.ops.factored import truncated_factors
 
     gen = torch.Generator().manual_seed(6)
@@ -422,7 +423,7 @@ def test_batched_targets_equal_one_truncation_per_layer(budget: int | None) -> N
             if k % 2:
                 d_a, d_b = Sparse.from_mask(d_a, d_a > 0.5), Sparse.from_mask(d_b, d_b > 0.5)
             deltas.append((p, d_a, d_b))
-        layers[f"l{k}"] = fedsrd._Layer(a, b, deltas)
+        layers[f"l{k}"] = fedsrd.LayerInputs(a, b, deltas)
     # Execute
     got = dict(fedsrd.batched_targets(layers, 3, budget))
     # Assert: every layer's truncation matches the per-layer call on its own stack

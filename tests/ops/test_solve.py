@@ -103,6 +103,17 @@ def _clients(gen: torch.Generator, a: torch.Tensor, b: torch.Tensor, scale: floa
     return out
 
 
+def _factor_case(gen: torch.Generator, case: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 A (R×N) and B (M×R); rank-deficient: a repeated row of A and column of B."""
+    a = torch.randn(R, N, generator=gen, dtype=torch.float64)
+    b = torch.randn(M, R, generator=gen, dtype=torch.float64)
+    if case == "rank-deficient":
+        a[1], b[:, 2] = a[0], b[:, 0]
+    if case == "zero-b":
+        b = torch.zeros_like(b)
+    return a, b
+
+
 def _dense_target(a, b, clients) -> torch.Tensor:
     a, b = a.double(), b.double()
     total = -b @ a
@@ -118,12 +129,7 @@ def _dense_target(a, b, clients) -> torch.Tensor:
 def test_client_steps_equal_the_pseudo_inverse_of_the_dense_target(sparse: bool, case: str) -> None:
     # Prepare: float64, M×R B and R×N A; rank-deficient: a repeated row of A and column of B
     gen = torch.Generator().manual_seed(11)
-    a = torch.randn(R, N, generator=gen, dtype=torch.float64)
-    b = torch.randn(M, R, generator=gen, dtype=torch.float64)
-    if case == "rank-deficient":
-        a[1], b[:, 2] = a[0], b[:, 0]
-    if case == "zero-b":
-        b = torch.zeros_like(b)
+    a, b = _factor_case(gen, case)
     clients = _clients(gen, a, b, 0.5, sparse)
     target = _dense_target(a, b, clients)
     # Execute
@@ -238,12 +244,7 @@ def test_the_sum_of_per_client_projections_gives_the_same_step(
     # Prepare: as above with weights summing to 1 (the server's); each client's term is
     # computed alone, as it would be on the client
     gen = torch.Generator().manual_seed(12)
-    a = torch.randn(R, N, generator=gen, dtype=torch.float64)
-    b = torch.randn(M, R, generator=gen, dtype=torch.float64)
-    if case == "rank-deficient":
-        a[1], b[:, 2] = a[0], b[:, 0]
-    if case == "zero-b":
-        b = torch.zeros_like(b)
+    a, b = _factor_case(gen, case)
     raw = _clients(gen, a, b, 0.5, sparse)
     clients = [(p / sum(q for q, _, _ in raw), d_a, d_b) for p, d_a, d_b in raw]  # sum to 1
     target = _dense_target(a, b, clients)
