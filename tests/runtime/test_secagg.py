@@ -32,11 +32,13 @@ def run_round(
     gone_after_shares: Collection[int] = (),
     gone_after_mask: Collection[int] = (),
     through_records: bool = False,
+    liar: int | None = None,
 ) -> np.ndarray:
     """One round: keys, shares, masked vectors, unmasking; some clients vanish on the way
     (after sending keys, after sending shares, after sending a masked vector). With
     ``through_records`` each client is rebuilt from its record before every stage, as a
-    Flower node's fresh process per message rebuilds it."""
+    Flower node's fresh process per message rebuilds it. A ``liar`` sends garbage in place of
+    every share it reveals."""
     server = SecAggServer(neighbour_ring(ids, num_shares, random.Random(0)), threshold, BITS)
     clients = {nid: SecAggClient.start(nid, threshold, BITS) for nid in ids}
 
@@ -49,6 +51,7 @@ def run_round(
     for nid in ids:
         if nid not in gone_after_keys:
             server.shared[nid] = client(nid).share_keys(server.keys_for(nid))
+            server.commitments[nid] = client(nid).commitment
     for nid in sorted(server.shared):
         if nid not in gone_after_shares:
             masked = client(nid).mask(words(nid), server.shares_for(nid))
@@ -59,6 +62,8 @@ def run_round(
         for nid in sorted(server.masked)
         if nid not in gone_after_mask
     }
+    if liar is not None:
+        replies[liar] = {owner: b"\x01" * len(share) for owner, share in replies[liar].items()}
     return server.unmask(replies)
 
 
@@ -136,3 +141,19 @@ def test_the_ring_is_symmetric_and_each_neighbourhood_has_num_shares_nodes() -> 
     ring = neighbour_ring(list(range(10)), 5, random.Random(3))
     assert all(len(around) == 5 and nid in around for nid, around in ring.items())
     assert all(nid in ring[j] for nid, around in ring.items() for j in around)
+
+
+@pytest.mark.parametrize("gone", [[], [5]])
+def test_a_lying_neighbours_shares_are_routed_around(gone: list[int]) -> None:
+    # 5 of 5 neighbours, threshold 3: one liar among the four (or five) who reveal; the
+    # seed's hash (an alive node) and the public key (a dropped one) tell its shares apart
+    ids = [1, 2, 3, 4, 5]
+    total = run_round(ids, 5, 3, gone_after_shares=gone, liar=1)
+    assert np.array_equal(total, plain_sum([i for i in ids if i not in gone]))
+
+
+def test_a_threshold_of_half_the_neighbourhood_or_less_is_refused_by_the_client() -> None:
+    clients = {nid: SecAggClient.start(nid, 2, BITS) for nid in (1, 2, 3, 4)}
+    keys = {nid: c.keys for nid, c in clients.items()}
+    with pytest.raises(SecAggError, match="not more than half"):
+        clients[1].share_keys(keys)

@@ -29,9 +29,11 @@ authenticated encryption (Fernet) are Flower's (``flwr.common.secure_aggregation
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import random
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +83,37 @@ def neighbour_ring(
         nid: frozenset(order[(i + d) % count] for d in range(-half, half + 1))
         for i, nid in enumerate(order)
     }
+
+
+COMMIT_LABEL = b"fedlora secure aggregation seed commitment v1"
+MAX_TRIES = 1000
+"""Subsets of shares the server tries per secret before it gives the secret up."""
+
+
+def commitment(seed: bytes) -> bytes:
+    """What a client sends of its mask seed (its hash: nothing of the seed)."""
+    return hashlib.sha256(COMMIT_LABEL + seed).digest()
+
+
+def rebuild(shares: Sequence[bytes], threshold: int, valid: Callable[[bytes], bool]) -> bytes:
+    """The secret that ``threshold`` of ``shares`` rebuild and ``valid`` accepts, trying
+    subsets in turn (a lying client's share spoils the subsets holding it, not the others);
+    ``SecAggError`` when none of the first :data:`MAX_TRIES` does."""
+    for subset in itertools.islice(itertools.combinations(shares, threshold), MAX_TRIES):
+        try:
+            secret = combine_shares(list(subset))
+        except Exception:  # garbage shares: the next subset
+            continue
+        if valid(secret):
+            return secret
+    raise SecAggError(f"no {threshold} of its {len(shares)} shares rebuild its secret")
+
+
+def _public_of(private_pem: bytes) -> bytes:
+    try:
+        return public_key_to_bytes(bytes_to_private_key(private_pem).public_key())
+    except Exception:
+        return b""
 
 
 def _agreed(private_pem: bytes, public_pem: bytes) -> bytes:
@@ -173,6 +206,14 @@ class SecAggClient:
             bool(get("revealed", int)),
         )
 
+    @property
+    def commitment(self) -> bytes:
+        """``SHA-256(label ‖ seed)``: sent with the shares, so that a server can tell a
+        seed rebuilt from honest shares from one a lying neighbour's share spoilt."""
+        if not self.seed:
+            raise SecAggError(f"node {self.nid}: no seed before its keys are shared")
+        return commitment(self.seed)
+
     def share_keys(self, neighbour_keys: Mapping[int, PublicKeys]) -> dict[int, bytes]:
         """Stage 1: the encrypted shares of this client's seed and private key, per neighbour."""
         if self.neighbour_keys:
@@ -183,6 +224,11 @@ class SecAggClient:
             raise SecAggError(
                 f"node {self.nid}: {len(neighbour_keys)} neighbours, fewer than the threshold "
                 f"{self.threshold}"
+            )
+        if 2 * self.threshold <= len(neighbour_keys):
+            raise SecAggError(
+                f"node {self.nid}: threshold {self.threshold} is not more than half of its "
+                f"{len(neighbour_keys)} neighbours (a server could rebuild both its seed and key)"
             )
         flat = [k for pair in neighbour_keys.values() for k in pair]
         if len(set(flat)) != len(flat):
@@ -266,6 +312,8 @@ class SecAggServer:
     bits: int
     keys: dict[int, PublicKeys] = field(default_factory=dict)
     shared: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    commitments: dict[int, bytes] = field(default_factory=dict)
+    """Each client's :attr:`SecAggClient.commitment` (sent with its shares)."""
     masked: set[int] = field(default_factory=set)
     total: np.ndarray | None = None
 
@@ -293,6 +341,16 @@ class SecAggServer:
         dropped = sorted(j for j in around if j in self.shared and j not in self.masked)
         return alive, dropped
 
+    def _seed_check(self, nid: int) -> Callable[[bytes], bool]:
+        expected = self.commitments.get(nid)
+        if expected is None:
+            raise SecAggError(f"node {nid}: masked without a seed commitment")
+        return lambda seed: len(seed) == 32 and commitment(seed) == expected
+
+    def _key_check(self, nid: int) -> Callable[[bytes], bool]:
+        public = self.keys[nid][0]
+        return lambda private: _public_of(private) == public
+
     def unmask(self, replies: Mapping[int, Mapping[int, bytes]]) -> np.ndarray:
         """The sum of the alive clients' vectors (modulo ``2**bits``) from the shares that
         came back; ``SecAggError`` when some secret has fewer than ``threshold`` shares."""
@@ -310,20 +368,13 @@ class SecAggServer:
             shares = pooled.get(nid, [])
             if len(shares) < self.threshold:
                 raise SecAggError(f"node {nid}: {len(shares)} shares, fewer than {self.threshold}")
-            try:
-                secret = combine_shares(shares[: self.threshold])
-                if nid in self.masked:
-                    total = sub_mod(total, expand_mask(secret, size, self.bits), self.bits)
-                    continue
-                agreed = {
-                    j: _agreed(secret, self.keys[j][0])
-                    for j in self.neighbours[nid]
-                    if j in self.masked
-                }
-            except ValueError as exc:  # shares that do not combine, or not into a key
-                raise SecAggError(f"node {nid}: its shares do not rebuild its secret") from exc
-            for other in sorted(agreed):
-                pairwise = expand_mask(agreed[other], size, self.bits)
+            if nid in self.masked:
+                seed = rebuild(shares, self.threshold, self._seed_check(nid))
+                total = sub_mod(total, expand_mask(seed, size, self.bits), self.bits)
+                continue
+            key = rebuild(shares, self.threshold, self._key_check(nid))
+            for other in sorted(j for j in self.neighbours[nid] if j in self.masked):
+                pairwise = expand_mask(_agreed(key, self.keys[other][0]), size, self.bits)
                 # ``other`` added this mask toward a lower id and subtracted it toward a higher
                 total = (
                     sub_mod(total, pairwise, self.bits)
