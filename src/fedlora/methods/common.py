@@ -41,6 +41,9 @@ class DefaultHooks:
     shares_individual_updates = False
     keeps_own_parts = False
     dp_refusal: str | None = "its server step is not a weighted sum of the clients' uploads"
+    secure_refusal: str | None = "its server step is not a function of the sum of the uploads"
+    """Why secure aggregation does not compose with the method, or None when its server step
+    is a mean of per-client terms (:mod:`fedlora.methods.secure`)."""
 
     def personalise(
         self,

@@ -72,6 +72,10 @@ class FedDare(synced.DeltaSynced):
     """Fed-DARE (see module docstring)."""
 
     dp_refusal = None  # the server step is a weighted sum of the uploads
+    secure_refusal = (
+        "its uploads are sparse on each client's own random support: masked, every one would "
+        "travel dense, losing the bytes the method exists to save"
+    )
 
     name = "fed_dare"
 

@@ -107,6 +107,7 @@ class FedSb(synced.SharedAdapter):
 
     name = "fed_sb"
     dp_refusal = None  # the server step is a weighted sum of the uploads
+    secure_refusal = None  # the same mean, of the masked changes
 
     def __init__(self, config: FedSbConfig) -> None:
         self.config = config

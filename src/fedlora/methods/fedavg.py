@@ -101,6 +101,7 @@ class FedAvg(DefaultHooks, Generic[ConfigT]):
     """FedIT: separate weighted averages of A and B (see module docstring)."""
 
     dp_refusal = None  # the server step is a weighted sum of the uploads
+    secure_refusal = None  # the same mean, of the masked changes
 
     name = "fedavg"
 

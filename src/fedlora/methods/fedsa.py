@@ -74,6 +74,7 @@ class FedSa(synced.SharedAdapter):
     name = "fedsa"
     keeps_own_parts = True
     dp_refusal = None  # a weighted mean of the uploaded A; B never leaves the client
+    secure_refusal = None  # the same mean, of the masked changes
 
     def __init__(self, config: FedSaConfig) -> None:
         self.config = config

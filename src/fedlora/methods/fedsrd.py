@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,7 @@ from fedlora.methods.fedsrd_server import (
     least_squares_step,
 )
 from fedlora.methods.registry import register
+from fedlora.methods.secure import Shapes
 from fedlora.ops.factored import numerical_rank, truncated_factors
 from fedlora.ops.masks import dare_dense
 from fedlora.ops.ratio import SPARSIFIERS, SUPPORTS, RatioRule
@@ -99,8 +100,10 @@ from fedlora.ops.seeds import label_seed
 from fedlora.ops.solve import (
     ClientDeltas,
     condition,
+    projected_change,
     solve_a_clients,
     solve_b_clients,
+    solve_projected,
 )
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.sparsify import (
@@ -344,11 +347,7 @@ class _FedSRDBase(synced.DeltaSynced):
     def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
         ordered = sorted(uploads, key=lambda u: u.cid)
         weights = aggregation_weights(ordered, setup.weighting)
-        round_ = state.round + 1
-        factor = active_factor(round_)
-        rank = setup.max_rank
-        tensors: dict[str, Tensor] = {}
-        conditions: list[float] = []
+        factor = active_factor(state.round + 1)
         layers: dict[str, LayerInputs] = {}
         for s in setup.layers:
             a_prev = state.tensors[key(s.name, "A")]
@@ -365,15 +364,34 @@ class _FedSRDBase(synced.DeltaSynced):
                     for p, u in zip(weights, ordered, strict=True)
                 ],
             )
-        for name, target in self.targets(layers, rank):
-            a_prev, b_prev, deltas = layers[name]
-            if self.config.decompose == "dense":
+        if self.config.decompose == "dense":
+            tensors: dict[str, Tensor] = {}
+            for name, target in self.targets(layers, setup.max_rank):
                 assert target is not None
-                new = balanced_factors(target, rank)
+                new = balanced_factors(target, setup.max_rank)
                 tensors[key(name, "A")], tensors[key(name, "B")] = new.A, new.B
-                continue
+            ordered_ = {k: tensors[k] for name in layers for k in (key(name, "A"), key(name, "B"))}
+            return ServerState(round=state.round + 1, tensors=ordered_, meta={"updated": "AB"})
+        updates = (
+            (name, self.step(*layers[name], factor, target))
+            for name, target in self.targets(layers, setup.max_rank)
+        )
+        return self.applied(state, setup, updates)
+
+    def applied(
+        self, state: ServerState, setup: Setup, updates: Iterable[tuple[str, Tensor]]
+    ) -> ServerState:
+        """The new state from each layer's least-squares update of the round's factor: the
+        update thinned by DARE (:func:`downlink_seed`) is added to the global factor and
+        kept as the delta to broadcast."""
+        round_ = state.round + 1
+        factor = active_factor(round_)
+        tensors: dict[str, Tensor] = {}
+        conditions: list[float] = []
+        for name, update in updates:
+            a_prev = state.tensors[key(name, "A")]
+            b_prev = state.tensors[key(name, "B")]
             conditions.append(condition(a_prev if factor == "B" else b_prev))
-            update = self.step(a_prev, b_prev, deltas, factor, target)
             applied = dare_dense(
                 update, self.config.p_down, downlink_seed(setup.seed, round_, name)
             )
@@ -382,9 +400,9 @@ class _FedSRDBase(synced.DeltaSynced):
                 delta = applied if part == factor else None
                 tensors[key(name, part)] = synced.add_delta(prev[part], delta)
             tensors[key(name, "d" + factor)] = applied
-        tensors = {k: tensors[k] for name in layers for k in _keys(name, factor) if k in tensors}
-        updated = "AB" if self.config.decompose == "dense" else factor
-        meta: dict[str, Any] = {"updated": updated}
+        names = [s.name for s in setup.layers]
+        tensors = {k: tensors[k] for name in names for k in _keys(name, factor) if k in tensors}
+        meta: dict[str, Any] = {"updated": factor}
         if conditions:
             before, after = _norms(state.tensors, setup), _norms(tensors, setup)
             meta["report"] = stability_report(factor, conditions, before, after)
@@ -432,6 +450,69 @@ class FedSRDE(_FedSRDBase):
                 "method.fedsrd-e.decompose: 'dense' broadcasts the rank-r truncation of the "
                 "aggregate, which FedSRD-e does not compute; use method = fedsrd for it"
             )
+
+    @property
+    def secure_refusal(self) -> str | None:  # type: ignore[override]
+        """Its step needs only the mean of per-client projected terms (docs/methods.md),
+        unless ``reconstruct = false`` makes the target a product of averaged deltas."""
+        if self.config.reconstruct:
+            return None
+        return (
+            "with reconstruct = false its target is the product of the averaged deltas, not "
+            "a mean of per-client terms"
+        )
+
+    def secure_shapes(self, setup: Setup, client: ClientSpec, round_: int) -> Shapes:
+        """A B-round's term is m×r per layer, an A-round's r×n (``layer.PB`` / ``layer.PA``)."""
+        factor = active_factor(round_)
+        return {
+            key(s.name, "P" + factor): (
+                (s.out_features, client.rank) if factor == "B" else (client.rank, s.in_features)
+            )
+            for s in setup.layers
+        }
+
+    def secure_terms(
+        self, start: ClientStart, upload: Payload, setup: Setup, client: ClientSpec, round_: int
+    ) -> dict[str, Tensor]:
+        """The client's reconstruction change seen through the fixed factor
+        (:func:`fedlora.ops.solve.projected_change`), from its sparsified deltas."""
+        factor = active_factor(round_)
+        out: dict[str, Tensor] = {}
+        for s in setup.layers:
+            a = start.view[key(s.name, "A")].double()
+            b = start.view[key(s.name, "B")].double()
+            d_a = synced.upload_entry(upload, s.name, "A", a)
+            d_b = synced.upload_entry(upload, s.name, "B", b)
+            out[key(s.name, "P" + factor)] = projected_change(a, b, d_a, d_b, factor)
+        return out
+
+    def aggregate_mean(
+        self,
+        state: ServerState,
+        mean: Mapping[str, Tensor],
+        reference: Mapping[str, Tensor],
+        setup: Setup,
+        round_: int,
+    ) -> ServerState:
+        """The step from the mean projected term (:func:`fedlora.ops.solve.solve_projected`),
+        then as :meth:`aggregate`."""
+        factor = active_factor(state.round + 1)
+        ridge = self.config.ridge
+        updates = (
+            (
+                s.name,
+                solve_projected(
+                    mean[key(s.name, "P" + factor)],
+                    state.tensors[key(s.name, "A")],
+                    state.tensors[key(s.name, "B")],
+                    factor,
+                    ridge,
+                ),
+            )
+            for s in setup.layers
+        )
+        return self.applied(state, setup, updates)
 
     def step(
         self,

@@ -79,6 +79,7 @@ class FedSvd(synced.SharedAdapter):
 
     name = "fedsvd"
     dp_refusal = None  # a weighted mean of the uploads, then post-processing
+    secure_refusal = None  # the same mean, of the masked changes
 
     def __init__(self, config: FedSvdConfig) -> None:
         self.config = config

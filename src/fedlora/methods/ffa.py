@@ -96,6 +96,7 @@ class Ffa(DefaultHooks):
     """FFA-LoRA (see module docstring)."""
 
     dp_refusal = None  # the server step is a weighted sum of the uploads
+    secure_refusal = None  # the same mean, of the masked changes
 
     name = "ffa"
 

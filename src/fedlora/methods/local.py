@@ -49,6 +49,7 @@ class Local(DefaultHooks):
     name = "local"
     keeps_own_parts = True
     dp_refusal = "nothing leaves a client, so there is nothing to add noise to"
+    secure_refusal = "nothing leaves a client, so there is nothing to sum"
 
     def __init__(self, config: LocalConfig) -> None:
         self.config = config

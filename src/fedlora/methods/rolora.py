@@ -67,6 +67,7 @@ class RoLora(synced.DeltaSynced):
 
     name = "rolora"
     dp_refusal = None  # the server step is a weighted sum of the uploads
+    secure_refusal = None  # the same mean, of the masked changes
 
     def __init__(self, config: RoLoraConfig) -> None:
         self.config = config

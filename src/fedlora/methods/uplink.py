@@ -103,6 +103,11 @@ class SparseUplink:
         self.rule = rule
         self.wire_dtype = wire_dtype
 
+    secure_refusal = (
+        "the plug-in's uploads are sparse on each client's own support: masked, every one "
+        "would travel dense, losing the bytes the plug-in exists to save"
+    )
+
     def __getattr__(self, hook: str) -> Any:
         # Every hook the plug-in does not change is the wrapped method's own (delegation:
         # a hook added to the protocol later needs no line here).
