@@ -303,3 +303,67 @@ def test_deployment_matches_in_process_and_survives_a_killed_supernode(
     assert records[1]["accepted"] == [0] and "1" in records[1]["dropped"]
     assert records[2]["accepted"] == [0] and not records[2]["skipped"]
     assert (tmp_path / "flower-kill" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_secure_aggregation_on_a_deployment_survives_a_node_killed_mid_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four SuperNodes, secure FedAvg, threshold 3: node 3 is SIGKILLed once it has received
+    # its second secure stage (its keys and shares are out), and the round completes with the
+    # other three clients' sum.
+    pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO)])
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("PYTHONPATH", pythonpath)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "cluster"
+    root.mkdir()
+    c = Cluster(root=root, env=flower_env(root / "flwr-home"))
+    try:
+        c.superlink()
+        (root / "node-data").mkdir()
+        own = write_client_files(root / "node-data", 4)
+        for k in range(4):
+            c.public_keys.append(write_key(root / f"node{k}.key"))
+            c.supernode(k, 4, own[k], str(root / f"node{k}.key"))
+        absent = [str(tmp_path / "not-on-the-server" / f"client{k}.jsonl") for k in range(4)]
+        cfg = _cfg(
+            tmp_path / "secure",
+            absent,
+            "method=fedavg",
+            "federation.rounds=1",
+            'federation.secure_aggregation="secagg+"',
+            'federation.weighting="uniform"',
+            f"federation.node_keys={json.dumps(c.public_keys)}",
+        )
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                run_flower(
+                    cfg,
+                    runtime="flower",
+                    superlink=c.address,
+                    resume=False,
+                    options=ServerOptions(join_timeout=START_TIMEOUT, round_timeout=120.0),
+                    timeout=RUN_TIMEOUT,
+                )
+            except BaseException as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while c.log("supernode3").count("query.secagg") < 2:
+            assert worker.is_alive() and time.monotonic() < deadline, "no secure stage at node 3"
+            time.sleep(0.1)
+        kill_tree(c.procs["supernode3"].pid, signal.SIGKILL)
+        worker.join(timeout=RUN_TIMEOUT)
+    finally:
+        c.stop()
+
+    assert not worker.is_alive() and not errors, errors
+    (_, first) = _records(tmp_path / "secure")
+    assert not first["skipped"], first["skip_reason"]
+    assert first["secure_aggregation"]["alive"] == [0, 1, 2]
+    assert "secure aggregation" in first["dropped"]["3"]
+    assert (tmp_path / "secure" / "adapter" / "adapter_model.safetensors").is_file()

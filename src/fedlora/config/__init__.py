@@ -7,6 +7,7 @@ and bad values raise :class:`ConfigError` naming the dotted key. Method options 
 ``[method.<name>]`` and are validated by that method's own config dataclass.
 """
 
+from fedlora.config.federation import SecAggConfig
 from fedlora.config.loading import apply_overrides, from_dict, load, to_dict
 from fedlora.config.sections import (
     ALL_LINEAR,
@@ -45,6 +46,7 @@ __all__ = [
     "ModelConfig",
     "PrivacyConfig",
     "RunConfig",
+    "SecAggConfig",
     "TrainConfig",
     "UplinkConfig",
     "WireConfig",

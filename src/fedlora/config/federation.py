@@ -3,15 +3,68 @@ server trusts of a client's reply, and client-level differential privacy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedlora.validate import check as _check
-from fedlora.validate import one_of
+from fedlora.validate import number, one_of
 
 SAMPLINGS = ("fixed", "poisson")
 WEIGHTINGS = ("samples", "uniform")
 CLIP_ACTIONS = ("clip", "refuse")
 PRIVACY_MODES = ("none", "central")
+SECURE_AGGREGATIONS = ("none", "secagg+")
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Options of secure aggregation (``federation.secure_aggregation = "secagg+"``).
+
+    ``num_shares``: how many clients (itself included) each client shares its secrets with,
+    on a ring in a random order: SecAgg+ (0, the default: every client of the round, which
+    is SecAgg). ``reconstruction_threshold``: how many of those shares rebuild a secret (0,
+    the default: more than half of each neighbourhood, the least that keeps a server from
+    collecting both a client's mask seed and its key); a round where fewer survive is
+    skipped. ``clipping_range``: every value a client sends is clipped to
+    ``[-clipping_range, clipping_range]`` first. ``modulus_bits``: values travel as integers
+    modulo ``2**modulus_bits`` (words of 32 bits up to 32, of 64 above); the fixed-point
+    scale is the largest power of two at which the sum of every client's clipped values
+    fits, so the mean's rounding error is at most ``1/scale`` per value. See
+    docs/threat-model.md."""
+
+    num_shares: int = 0
+    reconstruction_threshold: int = 0
+    clipping_range: float = 8.0
+    modulus_bits: int = 32
+
+    def __post_init__(self) -> None:
+        number("federation.secagg.num_shares", self.num_shares, at_least=0, integer=True)
+        _check(
+            self.num_shares == 0 or self.num_shares >= 3,
+            "federation.secagg.num_shares",
+            f"must be 0 (every client) or at least 3; got {self.num_shares}",
+        )
+        number(
+            "federation.secagg.reconstruction_threshold",
+            self.reconstruction_threshold,
+            at_least=0,
+            integer=True,
+        )
+        _check(
+            self.reconstruction_threshold == 0
+            or self.num_shares == 0
+            or 2 * self.reconstruction_threshold > self.num_shares | 1,
+            "federation.secagg.reconstruction_threshold",
+            f"must be more than half of num_shares ({self.num_shares}, rounded up to odd), or "
+            "a server could rebuild both a client's mask seed and its key",
+        )
+        number("federation.secagg.clipping_range", self.clipping_range, above=0.0)
+        number(
+            "federation.secagg.modulus_bits",
+            self.modulus_bits,
+            at_least=16,
+            at_most=64,
+            integer=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -87,7 +140,9 @@ class FederationConfig:
     each client id to a SuperNode key (OpenSSH public keys, one per client; a deployment
     whose SuperLink is not on loopback needs them unless ``allow_unauthenticated``), and a method
     whose broadcast carries clients' own updates, or a round with one valid upload, is
-    refused unless ``allow_individual_updates``. See docs/threat-model.md."""
+    refused unless ``allow_individual_updates``. ``secure_aggregation = "secagg+"`` has the
+    server learn only the sum of each round's uploads (options in ``[federation.secagg]``,
+    :class:`SecAggConfig`). See docs/threat-model.md."""
 
     rounds: int = 3
     clients_per_round: float = 1.0  # fraction in (0, 1] or a count > 1
@@ -104,6 +159,8 @@ class FederationConfig:
     node_keys: tuple[str, ...] = ()
     allow_individual_updates: bool = False
     allow_unauthenticated: bool = False
+    secure_aggregation: str = "none"  # none | secagg+
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", f"must be at least 1, got {self.rounds}")
@@ -131,3 +188,9 @@ class FederationConfig:
             "federation.node_keys",
             "must be OpenSSH public keys (one line each), one per client",
         )
+        one_of("federation.secure_aggregation", self.secure_aggregation, SECURE_AGGREGATIONS)
+
+    @property
+    def secure(self) -> bool:
+        """Whether the server sees only the sum of the round's uploads."""
+        return self.secure_aggregation != "none"

@@ -377,6 +377,18 @@ class RunConfig:
             "data): set federation.weighting = uniform",
         )
         _check(
+            not self.federation.secure or self.federation.weighting == "uniform",
+            "federation.weighting",
+            "federation.secure_aggregation weighs every client alike (the server sees no "
+            "client's count, so it could not cap one): set federation.weighting = uniform",
+        )
+        _check(
+            not self.federation.secure or not self.lora.ranks or len(set(self.lora.ranks)) == 1,
+            "lora.ranks",
+            "federation.secure_aggregation needs every client at one rank (the masked vectors "
+            "are summed in one shared space)",
+        )
+        _check(
             not self.privacy.on or not self.lora.ranks or len(set(self.lora.ranks)) == 1,
             "lora.ranks",
             "privacy.mode = central needs every client at one rank (noise is added to one "

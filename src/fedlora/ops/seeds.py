@@ -33,6 +33,8 @@ class Stream(IntEnum):
     """``Method.upload``: random masks of a client's upload."""
     SAMPLING = 4
     """Which clients train in a round (no client id)."""
+    SECURE = 5
+    """Stochastic rounding of a client's secure-aggregation vector to fixed point."""
 
 
 def stream_seed(run_seed: int, stream: Stream | int, *parts: int) -> int:

@@ -15,6 +15,7 @@ from fedlora.errors import ConfigError
 from fedlora.eval.scores import ChoiceQuestion
 from fedlora.methods.base import ClientSpec, Factored, Method, Setup
 from fedlora.methods.registry import build
+from fedlora.methods.secure import secure_form
 from fedlora.methods.uplink import with_uplink
 from fedlora.models import model_folder
 from fedlora.models.placement import load_base, placement
@@ -129,6 +130,8 @@ def assemble(
     """
     method = build_method(cfg)
     dp = privacy_plan(cfg, method)  # a method DP does not compose with stops here
+    if cfg.federation.secure:
+        secure_form(method)  # so does one secure aggregation does not compose with
     torch.manual_seed(cfg.seed)
     report("status", {"text": f"loading model {cfg.model.name}"})
     clients = client_specs(cfg)

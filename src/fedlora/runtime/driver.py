@@ -40,6 +40,7 @@ import torch
 from fedlora.config import RunConfig
 from fedlora.methods.base import Factored, Method, Payload, Setup, Tensor
 from fedlora.methods.half_round import client_start
+from fedlora.methods.secure import secure_form
 from fedlora.ops.seeds import Stream, stream_seed
 from fedlora.runtime import checkpoint
 from fedlora.runtime.accounting import Release
@@ -50,6 +51,8 @@ from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.privacy import round_size
 from fedlora.runtime.records import Evaluation, RoundRecord, dumps
 from fedlora.runtime.run_folder import RunState, start_or_resume
+from fedlora.runtime.secure_round import Message, SecureSum, secure_sum
+from fedlora.runtime.secure_sum import quantiser, size_of
 from fedlora.runtime.steps import Received, ServerOutcome, max_bytes, send, server_step
 from fedlora.runtime.tensorboard import with_tensorboard
 from fedlora.train.peft_io import compact, write_adapter
@@ -115,6 +118,10 @@ class Transport(Protocol):
         self, t: int, dispatches: Sequence[Dispatch], rs: RunState
     ) -> dict[int, ClientOutcome]:
         """Deliver round ``t``'s broadcasts; return an outcome for each dispatched client."""
+
+    def stage(self, name: str, requests: Mapping[int, Message]) -> Mapping[int, Message | str]:
+        """One stage of a secure round (:mod:`fedlora.runtime.secure_round`): deliver each
+        request to its client; a reply, or why there is none."""
 
     def evaluate(
         self, t: int, update: Mapping[str, Factored], rs: RunState, final: bool
@@ -249,22 +256,15 @@ def run_round(
         report("client_done", {"round": t, "cid": cid})
     mirrored = _mirror_views(fed, rs, dispatches, replies, t)
     unapplied, references = mirrored.unapplied, mirrored.references
-    uploads, failures = {}, {}
-    for cid in sampled:
-        out = replies.get(cid)
-        if cid in unapplied:
-            failures[cid] = unapplied[cid]
-        elif out is None or out.upload is None:
-            failures[cid] = (out.error if out is not None else None) or "no reply"
-        else:
-            uploads[cid] = (out.upload.data, out.n_samples)
-    report("server_start", {"round": t, "uploads": len(uploads)})
+    uploads, failures, holders = _collected(cfg.federation.secure, sampled, replies, unapplied)
+    secure = secured(fed, t, holders, transport, replies) if cfg.federation.secure else None
+    report("server_start", {"round": t, "uploads": len(uploads) or len(holders)})
     server = server_step(
         method,
         rs.state,
         setup,
         cfg,
-        Received(uploads, failures, references, t),
+        Received(uploads, failures, references, t, secure),
         min_uploads=transport.min_uploads,
         dp=fed.privacy,
         timer=timer,
@@ -287,11 +287,61 @@ def run_round(
     return round_record(
         fed,
         RoundFacts(
-            t, sampled, dispatches, replies, set(uploads), server, transport.notes(), rs.releases
+            t,
+            sampled,
+            dispatches,
+            replies,
+            set(uploads) | set(secure.alive if secure is not None else ()),
+            server,
+            transport.notes(),
+            rs.releases,
+            secure,
         ),
         evaluated,
         time.perf_counter() - began,
     )
+
+
+def _collected(
+    secure: bool,
+    sampled: Sequence[int],
+    replies: Mapping[int, ClientOutcome],
+    unapplied: Mapping[int, str],
+) -> tuple[dict[int, tuple[bytes, int]], dict[int, str], list[int]]:
+    """The sampled clients' uploads (bytes, reported count), why the others have none, and,
+    under secure aggregation, who holds a vector for the secure sum instead."""
+    uploads, failures, holders = {}, {}, []
+    for cid in sampled:
+        out = replies.get(cid)
+        if cid in unapplied:
+            failures[cid] = unapplied[cid]
+        elif secure and out is not None and out.held:
+            holders.append(cid)
+        elif out is None or out.upload is None or secure:
+            why = "no vector for the secure sum" if secure else "no reply"
+            failures[cid] = (out.error if out is not None else None) or why
+        else:
+            uploads[cid] = (out.upload.data, out.n_samples)
+    return uploads, failures, holders
+
+
+def secured(
+    fed: Server,
+    t: int,
+    holders: Sequence[int],
+    transport: Transport,
+    replies: Mapping[int, ClientOutcome],
+) -> SecureSum:
+    """The secure sum of round ``t``'s vectors held by ``holders`` (their size is the
+    method's terms' for this round), over the transport's stages; what the stages moved is
+    added to each client's transport bytes in ``replies``."""
+    form = secure_form(fed.method)
+    size = size_of(form.secure_shapes(fed.setup, fed.setup.clients[0], t))
+    out = secure_sum(t, holders, size, fed.cfg.federation.secagg, transport.stage)
+    for cid, sent in out.sent.items():
+        replies[cid].sent_bytes += sent
+        replies[cid].received_bytes += out.received.get(cid, 0)
+    return out
 
 
 def evaluation(
@@ -330,6 +380,8 @@ class RoundFacts:
     notes: Mapping[str, Any]
     releases: Sequence[Release] = ()
     """Every DP release so far (the ledger's)."""
+    secure: SecureSum | None = None
+    """What a secure round's stages gave (under secure aggregation)."""
 
 
 def round_record(
@@ -343,6 +395,9 @@ def round_record(
     """
     up = {cid: facts.replies[cid] for cid in sorted(facts.uploaded)}
     loads = {str(c): o.upload for c, o in up.items() if o.upload is not None}
+    masked = (
+        {str(c): n for c, n in sorted(facts.secure.masked_bytes.items())} if facts.secure else {}
+    )
     replies, server = sorted(facts.replies.items()), facts.server
     # What the server decoded, not what a client says of its upload (0 and {} if undecodable)
     seen = {str(c): st for c, st in server.stats.items()}
@@ -356,8 +411,9 @@ def round_record(
         n_samples={str(c): o.n_samples for c, o in up.items()},
         tokens={str(c): o.tokens for c, o in up.items()},
         truncated={str(c): o.truncated for c, o in up.items()},
-        upload_bytes={c: u.nbytes for c, u in loads.items()},
-        upload_params={c: seen[c].nonzero if c in seen else 0 for c in loads},
+        upload_bytes={c: u.nbytes for c, u in loads.items()} | masked,
+        upload_params={c: seen[c].nonzero if c in seen else 0 for c in loads}
+        | {c: up[int(c)].held for c in masked},
         download_bytes={str(d.cid): d.broadcast.nbytes for d in facts.dispatches},
         download_params={str(d.cid): d.broadcast.params for d in facts.dispatches},
         encodings={
@@ -384,8 +440,25 @@ def round_record(
         server_report=server.state.meta.get("report") if not server.skipped else None,
         nodes_refused=facts.notes.get("nodes_refused"),
         privacy=fed.privacy.spent(facts.releases) if fed.privacy is not None else None,
+        secure_aggregation=secure_summary(fed.cfg, facts.secure),
         evaluation=evaluated,
     )
+
+
+def secure_summary(cfg: RunConfig, secure: SecureSum | None) -> dict[str, Any] | None:
+    """A secure round's record entry: who is in the sum, the threshold, the fixed point."""
+    if secure is None:
+        return None
+    q = quantiser(cfg)
+    return {
+        "protocol": cfg.federation.secure_aggregation,
+        "alive": secure.alive,
+        "threshold": secure.threshold,
+        "seconds": secure.seconds,
+        "modulus_bits": q.bits,
+        "scale": q.scale,
+        "clipping_range": q.clipping_range,
+    }
 
 
 def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:

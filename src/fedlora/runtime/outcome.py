@@ -63,3 +63,8 @@ class ClientOutcome:
     own: dict[str, Any] = field(default_factory=dict)
     """What the client keeps for itself (``Method.own_part``): stays on the client's side,
     never part of a reply."""
+    held: int = 0
+    """Under secure aggregation: how many values of the round's vector the client holds,
+    waiting to be masked (:mod:`fedlora.runtime.secure_round`); it uploads nothing else."""
+    words: Any = None
+    """Those values as fixed-point words (a numpy array): stays on the client's side."""

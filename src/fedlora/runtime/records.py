@@ -118,6 +118,7 @@ class RoundRecord:
     server_report: dict[str, Any] | None = None
     nodes_refused: dict[str, str] | None = None
     privacy: dict[str, Any] | None = None
+    secure_aggregation: dict[str, Any] | None = None
     evaluation: Evaluation | None = None
     schema: int = SCHEMA
     ALWAYS = (

@@ -27,6 +27,7 @@ from fedlora.runtime.evaluate import score_sets
 from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.own_parts import OwnParts, client_folder, run_token
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
+from fedlora.runtime.secure_round import Held, Message, answer
 from fedlora.runtime.steps import ClientSide, client_step
 from fedlora.train.peft_io import compact, write_adapter
 from fedlora.train.threads import resolve_threads, use_threads
@@ -59,6 +60,8 @@ class InProcess:
         (methods that keep any; :mod:`fedlora.runtime.own_parts`)."""
         self.side = ClientSide(fed.model, fed.method, fed.setup, fed.cfg, fed.pad_id)
         """What every in-process client holds: the one shared model, method and config."""
+        self.held: dict[int, Held] = {}
+        """Each client's side of the round's secure sum (secure aggregation only)."""
 
     def own_parts(self, cid: int) -> OwnParts | None:
         """Client ``cid``'s own parts, where the method keeps any."""
@@ -75,6 +78,7 @@ class InProcess:
     ) -> dict[int, ClientOutcome]:
         fed = self.fed
         replies: dict[int, ClientOutcome] = {}
+        self.held = {}  # what a client held for the last round's secure sum is spent
         for d in dispatches:
             if not d.train:
                 # An idle client's view is the server's mirror (one process, one memory), so
@@ -107,8 +111,24 @@ class InProcess:
             )
             outcome.sent_bytes = d.broadcast.nbytes
             outcome.received_bytes = outcome.upload.nbytes if outcome.upload is not None else 0
+            if outcome.words is not None:  # kept on the client's side for the secure stages
+                self.held[d.cid] = Held(t, outcome.words)
             replies[d.cid] = outcome
         return replies
+
+    def stage(self, name: str, requests: Mapping[int, Message]) -> dict[int, Message | str]:
+        """A secure round's stage: each client answers from what it holds."""
+        out: dict[int, Message | str] = {}
+        for cid, request in requests.items():
+            held = self.held.get(cid)
+            if held is None:
+                out[cid] = "it holds no vector for this round"
+                continue
+            try:
+                out[cid] = answer(cid, name, request, held)
+            except Exception as exc:  # a client's failure must not end the federation
+                out[cid] = f"{type(exc).__name__}: {exc}"
+        return out
 
     def evaluate(
         self, t: int, update: Mapping[str, Factored], rs: RunState, final: bool

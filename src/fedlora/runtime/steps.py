@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import nn
 
 from fedlora.config import RunConfig
@@ -29,12 +30,15 @@ from fedlora.methods.base import (
     Upload,
 )
 from fedlora.methods.half_round import Turn, half_round
+from fedlora.methods.secure import secure_form
 from fedlora.models.placement import device_of
 from fedlora.ops.seeds import Stream, client_seed
 from fedlora.runtime.guard import ClipPolicy, Guarded, guard, non_finite
 from fedlora.runtime.outcome import ClientOutcome, Transfer
 from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.privacy import clip_upload, noisy_mean
+from fedlora.runtime.secure_round import SecureSum
+from fedlora.runtime.secure_sum import client_words, flatten, mean_terms, quantiser
 from fedlora.train.adapters import on_device, slot_name
 from fedlora.train.batches import Encoded, truncated_count
 from fedlora.train.local import LocalResult, LocalRun, train_local
@@ -136,15 +140,20 @@ def client_step(
         return outcome
     assert done.upload is not None and training.result is not None
     result = training.result
-    # Under DP nothing about the unclipped update leaves the client (its norms, its ratios)
-    outcome.report = {} if cfg.privacy.on else done.report
+    # Under DP nothing about the unclipped update leaves the client (its norms, its ratios),
+    # nor under secure aggregation anything of the update but its share of the sum
+    outcome.report = {} if cfg.privacy.on or cfg.federation.secure else done.report
     outcome.own = done.own
     upload = done.upload
     if cfg.privacy.on:  # the client bounds its own change before anything leaves it
         reference = method.upload_reference(done.start, setup, client)
         upload = clip_upload(upload, reference, cfg.privacy.clip_norm)
     with timer("upload_encode"):
-        outcome.upload = send(upload, cfg)
+        if cfg.federation.secure:
+            outcome.words = secure_words(method, setup, cfg, turn, done.start, upload)
+            outcome.held = int(outcome.words.size)
+        else:
+            outcome.upload = send(upload, cfg)
     outcome.n_samples = len(examples)
     outcome.train_loss = result.mean_loss
     outcome.tokens = result.tokens
@@ -152,6 +161,21 @@ def client_step(
     outcome.train_seconds = result.seconds
     outcome.overhead_seconds = time.perf_counter() - began - result.seconds
     return outcome
+
+
+def secure_words(
+    method: Method, setup: Setup, cfg: RunConfig, turn: Turn, start: ClientStart, upload: Payload
+) -> np.ndarray:
+    """What a client holds for the round's secure sum: its method's terms
+    (:mod:`fedlora.methods.secure`) as fixed-point words (:mod:`fedlora.runtime.secure_sum`),
+    rounded with the client's own seeded stream."""
+    client = turn.client
+    form = secure_form(method)
+    terms = form.secure_terms(start, upload, setup, client, turn.round)
+    vector = flatten(terms, form.secure_shapes(setup, client, turn.round))
+    rng = np.random.default_rng(client_seed(setup.seed, Stream.SECURE, turn.round, client.cid))
+    clip = cfg.privacy.clip_norm if cfg.privacy.on else None
+    return client_words(vector, quantiser(cfg), clip, rng)
 
 
 MAX_REPORTED_SAMPLES = 1 << 53
@@ -204,12 +228,15 @@ class Received:
     """What reached the server in a round: each client's upload (encoded bytes, reported
     training-sample count), why the others sent nothing, what each would have uploaded
     untrained (:meth:`Method.upload_reference`: the origin its change is bounded against),
-    and the runtime round the uploads were trained in (see ``Upload.round``)."""
+    the runtime round the uploads were trained in (see ``Upload.round``) and, under secure
+    aggregation, the sum that stands for the uploads."""
 
     uploads: Mapping[int, tuple[bytes, int]]
     failures: Mapping[int, str] = field(default_factory=dict)
     references: Mapping[int, Mapping[str, Tensor]] = field(default_factory=dict)
     round: int | None = None
+    secure: SecureSum | None = None
+    """Under secure aggregation, what the secure stages gave in place of ``uploads``."""
 
 
 def server_step(
@@ -233,6 +260,8 @@ def server_step(
     (:mod:`fedlora.runtime.privacy`), whatever the number of uploads.
     """
     began = time.perf_counter()
+    if received.secure is not None:
+        return _secure_step(method, state, setup, cfg, received, min_uploads, dp)
     t = state.round + 1
     dropped = dict(received.failures)
     decoded: list[Upload] = []
@@ -321,3 +350,53 @@ def _private(
         return method.aggregate(state, [one], setup)
 
     return step
+
+
+def _secure_step(
+    method: Method,
+    state: ServerState,
+    setup: Setup,
+    cfg: RunConfig,
+    received: Received,
+    min_uploads: int,
+    dp: PrivacyPlan | None,
+) -> ServerOutcome:
+    """The server step of a secure round: the method's step on the mean of the alive
+    clients' terms, read from the unmasked sum (plus the noise of a private run, over its
+    data-independent denominator); nothing of any one client is seen, so nothing is bounded
+    here (the clients clipped their own)."""
+    began = time.perf_counter()
+    summed = received.secure
+    assert summed is not None
+    t = state.round + 1
+    trained = received.round if received.round is not None else t
+    dropped = {**received.failures, **summed.dropped}
+    need = 0 if dp is not None else max(cfg.federation.min_clients, min_uploads)
+    skip = summed.skip
+    if skip is None and len(summed.alive) < need:
+        skip = f"{len(summed.alive)} clients in the secure sum, fewer than the {need} required"
+    new_state: ServerState | None = None
+    if skip is None:
+        form = secure_form(method)
+
+        def step() -> ServerState:
+            if not received.references or summed.total is None:
+                raise ValueError("no client could apply this round's broadcast")
+            anyone = min(received.references)
+            shapes = form.secure_shapes(setup, setup.client(anyone), trained)
+            count = dp.denominator if dp is not None else len(summed.alive)
+            noise = (dp, t) if dp is not None else None
+            mean = mean_terms(summed.total, quantiser(cfg), shapes, count, noise)
+            return form.aggregate_mean(state, mean, received.references[anyone], setup, trained)
+
+        new_state, skip = _aggregated(step)
+    if skip is not None:
+        log.warning("round %d skipped: %s", t, skip)
+    return ServerOutcome(
+        state if new_state is None else new_state,
+        summed.alive,
+        dropped,
+        skip is not None,
+        time.perf_counter() - began,
+        skip_reason=skip,
+    )

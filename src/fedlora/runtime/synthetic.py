@@ -42,7 +42,8 @@ from fedlora.runtime.evaluate import Scores
 from fedlora.runtime.outcome import ClientOutcome, Transfer
 from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.run_folder import RunState
-from fedlora.runtime.steps import send
+from fedlora.runtime.secure_round import Held, Message, answer
+from fedlora.runtime.steps import secure_words, send
 
 Tensor = torch.Tensor
 
@@ -122,6 +123,7 @@ class SyntheticTransport:
     uploaded: dict[int, list[Transfer]] = field(default_factory=dict)
     name: str = "synthetic"
     min_uploads: int = 1
+    held: dict[int, Held] = field(default_factory=dict)
 
     def notes(self) -> dict[str, Any]:
         return {}
@@ -132,6 +134,7 @@ class SyntheticTransport:
         method, setup, cfg = self.server.method, self.server.setup, self.server.cfg
         self.sent[t] = [d.broadcast for d in dispatches]
         self.uploaded[t] = []
+        self.held = {}
         replies: dict[int, ClientOutcome] = {}
         for d in dispatches:
             client = setup.client(d.cid)
@@ -144,13 +147,21 @@ class SyntheticTransport:
             turn = Turn(client, t, rs.views[d.cid], d.payload)
             done = half_round(method, setup, turn, synthetic)
             outcome = ClientOutcome(d.cid, t, start=done.start, sent_bytes=d.broadcast.nbytes)
-            if done.upload is not None:
+            if done.upload is not None and cfg.federation.secure:
+                words = secure_words(method, setup, cfg, turn, done.start, done.upload)
+                self.held[d.cid] = Held(t, words)
+                outcome.held, outcome.n_samples = int(words.size), n_samples(d.cid)
+            elif done.upload is not None:
                 outcome.upload = send(done.upload, cfg)
                 outcome.n_samples = n_samples(d.cid)
                 outcome.received_bytes = outcome.upload.nbytes
                 self.uploaded[t].append(outcome.upload)
             replies[d.cid] = outcome
         return replies
+
+    def stage(self, name: str, requests: Mapping[int, Message]) -> dict[int, Message | str]:
+        """A secure round's stage, each client answering from what it holds."""
+        return {cid: answer(cid, name, req, self.held[cid]) for cid, req in requests.items()}
 
     def evaluate(
         self, t: int, update: Mapping[str, Factored], rs: RunState, final: bool

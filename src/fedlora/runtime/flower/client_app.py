@@ -20,6 +20,7 @@ format; the model code (torch, transformers) is imported by ``train`` alone, whi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -28,6 +29,7 @@ from fedlora.errors import ConfigError
 from fedlora.runtime.flower.identity import NONCE
 from fedlora.runtime.flower.protocol import (
     RECORD,
+    SECAGG_KEY,
     STATE_KEY,
     Memory,
     empty_memory,
@@ -128,7 +130,30 @@ def make_client_app(data_files: Sequence[str] = (), state_root: str | None = Non
             ins, memory, partition_id(context), data_file(context), state_dir(context)
         )
         context.state[STATE_KEY] = ConfigRecord({"memory": pack_memory(memory)})
+        if report.words is not None:  # kept here until the secure stages mask it
+            from fedlora.runtime.secure_round import Held
+
+            context.state[SECAGG_KEY] = ConfigRecord(Held(ins.round, report.words).to_record())
         return Message(_signed(report_content(report), context), reply_to=msg)
+
+    @client_app.query("secagg")
+    def secagg(msg: Message, context: Context) -> Message:
+        """One stage of a secure round (:mod:`fedlora.runtime.secure_round`), answered from
+        what this node holds; the reply echoes the request's nonce (an error names why)."""
+        from fedlora.runtime.secure_round import Held, answer
+
+        request = dict(msg.content.config_records.get(RECORD, {}))
+        reply: dict[str, Any]
+        try:
+            if SECAGG_KEY not in context.state.config_records:
+                raise ValueError("this node holds no vector for a secure round")
+            held = Held.from_record(context.state.config_records[SECAGG_KEY])
+            reply = answer(partition_id(context), str(request.get("stage")), request, held)
+            context.state[SECAGG_KEY] = ConfigRecord(held.to_record())
+        except Exception as exc:  # the server reads why; nothing else leaves the node
+            reply = {"error": f"{type(exc).__name__}: {exc}"[:1024]}
+        reply[NONCE] = str(request.get(NONCE, ""))
+        return Message(_signed(RecordDict({RECORD: ConfigRecord(reply)}), context), reply_to=msg)
 
     return client_app
 

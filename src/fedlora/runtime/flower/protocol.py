@@ -31,9 +31,11 @@ if TYPE_CHECKING:  # torch is imported only where tensors are (un)packed: see cl
 TRAIN = "train"  # Flower message type of a round (every client gets one each round)
 QUERY = "query"  # Flower message type asking a SuperNode which partition it serves
 EVALUATE = "evaluate"  # Flower message type: score the global model on the client's own data
+SECAGG = "query.secagg"  # Flower message type of a secure round's stage (runtime.secure_round)
 RECORD = "fedlora"  # key of the ConfigRecord in every message
 SYNC = "fedlora-sync"  # key of the optional re-synchronisation record
 STATE_KEY = "fedlora-memory"  # key in ``context.state`` of the client's memory
+SECAGG_KEY = "fedlora-secagg"  # key in ``context.state`` of the client's secure round
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ def report_content(outcome: ClientOutcome) -> RecordDict:
     }
     if up is not None:
         values["upload"] = up.data
+    if outcome.held:
+        values["held"] = outcome.held  # its vector stays on the node for the secure stages
     if outcome.train_loss is not None and math.isfinite(outcome.train_loss):
         values["train_loss"] = outcome.train_loss  # a reply carries finite numbers only
     if outcome.error is not None:
@@ -173,6 +177,7 @@ def read_report(content: RecordDict) -> ClientOutcome:
         report=upload_report,
         in_sync=status != "out-of-sync",
         nonce=get(rec, "nonce", str),
+        held=count(rec, "held") if "held" in rec else 0,
     )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
@@ -28,11 +28,12 @@ from fedlora.errors import ConfigError, PayloadError
 from fedlora.methods.base import Factored, Payload
 from fedlora.runtime.assemble import Federation, assemble
 from fedlora.runtime.driver import Dispatch, EvalReply, drive
-from fedlora.runtime.flower.identity import fresh_nonce, verify
+from fedlora.runtime.flower.identity import NONCE, SIGNATURE, fresh_nonce, verify
 from fedlora.runtime.flower.nodes import Answer, Nodes, exchange, node_keys, wait_for_nodes
 from fedlora.runtime.flower.protocol import (
     EVALUATE,
     RECORD,
+    SECAGG,
     TRAIN,
     EvalInstruction,
     Instruction,
@@ -49,6 +50,7 @@ from fedlora.runtime.outcome import ClientOutcome
 from fedlora.runtime.own_parts import run_token
 from fedlora.runtime.privacy import round_size
 from fedlora.runtime.run_folder import RunState, check_run_dir, prepare_run_dir
+from fedlora.runtime.secure_round import Message as Message_
 from fedlora.wire import encode
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,26 @@ def _eval_reply(
     return EvalReply(own, 0, received)
 
 
+def _stage_reply(cid: int, nonce: str, reply: Answer, transport: FlowerTransport) -> Message_ | str:
+    """A secure stage's reply as a plain record, or why there is none."""
+    if reply is None:
+        return "no reply within round-timeout"
+    if isinstance(reply, str):
+        return f"invalid reply: {reply}"
+    if reply.has_error():
+        return f"no reply: {reply.error.reason}"
+    try:
+        record = transport.read(cid, reply, lambda content: dict(content.config_records[RECORD]))
+    except Exception as exc:
+        return f"invalid reply: {_reason(exc)}"
+    if record.pop(NONCE, None) != nonce:
+        return "stale or foreign reply: it does not echo this stage's nonce"
+    record.pop(SIGNATURE, None)
+    if "error" in record:
+        return f"the client refused: {str(record['error'])[:1024]}"
+    return record
+
+
 class FlowerTransport:
     """Round messages over a Flower ``Grid``: one TRAIN message per served client, carrying
     a fresh nonce, the broadcast, the run's config as nodes see it and, for a client that
@@ -214,6 +236,24 @@ class FlowerTransport:
                 got.received_bytes = content_bytes(reply.content)
             replies[cid] = got
         return replies
+
+    def stage(self, name: str, requests: Mapping[int, Message_]) -> dict[int, Message_ | str]:
+        """One stage of a secure round: a ``query.secagg`` message per client, carrying the
+        request and a fresh nonce; a reply must echo it (and, with node keys, be signed)."""
+        contents: dict[int, RecordDict] = {}
+        nonces: dict[int, str] = {}
+        out: dict[int, Message_ | str] = {}
+        for cid, request in requests.items():
+            if cid not in self.nodes.by_cid:
+                out[cid] = "no SuperNode serves this client"
+                continue
+            nonces[cid] = fresh_nonce()
+            record = ConfigRecord({**request, "stage": name, NONCE: nonces[cid]})
+            contents[cid] = RecordDict({RECORD: record})
+        t = int(next(iter(requests.values()), {}).get("round", 0))
+        for cid, reply in self._send(SECAGG, t, contents).items():
+            out[cid] = _stage_reply(cid, nonces[cid], reply, self)
+        return out
 
     def evaluate(
         self, t: int, update: Mapping[str, Factored], rs: RunState, final: bool
