@@ -194,3 +194,17 @@ def test_no_method_sends_values_in_its_first_download(
         entries = sum(sum(c.values()) for c in first["encodings"].values())
         # JSON header only: a seeded entry (rule + 19-digit seed) costs about 260 bytes
         assert first["bytes"] <= 300 * entries + 128, name
+
+
+def test_secure_rows_upload_their_masked_vector_at_four_bytes_a_value(
+    small_rows: dict[str, dict[str, Any]],
+) -> None:
+    for method in ("fedavg", "ffa"):
+        plain, secure = small_rows[method]["upload"], small_rows[f"{method}:secure"]["upload"]
+        assert secure["values"] == plain["values"]  # every value of the change travels
+        assert secure["bytes"] - secure["overhead_bytes"] == 4 * secure["values"]
+        assert 0 < secure["overhead_bytes"] < 64 * 1024  # keys, shares, unmasking
+    # FedSRD-e's projected terms: a dense m×r (B-round) or r×n (A-round) product per layer,
+    # on average half of what FedAvg sends of both factors
+    projected = small_rows["fedsrd-e:secure"]["upload"]["values"]
+    assert 2 * projected == small_rows["fedavg"]["upload"]["values"]

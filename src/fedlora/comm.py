@@ -67,6 +67,8 @@ class Variant:
     method: str
     options: Mapping[str, Any] = field(default_factory=dict)
     uplink: str = "none"
+    secure: bool = False
+    """Under secure aggregation (``secagg+``): the upload is the masked vector."""
 
     def build(self, value_dtype: str) -> Method:
         inner = registry.build(self.method, self.options)
@@ -82,9 +84,12 @@ VARIANTS = (
         Variant(f"{m}+importance", m, uplink="importance")
         for m in ("fedavg", "fedprox", "ffa", "flora", "flexlora", "florist")
     ),
+    *(Variant(f"{m}:secure", m, secure=True) for m in ("fedavg", "ffa", "fedsrd-e")),
 )
-"""FedSRD's ablations (its Table 4) and its importance plug-in on the methods that send
-LoRA factors (its Table 7). Every registered method also gets a row of its defaults."""
+"""FedSRD's ablations (its Table 4), its importance plug-in on the methods that send LoRA
+factors (its Table 7) and secure aggregation's price (the masked vector is the upload; its
+other messages, keys, shares and unmasking, are the upload's header). Every registered
+method also gets a row of its defaults."""
 
 
 def all_rows() -> list[Variant]:
@@ -105,6 +110,18 @@ class _Tally:
         self.bound_bits = 0.0
         self.encodings: dict[str, dict[str, int]] = {}
         self.dtypes: set[str] = set()
+
+    def add_masked(self, nbytes: int, values: int, overhead: int) -> None:
+        """A masked vector of ``values`` words in ``nbytes``, with ``overhead`` bytes of the
+        secure stages' other messages (both ways) counted as its header."""
+        self.count += 1
+        self.bytes += nbytes + overhead
+        self.overhead += overhead
+        self.values += values
+        self.nonzero += values
+        self.encodings.setdefault("secure", {})["masked"] = (
+            self.encodings.get("secure", {}).get("masked", 0) + 1
+        )
 
     def add(self, stats: WireStats) -> None:
         self.count += 1
@@ -147,16 +164,23 @@ def measure_method(
     value_dtype: str = "float32",
     seed: int = 0,
     rounds: int = ROUNDS,
+    secure: bool = False,
 ) -> tuple[_Tally, _Tally, _Tally]:
     """Play ``rounds`` trained rounds of ``method`` on ``setup`` through the round driver
     (synthetic clients, :mod:`fedlora.runtime.synthetic`), then one more round's broadcast;
     tally the uploads, the broadcasts that follow each aggregation, and (separately) the
-    one-time first broadcast."""
+    one-time first broadcast. ``secure``: under secure aggregation (uniform weights), where
+    an upload is its masked vector and the secure stages' other messages."""
     method.validate(setup)
+    secure_options: dict[str, Any] = (
+        {"secure_aggregation": "secagg+", "weighting": "uniform"} if secure else {}
+    )
     cfg = RunConfig(
         seed=seed,
         data=DataConfig(clients=len(setup.clients)),
-        federation=FederationConfig(rounds=rounds + 1, clip_ratio=0.0, max_weight_ratio=0.0),
+        federation=FederationConfig(
+            rounds=rounds + 1, clip_ratio=0.0, max_weight_ratio=0.0, **secure_options
+        ),
         eval=EvalConfig(every=rounds + 2),
         wire=WireConfig(value_dtype=value_dtype),
     )
@@ -167,10 +191,16 @@ def measure_method(
         state=method.init_server(server.setup),
         views={c.cid: None for c in setup.clients},
     )
+    up, down, first = _Tally(), _Tally(), _Tally()
     for _ in range(rounds):
         record = run_round(server, rs, transport, lambda kind, info: None)
         if record.skipped:
             raise FedloraError(f"{method.name}: round {rs.round} dropped {record.dropped}")
+        if secure:
+            tb = record.transport_bytes
+            for c, masked in record.upload_bytes.items():
+                moved = tb["sent"][c] + tb["received"][c] - record.download_bytes[c]
+                up.add_masked(masked, record.upload_params[c], moved - masked)
     # One more round for the broadcast after the last aggregation; nobody trains in it, so
     # the server skips it by design (its warning would only be noise here).
     steps_log = logging.getLogger("fedlora.runtime.steps")
@@ -180,7 +210,6 @@ def measure_method(
         run_round(server, rs, transport, lambda kind, info: None)
     finally:
         steps_log.setLevel(level)
-    up, down, first = _Tally(), _Tally(), _Tally()
     for t, transfers in transport.sent.items():
         for tx in transfers:
             assert tx.stats is not None  # send() keeps them
@@ -256,6 +285,7 @@ def comm_table(
             "paper_mb": PAPER_MB.get(name) if paper_applies else None,
             "options": dict(variant.options),
             "uplink": variant.uplink,
+            "secure": variant.secure,
             "rounds": rounds,
         }
         rows.append(_measured(row, variant, setup, scale))
@@ -271,6 +301,7 @@ def _measured(row: dict[str, Any], variant: Variant, setup: Setup, scale: float)
             setup,
             value_dtype=row["value_dtype"],
             rounds=row["rounds"],
+            secure=variant.secure,
         )
     except Exception as exc:  # one broken or inapplicable method must not hide the others
         logger.warning(
