@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast fmt clean bench-server bench-client bench-round bench-quality bench-quality-pinned
+.PHONY: demo test test-fast fmt clean bench-server bench-client bench-round bench-secagg bench-quality bench-quality-pinned
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-client: $(STAMP)
 
 bench-round: $(STAMP)
 	$(BIN)/python -m benchmarks.round $(ARGS)
+
+bench-secagg: $(STAMP)
+	$(BIN)/python -m benchmarks.secagg $(ARGS)
 
 bench-quality: $(STAMP)
 	$(BIN)/python -m benchmarks.quality $(ARGS)

@@ -1,0 +1,1 @@
+"""What secure aggregation adds to a round: ``python -m benchmarks.secagg``."""
