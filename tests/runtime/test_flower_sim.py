@@ -52,3 +52,25 @@ def test_bad_runtime_arguments_are_config_errors(
 
     with pytest.raises(ConfigError):
         run_flower(cfg, runtime=runtime, superlink=superlink, resume=False)
+
+
+@pytest.mark.slow
+def test_secure_aggregation_on_the_simulation_engine_equals_in_process(
+    tmp_path: Path, client_files: list[str]
+) -> None:
+    args = [
+        "method=fedsrd-e",
+        "federation.rounds=2",
+        'federation.secure_aggregation="secagg+"',
+        'federation.weighting="uniform"',
+    ]
+    sim = config.load(None, tiny_overrides(tmp_path / "sim", client_files) + args)
+    flw = config.load(None, tiny_overrides(tmp_path / "flower", client_files) + args)
+
+    out = run_flower(flw, runtime="flower-sim", superlink=None, resume=False)
+    simulation.run(sim)
+
+    a = (tmp_path / "sim" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == a
+    rb = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["secure_aggregation"]["alive"] for r in rb[1:]] == [[0, 1, 2], [0, 1, 2]]

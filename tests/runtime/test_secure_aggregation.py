@@ -335,3 +335,39 @@ def test_the_fixed_point_scale_keeps_every_sum_inside_the_modulus() -> None:
     with pytest.raises(ConfigError, match="do not fit"):
         _ = Quantiser(1e9, 16, 4).scale
     assert math.log2(Quantiser(8.0, 32, 4).scale) == 25  # the default, as docs/options.md says
+
+
+def test_below_the_threshold_a_flower_round_is_skipped_and_says_why(tmp_path: Path) -> None:
+    from fedlora.runtime.flower.server import ServerOptions, serve
+    from tests.runtime.local_grid import LocalGrid
+
+    def two_die_in_mask(msg: Any, reply: Any, ctx: Any) -> Any:
+        rec = msg.content.config_records["fedlora"]
+        dead = ctx.node_config["partition-id"] in (1, 2) and rec.get("stage") == "mask"
+        return None if dead and msg.metadata.message_type == "query.secagg" else reply
+
+    (tmp_path / "three").mkdir()
+    three = write_client_files(tmp_path / "three", 3)
+    grid = LocalGrid(three)
+    grid.tamper = two_die_in_mask
+    cfg = config.load(None, _secure_run(tmp_path / "flw", three, "federation.rounds=1"))
+    serve(grid, cfg, options=ServerOptions(round_timeout=1.0))
+
+    (_, rec) = _records(tmp_path / "flw")
+    assert rec["skipped"] and "secure aggregation" in rec["skip_reason"]
+    assert {"1", "2"} <= set(rec["dropped"])
+
+
+def test_central_dp_on_the_secure_sum_spends_the_plain_runs_epsilon(
+    tmp_path: Path, client_files: list[str]
+) -> None:
+    dp = ['privacy.mode="central"', "privacy.noise_multiplier=0.8", "method=ffa"]
+    plain = (
+        tiny_overrides(tmp_path / "plain", client_files) + dp + ['federation.weighting="uniform"']
+    )
+    simulation.run(config.load(None, plain))
+    simulation.run(config.load(None, _secure_run(tmp_path / "secure", client_files, *dp)))
+
+    spent = [r["privacy"] for r in _records(tmp_path / "plain")[1:]]
+    assert [r["privacy"] for r in _records(tmp_path / "secure")[1:]] == spent
+    assert all(p["epsilon"] is not None and p["epsilon"] > 0 for p in spent)
