@@ -168,30 +168,36 @@ class Cluster:
             proc.wait(timeout=10)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def running_cluster(tmp_path: Path, mp: pytest.MonkeyPatch, nodes: int) -> Iterator[Cluster]:
+    """A SuperLink and ``nodes`` SuperNodes with keys, all stopped on the way out."""
     # Every Flower process finds the venv's entry points (the SuperLink spawns
     # `flower-superexec` by name) and imports fedlora from this checkout.
     pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO)])
-    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setenv("PYTHONPATH", pythonpath)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    mp.setenv("PYTHONPATH", pythonpath)
+    mp.setenv("HF_HUB_OFFLINE", "1")
     root = tmp_path / "cluster"
     root.mkdir()
-    env = flower_env(root / "flwr-home")
-    c = Cluster(root=root, env=env)
+    c = Cluster(root=root, env=flower_env(root / "flwr-home"))
     try:
         c.superlink()
         # Each SuperNode reads only its own file (node config data-file); the runs' configs
         # name files that do not exist, so the ServerApp cannot read any client's data.
         (root / "node-data").mkdir()
-        own = write_client_files(root / "node-data", 2)
-        for k in range(2):
+        own = write_client_files(root / "node-data", nodes)
+        for k in range(nodes):
             c.public_keys.append(write_key(root / f"node{k}.key"))
-            c.supernode(k, 2, own[k], str(root / f"node{k}.key"))
+            c.supernode(k, nodes, own[k], str(root / f"node{k}.key"))
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    with running_cluster(tmp_path, monkeypatch, 2) as c:
+        yield c
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -317,20 +323,7 @@ def test_secure_aggregation_on_a_deployment_survives_a_node_killed_mid_protocol(
     # Four SuperNodes, secure FedAvg, threshold 3: node 3 is SIGKILLed between two messages,
     # once its keys and its shares are out, and the round completes with the other three
     # clients' sum (node 3's pairwise masks rebuilt from its key shares).
-    pythonpath = os.pathsep.join([str(REPO / "src"), str(REPO)])
-    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setenv("PYTHONPATH", pythonpath)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    root = tmp_path / "cluster"
-    root.mkdir()
-    c = Cluster(root=root, env=flower_env(root / "flwr-home"))
-    try:
-        c.superlink()
-        (root / "node-data").mkdir()
-        own = write_client_files(root / "node-data", 4)
-        for k in range(4):
-            c.public_keys.append(write_key(root / f"node{k}.key"))
-            c.supernode(k, 4, own[k], str(root / f"node{k}.key"))
+    with running_cluster(tmp_path, monkeypatch, 4) as c:
         absent = [str(tmp_path / "not-on-the-server" / f"client{k}.jsonl") for k in range(4)]
         cfg = _cfg(
             tmp_path / "secure",
@@ -364,8 +357,6 @@ def test_secure_aggregation_on_a_deployment_survives_a_node_killed_mid_protocol(
             time.sleep(0.1)
         kill_tree(c.procs["supernode3"].pid, signal.SIGKILL)
         worker.join(timeout=RUN_TIMEOUT)
-    finally:
-        c.stop()
 
     assert not worker.is_alive() and not errors, errors
     (_, first) = _records(tmp_path / "secure")

@@ -59,7 +59,6 @@ The project's reference for this method's maths and invariants: docs/methods.md
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,13 +81,16 @@ from fedlora.methods.base import (
     aggregation_weights,
 )
 from fedlora.methods.common import initial_payload, key, lora_payload
-from fedlora.methods.fedsrd_report import stability_report
+from fedlora.methods.fedsrd_report import norms_of, stability_report, update_ratio
 from fedlora.methods.fedsrd_server import (
     LayerInputs,
     averaged_aggregate,
     balanced_factors,
     batched_targets,
     least_squares_step,
+    projected_shapes,
+    projected_terms,
+    projected_updates,
 )
 from fedlora.methods.registry import register
 from fedlora.methods.secure import Shapes
@@ -100,10 +102,8 @@ from fedlora.ops.seeds import label_seed
 from fedlora.ops.solve import (
     ClientDeltas,
     condition,
-    projected_change,
     solve_a_clients,
     solve_b_clients,
-    solve_projected,
 )
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.sparsify import (
@@ -178,22 +178,6 @@ def upload_seed(seed: int, layer: str) -> int:
 def _keys(layer: str, factor: str) -> tuple[str, str, str]:
     """A layer's entries of the new state, in the order the state keeps them."""
     return key(layer, "A"), key(layer, "B"), key(layer, "d" + factor)
-
-
-def _norms(tensors: Mapping[str, Tensor], setup: Setup) -> dict[str, float]:
-    return {
-        part: math.sqrt(
-            sum(float(tensors[key(s.name, part)].double().pow(2).sum()) for s in setup.layers)
-        )
-        for part in ("A", "B")
-    }
-
-
-def update_ratio(old: Sequence[Tensor], new: Sequence[Tensor]) -> float | None:
-    """``‖new − old‖_F / ‖old‖_F`` over all layers' matrices together (None when ‖old‖ = 0)."""
-    num = sum(float((n.double() - o.double()).pow(2).sum()) for o, n in zip(old, new, strict=True))
-    den = sum(float(o.double().pow(2).sum()) for o in old)
-    return math.sqrt(num / den) if den > 0 else None
 
 
 class _FedSRDBase(synced.DeltaSynced):
@@ -404,7 +388,7 @@ class _FedSRDBase(synced.DeltaSynced):
         tensors = {k: tensors[k] for name in names for k in _keys(name, factor) if k in tensors}
         meta: dict[str, Any] = {"updated": factor}
         if conditions:
-            before, after = _norms(state.tensors, setup), _norms(tensors, setup)
+            before, after = norms_of(state.tensors, setup), norms_of(tensors, setup)
             meta["report"] = stability_report(factor, conditions, before, after)
         return ServerState(round=round_, tensors=tensors, meta=meta)
 
@@ -464,28 +448,14 @@ class FedSRDE(_FedSRDBase):
 
     def secure_shapes(self, setup: Setup, client: ClientSpec, round_: int) -> Shapes:
         """A B-round's term is m×r per layer, an A-round's r×n (``layer.PB`` / ``layer.PA``)."""
-        factor = active_factor(round_)
-        return {
-            key(s.name, "P" + factor): (
-                (s.out_features, client.rank) if factor == "B" else (client.rank, s.in_features)
-            )
-            for s in setup.layers
-        }
+        return projected_shapes(setup, client.rank, active_factor(round_))
 
     def secure_terms(
         self, start: ClientStart, upload: Payload, setup: Setup, client: ClientSpec, round_: int
     ) -> dict[str, Tensor]:
         """The client's reconstruction change seen through the fixed factor
         (:func:`fedlora.ops.solve.projected_change`), from its sparsified deltas."""
-        factor = active_factor(round_)
-        out: dict[str, Tensor] = {}
-        for s in setup.layers:
-            a = start.view[key(s.name, "A")].double()
-            b = start.view[key(s.name, "B")].double()
-            d_a = synced.upload_entry(upload, s.name, "A", a)
-            d_b = synced.upload_entry(upload, s.name, "B", b)
-            out[key(s.name, "P" + factor)] = projected_change(a, b, d_a, d_b, factor)
-        return out
+        return projected_terms(start.view, upload, setup, active_factor(round_))
 
     def aggregate_mean(
         self,
@@ -498,20 +468,7 @@ class FedSRDE(_FedSRDBase):
         """The step from the mean projected term (:func:`fedlora.ops.solve.solve_projected`),
         then as :meth:`aggregate`."""
         factor = active_factor(state.round + 1)
-        ridge = self.config.ridge
-        updates = (
-            (
-                s.name,
-                solve_projected(
-                    mean[key(s.name, "P" + factor)],
-                    state.tensors[key(s.name, "A")],
-                    state.tensors[key(s.name, "B")],
-                    factor,
-                    ridge,
-                ),
-            )
-            for s in setup.layers
-        )
+        updates = projected_updates(state.tensors, mean, setup, factor, self.config.ridge)
         return self.applied(state, setup, updates)
 
     def step(

@@ -4,8 +4,12 @@ step solves against and the growth of A and B, with a warning as a blow-up start
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from fedlora.methods.base import Setup, Tensor
+from fedlora.methods.common import key
 
 COND_WARN = 1e4
 """A solved-against factor worse conditioned than this amplifies its weakest direction by
@@ -49,3 +53,20 @@ def stability_report(
             + (" (method.fedsrd.ridge stabilises it; docs/methods.md)")
         )
     return report
+
+
+def norms_of(tensors: Mapping[str, Tensor], setup: Setup) -> dict[str, float]:
+    """‖A‖_F and ‖B‖_F over all layers of a FedSRD state."""
+    return {
+        part: math.sqrt(
+            sum(float(tensors[key(s.name, part)].double().pow(2).sum()) for s in setup.layers)
+        )
+        for part in ("A", "B")
+    }
+
+
+def update_ratio(old: Sequence[Tensor], new: Sequence[Tensor]) -> float | None:
+    """``‖new − old‖_F / ‖old‖_F`` over all layers' matrices together (None when ‖old‖ = 0)."""
+    num = sum(float((n.double() - o.double()).pow(2).sum()) for o, n in zip(old, new, strict=True))
+    den = sum(float(o.double().pow(2).sum()) for o in old)
+    return math.sqrt(num / den) if den > 0 else None

@@ -10,10 +10,17 @@ from typing import NamedTuple
 
 import torch
 
-from fedlora.methods.base import Factored, LoraPair
-from fedlora.methods.common import dense
+from fedlora.methods import synced
+from fedlora.methods.base import Factored, LoraPair, Payload, Setup
+from fedlora.methods.common import dense, key
 from fedlora.ops.factored import truncated_factors
-from fedlora.ops.solve import ClientDeltas, solve_a_terms, solve_b_terms
+from fedlora.ops.solve import (
+    ClientDeltas,
+    projected_change,
+    solve_a_terms,
+    solve_b_terms,
+    solve_projected,
+)
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.stack import fit_rank
 
@@ -135,3 +142,39 @@ def balanced_factors(target: Factored, rank: int) -> LoraPair:
     safe = torch.where(root > 0, root, torch.ones_like(root))
     b, a = us / safe, vt * root[:, None]
     return LoraPair(*fit_rank(a, b, rank))
+
+
+def projected_shapes(setup: Setup, rank: int, factor: str) -> dict[str, tuple[int, ...]]:
+    """FedSRD-e's secure terms: m×r per layer in a B-round, r×n in an A-round."""
+    return {
+        key(s.name, "P" + factor): (s.out_features, rank)
+        if factor == "B"
+        else (rank, s.in_features)
+        for s in setup.layers
+    }
+
+
+def projected_terms(
+    view: Mapping[str, Tensor], upload: Payload, setup: Setup, factor: str
+) -> dict[str, Tensor]:
+    """One client's projected terms (float64) from its synced view and its sparse deltas."""
+    out: dict[str, Tensor] = {}
+    for s in setup.layers:
+        a, b = view[key(s.name, "A")].double(), view[key(s.name, "B")].double()
+        d_a = synced.upload_entry(upload, s.name, "A", a)
+        d_b = synced.upload_entry(upload, s.name, "B", b)
+        out[key(s.name, "P" + factor)] = projected_change(a, b, d_a, d_b, factor)
+    return out
+
+
+def projected_updates(
+    tensors: Mapping[str, Tensor],
+    mean: Mapping[str, Tensor],
+    setup: Setup,
+    factor: str,
+    ridge: float,
+) -> Iterator[tuple[str, Tensor]]:
+    """Each layer's least-squares update from the mean projected term."""
+    for s in setup.layers:
+        a, b = tensors[key(s.name, "A")], tensors[key(s.name, "B")]
+        yield s.name, solve_projected(mean[key(s.name, "P" + factor)], a, b, factor, ridge)

@@ -40,7 +40,6 @@ import torch
 from fedlora.config import RunConfig
 from fedlora.methods.base import Factored, Method, Payload, Setup, Tensor
 from fedlora.methods.half_round import client_start
-from fedlora.methods.secure import secure_form
 from fedlora.ops.seeds import Stream, stream_seed
 from fedlora.runtime import checkpoint
 from fedlora.runtime.accounting import Release
@@ -51,8 +50,8 @@ from fedlora.runtime.privacy import Plan as PrivacyPlan
 from fedlora.runtime.privacy import round_size
 from fedlora.runtime.records import Evaluation, RoundRecord, dumps
 from fedlora.runtime.run_folder import RunState, start_or_resume
-from fedlora.runtime.secure_round import Message, SecureSum, secure_sum
-from fedlora.runtime.secure_sum import quantiser, size_of
+from fedlora.runtime.secure_round import Message, SecureSum
+from fedlora.runtime.secured import collected, secure_summary, secured
 from fedlora.runtime.steps import Received, ServerOutcome, max_bytes, send, server_step
 from fedlora.runtime.tensorboard import with_tensorboard
 from fedlora.train.peft_io import compact, write_adapter
@@ -256,8 +255,10 @@ def run_round(
         report("client_done", {"round": t, "cid": cid})
     mirrored = _mirror_views(fed, rs, dispatches, replies, t)
     unapplied, references = mirrored.unapplied, mirrored.references
-    uploads, failures, holders = _collected(cfg.federation.secure, sampled, replies, unapplied)
-    secure = secured(fed, t, holders, transport, replies) if cfg.federation.secure else None
+    uploads, failures, holders = collected(cfg.federation.secure, sampled, replies, unapplied)
+    secure = None
+    if cfg.federation.secure:
+        secure = secured(cfg, method, setup, t, holders, transport.stage, replies)
     report("server_start", {"round": t, "uploads": len(uploads) or len(holders)})
     server = server_step(
         method,
@@ -284,64 +285,12 @@ def run_round(
         report("eval_start", {"round": t})
         last = t == cfg.federation.rounds
         evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state, setup), last)
-    return round_record(
-        fed,
-        RoundFacts(
-            t,
-            sampled,
-            dispatches,
-            replies,
-            set(uploads) | set(secure.alive if secure is not None else ()),
-            server,
-            transport.notes(),
-            rs.releases,
-            secure,
-        ),
-        evaluated,
-        time.perf_counter() - began,
+    uploaded = set(uploads) | set(secure.alive if secure is not None else ())
+    notes = transport.notes()
+    facts = RoundFacts(
+        t, sampled, dispatches, replies, uploaded, server, notes, rs.releases, secure
     )
-
-
-def _collected(
-    secure: bool,
-    sampled: Sequence[int],
-    replies: Mapping[int, ClientOutcome],
-    unapplied: Mapping[int, str],
-) -> tuple[dict[int, tuple[bytes, int]], dict[int, str], list[int]]:
-    """The sampled clients' uploads (bytes, reported count), why the others have none, and,
-    under secure aggregation, who holds a vector for the secure sum instead."""
-    uploads, failures, holders = {}, {}, []
-    for cid in sampled:
-        out = replies.get(cid)
-        if cid in unapplied:
-            failures[cid] = unapplied[cid]
-        elif secure and out is not None and out.held:
-            holders.append(cid)
-        elif out is None or out.upload is None or secure:
-            why = "no vector for the secure sum" if secure else "no reply"
-            failures[cid] = (out.error if out is not None else None) or why
-        else:
-            uploads[cid] = (out.upload.data, out.n_samples)
-    return uploads, failures, holders
-
-
-def secured(
-    fed: Server,
-    t: int,
-    holders: Sequence[int],
-    transport: Transport,
-    replies: Mapping[int, ClientOutcome],
-) -> SecureSum:
-    """The secure sum of round ``t``'s vectors held by ``holders`` (their size is the
-    method's terms' for this round), over the transport's stages; what the stages moved is
-    added to each client's transport bytes in ``replies``."""
-    form = secure_form(fed.method)
-    size = size_of(form.secure_shapes(fed.setup, fed.setup.clients[0], t))
-    out = secure_sum(t, holders, size, fed.cfg.federation.secagg, transport.stage)
-    for cid, sent in out.sent.items():
-        replies[cid].sent_bytes += sent
-        replies[cid].received_bytes += out.received.get(cid, 0)
-    return out
+    return round_record(fed, facts, evaluated, time.perf_counter() - began)
 
 
 def evaluation(
@@ -443,22 +392,6 @@ def round_record(
         secure_aggregation=secure_summary(fed.cfg, facts.secure),
         evaluation=evaluated,
     )
-
-
-def secure_summary(cfg: RunConfig, secure: SecureSum | None) -> dict[str, Any] | None:
-    """A secure round's record entry: who is in the sum, the threshold, the fixed point."""
-    if secure is None:
-        return None
-    q = quantiser(cfg)
-    return {
-        "protocol": cfg.federation.secure_aggregation,
-        "alive": secure.alive,
-        "threshold": secure.threshold,
-        "seconds": secure.seconds,
-        "modulus_bits": q.bits,
-        "scale": q.scale,
-        "clipping_range": q.clipping_range,
-    }
 
 
 def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
