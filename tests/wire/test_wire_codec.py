@@ -88,12 +88,17 @@ def test_half_precision_values_travel_in_half_the_bytes(dtype: str, bits: int) -
     torch.testing.assert_close(out, value, rtol=2.0**-bits, atol=1e-6)
 
 
-@pytest.mark.parametrize("code", ["bitmap", "elias-fano", "rice"])
+@pytest.mark.parametrize("code", P.ENCODINGS)
 def test_sparse_round_trip_with_each_position_code(code: str) -> None:
     # Prepare: positions written with one specific code.
     numel, idx = 60, np.array([0, 7, 8, 30, 59], dtype=np.int64)
     values = torch.tensor([1.0, -2.0, 3.5, 0.25, -7.0])
-    encoders = {"bitmap": P.encode_bitmap, "elias-fano": P.encode_elias_fano, "rice": P.encode_rice}
+    encoders = {
+        "bitmap": P.encode_bitmap,
+        "elias-fano": P.encode_elias_fano,
+        "rice": P.encode_rice,
+        "zstd-gaps": P.encode_zstd_gaps,
+    }
     enc = encoders[code](idx, numel)
     buf = craft(
         {"t.B": sparse_description([6, 10], 5, {"encoding": code, **enc.params})},

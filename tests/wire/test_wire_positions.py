@@ -19,6 +19,7 @@ CODES = {
     "bitmap": P.encode_bitmap,
     "elias-fano": P.encode_elias_fano,
     "rice": P.encode_rice,
+    "zstd-gaps": P.encode_zstd_gaps,
 }
 
 

@@ -34,7 +34,13 @@ from fedlora.ops.prng import seeded_keep_mask
 from fedlora.ops.seeded_init import INIT_RULES, SeededInit
 from fedlora.ops.sparse import Sparse
 from fedlora.wire import container as ct
-from fedlora.wire.positions import MAX_NUMEL, decode_positions, encode_smallest
+from fedlora.wire.positions import (
+    MAX_NUMEL,
+    Encoded,
+    PositionError,
+    decode_many,
+    encode_smallest_many,
+)
 from fedlora.wire.stats import TensorStats, WireStats
 
 DEFAULT_MAX_BYTES = 1 << 30
@@ -88,12 +94,13 @@ def encode_with_stats(
     tensors: dict[str, torch.Tensor] = {}
     description: dict[str, dict[str, object]] = {}
     stats: list[TensorStats] = []
-    storages: set[int] = set()
-    for name, entry in payload.items():
+    for name in payload:
         if not isinstance(name, str) or not name or ct.SEP in name:
             raise ValueError(f"payload name {name!r} must be a non-empty str without {ct.SEP!r}")
+    codes = _position_codes(payload)
+    for name, entry in payload.items():
         if isinstance(entry, Sparse):
-            desc, stored, st = _encode_sparse(name, entry, value_dtype)
+            desc, stored, st = _encode_sparse(name, entry, value_dtype, codes.get(name))
         elif isinstance(entry, SeededInit):
             desc, stored, st = _encode_seeded(name, entry, value_dtype)
         elif isinstance(entry, torch.Tensor):
@@ -101,15 +108,31 @@ def encode_with_stats(
         else:
             raise ValueError(f"tensor {name!r}: unsupported payload entry {type(entry).__name__}")
         description[name] = desc
-        for key, tensor in stored.items():
-            # safetensors refuses tensors sharing storage (e.g. one tensor under two names);
-            # such entries get their own copy.
-            ptr = tensor.untyped_storage().data_ptr()
-            tensors[key] = tensor.clone() if ptr in storages and tensor.numel() else tensor
-            storages.add(ptr)
+        tensors.update(stored)
         stats.append(st)
     buf = ct.write(tensors, description)
     return buf, WireStats(len(buf), tuple(stats))
+
+
+def _sends_positions(entry: object) -> TypeGuard[Sparse]:
+    return isinstance(entry, Sparse) and entry.mask_seed is None and entry.indices.numel() > 0
+
+
+def _position_codes(payload: Mapping[str, object]) -> dict[str, Encoded]:
+    """The smallest position code of every sparse entry that sends positions, made in one
+    batch for the whole payload."""
+    names = [name for name, entry in payload.items() if _sends_positions(entry)]
+    items = []
+    for name in names:
+        sparse = cast(Sparse, payload[name])
+        items.append(
+            (sparse.indices.detach().cpu().reshape(-1).to(torch.int64).numpy(), sparse.numel)
+        )
+    try:
+        codes = encode_smallest_many(items)
+    except PositionError as exc:
+        raise ValueError(f"tensor {names[exc.index]!r}: {exc}") from None
+    return dict(zip(names, codes, strict=True))
 
 
 def _values(name: str, values: torch.Tensor, value_dtype: str) -> torch.Tensor:
@@ -138,7 +161,7 @@ def _encode_dense(
 
 
 def _encode_sparse(
-    name: str, sparse: Sparse, value_dtype: str
+    name: str, sparse: Sparse, value_dtype: str, enc: Encoded | None
 ) -> tuple[dict[str, object], dict[str, torch.Tensor], TensorStats]:
     numel = sparse.numel
     indices = sparse.indices.detach().cpu().reshape(-1).to(torch.int64).numpy()
@@ -154,10 +177,8 @@ def _encode_sparse(
         positions = _seed_positions(name, sparse, indices)
         pos_bytes = 0
     else:
-        try:
-            enc = encode_smallest(indices, numel)
-        except ValueError as exc:
-            raise ValueError(f"tensor {name!r}: {exc}") from None
+        if enc is None:
+            raise RuntimeError(f"tensor {name!r}: no position code was made for it")
         if len(enc.data) + values.numel() * values.element_size() >= numel * values.element_size():
             # Nearly every entry is present: the positions cost more than they save.
             return _encode_dense(name, sparse.to_dense(), value_dtype)
@@ -287,8 +308,13 @@ def decode_with_stats(
         _check_stored_keys(specs, header)
         _check_expected(specs, expected)
         _check_elements(specs, max_elements)
-        tensors = ct.load_tensors(data)
-        decoded = {name: _decode_entry(name, spec, tensors) for name, spec in specs.items()}
+        tensors = ct.load_tensors(data, header)
+        _check_finite(specs, tensors)
+        positions = _decode_positions(specs, tensors)
+        decoded = {
+            name: _decode_entry(name, spec, tensors, positions.get(name))
+            for name, spec in specs.items()
+        }
     except ct.ContainerError as exc:
         where = f"tensor {exc.tensor!r}" if exc.tensor is not None else "payload"
         raise PayloadError(f"{where}: {exc.problem}") from None
@@ -423,8 +449,61 @@ def _check_elements(specs: Mapping[str, _Spec], max_elements: int) -> None:
             raise _fail(name, f"payload size exceeds the limit of {max_elements} elements")
 
 
+def _value_key(name: str, spec: _Spec) -> str | None:
+    kind, _, _, _, positions = spec
+    if kind == "dense":
+        return name
+    if kind == "sparse" and positions.get("encoding") != "empty":
+        return ct.values_key(name)
+    return None
+
+
+def _check_finite(specs: Mapping[str, _Spec], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Every value is finite: one pass per value dtype over all entries (the smallest and
+    largest value, which NaN and infinities reach), and only when it fails, one per entry to
+    name the first bad one."""
+    keys = {name: key for name, spec in specs.items() if (key := _value_key(name, spec))}
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for key in keys.values():
+        if tensors[key].numel():
+            by_dtype.setdefault(tensors[key].dtype, []).append(tensors[key].reshape(-1))
+    if all(
+        bool(torch.isfinite(torch.stack(torch.aminmax(torch.cat(group)))).all())
+        for group in by_dtype.values()
+    ):
+        return
+    for name, key in keys.items():
+        finite = torch.isfinite(tensors[key])
+        if not bool(finite.all()):
+            raise _fail(name, f"{int((~finite).sum())} non-finite value(s) (NaN or Inf)")
+
+
+def _decode_positions(
+    specs: Mapping[str, _Spec], tensors: Mapping[str, torch.Tensor]
+) -> dict[str, tuple[np.ndarray, int]]:
+    """Every sent position stream decoded in one batch: name -> (positions, stream bytes)."""
+    names, streams = [], []
+    for name, (kind, shape, _, nnz, positions) in specs.items():
+        encoding = positions.get("encoding")
+        if kind != "sparse" or encoding in ("empty", "seed"):
+            continue
+        stream = tensors[ct.positions_key(name)].numpy().tobytes()
+        params = {k: v for k, v in positions.items() if k != "encoding"}
+        names.append(name)
+        streams.append((str(encoding), params, stream, _numel(shape), nnz))
+    try:
+        decoded = decode_many(streams)
+    except PositionError as exc:
+        name = names[exc.index]
+        raise _fail(name, f"bad positions ({streams[exc.index][0]}): {exc}") from None
+    return {
+        name: (idx, len(stream[2]))
+        for name, idx, stream in zip(names, decoded, streams, strict=True)
+    }
+
+
 def _decode_entry(
-    name: str, spec: _Spec, tensors: Mapping[str, torch.Tensor]
+    name: str, spec: _Spec, tensors: Mapping[str, torch.Tensor], sent: tuple[np.ndarray, int] | None
 ) -> tuple[torch.Tensor | Sparse | SeededInit, TensorStats]:
     kind, shape, dtype, nnz, positions = spec
     if kind == "seeded":
@@ -438,9 +517,6 @@ def _decode_entry(
     stored_shape = shape if kind == "dense" else (nnz,)
     if raw.dtype != TORCH_DTYPES[dtype] or tuple(raw.shape) != stored_shape:
         raise _fail(name, "stored tensor disagrees with its header entry")
-    if not bool(torch.isfinite(raw).all()):
-        bad = int((~torch.isfinite(raw)).sum())
-        raise _fail(name, f"{bad} non-finite value(s) (NaN or Inf)")
     values = raw.to(torch.float32)
     value_bytes = raw.numel() * raw.element_size()
     nonzero = int(torch.count_nonzero(raw))
@@ -459,13 +535,9 @@ def _decode_entry(
         entry = Sparse(shape, torch.from_numpy(idx.astype(np.int64)), values, seed, keep)
         pos_bytes = 0
     else:
-        stream = tensors[ct.positions_key(name)].numpy().tobytes()
-        params = {k: v for k, v in positions.items() if k != "encoding"}
-        try:
-            idx = decode_positions(encoding, params, stream, numel, nnz)
-        except ValueError as exc:
-            raise _fail(name, f"bad positions ({encoding}): {exc}") from None
+        if sent is None:
+            raise RuntimeError(f"tensor {name!r}: its positions were not decoded")
+        idx, pos_bytes = sent
         entry = Sparse(shape, torch.from_numpy(idx), values)
-        pos_bytes = len(stream)
     st = TensorStats(name, "sparse", shape, nnz, nonzero, encoding, dtype, value_bytes, pos_bytes)
     return entry, st

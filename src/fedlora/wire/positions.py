@@ -15,6 +15,9 @@ A sparse tensor of ``n`` elements with ``k`` values has strictly increasing flat
     Gaps ``d_i = x_i - x_{i-1} - 1`` (``x_{-1} = -1``) Golomb-Rice coded with parameter
     ``b``: the ``b`` low bits of every gap verbatim, then every quotient ``d_i >> b`` in
     unary (that many 0s, then a 1). The best ``b`` is found by evaluating the exact cost.
+``zstd-gaps``
+    The gaps as bytes (escaped above 254) compressed with Zstandard: see
+    :mod:`fedlora.wire.gaps`. Encoded and decoded for a whole payload at once.
 
 (The fourth code, ``seed``, sends no positions at all: see :mod:`fedlora.wire.codec`.)
 
@@ -29,10 +32,13 @@ before anything is allocated.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fedlora.wire import gaps as zstd_gaps
 
 MAX_NUMEL = 1 << 31
 """Largest tensor the codes accept; keeps every intermediate sum inside int64."""
@@ -41,7 +47,8 @@ MAX_PARAM_BITS = 31
 """Largest low-bit width / Rice parameter of any tensor (:func:`max_param` bounds it by the
 tensor's size)."""
 
-ENCODINGS = ("bitmap", "elias-fano", "rice")
+ENCODINGS = ("bitmap", "elias-fano", "rice", "zstd-gaps")
+"""Every position code, in the order that breaks a tie in size."""
 
 
 @dataclass(frozen=True)
@@ -312,29 +319,149 @@ def decode_rice(data: bytes, numel: int, nnz: int, param: int) -> np.ndarray:
     return _check_positions(idx, numel)
 
 
+def encode_zstd_gaps(indices: np.ndarray, numel: int) -> Encoded:
+    idx = _check_positions(indices, numel)
+    sizes = np.array([idx.size], dtype=np.int64)
+    return Encoded("zstd-gaps", {}, zstd_gaps.encode_many(idx, sizes)[0])
+
+
+class PositionError(ValueError):
+    """A position list or stream of a batch is invalid; ``index`` says which one."""
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(problem)
+        self.index = index
+
+
 def encode_smallest(indices: np.ndarray, numel: int) -> Encoded:
     """Encode ``indices`` with whichever code is smallest for them (ties: bitmap first)."""
-    idx = _check_positions(indices, numel)
-    gaps = np.diff(idx, prepend=-1) - 1
-    costs = {
-        "bitmap": bitmap_bits(numel),
-        "elias-fano": elias_fano_bits(numel, idx.size, best_low_bits(numel, idx.size)),
-        "rice": rice_bits(gaps, best_rice_param(gaps, numel)),
-    }
-    best = min(ENCODINGS, key=lambda name: ((costs[name] + 7) // 8, ENCODINGS.index(name)))
-    if best == "bitmap":
-        return encode_bitmap(idx, numel)
-    if best == "elias-fano":
-        return encode_elias_fano(idx, numel)
-    return encode_rice(idx, numel)
+    return encode_smallest_many([(indices, numel)])[0]
+
+
+def encode_smallest_many(items: Sequence[tuple[np.ndarray, int]]) -> list[Encoded]:
+    """The smallest code of each ``(positions, numel)`` list of a batch (ties: the earlier
+    code of :data:`ENCODINGS`).
+
+    The gaps and the ``zstd-gaps`` streams are made for the whole batch at once; a bitmap's
+    and an Elias-Fano stream's sizes follow from the counts, and a Rice stream's exact size
+    (from a histogram of the gap bytes) is computed only where a lower bound on it does not
+    already lose. Raises :class:`PositionError`.
+    """
+    flat, sizes, numels = _batch(items)
+    gaps = zstd_gaps.batch(_checked_gaps(flat, sizes, numels), sizes)
+    out: list[Encoded] = []
+    for i, stream in enumerate(zstd_gaps.streams(gaps)):
+        size, numel = int(sizes[i]), int(numels[i])
+        costs = {
+            "bitmap": (bitmap_bits(numel) + 7) // 8,
+            "elias-fano": (elias_fano_bits(numel, size, best_low_bits(numel, size)) + 7) // 8,
+            "zstd-gaps": len(stream),
+        }
+        idx = flat[int(gaps.starts[i]) : int(gaps.starts[i]) + size]
+        rice_param = None
+        gap_sum = int(idx[-1]) + 1 - size if size else 0
+        if _rice_lower_bound(size, gap_sum) / 8 <= min(costs.values()):
+            bits, rice_param = gaps.rice_bits(i, max_param(numel))
+            costs["rice"] = (bits + 7) // 8
+        best = min(costs, key=lambda name: (costs[name], ENCODINGS.index(name)))
+        if best == "zstd-gaps":
+            out.append(Encoded("zstd-gaps", {}, stream))
+        elif best == "rice":
+            out.append(encode_rice(idx, numel, rice_param))
+        else:
+            out.append(_ENCODERS[best](idx, numel))
+    return out
+
+
+def _batch(items: Sequence[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lists of a batch end to end, their sizes, and their tensors' sizes."""
+    lists = [np.asarray(idx, dtype=np.int64).reshape(-1) for idx, _ in items]
+    sizes = np.array([idx.size for idx in lists], dtype=np.int64)
+    numels = np.array([int(numel) for _, numel in items], dtype=np.int64)
+    for i, numel in enumerate(numels.tolist()):
+        if not 0 <= numel <= MAX_NUMEL:
+            raise PositionError(i, f"tensor of {numel} elements is outside [0, 2^31]")
+    flat = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+    return flat, sizes, numels
+
+
+def _checked_gaps(flat: np.ndarray, sizes: np.ndarray, numels: np.ndarray) -> np.ndarray:
+    """The batch's gaps, every list checked on the way: strictly increasing (every gap
+    >= 0), first position >= 0 (its gap) and last below its tensor's size."""
+    gaps = zstd_gaps.gaps_of(flat, sizes)
+    ends = np.cumsum(sizes)
+    full = np.flatnonzero(sizes > 0)
+    outside = np.flatnonzero(flat[ends[full] - 1] >= numels[full]) if full.size else full
+    if outside.size:
+        i = int(full[outside[0]])
+        raise PositionError(i, f"positions out of range [0, {int(numels[i])})")
+    if gaps.size and int(gaps.min()) < 0:
+        at = int(np.argmax(gaps < 0))
+        i = int(np.searchsorted(ends, at, side="right"))
+        first = at == ends[i] - sizes[i]
+        problem = f"positions out of range [0, {int(numels[i])})"
+        raise PositionError(i, problem if first else "positions are not strictly increasing")
+    return gaps
+
+
+def _rice_lower_bound(nnz: int, gap_sum: int) -> float:
+    """Fewer bits than any Rice parameter spends on ``nnz`` gaps summing to ``gap_sum``.
+
+    Each quotient ``d >> b`` is at least ``(d - 2^b + 1) / 2^b``, so a parameter ``b`` costs
+    at least ``f(b) = nnz·b + (gap_sum + nnz) / 2^b``; over real ``b`` that is smallest at
+    ``2^b = (gap_sum + nnz)·ln 2 / nnz``.
+    """
+    if nnz == 0:
+        return 0.0
+    ratio = max((gap_sum + nnz) * math.log(2) / nnz, 1.0)
+    return nnz * math.log2(ratio) + (gap_sum + nnz) / ratio
+
+
+_ENCODERS = {"bitmap": encode_bitmap, "elias-fano": encode_elias_fano, "rice": encode_rice}
 
 
 def decode_positions(
     encoding: str, params: dict[str, Any], data: bytes, numel: int, nnz: int
 ) -> np.ndarray:
     """Strictly decode a position stream; ``ValueError`` says what is wrong."""
-    if not 0 <= nnz <= numel <= MAX_NUMEL:
-        raise ValueError(f"{nnz} positions in {numel} elements is impossible")
+    return decode_many([(encoding, params, data, numel, nnz)])[0]
+
+
+def decode_many(
+    streams: Sequence[tuple[str, dict[str, Any], bytes, int, int]],
+) -> list[np.ndarray]:
+    """Strictly decode ``(encoding, params, data, numel, nnz)`` streams: the ``zstd-gaps``
+    ones together, the others one by one. Raises :class:`PositionError`."""
+    out: list[np.ndarray | None] = [None] * len(streams)
+    batch: list[int] = []
+    for i, (encoding, params, data, numel, nnz) in enumerate(streams):
+        if not 0 <= nnz <= numel <= MAX_NUMEL:
+            raise PositionError(i, f"{nnz} positions in {numel} elements is impossible")
+        try:
+            if encoding == "zstd-gaps":
+                if params:
+                    raise ValueError(f"zstd-gaps takes no parameters, got {sorted(params)}")
+                batch.append(i)
+            else:
+                out[i] = _decode_one(encoding, params, data, numel, nnz)
+        except ValueError as exc:
+            raise PositionError(i, str(exc)) from None
+    try:
+        decoded = zstd_gaps.decode_many(
+            [streams[i][2] for i in batch],
+            [streams[i][3] for i in batch],
+            [streams[i][4] for i in batch],
+        )
+    except zstd_gaps.StreamError as exc:
+        raise PositionError(batch[exc.index], str(exc)) from None
+    for i, idx in zip(batch, decoded, strict=True):
+        out[i] = idx
+    return [idx for idx in out if idx is not None]
+
+
+def _decode_one(
+    encoding: str, params: dict[str, Any], data: bytes, numel: int, nnz: int
+) -> np.ndarray:
     if encoding == "bitmap":
         return decode_bitmap(data, numel, nnz)
     if encoding == "elias-fano":
