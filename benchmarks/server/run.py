@@ -269,9 +269,14 @@ def bench_method(
     result.stacked_bytes = sum(stacked_bytes(ranks, s.out_features, s.in_features) for s in full)
     result.dense_layer_bytes = max(s.out_features * s.in_features * 4 for s in full)
     result.wire, result.upload_bytes = time_wire(whole.uploads[0].payload, config.repeats)
-    result.copy = time_copy(result.upload_bytes, config.repeats)
+    result.copy = time_copy(result.upload_bytes, max(config.repeats, COPY_REPEATS))
     del whole
     return result
+
+
+COPY_REPEATS = 20
+"""Copies timed for the wire's floor: a copy takes milliseconds and its time swings several
+times over with the allocator's state, so it gets more repeats than the steps."""
 
 
 def time_copy(nbytes: int, repeats: int) -> Timing:
