@@ -23,6 +23,7 @@ from benchmarks.quality.scores import (
     gap_closed,
     in_domain_names,
 )
+from benchmarks.quality.stats import HOLDS
 from benchmarks.quality.tables import (
     own_models,
     render_raw,
@@ -411,12 +412,46 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "is not decided from rows made by different code or environments.",
         "",
         render_claims(claims),
+        *default_rule_section(claims),
         *fit_section(doc.get("fit") or {}, doc["budget"]["seq_len"]),
         *sittings_section(doc["runs"]),
         *runs_table(doc),
         *(f"![{name}]({name})" for name in plot_names(doc)),
     ]
     return "\n".join(md) + "\n"
+
+
+COSTS_NOTHING = "stabilising FedSRD costs nothing at the budget"
+LEARNS = "stabilised FedSRD learns where the faithful rule diverges (2 local steps)"
+
+
+def default_rule_section(claims: Sequence[Claim]) -> list[str]:
+    """FedSRD's default rule, decided from the two stabilisation claims by the rule fixed
+    before their runs: the stabilised rule becomes the default only if both hold."""
+    by_text = {c.claim: c.verdict for c in claims}
+    if COSTS_NOTHING not in by_text or LEARNS not in by_text:
+        return []
+    cost, learns = by_text[COSTS_NOTHING], by_text[LEARNS]
+    if cost == HOLDS and learns == HOLDS:
+        decision = (
+            'the stabilised rule (`support = "per-rank"`, `ridge = 1e-3`) becomes the default'
+        )
+    else:
+        decision = (
+            "the paper's faithful rule stays the default, because the stabilised rule was not "
+            'shown to cost nothing at the budget; set `support = "per-rank"` and '
+            "`ridge = 1e-3` under `[method.fedsrd]` (or `[method.fedsrd-e]`) where clients take "
+            "few local steps, the regime in which the faithful rule diverged here"
+        )
+    return [
+        "## FedSRD's default rule",
+        "",
+        "The rule, fixed before the runs: the stabilised rule becomes FedSRD's default if it is "
+        "no worse than the faithful one at the budget and learns where the faithful one "
+        f"diverges at 2 local steps. At the budget: **{cost}**; at 2 local steps: **{learns}**. "
+        f"So {decision}.",
+        "",
+    ]
 
 
 def fit_section(fit: Mapping[str, Any], seq_len: int) -> list[str]:

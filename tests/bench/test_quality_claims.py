@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from benchmarks.quality.claims import MACRO, decide, load_claims, render
+from benchmarks.quality.claims import MACRO, Claim, decide, load_claims, render
+from benchmarks.quality.report import COSTS_NOTHING, LEARNS, default_rule_section
 from benchmarks.quality.scores import domain_losses, gap_closed
 from benchmarks.quality.stats import FAILS, HOLDS, UNDECIDED, beats, close, no_worse, paired
 from benchmarks.quality.tuning import choose, next_rates, relative_loss
@@ -226,3 +227,21 @@ def test_the_table_shows_each_claims_verdict_and_per_domain_verdicts() -> None:
     table = render(decide(rows))
     line = next(x for x in table.splitlines() if x.startswith("| FedSRD beats Fed-DARE"))
     assert "**holds**" in line and "code holds" in line and "df=4" in line
+
+
+@pytest.mark.parametrize(
+    ("cost", "learns", "default"),
+    [
+        ("holds", "holds", "the stabilised rule"),
+        ("undecided", "holds", "the paper's faithful rule stays"),
+        ("holds", "does not hold", "the paper's faithful rule stays"),
+    ],
+)
+def test_fedsrds_default_follows_the_two_stabilisation_claims(
+    cost: str, learns: str, default: str
+) -> None:
+    claims = [Claim(COSTS_NOTHING, cost, "", ""), Claim(LEARNS, learns, "", "")]
+    text = "\n".join(default_rule_section(claims))
+    assert f"So {default}" in text
+    assert f"At the budget: **{cost}**; at 2 local steps: **{learns}**" in text
+    assert default_rule_section(claims[:1]) == []
