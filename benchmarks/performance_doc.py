@@ -1,0 +1,103 @@
+"""Rebuild the generated parts of ``docs/performance.md`` from the committed benchmark JSON.
+
+``python -m benchmarks.performance_doc`` rewrites every block of the page that sits between
+``<!-- generated: NAME -->`` and ``<!-- end generated -->`` from the JSON files it names;
+``--check`` only says whether the page is in step with the JSON (a test runs it). The text
+around the blocks (what a figure means, the day's conditions) stays written by hand.
+
+Blocks:
+
+``server``
+    One row per method of every ``benchmarks/server/results/*.json`` report: its whole-model
+    step against its roofline, and the wire (one client's upload encoded and decoded) against
+    a copy of its bytes. A report's file name carries its device, date and code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "performance.md"
+SERVER_RESULTS = ROOT / "benchmarks" / "server" / "results"
+BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+
+
+def _median(timing: Mapping[str, Any] | None) -> float | None:
+    return None if timing is None else float(timing["median"])
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def server_rows(name: str, report: Mapping[str, Any]) -> list[str]:
+    """The table rows of one server report."""
+    machine = report["machine"]
+    where = f"{machine['device']}, {machine['cpus']} cores, load {machine['load_average_1min']}"
+    rows = []
+    for m in report["methods"]:
+        step, wire, copy = _median(m["project_full"]), _median(m["wire"]), _median(m["copy"])
+        rows.append(
+            f"| `{name}` | {where} | {m['method']} | {_fmt(step, '.3g', ' s')} | "
+            f"{_fmt(_ratio(step, m.get('roofline_s')), '.2f', '×')} | "
+            f"{_fmt(m['upload_bytes'] / 1e6 if m.get('upload_bytes') else None, '.2f')} | "
+            f"{_fmt(wire, '.3f', ' s')} | {_fmt(_ratio(wire, copy), '.0f', '×')} |"
+        )
+    return rows
+
+
+def server_block(folder: Path = SERVER_RESULTS) -> str:
+    """Every committed server report as one table (files in name order)."""
+    lines = [
+        "| report | machine | method | whole-model step (median) | × its roofline | "
+        "upload (10⁶ bytes) | wire (median) | wire / copy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(folder.glob("*.json")):
+        lines.extend(server_rows(path.stem, json.loads(path.read_text())))
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"server": server_block}
+
+
+def regenerate(text: str, blocks: Mapping[str, Callable[[], str]] = BLOCKS) -> str:
+    """``text`` with every generated block rebuilt; an unknown block name is an error."""
+
+    def rebuild(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if name not in blocks:
+            raise ValueError(f"docs/performance.md: no generator for block {name!r}")
+        return match.group(1) + blocks[name]() + match.group(4)
+
+    return BLOCK.sub(rebuild, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.performance_doc")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
+    args = parser.parse_args(argv)
+    text = DOC.read_text()
+    fresh = regenerate(text)
+    if args.check:
+        if fresh != text:
+            print("docs/performance.md is stale: run python -m benchmarks.performance_doc")
+            return 1
+        return 0
+    DOC.write_text(fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

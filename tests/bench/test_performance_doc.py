@@ -1,0 +1,47 @@
+"""docs/performance.md's generated blocks are in step with the committed benchmark JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import performance_doc as pd
+
+
+def test_the_committed_page_is_in_step_with_the_committed_json() -> None:
+    assert pd.main(["--check"]) == 0
+
+
+def test_a_server_row_is_computed_from_its_report() -> None:
+    report = {
+        "machine": {"device": "cpu", "cpus": 2, "load_average_1min": 1.5},
+        "methods": [
+            {
+                "method": "fedsrd",
+                "project_full": {"best": 1.9, "median": 2.0, "runs": 3},
+                "roofline_s": 0.8,
+                "upload_bytes": 17_500_000,
+                "wire": {"best": 0.08, "median": 0.09, "runs": 3},
+                "copy": {"best": 0.001, "median": 0.0015, "runs": 20},
+            },
+            {
+                "method": "fedavg",
+                "project_full": None,
+                "upload_bytes": None,
+                "wire": None,
+                "copy": None,
+            },
+        ],
+    }
+    rows = pd.server_rows("server-cpu-x", report)
+    assert rows[0] == (
+        "| `server-cpu-x` | cpu, 2 cores, load 1.5 | fedsrd | 2 s | 2.50× | 17.50 | 0.090 s | 60× |"
+    )
+    assert rows[1].endswith("| fedavg | – | – | – | – | – |")
+
+
+def test_a_stale_or_unknown_block_is_found() -> None:
+    text = "a\n<!-- generated: server -->\nold\n<!-- end generated -->\nb\n"
+    fresh = pd.regenerate(text, {"server": lambda: "new\n"})
+    assert fresh == "a\n<!-- generated: server -->\nnew\n<!-- end generated -->\nb\n"
+    with pytest.raises(ValueError, match="no generator for block 'server'"):
+        pd.regenerate(text, {})
