@@ -136,10 +136,10 @@ def test_method_ships_config_paper_and_runs(name: str) -> None:
     # Exercised: one round through its real hooks on a tiny federation, checked for shape
     # and finiteness (its own invariants are its test module's job)
     setup = tiny_setup()
-    method = build(name)
-    result = run_round(method, method.init_server(setup), setup)
+    method = build(name, setup=setup)
+    result = run_round(method, method.init_server(), setup)
     assert result.state.round == 1
-    delta = method.global_delta(result.state, setup)
+    delta = method.global_delta(result.state)
     assert set(delta) == {s.name for s in setup.layers}
     for layer, (left, right) in delta.items():
         spec = setup.layer(layer)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedlora.cli import main
-from fedlora.methods.registry import build, names
+from fedlora.methods.registry import entry, names
 from tests.conftest import tiny_overrides
 from tests.runtime.test_resume import metrics
 
@@ -43,7 +43,7 @@ def test_method_runs_two_rounds(
     assert not any(r["clipped"] or r["weight_capped"] for r in records[1:])
     tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert tensors and all(torch.isfinite(t).all() for t in tensors.values())
-    if build(method).keeps_own_parts:  # each client's own model is on its side
+    if entry(method)[0].keeps_own_parts:  # each client's own model is on its side
         own = list((run / "clients").glob("run-*/client-*/adapter/adapter_model.safetensors"))
         assert len(own) == 3
         tensors = load_file(str(own[0]))

@@ -44,9 +44,9 @@ class MethodRun:
 
     @classmethod
     def start(cls, fed: Federation, method: Method) -> MethodRun:
-        method.validate(fed.setup)
+        method.validate()
         mine = dataclasses.replace(fed, method=method)
-        rs = RunState(0, method.init_server(fed.setup), {c.cid: None for c in fed.setup.clients})
+        rs = RunState(0, method.init_server(), {c.cid: None for c in fed.setup.clients})
         watch = Stopwatch()
         return cls(mine, rs, watch, Kept(mine, timer=watch))
 

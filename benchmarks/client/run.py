@@ -139,7 +139,7 @@ def time_methods(
     runs: dict[str, MethodRun] = {}
     for name in methods:
         options = cfg.method.options if name == cfg.method.name else {}
-        runs[name] = MethodRun.start(fed, build(name, options))
+        runs[name] = MethodRun.start(fed, build(name, options, setup=fed.setup))
     progress("loading the bare PEFT model")
     bare = bare_peft_model(cfg, client)
     examples = fed.train_sets[client.cid]

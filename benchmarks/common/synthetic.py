@@ -51,26 +51,23 @@ def make_setup(layers: tuple[LayerSpec, ...], ranks: tuple[int, ...], seed: int 
     return Setup(layers=layers, clients=clients, seed=seed, weighting="samples")
 
 
-def synthetic_round(
-    method: Method, setup: Setup, seed: int = 0, keep_starts: bool = False
-) -> RoundInputs:
+def synthetic_round(method: Method, seed: int = 0, keep_starts: bool = False) -> RoundInputs:
     """Round 1's uploads of ``method`` from synthetic clients (see module docstring).
 
     Parameters
     ----------
-    method : a registered method instance
-    setup : the federation (every client answers)
+    method : a registered method, built for its federation (every client answers)
     seed : drives the synthetic training
     keep_starts : also return every client's :class:`ClientStart`
     """
-    state = method.init_server(setup)
+    setup = method.setup
+    state = method.init_server()
     uploads: list[Upload] = []
     starts: list[ClientStart] = []
     for client in setup.clients:
-        payload = method.broadcast(state, setup, client)
+        payload = method.broadcast(state, client)
         done = half_round(
             method,
-            setup,
             Turn(client, 1, None, payload),
             functools.partial(_trained, setup=setup, client=client, seed=seed),
         )

@@ -94,7 +94,7 @@ def base_scores(
             return dict(stored)
     log.info("scoring the base model for seed %d (%s)", seed, split)
     fed = assemble(cfg, lambda kind, info: None)
-    rs = RunState(0, fed.method.init_server(fed.setup), {})
+    rs = RunState(0, fed.method.init_server(), {})
     evaluated = evaluation(fed, InProcess(fed), rs, {})
     doc = {"key": key, "eval": evaluated.scores, "eval_seconds": evaluated.seconds}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,10 +47,10 @@ def one_round(setup: Setup, method: str, secure: bool, num_shares: int) -> dict[
     cfg = RunConfig(
         data=DataConfig(clients=len(setup.clients)), federation=federation, eval=EvalConfig(every=3)
     )
-    fedlora_method = build(method)
+    fedlora_method = build(method, setup=setup)
     server = SyntheticServer(cfg, fedlora_method, setup)
     transport = SyntheticTransport(server, train_rounds=1)
-    rs = RunState(0, fedlora_method.init_server(setup), {c.cid: None for c in setup.clients})
+    rs = RunState(0, fedlora_method.init_server(), {c.cid: None for c in setup.clients})
     began = time.perf_counter()
     record = run_round(server, rs, transport, lambda kind, info: None)
     seconds = time.perf_counter() - began

@@ -148,11 +148,11 @@ def layer_inputs(
     )
 
 
-def global_dense(method: Method, state: ServerState, setup: Setup) -> dict[str, torch.Tensor]:
+def global_dense(method: Method, state: ServerState) -> dict[str, torch.Tensor]:
     """The project's global update per layer, multiplied out in float64 (small subsets only)."""
     return {
         layer: left.double() @ right.double()
-        for layer, (left, right) in method.global_delta(state, setup).items()
+        for layer, (left, right) in method.global_delta(state).items()
     }
 
 
@@ -169,18 +169,21 @@ def _check_overrides(name: str) -> dict[str, Any]:
     return {k: v for k, v in CHECK_OVERRIDES.items() if k in fields}
 
 
-def _method_setup(
-    method: Method, layers: tuple[LayerSpec, ...], ranks: tuple[int, ...], seed: int
-) -> tuple[Setup, str]:
-    """The federation ``method`` runs on: the requested ranks, or all at the largest rank
-    when the method refuses mixed ranks."""
-    setup = make_setup(layers, ranks, seed)
+def _built(
+    name: str,
+    options: Mapping[str, Any],
+    layers: tuple[LayerSpec, ...],
+    ranks: tuple[int, ...],
+    seed: int,
+) -> tuple[Method, str]:
+    """Method ``name`` built for the requested ranks, or for all at the largest rank when
+    it refuses mixed ranks (then with a note saying so)."""
     try:
-        method.validate(setup)
+        return registry.build(name, options, setup=make_setup(layers, ranks, seed)), ""
     except ConfigError:
-        uniform = (max(ranks),) * len(ranks)
-        return make_setup(layers, uniform, seed), f"refuses mixed ranks: {len(ranks)}×r{max(ranks)}"
-    return setup, ""
+        uniform = make_setup(layers, (max(ranks),) * len(ranks), seed)
+        note = f"refuses mixed ranks: {len(ranks)}×r{max(ranks)}"
+        return registry.build(name, options, setup=uniform), note
 
 
 def _watch(layers: Sequence[LayerSpec]) -> set[tuple[int, int]]:
@@ -200,24 +203,24 @@ def bench_method(
     progress: Callable[[str], None],
 ) -> MethodResult:
     """Measure one method (see the module docstring)."""
-    method = registry.build(name)
-    setup_sub, note = _method_setup(method, subset, config.ranks, config.seed)
+    method, note = _built(name, {}, subset, config.ranks, config.seed)
+    setup_sub = method.setup
     result = MethodResult(method=name, ranks=tuple(c.rank for c in setup_sub.clients), note=note)
 
     # Project on the --blocks subset: timing, and the state used for the accuracy check.
     progress(f"{name}: project step on {config.blocks} block(s)")
-    sub = synthetic_round(method, setup_sub, config.seed, keep_starts=True)
+    sub = synthetic_round(method, config.seed, keep_starts=True)
     # partial, not a lambda: the arguments are bound now, so ``del sub`` below leaves no
     # closure referring to a deleted name.
     result.project_subset, new_state = time_call(
-        functools.partial(method.aggregate, sub.state, sub.uploads, setup_sub), config.repeats
+        functools.partial(method.aggregate, sub.state, sub.uploads), config.repeats
     )
     check_method, check_inputs, check_state = method, sub, new_state
     overrides = _check_overrides(name)
     if overrides:
-        check_method = registry.build(name, overrides)
-        check_inputs = synthetic_round(check_method, setup_sub, config.seed, keep_starts=True)
-        check_state = check_method.aggregate(check_inputs.state, check_inputs.uploads, setup_sub)
+        check_method = registry.build(name, overrides, setup=setup_sub)
+        check_inputs = synthetic_round(check_method, config.seed, keep_starts=True)
+        check_state = check_method.aggregate(check_inputs.state, check_inputs.uploads)
         result.error_run = "run with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     del sub, new_state
 
@@ -244,18 +247,19 @@ def bench_method(
 
         result.reference, ref_out = time_call(first_measured, config.ref_repeats)
         result.reference_memory = probe[0]
-        ours = global_dense(check_method, check_state, setup_sub)
+        ours = global_dense(check_method, check_state)
         result.rel_error = max(relative_error(ours[layer], ref_out[layer]) for layer in ref_out)
         del inputs, ref_out, ours
     del check_inputs, check_state
 
     # Project on the whole model: timing and memory.
     progress(f"{name}: project step on the whole model ({len(full)} layers)")
-    setup_full, _ = _method_setup(method, full, config.ranks, config.seed)
-    whole = synthetic_round(method, setup_full, config.seed)
+    method, _ = _built(name, {}, full, config.ranks, config.seed)
+    setup_full = method.setup
+    whole = synthetic_round(method, config.seed)
     device = resolve(config.device)
     state, uploads = on_device(whole.state, device), on_device(whole.uploads, device)
-    aggregate_full = run_on(device, functools.partial(method.aggregate, state, uploads, setup_full))
+    aggregate_full = run_on(device, functools.partial(method.aggregate, state, uploads))
     result.project_full, _ = time_call(aggregate_full, config.repeats)
     result.memory = measure(aggregate_full, _watch(full)).use
     counter = count_flops(aggregate_full)

@@ -26,7 +26,6 @@ layers) are 389,021,696 bytes = 371.0 MiB.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import time
@@ -70,8 +69,8 @@ class Variant:
     secure: bool = False
     """Under secure aggregation (``secagg+``): the upload is the masked vector."""
 
-    def build(self, value_dtype: str) -> Method:
-        inner = registry.build(self.method, self.options)
+    def build(self, value_dtype: str, setup: Setup) -> Method:
+        inner = registry.build(self.method, self.options, setup=setup)
         return with_uplink(inner, sparsify=self.uplink, rule=RatioRule(), wire_dtype=value_dtype)
 
 
@@ -159,24 +158,22 @@ class _Tally:
 
 def measure_method(
     method: Method,
-    setup: Setup,
     *,
     value_dtype: str = "float32",
-    seed: int = 0,
     rounds: int = ROUNDS,
     secure: bool = False,
 ) -> tuple[_Tally, _Tally, _Tally]:
-    """Play ``rounds`` trained rounds of ``method`` on ``setup`` through the round driver
+    """Play ``rounds`` trained rounds of ``method`` on its setup through the round driver
     (synthetic clients, :mod:`fedlora.runtime.synthetic`), then one more round's broadcast;
     tally the uploads, the broadcasts that follow each aggregation, and (separately) the
     one-time first broadcast. ``secure``: under secure aggregation (uniform weights), where
     an upload is its masked vector and the secure stages' other messages."""
-    method.validate(setup)
     secure_options: dict[str, Any] = (
         {"secure_aggregation": "secagg+", "weighting": "uniform"} if secure else {}
     )
+    setup = method.setup
     cfg = RunConfig(
-        seed=seed,
+        seed=setup.seed,
         data=DataConfig(clients=len(setup.clients)),
         federation=FederationConfig(
             rounds=rounds + 1, clip_ratio=0.0, max_weight_ratio=0.0, **secure_options
@@ -184,11 +181,11 @@ def measure_method(
         eval=EvalConfig(every=rounds + 2),
         wire=WireConfig(value_dtype=value_dtype),
     )
-    server = SyntheticServer(cfg, method, dataclasses.replace(setup, seed=seed))
+    server = SyntheticServer(cfg, method, setup)
     transport = SyntheticTransport(server, train_rounds=rounds)
     rs = RunState(
         round=0,
-        state=method.init_server(server.setup),
+        state=method.init_server(),
         views={c.cid: None for c in setup.clients},
     )
     up, down, first = _Tally(), _Tally(), _Tally()
@@ -297,8 +294,7 @@ def _measured(row: dict[str, Any], variant: Variant, setup: Setup, scale: float)
     started = time.perf_counter()
     try:
         up, down, first = measure_method(
-            variant.build(row["value_dtype"]),
-            setup,
+            variant.build(row["value_dtype"], setup),
             value_dtype=row["value_dtype"],
             rounds=row["rounds"],
             secure=variant.secure,

@@ -109,15 +109,13 @@ def merge_adapters(
     if threshold is not None and method_name != "florist":
         raise ConfigError("--threshold applies to florist only")
     options = {"tau": threshold} if threshold is not None else {}
-    method = build(method_name, options)
-    setup = setup_from_adapters(adapters)
-    method.validate(setup)
+    method = build(method_name, options, setup=setup_from_adapters(adapters))
     uploads = [
         Upload(cid=k, n_samples=w, payload=lora_payload(ad.lora))  # type: ignore[arg-type]
         for k, (ad, w) in enumerate(zip(adapters, weights, strict=True))
     ]
-    state = method.aggregate(method.init_server(setup), uploads, setup)
-    update = method.global_delta(state, setup)
+    state = method.aggregate(method.init_server(), uploads)
+    update = method.global_delta(state)
     if rank is not None:
         if rank < 1:
             raise ConfigError(f"--rank must be at least 1, got {rank}")

@@ -165,7 +165,7 @@ def bytes_lines(cfg: RunConfig, plan: ModelPlan) -> list[str]:
         weighting=cfg.federation.weighting,
     )
     up, down, first_down = measure_method(
-        build_method(cfg), setup, value_dtype=cfg.wire.value_dtype, rounds=2
+        build_method(cfg, setup), value_dtype=cfg.wire.value_dtype, rounds=2
     )
     return [
         f"bytes per round per client ({cfg.method.name}, wire {cfg.wire.value_dtype}; measured "

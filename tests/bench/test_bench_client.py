@@ -189,9 +189,9 @@ def test_the_timing_hook_sees_every_phase_of_a_real_client_step(tiny_fed: Federa
     # Prepare: a FedProx round (its regulariser takes the live_lora view)
     fed = tiny_fed
     client = fed.setup.clients[0]
-    method = build("fedprox")
-    state = method.init_server(fed.setup)
-    broadcast = decode(send(method.broadcast(state, fed.setup, client), fed.cfg).data)
+    method = build("fedprox", setup=fed.setup)
+    state = method.init_server()
+    broadcast = decode(send(method.broadcast(state, client), fed.cfg).data)
     watch = Stopwatch()
     # Execute
     side = ClientSide(fed.model, method, fed.setup, fed.cfg, fed.pad_id)

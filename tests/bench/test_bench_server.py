@@ -45,7 +45,7 @@ def test_every_registered_method_is_measured_and_matches_its_dense_reference(tin
     methods = {m["method"]: m for m in data["methods"]}
     assert set(methods) == expected
     for name, m in methods.items():
-        if registry.build(name).keeps_own_parts:  # FedSA: no global update to compare
+        if registry.entry(name)[0].keeps_own_parts:  # FedSA: no global update to compare
             assert m["rel_error"] is None
             continue
         assert m["rel_error"] is not None, f"{name} has no dense reference"
@@ -71,7 +71,7 @@ def test_table_has_a_row_per_method_and_every_target_line(tiny_report) -> None: 
     assert "targets:" in table
     for name in registry.names():
         assert f"{name}: peak <=" in table
-        if not registry.build(name).keeps_own_parts:
+        if not registry.entry(name)[0].keeps_own_parts:
             assert f"{name}: rel. error vs dense reference" in table
     # The GPU's seconds do not apply to a CPU run and must say so, not pass; the ratios to
     # the roofline and to copying the upload are measured on any shape.
@@ -88,7 +88,7 @@ def test_memory_probe_sees_dense_reference_but_no_method_forms_an_m_by_n_matrix(
     for r in tiny_report.results:
         assert r.memory is not None
         assert r.memory.dense_shapes == (), (r.method, r.memory.dense_shapes)
-        if registry.build(r.method).keeps_own_parts:  # no dense reference (see above)
+        if registry.entry(r.method)[0].keeps_own_parts:  # no dense reference (see above)
             continue
         assert r.reference_memory is not None
         # Every reference returns dense m×n updates: the probe must notice.
@@ -222,9 +222,8 @@ def test_device_moves_every_tensor_of_the_inputs_and_refuses_a_missing_gpu() -> 
     from fedlora.methods.base import LayerSpec
     from fedlora.ops.sparse import Sparse
 
-    method = registry.build("fedsrd")
-    setup = make_setup((LayerSpec("l0", 12, 10),), (4, 4))
-    inputs = synthetic_round(method, setup)
+    method = registry.build("fedsrd", setup=make_setup((LayerSpec("l0", 12, 10),), (4, 4)))
+    inputs = synthetic_round(method)
     # Execute: to the meta device, which no computation could have put them on
     moved = server_bench.on_device(inputs.uploads, torch.device("meta"))
     # Assert
@@ -245,22 +244,22 @@ def test_a_server_step_on_cuda_gives_the_cpu_step(name: str) -> None:
     from benchmarks.server import run as server_bench
     from fedlora.methods.base import LayerSpec
 
-    method = registry.build(name, {"p_down": 0.0} if name.startswith("fedsrd") else {})
     setup = make_setup((LayerSpec("l0", 96, 80), LayerSpec("l1", 80, 96)), (8, 8, 8))
-    inputs = synthetic_round(method, setup)
+    options = {"p_down": 0.0} if name.startswith("fedsrd") else {}
+    method = registry.build(name, options, setup=setup)
+    inputs = synthetic_round(method)
     cuda = torch.device("cuda")
-    on_cpu = method.aggregate(inputs.state, inputs.uploads, setup)
+    on_cpu = method.aggregate(inputs.state, inputs.uploads)
     on_gpu = server_bench.run_on(
         cuda,
         lambda: method.aggregate(
             server_bench.on_device(inputs.state, cuda),
             server_bench.on_device(inputs.uploads, cuda),
-            setup,
         ),
     )()
-    cpu_dense = server_bench.global_dense(method, on_cpu, setup)
+    cpu_dense = server_bench.global_dense(method, on_cpu)
     gpu_dense = server_bench.global_dense(
-        method, server_bench.on_device(on_gpu, torch.device("cpu")), setup
+        method, server_bench.on_device(on_gpu, torch.device("cpu"))
     )
     for layer, ref_dense in cpu_dense.items():
         assert ref.relative_error(gpu_dense[layer], ref_dense) < 1e-4

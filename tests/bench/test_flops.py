@@ -41,9 +41,9 @@ def test_a_server_step_is_counted_and_rated() -> None:
     from fedlora.methods.registry import build
 
     setup = make_setup((LayerSpec("l0", in_features=48, out_features=64),), (4, 4, 4))
-    method = build("fedsrd", {})
-    inputs = synthetic_round(method, setup, 0)
-    counter = count_flops(lambda: method.aggregate(inputs.state, inputs.uploads, setup))
+    method = build("fedsrd", {}, setup=setup)
+    inputs = synthetic_round(method, 0)
+    counter = count_flops(lambda: method.aggregate(inputs.state, inputs.uploads))
     assert counter.total > 0
     assert counter.heaviest("qr") is not None and counter.heaviest("matmul") is not None
     rates = machine_rates(counter)

@@ -163,17 +163,17 @@ def run_round(
     kept: dict[int, dict[str, Tensor]] = {}
     for cid in cids:
         client = setup.client(cid)
-        payloads[cid] = method.broadcast(state, setup, client)
+        payloads[cid] = method.broadcast(state, client)
         if transport is not None:
             payloads[cid] = transport(payloads[cid])
-        merges[cid] = method.base_merge(payloads[cid], setup)
+        merges[cid] = method.base_merge(payloads[cid])
     _check_same_merge(merges)
     for layer, factored in merges[cids[0]].items():
         new_base[layer] = new_base[layer] + dense(factored)
     for cid in cids:
         client = setup.client(cid)
         turn = Turn(client, state.round + 1, views.get(cid), payloads[cid], (own or {}).get(cid))
-        done = half_round(method, setup, turn, lambda start: train(start, gen))
+        done = half_round(method, turn, lambda start: train(start, gen))
         assert done.trained is not None and done.upload is not None
         starts[cid], trained[cid] = done.start, done.trained
         kept[cid] = done.own
@@ -181,7 +181,7 @@ def run_round(
         new_views[cid] = dict(done.start.view)
     order = list(upload_order) if upload_order is not None else cids
     uploads = [uploads_by_cid[c] for c in order]
-    new_state = method.aggregate(state, uploads, setup)
+    new_state = method.aggregate(state, uploads)
     return RoundResult(
         new_state, payloads, merges, starts, trained, uploads, new_views, new_base, kept
     )
@@ -215,7 +215,7 @@ def global_dense(
     method: Method, state: ServerState, setup: Setup, base: Mapping[str, Tensor] | None = None
 ) -> dict[str, Tensor]:
     """Dense float64 global update on top of the original W0: merged offsets + global_delta."""
-    delta = method.global_delta(state, setup)
+    delta = method.global_delta(state)
     out = {}
     for s in setup.layers:
         d = dense(delta[s.name])

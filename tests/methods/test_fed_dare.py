@@ -13,7 +13,7 @@ from fedlora.ops.prng import seeded_keep_mask
 
 
 def run_rounds(method, setup: Setup, rounds: int, state: ServerState | None = None):
-    state = state if state is not None else method.init_server(setup)
+    state = state if state is not None else method.init_server()
     gen = torch.Generator().manual_seed(7)
     views, results = None, []
     for _ in range(rounds):
@@ -36,17 +36,17 @@ def test_bad_drop_probability_is_refused(value: object) -> None:
 
 def test_heterogeneous_ranks_are_refused() -> None:
     with pytest.raises(ConfigError, match="same LoRA rank"):
-        registry.build("fed_dare").validate(tiny_setup(ranks=(4, 8, 4)))
+        registry.build("fed_dare", setup=tiny_setup(ranks=(4, 8, 4)))
 
 
 def test_upload_is_the_seeded_dare_of_the_delta() -> None:
     # Prepare
     setup = tiny_setup()
-    method = registry.build("fed_dare")
+    method = registry.build("fed_dare", setup=setup)
     (res,) = run_rounds(method, setup, 1)
     for u in res.uploads:
         view, trained = res.starts[u.cid].view, res.trained[u.cid]
-        assert conforms(u.payload, method.upload_schema(setup, setup.client(u.cid)))
+        assert conforms(u.payload, method.upload_schema(setup.client(u.cid)))
         for s in setup.layers:
             for part in ("A", "B"):
                 sparse = u.payload[f"{s.name}.d{part}"]
@@ -63,7 +63,7 @@ def test_upload_is_the_seeded_dare_of_the_delta() -> None:
 
 def test_masks_differ_between_clients_layers_and_rounds() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_dare")
+    method = registry.build("fed_dare", setup=setup)
     r1, r2 = run_rounds(method, setup, 2)
     seeds = [sp.mask_seed for r in (r1, r2) for u in r.uploads for sp in u.payload.values()]
     assert len(set(seeds)) == len(seeds) == 2 * 3 * 2 * 2
@@ -72,7 +72,7 @@ def test_masks_differ_between_clients_layers_and_rounds() -> None:
 def test_no_drop_is_fedavg_of_the_factors() -> None:
     # Prepare
     setup = tiny_setup()
-    method = registry.build("fed_dare", {"p_up": 0.0})
+    method = registry.build("fed_dare", {"p_up": 0.0}, setup=setup)
     # Execute
     (res,) = run_rounds(method, setup, 1)
     # Assert: A + Σ p_k (A_k − A) = Σ p_k A_k
@@ -88,8 +88,8 @@ def test_no_drop_is_fedavg_of_the_factors() -> None:
 def test_server_adds_the_weighted_average_of_sparse_deltas() -> None:
     # Prepare
     setup = tiny_setup()
-    method = registry.build("fed_dare")
-    state0 = method.init_server(setup)
+    method = registry.build("fed_dare", setup=setup)
+    state0 = method.init_server()
     (res,) = run_rounds(method, setup, 1, state=state0)
     w = weights_of(res)
     for s in setup.layers:
@@ -109,10 +109,10 @@ def test_server_adds_the_weighted_average_of_sparse_deltas() -> None:
 
 def test_broadcast_is_the_sparse_union_of_the_uploads() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_dare")
-    state0 = method.init_server(setup)
+    method = registry.build("fed_dare", setup=setup)
+    state0 = method.init_server()
     (res,) = run_rounds(method, setup, 1, state=state0)
-    payload = method.broadcast(res.state, setup, setup.clients[0])
+    payload = method.broadcast(res.state, setup.clients[0])
     assert sorted(payload) == ["l0.dA", "l0.dB", "l1.dA", "l1.dB"]
     for name, sparse in payload.items():
         union = set()
@@ -128,9 +128,9 @@ def test_broadcast_is_the_sparse_union_of_the_uploads() -> None:
 
 def test_server_and_clients_stay_bit_identical() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_dare")
+    method = registry.build("fed_dare", setup=setup)
     results = run_rounds(method, setup, 4)
-    states = [method.init_server(setup)] + [r.state for r in results]
+    states = [method.init_server()] + [r.state for r in results]
     for res, state in zip(results, states, strict=False):
         for cid, view in res.views.items():
             for key in (f"{s.name}.{p}" for s in setup.layers for p in ("A", "B")):
@@ -141,8 +141,8 @@ def test_server_and_clients_stay_bit_identical() -> None:
 
 def test_result_does_not_depend_on_upload_order() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_dare")
-    state = method.init_server(setup)
+    method = registry.build("fed_dare", setup=setup)
+    state = method.init_server()
     forward = run_round(method, state, setup, gen=torch.Generator().manual_seed(3))
     backward = run_round(
         method, state, setup, gen=torch.Generator().manual_seed(3), upload_order=[1, 2, 0]
@@ -152,27 +152,27 @@ def test_result_does_not_depend_on_upload_order() -> None:
 
 def test_aggregate_does_not_mutate_its_inputs() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_dare")
-    state = method.init_server(setup)
+    method = registry.build("fed_dare", setup=setup)
+    state = method.init_server()
     res = run_round(method, state, setup)
     before = (snapshot(state), snapshot(res.uploads))
-    method.aggregate(state, res.uploads, setup)
+    method.aggregate(state, res.uploads)
     assert_same(before, (state, res.uploads))
 
 
 def test_delta_without_a_synced_view_is_refused() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_dare")
+    method = registry.build("fed_dare", setup=setup)
     (res,) = run_rounds(method, setup, 1)
     client = setup.clients[0]
     with pytest.raises(PayloadError, match="missed"):
-        method.client_start(None, method.broadcast(res.state, setup, client), setup, client, 0)
+        method.client_start(None, method.broadcast(res.state, client), client, 0)
 
 
 def test_global_delta_is_scaled_b_and_a() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_dare")
+    method = registry.build("fed_dare", setup=setup)
     (res,) = run_rounds(method, setup, 1)
-    for layer, (left, right) in method.global_delta(res.state, setup).items():
+    for layer, (left, right) in method.global_delta(res.state).items():
         assert torch.equal(left, setup.clients[0].scaling * res.state.tensors[f"{layer}.B"])
         assert torch.equal(right, res.state.tensors[f"{layer}.A"])

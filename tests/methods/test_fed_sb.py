@@ -14,7 +14,7 @@ from fedlora.methods.fed_sb import fixed_factors
 
 
 def run_rounds(method, setup: Setup, rounds: int):
-    state = method.init_server(setup)
+    state = method.init_server()
     gen = torch.Generator().manual_seed(9)
     out = []
     for _ in range(rounds):
@@ -37,7 +37,7 @@ def test_fixed_factors_are_seeded_unit_variance_and_differ_per_layer() -> None:
 @pytest.mark.parametrize("weighting", ["samples", "uniform"])
 def test_global_update_is_the_exact_mean_of_the_clients_products(weighting: str) -> None:
     setup = tiny_setup(weighting=weighting)
-    method = registry.build("fed_sb")
+    method = registry.build("fed_sb", setup=setup)
     s = setup.clients[0].scaling
     for res in run_rounds(method, setup, 3):
         total = sum(u.n_samples for u in res.uploads)
@@ -45,7 +45,7 @@ def test_global_update_is_the_exact_mean_of_the_clients_products(weighting: str)
             u.cid: (u.n_samples / total if weighting == "samples" else 1 / len(res.uploads))
             for u in res.uploads
         }
-        for layer, (left, right) in method.global_delta(res.state, setup).items():
+        for layer, (left, right) in method.global_delta(res.state).items():
             fixed = fixed_factors(setup, layer)
             b, a = fixed.B.double(), fixed.A.double()
             # the client's trained model is s·B·R_k·A (its "B" entry is the core R_k)
@@ -55,7 +55,7 @@ def test_global_update_is_the_exact_mean_of_the_clients_products(weighting: str)
 
 def test_only_the_core_trains_and_travels() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_sb")
+    method = registry.build("fed_sb", setup=setup)
     for res in run_rounds(method, setup, 2):
         for cid, start in res.starts.items():
             assert start.trainable == frozenset({"B"})
@@ -69,24 +69,24 @@ def test_only_the_core_trains_and_travels() -> None:
                 "l0.R": (4, 4),
                 "l1.R": (4, 4),
             }
-    payload = method.broadcast(res.state, setup, setup.clients[0])
+    payload = method.broadcast(res.state, setup.clients[0])
     assert {k: tuple(v.shape) for k, v in payload.items()} == {"l0.R": (4, 4), "l1.R": (4, 4)}
 
 
 def test_result_does_not_depend_on_upload_order_or_mutate_inputs() -> None:
     setup = tiny_setup()
-    method = registry.build("fed_sb")
-    state = method.init_server(setup)
+    method = registry.build("fed_sb", setup=setup)
+    state = method.init_server()
     forward = run_round(method, state, setup, gen=torch.Generator().manual_seed(3))
     backward = run_round(
         method, state, setup, gen=torch.Generator().manual_seed(3), upload_order=[2, 1, 0]
     )
     assert_same(forward.state, backward.state)
     before = (snapshot(state), snapshot(forward.uploads))
-    method.aggregate(state, forward.uploads, setup)
+    method.aggregate(state, forward.uploads)
     assert_same(before, (state, forward.uploads))
 
 
 def test_heterogeneous_ranks_are_refused() -> None:
     with pytest.raises(ConfigError, match="same LoRA rank"):
-        registry.build("fed_sb").validate(tiny_setup(ranks=(4, 8, 4)))
+        registry.build("fed_sb", setup=tiny_setup(ranks=(4, 8, 4)))

@@ -36,11 +36,11 @@ def test_average_with_zero_padding_matches_dense_reference(ranks, weighting):
     # Prepare
     setup = tiny_setup(ranks, out_features=12, weighting=weighting)
     uploads = make_uploads(setup, torch.Generator().manual_seed(0))
-    method = FedAvg(FedAvgConfig())
+    method = FedAvg(FedAvgConfig(), setup)
     before = snapshot(uploads)
 
     # Execute
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    state = method.aggregate(method.init_server(), uploads)
 
     # Assert
     for layer in ("l0", "l1"):
@@ -49,7 +49,7 @@ def test_average_with_zero_padding_matches_dense_reference(ranks, weighting):
             torch.testing.assert_close(
                 state.tensors[f"{layer}.{part}"].double(), ref, rtol=1e-6, atol=1e-6
             )
-        b, a = method.global_delta(state, setup)[layer]
+        b, a = method.global_delta(state)[layer]
         b_ref = _padded_mean(uploads, setup, layer, "B")
         ref = 2.0 * b_ref @ _padded_mean(uploads, setup, layer, "A")
         torch.testing.assert_close(b.double() @ a.double(), ref, rtol=1e-5, atol=1e-5)
@@ -59,11 +59,11 @@ def test_average_with_zero_padding_matches_dense_reference(ranks, weighting):
 def test_client_order_changes_nothing_beyond_float_rounding():
     setup = tiny_setup((2, 4, 6))
     uploads = make_uploads(setup, torch.Generator().manual_seed(1))
-    method = FedAvg(FedAvgConfig())
-    state0 = method.init_server(setup)
+    method = FedAvg(FedAvgConfig(), setup)
+    state0 = method.init_server()
 
-    forward = method.aggregate(state0, uploads, setup)
-    backward = method.aggregate(state0, list(reversed(uploads)), setup)
+    forward = method.aggregate(state0, uploads)
+    backward = method.aggregate(state0, list(reversed(uploads)))
 
     for name, t in forward.tensors.items():
         torch.testing.assert_close(t, backward.tensors[name], rtol=1e-6, atol=1e-7)
@@ -73,10 +73,10 @@ def test_client_order_changes_nothing_beyond_float_rounding():
 def test_two_round_trip_clients_start_from_their_slice_of_the_average(ranks):
     # Prepare
     setup = tiny_setup(ranks)
-    method = build("fedavg")
+    method = build("fedavg", setup=setup)
 
     # Execute
-    r1 = run_round(method, method.init_server(setup), setup)
+    r1 = run_round(method, method.init_server(), setup)
     r2 = run_round(method, r1.state, setup, views=r1.views)
 
     # Assert

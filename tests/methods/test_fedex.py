@@ -30,13 +30,13 @@ def test_mean_plus_residual_is_the_exact_average(compress):
     # Prepare: a non-square layer (m=12, n=16) so a transposed residual could not pass
     setup = tiny_setup((4, 4, 4), out_features=12)
     uploads = make_uploads(setup, torch.Generator().manual_seed(0), torch.float64)
-    method = FedEx(FedExConfig(compress=compress))
+    method = FedEx(FedExConfig(compress=compress), setup)
     weights = upload_weights(uploads)
     expected = reference_aggregate(uploads, setup)
     s = setup.clients[0].scaling
 
     # Execute
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    state = method.aggregate(method.init_server(), uploads)
 
     # Assert
     for layer, ref in expected.items():
@@ -55,12 +55,12 @@ def test_mean_plus_residual_is_the_exact_average(compress):
 def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
     setup = tiny_setup((4, 4, 4))
     uploads = make_uploads(setup, torch.Generator().manual_seed(1))
-    method = FedEx(FedExConfig())
-    state0 = method.init_server(setup)
+    method = FedEx(FedExConfig(), setup)
+    state0 = method.init_server()
     before = snapshot((state0, uploads))
 
-    forward = method.aggregate(state0, uploads, setup)
-    backward = method.aggregate(state0, list(reversed(uploads)), setup)
+    forward = method.aggregate(state0, uploads)
+    backward = method.aggregate(state0, list(reversed(uploads)))
 
     assert_same(forward.tensors, backward.tensors)
     assert_same(before, (state0, uploads))
@@ -69,10 +69,10 @@ def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
 def test_two_round_trip_accumulates_residuals_in_the_base():
     # Prepare
     setup = tiny_setup((4, 4, 4))
-    method = build("fedex")
+    method = build("fedex", setup=setup)
 
     # Execute
-    r1 = run_round(method, method.init_server(setup), setup)
+    r1 = run_round(method, method.init_server(), setup)
     r2 = run_round(method, r1.state, setup, views=r1.views, base=r1.base)
 
     # Assert: round 2 merges round 1's residual and starts from (Ā, B̄)
@@ -99,11 +99,8 @@ def test_two_round_trip_accumulates_residuals_in_the_base():
 )
 def test_heterogeneous_clients_are_refused(clients):
     setup = Setup(tiny_setup().layers, clients)
-    method = FedEx(FedExConfig())
     with pytest.raises(ConfigError, match="same LoRA rank and alpha"):
-        method.validate(setup)
-    with pytest.raises(ConfigError):
-        method.init_server(setup)
+        FedEx(FedExConfig(), setup)
 
 
 def test_config_rejects_non_boolean_compress():
@@ -114,12 +111,12 @@ def test_config_rejects_non_boolean_compress():
 def test_aggregation_never_allocates_an_m_by_n_matrix():
     setup = tiny_setup((2, 2, 2), d=512, layers=1)
     uploads = make_uploads(setup, torch.Generator().manual_seed(2))
-    method = FedEx(FedExConfig())
-    state0 = method.init_server(setup)
+    method = FedEx(FedExConfig(), setup)
+    state0 = method.init_server()
 
     with MaxNumel() as rec:
-        state = method.aggregate(state0, uploads, setup)
-        method.base_merge(method.broadcast(state, setup, setup.clients[0]), setup)
-        method.global_delta(state, setup)
+        state = method.aggregate(state0, uploads)
+        method.base_merge(method.broadcast(state, setup.clients[0]))
+        method.global_delta(state)
 
     assert rec.max_numel < 512 * 512 // 8, rec.op

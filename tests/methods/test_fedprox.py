@@ -29,7 +29,7 @@ def test_term_and_gradient_equal_the_dense_formula(trainable):
     moved = random_lora(setup, 4, gen, torch.float64)
     current = _leaf_copy(moved)
     mu = 0.3
-    method = FedProx(FedProxConfig(mu=mu))
+    method = FedProx(FedProxConfig(mu=mu), setup)
     expected = 0.0
     for n, p in moved.items():
         ref = start.adapter[n]
@@ -58,8 +58,8 @@ def test_term_and_gradient_equal_the_dense_formula(trainable):
 def test_term_is_zero_at_the_start_and_absent_for_mu_zero():
     setup = tiny_setup((4, 4))
     start = ClientStart(adapter=random_lora(setup, 4, torch.Generator().manual_seed(1)))
-    assert float(FedProx(FedProxConfig()).regulariser(start.adapter, start).detach()) == 0.0
-    assert FedProx(FedProxConfig(mu=0.0)).regulariser(start.adapter, start) is None
+    assert float(FedProx(FedProxConfig(), setup).regulariser(start.adapter, start).detach()) == 0.0
+    assert FedProx(FedProxConfig(mu=0.0), setup).regulariser(start.adapter, start) is None
 
 
 @pytest.mark.parametrize("mu", [-0.1, float("nan"), float("inf"), "big"])
@@ -74,11 +74,11 @@ def test_config_rejects_bad_mu(mu):
 def test_rounds_are_fedavg_rounds(ranks):
     # Prepare
     setup = tiny_setup(ranks)
-    prox, avg = build("fedprox", {"mu": 0.05}), FedAvg(FedAvgConfig())
+    prox, avg = build("fedprox", {"mu": 0.05}, setup=setup), FedAvg(FedAvgConfig(), setup)
 
     # Execute: the same two rounds (same fake training) with both methods
-    p1 = run_round(prox, prox.init_server(setup), setup)
-    a1 = run_round(avg, avg.init_server(setup), setup)
+    p1 = run_round(prox, prox.init_server(), setup)
+    a1 = run_round(avg, avg.init_server(), setup)
     p2 = run_round(prox, p1.state, setup, views=p1.views)
     a2 = run_round(avg, a1.state, setup, views=a1.views)
 
@@ -87,6 +87,6 @@ def test_rounds_are_fedavg_rounds(ranks):
     assert_same(p2.payloads, a2.payloads)
     uploads = make_uploads(setup, torch.Generator().manual_seed(2))
     assert_same(
-        prox.aggregate(p1.state, uploads, setup).tensors,
-        avg.aggregate(p1.state, uploads, setup).tensors,
+        prox.aggregate(p1.state, uploads).tensors,
+        avg.aggregate(p1.state, uploads).tensors,
     )

@@ -13,7 +13,7 @@ from fedlora.methods.base import Setup
 
 
 def run_rounds(method, setup: Setup, rounds: int):
-    state = method.init_server(setup)
+    state = method.init_server()
     gen = torch.Generator().manual_seed(21)
     own: dict = {}
     out = []
@@ -26,7 +26,7 @@ def run_rounds(method, setup: Setup, rounds: int):
 
 def test_server_averages_a_only_and_uploads_carry_a_only() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsa")
+    method = registry.build("fedsa", setup=setup)
     for _, _, res in run_rounds(method, setup, 2):
         total = sum(u.n_samples for u in res.uploads)
         for u in res.uploads:
@@ -42,7 +42,7 @@ def test_server_averages_a_only_and_uploads_carry_a_only() -> None:
 
 def test_each_client_trains_from_the_shared_a_and_its_own_b() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsa")
+    method = registry.build("fedsa", setup=setup)
     rounds = run_rounds(method, setup, 3)
     for before, _, res in rounds:
         for cid, start in res.starts.items():
@@ -65,14 +65,14 @@ def test_each_client_trains_from_the_shared_a_and_its_own_b() -> None:
 
 def test_own_model_is_the_clients_b_on_the_shared_a() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsa")
+    method = registry.build("fedsa", setup=setup)
     ((_, _, res),) = run_rounds(method, setup, 1)
-    update = method.global_delta(res.state, setup)
+    update = method.global_delta(res.state)
     for left, _ in update.values():
         assert not bool(left.any())  # the shared model is the base
     for cid, own in res.own.items():
         client = setup.client(cid)
-        mine = method.own_update(update, own, setup, client)
+        mine = method.own_update(update, own, client)
         for s in setup.layers:
             ref = (
                 client.scaling
@@ -81,23 +81,23 @@ def test_own_model_is_the_clients_b_on_the_shared_a() -> None:
             )
             left, right = mine[s.name]
             torch.testing.assert_close(left.double() @ right.double(), ref, rtol=1e-6, atol=1e-7)
-    assert method.own_update(update, None, setup, setup.client(0)) == update
+    assert method.own_update(update, None, setup.client(0)) == update
 
 
 def test_result_does_not_depend_on_upload_order_or_mutate_inputs() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsa")
-    state = method.init_server(setup)
+    method = registry.build("fedsa", setup=setup)
+    state = method.init_server()
     forward = run_round(method, state, setup, gen=torch.Generator().manual_seed(3))
     backward = run_round(
         method, state, setup, gen=torch.Generator().manual_seed(3), upload_order=[2, 0, 1]
     )
     assert_same(forward.state, backward.state)
     before = (snapshot(state), snapshot(forward.uploads))
-    method.aggregate(state, forward.uploads, setup)
+    method.aggregate(state, forward.uploads)
     assert_same(before, (state, forward.uploads))
 
 
 def test_heterogeneous_ranks_are_refused() -> None:
     with pytest.raises(ConfigError, match="same LoRA rank"):
-        registry.build("fedsa").validate(tiny_setup(ranks=(4, 8, 4)))
+        registry.build("fedsa", setup=tiny_setup(ranks=(4, 8, 4)))

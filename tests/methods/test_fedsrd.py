@@ -37,7 +37,7 @@ def as_float64(state: ServerState) -> ServerState:
 
 def run_rounds(method, setup: Setup, rounds: int, state: ServerState | None = None, **kw):
     """Drive ``rounds`` rounds, threading the client views; returns every RoundResult."""
-    state = state if state is not None else method.init_server(setup)
+    state = state if state is not None else method.init_server()
     gen = torch.Generator().manual_seed(99)
     views, results = None, []
     for _ in range(rounds):
@@ -102,7 +102,7 @@ def test_bad_options_are_refused_naming_the_option(option: str, value: object) -
 def test_the_papers_largest_base_works_with_the_default_upper() -> None:
     # Prepare: base 0.95 + upper 0.11 > 1, the top of the paper's sweep; a tiny 2x3 layer
     setup = tiny_setup(d=3, out_features=2, ranks=(2, 2, 2))
-    method = registry.build("fedsrd", {"base": 0.95, "coeff": 10.0})
+    method = registry.build("fedsrd", {"base": 0.95, "coeff": 10.0}, setup=setup)
     # Execute
     res = run_rounds(method, setup, 1)[0]
     # Assert: every matrix still uploads at least one element
@@ -113,19 +113,18 @@ def test_the_papers_largest_base_works_with_the_default_upper() -> None:
 
 @pytest.mark.parametrize("name", ["fedsrd", "fedsrd-e"])
 def test_heterogeneous_ranks_are_refused(name: str) -> None:
-    method = registry.build(name)
     with pytest.raises(ConfigError, match="same LoRA rank"):
-        method.validate(tiny_setup(ranks=(4, 2, 4)))
-    method.validate(tiny_setup())  # homogeneous is fine
+        registry.build(name, setup=tiny_setup(ranks=(4, 2, 4)))
+    registry.build(name, setup=tiny_setup())  # homogeneous is fine
 
 
 def test_first_broadcast_is_the_initial_adapter() -> None:
     # Prepare
     setup = tiny_setup()
-    method = registry.build("fedsrd")
+    method = registry.build("fedsrd", setup=setup)
     # Execute
-    state = method.init_server(setup)
-    payload = method.broadcast(state, setup, setup.clients[0])
+    state = method.init_server()
+    payload = method.broadcast(state, setup.clients[0])
     # Assert: A^0 is PEFT's init from the server seed, sent as that seed; B^0 = 0 costs no
     # entries; the wire carries neither's values
     fresh = fresh_lora(setup, 4, setup.seed)
@@ -143,11 +142,11 @@ def test_first_broadcast_is_the_initial_adapter() -> None:
 def test_upload_keeps_the_most_important_elements_and_rescales() -> None:
     # Prepare
     setup = tiny_setup()
-    method = registry.build("fedsrd")
+    method = registry.build("fedsrd", setup=setup)
     res = run_rounds(method, setup, 1)[0]
     cid = 1
     view, trained = res.starts[cid].view, res.trained[cid]
-    schema = method.upload_schema(setup, setup.client(cid))
+    schema = method.upload_schema(setup.client(cid))
     payload = res.uploads[cid].payload
     assert conforms(payload, schema)
     for s in setup.layers:
@@ -180,7 +179,7 @@ def test_upload_keeps_the_most_important_elements_and_rescales() -> None:
 
 def test_fixed_rho_sets_the_kept_count() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsrd", {"fixed_rho": 0.5})
+    method = registry.build("fedsrd", {"fixed_rho": 0.5}, setup=setup)
     res = run_rounds(method, setup, 1)[0]
     for u in res.uploads:
         for name, sparse in u.payload.items():
@@ -196,8 +195,8 @@ def test_fixed_rho_sets_the_kept_count() -> None:
 def test_lossless_fedsrd_e_is_the_least_squares_projection(weighting: str) -> None:
     # Prepare: rho = 0, no rescale, no downlink drop, float64 throughout
     setup = tiny_setup(weighting=weighting)
-    method = registry.build("fedsrd-e", LOSSLESS)
-    state0 = as_float64(method.init_server(setup))
+    method = registry.build("fedsrd-e", LOSSLESS, setup=setup)
+    state0 = as_float64(method.init_server())
     # Execute: round 1 (B-round) and round 2 (A-round)
     r1, r2 = run_rounds(method, setup, 2, state=state0, transport=to_float64)
     # Assert
@@ -219,8 +218,8 @@ def test_lossless_fedsrd_e_is_the_least_squares_projection(weighting: str) -> No
 def test_lossless_fedsrd_targets_the_rank_r_truncation() -> None:
     # Prepare
     setup = tiny_setup()
-    method = registry.build("fedsrd", LOSSLESS)
-    state0 = as_float64(method.init_server(setup))
+    method = registry.build("fedsrd", LOSSLESS, setup=setup)
+    state0 = as_float64(method.init_server())
     # Execute
     (r1,) = run_rounds(method, setup, 1, state=state0, transport=to_float64)
     # Assert: W_r from a dense SVD of W (rank up to K·r = 12 > r = 4, so truncation bites)
@@ -237,8 +236,8 @@ def test_lossless_fedsrd_targets_the_rank_r_truncation() -> None:
 @pytest.mark.parametrize("name", ["fedsrd", "fedsrd-e"])
 def test_alternation_starts_with_a_b_round(name: str) -> None:
     setup = tiny_setup()
-    method = registry.build(name)
-    state0 = method.init_server(setup)
+    method = registry.build(name, setup=setup)
+    state0 = method.init_server()
     r1, r2, r3 = run_rounds(method, setup, 3, state=state0, transport=to_float64)
     states = [state0, r1.state, r2.state, r3.state]
     for t in (1, 2, 3):
@@ -255,11 +254,11 @@ def test_alternation_starts_with_a_b_round(name: str) -> None:
 def test_downlink_is_one_seeded_dare_delta_per_layer() -> None:
     # Prepare
     setup = tiny_setup()
-    method = registry.build("fedsrd")
-    state0 = method.init_server(setup)
+    method = registry.build("fedsrd", setup=setup)
+    state0 = method.init_server()
     (r1,) = run_rounds(method, setup, 1, state=state0, transport=to_float64)
     # Execute
-    payload = method.broadcast(r1.state, setup, setup.clients[2])
+    payload = method.broadcast(r1.state, setup.clients[2])
     # Assert
     assert sorted(payload) == ["l0.dB", "l1.dB"]
     for layer in ("l0", "l1"):
@@ -275,21 +274,20 @@ def test_downlink_is_one_seeded_dare_delta_per_layer() -> None:
 def test_server_and_clients_stay_bit_identical(name: str) -> None:
     # Prepare / Execute: 4 rounds with the default (lossy) settings
     setup = tiny_setup()
-    method = registry.build(name)
+    method = registry.build(name, setup=setup)
     results = run_rounds(method, setup, 4)
     final = results[-1].state
     views = {
         cid: method.client_start(
             results[-1].views[cid],
-            method.broadcast(final, setup, setup.client(cid)),
-            setup,
+            method.broadcast(final, setup.client(cid)),
             setup.client(cid),
             0,
         ).view
         for cid in results[-1].views
     }
     # Assert: every client's view of round t equals the server's state t, bit for bit
-    prev_states = [method.init_server(setup)] + [r.state for r in results[:-1]]
+    prev_states = [method.init_server()] + [r.state for r in results[:-1]]
     checks = [(r.views, st) for r, st in zip(results, prev_states, strict=True)] + [(views, final)]
     for client_views, state in checks:
         for cid, view in client_views.items():
@@ -301,21 +299,21 @@ def test_server_and_clients_stay_bit_identical(name: str) -> None:
 
 def test_a_client_that_missed_a_broadcast_is_refused() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsrd")
+    method = registry.build("fedsrd", setup=setup)
     r1, r2 = run_rounds(method, setup, 2)
     client = setup.clients[0]
     with pytest.raises(PayloadError, match="missed"):
-        method.client_start(None, method.broadcast(r1.state, setup, client), setup, client, 0)
+        method.client_start(None, method.broadcast(r1.state, client), client, 0)
     stale = r1.views[0]  # synced to round 0, but round 2's delta arrives
     with pytest.raises(PayloadError):
-        method.client_start(stale, method.broadcast(r2.state, setup, client), setup, client, 0)
+        method.client_start(stale, method.broadcast(r2.state, client), client, 0)
 
 
 @pytest.mark.parametrize("name", ["fedsrd", "fedsrd-e"])
 def test_result_does_not_depend_on_upload_order(name: str) -> None:
     setup = tiny_setup()
-    method = registry.build(name)
-    state = method.init_server(setup)
+    method = registry.build(name, setup=setup)
+    state = method.init_server()
     forward = run_round(method, state, setup, gen=torch.Generator().manual_seed(5))
     backward = run_round(
         method, state, setup, gen=torch.Generator().manual_seed(5), upload_order=[2, 1, 0]
@@ -327,7 +325,7 @@ def test_weighting_option_is_respected() -> None:
     runs = {}
     for weighting in ("samples", "uniform"):
         setup = tiny_setup(weighting=weighting)
-        method = registry.build("fedsrd-e", LOSSLESS)
+        method = registry.build("fedsrd-e", LOSSLESS, setup=setup)
         runs[weighting] = run_rounds(method, setup, 1)[0].state
     assert not torch.equal(runs["samples"].tensors["l0.B"], runs["uniform"].tensors["l0.B"])
 
@@ -335,19 +333,19 @@ def test_weighting_option_is_respected() -> None:
 @pytest.mark.parametrize("name", ["fedsrd", "fedsrd-e"])
 def test_aggregate_does_not_mutate_its_inputs(name: str) -> None:
     setup = tiny_setup()
-    method = registry.build(name)
-    state = method.init_server(setup)
+    method = registry.build(name, setup=setup)
+    state = method.init_server()
     res = run_round(method, state, setup)
     before = (snapshot(state), snapshot(res.uploads))
-    method.aggregate(state, res.uploads, setup)
+    method.aggregate(state, res.uploads)
     assert_same(before, (state, res.uploads))
 
 
 def test_global_delta_is_scaled_b_and_a() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsrd")
+    method = registry.build("fedsrd", setup=setup)
     state = run_rounds(method, setup, 1)[0].state
-    delta = method.global_delta(state, setup)
+    delta = method.global_delta(state)
     for layer in ("l0", "l1"):
         left, right = delta[layer]
         assert torch.equal(left, setup.clients[0].scaling * state.tensors[f"{layer}.B"])
@@ -360,14 +358,14 @@ def test_server_never_allocates_an_m_by_n_matrix(name: str) -> None:
     m = n = 512
     rank, clients = 2, 3
     setup = tiny_setup(ranks=(rank,) * clients, d=n, layers=1, out_features=m)
-    method = registry.build(name)
-    state0 = method.init_server(setup)
+    method = registry.build(name, setup=setup)
+    state0 = method.init_server()
     r1 = run_round(method, state0, setup)  # round 1 so round 2 (an A-round) is measured too
     r2 = run_round(method, r1.state, setup, views=r1.views)
     for state, uploads in ((state0, r1.uploads), (r1.state, r2.uploads)):
         # Execute
         with MaxNumel() as mode:
-            method.aggregate(state, uploads, setup)
+            method.aggregate(state, uploads)
         # Assert: O((m + n)·q) with q = (K + 1)·r columns in the thin factors
         assert mode.max_numel <= (m + n) * (clients + 1) * rank, mode.op
         assert mode.max_numel < m * n // 8
@@ -376,10 +374,10 @@ def test_server_never_allocates_an_m_by_n_matrix(name: str) -> None:
 def test_perturb_helper_trains_both_factors() -> None:
     # FedSRD trains A and B; the helper's fake training must move both for the tests above
     setup = tiny_setup()
-    method = registry.build("fedsrd")
-    state = method.init_server(setup)
+    method = registry.build("fedsrd", setup=setup)
+    state = method.init_server()
     start = method.client_start(
-        None, method.broadcast(state, setup, setup.clients[0]), setup, setup.clients[0], 0
+        None, method.broadcast(state, setup.clients[0]), setup.clients[0], 0
     )
     assert start.trainable == frozenset({"A", "B"})
     trained = perturb(start, torch.Generator().manual_seed(0))

@@ -24,8 +24,8 @@ def float64_state(state: ServerState) -> ServerState:
 
 def one_round(name: str, options: dict[str, object]):
     setup = tiny_setup()
-    method = registry.build(name, options)
-    state0 = float64_state(method.init_server(setup))
+    method = registry.build(name, options, setup=setup)
+    state0 = float64_state(method.init_server())
     res = run_round(method, state0, setup, transport=to_float64)
     return setup, method, state0, res
 
@@ -69,17 +69,16 @@ def test_dense_decomposition_broadcasts_the_rank_r_truncation() -> None:
         a, b = res.state.tensors[f"{layer}.A"], res.state.tensors[f"{layer}.B"]
         torch.testing.assert_close(b.norm(dim=0), a.norm(dim=1))
     # The next broadcast is the whole dense adapter, and a client adopts it as its view
-    payload = method.broadcast(res.state, setup, setup.client(0))
+    payload = method.broadcast(res.state, setup.client(0))
     assert set(payload) == {"l0.A", "l0.B", "l1.A", "l1.B"}
-    start = method.client_start(res.views[0], payload, setup, setup.client(0), 0)
+    start = method.client_start(res.views[0], payload, setup.client(0), 0)
     assert torch.equal(start.view["l0.B"], res.state.tensors["l0.B"])
     assert int(start.view["round"]) == 1
 
 
 def test_dense_decomposition_is_refused_for_fedsrd_e() -> None:
-    method = registry.build("fedsrd-e", {"decompose": "dense"})
     with pytest.raises(ConfigError, match="method.fedsrd-e.decompose"):
-        method.validate(tiny_setup())
+        registry.build("fedsrd-e", {"decompose": "dense"}, setup=tiny_setup())
 
 
 def test_magnitude_sparsifier_keeps_the_largest_deltas_at_the_importance_ratio() -> None:
@@ -119,13 +118,13 @@ def test_random_sparsifier_is_a_seeded_mask_at_the_importance_ratio() -> None:
 def test_upload_report_matches_a_dense_recomputation() -> None:
     # Prepare: round 2, so that B is nonzero and both update ratios are defined
     setup = tiny_setup()
-    method = registry.build("fedsrd")
-    r1 = run_round(method, method.init_server(setup), setup)
+    method = registry.build("fedsrd", setup=setup)
+    r1 = run_round(method, method.init_server(), setup)
     r2 = run_round(method, r1.state, setup, views=r1.views)
     cid = 2
     start, trained = r2.starts[cid], r2.trained[cid]
     # Execute
-    report = method.upload_report(start, trained, setup, setup.client(cid))
+    report = method.upload_report(start, trained, setup.client(cid))
     # Assert: ratios from Pearson kurtosis of the dense float64 importance scores
     rhos: dict[str, list[float]] = {"A": [], "B": []}
     num = {"A": 0.0, "B": 0.0}
@@ -156,8 +155,8 @@ def test_upload_report_matches_a_dense_recomputation() -> None:
 
 def test_update_ratio_of_a_zero_factor_is_null() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsrd")
-    r1 = run_round(method, method.init_server(setup), setup)
-    report = method.upload_report(r1.starts[0], r1.trained[0], setup, setup.client(0))
+    method = registry.build("fedsrd", setup=setup)
+    r1 = run_round(method, method.init_server(), setup)
+    report = method.upload_report(r1.starts[0], r1.trained[0], setup.client(0))
     assert report["update_ratio_B"] is None  # B^0 = 0
     assert report["update_ratio_A"] > 0

@@ -53,13 +53,11 @@ def test_the_report_warns_on_ill_conditioning_and_growth() -> None:
 @pytest.mark.parametrize("name", ["fedsrd", "fedsrd-e"])
 def test_every_round_reports_its_solve(name: str) -> None:
     setup = tiny_setup()
-    method = registry.build(name, {"ridge": 1e-3, "support": "per-rank"})
-    res = run_round(method, method.init_server(setup), setup)
+    method = registry.build(name, {"ridge": 1e-3, "support": "per-rank"}, setup=setup)
+    res = run_round(method, method.init_server(), setup)
     report = res.state.meta["report"]
     assert report["solved_against"] == "A" and report["cond_max"] >= 1.0
     assert report["norm_a"] > 0 and report["norm_b"] > 0
     for u in res.uploads:
-        rank = method.upload_report(
-            res.starts[u.cid], res.trained[u.cid], setup, setup.client(u.cid)
-        )
+        rank = method.upload_report(res.starts[u.cid], res.trained[u.cid], setup.client(u.cid))
         assert 0 < rank["kept_rank_B"]["min"] <= 1.0

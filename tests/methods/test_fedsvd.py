@@ -14,7 +14,7 @@ from fedlora.methods.fedsvd import refactorised
 
 
 def run_rounds(method, setup: Setup, rounds: int):
-    state = method.init_server(setup)
+    state = method.init_server()
     gen = torch.Generator().manual_seed(5)
     out = []
     for _ in range(rounds):
@@ -49,7 +49,7 @@ def test_refactorisation_keeps_the_product_and_orthonormalises_a() -> None:
 @pytest.mark.parametrize("weighting", ["samples", "uniform"])
 def test_global_update_is_the_exact_mean_of_the_clients_products(weighting: str) -> None:
     setup = tiny_setup(weighting=weighting)
-    method = registry.build("fedsvd")
+    method = registry.build("fedsvd", setup=setup)
     s = setup.clients[0].scaling
     for before, res in run_rounds(method, setup, 3):
         total = sum(u.n_samples for u in res.uploads)
@@ -57,7 +57,7 @@ def test_global_update_is_the_exact_mean_of_the_clients_products(weighting: str)
             u.cid: (u.n_samples / total if weighting == "samples" else 1 / len(res.uploads))
             for u in res.uploads
         }
-        for layer, (left, right) in method.global_delta(res.state, setup).items():
+        for layer, (left, right) in method.global_delta(res.state).items():
             a_start = before.tensors[f"{layer}.A"].double()
             ref = sum(p * s * res.trained[c][layer].B.double() @ a_start for c, p in w.items())
             torch.testing.assert_close(left.double() @ right.double(), ref, rtol=1e-5, atol=1e-6)
@@ -69,7 +69,7 @@ def test_global_update_is_the_exact_mean_of_the_clients_products(weighting: str)
 
 def test_clients_train_b_only_and_send_only_b() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsvd")
+    method = registry.build("fedsvd", setup=setup)
     for before, res in run_rounds(method, setup, 2):
         for cid, start in res.starts.items():
             assert start.trainable == frozenset({"B"})
@@ -78,24 +78,24 @@ def test_clients_train_b_only_and_send_only_b() -> None:
         for u in res.uploads:
             assert sorted(u.payload) == ["l0.B", "l1.B"]
         if before.round > 0:
-            payload = method.broadcast(before, setup, setup.clients[0])
+            payload = method.broadcast(before, setup.clients[0])
             assert sorted(payload) == ["l0.A", "l0.B", "l1.A", "l1.B"]
 
 
 def test_result_does_not_depend_on_upload_order_or_mutate_inputs() -> None:
     setup = tiny_setup()
-    method = registry.build("fedsvd")
-    state = method.init_server(setup)
+    method = registry.build("fedsvd", setup=setup)
+    state = method.init_server()
     forward = run_round(method, state, setup, gen=torch.Generator().manual_seed(3))
     backward = run_round(
         method, state, setup, gen=torch.Generator().manual_seed(3), upload_order=[1, 2, 0]
     )
     assert_same(forward.state, backward.state)
     before = (snapshot(state), snapshot(forward.uploads))
-    method.aggregate(state, forward.uploads, setup)
+    method.aggregate(state, forward.uploads)
     assert_same(before, (state, forward.uploads))
 
 
 def test_heterogeneous_ranks_are_refused() -> None:
     with pytest.raises(ConfigError, match="same LoRA rank"):
-        registry.build("fedsvd").validate(tiny_setup(ranks=(4, 8, 4)))
+        registry.build("fedsvd", setup=tiny_setup(ranks=(4, 8, 4)))

@@ -33,11 +33,11 @@ def _train_both(start: ClientStart, gen: torch.Generator):
 def test_a_never_changes_and_only_b_crosses_the_wire():
     # Prepare
     setup = tiny_setup((4, 4, 4), out_features=12)
-    method = build("ffa")
+    method = build("ffa", setup=setup)
     a0 = frozen_a(setup, 4)
 
     # Execute: two rounds, the second with a trainer that (wrongly) moves A too
-    r1 = run_round(method, method.init_server(setup), setup)
+    r1 = run_round(method, method.init_server(), setup)
     r2 = run_round(method, r1.state, setup, views=r1.views, train=_train_both)
 
     # Assert
@@ -50,18 +50,18 @@ def test_a_never_changes_and_only_b_crosses_the_wire():
                 assert torch.equal(start.adapter[layer].A, a)
         for up in result.uploads:
             assert set(up.payload) == {"l0.B", "l1.B"}
-            assert conforms(up.payload, method.upload_schema(setup, setup.client(up.cid)))
+            assert conforms(up.payload, method.upload_schema(setup.client(up.cid)))
     for layer, a in a0.items():
-        assert torch.equal(method.global_delta(r2.state, setup)[layer][1], a)
+        assert torch.equal(method.global_delta(r2.state)[layer][1], a)
 
 
 def test_average_of_b_is_exact_with_the_shared_a():
     # Prepare
     setup = tiny_setup((4, 4, 4))
-    method = Ffa(FfaConfig())
+    method = Ffa(FfaConfig(), setup)
 
     # Execute
-    r1 = run_round(method, method.init_server(setup), setup)
+    r1 = run_round(method, method.init_server(), setup)
 
     # Assert
     total = sum(u.n_samples for u in r1.uploads)
@@ -84,8 +84,8 @@ def test_frozen_a_is_portable_per_layer_and_pefts_distribution():
 
 def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
     setup = tiny_setup((4, 4, 4))
-    method = Ffa(FfaConfig())
-    state0 = method.init_server(setup)
+    method = Ffa(FfaConfig(), setup)
+    state0 = method.init_server()
     gen = torch.Generator().manual_seed(0)
     uploads = [
         Upload(c.cid, 3 + c.cid, {f"l{i}.B": torch.randn(16, 4, generator=gen) for i in range(2)})
@@ -93,8 +93,8 @@ def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
     ]
     before = snapshot((state0, uploads))
 
-    forward = method.aggregate(state0, uploads, setup)
-    backward = method.aggregate(state0, list(reversed(uploads)), setup)
+    forward = method.aggregate(state0, uploads)
+    backward = method.aggregate(state0, list(reversed(uploads)))
 
     assert_same(forward.tensors, backward.tensors)
     assert_same(before, (state0, uploads))
@@ -110,10 +110,10 @@ def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
 def test_mixed_ranks_zero_pad_b_and_stay_exact(clients):
     # Prepare: clients of different ranks and scalings
     setup = Setup(tiny_setup().layers, clients)
-    method = Ffa(FfaConfig())
+    method = Ffa(FfaConfig(), setup)
     full = frozen_a(setup, setup.max_rank)
     # Execute: two rounds, so the second starts from the padded average
-    r1 = run_round(method, method.init_server(setup), setup)
+    r1 = run_round(method, method.init_server(), setup)
     r2 = run_round(method, r1.state, setup, views=r1.views)
     # Assert: each client's frozen A is the first rows of the shared one ...
     for c in setup.clients:
@@ -135,7 +135,7 @@ def test_mixed_ranks_zero_pad_b_and_stay_exact(clients):
 
 def test_round_one_broadcast_is_an_empty_sparse_b():
     setup = tiny_setup((4, 2))
-    method = Ffa(FfaConfig())
-    payload = method.broadcast(method.init_server(setup), setup, setup.client(1))
+    method = Ffa(FfaConfig(), setup)
+    payload = method.broadcast(method.init_server(), setup.client(1))
     for name, entry in payload.items():
         assert isinstance(entry, Sparse) and entry.nnz == 0 and entry.shape == (16, 2), name

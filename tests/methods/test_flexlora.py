@@ -30,11 +30,11 @@ def test_each_client_gets_the_dense_svd_truncation_at_its_rank(ranks):
     # Prepare
     setup = tiny_setup(ranks, out_features=12)
     uploads = make_uploads(setup, torch.Generator().manual_seed(0), torch.float64)
-    method = FlexLora(FlexLoraConfig())
+    method = FlexLora(FlexLoraConfig(), setup)
     reference = reference_aggregate(uploads, setup)
 
     # Execute
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    state = method.aggregate(method.init_server(), uploads)
 
     # Assert
     got = global_dense(method, state, setup)
@@ -42,8 +42,8 @@ def test_each_client_gets_the_dense_svd_truncation_at_its_rank(ranks):
         assert rel_err(got[layer], ref) < 1e-10  # the global model is the full aggregate
         u, s, vh = torch.linalg.svd(ref, full_matrices=False)
         for client in setup.clients:
-            payload = method.broadcast(state, setup, client)
-            pair = method.client_start(None, payload, setup, client, 0).adapter[layer]
+            payload = method.broadcast(state, client)
+            pair = method.client_start(None, payload, client, 0).adapter[layer]
             r = client.rank
             assert pair.A.shape == (r, 16) and pair.B.shape == (12, r)
             truncation = (u[:, :r] * s[:r]) @ vh[:r]
@@ -53,12 +53,12 @@ def test_each_client_gets_the_dense_svd_truncation_at_its_rank(ranks):
 def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
     setup = tiny_setup(HETERO)
     uploads = make_uploads(setup, torch.Generator().manual_seed(1))
-    method = FlexLora(FlexLoraConfig())
-    state0 = method.init_server(setup)
+    method = FlexLora(FlexLoraConfig(), setup)
+    state0 = method.init_server()
     before = snapshot((state0, uploads))
 
-    forward = method.aggregate(state0, uploads, setup)
-    backward = method.aggregate(state0, list(reversed(uploads)), setup)
+    forward = method.aggregate(state0, uploads)
+    backward = method.aggregate(state0, list(reversed(uploads)))
 
     assert_same(forward.tensors, backward.tensors)
     assert_same(before, (state0, uploads))
@@ -66,11 +66,11 @@ def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
 
 def test_round_one_starts_from_shared_lora_init():
     setup = tiny_setup(HETERO)
-    method = FlexLora(FlexLoraConfig())
-    state = method.init_server(setup)
+    method = FlexLora(FlexLoraConfig(), setup)
+    state = method.init_server()
     init = fresh_lora(setup, setup.max_rank, setup.seed)
     for c in setup.clients:
-        start = method.client_start(None, method.broadcast(state, setup, c), setup, c, 3)
+        start = method.client_start(None, method.broadcast(state, c), c, 3)
         assert torch.equal(start.adapter["l1"].A, init["l1"].A[: c.rank])
         assert torch.count_nonzero(start.adapter["l1"].B) == 0
 
@@ -79,10 +79,10 @@ def test_round_one_starts_from_shared_lora_init():
 def test_two_round_trip_continues_from_the_per_client_truncation(ranks):
     # Prepare
     setup = tiny_setup(ranks)
-    method = build("flexlora")
+    method = build("flexlora", setup=setup)
 
     # Execute
-    r1 = run_round(method, method.init_server(setup), setup)
+    r1 = run_round(method, method.init_server(), setup)
     r2 = run_round(method, r1.state, setup, views=r1.views, base=r1.base)
 
     # Assert
@@ -103,13 +103,13 @@ def test_two_round_trip_continues_from_the_per_client_truncation(ranks):
 def test_aggregation_never_allocates_an_m_by_n_matrix():
     setup = tiny_setup((2, 2, 2), d=512, layers=1)
     uploads = make_uploads(setup, torch.Generator().manual_seed(2))
-    method = FlexLora(FlexLoraConfig())
-    state0 = method.init_server(setup)
+    method = FlexLora(FlexLoraConfig(), setup)
+    state0 = method.init_server()
 
     with MaxNumel() as rec:
-        state = method.aggregate(state0, uploads, setup)
+        state = method.aggregate(state0, uploads)
         for c in setup.clients:
-            method.broadcast(state, setup, c)
-        method.global_delta(state, setup)
+            method.broadcast(state, c)
+        method.global_delta(state)
 
     assert rec.max_numel < 512 * 512 // 8, rec.op

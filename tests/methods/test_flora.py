@@ -31,11 +31,11 @@ def test_aggregate_is_the_exact_stack(ranks, weighting):
     # Prepare
     setup = tiny_setup(ranks, out_features=12, weighting=weighting)
     uploads = make_uploads(setup, torch.Generator().manual_seed(0), torch.float64)
-    method = Flora(FloraConfig())
+    method = Flora(FloraConfig(), setup)
     expected = reference_aggregate(uploads, setup)
 
     # Execute
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    state = method.aggregate(method.init_server(), uploads)
 
     # Assert
     got = global_dense(method, state, setup)
@@ -47,12 +47,12 @@ def test_aggregate_is_the_exact_stack(ranks, weighting):
 def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
     setup = tiny_setup(HETERO)
     uploads = make_uploads(setup, torch.Generator().manual_seed(1))
-    method = Flora(FloraConfig())
-    state0 = method.init_server(setup)
+    method = Flora(FloraConfig(), setup)
+    state0 = method.init_server()
     before = snapshot((state0, uploads))
 
-    forward = method.aggregate(state0, uploads, setup)
-    backward = method.aggregate(state0, [uploads[2], uploads[0], uploads[1]], setup)
+    forward = method.aggregate(state0, uploads)
+    backward = method.aggregate(state0, [uploads[2], uploads[0], uploads[1]])
 
     assert_same(forward.tensors, backward.tensors)
     assert_same(before, (state0, uploads))
@@ -62,8 +62,8 @@ def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
 def test_two_round_trip_merges_each_stack_and_restarts_fresh(ranks):
     # Prepare
     setup = tiny_setup(ranks)
-    method = build("flora")
-    state = method.init_server(setup)
+    method = build("flora", setup=setup)
+    state = method.init_server()
 
     # Execute
     r1 = run_round(method, state, setup)
@@ -86,24 +86,24 @@ def test_two_round_trip_merges_each_stack_and_restarts_fresh(ranks):
 
 def test_fresh_lora_follows_the_runtime_seed():
     setup = tiny_setup(HETERO)
-    method = Flora(FloraConfig())
-    state = method.init_server(setup)
+    method = Flora(FloraConfig(), setup)
+    state = method.init_server()
     client = setup.client(1)
-    start = method.client_start(None, method.broadcast(state, setup, client), setup, client, 99)
+    start = method.client_start(None, method.broadcast(state, client), client, 99)
     assert torch.equal(start.adapter["l1"].A, fresh_lora(setup, client.rank, 99)["l1"].A)
 
 
 def test_aggregation_never_allocates_an_m_by_n_matrix():
     setup = tiny_setup((2, 2, 2), d=512, layers=1)
     uploads = make_uploads(setup, torch.Generator().manual_seed(2))
-    method = Flora(FloraConfig())
-    state0 = method.init_server(setup)
+    method = Flora(FloraConfig(), setup)
+    state0 = method.init_server()
 
     with MaxNumel() as rec:
-        state = method.aggregate(state0, uploads, setup)
-        payload = method.broadcast(state, setup, setup.clients[0])
-        method.base_merge(payload, setup)
-        method.global_delta(state, setup)
+        state = method.aggregate(state0, uploads)
+        payload = method.broadcast(state, setup.clients[0])
+        method.base_merge(payload)
+        method.global_delta(state)
 
     assert rec.max_numel < 512 * 512 // 8, rec.op
 
@@ -113,11 +113,11 @@ def test_malformed_uploads_are_refused():
 
     setup = tiny_setup(HETERO)
     uploads = make_uploads(setup, torch.Generator().manual_seed(3))
-    method = Flora(FloraConfig())
-    state0 = method.init_server(setup)
+    method = Flora(FloraConfig(), setup)
+    state0 = method.init_server()
     with pytest.raises(PayloadError, match="uploaded twice"):
-        method.aggregate(state0, [uploads[0], uploads[1], uploads[0]], setup)
+        method.aggregate(state0, [uploads[0], uploads[1], uploads[0]])
     rank4 = make_uploads(tiny_setup((4, 4, 4)), torch.Generator())[1].payload
     wrong = type(uploads[0])(0, 5, rank4)  # client 0 has rank 2
     with pytest.raises(PayloadError, match="expected rank 2"):
-        method.aggregate(state0, [wrong, uploads[1]], setup)
+        method.aggregate(state0, [wrong, uploads[1]])

@@ -43,11 +43,11 @@ def test_tau_one_reproduces_the_exact_aggregate(ranks, dtype, tol):
     # Prepare
     setup = tiny_setup(ranks)
     uploads = make_uploads(setup, torch.Generator().manual_seed(0), dtype)
-    method = Florist(FloristConfig(tau=1.0))
+    method = Florist(FloristConfig(tau=1.0), setup)
     expected = reference_aggregate(uploads, setup)
 
     # Execute
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    state = method.aggregate(method.init_server(), uploads)
 
     # Assert
     got = global_dense(method, state, setup)
@@ -68,11 +68,11 @@ def test_energy_threshold_gives_dense_truncation_and_per_layer_ranks():
         r = up.payload["l1.B"].shape[1]
         up.payload["l1.B"] = col @ torch.randn(1, r, generator=gen, dtype=torch.float64)
     tau = 0.9
-    method = Florist(FloristConfig(tau=tau))
+    method = Florist(FloristConfig(tau=tau), setup)
     reference = reference_aggregate(uploads, setup)
 
     # Execute
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    state = method.aggregate(method.init_server(), uploads)
 
     # Assert: rank per the energy rule on the dense spectrum, product = dense truncation
     got = global_dense(method, state, setup)
@@ -90,13 +90,13 @@ def test_client_order_does_not_change_the_result_and_inputs_are_not_mutated():
     # Prepare
     setup = tiny_setup(HETERO)
     uploads = make_uploads(setup, torch.Generator().manual_seed(2))
-    method = Florist(FloristConfig(tau=0.85))
-    state0 = method.init_server(setup)
+    method = Florist(FloristConfig(tau=0.85), setup)
+    state0 = method.init_server()
     before = snapshot((state0, uploads))
 
     # Execute
-    forward = method.aggregate(state0, uploads, setup)
-    backward = method.aggregate(state0, list(reversed(uploads)), setup)
+    forward = method.aggregate(state0, uploads)
+    backward = method.aggregate(state0, list(reversed(uploads)))
 
     # Assert
     assert_same(forward.tensors, backward.tensors)
@@ -112,15 +112,15 @@ def test_warm_broadcast_truncates_or_pads_to_each_client_rank():
         b = up.payload["l0.B"].clone()
         b[:, 1:] = 0.0
         up.payload["l0.B"] = b
-    method = Florist(FloristConfig(tau=1.0))
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    method = Florist(FloristConfig(tau=1.0), setup)
+    state = method.aggregate(method.init_server(), uploads)
     k = state.meta["ranks"]["l0"]
     u, s, vh = torch.linalg.svd(reference_aggregate(uploads, setup)["l0"])
 
     for client in setup.clients:
         # Execute
-        payload = method.broadcast(state, setup, client)
-        start = method.client_start(None, payload, setup, client, seed=5)
+        payload = method.broadcast(state, client)
+        start = method.client_start(None, payload, client, seed=5)
 
         # Assert: the client's adapter is the dense top-min(k*, r) truncation, rank r
         pair = start.adapter["l0"]
@@ -137,8 +137,8 @@ def test_warm_broadcast_truncates_or_pads_to_each_client_rank():
 def test_two_round_trip_tracks_the_exact_aggregate_at_tau_one(mode, ranks):
     # Prepare
     setup = tiny_setup(ranks)
-    method = build("florist", {"tau": 1.0, "mode": mode})
-    state = method.init_server(setup)
+    method = build("florist", {"tau": 1.0, "mode": mode}, setup=setup)
+    state = method.init_server()
 
     # Execute / Assert, round by round
     r1 = run_round(method, state, setup)
@@ -163,13 +163,13 @@ def test_two_round_trip_tracks_the_exact_aggregate_at_tau_one(mode, ranks):
 def test_merge_mode_starts_a_fresh_lora_from_the_runtime_seed():
     # Prepare
     setup = tiny_setup(HETERO)
-    method = Florist(FloristConfig(mode="merge"))
-    state = method.init_server(setup)
+    method = Florist(FloristConfig(mode="merge"), setup)
+    state = method.init_server()
     client = setup.client(2)
-    payload = method.broadcast(state, setup, client)
+    payload = method.broadcast(state, client)
 
     # Execute
-    start = method.client_start(None, payload, setup, client, seed=77)
+    start = method.client_start(None, payload, client, seed=77)
 
     # Assert
     expected = fresh_lora(setup, client.rank, 77)
@@ -180,11 +180,10 @@ def test_merge_mode_starts_a_fresh_lora_from_the_runtime_seed():
 
 def test_warm_round_one_starts_from_shared_lora_init():
     setup = tiny_setup(HETERO)
-    method = Florist(FloristConfig())
-    state = method.init_server(setup)
+    method = Florist(FloristConfig(), setup)
+    state = method.init_server()
     starts = [
-        method.client_start(None, method.broadcast(state, setup, c), setup, c, c.cid)
-        for c in setup.clients
+        method.client_start(None, method.broadcast(state, c), c, c.cid) for c in setup.clients
     ]
     init = fresh_lora(setup, setup.max_rank, setup.seed)["l0"]
     for c, start in zip(setup.clients, starts, strict=True):
@@ -196,13 +195,13 @@ def test_aggregation_never_allocates_an_m_by_n_matrix():
     # Prepare
     setup = tiny_setup((2, 2, 2), d=512, layers=1)
     uploads = make_uploads(setup, torch.Generator().manual_seed(4))
-    method = Florist(FloristConfig(tau=1.0))
-    state0 = method.init_server(setup)
+    method = Florist(FloristConfig(tau=1.0), setup)
+    state0 = method.init_server()
 
     # Execute
     with MaxNumel() as rec:
-        state = method.aggregate(state0, uploads, setup)
-        method.global_delta(state, setup)
+        state = method.aggregate(state0, uploads)
+        method.global_delta(state)
     with MaxNumel() as control:  # the guard does see a dense product
         _ = uploads[0].payload["l0.B"] @ uploads[0].payload["l0.A"]
 
@@ -228,7 +227,8 @@ def test_config_rejects_bad_options(options, message):
 
 
 def test_hetero_ranks_are_accepted():
-    Florist(FloristConfig()).validate(tiny_setup(HETERO))
+    method = Florist(FloristConfig(), tiny_setup(HETERO))
+    assert method.setup.max_rank == max(HETERO)
 
 
 def test_broadcast_is_rescaled_when_client_scaling_differs():
@@ -237,14 +237,14 @@ def test_broadcast_is_rescaled_when_client_scaling_differs():
     c0 = base.clients[0]
     setup = type(base)(base.layers, (type(c0)(0, 4, 4.0), base.clients[1]))
     uploads = make_uploads(setup, torch.Generator().manual_seed(5), torch.float64)
-    method = Florist(FloristConfig(tau=1.0))
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    method = Florist(FloristConfig(tau=1.0), setup)
+    state = method.aggregate(method.init_server(), uploads)
     g = global_dense(method, state, setup)["l0"]
     u, s, vh = torch.linalg.svd(g)
 
     for client in setup.clients:
         # Execute
-        start = method.client_start(None, method.broadcast(state, setup, client), setup, client, 0)
+        start = method.client_start(None, method.broadcast(state, client), client, 0)
 
         # Assert: each client's s_k B A is the same top-4 truncation of the global update
         pair: LoraPair = start.adapter["l0"]

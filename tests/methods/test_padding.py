@@ -37,13 +37,13 @@ def gradient_reaches(adapter: Lora, layer: str, slot: int) -> bool:
 def start_with_dead_slots(name: str, pad: str, setup: Setup):
     """Round 2's start of the rank-6 client after a round in which only one rank-2 client
     uploaded (the aggregate has rank 2 < 6, FLoRIST's k* too), so slots 2..5 carry nothing."""
-    method = build(name, {"pad": pad, **({"tau": 1.0} if name == "florist" else {})})
+    method = build(name, {"pad": pad, **({"tau": 1.0} if name == "florist" else {})}, setup=setup)
     gen = torch.Generator().manual_seed(3)
     uploads = [u for u in make_uploads(setup, gen) if u.cid == 1]
-    state = method.aggregate(method.init_server(setup), uploads, setup)
+    state = method.aggregate(method.init_server(), uploads)
     client = setup.client(0)
-    payload = method.broadcast(state, setup, client)
-    return method, state, method.client_start(None, payload, setup, client, seed=11)
+    payload = method.broadcast(state, client)
+    return method, state, method.client_start(None, payload, client, seed=11)
 
 
 @pytest.mark.parametrize("name", PADDING_METHODS)

@@ -16,18 +16,16 @@ MERGING = [("flora", {}), ("fedex", {}), ("florist", {"mode": "merge"})]
 def test_the_skipped_rounds_merge_is_not_repeated(name: str, options: dict[str, str]) -> None:
     # Prepare: one real round, then a round whose broadcast goes out but is skipped
     setup = tiny_setup()
-    method = build(name, options)
-    r1 = run_round(method, method.init_server(setup), setup)
+    method = build(name, options, setup=setup)
+    r1 = run_round(method, method.init_server(), setup)
     expected = global_dense(method, r1.state, setup, r1.base)  # everything learnt so far
-    sent = method.broadcast(r1.state, setup, setup.client(0))
-    merged = {
-        layer: r1.base[layer] + dense(f) for layer, f in method.base_merge(sent, setup).items()
-    }
+    sent = method.broadcast(r1.state, setup.client(0))
+    merged = {layer: r1.base[layer] + dense(f) for layer, f in method.base_merge(sent).items()}
     # Execute
-    kept = method.skip_round(r1.state, setup)
+    kept = method.skip_round(r1.state)
     # Assert: the next broadcast merges nothing, and base + global update is unchanged
-    again = method.broadcast(kept, setup, setup.client(0))
-    assert all(float(dense(f).abs().max()) == 0 for f in method.base_merge(again, setup).values())
+    again = method.broadcast(kept, setup.client(0))
+    assert all(float(dense(f).abs().max()) == 0 for f in method.base_merge(again).values())
     after = global_dense(method, kept, setup, merged)
     for layer in expected:
         torch.testing.assert_close(after[layer], expected[layer], rtol=1e-6, atol=1e-7)
@@ -42,15 +40,15 @@ def test_synced_views_stay_in_sync_across_a_skipped_round(name: str) -> None:
     # Prepare: round 1 aggregated; round 2's broadcast (round 1's delta) goes out and every
     # client applies it to its view; then round 2 is skipped
     setup = tiny_setup()
-    method = build(name)
-    r1 = run_round(method, method.init_server(setup), setup)
+    method = build(name, setup=setup)
+    r1 = run_round(method, method.init_server(), setup)
     client = setup.client(0)
-    sent = method.broadcast(r1.state, setup, client)
-    applied = method.client_start(r1.views[0], sent, setup, client, 0).view
+    sent = method.broadcast(r1.state, client)
+    applied = method.client_start(r1.views[0], sent, client, 0).view
     # Execute
-    kept = method.skip_round(r1.state, setup)
-    again = method.broadcast(kept, setup, client)
-    view = method.client_start(applied, again, setup, client, 0).view
+    kept = method.skip_round(r1.state)
+    again = method.broadcast(kept, client)
+    view = method.client_start(applied, again, client, 0).view
     # Assert: the delta is not applied twice; the view is the server's global adapter and
     # round 3 trains and aggregates as round 3 on both sides
     assert kept.round == r1.state.round + 1
@@ -64,6 +62,6 @@ def test_synced_views_stay_in_sync_across_a_skipped_round(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(set(names()) - {"flora", "fedex"} - set(SYNCED)))
 def test_methods_without_base_merges_keep_the_state(name: str) -> None:
     setup = tiny_setup()
-    method = build(name)
-    state = run_round(method, method.init_server(setup), setup).state
-    assert method.skip_round(state, setup) is state
+    method = build(name, setup=setup)
+    state = run_round(method, method.init_server(), setup).state
+    assert method.skip_round(state) is state

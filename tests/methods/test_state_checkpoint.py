@@ -27,8 +27,8 @@ from fedlora.methods.registry import build
 def test_state_round_trips_and_the_next_round_is_identical(name, ranks):
     # Prepare
     setup = tiny_setup(ranks)
-    method = build(name)
-    r1 = run_round(method, method.init_server(setup), setup)
+    method = build(name, setup=setup)
+    r1 = run_round(method, method.init_server(), setup)
 
     # Execute: checkpoint and restore, then run round 2 from both states
     restored = ServerState(

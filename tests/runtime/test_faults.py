@@ -111,8 +111,8 @@ def test_one_huge_update_is_clipped_and_does_not_wreck_the_model(
 
     real_upload = FedAvg.upload
 
-    def huge(self: FedAvg, start: Any, trained: Any, setup: Any, client: Any, seed: int) -> Any:
-        payload = real_upload(self, start, trained, setup, client, seed)
+    def huge(self: FedAvg, start: Any, trained: Any, client: Any, seed: int) -> Any:
+        payload = real_upload(self, start, trained, client, seed)
         if client.cid == BAD:
             payload = {k: v * 1e4 for k, v in payload.items()}
         return payload

@@ -127,10 +127,10 @@ def test_a_non_finite_new_state_skips_the_round() -> None:
     class Exploding:
         name = "exploding"
 
-        def upload_schema(self, setup: Any, client: Any) -> dict[str, tuple[int, ...]]:
+        def upload_schema(self, client: Any) -> dict[str, tuple[int, ...]]:
             return {"l.dA": (2,)}
 
-        def aggregate(self, state: ServerState, uploads: Any, setup: Any) -> ServerState:
+        def aggregate(self, state: ServerState, uploads: Any) -> ServerState:
             return ServerState(state.round + 1, {"l.A": torch.tensor([float("inf")])})
 
     from fedlora.methods.base import ClientSpec, LayerSpec, Setup

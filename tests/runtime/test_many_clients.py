@@ -36,16 +36,16 @@ HETERO = {"fedavg", "fedprox", "ffa", "florist", "flora", "flexlora"}
 @pytest.mark.parametrize("name", names())
 def test_broadcast_and_new_view_depend_on_the_client_shape_only(name: str) -> None:
     # Prepare: three clients of one shape; rounds played through the method's hooks
-    method = build(name)
     setup = tiny_setup(ranks=(4, 4, 4))
-    state, views = method.init_server(setup), {}
+    method = build(name, setup=setup)
+    state, views = method.init_server(), {}
     a, b = setup.clients[0], setup.clients[2]
     for t in range(1, 4):
         # Execute: the same broadcast and view to clients alike but for their cid and seed
-        to_a, to_b = method.broadcast(state, setup, a), method.broadcast(state, setup, b)
+        to_a, to_b = method.broadcast(state, a), method.broadcast(state, b)
         view = views.get(0)
-        new_a = method.client_start(view, to_a, setup, a, client_seed(0, Stream.CLIENT_START, t, 0))
-        new_b = method.client_start(view, to_a, setup, b, client_seed(0, Stream.CLIENT_START, t, 2))
+        new_a = method.client_start(view, to_a, a, client_seed(0, Stream.CLIENT_START, t, 0))
+        new_b = method.client_start(view, to_a, b, client_seed(0, Stream.CLIENT_START, t, 2))
         # Assert
         assert_same(to_a, to_b)
         assert_same(dict(new_a.view), dict(new_b.view))
@@ -64,20 +64,19 @@ class CountingMethod:
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.inner, attr)
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         self.broadcasts += 1
-        return self.inner.broadcast(state, setup, client)
+        return self.inner.broadcast(state, client)
 
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> Any:
         self.starts += 1
-        return self.inner.client_start(view, payload, setup, client, seed)
+        return self.inner.client_start(view, payload, client, seed)
 
 
 def _synthetic(method: Method, setup: Setup, sampled: int) -> tuple[SyntheticServer, RunState]:
@@ -88,7 +87,7 @@ def _synthetic(method: Method, setup: Setup, sampled: int) -> tuple[SyntheticSer
     )
     server = SyntheticServer(cfg, method, setup)
     views: dict[int, dict[str, Tensor] | None] = {c.cid: None for c in setup.clients}
-    return server, RunState(0, method.init_server(setup), views)
+    return server, RunState(0, method.init_server(), views)
 
 
 @pytest.mark.parametrize("name", ["fedsrd", "fed_dare", "florist", "fedavg"])
@@ -96,7 +95,7 @@ def test_many_idle_clients_share_broadcasts_and_views_that_equal_their_own(name:
     # Prepare: 60 clients, two shapes where the method allows them, 4 sampled a round
     ranks: Sequence[int] = [4, 2] * 30 if name in HETERO else [4] * 60
     setup = dataclasses.replace(tiny_setup(ranks=ranks, d=12), seed=3)
-    counting = CountingMethod(build(name))
+    counting = CountingMethod(build(name, setup=setup))
     server, rs = _synthetic(counting, setup, sampled=4)  # type: ignore[arg-type]
     transport = SyntheticTransport(server, train_rounds=10)
     reference: dict[int, dict[str, Tensor] | None] = {c.cid: None for c in setup.clients}
@@ -110,8 +109,8 @@ def test_many_idle_clients_share_broadcasts_and_views_that_equal_their_own(name:
         assert counting.broadcasts == len({c.shape for c in setup.clients})
         for c in setup.clients:
             seed = client_seed(setup.seed, Stream.CLIENT_START, t, c.cid)
-            own = counting.inner.broadcast(state_before, setup, c)
-            start = counting.inner.client_start(reference[c.cid], own, setup, c, seed)
+            own = counting.inner.broadcast(state_before, c)
+            start = counting.inner.client_start(reference[c.cid], own, c, seed)
             reference[c.cid] = dict(start.view)
             assert_same(rs.views[c.cid], reference[c.cid])
     distinct = {id(v) for v in rs.views.values()}

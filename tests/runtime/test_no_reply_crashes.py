@@ -55,10 +55,11 @@ SETTLE = settings(
 )
 
 
-def method_of(name: str) -> Method:
+def method_of(name: str, setup: Setup) -> Method:
     if name == "fedavg+uplink":
-        return with_uplink(build("fedavg"), sparsify="importance", rule=RatioRule())
-    return build(name)
+        inner = build("fedavg", setup=setup)
+        return with_uplink(inner, sparsify="importance", rule=RatioRule())
+    return build(name, setup=setup)
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,12 @@ class Honest:
 
 @cache
 def honest(name: str) -> Honest:
-    method, setup = method_of(name), tiny_setup(weighting="uniform")
-    first = run_round(method, method.init_server(setup), setup)  # a state past round 0
+    setup = tiny_setup(weighting="uniform")
+    method = method_of(name, setup)
+    first = run_round(method, method.init_server(), setup)  # a state past round 0
     result = run_round(method, first.state, setup, views=first.views)
     references = {
-        cid: method.upload_reference(start, setup, setup.client(cid))
+        cid: method.upload_reference(start, setup.client(cid))
         for cid, start in result.starts.items()
     }
     uploads = {u.cid: (encode(u.payload), u.n_samples) for u in result.uploads}
@@ -115,7 +117,7 @@ def entry(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
 
 @st.composite
 def upload(draw: st.DrawFn, name: str) -> bytes:
-    schema = honest(name).method.upload_schema(honest(name).setup, honest(name).setup.client(1))
+    schema = honest(name).method.upload_schema(honest(name).setup.client(1))
     wanted = dict(schema)
     if wanted and draw(st.integers(0, 9)) == 0:
         wanted.pop(draw(st.sampled_from(sorted(wanted))))
@@ -216,8 +218,8 @@ class Fed:
 
     def __init__(self) -> None:
         self.cfg = config.load(None, [])
-        self.method = build("fedavg")
         self.setup = tiny_setup()
+        self.method = build("fedavg", setup=self.setup)
         self.privacy = None
 
 
@@ -268,7 +270,7 @@ def test_no_train_reply_raises_out_of_the_server_or_its_record(edits: dict[str, 
     fed, ok = Fed(), got.error is None
     outcome = server_step(
         fed.method,
-        fed.method.init_server(fed.setup),
+        fed.method.init_server(),
         fed.setup,
         fed.cfg,
         Received(
@@ -295,7 +297,7 @@ def test_no_evaluation_reply_raises_out_of_the_server_or_its_record(edits: dict[
 
     evaluation = Evaluation(dict(got.scores), 1.0, dropped={"1": got.error} if got.error else {})
     outcome = server_step(
-        build("fedavg"),
+        build("fedavg", setup=tiny_setup()),
         ServerState(0),
         tiny_setup(),
         config.load(None, []),
@@ -311,7 +313,7 @@ def test_no_evaluation_reply_raises_out_of_the_server_or_its_record(edits: dict[
 
 def test_a_sparse_entry_for_a_whole_factor_drops_the_client_naming_the_kind() -> None:
     h = honest("fedavg")
-    schema = h.method.upload_schema(h.setup, h.setup.client(HOSTILE))
+    schema = h.method.upload_schema(h.setup.client(HOSTILE))
     payload = {n: torch.ones(e.shape) for n, e in schema.items()}
     payload["l0.A"] = Sparse(schema["l0.A"].shape, torch.tensor([0, 3]), torch.ones(2))
 

@@ -43,7 +43,8 @@ def test_the_demo_budget_is_replace_one_at_twice_the_clip() -> None:
     # the demo: 4 clients, 3 rounds, every client every round; δ = 1/4 rounded down = 0.1
     assert privacy.default_delta(4) == 0.1 and privacy.default_delta(1000) == 1e-3
     plan = privacy.plan(
-        _dp_config(**{"privacy.noise_multiplier": 1.0, "data.clients": 4}), build("fedavg")
+        _dp_config(**{"privacy.noise_multiplier": 1.0, "data.clients": 4}),
+        build("fedavg", setup=tiny_setup()),
     )
     assert plan is not None and (plan.sampling, plan.sample_rate, plan.denominator) == (
         "fixed",
@@ -61,7 +62,7 @@ def test_fixed_size_sampling_is_accounted_at_its_rate() -> None:
     cfg = _dp_config(
         **{"privacy.noise_multiplier": 1.0, "data.clients": 4, "federation.clients_per_round": 3}
     )
-    plan = privacy.plan(cfg, build("fedavg"))
+    plan = privacy.plan(cfg, build("fedavg", setup=tiny_setup()))
     assert plan is not None and (plan.sample_rate, plan.denominator) == (0.75, 3.0)
     # the worst adjacent pair of this federation needs ε = 7.34 after 3 rounds at δ = 0.1
     # (tests/runtime/test_accounting.py integrates it); the old q = 1 figure was 3.92
@@ -94,12 +95,12 @@ def _plan(sigma: float, clip: float, denominator: float) -> privacy.Plan:
 @pytest.mark.parametrize("name", sorted(COMPOSABLE))
 def test_one_clients_influence_on_the_noisy_mean_is_at_most_the_clip(name: str) -> None:
     # Prepare: a round of real uploads, then the same round with client 1's upload inflated
-    method = build(name, COMPOSABLE[name])
     setup = tiny_setup()
-    result = run_round(method, method.init_server(setup), setup)
+    method = build(name, COMPOSABLE[name], setup=setup)
+    result = run_round(method, method.init_server(), setup)
     starts = result.starts
-    refs = {cid: method.upload_reference(s, setup, setup.client(cid)) for cid, s in starts.items()}
-    schema = {name: e.shape for name, e in method.upload_schema(setup, setup.client(0)).items()}
+    refs = {cid: method.upload_reference(s, setup.client(cid)) for cid, s in starts.items()}
+    schema = {name: e.shape for name, e in method.upload_schema(setup.client(0)).items()}
     clip = 0.05
     plan = _plan(0.0, clip, denominator=len(result.uploads))
     hostile = [
@@ -126,7 +127,7 @@ def test_one_clients_influence_on_the_noisy_mean_is_at_most_the_clip(name: str) 
         )
     )
     assert moved * plan.denominator <= clip * (1 + 1e-5)
-    state = method.aggregate(result.state, [Upload(0, 1, means["hostile"])], setup)
+    state = method.aggregate(result.state, [Upload(0, 1, means["hostile"])])
     assert all(torch.isfinite(t).all() for t in state.tensors.values())
 
 
@@ -174,7 +175,7 @@ def test_a_noise_seed_is_refused_unless_the_run_declares_itself_not_private() ->
             "privacy.not_private": "true",
         }
     )
-    plan = privacy.plan(cfg, build("fedavg"))
+    plan = privacy.plan(cfg, build("fedavg", setup=tiny_setup()))
     assert plan is not None and not plan.private
     spent = plan.spent([plan.release(1)])
     assert spent["epsilon"] is None and "not private" in spent["void"]
@@ -222,10 +223,10 @@ def test_a_client_clips_its_own_change_in_its_upload_representation() -> None:
 def test_methods_dp_does_not_compose_with_are_refused_naming_why(name: str) -> None:
     cfg = _dp_config(**{"privacy.noise_multiplier": 1.0, "method": name})
     with pytest.raises(ConfigError, match=f"does not compose with {name}: "):
-        privacy.plan(cfg, build(name))
+        privacy.plan(cfg, build(name, setup=tiny_setup()))
     if name in ("fedsrd", "fedsrd-e"):
         with pytest.raises(ConfigError, match="reconstruct = false"):
-            privacy.plan(cfg, build(name))
+            privacy.plan(cfg, build(name, setup=tiny_setup()))
 
 
 def test_a_budget_the_planned_rounds_would_exceed_stops_at_start_saying_how_many_fit() -> None:
@@ -238,14 +239,14 @@ def test_a_budget_the_planned_rounds_would_exceed_stops_at_start_saying_how_many
         }
     )
     with pytest.raises(ConfigError) as info:
-        privacy.plan(cfg, build("fedavg"))
+        privacy.plan(cfg, build("fedavg", setup=tiny_setup()))
     allowed = accounting.rounds_allowed("fixed", 1.0, 2.0, 0.1, 3.0)
     assert f"the budget allows {allowed} rounds" in str(info.value) and 0 < allowed < 10
 
 
 def test_a_target_epsilon_alone_calibrates_the_noise_to_it() -> None:
     cfg = _dp_config(**{"privacy.target_epsilon": 2.0, "federation.rounds": 8})
-    plan = privacy.plan(cfg, build("fedavg"))
+    plan = privacy.plan(cfg, build("fedavg", setup=tiny_setup()))
     assert plan is not None
     spent = plan.spent([plan.release(t) for t in range(1, 9)])
     assert spent["epsilon"] <= 2.0
@@ -352,7 +353,7 @@ def test_a_release_that_reached_clients_before_a_crash_is_counted_on_resume(
     ledger = (tmp_path / "run" / "privacy-ledger.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in ledger] == [1, 2, 2, 3]
     final = _records(tmp_path / "run")[-1]["privacy"]
-    plan = privacy.plan(cfg, build("fedavg"))
+    plan = privacy.plan(cfg, build("fedavg", setup=tiny_setup()))
     assert plan is not None
     four = accounting.epsilon([plan.release(t) for t in (1, 2, 2, 3)], plan.delta)
     three = accounting.epsilon([plan.release(t) for t in (1, 2, 3)], plan.delta)

@@ -66,34 +66,34 @@ def secure_step(method: Method, state: ServerState, setup: Setup, result: RoundR
     the method's step on it."""
     form = secure_form(method)
     t = state.round + 1
-    shapes = form.secure_shapes(setup, setup.clients[0], t)
+    shapes = form.secure_shapes(setup.clients[0], t)
     held = {}
     for up in result.uploads:
         client = setup.client(up.cid)
-        terms = form.secure_terms(result.starts[up.cid], up.payload, setup, client, t)
+        terms = form.secure_terms(result.starts[up.cid], up.payload, client, t)
         rng = np.random.default_rng(up.cid)
         held[up.cid] = Held(t, client_words(flatten(terms, shapes), Q, None, rng))
     summed = secure_sum(t, sorted(held), size_of(shapes), SecAggConfig(), in_process(held))
     assert summed.skip is None and summed.total is not None
     mean = mean_terms(summed.total, Q, shapes, len(summed.alive))
     anyone = min(result.starts)
-    reference = method.upload_reference(result.starts[anyone], setup, setup.client(anyone))
-    return form.aggregate_mean(state, mean, reference, setup, t)
+    reference = method.upload_reference(result.starts[anyone], setup.client(anyone))
+    return form.aggregate_mean(state, mean, reference, t)
 
 
 @pytest.mark.parametrize("name", sorted(SECURE))
 def test_a_methods_step_from_the_secure_sum_equals_its_plain_step(name: str) -> None:
     # Prepare: three clients, uniform weights, two rounds (FedSRD-e and RoLoRA alternate)
-    method = build(name, SECURE[name])
     setup = tiny_setup(weighting="uniform")
-    state = method.init_server(setup)
+    method = build(name, SECURE[name], setup=setup)
+    state = method.init_server()
     views = None
     for round_ in (1, 2):
         gen = torch.Generator().manual_seed(round_)
         result = run_round(method, state, setup, gen=gen, views=views)
 
         # Execute
-        plain = method.aggregate(state, result.uploads, setup)
+        plain = method.aggregate(state, result.uploads)
         secure = secure_step(method, state, setup, result)
 
         # Assert: the same state to within the rounding (1/scale = 3e-8 per mean value) as
@@ -121,18 +121,18 @@ def test_the_rounding_error_is_below_one_over_the_scale_per_mean_value() -> None
 
 def test_dp_noise_is_added_to_the_secure_sum_and_epsilon_is_the_plain_one() -> None:
     # the same noise key (a run declared not private) gives the plain noisy mean
-    method = build("fedavg")
     setup = tiny_setup(weighting="uniform")
-    state = method.init_server(setup)
+    method = build("fedavg", setup=setup)
+    state = method.init_server()
     result = run_round(method, state, setup)
     plan = privacy.Plan(10.0, 0.8, "fixed", 1.0, 3.0, 0.1, private=False, noise_seed=3)
-    refs = {c: method.upload_reference(s, setup, setup.client(c)) for c, s in result.starts.items()}
+    refs = {c: method.upload_reference(s, setup.client(c)) for c, s in result.starts.items()}
     form = secure_form(method)
-    shapes = form.secure_shapes(setup, setup.client(0), 1)
+    shapes = form.secure_shapes(setup.client(0), 1)
     plain = privacy.noisy_mean(result.uploads, refs, shapes, refs[0], plan, round_=1)
     held = {}
     for up in result.uploads:
-        terms = form.secure_terms(result.starts[up.cid], up.payload, setup, setup.client(up.cid), 1)
+        terms = form.secure_terms(result.starts[up.cid], up.payload, setup.client(up.cid), 1)
         words = client_words(flatten(terms, shapes), Q, plan.clip_norm, np.random.default_rng(0))
         held[up.cid] = Held(1, words)
     summed = secure_sum(1, [0, 1, 2], size_of(shapes), SecAggConfig(), in_process(held))
@@ -224,7 +224,7 @@ def test_a_replayed_public_key_drops_every_client_that_sent_it() -> None:
 @pytest.mark.parametrize("name", REFUSED)
 def test_methods_that_do_not_fit_are_refused_naming_why(name: str) -> None:
     with pytest.raises(ConfigError, match=f"does not compose with {name}: .+"):
-        secure_form(build(name))
+        secure_form(build(name, setup=tiny_setup()))
 
 
 def test_the_uplink_plug_in_and_fedsrd_e_without_reconstruction_are_refused() -> None:
@@ -232,9 +232,13 @@ def test_the_uplink_plug_in_and_fedsrd_e_without_reconstruction_are_refused() ->
     from fedlora.ops.ratio import RatioRule
 
     with pytest.raises(ConfigError, match="sparse on each client's own support"):
-        secure_form(with_uplink(build("fedavg"), sparsify="importance", rule=RatioRule()))
+        secure_form(
+            with_uplink(
+                build("fedavg", setup=tiny_setup()), sparsify="importance", rule=RatioRule()
+            )
+        )
     with pytest.raises(ConfigError, match="reconstruct = false"):
-        secure_form(build("fedsrd-e", {"reconstruct": False}))
+        secure_form(build("fedsrd-e", {"reconstruct": False}, setup=tiny_setup()))
 
 
 def test_secure_aggregation_needs_uniform_weights_one_rank_and_a_sane_threshold() -> None:

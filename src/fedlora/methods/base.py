@@ -1,16 +1,25 @@
-"""The method interface: the hooks one federated round needs, and the types they exchange.
+"""The method interface: a core of six hooks, capabilities that opt in, and their types.
 
-A round, as every runtime drives it::
+A method is built for one federation (``registry.build(name, options, setup=...)``): its
+:class:`Setup` is bound then, so no hook takes it. A round, as every runtime drives it::
 
-    payload_k = method.broadcast(state, setup, client_k)          # server, per client
-    merge     = method.base_merge(payload_k, setup)                # every client: W0 += L @ R
-    start_k   = method.client_start(view_k, payload_k, setup, client_k, seed)
-    mine_k    = method.personalise(start_k, own_k from its last round, setup, client_k)
+    payload_k = method.broadcast(state, client_k)                  # server, per client shape
+    merge     = method.base_merge(payload_k)                       # every client: W0 += L @ R
+    start_k   = method.client_start(view_k, payload_k, client_k, seed)
+    mine_k    = method.personalise(start_k, own_k from its last round, client_k)
     trained_k = <local training of mine_k.adapter, only mine_k.trainable factors>
-    upload_k  = method.upload(start_k, trained_k, setup, client_k, seed)
-    report_k  = method.upload_report(start_k, trained_k, setup, client_k)   # into metrics
-    own_k     = method.own_part(start_k, trained_k, setup, client_k)   # stays on the client
-    state     = method.aggregate(state, [Upload(k, n_k, upload_k) ...], setup)
+    upload_k  = method.upload(mine_k, trained_k, client_k, seed)
+    report_k  = method.upload_report(mine_k, trained_k, client_k)  # into metrics
+    own_k     = method.own_part(mine_k, trained_k, client_k)       # stays on the client
+    state     = method.aggregate(state, [Upload(k, n_k, upload_k) ...])
+    update    = method.global_delta(state)                          # evaluation, export
+
+:class:`Core` is what every method implements (``init_server``, ``broadcast``,
+``client_start``, ``upload``, ``aggregate``, ``global_delta``). The rest are capabilities,
+each a small protocol with a default (``common.MethodBase``) that a method overrides to opt
+in: :class:`Checks`, :class:`UploadContract`, :class:`BaseMerging`, :class:`PersonalParts`,
+:class:`LocalLoss`, :class:`Disclosure`, and the secure-sum form
+(:mod:`fedlora.methods.secure`). :class:`Method` is their union, what the runtime drives.
 
 Conventions (docs/methods.md's notation): per adapted layer, ``A`` is r×n, ``B`` is m×r, the
 adapter adds ``s·B·A`` with ``s = alpha / r``. A ``Factored`` pair ``(L, R)`` stands for the
@@ -181,35 +190,25 @@ class ClientStart:
     and the layer computes with ``B = P·R`` while only ``R`` learns. Empty for plain LoRA."""
 
 
-class Method(Protocol):
-    """A federated LoRA method. See the module docstring for how a round calls it."""
+class Core(Protocol):
+    """The hooks every method implements (see the module docstring for how a round calls
+    them). ``setup`` is bound when the method is built (``registry.build``)."""
 
-    @property
-    def name(self) -> str:
-        """The registered method name (a class attribute set by ``@register``)."""
+    name: str
+    """The registered method name (a class attribute set by ``@register``)."""
+    setup: Setup
+    """The federation the method was built for."""
 
-    def validate(self, setup: Setup) -> None:
-        """Raise ``ConfigError`` if the method cannot run this federation."""
-
-    def init_server(self, setup: Setup) -> ServerState:
+    def init_server(self) -> ServerState:
         """The state before round 1."""
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         """What the server sends ``client`` at the start of the next round. It depends on the
         client only through its shape (``rank``, ``alpha``): the driver builds one broadcast
         per shape and sends it to every client of that shape."""
 
-    def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
-        """Scaled updates a client adds into its frozen base weights on receipt of
-        ``payload``; the same for every client of a round (empty for most methods)."""
-
     def client_start(
-        self,
-        view: Mapping[str, Tensor] | None,
-        payload: Payload,
-        setup: Setup,
-        client: ClientSpec,
-        seed: int,
+        self, view: Mapping[str, Tensor] | None, payload: Payload, client: ClientSpec, seed: int
     ) -> ClientStart:
         """Turn a broadcast (and the client's remembered view) into its starting adapter.
 
@@ -217,85 +216,116 @@ class Method(Protocol):
         ``alpha``), never on its ``cid`` or ``seed``: clients that remember the same view and
         receive the same broadcast share one new view (the driver computes it once)."""
 
-    def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
-        """An extra local loss term (FedProx), or ``None``."""
-
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         """What the client sends after training ``start.adapter`` into ``trained``."""
 
-    def upload_report(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
-    ) -> dict[str, Any]:
-        """JSON-ready figures about this client's upload for the round's metrics (e.g. the
-        sparsity ratios FedSRD chose); ``{}`` for most methods. Computed on the client."""
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
+        """Fold the round's uploads into a new state (round + 1). Inputs are not mutated."""
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        """The global model's update on top of the (merged) base weights, per layer,
+        scaling folded in: used for evaluation and export."""
+
+
+class Checks(Protocol):
+    """Capability: federations the method cannot run (default: it runs every one)."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` if the method cannot run its ``setup``; called at build."""
+
+
+class UploadContract(Protocol):
+    """Capability: what the server accepts of an upload and measures it against (default:
+    ``layer.A`` / ``layer.B`` of the client's rank, whole, their start as the origin)."""
+
+    def upload_schema(self, client: ClientSpec) -> Schema:
         """Name, (logical) shape and wire kinds of every tensor ``client`` uploads; the
         server decodes uploads strictly against it (an entry of another name, shape or kind
         drops the client)."""
 
-    def upload_reference(
-        self, start: ClientStart, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
+    def upload_reference(self, start: ClientStart, client: ClientSpec) -> dict[str, Tensor]:
         """What ``client`` would upload from ``start`` had it not trained, per upload entry
         (an absent entry is zero): the origin against which a client's change is measured
         and bounded. Computed on the server from its mirror of the client's start."""
 
-    @property
-    def dp_refusal(self) -> str | None:
-        """Why central differential privacy does not compose with this method (its server
-        step is not a weighted sum of the uploads it receives), or None when it does."""
+    def upload_report(
+        self, start: ClientStart, trained: Lora, client: ClientSpec
+    ) -> dict[str, Any]:
+        """JSON-ready figures about this client's upload for the round's metrics (e.g. the
+        sparsity ratios FedSRD chose); ``{}`` by default. Computed on the client."""
 
-    @property
-    def shares_individual_updates(self) -> bool:
-        """Whether a broadcast carries clients' own updates rather than only their
-        aggregate (FLoRA's stack): any participant could then read another's update."""
 
-    @property
-    def keeps_own_parts(self) -> bool:
-        """Whether each client keeps a part of its model that never leaves it (FedSA-LoRA's
-        ``B``): the runtime then stores it on the client's side between rounds
-        (:mod:`fedlora.runtime.own_parts`) and scores each client's own model."""
+class BaseMerging(Protocol):
+    """Capability: broadcasts that clients add into their frozen base weights (default:
+    none)."""
+
+    def base_merge(self, payload: Payload) -> dict[str, Factored]:
+        """Scaled updates a client adds into its frozen base weights on receipt of
+        ``payload``; the same for every client of a round."""
+
+    def skip_round(self, state: ServerState) -> ServerState:
+        """The state a skipped round leaves (too few valid uploads to aggregate): its
+        broadcast went out, so whatever clients merged into their base weights from it is no
+        longer pending and must not be merged again; nothing else changes."""
+
+
+class PersonalParts(Protocol):
+    """Capability: a part of each client's model that never leaves it (FedSA-LoRA's ``B``;
+    default: none)."""
+
+    keeps_own_parts: bool
+    """Whether the runtime stores a part on each client's side between rounds
+    (:mod:`fedlora.runtime.own_parts`) and scores each client's own model."""
 
     def personalise(
-        self,
-        start: ClientStart,
-        own: Mapping[str, Tensor] | None,
-        setup: Setup,
-        client: ClientSpec,
+        self, start: ClientStart, own: Mapping[str, Tensor] | None, client: ClientSpec
     ) -> ClientStart:
         """The start the client trains from: ``start`` (what the broadcast gives every
         client alike) combined with its own part (``None`` before it first trained).
         ``start`` itself stays what the server mirrors and bounds uploads against."""
 
-    def own_part(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
-        """What the client keeps after training and never sends; ``{}`` for most methods."""
+    def own_part(self, start: ClientStart, trained: Lora, client: ClientSpec) -> dict[str, Tensor]:
+        """What the client keeps after training and never sends."""
 
     def own_update(
-        self,
-        update: Mapping[str, Factored],
-        own: Mapping[str, Tensor] | None,
-        setup: Setup,
-        client: ClientSpec,
+        self, update: Mapping[str, Factored], own: Mapping[str, Tensor] | None, client: ClientSpec
     ) -> dict[str, Factored]:
         """The client's own model, per layer, given the global ``update``
-        (:meth:`global_delta`) and its own part: ``update`` itself for most methods."""
+        (:meth:`Core.global_delta`) and its own part."""
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        """Fold the round's uploads into a new state (round + 1). Inputs are not mutated."""
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        """The global model's update on top of the (merged) base weights, per layer,
-        scaling folded in: used for evaluation and export."""
+class LocalLoss(Protocol):
+    """Capability: an extra term in every client's local loss (FedProx; default: none)."""
 
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
-        """The state a skipped round leaves (too few valid uploads to aggregate): its
-        broadcast went out, so whatever clients merged into their base weights from it is no
-        longer pending and must not be merged again; nothing else changes."""
+    def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
+        """The term for the adapter being trained, or ``None``."""
+
+
+class Disclosure(Protocol):
+    """Capability: what composes with the method and what its broadcasts reveal (default:
+    neither central DP nor secure aggregation; no client's own update broadcast)."""
+
+    dp_refusal: str | None
+    """Why central differential privacy does not compose (its server step is not a
+    weighted sum of the uploads it receives), or None when it does."""
+    secure_refusal: str | None
+    """Why secure aggregation does not compose, or None when the server step is a mean of
+    per-client terms (:mod:`fedlora.methods.secure`)."""
+    shares_individual_updates: bool
+    """Whether a broadcast carries clients' own updates rather than only their aggregate
+    (FLoRA's stack): any participant could then read another's update."""
+
+
+class Method(
+    Core, Checks, UploadContract, BaseMerging, PersonalParts, LocalLoss, Disclosure, Protocol
+):
+    """What the runtime drives: the core and every capability. ``common.MethodBase`` gives
+    each capability its default, so a method implements :class:`Core` and overrides only
+    the capabilities it opts into."""
+
+
+CAPABILITIES = (Checks, UploadContract, BaseMerging, PersonalParts, LocalLoss, Disclosure)
+"""The capability protocols, in the order docs and CONTRIBUTING list them."""
 
 
 def aggregation_weights(uploads: Sequence[Upload], weighting: str) -> list[float]:

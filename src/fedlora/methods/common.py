@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -28,6 +28,8 @@ from fedlora.ops.sparse import Sparse
 from fedlora.ops.stack import fit_rank
 from fedlora.validate import one_of
 
+ConfigT = TypeVar("ConfigT")
+
 PAD_RULES = ("fresh", "zeros")
 """How a client's adapter slots that carry nothing (``A`` row and ``B`` column both zero) are
 filled: ``fresh`` gives their ``A`` rows a seeded PEFT init (``B`` stays 0, so the product is
@@ -35,68 +37,65 @@ unchanged and the slots can train); ``zeros`` leaves them zero, and zero ``A`` w
 get zero gradients, so such slots never train again (the FLoRIST release's behaviour)."""
 
 
-class DefaultHooks:
-    """Defaults for the optional hooks: accept every setup, no base merge, no extra loss."""
+class MethodBase(Generic[ConfigT]):
+    """A method built for one federation: ``config`` and ``setup`` bound at build (the
+    setup is checked then, :meth:`validate`), and every capability's default
+    (``methods/base.py``): it runs every setup, uploads ``layer.A`` / ``layer.B`` whole,
+    merges nothing into the base, keeps nothing on the client, adds no loss term, and
+    composes with neither central DP nor secure aggregation. A method implements the
+    :class:`~fedlora.methods.base.Core` hooks and overrides what it opts into."""
 
+    name: str
     shares_individual_updates = False
     keeps_own_parts = False
     dp_refusal: str | None = "its server step is not a weighted sum of the clients' uploads"
     secure_refusal: str | None = "its server step is not a function of the sum of the uploads"
-    """Why secure aggregation does not compose with the method, or None when its server step
-    is a mean of per-client terms (:mod:`fedlora.methods.secure`)."""
+
+    def __init__(self, config: ConfigT, setup: Setup) -> None:
+        self.config = config
+        self.setup = setup
+        self.validate()
+
+    def validate(self) -> None:
+        return None
 
     def personalise(
-        self,
-        start: ClientStart,
-        own: Mapping[str, Tensor] | None,
-        setup: Setup,
-        client: ClientSpec,
+        self, start: ClientStart, own: Mapping[str, Tensor] | None, client: ClientSpec
     ) -> ClientStart:
         return start
 
-    def own_part(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
+    def own_part(self, start: ClientStart, trained: Lora, client: ClientSpec) -> dict[str, Tensor]:
         return {}
 
     def own_update(
-        self,
-        update: Mapping[str, Factored],
-        own: Mapping[str, Tensor] | None,
-        setup: Setup,
-        client: ClientSpec,
+        self, update: Mapping[str, Factored], own: Mapping[str, Tensor] | None, client: ClientSpec
     ) -> dict[str, Factored]:
         return dict(update)
 
-    def validate(self, setup: Setup) -> None:
-        return None
-
-    def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
+    def base_merge(self, payload: Payload) -> dict[str, Factored]:
         return {}
+
+    def skip_round(self, state: ServerState) -> ServerState:
+        """Nothing of the state is merged into base weights, so nothing changes."""
+        return state
 
     def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
         return None
 
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
-        """Default: nothing of the state is merged into base weights, so nothing changes."""
-        return state
-
     def upload_report(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+        self, start: ClientStart, trained: Lora, client: ClientSpec
     ) -> dict[str, Any]:
         return {}
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
-        """Default: the client uploads ``layer.A`` (r×n) and ``layer.B`` (m×r) of every layer."""
-        return lora_schema(setup, client.rank)
+    def upload_schema(self, client: ClientSpec) -> Schema:
+        """The client uploads ``layer.A`` (r×n) and ``layer.B`` (m×r) of every layer."""
+        return lora_schema(self.setup, client.rank)
 
-    def upload_reference(
-        self, start: ClientStart, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
-        """Default, by the upload's names: an ``A`` / ``B`` entry is a trained factor, whose
-        untrained value is the start's; any other entry (``dA``, a delta) is zero untrained."""
+    def upload_reference(self, start: ClientStart, client: ClientSpec) -> dict[str, Tensor]:
+        """By the upload's names: an ``A`` / ``B`` entry is a trained factor, whose untrained
+        value is the start's; any other entry (``dA``, a delta) is zero untrained."""
         out: dict[str, Tensor] = {}
-        for name in self.upload_schema(setup, client):
+        for name in self.upload_schema(client):
             layer, _, part = name.rpartition(".")
             if part in ("A", "B"):
                 out[name] = getattr(start.adapter[layer], part)

@@ -41,7 +41,6 @@ from fedlora.methods.base import (
     Payload,
     Schema,
     ServerState,
-    Setup,
     Tensor,
     Upload,
 )
@@ -68,7 +67,7 @@ def upload_seed(client_seed: int, round_: int, cid: int, layer: str, part: str) 
 
 
 @register("fed_dare", FedDareConfig)
-class FedDare(synced.DeltaSynced):
+class FedDare(synced.DeltaSynced[FedDareConfig]):
     """Fed-DARE (see module docstring)."""
 
     dp_refusal = None  # the server step is a weighted sum of the uploads
@@ -79,29 +78,23 @@ class FedDare(synced.DeltaSynced):
 
     name = "fed_dare"
 
-    def __init__(self, config: FedDareConfig) -> None:
-        self.config = config
-
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        new_view = synced.apply_broadcast(view, payload, setup)
-        return ClientStart(adapter=synced.lora_from_view(new_view, setup), view=new_view)
+        new_view = synced.apply_broadcast(view, payload, self.setup)
+        return ClientStart(adapter=synced.lora_from_view(new_view, self.setup), view=new_view)
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
-        return synced.delta_schema(setup, client.rank)
+    def upload_schema(self, client: ClientSpec) -> Schema:
+        return synced.delta_schema(self.setup, client.rank)
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         round_ = synced.view_round(start.view) + 1
         out: Payload = {}
-        for s in setup.layers:
+        for s in self.setup.layers:
             new = {"A": trained[s.name].A.detach(), "B": trained[s.name].B.detach()}
             for part in ("A", "B"):
                 delta = new[part] - start.view[key(s.name, part)]
@@ -109,5 +102,5 @@ class FedDare(synced.DeltaSynced):
                 out[key(s.name, "d" + part)] = dare(delta, self.config.p_up, mask_seed)
         return out
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        return synced.mean_delta_step(state, uploads, setup)
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
+        return synced.mean_delta_step(state, uploads, self.setup)

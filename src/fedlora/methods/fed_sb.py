@@ -102,71 +102,62 @@ def upload_core(upload: Upload, setup: Setup, layer: str) -> Tensor:
 
 
 @register("fed_sb", FedSbConfig)
-class FedSb(synced.SharedAdapter):
+class FedSb(synced.SharedAdapter[FedSbConfig]):
     """Fed-SB (see module docstring)."""
 
     name = "fed_sb"
     dp_refusal = None  # the server step is a weighted sum of the uploads
     secure_refusal = None  # the same mean, of the masked changes
 
-    def __init__(self, config: FedSbConfig) -> None:
-        self.config = config
+    def init_server(self) -> ServerState:
+        rank = self.setup.max_rank
+        return _core_state(0, {s.name: torch.zeros(rank, rank) for s in self.setup.layers})
 
-    def init_server(self, setup: Setup) -> ServerState:
-        self.validate(setup)
-        rank = setup.max_rank
-        return _core_state(0, {s.name: torch.zeros(rank, rank) for s in setup.layers})
-
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        scaling = setup.clients[0].scaling
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        scaling = self.setup.clients[0].scaling
         out: dict[str, Factored] = {}
-        for s in setup.layers:
-            fixed = fixed_factors(setup, s.name)
+        for s in self.setup.layers:
+            fixed = fixed_factors(self.setup, s.name)
             out[s.name] = (scaling * (fixed.B @ state.tensors[key(s.name, "R")]), fixed.A)
         return out
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         rank = client.rank
         if state.round == 0:
-            return {key(s.name, "R"): empty_sparse((rank, rank)) for s in setup.layers}
+            return {key(s.name, "R"): empty_sparse((rank, rank)) for s in self.setup.layers}
         return {name: r.clone() for name, r in state.tensors.items()}
 
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
         adapter: Lora = {}
         basis: dict[str, Tensor] = {}
-        for s in setup.layers:
-            fixed = fixed_factors(setup, s.name)
+        for s in self.setup.layers:
+            fixed = fixed_factors(self.setup, s.name)
             adapter[s.name] = LoraPair(fixed.A, dense(payload[key(s.name, "R")]).clone())
             basis[s.name] = fixed.B
         return ClientStart(adapter=adapter, trainable=frozenset({"B"}), b_basis=basis)
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
-        return {key(s.name, "R"): EntrySpec((client.rank, client.rank)) for s in setup.layers}
+    def upload_schema(self, client: ClientSpec) -> Schema:
+        return {key(s.name, "R"): EntrySpec((client.rank, client.rank)) for s in self.setup.layers}
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return {key(layer, "R"): pair.B.detach().clone() for layer, pair in trained.items()}
 
-    def upload_reference(
-        self, start: ClientStart, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
+    def upload_reference(self, start: ClientStart, client: ClientSpec) -> dict[str, Tensor]:
         return {key(layer, "R"): pair.B for layer, pair in start.adapter.items()}
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         ups = ordered(uploads)
-        weights = aggregation_weights(ups, setup.weighting)
+        weights = aggregation_weights(ups, self.setup.weighting)
         return _core_state(
             state.round + 1,
             {
-                s.name: weighted_sum([upload_core(u, setup, s.name) for u in ups], weights)
-                for s in setup.layers
+                s.name: weighted_sum([upload_core(u, self.setup, s.name) for u in ups], weights)
+                for s in self.setup.layers
             },
         )

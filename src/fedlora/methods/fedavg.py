@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -46,7 +46,7 @@ from fedlora.methods.base import (
     aggregation_weights,
 )
 from fedlora.methods.common import (
-    DefaultHooks,
+    MethodBase,
     PadConfig,
     apply_pad,
     fresh_lora,
@@ -97,7 +97,7 @@ ConfigT = TypeVar("ConfigT", bound=PadConfig)
 
 
 @register("fedavg", FedAvgConfig)
-class FedAvg(DefaultHooks, Generic[ConfigT]):
+class FedAvg(MethodBase[ConfigT]):
     """FedIT: separate weighted averages of A and B (see module docstring)."""
 
     dp_refusal = None  # the server step is a weighted sum of the uploads
@@ -105,37 +105,31 @@ class FedAvg(DefaultHooks, Generic[ConfigT]):
 
     name = "fedavg"
 
-    def __init__(self, config: ConfigT) -> None:
-        self.config = config
+    def init_server(self) -> ServerState:
+        return state_from_lora(0, fresh_lora(self.setup, self.setup.max_rank, self.setup.seed))
 
-    def init_server(self, setup: Setup) -> ServerState:
-        return state_from_lora(0, fresh_lora(setup, setup.max_rank, setup.seed))
-
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         if state.round == 0:
-            return initial_payload(setup, client.rank, setup.seed)
-        adapter = lora_from_state(state, setup)
+            return initial_payload(self.setup, client.rank, self.setup.seed)
+        adapter = lora_from_state(state, self.setup)
         return lora_payload({n: pad_rank(p, client.rank) for n, p in adapter.items()})
 
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        adapter = lora_from_payload(payload, setup)
-        return ClientStart(adapter=apply_pad(adapter, setup, self.config.pad))
+        adapter = lora_from_payload(payload, self.setup)
+        return ClientStart(adapter=apply_pad(adapter, self.setup, self.config.pad))
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        return state_from_lora(state.round + 1, average_factors(uploads, setup))
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
+        return state_from_lora(state.round + 1, average_factors(uploads, self.setup))
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        scaling = setup.global_alpha / setup.max_rank
-        return {n: (scaling * p.B, p.A) for n, p in lora_from_state(state, setup).items()}
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        scaling = self.setup.global_alpha / self.setup.max_rank
+        return {n: (scaling * p.B, p.A) for n, p in lora_from_state(state, self.setup).items()}

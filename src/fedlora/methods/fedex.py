@@ -48,7 +48,7 @@ from fedlora.methods.base import (
     aggregation_weights,
 )
 from fedlora.methods.common import (
-    DefaultHooks,
+    MethodBase,
     dense,
     fresh_lora,
     initial_payload,
@@ -112,13 +112,10 @@ def _residuals(
 
 
 @register("fedex", FedExConfig)
-class FedEx(DefaultHooks):
+class FedEx(MethodBase[FedExConfig]):
     """FedEx-LoRA (see module docstring)."""
 
     name = "fedex"
-
-    def __init__(self, config: FedExConfig) -> None:
-        self.config = config
 
     dp_refusal = "its residual is built from each client's own product B_k A_k"
 
@@ -127,38 +124,39 @@ class FedEx(DefaultHooks):
         """Uncompressed, the residual's factors are the clients' own scaled factors."""
         return not self.config.compress
 
-    def validate(self, setup: Setup) -> None:
-        if not setup.homogeneous:
-            shapes = sorted({(c.rank, c.alpha) for c in setup.clients})
+    def validate(self) -> None:
+        if not self.setup.homogeneous:
+            shapes = sorted({(c.rank, c.alpha) for c in self.setup.clients})
             raise ConfigError(
                 "fedex (FedEx-LoRA) needs every client to use the same LoRA rank and alpha "
                 f"(it averages A and B entry-wise); got (rank, alpha) pairs {shapes}"
             )
 
-    def init_server(self, setup: Setup) -> ServerState:
-        self.validate(setup)
-        return _state(0, fresh_lora(setup, setup.max_rank, setup.seed), no_update(setup))
+    def init_server(self) -> ServerState:
+        return _state(
+            0, fresh_lora(self.setup, self.setup.max_rank, self.setup.seed), no_update(self.setup)
+        )
 
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+    def skip_round(self, state: ServerState) -> ServerState:
         # The residual went out with the skipped round's broadcast and was merged; the
         # averaged adapter stays the clients' start.
         mean = {
             s.name: LoraPair(state.tensors[key(s.name, "A")], state.tensors[key(s.name, "B")])
-            for s in setup.layers
+            for s in self.setup.layers
         }
-        return _state(state.round, mean, no_update(setup))
+        return _state(state.round, mean, no_update(self.setup))
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         out: Payload = {name: t.clone() for name, t in state.tensors.items()}
         if state.round == 0:
             # The fresh init travels as seeds and the init rule; the residuals are empty.
-            out.update(initial_payload(setup, setup.max_rank, setup.seed))
+            out.update(initial_payload(self.setup, self.setup.max_rank, self.setup.seed))
         return out
 
-    def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
+    def base_merge(self, payload: Payload) -> dict[str, Factored]:
         return {
             layer: (left.clone(), right.clone())
-            for layer, (left, right) in _residuals(payload, setup).items()
+            for layer, (left, right) in _residuals(payload, self.setup).items()
             if left.shape[1] > 0
         }
 
@@ -166,7 +164,6 @@ class FedEx(DefaultHooks):
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
@@ -174,24 +171,21 @@ class FedEx(DefaultHooks):
             s.name: LoraPair(
                 dense(payload[key(s.name, "A")]).clone(), dense(payload[key(s.name, "B")]).clone()
             )
-            for s in setup.layers
+            for s in self.setup.layers
         }
         return ClientStart(adapter=adapter)
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        self.validate(setup)
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         ups = ordered(uploads)
-        weights = aggregation_weights(ups, setup.weighting)
-        scaling = setup.clients[0].scaling
+        weights = aggregation_weights(ups, self.setup.weighting)
+        scaling = self.setup.clients[0].scaling
         mean: dict[str, LoraPair] = {}
         res: dict[str, Factored] = {}
-        for spec in setup.layers:
-            pairs = [client_pair(u, setup, spec.name) for u in ups]
+        for spec in self.setup.layers:
+            pairs = [client_pair(u, self.setup, spec.name) for u in ups]
             # The mean is taken in the uploads' dtype: the residual identity needs the
             # exact same Ā, B̄ that the clients continue from.
             mean[spec.name] = LoraPair(
@@ -202,10 +196,10 @@ class FedEx(DefaultHooks):
             res[spec.name] = compress(left, right) if self.config.compress else (left, right)
         return _state(state.round + 1, mean, res)
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        scaling = setup.clients[0].scaling
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        scaling = self.setup.clients[0].scaling
         out: dict[str, Factored] = {}
-        for layer, (res_l, res_r) in _residuals(state.tensors, setup).items():
+        for layer, (res_l, res_r) in _residuals(state.tensors, self.setup).items():
             a = state.tensors[key(layer, "A")]
             b = state.tensors[key(layer, "B")]
             out[layer] = (torch.cat([scaling * b, res_l], dim=1), torch.cat([a, res_r], dim=0))

@@ -68,9 +68,6 @@ class FedProx(FedAvg[FedProxConfig]):
 
     name = "fedprox"
 
-    def __init__(self, config: FedProxConfig) -> None:
-        super().__init__(config)
-
     def regulariser(self, current: Lora, start: ClientStart) -> Tensor | None:
         if self.config.mu == 0:
             return None

@@ -48,7 +48,6 @@ from fedlora.methods.base import (
     Payload,
     Schema,
     ServerState,
-    Setup,
     Tensor,
     Upload,
     aggregation_weights,
@@ -68,7 +67,7 @@ def _a_state(round_: int, a: Mapping[str, Tensor]) -> ServerState:
 
 
 @register("fedsa", FedSaConfig)
-class FedSa(synced.SharedAdapter):
+class FedSa(synced.SharedAdapter[FedSaConfig]):
     """FedSA-LoRA (see module docstring)."""
 
     name = "fedsa"
@@ -76,32 +75,30 @@ class FedSa(synced.SharedAdapter):
     dp_refusal = None  # a weighted mean of the uploaded A; B never leaves the client
     secure_refusal = None  # the same mean, of the masked changes
 
-    def __init__(self, config: FedSaConfig) -> None:
-        self.config = config
+    def init_server(self) -> ServerState:
+        fresh = synced.initial_state(self.setup)
+        return _a_state(0, {s.name: fresh.tensors[key(s.name, "A")] for s in self.setup.layers})
 
-    def init_server(self, setup: Setup) -> ServerState:
-        self.validate(setup)
-        fresh = synced.initial_state(setup)
-        return _a_state(0, {s.name: fresh.tensors[key(s.name, "A")] for s in setup.layers})
-
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
         """The shared part alone: ``Ā`` with ``B = 0`` (the base model's update is zero)."""
         return {
-            s.name: (torch.zeros(s.out_features, setup.max_rank), state.tensors[key(s.name, "A")])
-            for s in setup.layers
+            s.name: (
+                torch.zeros(s.out_features, self.setup.max_rank),
+                state.tensors[key(s.name, "A")],
+            )
+            for s in self.setup.layers
         }
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         if state.round == 0:
-            full = initial_payload(setup, client.rank, setup.seed)
-            return {key(s.name, "A"): full[key(s.name, "A")] for s in setup.layers}
+            full = initial_payload(self.setup, client.rank, self.setup.seed)
+            return {key(s.name, "A"): full[key(s.name, "A")] for s in self.setup.layers}
         return {name: a.clone() for name, a in state.tensors.items()}
 
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
@@ -109,7 +106,7 @@ class FedSa(synced.SharedAdapter):
             s.name: LoraPair(
                 dense(payload[key(s.name, "A")]).clone(), torch.zeros(s.out_features, client.rank)
             )
-            for s in setup.layers
+            for s in self.setup.layers
         }
         return ClientStart(adapter=adapter)
 
@@ -117,7 +114,6 @@ class FedSa(synced.SharedAdapter):
         self,
         start: ClientStart,
         own: Mapping[str, Tensor] | None,
-        setup: Setup,
         client: ClientSpec,
     ) -> ClientStart:
         if not own:
@@ -128,16 +124,13 @@ class FedSa(synced.SharedAdapter):
         }
         return dataclasses.replace(start, adapter=adapter)
 
-    def own_part(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
+    def own_part(self, start: ClientStart, trained: Lora, client: ClientSpec) -> dict[str, Tensor]:
         return {key(layer, "B"): pair.B.detach().clone() for layer, pair in trained.items()}
 
     def own_update(
         self,
         update: Mapping[str, Factored],
         own: Mapping[str, Tensor] | None,
-        setup: Setup,
         client: ClientSpec,
     ) -> dict[str, Factored]:
         """``(s·B_k, Ā)`` per layer: the client's own ``B`` on the shared ``A``."""
@@ -148,21 +141,19 @@ class FedSa(synced.SharedAdapter):
             for layer, (_, shared_a) in update.items()
         }
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
-        return lora_schema(setup, client.rank, "A")
+    def upload_schema(self, client: ClientSpec) -> Schema:
+        return lora_schema(self.setup, client.rank, "A")
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return {key(layer, "A"): pair.A.detach().clone() for layer, pair in trained.items()}
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         ups = ordered(uploads)
-        weights = aggregation_weights(ups, setup.weighting)
+        weights = aggregation_weights(ups, self.setup.weighting)
         return _a_state(
             state.round + 1,
             {
                 s.name: weighted_sum([dense(u.payload[key(s.name, "A")]) for u in ups], weights)
-                for s in setup.layers
+                for s in self.setup.layers
             },
         )

@@ -75,7 +75,6 @@ from fedlora.methods.base import (
     Payload,
     Schema,
     ServerState,
-    Setup,
     Tensor,
     Upload,
     aggregation_weights,
@@ -180,13 +179,10 @@ def _keys(layer: str, factor: str) -> tuple[str, str, str]:
     return key(layer, "A"), key(layer, "B"), key(layer, "d" + factor)
 
 
-class _FedSRDBase(synced.DeltaSynced):
+class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
     """FedSRD's round; subclasses choose the decomposition of the aggregate (see module doc)."""
 
     name = "fedsrd"
-
-    def __init__(self, config: FedSRDConfig) -> None:
-        self.config = config
 
     @property
     def dp_refusal(self) -> str | None:  # type: ignore[override]
@@ -201,26 +197,25 @@ class _FedSRDBase(synced.DeltaSynced):
 
     # -- setup and state -------------------------------------------------------------------
 
-    def init_server(self, setup: Setup) -> ServerState:
-        self.validate(setup)
-        return synced.initial_state(setup, {"updated": None})
+    def init_server(self) -> ServerState:
+        return synced.initial_state(self.setup, {"updated": None})
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         if state.round == 0:
-            return initial_payload(setup, setup.max_rank, setup.seed)
+            return initial_payload(self.setup, self.setup.max_rank, self.setup.seed)
         if self.config.decompose == "dense":
-            return lora_payload(synced.global_lora(state, setup))
+            return lora_payload(synced.global_lora(state, self.setup))
         part = "d" + active_factor(state.round)
         keep = 1.0 - self.config.p_down
         out: Payload = {}
-        for s in setup.layers:
+        for s in self.setup.layers:
             applied = state.tensors.get(key(s.name, part))
             if applied is None:  # nothing pending: the last round was skipped
                 continue
             # The stored delta is zero off the seeded mask, so re-extracting it on that mask
             # reproduces the sparse tensor the server applied, values included.
             out[key(s.name, part)] = Sparse.from_seeded_mask(
-                applied, downlink_seed(setup.seed, state.round, s.name), keep
+                applied, downlink_seed(self.setup.seed, state.round, s.name), keep
             )
         return out
 
@@ -228,34 +223,33 @@ class _FedSRDBase(synced.DeltaSynced):
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
         def check(layer: str, part: str, delta: Sparse | Tensor | SeededInit, round_: int) -> None:
             if part != active_factor(round_):
                 raise PayloadError(f"round {round_} updates {active_factor(round_)}, got Δ{part}")
-            expected = downlink_seed(setup.seed, round_, layer)
+            expected = downlink_seed(self.setup.seed, round_, layer)
             if isinstance(delta, Sparse) and delta.mask_seed not in (None, expected):
                 raise PayloadError(
                     f"{layer}: downlink mask seed does not match round {round_}; this client's "
                     "global adapter is out of sync"
                 )
 
-        new_view = synced.apply_broadcast(view, payload, setup, check)
-        return ClientStart(adapter=synced.lora_from_view(new_view, setup), view=new_view)
+        new_view = synced.apply_broadcast(view, payload, self.setup, check)
+        return ClientStart(adapter=synced.lora_from_view(new_view, self.setup), view=new_view)
 
     # -- uplink ----------------------------------------------------------------------------
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
-        return synced.delta_schema(setup, client.rank)
+    def upload_schema(self, client: ClientSpec) -> Schema:
+        return synced.delta_schema(self.setup, client.rank)
 
     def _sparsified(
-        self, start: ClientStart, trained: Lora, setup: Setup, seed: int
+        self, start: ClientStart, trained: Lora, seed: int
     ) -> dict[str, tuple[SparseDelta, SparseDelta]]:
         cfg = self.config
         out = {}
-        for s in setup.layers:
+        for s in self.setup.layers:
             old = (start.view[key(s.name, "A")], start.view[key(s.name, "B")])
             new = (trained[s.name].A.detach(), trained[s.name].B.detach())
             out[s.name] = sparsify_layer(
@@ -263,11 +257,9 @@ class _FedSRDBase(synced.DeltaSynced):
             )
         return out
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         out: Payload = {}
-        for layer, (d_a, d_b) in self._sparsified(start, trained, setup, seed).items():
+        for layer, (d_a, d_b) in self._sparsified(start, trained, seed).items():
             log.debug(
                 "client %d layer %s: rho_A %.4f rho_B %.4f", client.cid, layer, d_a.rho, d_b.rho
             )
@@ -276,7 +268,7 @@ class _FedSRDBase(synced.DeltaSynced):
         return out
 
     def upload_report(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+        self, start: ClientStart, trained: Lora, client: ClientSpec
     ) -> dict[str, Any]:
         """Per-matrix ratios (mean, min, max over layers), the relative size of the
         client's local update of each factor, ``‖ΔA‖/‖A‖`` and ``‖ΔB‖/‖B‖`` (all layers
@@ -286,7 +278,7 @@ class _FedSRDBase(synced.DeltaSynced):
         rho: dict[str, list[float]] = {"A": [], "B": []}
         olds: dict[str, list[Tensor]] = {"A": [], "B": []}
         news: dict[str, list[Tensor]] = {"A": [], "B": []}
-        for s in setup.layers:
+        for s in self.setup.layers:
             a_old, b_old = start.view[key(s.name, "A")], start.view[key(s.name, "B")]
             a_new, b_new = trained[s.name].A.detach(), trained[s.name].B.detach()
             rho["A"].append(self.config.ratio(delta_scores("A", a_new - a_old, a_old, b_new)))
@@ -297,7 +289,7 @@ class _FedSRDBase(synced.DeltaSynced):
             news["B"].append(b_new)
         kept_rank = [
             numerical_rank(torch.linalg.svdvals(d_b.delta.to_dense().double())) / client.rank
-            for _, d_b in self._sparsified(start, trained, setup, 0).values()
+            for _, d_b in self._sparsified(start, trained, 0).values()
         ]
         return {
             "rho_A": ratio_summary(rho["A"]),
@@ -328,12 +320,12 @@ class _FedSRDBase(synced.DeltaSynced):
         (FedSRD only: FedSRD-e needs none and yields None)."""
         return ((name, None) for name in layers)
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         ordered = sorted(uploads, key=lambda u: u.cid)
-        weights = aggregation_weights(ordered, setup.weighting)
+        weights = aggregation_weights(ordered, self.setup.weighting)
         factor = active_factor(state.round + 1)
         layers: dict[str, LayerInputs] = {}
-        for s in setup.layers:
+        for s in self.setup.layers:
             a_prev = state.tensors[key(s.name, "A")]
             b_prev = state.tensors[key(s.name, "B")]
             layers[s.name] = LayerInputs(
@@ -350,21 +342,19 @@ class _FedSRDBase(synced.DeltaSynced):
             )
         if self.config.decompose == "dense":
             tensors: dict[str, Tensor] = {}
-            for name, target in self.targets(layers, setup.max_rank):
+            for name, target in self.targets(layers, self.setup.max_rank):
                 assert target is not None
-                new = balanced_factors(target, setup.max_rank)
+                new = balanced_factors(target, self.setup.max_rank)
                 tensors[key(name, "A")], tensors[key(name, "B")] = new.A, new.B
             ordered_ = {k: tensors[k] for name in layers for k in (key(name, "A"), key(name, "B"))}
             return ServerState(round=state.round + 1, tensors=ordered_, meta={"updated": "AB"})
         updates = (
             (name, self.step(*layers[name], factor, target))
-            for name, target in self.targets(layers, setup.max_rank)
+            for name, target in self.targets(layers, self.setup.max_rank)
         )
-        return self.applied(state, setup, updates)
+        return self.applied(state, updates)
 
-    def applied(
-        self, state: ServerState, setup: Setup, updates: Iterable[tuple[str, Tensor]]
-    ) -> ServerState:
+    def applied(self, state: ServerState, updates: Iterable[tuple[str, Tensor]]) -> ServerState:
         """The new state from each layer's least-squares update of the round's factor: the
         update thinned by DARE (:func:`downlink_seed`) is added to the global factor and
         kept as the delta to broadcast."""
@@ -377,18 +367,18 @@ class _FedSRDBase(synced.DeltaSynced):
             b_prev = state.tensors[key(name, "B")]
             conditions.append(condition(a_prev if factor == "B" else b_prev))
             applied = dare_dense(
-                update, self.config.p_down, downlink_seed(setup.seed, round_, name)
+                update, self.config.p_down, downlink_seed(self.setup.seed, round_, name)
             )
             prev = {"A": a_prev, "B": b_prev}
             for part in ("A", "B"):
                 delta = applied if part == factor else None
                 tensors[key(name, part)] = synced.add_delta(prev[part], delta)
             tensors[key(name, "d" + factor)] = applied
-        names = [s.name for s in setup.layers]
+        names = [s.name for s in self.setup.layers]
         tensors = {k: tensors[k] for name in names for k in _keys(name, factor) if k in tensors}
         meta: dict[str, Any] = {"updated": factor}
         if conditions:
-            before, after = norms_of(state.tensors, setup), norms_of(tensors, setup)
+            before, after = norms_of(state.tensors, self.setup), norms_of(tensors, self.setup)
             meta["report"] = stability_report(factor, conditions, before, after)
         return ServerState(round=round_, tensors=tensors, meta=meta)
 
@@ -427,8 +417,8 @@ class FedSRDE(_FedSRDBase):
 
     name = "fedsrd-e"
 
-    def validate(self, setup: Setup) -> None:
-        super().validate(setup)
+    def validate(self) -> None:
+        super().validate()
         if self.config.decompose == "dense":
             raise ConfigError(
                 "method.fedsrd-e.decompose: 'dense' broadcasts the rank-r truncation of the "
@@ -446,30 +436,29 @@ class FedSRDE(_FedSRDBase):
             "a mean of per-client terms"
         )
 
-    def secure_shapes(self, setup: Setup, client: ClientSpec, round_: int) -> Shapes:
+    def secure_shapes(self, client: ClientSpec, round_: int) -> Shapes:
         """A B-round's term is m×r per layer, an A-round's r×n (``layer.PB`` / ``layer.PA``)."""
-        return projected_shapes(setup, client.rank, active_factor(round_))
+        return projected_shapes(self.setup, client.rank, active_factor(round_))
 
     def secure_terms(
-        self, start: ClientStart, upload: Payload, setup: Setup, client: ClientSpec, round_: int
+        self, start: ClientStart, upload: Payload, client: ClientSpec, round_: int
     ) -> dict[str, Tensor]:
         """The client's reconstruction change seen through the fixed factor
         (:func:`fedlora.ops.solve.projected_change`), from its sparsified deltas."""
-        return projected_terms(start.view, upload, setup, active_factor(round_))
+        return projected_terms(start.view, upload, self.setup, active_factor(round_))
 
     def aggregate_mean(
         self,
         state: ServerState,
         mean: Mapping[str, Tensor],
         reference: Mapping[str, Tensor],
-        setup: Setup,
         round_: int,
     ) -> ServerState:
         """The step from the mean projected term (:func:`fedlora.ops.solve.solve_projected`),
         then as :meth:`aggregate`."""
         factor = active_factor(state.round + 1)
-        updates = projected_updates(state.tensors, mean, setup, factor, self.config.ridge)
-        return self.applied(state, setup, updates)
+        updates = projected_updates(state.tensors, mean, self.setup, factor, self.config.ridge)
+        return self.applied(state, updates)
 
     def step(
         self,

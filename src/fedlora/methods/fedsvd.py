@@ -45,7 +45,6 @@ from fedlora.methods.base import (
     Payload,
     Schema,
     ServerState,
-    Setup,
     Tensor,
     Upload,
     aggregation_weights,
@@ -74,45 +73,41 @@ def refactorised(b: Tensor, a: Tensor) -> LoraPair:
 
 
 @register("fedsvd", FedSvdConfig)
-class FedSvd(synced.SharedAdapter):
+class FedSvd(synced.SharedAdapter[FedSvdConfig]):
     """FedSVD (see module docstring)."""
 
     name = "fedsvd"
     dp_refusal = None  # a weighted mean of the uploads, then post-processing
     secure_refusal = None  # the same mean, of the masked changes
 
-    def __init__(self, config: FedSvdConfig) -> None:
-        self.config = config
-
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         if state.round == 0:
-            return initial_payload(setup, setup.max_rank, setup.seed)
+            return initial_payload(self.setup, self.setup.max_rank, self.setup.seed)
         return {name: t.clone() for name, t in state.tensors.items()}
 
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        return ClientStart(adapter=lora_from_payload(payload, setup), trainable=frozenset({"B"}))
+        return ClientStart(
+            adapter=lora_from_payload(payload, self.setup), trainable=frozenset({"B"})
+        )
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
-        return lora_schema(setup, client.rank, "B")
+    def upload_schema(self, client: ClientSpec) -> Schema:
+        return lora_schema(self.setup, client.rank, "B")
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return {key(layer, "B"): pair.B.detach().clone() for layer, pair in trained.items()}
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         ups = ordered(uploads)
-        weights = aggregation_weights(ups, setup.weighting)
+        weights = aggregation_weights(ups, self.setup.weighting)
         tensors: dict[str, Tensor] = {}
-        for s in setup.layers:
-            b_mean = weighted_sum([client_b(u, setup, s.name) for u in ups], weights)
+        for s in self.setup.layers:
+            b_mean = weighted_sum([client_b(u, self.setup, s.name) for u in ups], weights)
             new = refactorised(b_mean, state.tensors[key(s.name, "A")])
             tensors[key(s.name, "A")], tensors[key(s.name, "B")] = new.A, new.B
         return ServerState(round=state.round + 1, tensors=tensors)

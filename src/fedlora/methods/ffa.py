@@ -50,7 +50,7 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import DefaultHooks, dense, empty_sparse, key, lora_schema
+from fedlora.methods.common import MethodBase, dense, empty_sparse, key, lora_schema
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import client_b, global_scaling, ordered, weighted_sum
 from fedlora.ops.seeded_init import portable_uniform
@@ -92,7 +92,7 @@ def _b_state(round_: int, bs: Mapping[str, Tensor]) -> ServerState:
 
 
 @register("ffa", FfaConfig)
-class Ffa(DefaultHooks):
+class Ffa(MethodBase[FfaConfig]):
     """FFA-LoRA (see module docstring)."""
 
     dp_refusal = None  # the server step is a weighted sum of the uploads
@@ -100,62 +100,62 @@ class Ffa(DefaultHooks):
 
     name = "ffa"
 
-    def __init__(self, config: FfaConfig) -> None:
-        self.config = config
-
-    def init_server(self, setup: Setup) -> ServerState:
+    def init_server(self) -> ServerState:
         return _b_state(
-            0, {s.name: torch.zeros(s.out_features, setup.max_rank) for s in setup.layers}
+            0, {s.name: torch.zeros(s.out_features, self.setup.max_rank) for s in self.setup.layers}
         )
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         if state.round == 0:
             return {
-                key(s.name, "B"): empty_sparse((s.out_features, client.rank)) for s in setup.layers
+                key(s.name, "B"): empty_sparse((s.out_features, client.rank))
+                for s in self.setup.layers
             }
-        ratio = global_scaling(setup) / client.scaling
+        ratio = global_scaling(self.setup) / client.scaling
         return {
             key(s.name, "B"): state.tensors[key(s.name, "B")][:, : client.rank] * ratio
-            for s in setup.layers
+            for s in self.setup.layers
         }
 
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        a = frozen_a(setup, client.rank)
+        a = frozen_a(self.setup, client.rank)
         adapter = {
             s.name: LoraPair(a[s.name], dense(payload[key(s.name, "B")]).clone())
-            for s in setup.layers
+            for s in self.setup.layers
         }
         return ClientStart(adapter=adapter, trainable=frozenset({"B"}))
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return {key(layer, "B"): pair.B.detach().clone() for layer, pair in trained.items()}
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
-        return lora_schema(setup, client.rank, "B")
+    def upload_schema(self, client: ClientSpec) -> Schema:
+        return lora_schema(self.setup, client.rank, "B")
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         ups = ordered(uploads)
-        weights = aggregation_weights(ups, setup.weighting)
-        s_g = global_scaling(setup)
-        coeffs = [p * setup.client(u.cid).scaling / s_g for p, u in zip(weights, ups, strict=True)]
+        weights = aggregation_weights(ups, self.setup.weighting)
+        s_g = global_scaling(self.setup)
+        coeffs = [
+            p * self.setup.client(u.cid).scaling / s_g for p, u in zip(weights, ups, strict=True)
+        ]
         bs = {
             s.name: weighted_sum(
-                [pad_columns(client_b(u, setup, s.name), setup.max_rank) for u in ups], coeffs
+                [pad_columns(client_b(u, self.setup, s.name), self.setup.max_rank) for u in ups],
+                coeffs,
             )
-            for s in setup.layers
+            for s in self.setup.layers
         }
         return _b_state(state.round + 1, bs)
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        s_g = global_scaling(setup)
-        a = frozen_a(setup, setup.max_rank)
-        return {s.name: (s_g * state.tensors[key(s.name, "B")], a[s.name]) for s in setup.layers}
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        s_g = global_scaling(self.setup)
+        a = frozen_a(self.setup, self.setup.max_rank)
+        return {
+            s.name: (s_g * state.tensors[key(s.name, "B")], a[s.name]) for s in self.setup.layers
+        }

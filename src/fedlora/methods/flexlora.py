@@ -44,7 +44,7 @@ from fedlora.methods.base import (
     Upload,
 )
 from fedlora.methods.common import (
-    DefaultHooks,
+    MethodBase,
     PadConfig,
     apply_pad,
     fresh_lora,
@@ -81,26 +81,23 @@ def _factored(state: ServerState, setup: Setup) -> dict[str, Factored]:
 
 
 @register("flexlora", FlexLoraConfig)
-class FlexLora(DefaultHooks):
+class FlexLora(MethodBase[FlexLoraConfig]):
     """FlexLoRA (see module docstring)."""
 
     dp_refusal = "it takes an SVD of the stack of each client's own factors, not of a sum"
 
     name = "flexlora"
 
-    def __init__(self, config: FlexLoraConfig) -> None:
-        self.config = config
-
-    def init_server(self, setup: Setup) -> ServerState:
-        s_g = global_scaling(setup)
-        init = fresh_lora(setup, setup.max_rank, setup.seed)
+    def init_server(self) -> ServerState:
+        s_g = global_scaling(self.setup)
+        init = fresh_lora(self.setup, self.setup.max_rank, self.setup.seed)
         return _state(0, {layer: (s_g * p.B, p.A) for layer, p in init.items()})
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         if state.round == 0:
-            return initial_payload(setup, client.rank, setup.seed)
+            return initial_payload(self.setup, client.rank, self.setup.seed)
         out: dict[str, LoraPair] = {}
-        for layer, (left, right) in _factored(state, setup).items():
+        for layer, (left, right) in _factored(state, self.setup).items():
             k = min(right.shape[0], client.rank)
             out[layer] = LoraPair(right[:k], left[:, :k] / client.scaling)
         return lora_payload(out)
@@ -109,21 +106,18 @@ class FlexLora(DefaultHooks):
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        adapter = lora_at_rank(payload, setup, client.rank)
-        return ClientStart(adapter=apply_pad(adapter, setup, self.config.pad))
+        adapter = lora_at_rank(payload, self.setup, client.rank)
+        return ClientStart(adapter=apply_pad(adapter, self.setup, self.config.pad))
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        stacks = stacked_update(uploads, setup)
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
+        stacks = stacked_update(uploads, self.setup)
         return _state(state.round + 1, {n: compress(lf, rf) for n, (lf, rf) in stacks.items()})
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        return {n: (lf.clone(), rf.clone()) for n, (lf, rf) in _factored(state, setup).items()}
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        return {n: (lf.clone(), rf.clone()) for n, (lf, rf) in _factored(state, self.setup).items()}

@@ -40,7 +40,7 @@ from fedlora.methods.base import (
     Tensor,
     Upload,
 )
-from fedlora.methods.common import DefaultHooks, dense, fresh_lora, key, lora_payload, no_update
+from fedlora.methods.common import MethodBase, dense, fresh_lora, key, lora_payload, no_update
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import stacked_update
 from fedlora.ops.seeded_init import SeededInit
@@ -74,30 +74,27 @@ def _stacks(
 
 
 @register("flora", FloraConfig)
-class Flora(DefaultHooks):
+class Flora(MethodBase[FloraConfig]):
     """FLoRA (see module docstring)."""
 
     name = "flora"
     shares_individual_updates = True  # the broadcast is the stack of every client's factors
     dp_refusal = "its broadcast is the stack of every client's own factors"
 
-    def __init__(self, config: FloraConfig) -> None:
-        self.config = config
+    def init_server(self) -> ServerState:
+        return _stack_state(0, no_update(self.setup))
 
-    def init_server(self, setup: Setup) -> ServerState:
-        return _stack_state(0, no_update(setup))
-
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+    def skip_round(self, state: ServerState) -> ServerState:
         # The stack went out with the skipped round's broadcast and every client merged it.
-        return _stack_state(state.round, no_update(setup))
+        return _stack_state(state.round, no_update(self.setup))
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         return {name: t.clone() for name, t in state.tensors.items()}
 
-    def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
+    def base_merge(self, payload: Payload) -> dict[str, Factored]:
         return {
             layer: (left.clone(), right.clone())
-            for layer, (left, right) in _stacks(payload, setup).items()
+            for layer, (left, right) in _stacks(payload, self.setup).items()
             if left.shape[1] > 0
         }
 
@@ -105,23 +102,20 @@ class Flora(DefaultHooks):
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        return ClientStart(adapter=fresh_lora(setup, client.rank, seed))
+        return ClientStart(adapter=fresh_lora(self.setup, client.rank, seed))
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        return _stack_state(state.round + 1, stacked_update(uploads, setup))
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
+        return _stack_state(state.round + 1, stacked_update(uploads, self.setup))
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
         # The stack aggregated last is not merged yet: the next broadcast merges it.
         return {
             layer: (left.clone(), right.clone())
-            for layer, (left, right) in _stacks(state.tensors, setup).items()
+            for layer, (left, right) in _stacks(state.tensors, self.setup).items()
         }

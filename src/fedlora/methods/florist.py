@@ -59,7 +59,7 @@ from fedlora.methods.base import (
     Upload,
 )
 from fedlora.methods.common import (
-    DefaultHooks,
+    MethodBase,
     PadConfig,
     apply_pad,
     dense,
@@ -125,50 +125,47 @@ def _adapter(state: ServerState, setup: Setup) -> dict[str, LoraPair]:
 
 
 @register("florist", FloristConfig)
-class Florist(DefaultHooks):
+class Florist(MethodBase[FloristConfig]):
     """FLoRIST (see module docstring)."""
 
     dp_refusal = "it takes an SVD of the stack of each client's own factors, not of a sum"
 
     name = "florist"
 
-    def __init__(self, config: FloristConfig) -> None:
-        self.config = config
-
-    def init_server(self, setup: Setup) -> ServerState:
+    def init_server(self) -> ServerState:
         if self.config.mode == "warm":
             # Round 1 starts from the usual LoRA init (A random, B = 0), shared by all.
-            start = fresh_lora(setup, setup.max_rank, setup.seed)
+            start = fresh_lora(self.setup, self.setup.max_rank, self.setup.seed)
         else:
-            start = _rank_zero(setup)
+            start = _rank_zero(self.setup)
         return _state(0, start, {})
 
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+    def skip_round(self, state: ServerState) -> ServerState:
         if self.config.mode != "merge":
             return state
         # Merge mode: the global adapter went out with the skipped round's broadcast and
         # every client merged it into its base weights.
-        return _state(state.round, _rank_zero(setup), state.meta.get("ranks", {}))
+        return _state(state.round, _rank_zero(self.setup), state.meta.get("ranks", {}))
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
-        adapter = _adapter(state, setup)
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
+        adapter = _adapter(state, self.setup)
         if self.config.mode == "merge":
             return lora_payload(adapter)
         if state.round == 0:
-            return initial_payload(setup, client.rank, setup.seed)
-        ratio = global_scaling(setup) / client.scaling
+            return initial_payload(self.setup, client.rank, self.setup.seed)
+        ratio = global_scaling(self.setup) / client.scaling
         out: dict[str, LoraPair] = {}
         for layer, pair in adapter.items():
             k = min(pair.A.shape[0], client.rank)
             out[layer] = LoraPair(pair.A[:k], pair.B[:, :k] * ratio)
         return lora_payload(out)
 
-    def base_merge(self, payload: Payload, setup: Setup) -> dict[str, Factored]:
+    def base_merge(self, payload: Payload) -> dict[str, Factored]:
         if self.config.mode != "merge":
             return {}
-        s_g = global_scaling(setup)
+        s_g = global_scaling(self.setup)
         out: dict[str, Factored] = {}
-        for spec in setup.layers:
+        for spec in self.setup.layers:
             a = dense(payload[key(spec.name, "A")])
             if a.shape[0] > 0:
                 out[spec.name] = (s_g * dense(payload[key(spec.name, "B")]), a.clone())
@@ -178,31 +175,28 @@ class Florist(DefaultHooks):
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
         if self.config.mode == "merge":
-            return ClientStart(adapter=fresh_lora(setup, client.rank, seed))
-        adapter = lora_at_rank(payload, setup, client.rank)
-        return ClientStart(adapter=apply_pad(adapter, setup, self.config.pad))
+            return ClientStart(adapter=fresh_lora(self.setup, client.rank, seed))
+        adapter = lora_at_rank(payload, self.setup, client.rank)
+        return ClientStart(adapter=apply_pad(adapter, self.setup, self.config.pad))
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return lora_payload(trained)
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        s_g = global_scaling(setup)
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
+        s_g = global_scaling(self.setup)
         adapter: dict[str, LoraPair] = {}
         ranks: dict[str, int] = {}
-        for layer, (left, right) in stacked_update(uploads, setup).items():
+        for layer, (left, right) in stacked_update(uploads, self.setup).items():
             a_g, b_g, k = threshold_svd(left, right, self.config.tau, s_g)
             adapter[layer] = LoraPair(a_g, b_g)
             ranks[layer] = k
         log.info("FLoRIST round %d: per-layer ranks %s", state.round + 1, ranks)
         return _state(state.round + 1, adapter, ranks)
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        s_g = global_scaling(setup)
-        return {n: (s_g * p.B, p.A.clone()) for n, p in _adapter(state, setup).items()}
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        s_g = global_scaling(self.setup)
+        return {n: (s_g * p.B, p.A.clone()) for n, p in _adapter(state, self.setup).items()}

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedlora.methods.base import ClientSpec, ClientStart, Lora, Method, Payload, Setup, Tensor
+from fedlora.methods.base import ClientSpec, ClientStart, Lora, Method, Payload, Tensor
 from fedlora.ops.seeds import Stream, client_seed
 
 Train = Callable[[ClientStart], Lora]
@@ -57,20 +57,18 @@ class Turn:
 
 def client_start(
     method: Method,
-    setup: Setup,
     client: ClientSpec,
     view: Mapping[str, Tensor] | None,
     broadcast: Payload,
     round_: int,
 ) -> ClientStart:
     """``client``'s start in ``round_``: the broadcast applied to its view, seeded."""
-    seed = client_seed(setup.seed, Stream.CLIENT_START, round_, client.cid)
-    return method.client_start(view, broadcast, setup, client, seed)
+    seed = client_seed(method.setup.seed, Stream.CLIENT_START, round_, client.cid)
+    return method.client_start(view, broadcast, client, seed)
 
 
 def half_round(
     method: Method,
-    setup: Setup,
     turn: Turn,
     train: Train | None = None,
     *,
@@ -86,24 +84,24 @@ def half_round(
     client, round_ = turn.client, turn.round
     if start is None:
         with phase("client_start"):
-            start = client_start(method, setup, client, turn.view, turn.broadcast, round_)
+            start = client_start(method, client, turn.view, turn.broadcast, round_)
     if train is None:
         return HalfRound(start)
-    mine = method.personalise(start, turn.own, setup, client)
+    mine = method.personalise(start, turn.own, client)
     trained = train(mine)
     with phase("upload"):
-        seed = client_seed(setup.seed, Stream.UPLOAD, round_, client.cid)
-        upload = method.upload(mine, trained, setup, client, seed)
-    report = method.upload_report(mine, trained, setup, client)
-    kept = method.own_part(mine, trained, setup, client)
+        seed = client_seed(method.setup.seed, Stream.UPLOAD, round_, client.cid)
+        upload = method.upload(mine, trained, client, seed)
+    report = method.upload_report(mine, trained, client)
+    kept = method.own_part(mine, trained, client)
     return HalfRound(start, trained, upload, report, kept)
 
 
 def untrained_upload(
-    method: Method, setup: Setup, client: ClientSpec, start: ClientStart, round_: int
+    method: Method, client: ClientSpec, start: ClientStart, round_: int
 ) -> Payload:
     """What ``client`` would upload from ``start`` in ``round_`` had it not trained."""
     turn = Turn(client, round_, None, {})
-    done = half_round(method, setup, turn, lambda s: s.adapter, start=start)
+    done = half_round(method, turn, lambda s: s.adapter, start=start)
     assert done.upload is not None
     return done.upload

@@ -29,11 +29,10 @@ from fedlora.methods.base import (
     Payload,
     Schema,
     ServerState,
-    Setup,
     Tensor,
     Upload,
 )
-from fedlora.methods.common import DefaultHooks, fresh_lora, key, no_update
+from fedlora.methods.common import MethodBase, fresh_lora, key, no_update
 from fedlora.methods.registry import register
 
 
@@ -43,7 +42,7 @@ class LocalConfig:
 
 
 @register("local", LocalConfig)
-class Local(DefaultHooks):
+class Local(MethodBase[LocalConfig]):
     """Local-only training (see module docstring)."""
 
     name = "local"
@@ -51,33 +50,28 @@ class Local(DefaultHooks):
     dp_refusal = "nothing leaves a client, so there is nothing to add noise to"
     secure_refusal = "nothing leaves a client, so there is nothing to sum"
 
-    def __init__(self, config: LocalConfig) -> None:
-        self.config = config
-
-    def init_server(self, setup: Setup) -> ServerState:
+    def init_server(self) -> ServerState:
         return ServerState(round=0)
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        return no_update(setup)
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        return no_update(self.setup)
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         return {}
 
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        return ClientStart(adapter=fresh_lora(setup, client.rank, setup.seed))
+        return ClientStart(adapter=fresh_lora(self.setup, client.rank, self.setup.seed))
 
     def personalise(
         self,
         start: ClientStart,
         own: Mapping[str, Tensor] | None,
-        setup: Setup,
         client: ClientSpec,
     ) -> ClientStart:
         if not own:
@@ -88,9 +82,7 @@ class Local(DefaultHooks):
         }
         return dataclasses.replace(start, adapter=adapter)
 
-    def own_part(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
+    def own_part(self, start: ClientStart, trained: Lora, client: ClientSpec) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for layer, pair in trained.items():
             out[key(layer, "A")] = pair.A.detach().clone()
@@ -101,7 +93,6 @@ class Local(DefaultHooks):
         self,
         update: Mapping[str, Factored],
         own: Mapping[str, Tensor] | None,
-        setup: Setup,
         client: ClientSpec,
     ) -> dict[str, Factored]:
         """``(s_k·B_k, A_k)`` per layer: the client's own adapter (the base before it trained)."""
@@ -109,16 +100,14 @@ class Local(DefaultHooks):
             return dict(update)
         return {
             s.name: (client.scaling * own[key(s.name, "B")], own[key(s.name, "A")])
-            for s in setup.layers
+            for s in self.setup.layers
         }
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
+    def upload_schema(self, client: ClientSpec) -> Schema:
         return {}
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         return {}
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         return ServerState(round=state.round + 1)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fedlora.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
-    from fedlora.methods.base import Method
+    from fedlora.methods.base import Method, Setup
 
 NAMES = (
     "fed_dare", "fed_sb", "fedavg", "fedex", "fedprox", "fedsa", "fedsrd", "fedsrd-e",
@@ -28,7 +28,7 @@ T = TypeVar("T", bound=type)
 def register(name: str, config_cls: type) -> Callable[[T], T]:
     """Class decorator: make a method selectable as ``method = "<name>"``.
 
-    The class must take its config dataclass as the only constructor argument.
+    The class is built as ``cls(config, setup)`` (``common.MethodBase`` takes both).
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config of method {name!r} must be a dataclass")
@@ -88,7 +88,8 @@ def make_config(name: str, options: Mapping[str, Any] | None = None) -> Any:
         raise ConfigError(f"method.{name}: {exc}") from None
 
 
-def build(name: str, options: Mapping[str, Any] | None = None) -> Method:
-    """Instantiate method ``name`` with its validated config."""
+def build(name: str, options: Mapping[str, Any] | None = None, *, setup: Setup) -> Method:
+    """Method ``name`` with its validated config, built for ``setup``: ConfigError names an
+    option's bad value, or why the method cannot run this federation."""
     cls, _ = entry(name)
-    return cls(make_config(name, options))  # type: ignore[no-any-return]
+    return cls(make_config(name, options), setup)  # type: ignore[no-any-return]

@@ -41,7 +41,6 @@ from fedlora.methods.base import (
     Payload,
     Schema,
     ServerState,
-    Setup,
     Tensor,
     Upload,
 )
@@ -62,41 +61,35 @@ def trained_factor(round_: int) -> str:
 
 
 @register("rolora", RoLoraConfig)
-class RoLora(synced.DeltaSynced):
+class RoLora(synced.DeltaSynced[RoLoraConfig]):
     """RoLoRA (see module docstring)."""
 
     name = "rolora"
     dp_refusal = None  # the server step is a weighted sum of the uploads
     secure_refusal = None  # the same mean, of the masked changes
 
-    def __init__(self, config: RoLoraConfig) -> None:
-        self.config = config
-
     def client_start(
         self,
         view: Mapping[str, Tensor] | None,
         payload: Payload,
-        setup: Setup,
         client: ClientSpec,
         seed: int,
     ) -> ClientStart:
-        new_view = synced.apply_broadcast(view, payload, setup)
+        new_view = synced.apply_broadcast(view, payload, self.setup)
         factor = trained_factor(synced.view_round(new_view) + 1)
         return ClientStart(
-            adapter=synced.lora_from_view(new_view, setup),
+            adapter=synced.lora_from_view(new_view, self.setup),
             trainable=frozenset({factor}),
             view=new_view,
         )
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
-        return synced.delta_schema(setup, client.rank)
+    def upload_schema(self, client: ClientSpec) -> Schema:
+        return synced.delta_schema(self.setup, client.rank)
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         (factor,) = start.trainable
         out: Payload = {}
-        for s in setup.layers:
+        for s in self.setup.layers:
             for part in ("A", "B"):
                 old = start.view[key(s.name, part)]
                 if part == factor:
@@ -106,5 +99,5 @@ class RoLora(synced.DeltaSynced):
                     out[key(s.name, "d" + part)] = empty_sparse(tuple(old.shape))
         return out
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
-        return synced.mean_delta_step(state, uploads, setup, trained_factor(state.round + 1))
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
+        return synced.mean_delta_step(state, uploads, self.setup, trained_factor(state.round + 1))

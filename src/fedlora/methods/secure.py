@@ -30,7 +30,6 @@ from fedlora.methods.base import (
     Method,
     Payload,
     ServerState,
-    Setup,
     Tensor,
     Upload,
 )
@@ -43,11 +42,11 @@ Shapes = dict[str, tuple[int, ...]]
 class SecureForm(Protocol):
     """A server step computed from the mean of per-client terms (see the module doc)."""
 
-    def secure_shapes(self, setup: Setup, client: ClientSpec, round_: int) -> Shapes:
+    def secure_shapes(self, client: ClientSpec, round_: int) -> Shapes:
         """Name and shape of every term a client sends in ``round_``."""
 
     def secure_terms(
-        self, start: ClientStart, upload: Payload, setup: Setup, client: ClientSpec, round_: int
+        self, start: ClientStart, upload: Payload, client: ClientSpec, round_: int
     ) -> dict[str, Tensor]:
         """One client's terms (float64), from its start and the upload it would send."""
 
@@ -56,7 +55,6 @@ class SecureForm(Protocol):
         state: ServerState,
         mean: Mapping[str, Tensor],
         reference: Mapping[str, Tensor],
-        setup: Setup,
         round_: int,
     ) -> ServerState:
         """The new state from the terms' mean over the round's clients (``reference``: what
@@ -70,16 +68,16 @@ class MeanOfUploads:
     def __init__(self, method: Method) -> None:
         self.method = method
 
-    def secure_shapes(self, setup: Setup, client: ClientSpec, round_: int) -> Shapes:
-        schema = self.method.upload_schema(setup, client)
+    def secure_shapes(self, client: ClientSpec, round_: int) -> Shapes:
+        schema = self.method.upload_schema(client)
         return {name: entry.shape for name, entry in schema.items()}
 
     def secure_terms(
-        self, start: ClientStart, upload: Payload, setup: Setup, client: ClientSpec, round_: int
+        self, start: ClientStart, upload: Payload, client: ClientSpec, round_: int
     ) -> dict[str, Tensor]:
-        reference = self.method.upload_reference(start, setup, client)
+        reference = self.method.upload_reference(start, client)
         out: dict[str, Tensor] = {}
-        for name, shape in self.secure_shapes(setup, client, round_).items():
+        for name, shape in self.secure_shapes(client, round_).items():
             value = (
                 dense(upload[name]).double()
                 if name in upload
@@ -94,7 +92,6 @@ class MeanOfUploads:
         state: ServerState,
         mean: Mapping[str, Tensor],
         reference: Mapping[str, Tensor],
-        setup: Setup,
         round_: int,
     ) -> ServerState:
         payload: Payload = {}
@@ -102,8 +99,8 @@ class MeanOfUploads:
             base = reference.get(name)
             whole = value.double() + (base.double() if base is not None else 0.0)
             payload[name] = whole.to(torch.float32)
-        one = Upload(setup.clients[0].cid, 1, payload, round_)
-        return self.method.aggregate(state, [one], setup)
+        one = Upload(self.method.setup.clients[0].cid, 1, payload, round_)
+        return self.method.aggregate(state, [one])
 
 
 def secure_form(method: Method) -> SecureForm:

@@ -47,7 +47,7 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import DefaultHooks, dense, fresh_lora, initial_payload, key
+from fedlora.methods.common import ConfigT, MethodBase, dense, fresh_lora, initial_payload, key
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
 
@@ -237,33 +237,32 @@ def upload_delta(payload: Payload, layer: str, part: str, like: Tensor) -> Tenso
     return d.to(like.dtype)
 
 
-class SharedAdapter(DefaultHooks):
+class SharedAdapter(MethodBase[ConfigT]):
     """Hooks of a method whose clients all train one global adapter the server keeps: one
     rank and alpha for all, PEFT's init from the run seed at round 0, global update
     ``s·B·A``."""
 
     name: str
 
-    def validate(self, setup: Setup) -> None:
-        require_homogeneous(setup, self.name)
+    def validate(self) -> None:
+        require_homogeneous(self.setup, self.name)
 
-    def init_server(self, setup: Setup) -> ServerState:
-        self.validate(setup)
-        return initial_state(setup)
+    def init_server(self) -> ServerState:
+        return initial_state(self.setup)
 
-    def global_delta(self, state: ServerState, setup: Setup) -> dict[str, Factored]:
-        return global_scaled(state, setup)
+    def global_delta(self, state: ServerState) -> dict[str, Factored]:
+        return global_scaled(state, self.setup)
 
 
-class DeltaSynced(SharedAdapter):
+class DeltaSynced(SharedAdapter[ConfigT]):
     """A :class:`SharedAdapter` kept in sync on the clients by the deltas the server applied
     (the protocol of this module): the first broadcast is the initial adapter, later ones
     the last aggregation's deltas, and a skipped round leaves nothing pending."""
 
-    def broadcast(self, state: ServerState, setup: Setup, client: ClientSpec) -> Payload:
+    def broadcast(self, state: ServerState, client: ClientSpec) -> Payload:
         if state.round == 0:
-            return initial_payload(setup, setup.max_rank, setup.seed)
-        return delta_broadcast(state, setup)
+            return initial_payload(self.setup, self.setup.max_rank, self.setup.seed)
+        return delta_broadcast(state, self.setup)
 
-    def skip_round(self, state: ServerState, setup: Setup) -> ServerState:
+    def skip_round(self, state: ServerState) -> ServerState:
         return skip_round(state)

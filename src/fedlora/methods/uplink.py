@@ -49,7 +49,6 @@ from fedlora.methods.base import (
     Payload,
     Schema,
     ServerState,
-    Setup,
     Tensor,
     Upload,
 )
@@ -102,6 +101,7 @@ class SparseUplink:
         self.sparsifier = sparsifier
         self.rule = rule
         self.wire_dtype = wire_dtype
+        self.validate()
 
     secure_refusal = (
         "the plug-in's uploads are sparse on each client's own support: masked, every one "
@@ -115,10 +115,11 @@ class SparseUplink:
             raise AttributeError(hook)
         return getattr(self.inner, hook)
 
-    def validate(self, setup: Setup) -> None:
-        self.inner.validate(setup)
-        for client in setup.clients:
-            names = self.inner.upload_schema(setup, client)
+    def validate(self) -> None:
+        """Refuse a method whose upload is not LoRA factors (the wrapped method checked
+        its setup when it was built)."""
+        for client in self.setup.clients:
+            names = self.inner.upload_schema(client)
             odd = sorted(n for n in names if _split(n)[1] not in ("A", "B"))
             if odd:
                 raise ConfigError(
@@ -127,14 +128,12 @@ class SparseUplink:
                     "A and B (fedavg, fedprox, ffa, flora, flexlora, florist)"
                 )
 
-    def upload_schema(self, setup: Setup, client: ClientSpec) -> Schema:
+    def upload_schema(self, client: ClientSpec) -> Schema:
         """The wrapped method's entries, as changes: they may travel sparse."""
-        inner = self.inner.upload_schema(setup, client)
+        inner = self.inner.upload_schema(client)
         return {name: EntrySpec(entry.shape, CHANGE) for name, entry in inner.items()}
 
-    def upload_reference(
-        self, start: ClientStart, setup: Setup, client: ClientSpec
-    ) -> dict[str, Tensor]:
+    def upload_reference(self, start: ClientStart, client: ClientSpec) -> dict[str, Tensor]:
         """Zero: the plug-in uploads the difference from what the client would send untrained."""
         return {}
 
@@ -145,17 +144,15 @@ class SparseUplink:
         return delta_scores(part, delta, start.adapter[layer].A, trained[layer].B.detach())
 
     def _differences(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
+        self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int
     ) -> dict[str, Tensor]:
-        full = self.inner.upload(start, trained, setup, client, seed)
-        ref = self.inner.upload(start, start.adapter, setup, client, seed)
+        full = self.inner.upload(start, trained, client, seed)
+        ref = self.inner.upload(start, start.adapter, client, seed)
         return {name: dense(full[name]) - dense(ref[name]) for name in full}
 
-    def upload(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec, seed: int
-    ) -> Payload:
+    def upload(self, start: ClientStart, trained: Lora, client: ClientSpec, seed: int) -> Payload:
         out: Payload = {}
-        for name, delta in self._differences(start, trained, setup, client, seed).items():
+        for name, delta in self._differences(start, trained, client, seed).items():
             scores = self._scores(name, delta, start, trained)
             rho = self.rule.ratio(scores)
             mask_seed = label_seed(seed, "uplink", name)
@@ -163,42 +160,40 @@ class SparseUplink:
         return out
 
     def upload_report(
-        self, start: ClientStart, trained: Lora, setup: Setup, client: ClientSpec
+        self, start: ClientStart, trained: Lora, client: ClientSpec
     ) -> dict[str, Any]:
         # The ratios only: from the factors' own differences (what every method that
         # qualifies uploads), without building the upload a second time.
         rhos: dict[str, list[float]] = {"A": [], "B": []}
-        for name in self.inner.upload_schema(setup, client):
+        for name in self.inner.upload_schema(client):
             layer, part = _split(name)
             new, old = getattr(trained[layer], part), getattr(start.adapter[layer], part)
             delta = (new - old).detach()
             rhos[part].append(self.rule.ratio(self._scores(name, delta, start, trained)))
-        report = dict(self.inner.upload_report(start, trained, setup, client))
+        report = dict(self.inner.upload_report(start, trained, client))
         for part, values in rhos.items():
             if values:
                 report[f"uplink_rho_{part}"] = ratio_summary(values)
         return report
 
-    def rebuilt_start(
-        self, state: ServerState, setup: Setup, client: ClientSpec, round_: int
-    ) -> ClientStart:
+    def rebuilt_start(self, state: ServerState, client: ClientSpec, round_: int) -> ClientStart:
         """What ``client`` trained from in runtime round ``round_``, rebuilt on the server."""
-        received = as_received(self.inner.broadcast(state, setup, client), self.wire_dtype)
-        return half_round(self.inner, setup, Turn(client, round_, None, received)).start
+        received = as_received(self.inner.broadcast(state, client), self.wire_dtype)
+        return half_round(self.inner, Turn(client, round_, None, received)).start
 
-    def aggregate(self, state: ServerState, uploads: Sequence[Upload], setup: Setup) -> ServerState:
+    def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         rebuilt = []
         for up in uploads:
-            client = setup.client(up.cid)
+            client = self.setup.client(up.cid)
             round_ = up.round if up.round is not None else state.round + 1
-            start = self.rebuilt_start(state, setup, client, round_)
-            ref = untrained_upload(self.inner, setup, client, start, round_)
+            start = self.rebuilt_start(state, client, round_)
+            ref = untrained_upload(self.inner, client, start, round_)
             payload: Payload = {
                 name: dense(ref[name]) + dense(up.payload[name]).to(dense(ref[name]).dtype)
                 for name in ref
             }
             rebuilt.append(Upload(up.cid, up.n_samples, payload, up.round))
-        return self.inner.aggregate(state, rebuilt, setup)
+        return self.inner.aggregate(state, rebuilt)
 
 
 def with_uplink(

@@ -14,7 +14,7 @@ from fedlora.config import RunConfig
 from fedlora.errors import ConfigError
 from fedlora.eval.scores import ChoiceQuestion
 from fedlora.methods.base import ClientSpec, Factored, Method, Setup
-from fedlora.methods.registry import build
+from fedlora.methods.registry import build, entry, make_config
 from fedlora.methods.secure import secure_form
 from fedlora.methods.uplink import with_uplink
 from fedlora.models import model_folder
@@ -80,14 +80,21 @@ def encode_heldout(tokenizer: Any, held: Heldout, cfg: RunConfig) -> EvalSet:
     )
 
 
-def build_method(cfg: RunConfig) -> Method:
-    """The configured method, wrapped in the uplink sparsifier when ``uplink.sparsify`` asks."""
+def build_method(cfg: RunConfig, setup: Setup) -> Method:
+    """The configured method built for ``setup`` (ConfigError where it cannot run it),
+    wrapped in the uplink sparsifier when ``uplink.sparsify`` asks."""
     return with_uplink(
-        build(cfg.method.name, cfg.method.options),
+        build(cfg.method.name, cfg.method.options, setup=setup),
         sparsify=cfg.uplink.sparsify,
         rule=cfg.uplink,
         wire_dtype=cfg.wire.value_dtype,
     )
+
+
+def keeps_own_parts(cfg: RunConfig) -> bool:
+    """Whether the configured method keeps a part on each client (a fact of its class)."""
+    cls, _ = entry(cfg.method.name)
+    return bool(getattr(cls, "keeps_own_parts", False))
 
 
 def client_specs(cfg: RunConfig) -> tuple[ClientSpec, ...]:
@@ -128,17 +135,17 @@ def assemble(
     own held-out set is read (none may even exist on its machine); only the public held-out
     sets the server owns are loaded.
     """
-    method = build_method(cfg)
-    dp = privacy_plan(cfg, method)  # a method DP does not compose with stops here
-    if cfg.federation.secure:
-        secure_form(method)  # so does one secure aggregation does not compose with
+    make_config(cfg.method.name, cfg.method.options)  # a bad option stops here, before loading
     torch.manual_seed(cfg.seed)
     report("status", {"text": f"loading model {cfg.model.name}"})
     clients = client_specs(cfg)
     peft_model, tokenizer = adapted_model(cfg, clients)
     layers = layer_specs(peft_model)
     setup = Setup(layers=layers, clients=clients, seed=cfg.seed, weighting=cfg.federation.weighting)
-    method.validate(setup)
+    method = build_method(cfg, setup)
+    dp = privacy_plan(cfg, method)  # a method DP does not compose with stops here
+    if cfg.federation.secure:
+        secure_form(method)  # so does one secure aggregation does not compose with
 
     report("status", {"text": "preparing data"})
     seq_len = cfg.train.seq_len

@@ -200,7 +200,7 @@ def _mirror_views(
         start = reply.start if reply is not None else None
         if start is None and (alike not in done or d.train):
             try:
-                start = client_start(fed.method, fed.setup, client, old, d.payload, t)
+                start = client_start(fed.method, client, old, d.payload, t)
             except Exception as exc:  # the client cannot apply it either: it keeps its view
                 log.warning("round %d: client %d cannot apply the broadcast: %s", t, d.cid, exc)
                 why = f"broadcast could not be applied: {type(exc).__name__}: {exc}"
@@ -209,7 +209,7 @@ def _mirror_views(
             fresh = alike not in done
             done.setdefault(alike, _Applied(old, dict(start.view)))
             if d.train or fresh:
-                out.references[d.cid] = fed.method.upload_reference(start, fed.setup, client)
+                out.references[d.cid] = fed.method.upload_reference(start, client)
         applied = done[alike]
         if applied.view is None:
             out.unapplied[d.cid] = applied.error or "broadcast could not be applied"
@@ -239,14 +239,14 @@ def run_round(
     for c in setup.clients:
         if c.shape not in by_shape:
             with timer("broadcast_encode"):
-                tx = send(method.broadcast(rs.state, setup, c), cfg)
+                tx = send(method.broadcast(rs.state, c), cfg)
             with timer("broadcast_decode"):
                 payload = decode(tx.data, expected=None, max_bytes=max_bytes(cfg))
             by_shape[c.shape] = (tx, payload)
         tx, payload = by_shape[c.shape]
         dispatches.append(Dispatch(c.cid, c.cid in chosen, tx, payload))
     with timer("base_merge"):
-        merge = method.base_merge(dispatches[0].payload, setup)
+        merge = method.base_merge(dispatches[0].payload)
         fed.merge_into_base(merge)
     rs.merges.append(merge)
 
@@ -271,7 +271,7 @@ def run_round(
         timer=timer,
     )
     # A skipped round keeps the state, less what its broadcast already merged everywhere.
-    rs.state = method.skip_round(server.state, setup) if server.skipped else server.state
+    rs.state = method.skip_round(server.state) if server.skipped else server.state
     if fed.privacy is not None and not server.skipped:
         # counted before anything of it can leave: the evaluation below sends it to clients
         rs.released(fed.privacy.release(t))
@@ -284,7 +284,7 @@ def run_round(
     if t % cfg.eval.every == 0 or t == cfg.federation.rounds:
         report("eval_start", {"round": t})
         last = t == cfg.federation.rounds
-        evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state, setup), last)
+        evaluated = evaluation(fed, transport, rs, method.global_delta(rs.state), last)
     uploaded = set(uploads) | set(secure.alive if secure is not None else ())
     notes = transport.notes()
     facts = RoundFacts(
@@ -396,7 +396,7 @@ def round_record(
 
 def global_update(fed: Federation, rs: RunState) -> dict[str, Factored]:
     """Everything the run learnt, per layer: all base merges plus the global adapter."""
-    return learnt(fed.setup, rs.merges, fed.method.global_delta(rs.state, fed.setup))
+    return learnt(fed.setup, rs.merges, fed.method.global_delta(rs.state))
 
 
 def learnt(

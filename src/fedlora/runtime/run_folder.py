@@ -131,7 +131,7 @@ def check_restored(fed: Federation, ckpt: checkpoint.Checkpoint) -> None:
         raise CheckpointError(f"{where}: views of clients {unknown} this run does not have")
     layers = {spec.name: spec for spec in fed.setup.layers}
     try:
-        update = fed.method.global_delta(ckpt.state, fed.setup)
+        update = fed.method.global_delta(ckpt.state)
     except (KeyError, RuntimeError, ValueError, IndexError) as exc:
         raise CheckpointError(f"{where}: the state does not fit this run ({exc})") from None
     for name, spec in layers.items():
@@ -245,7 +245,7 @@ def start_or_resume(
     announce(fed, out, report, None, [])
     rs = RunState(
         round=0,
-        state=fed.method.init_server(fed.setup),
+        state=fed.method.init_server(),
         views={c.cid: None for c in fed.setup.clients},
     )
     if fed.privacy is not None:  # releases already in this folder's ledger still count

@@ -49,7 +49,7 @@ def secured(
     """The secure sum of round ``t``'s vectors held by ``holders`` (their size is the
     method's terms' for this round), over the transport's ``stage``; what the stages moved
     is added to each client's transport bytes in ``replies``."""
-    size = size_of(secure_form(method).secure_shapes(setup, setup.clients[0], t))
+    size = size_of(secure_form(method).secure_shapes(setup.clients[0], t))
     out = secure_sum(t, holders, size, cfg.federation.secagg, stage)
     for cid, sent in out.sent.items():
         replies[cid].sent_bytes += sent

@@ -168,7 +168,7 @@ class InProcess:
         if store is None:
             return dict(update)
         method, setup = self.fed.method, self.fed.setup
-        return method.own_update(update, store.before(t + 1), setup, setup.client(cid))
+        return method.own_update(update, store.before(t + 1), setup.client(cid))
 
 
 def run(cfg: RunConfig, *, resume: bool = False, report: Reporter | None = None) -> Path:

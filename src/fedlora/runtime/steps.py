@@ -123,7 +123,7 @@ def client_step(
     """
     began = time.perf_counter()
     method, setup, cfg, client = side.method, side.setup, side.cfg, turn.client
-    first = half_round(method, setup, turn, phase=timer)
+    first = half_round(method, turn, phase=timer)
     outcome = ClientOutcome(cid=client.cid, round=turn.round, start=first.start)
     if not train:
         return outcome
@@ -131,7 +131,7 @@ def client_step(
     # that crashes in one round is still in sync for the next.
     training = _Training(side, turn, examples, timer)
     try:
-        done = half_round(method, setup, turn, training, start=first.start, phase=timer)
+        done = half_round(method, turn, training, start=first.start, phase=timer)
     except Exception as exc:
         log.warning(
             "round %d: client %d failed: %s: %s", turn.round, client.cid, type(exc).__name__, exc
@@ -146,7 +146,7 @@ def client_step(
     outcome.own = done.own
     upload = done.upload
     if cfg.privacy.on:  # the client bounds its own change before anything leaves it
-        reference = method.upload_reference(done.start, setup, client)
+        reference = method.upload_reference(done.start, client)
         upload = clip_upload(upload, reference, cfg.privacy.clip_norm)
     with timer("upload_encode"):
         if cfg.federation.secure:
@@ -171,8 +171,8 @@ def secure_words(
     rounded with the client's own seeded stream."""
     client = turn.client
     form = secure_form(method)
-    terms = form.secure_terms(start, upload, setup, client, turn.round)
-    vector = flatten(terms, form.secure_shapes(setup, client, turn.round))
+    terms = form.secure_terms(start, upload, client, turn.round)
+    vector = flatten(terms, form.secure_shapes(client, turn.round))
     rng = np.random.default_rng(client_seed(setup.seed, Stream.SECURE, turn.round, client.cid))
     clip = cfg.privacy.clip_norm if cfg.privacy.on else None
     return client_words(vector, quantiser(cfg), clip, rng)
@@ -215,7 +215,7 @@ def _decoded(
         raise PayloadError(f"client {cid} reports {n_samples!r} training samples")
     try:
         return decode_with_stats(
-            data, expected=method.upload_schema(setup, setup.client(cid)), max_bytes=max_bytes(cfg)
+            data, expected=method.upload_schema(setup.client(cid)), max_bytes=max_bytes(cfg)
         )
     except PayloadError:
         raise
@@ -288,7 +288,7 @@ def server_step(
             policy=clip_policy(cfg),
         )
         kept = guarded.uploads
-        step = lambda: method.aggregate(state, kept, setup)  # noqa: E731
+        step = lambda: method.aggregate(state, kept)  # noqa: E731
     for cid, why in guarded.refused.items():
         log.warning("round %d: dropping client %d: %s", t, cid, why)
         dropped[cid] = f"refused change: {why}"
@@ -343,11 +343,11 @@ def _private(
         if not references:
             raise ValueError("no client could apply this round's broadcast")
         anyone = min(references)
-        schema = method.upload_schema(setup, setup.client(anyone))
+        schema = method.upload_schema(setup.client(anyone))
         shapes = {name: entry.shape for name, entry in schema.items()}
         mean = noisy_mean(decoded, references, shapes, references[anyone], dp, state.round + 1)
         one = Upload(anyone, 1, mean, decoded[0].round if decoded else None)
-        return method.aggregate(state, [one], setup)
+        return method.aggregate(state, [one])
 
     return step
 
@@ -383,11 +383,11 @@ def _secure_step(
             if not received.references or summed.total is None:
                 raise ValueError("no client could apply this round's broadcast")
             anyone = min(received.references)
-            shapes = form.secure_shapes(setup, setup.client(anyone), trained)
+            shapes = form.secure_shapes(setup.client(anyone), trained)
             count = dp.denominator if dp is not None else len(summed.alive)
             noise = (dp, t) if dp is not None else None
             mean = mean_terms(summed.total, quantiser(cfg), shapes, count, noise)
-            return form.aggregate_mean(state, mean, received.references[anyone], setup, trained)
+            return form.aggregate_mean(state, mean, received.references[anyone], trained)
 
         new_state, skip = _aggregated(step)
     if skip is not None:

@@ -145,7 +145,7 @@ class SyntheticTransport:
                 else None
             )
             turn = Turn(client, t, rs.views[d.cid], d.payload)
-            done = half_round(method, setup, turn, synthetic)
+            done = half_round(method, turn, synthetic)
             outcome = ClientOutcome(d.cid, t, start=done.start, sent_bytes=d.broadcast.nbytes)
             if done.upload is not None and cfg.federation.secure:
                 words = secure_words(method, setup, cfg, turn, done.start, done.upload)

@@ -28,7 +28,13 @@ from fedlora.methods.base import ClientSpec, Method, Setup
 from fedlora.methods.common import dense
 from fedlora.methods.half_round import Turn
 from fedlora.models import model_folder
-from fedlora.runtime.assemble import adapted_model, build_method, client_specs, encode_heldout
+from fedlora.runtime.assemble import (
+    adapted_model,
+    build_method,
+    client_specs,
+    encode_heldout,
+    keeps_own_parts,
+)
 from fedlora.runtime.client_data import client_split, own_data
 from fedlora.runtime.driver import learnt
 from fedlora.runtime.evaluate import score_sets
@@ -119,21 +125,20 @@ def build_client(cfg: RunConfig, cid: int) -> ClientParts:
         seed=cfg.seed,
         weighting=cfg.federation.weighting,
     )
-    method = build_method(cfg)
-    method.validate(setup)
+    method = build_method(cfg, setup)
     return ClientParts(
         peft_model, method, setup, setup.client(cid), pad_id_of(tokenizer), tokenizer
     )
 
 
-def own_store(method: Method, state_dir: str | None, run: str, cid: int) -> OwnParts | None:
+def own_store(cfg: RunConfig, state_dir: str | None, run: str, cid: int) -> OwnParts | None:
     """This node's store of its client's own parts, where the method keeps any: under the
     node's ``state-dir``, by run token (``fedlora.runtime.own_parts``)."""
-    if not method.keeps_own_parts:
+    if not keeps_own_parts(cfg):
         return None
     if not state_dir:
         raise ConfigError(
-            f"{method.name} keeps each client's own part on its node: this SuperNode's node "
+            f"{cfg.method.name} keeps each client's own part on its node: this SuperNode's node "
             "config names no state-dir (--node-config 'state-dir=\"/path\"')"
         )
     try:
@@ -171,7 +176,7 @@ def client_round(
     store = None
     if ins.train:
         try:
-            store = own_store(parts.method, state_dir, ins.run, ins.cid)
+            store = own_store(cfg, state_dir, ins.run, ins.cid)
             raw = client_examples_raw(cfg, ins.cid, data_file)
             examples = [
                 encode(parts.tokenizer, ex, cfg.train.seq_len, cfg.data.template) for ex in raw
@@ -179,7 +184,7 @@ def client_round(
         except FedloraError as exc:
             unreadable = f"client failed: {exc}"
     broadcast = receive_broadcast(parts.method, parts.setup, parts.client, ins.broadcast, cfg)
-    merges = (*memory.merges, parts.method.base_merge(broadcast, parts.setup))
+    merges = (*memory.merges, parts.method.base_merge(broadcast))
     # Replay every merge in order, as the shared in-process model received them.
     for merge in merges:
         add_into_base(parts.model, merge)
@@ -216,7 +221,7 @@ def client_evaluate(
         return EvalReport(ins.cid, ins.round, "out-of-sync", error=why, nonce=ins.nonce)
     cfg = config_mod.from_dict(json.loads(ins.config))
     try:
-        store = own_store(build_method(cfg), state_dir, ins.run, ins.cid)
+        store = own_store(cfg, state_dir, ins.run, ins.cid)
     except FedloraError as exc:
         return EvalReport(ins.cid, ins.round, "failed", error=str(exc), nonce=ins.nonce)
     if not cfg.data.own_heldout and not (ins.final and store is not None):
@@ -232,7 +237,7 @@ def client_evaluate(
     }
     if store is not None:
         own = store.before(ins.round + 1)
-        update = parts.method.own_update(update, own, parts.setup, parts.client)
+        update = parts.method.own_update(update, own, parts.client)
         if ins.final:
             write_adapter(
                 store.folder / "adapter",
