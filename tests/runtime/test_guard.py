@@ -124,8 +124,11 @@ def test_a_layer_nobody_else_changed_is_bounded_to_no_change() -> None:
 
 
 def test_a_non_finite_new_state_skips_the_round() -> None:
+    from fedlora.methods.base import ClientSpec, LayerSpec, Setup
+
     class Exploding:
         name = "exploding"
+        setup = Setup((LayerSpec("l", 2, 2),), (ClientSpec(0, 1, 1.0), ClientSpec(1, 1, 1.0)))
 
         def upload_schema(self, client: Any) -> dict[str, tuple[int, ...]]:
             return {"l.dA": (2,)}
@@ -133,17 +136,14 @@ def test_a_non_finite_new_state_skips_the_round() -> None:
         def aggregate(self, state: ServerState, uploads: Any) -> ServerState:
             return ServerState(state.round + 1, {"l.A": torch.tensor([float("inf")])})
 
-    from fedlora.methods.base import ClientSpec, LayerSpec, Setup
     from fedlora.wire import encode
 
-    setup = Setup((LayerSpec("l", 2, 2),), (ClientSpec(0, 1, 1.0), ClientSpec(1, 1, 1.0)))
     blob = encode({"l.dA": torch.ones(2)})
     state = ServerState(0, {"l.A": torch.zeros(1)})
 
     out = server_step(
         Exploding(),  # type: ignore[arg-type]
         state,
-        setup,
         config.load(None, ["data.clients=2"]),
         Received({0: (blob, 5), 1: (blob, 5)}, {}, {}),
     )

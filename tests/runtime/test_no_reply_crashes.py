@@ -140,7 +140,6 @@ def step(name: str, data: bytes, n_samples: Any, overrides: list[str], dp: bool)
     out = server_step(
         h.method,
         h.state,
-        h.setup,
         cfg,
         Received(uploads, {}, h.references, h.state.round + 1),
         dp=plan,
@@ -271,7 +270,6 @@ def test_no_train_reply_raises_out_of_the_server_or_its_record(edits: dict[str, 
     outcome = server_step(
         fed.method,
         fed.method.init_server(),
-        fed.setup,
         fed.cfg,
         Received(
             {1: (got.upload.data, got.n_samples)} if ok and got.upload else {},
@@ -299,7 +297,6 @@ def test_no_evaluation_reply_raises_out_of_the_server_or_its_record(edits: dict[
     outcome = server_step(
         build("fedavg", setup=tiny_setup()),
         ServerState(0),
-        tiny_setup(),
         config.load(None, []),
         Received({}, {}, {}),
     )
@@ -320,7 +317,6 @@ def test_a_sparse_entry_for_a_whole_factor_drops_the_client_naming_the_kind() ->
     out = server_step(
         h.method,
         h.state,
-        h.setup,
         config.load(None, []),
         Received({**h.uploads, HOSTILE: (encode(payload), 10)}, {}, h.references),
     )
@@ -342,7 +338,6 @@ def test_a_failing_aggregation_skips_the_round_with_the_reason() -> None:
     out = server_step(
         Broken(),  # type: ignore[arg-type]
         h.state,
-        h.setup,
         config.load(None, []),
         Received(h.uploads, {}, h.references),
     )

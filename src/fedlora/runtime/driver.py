@@ -263,7 +263,6 @@ def run_round(
     server = server_step(
         method,
         rs.state,
-        setup,
         cfg,
         Received(uploads, failures, references, t, secure),
         min_uploads=transport.min_uploads,

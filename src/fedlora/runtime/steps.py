@@ -207,7 +207,7 @@ def clip_policy(cfg: RunConfig) -> ClipPolicy:
 
 
 def _decoded(
-    method: Method, setup: Setup, cid: int, data: bytes, n_samples: int, cfg: RunConfig
+    method: Method, cid: int, data: bytes, n_samples: int, cfg: RunConfig
 ) -> tuple[Payload, WireStats]:
     """One upload, decoded strictly against the method's schema (names, shapes, entry kinds,
     finite values); any failure at all raises ``PayloadError``."""
@@ -215,7 +215,7 @@ def _decoded(
         raise PayloadError(f"client {cid} reports {n_samples!r} training samples")
     try:
         return decode_with_stats(
-            data, expected=method.upload_schema(setup.client(cid)), max_bytes=max_bytes(cfg)
+            data, expected=method.upload_schema(method.setup.client(cid)), max_bytes=max_bytes(cfg)
         )
     except PayloadError:
         raise
@@ -242,7 +242,6 @@ class Received:
 def server_step(
     method: Method,
     state: ServerState,
-    setup: Setup,
     cfg: RunConfig,
     received: Received,
     *,
@@ -261,7 +260,7 @@ def server_step(
     """
     began = time.perf_counter()
     if received.secure is not None:
-        return _secure_step(method, state, setup, cfg, received, min_uploads, dp)
+        return _secure_step(method, state, cfg, received, min_uploads, dp)
     t = state.round + 1
     dropped = dict(received.failures)
     decoded: list[Upload] = []
@@ -270,7 +269,7 @@ def server_step(
         data, n_samples = received.uploads[cid]
         try:
             with timer("upload_decode"):
-                payload, stats[cid] = _decoded(method, setup, cid, data, n_samples, cfg)
+                payload, stats[cid] = _decoded(method, cid, data, n_samples, cfg)
         except PayloadError as exc:
             log.warning("round %d: dropping client %d: %s", t, cid, exc)
             dropped[cid] = f"invalid upload: {exc}"
@@ -278,7 +277,7 @@ def server_step(
         decoded.append(Upload(cid, n_samples, payload, received.round))
     fed = cfg.federation
     if dp is not None:
-        step = _private(method, state, setup, decoded, received.references, dp)
+        step = _private(method, state, decoded, received.references, dp)
         guarded = Guarded(decoded, {}, {}, {})
     else:
         guarded = guard(
@@ -331,7 +330,6 @@ def _aggregated(step: Callable[[], ServerState]) -> tuple[ServerState | None, st
 def _private(
     method: Method,
     state: ServerState,
-    setup: Setup,
     decoded: Sequence[Upload],
     references: Mapping[int, Mapping[str, Tensor]],
     dp: PrivacyPlan,
@@ -343,7 +341,7 @@ def _private(
         if not references:
             raise ValueError("no client could apply this round's broadcast")
         anyone = min(references)
-        schema = method.upload_schema(setup.client(anyone))
+        schema = method.upload_schema(method.setup.client(anyone))
         shapes = {name: entry.shape for name, entry in schema.items()}
         mean = noisy_mean(decoded, references, shapes, references[anyone], dp, state.round + 1)
         one = Upload(anyone, 1, mean, decoded[0].round if decoded else None)
@@ -355,7 +353,6 @@ def _private(
 def _secure_step(
     method: Method,
     state: ServerState,
-    setup: Setup,
     cfg: RunConfig,
     received: Received,
     min_uploads: int,
@@ -383,7 +380,7 @@ def _secure_step(
             if not received.references or summed.total is None:
                 raise ValueError("no client could apply this round's broadcast")
             anyone = min(received.references)
-            shapes = form.secure_shapes(setup.client(anyone), trained)
+            shapes = form.secure_shapes(method.setup.client(anyone), trained)
             count = dp.denominator if dp is not None else len(summed.alive)
             noise = (dp, t) if dp is not None else None
             mean = mean_terms(summed.total, quantiser(cfg), shapes, count, noise)
