@@ -9,7 +9,8 @@ from helpers import run_round, tiny_setup
 
 from fedlora.errors import ConfigError
 from fedlora.methods import registry
-from fedlora.methods.fedsrd_report import COND_WARN, stability_report
+from fedlora.methods.fedsrd_report import COND_WARN, norms_of, stability_report
+from fedlora.ops.solve import condition
 from fedlora.ops.sparsify import per_slot_mask, rank_slot_dim, select
 
 
@@ -61,3 +62,21 @@ def test_every_round_reports_its_solve(name: str) -> None:
     for u in res.uploads:
         rank = method.upload_report(res.starts[u.cid], res.trained[u.cid], setup.client(u.cid))
         assert 0 < rank["kept_rank_B"]["min"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["fedsrd", "fedsrd-e"])
+def test_the_reported_norms_and_conditions_are_those_of_the_state(name: str) -> None:
+    # Prepare: two rounds (the second reads the norms before it from the first's report)
+    setup = tiny_setup()
+    method = registry.build(name, setup=setup)
+    r1 = run_round(method, method.init_server(), setup)
+    r2 = run_round(method, r1.state, setup, views=r1.views)
+    for prev, state in ((r1.state, r2.state), (method.init_server(), r1.state)):
+        report = state.meta["report"]
+        # Assert: the norms are the new state's own, computed from its tensors
+        fresh = norms_of(state.tensors, setup)
+        assert (report["norm_a"], report["norm_b"]) == (fresh["A"], fresh["B"])
+        # and the condition numbers those of the factor each layer solved against
+        against = report["solved_against"]
+        conditions = sorted(condition(prev.tensors[f"{s.name}.{against}"]) for s in setup.layers)
+        assert report["cond_max"] == pytest.approx(conditions[-1], rel=1e-9)

@@ -83,6 +83,7 @@ from fedlora.methods.common import initial_payload, key, lora_payload
 from fedlora.methods.fedsrd_report import norms_of, stability_report, update_ratio
 from fedlora.methods.fedsrd_server import (
     LayerInputs,
+    Solved,
     averaged_aggregate,
     balanced_factors,
     batched_targets,
@@ -98,12 +99,7 @@ from fedlora.ops.masks import dare_dense
 from fedlora.ops.ratio import SPARSIFIERS, SUPPORTS, RatioRule
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import label_seed
-from fedlora.ops.solve import (
-    ClientDeltas,
-    condition,
-    solve_a_clients,
-    solve_b_clients,
-)
+from fedlora.ops.solve import ClientDeltas, fixed, solve_a_clients, solve_b_clients
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.sparsify import (
     SparseDelta,
@@ -308,7 +304,7 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
         deltas: ClientDeltas,
         factor: str,
         target: Factored | None,
-    ) -> Tensor:
+    ) -> Solved:
         """One layer's least-squares update of ``factor`` toward ``W_r − B^{t-1}A^{t-1}``
         (``target``: ``W_r`` from :meth:`targets`, None where the method needs none)."""
         raise NotImplementedError
@@ -354,7 +350,7 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
         )
         return self.applied(state, updates)
 
-    def applied(self, state: ServerState, updates: Iterable[tuple[str, Tensor]]) -> ServerState:
+    def applied(self, state: ServerState, updates: Iterable[tuple[str, Solved]]) -> ServerState:
         """The new state from each layer's least-squares update of the round's factor: the
         update thinned by DARE (:func:`downlink_seed`) is added to the global factor and
         kept as the delta to broadcast."""
@@ -362,10 +358,10 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
         factor = active_factor(round_)
         tensors: dict[str, Tensor] = {}
         conditions: list[float] = []
-        for name, update in updates:
+        for name, (update, cond) in updates:
             a_prev = state.tensors[key(name, "A")]
             b_prev = state.tensors[key(name, "B")]
-            conditions.append(condition(a_prev if factor == "B" else b_prev))
+            conditions.append(cond)
             applied = dare_dense(
                 update, self.config.p_down, downlink_seed(self.setup.seed, round_, name)
             )
@@ -378,7 +374,9 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
         tensors = {k: tensors[k] for name in names for k in _keys(name, factor) if k in tensors}
         meta: dict[str, Any] = {"updated": factor}
         if conditions:
-            before, after = norms_of(state.tensors, self.setup), norms_of(tensors, self.setup)
+            before = norms_of(state.tensors, self.setup, state.meta)
+            # the factor the round left alone kept its norm
+            after = {**before, **norms_of(tensors, self.setup, parts=(factor,))}
             meta["report"] = stability_report(factor, conditions, before, after)
         return ServerState(round=round_, tensors=tensors, meta=meta)
 
@@ -406,9 +404,11 @@ class FedSRD(_FedSRDBase):
         deltas: ClientDeltas,
         factor: str,
         target: Factored | None,
-    ) -> Tensor:
+    ) -> Solved:
         assert target is not None
-        return least_squares_step(target, a_prev, b_prev, factor, self.config.ridge)
+        pinv = fixed(factor, a_prev, b_prev, self.config.ridge)
+        update = least_squares_step(target, a_prev, b_prev, factor, pinv=pinv)
+        return Solved(update, pinv.condition)
 
 
 @register("fedsrd-e", FedSRDConfig)
@@ -467,11 +467,12 @@ class FedSRDE(_FedSRDBase):
         deltas: ClientDeltas,
         factor: str,
         target: Factored | None,
-    ) -> Tensor:
-        ridge = self.config.ridge
+    ) -> Solved:
+        pinv = fixed(factor, a_prev, b_prev, self.config.ridge)
         if not self.config.reconstruct:
             target = averaged_aggregate(a_prev, b_prev, deltas)
-            return least_squares_step(target, a_prev, b_prev, factor, ridge)
-        # The full aggregate's step needs no stack: per-client r×r products (ops.solve).
+            update = least_squares_step(target, a_prev, b_prev, factor, pinv=pinv)
+            return Solved(update, pinv.condition)
+        # The full aggregate's step needs no stack of products: r×r products (ops.solve).
         solve = solve_b_clients if factor == "B" else solve_a_clients
-        return solve(a_prev, b_prev, deltas, ridge)
+        return Solved(solve(a_prev, b_prev, deltas, pinv=pinv), pinv.condition)

@@ -55,13 +55,23 @@ def stability_report(
     return report
 
 
-def norms_of(tensors: Mapping[str, Tensor], setup: Setup) -> dict[str, float]:
-    """‖A‖_F and ‖B‖_F over all layers of a FedSRD state."""
+def norms_of(
+    tensors: Mapping[str, Tensor],
+    setup: Setup,
+    meta: Mapping[str, Any] | None = None,
+    parts: Sequence[str] = ("A", "B"),
+) -> dict[str, float]:
+    """‖A‖_F and ‖B‖_F (``parts``) over all layers of a FedSRD state: read from the state's
+    own round report (``meta``) when it has one (it was computed from these tensors), else
+    computed (float64 sums)."""
+    report = (meta or {}).get("report") or {}
+    if all(f"norm_{p.lower()}" in report for p in parts):
+        return {p: float(report[f"norm_{p.lower()}"]) for p in parts}
     return {
-        part: math.sqrt(
-            sum(float(tensors[key(s.name, part)].double().pow(2).sum()) for s in setup.layers)
+        p: math.sqrt(
+            sum(float(tensors[key(s.name, p)].double().pow(2).sum()) for s in setup.layers)
         )
-        for part in ("A", "B")
+        for p in parts
     }
 
 

@@ -16,6 +16,8 @@ from fedlora.methods.common import dense, key
 from fedlora.ops.factored import truncated_factors
 from fedlora.ops.solve import (
     ClientDeltas,
+    Pinv,
+    fixed,
     projected_change,
     solve_a_terms,
     solve_b_terms,
@@ -63,6 +65,14 @@ def averaged_aggregate(a_prev: Tensor, b_prev: Tensor, deltas: ClientDeltas) -> 
     b = b_prev + sum((p * dense(d_b) for p, _, d_b in deltas), torch.zeros_like(b_prev))
     a = a_prev + sum((p * dense(d_a) for p, d_a, _ in deltas), torch.zeros_like(a_prev))
     return b, a
+
+
+class Solved(NamedTuple):
+    """One layer's least-squares update and the condition number of the factor it was
+    solved against (from the same pseudo-inverse: one Gram and one eigendecomposition)."""
+
+    update: Tensor
+    condition: float
 
 
 class LayerInputs(NamedTuple):
@@ -117,20 +127,27 @@ def batched_targets(
 
 
 def least_squares_step(
-    target: Factored, a_prev: Tensor, b_prev: Tensor, factor: str, ridge: float = 0.0
+    target: Factored,
+    a_prev: Tensor,
+    b_prev: Tensor,
+    factor: str,
+    ridge: float = 0.0,
+    *,
+    pinv: Pinv | None = None,
 ) -> Tensor:
     """The closed-form update of ``factor`` toward ``target − B^{t-1}A^{t-1}`` (factored).
 
     Returns ``ΔB = ΔW·pinv(A^{t-1})`` (m×r) for ``factor == "B"``, else
     ``ΔA = pinv(B^{t-1})·ΔW`` (r×n), with ``ΔW = [W_l, −B^{t-1}]·[W_r; A^{t-1}]``;
-    ``ridge > 0`` replaces the pseudo-inverse by the Tikhonov solve (:mod:`fedlora.ops.solve`).
+    ``ridge > 0`` replaces the pseudo-inverse by the Tikhonov solve (:mod:`fedlora.ops.solve`);
+    ``pinv``: :func:`fedlora.ops.solve.fixed` built already.
     """
     # ΔW as two products solved against one Gram matrix, never concatenated:
     # [W_l, −B]·[W_r; A] = W_l·W_r − B·A.
     terms = [target, (-b_prev, a_prev)]
     if factor == "B":
-        return solve_b_terms(terms, a_prev, ridge)
-    return solve_a_terms(terms, b_prev, ridge)
+        return solve_b_terms(terms, a_prev, ridge, pinv=pinv)
+    return solve_a_terms(terms, b_prev, ridge, pinv=pinv)
 
 
 def balanced_factors(target: Factored, rank: int) -> LoraPair:
@@ -173,8 +190,10 @@ def projected_updates(
     setup: Setup,
     factor: str,
     ridge: float,
-) -> Iterator[tuple[str, Tensor]]:
+) -> Iterator[tuple[str, Solved]]:
     """Each layer's least-squares update from the mean projected term."""
     for s in setup.layers:
         a, b = tensors[key(s.name, "A")], tensors[key(s.name, "B")]
-        yield s.name, solve_projected(mean[key(s.name, "P" + factor)], a, b, factor, ridge)
+        pinv = fixed(factor, a, b, ridge)
+        term = mean[key(s.name, "P" + factor)]
+        yield s.name, Solved(solve_projected(term, a, b, factor, pinv=pinv), pinv.condition)

@@ -23,7 +23,7 @@ def _check_chain(left: Tensor, right: Tensor) -> None:
         raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
 
 
-class _Pinv:
+class Pinv:
     """``pinv(M) @ rhs`` for a tall thin ``M`` (k×r, k >= r) and any number of right-hand
     sides, from one eigendecomposition of the r×r Gram matrix: ``pinv(M) = V diag(1/λ) Vᵀ Mᵀ``
     over eigenvalues above the same relative cutoff as ``torch.linalg.pinv`` (on singular
@@ -85,30 +85,35 @@ def condition(matrix: Tensor) -> float:
     """``σ_max / σ_min`` of ``matrix`` over the directions a solve against it inverts (the
     gain of the worst-conditioned direction, relative to the best)."""
     tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
-    return _Pinv(tall).condition
+    return Pinv(tall).condition
 
 
-def solve_b_terms(terms: Terms, a: Tensor, ridge: float = 0.0) -> Tensor:
+def solve_b_terms(
+    terms: Terms, a: Tensor, ridge: float = 0.0, *, pinv: Pinv | None = None
+) -> Tensor:
     """``ΔB = (Σ_i L_i R_i) @ pinv(A)`` as ``Σ_i L_i (R_i pinv(A))``, one Gram of A for all
     terms (a target given as several products needs no concatenated stack); ``ridge``: the
-    Tikhonov solve of :class:`_Pinv`."""
+    Tikhonov solve of :class:`Pinv` (``pinv``: one built already, ``Pinv(A.T, ridge)``)."""
     for left, right in terms:
         _check_chain(left, right)
         if a.ndim != 2 or a.shape[1] != right.shape[1]:
             raise ValueError(f"A {tuple(a.shape)} does not match ΔW's {right.shape[1]} columns")
     # X = R·pinv(A) is the minimum-norm least-squares solution of X·A = R, i.e. of
     # Aᵀ·Xᵀ = Rᵀ: an n×r system with q right-hand sides, never an n×r pseudo-inverse.
-    pinv = _Pinv(a.T, ridge)
+    pinv = Pinv(a.T, ridge) if pinv is None else pinv
     return _total([left @ pinv(right.T).T for left, right in terms])
 
 
-def solve_a_terms(terms: Terms, b: Tensor, ridge: float = 0.0) -> Tensor:
-    """``ΔA = pinv(B) @ (Σ_i L_i R_i)`` as ``Σ_i (pinv(B) L_i) R_i``, one Gram of B."""
+def solve_a_terms(
+    terms: Terms, b: Tensor, ridge: float = 0.0, *, pinv: Pinv | None = None
+) -> Tensor:
+    """``ΔA = pinv(B) @ (Σ_i L_i R_i)`` as ``Σ_i (pinv(B) L_i) R_i``, one Gram of B
+    (``pinv``: one built already, ``Pinv(B, ridge)``)."""
     for left, right in terms:
         _check_chain(left, right)
         if b.ndim != 2 or b.shape[0] != left.shape[0]:
             raise ValueError(f"B {tuple(b.shape)} does not match ΔW's {left.shape[0]} rows")
-    pinv = _Pinv(b, ridge)
+    pinv = Pinv(b, ridge) if pinv is None else pinv
     return _total([pinv(left) @ right for left, right in terms])
 
 
@@ -151,6 +156,12 @@ ClientDeltas = Sequence[tuple[float, Delta, Delta]]
 """``(p_k, ΔA_k, ΔB_k)`` per client: weight, r×n delta of A, m×r delta of B."""
 
 
+def fixed(factor: str, a: Tensor, b: Tensor, ridge: float = 0.0) -> Pinv:
+    """The pseudo-inverse a ``factor``-round solves with: of ``Aᵀ`` when ``B`` is updated,
+    of ``B`` when ``A`` is; built once per layer for the step and its condition number."""
+    return Pinv(a.T, ridge) if factor == "B" else Pinv(b, ridge)
+
+
 def _as_dense(delta: Delta, like: Tensor) -> Tensor:
     d = delta.to_dense() if isinstance(delta, Sparse) else delta
     if tuple(d.shape) != tuple(like.shape):
@@ -158,43 +169,82 @@ def _as_dense(delta: Delta, like: Tensor) -> Tensor:
     return d.to(like.dtype)
 
 
-def solve_b_clients(a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 0.0) -> Tensor:
+def _fits(block: Delta, like: Tensor) -> None:
+    if tuple(block.shape) != tuple(like.shape):
+        raise ValueError(f"delta of shape {tuple(block.shape)} does not fit {tuple(like.shape)}")
+
+
+def _stacked(blocks: Sequence[Delta], like: Tensor, axis: int) -> Tensor:
+    """``[X_0; X_1; …]`` (``axis = 0``) or ``[X_0, X_1, …]`` (``axis = 1``) of blocks shaped
+    like ``like``, in its dtype: a dense block copied, a sparse one scattered into place
+    (never densified on its own)."""
+    rows, cols = like.shape
+    count = len(blocks)
+    # Row blocks are contiguous in a (count, rows, cols) buffer; column blocks interleave
+    # row by row in a (rows, count, cols) one, which is the rows × count·cols matrix.
+    # One zero fill of the whole buffer is a memset; zeroing each strided column block costs
+    # several times more.
+    shape = (count, rows, cols) if axis == 0 else (rows, count, cols)
+    out = torch.zeros(shape, dtype=like.dtype)
+    flat = out.view(-1)
+    for k, block in enumerate(blocks):
+        _fits(block, like)
+        if not isinstance(block, Sparse):
+            (out[k] if axis == 0 else out[:, k]).copy_(block)
+            continue
+        idx = block.indices
+        if axis == 0:
+            at = idx + k * rows * cols
+        else:  # row i of block k starts at (i·count + k)·cols
+            at = idx + (idx // cols) * ((count - 1) * cols) + k * cols
+        flat.index_put_((at,), block.values.to(like.dtype))
+    return out.view(count * rows, cols) if axis == 0 else out.view(rows, count * cols)
+
+
+def solve_b_clients(
+    a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 0.0, *, pinv: Pinv | None = None
+) -> Tensor:
     """``ΔB = (Σ_k p_k (B + ΔB_k)(A + ΔA_k) − B·A)·pinv(A)`` from r×r products per client.
 
     With ``G = A·Aᵀ``, ``Y_k = ΔA_k·Aᵀ`` and ``pinv(A) = Aᵀ·G⁺`` the target is
     ``(B·C_0 + Σ_k ΔB_k·C_k)·G⁺`` with ``C_0 = Σ_k p_k (G + Y_k) − G`` and
-    ``C_k = p_k (G + Y_k)``: every m- or n-sized product has r columns, the clients' factors
-    are never stacked, and ``B·A`` cancels in the r×r algebra (float64) instead of in m×r
-    float32 sums. Equal to ``solve_b_terms`` on the stacked aggregate up to float error
-    (``ridge`` as there: ``G⁺`` becomes ``(G + μI)⁻¹``).
+    ``C_k = p_k (G + Y_k)``: every m- or n-sized product has r columns and ``B·A`` cancels
+    in the r×r algebra (float64) instead of in m×r float32 sums. The deltas are read once:
+    all ``Y_k`` come from one product with the stacked ``[ΔA_1; …; ΔA_K]``, and the update
+    is one product ``[B, ΔB_1, …, ΔB_K]·[C_0G⁺; C_1G⁺; …]``. Equal to ``solve_b_terms`` on
+    the stacked aggregate up to float error (``ridge`` as there: ``G⁺`` becomes
+    ``(G + μI)⁻¹``; ``pinv``: :func:`fixed` built already).
     """
-    pinv = _Pinv(a.T, ridge)
+    pinv = Pinv(a.T, ridge) if pinv is None else pinv
     g, g_plus = pinv.gram, pinv.gram_pinv()
-    c0 = -g
-    parts: list[Tensor] = []
-    for p, d_a, d_b in clients:
-        c_k = p * (g + (_as_dense(d_a, a) @ a.T).double())
-        c0 = c0 + c_k
-        parts.append(_as_dense(d_b, b) @ (c_k @ g_plus).to(b.dtype))
-    return _total([b @ (c0 @ g_plus).to(b.dtype), *parts])
+    count, r = len(clients), a.shape[0]
+    weights = torch.tensor([p for p, _, _ in clients], dtype=torch.float64)[:, None, None]
+    y = (_stacked([d_a for _, d_a, _ in clients], a, 0) @ a.T).double().view(count, r, r)
+    c = weights * (g + y)
+    coeff = torch.cat([(c.sum(0) - g)[None], c]) @ g_plus
+    left = _stacked([b, *(d_b for _, _, d_b in clients)], b, 1)
+    return left @ coeff.to(b.dtype).view((count + 1) * r, r)
 
 
-def solve_a_clients(a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 0.0) -> Tensor:
+def solve_a_clients(
+    a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 0.0, *, pinv: Pinv | None = None
+) -> Tensor:
     """``ΔA = pinv(B)·(Σ_k p_k (B + ΔB_k)(A + ΔA_k) − B·A)`` from r×r products per client.
 
     With ``H = Bᵀ·B``, ``Z_k = Bᵀ·ΔB_k`` and ``pinv(B) = H⁺·Bᵀ``:
-    ``H⁺·(D_0·A + Σ_k D_k·ΔA_k)``, ``D_0 = Σ_k p_k (H + Z_k) − H``, ``D_k = p_k (H + Z_k)``
-    (see :func:`solve_b_clients`).
+    ``H⁺·(D_0·A + Σ_k D_k·ΔA_k)``, ``D_0 = Σ_k p_k (H + Z_k) − H``, ``D_k = p_k (H + Z_k)``:
+    all ``Z_k`` from one product with ``[ΔB_1, …, ΔB_K]``, the update one product
+    ``[H⁺D_0, H⁺D_1, …]·[A; ΔA_1; …; ΔA_K]`` (see :func:`solve_b_clients`).
     """
-    pinv = _Pinv(b, ridge)
+    pinv = Pinv(b, ridge) if pinv is None else pinv
     h, h_plus = pinv.gram, pinv.gram_pinv()
-    d0 = -h
-    parts: list[Tensor] = []
-    for p, d_a, d_b in clients:
-        d_k = p * (h + (b.T @ _as_dense(d_b, b)).double())
-        d0 = d0 + d_k
-        parts.append((h_plus @ d_k).to(a.dtype) @ _as_dense(d_a, a))
-    return _total([(h_plus @ d0).to(a.dtype) @ a, *parts])
+    count, r = len(clients), b.shape[1]
+    weights = torch.tensor([p for p, _, _ in clients], dtype=torch.float64)[:, None, None]
+    z = (b.T @ _stacked([d_b for _, _, d_b in clients], b, 1)).double()
+    d = weights * (h + z.view(r, count, r).transpose(0, 1))
+    coeff = h_plus @ torch.cat([(d.sum(0) - h)[None], d])
+    right = _stacked([a, *(d_a for _, d_a, _ in clients)], a, 0)
+    return coeff.to(a.dtype).transpose(0, 1).reshape(r, (count + 1) * r) @ right
 
 
 def projected_change(a: Tensor, b: Tensor, d_a: Delta, d_b: Delta, factor: str) -> Tensor:
@@ -216,15 +266,20 @@ def projected_change(a: Tensor, b: Tensor, d_a: Delta, d_b: Delta, factor: str) 
 
 
 def solve_projected(
-    projected: Tensor, a: Tensor, b: Tensor, factor: str, ridge: float = 0.0
+    projected: Tensor,
+    a: Tensor,
+    b: Tensor,
+    factor: str,
+    ridge: float = 0.0,
+    *,
+    pinv: Pinv | None = None,
 ) -> Tensor:
     """FedSRD-e's update from the weighted sum of :func:`projected_change` over clients
     (weights summing to one, as the server's do):
     ``ΔB = P·(A·Aᵀ)⁺`` (B-round) or ``ΔA = (Bᵀ·B)⁺·P`` (A-round), the pseudo-inverse (or,
-    with ``ridge``, the Tikhonov solve) of :class:`_Pinv`; equal to :func:`solve_b_clients`
+    with ``ridge``, the Tikhonov solve) of :class:`Pinv`; equal to :func:`solve_b_clients`
     / :func:`solve_a_clients` on the same deltas up to float error."""
+    pinv = fixed(factor, a, b, ridge) if pinv is None else pinv
     if factor == "B":
-        g_plus = _Pinv(a.T, ridge).gram_pinv()
-        return (projected.double() @ g_plus).to(b.dtype)
-    h_plus = _Pinv(b, ridge).gram_pinv()
-    return (h_plus @ projected.double()).to(a.dtype)
+        return (projected.double() @ pinv.gram_pinv()).to(b.dtype)
+    return (pinv.gram_pinv() @ projected.double()).to(a.dtype)
