@@ -11,6 +11,10 @@ Blocks:
     One row per method of every ``benchmarks/server/results/*.json`` report: its whole-model
     step against its roofline, and the wire (one client's upload encoded and decoded) against
     a copy of its bytes. A report's file name carries its device, date and code.
+
+``secagg``
+    One row per federation size of every ``benchmarks/secagg/results/*.json`` report: a
+    trained round plain and under secure aggregation, its seconds and bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
 SERVER_RESULTS = ROOT / "benchmarks" / "server" / "results"
+SECAGG_RESULTS = ROOT / "benchmarks" / "secagg" / "results"
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
@@ -69,7 +74,34 @@ def server_block(folder: Path = SERVER_RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"server": server_block}
+def secagg_rows(name: str, report: Mapping[str, Any]) -> list[str]:
+    """The table rows of one secure-aggregation report (KiB = 1024 bytes)."""
+    rows = []
+    for row in report["rows"]:
+        plain, secure = row["plain"], row["secure"]
+        kind = "SecAgg" if row["num_shares"] >= row["clients"] else "SecAgg+"
+        rows.append(
+            f"| `{name}` | {row['clients']} | {row['num_shares']} ({kind}) | "
+            f"{plain['seconds']:.2f} | {secure['seconds']:.2f} | {row['extra_seconds']:.2f} | "
+            f"{plain['upload_bytes'] / 1024:.1f} / {secure['upload_bytes'] / 1024:.1f} | "
+            f"{secure['moved_bytes'] / 1024:.1f} |"
+        )
+    return rows
+
+
+def secagg_block(folder: Path = SECAGG_RESULTS) -> str:
+    """Every committed secure-aggregation report as one table (files in name order)."""
+    lines = [
+        "| report | clients | neighbours | plain s | secure s | extra s | "
+        "upload KiB plain / secure | all secure messages KiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(folder.glob("*.json")):
+        lines.extend(secagg_rows(path.stem, json.loads(path.read_text())))
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"server": server_block, "secagg": secagg_block}
 
 
 def regenerate(text: str, blocks: Mapping[str, Callable[[], str]] = BLOCKS) -> str:

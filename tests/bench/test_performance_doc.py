@@ -45,3 +45,17 @@ def test_a_stale_or_unknown_block_is_found() -> None:
     assert fresh == "a\n<!-- generated: server -->\nnew\n<!-- end generated -->\nb\n"
     with pytest.raises(ValueError, match="no generator for block 'server'"):
         pd.regenerate(text, {})
+
+
+def test_a_secagg_row_is_computed_from_its_report() -> None:
+    row = {
+        "clients": 16,
+        "num_shares": 5,
+        "plain": {"seconds": 1.8, "upload_bytes": 2048.0, "moved_bytes": 4096.0},
+        "secure": {"seconds": 3.0, "upload_bytes": 3072.0, "moved_bytes": 5120.0},
+        "extra_seconds": 1.2,
+    }
+    (line,) = pd.secagg_rows("x", {"rows": [row]})
+    assert line == "| `x` | 16 | 5 (SecAgg+) | 1.80 | 3.00 | 1.20 | 2.0 / 3.0 | 5.0 |"
+    (whole,) = pd.secagg_rows("x", {"rows": [{**row, "num_shares": 16}]})
+    assert "| 16 (SecAgg) |" in whole
