@@ -12,6 +12,11 @@ Blocks:
     step against its roofline, and the wire (one client's upload encoded and decoded) against
     a copy of its bytes. A report's file name carries its device, date and code.
 
+``client``
+    One row per method of every ``benchmarks/client/results/client-*.json`` report: a client
+    round's training throughput against a bare PyTorch + PEFT loop and TRL's SFTTrainer on
+    the same batches, and the share of the round spent outside training.
+
 ``secagg``
     One row per federation size of every ``benchmarks/secagg/results/*.json`` report: a
     trained round plain and under secure aggregation, its seconds and bytes.
@@ -31,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
 SERVER_RESULTS = ROOT / "benchmarks" / "server" / "results"
 SECAGG_RESULTS = ROOT / "benchmarks" / "secagg" / "results"
+CLIENT_RESULTS = ROOT / "benchmarks" / "client" / "results"
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
@@ -74,6 +80,34 @@ def server_block(folder: Path = SERVER_RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def client_rows(name: str, report: Mapping[str, Any]) -> list[str]:
+    """The table rows of one client report (ratios: medians of per-repeat pairs)."""
+    before, after = report["load_before"][0], report["load_after"][0]
+    where = f"{report['model']}, {report['threads']} threads, load {before:.2g} → {after:.2g}"
+    rows = []
+    for m in report["methods"]:
+        rows.append(
+            f"| `{name}` | {where} | {m['method']} | {m['repeats']} | "
+            f"{m['train_tokens_per_s']:.0f} | {m['bare_tokens_per_s']:.0f} | "
+            f"{m['train_ratio']:.2f}× | {m['round_ratio']:.2f}× | "
+            f"{_fmt(m.get('trl_ratio'), '.2f', '×')} | {m['non_training_share']:.1%} |"
+        )
+    return rows
+
+
+def client_block(folder: Path = CLIENT_RESULTS) -> str:
+    """Every committed client report as one table (files in name order)."""
+    lines = [
+        "| report | model, threads, load | method | repeats | fedlora tok/s | bare loop tok/s | "
+        "fedlora / bare, training | fedlora / bare, whole round | fedlora / TRL | "
+        "non-training share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(folder.glob("client-*.json")):
+        lines.extend(client_rows(path.stem, json.loads(path.read_text())))
+    return "\n".join(lines) + "\n"
+
+
 def secagg_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     """The table rows of one secure-aggregation report (KiB = 1024 bytes)."""
     rows = []
@@ -101,7 +135,11 @@ def secagg_block(folder: Path = SECAGG_RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"server": server_block, "secagg": secagg_block}
+BLOCKS: dict[str, Callable[[], str]] = {
+    "server": server_block,
+    "client": client_block,
+    "secagg": secagg_block,
+}
 
 
 def regenerate(text: str, blocks: Mapping[str, Callable[[], str]] = BLOCKS) -> str:

@@ -59,3 +59,28 @@ def test_a_secagg_row_is_computed_from_its_report() -> None:
     assert line == "| `x` | 16 | 5 (SecAgg+) | 1.80 | 3.00 | 1.20 | 2.0 / 3.0 | 5.0 |"
     (whole,) = pd.secagg_rows("x", {"rows": [{**row, "num_shares": 16}]})
     assert "| 16 (SecAgg) |" in whole
+
+
+def test_a_client_row_is_computed_from_its_report() -> None:
+    method = {
+        "method": "fedavg",
+        "repeats": 5,
+        "train_tokens_per_s": 812.4,
+        "bare_tokens_per_s": 790.0,
+        "train_ratio": 1.0284,
+        "round_ratio": 1.01,
+        "trl_ratio": None,
+        "non_training_share": 0.0123,
+    }
+    report = {
+        "model": "smollm2-135m",
+        "threads": 2,
+        "load_before": [0.5, 0.4, 0.3],
+        "load_after": [1.9, 1.2, 0.8],
+        "methods": [method],
+    }
+    (line,) = pd.client_rows("client-x", report)
+    assert line == (
+        "| `client-x` | smollm2-135m, 2 threads, load 0.5 → 1.9 | fedavg | 5 | 812 | 790 | "
+        "1.03× | 1.01× | – | 1.2% |"
+    )
