@@ -28,7 +28,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+Rows = Callable[[str, Mapping[str, Any]], list[str]]
+"""The table rows of one report, given its name (the file's stem) and its JSON."""
+
+
+def _table(header: str, paths: Iterable[Path], rows: Rows) -> str:
+    """A markdown table (``header``: its column names, ``" | "`` between them) with every
+    report's rows, files in name order."""
+    lines = [f"| {header} |", "|" + "---|" * len(header.split(" | "))]
+    for path in sorted(paths):
+        lines.extend(rows(path.stem, json.loads(path.read_text())))
+    return "\n".join(lines) + "\n"
+
+
 def server_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     """The table rows of one server report."""
     machine = report["machine"]
@@ -70,14 +83,12 @@ def server_rows(name: str, report: Mapping[str, Any]) -> list[str]:
 
 def server_block(folder: Path = SERVER_RESULTS) -> str:
     """Every committed server report as one table (files in name order)."""
-    lines = [
-        "| report | machine | method | whole-model step (median) | × its roofline | "
-        "upload (10⁶ bytes) | wire (median) | wire / copy |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for path in sorted(folder.glob("*.json")):
-        lines.extend(server_rows(path.stem, json.loads(path.read_text())))
-    return "\n".join(lines) + "\n"
+    return _table(
+        "report | machine | method | whole-model step (median) | × its roofline | "
+        "upload (10⁶ bytes) | wire (median) | wire / copy",
+        folder.glob("*.json"),
+        server_rows,
+    )
 
 
 def client_rows(name: str, report: Mapping[str, Any]) -> list[str]:
@@ -97,15 +108,13 @@ def client_rows(name: str, report: Mapping[str, Any]) -> list[str]:
 
 def client_block(folder: Path = CLIENT_RESULTS) -> str:
     """Every committed client report as one table (files in name order)."""
-    lines = [
-        "| report | model, threads, load | method | repeats | fedlora tok/s | bare loop tok/s | "
-        "fedlora / bare, training | fedlora / bare, whole round | fedlora / TRL | "
-        "non-training share |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for path in sorted(folder.glob("client-*.json")):
-        lines.extend(client_rows(path.stem, json.loads(path.read_text())))
-    return "\n".join(lines) + "\n"
+    return _table(
+        "report | model, threads, load | method | repeats | fedlora tok/s | "
+        "bare loop tok/s | fedlora / bare, training | "
+        "fedlora / bare, whole round | fedlora / TRL | non-training share",
+        folder.glob("client-*.json"),
+        client_rows,
+    )
 
 
 def secagg_rows(name: str, report: Mapping[str, Any]) -> list[str]:
@@ -125,14 +134,12 @@ def secagg_rows(name: str, report: Mapping[str, Any]) -> list[str]:
 
 def secagg_block(folder: Path = SECAGG_RESULTS) -> str:
     """Every committed secure-aggregation report as one table (files in name order)."""
-    lines = [
-        "| report | clients | neighbours | plain s | secure s | extra s | "
-        "upload KiB plain / secure | all secure messages KiB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for path in sorted(folder.glob("*.json")):
-        lines.extend(secagg_rows(path.stem, json.loads(path.read_text())))
-    return "\n".join(lines) + "\n"
+    return _table(
+        "report | clients | neighbours | plain s | secure s | extra s | "
+        "upload KiB plain / secure | all secure messages KiB",
+        folder.glob("*.json"),
+        secagg_rows,
+    )
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
