@@ -170,20 +170,16 @@ def _check_overrides(name: str) -> dict[str, Any]:
 
 
 def _built(
-    name: str,
-    options: Mapping[str, Any],
-    layers: tuple[LayerSpec, ...],
-    ranks: tuple[int, ...],
-    seed: int,
+    name: str, layers: tuple[LayerSpec, ...], ranks: tuple[int, ...], seed: int
 ) -> tuple[Method, str]:
     """Method ``name`` built for the requested ranks, or for all at the largest rank when
     it refuses mixed ranks (then with a note saying so)."""
     try:
-        return registry.build(name, options, setup=make_setup(layers, ranks, seed)), ""
+        return registry.build(name, setup=make_setup(layers, ranks, seed)), ""
     except ConfigError:
         uniform = make_setup(layers, (max(ranks),) * len(ranks), seed)
         note = f"refuses mixed ranks: {len(ranks)}×r{max(ranks)}"
-        return registry.build(name, options, setup=uniform), note
+        return registry.build(name, setup=uniform), note
 
 
 def _watch(layers: Sequence[LayerSpec]) -> set[tuple[int, int]]:
@@ -203,7 +199,7 @@ def bench_method(
     progress: Callable[[str], None],
 ) -> MethodResult:
     """Measure one method (see the module docstring)."""
-    method, note = _built(name, {}, subset, config.ranks, config.seed)
+    method, note = _built(name, subset, config.ranks, config.seed)
     setup_sub = method.setup
     result = MethodResult(method=name, ranks=tuple(c.rank for c in setup_sub.clients), note=note)
 
@@ -251,10 +247,17 @@ def bench_method(
         result.rel_error = max(relative_error(ours[layer], ref_out[layer]) for layer in ref_out)
         del inputs, ref_out, ours
     del check_inputs, check_state
-
-    # Project on the whole model: timing and memory.
     progress(f"{name}: project step on the whole model ({len(full)} layers)")
-    method, _ = _built(name, {}, full, config.ranks, config.seed)
+    _bench_whole(name, config, full, result)
+    return result
+
+
+def _bench_whole(
+    name: str, config: BenchConfig, full: tuple[LayerSpec, ...], result: MethodResult
+) -> None:
+    """The whole-model part of :func:`bench_method`: the step's time, memory, flops and
+    roofline, and the wire's time against a copy, written into ``result``."""
+    method, _ = _built(name, full, config.ranks, config.seed)
     setup_full = method.setup
     whole = synthetic_round(method, config.seed)
     device = resolve(config.device)
@@ -274,8 +277,6 @@ def bench_method(
     result.dense_layer_bytes = max(s.out_features * s.in_features * 4 for s in full)
     result.wire, result.upload_bytes = time_wire(whole.uploads[0].payload, config.repeats)
     result.copy = time_copy(result.upload_bytes, max(config.repeats, COPY_REPEATS))
-    del whole
-    return result
 
 
 COPY_REPEATS = 20

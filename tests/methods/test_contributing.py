@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedlora.errors import ConfigError
 from fedlora.methods import base, registry, secure
 from fedlora.methods.base import CAPABILITIES, Core
 from tests.methods.helpers import run_round, tiny_setup
@@ -112,5 +113,5 @@ def test_the_walkthrough_reaches_fedavgs_global_model(monkeypatch: pytest.Monkey
 
 def test_the_walkthrough_refuses_mixed_ranks_when_built(monkeypatch: pytest.MonkeyPatch) -> None:
     module = walkthrough_module(monkeypatch)
-    with pytest.raises(Exception, match="same LoRA rank and alpha"):
+    with pytest.raises(ConfigError, match="same LoRA rank and alpha"):
         module.MyMethod(module.MyConfig(), tiny_setup(ranks=(4, 2, 4)))
