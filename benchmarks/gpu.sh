@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 step $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/bench/test_bench_server.py -k "cuda or CUDA"
 step $PY -m benchmarks.server --device cuda --shape llama-3.2-3b --rank 64 --clients 4 \
-    --blocks 1 --methods fedsrd,fedsrd-e,florist,fedavg --repeats 3 --ref-repeats 1
+    --blocks 1 --methods fedsrd,fedsrd-e,florist,flexlora,fedavg --repeats 3 --ref-repeats 1
 step $PY -m benchmarks.client --batching --model "$MODEL" --set train.device=cuda \
     --set model.dtype=bfloat16 --set train.local_steps=4 --repeats 3
 step $PY -m benchmarks.client --model "$MODEL" --set train.device=cuda \

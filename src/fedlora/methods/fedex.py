@@ -60,7 +60,7 @@ from fedlora.methods.registry import register
 from fedlora.methods.stacked import client_pair, ordered, weighted_sum
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.sparse import Sparse
-from fedlora.ops.stack import compress, stack_products
+from fedlora.ops.stack import compress_layers, stack_products
 from fedlora.validate import flag
 
 RES_L, RES_R = "res_L", "res_R"
@@ -192,8 +192,9 @@ class FedEx(MethodBase[FedExConfig]):
                 weighted_sum([p.A for p in pairs], weights),
                 weighted_sum([p.B for p in pairs], weights),
             )
-            left, right = residual(pairs, weights, mean[spec.name], scaling)
-            res[spec.name] = compress(left, right) if self.config.compress else (left, right)
+            res[spec.name] = residual(pairs, weights, mean[spec.name], scaling)
+        if self.config.compress:
+            res = dict(compress_layers(res))
         return _state(state.round + 1, mean, res)
 
     def global_delta(self, state: ServerState) -> dict[str, Factored]:

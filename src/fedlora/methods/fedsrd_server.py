@@ -13,6 +13,7 @@ import torch
 from fedlora.methods import synced
 from fedlora.methods.base import Factored, LoraPair, Payload, Setup
 from fedlora.methods.common import dense, key
+from fedlora.ops.batches import Plan, run_batched
 from fedlora.ops.factored import truncated_factors
 from fedlora.ops.solve import (
     ClientDeltas,
@@ -83,47 +84,33 @@ class LayerInputs(NamedTuple):
     deltas: ClientDeltas
 
 
-BATCH_BYTES = 256 * 2**20
-"""The most bytes of stacked client factors :func:`batched_targets` truncates in one call."""
+def _plan(layer: LayerInputs) -> Plan:
+    """A layer's batching plan from its inputs, before its stacks exist."""
+    (m, r), n, count = layer.b_prev.shape, layer.a_prev.shape[1], len(layer.deltas)
+    return Plan(
+        signature=((m, r), n, count, layer.b_prev.dtype, layer.b_prev.device),
+        nbytes=(m + n) * count * r * layer.b_prev.element_size(),
+        cuda=layer.b_prev.is_cuda,
+    )
 
 
 def batched_targets(
     layers: Mapping[str, LayerInputs], rank: int, batch_bytes: int | None = None
 ) -> Iterator[tuple[str, Factored]]:
-    """Every layer's rank-``rank`` truncation of its reconstructed aggregate. On a GPU the
-    layers of one shape are factorised together (:func:`truncated_factors` on a batch): a
-    handful of batched calls per model instead of one launch-bound call per layer; a batch
-    holds at most :data:`BATCH_BYTES` of stacked factors (at least one layer), so the extra
-    memory is that batch's stacks and their copy into it. On the CPU, where LAPACK runs a
-    batch one matrix at a time anyway, each layer is truncated alone from its own stack (no
-    copy; batching measured slower there and +60% peak memory). ``batch_bytes`` overrides
-    the budget on either device (0: one layer at a time). Yields ``(layer, W_r)`` batch by
-    batch, so a consumer holds one batch's truncations at a time."""
-    by_shape: dict[tuple[tuple[int, ...], ...], list[str]] = {}
-    for name, layer in layers.items():
-        shape = (tuple(layer.b_prev.shape), tuple(layer.a_prev.shape), (len(layer.deltas),))
-        by_shape.setdefault(shape, []).append(name)
-    for ((m, r), (_, n), (count,)), names in by_shape.items():
-        itemsize = layers[names[0]].b_prev.element_size()
-        per_layer = (m + n) * count * r * itemsize
-        budget = batch_bytes
-        if budget is None:
-            budget = BATCH_BYTES if layers[names[0]].b_prev.is_cuda else 0
-        size = max(1, budget // max(per_layer, 1))
-        for start in range(0, len(names), size):
-            chunk = names[start : start + size]
-            if len(chunk) == 1:
-                left, right, weights = client_stack(*layers[chunk[0]])
-                yield chunk[0], truncated_factors(left, right, rank, weights)
-                continue
-            stacks = [client_stack(*layers[name]) for name in chunk]
-            left = torch.stack([st[0] for st in stacks])
-            right = torch.stack([st[1] for st in stacks])
-            weights = torch.stack([st[2] for st in stacks])
-            del stacks
-            us, vt = truncated_factors(left, right, rank, weights)
-            for i, name in enumerate(chunk):
-                yield name, (us[i], vt[i])
+    """Every layer's rank-``rank`` truncation of its reconstructed aggregate, the layers of
+    one shape truncated together on a GPU (:func:`fedlora.ops.batches.run_batched`: at most
+    :data:`~fedlora.ops.batches.BATCH_BYTES` of stacked client factors per call; on the CPU
+    one layer at a time from its own stack, no copy: batching measured slower there and +60%
+    peak memory). ``batch_bytes`` overrides the budget on either device (0: one layer at a
+    time). A layer's stack is built when its batch runs; yields ``(layer, W_r)``."""
+
+    def truncate(left: Tensor, right: Tensor, weights: Tensor) -> Factored:
+        return truncated_factors(left, right, rank, weights)
+
+    plans = {name: _plan(layer) for name, layer in layers.items()}
+    built = run_batched(truncate, plans, lambda name: client_stack(*layers[name]), batch_bytes)
+    for name, truncation in built:
+        yield name, (truncation[0], truncation[1])
 
 
 def least_squares_step(

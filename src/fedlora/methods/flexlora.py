@@ -9,7 +9,8 @@ continues training from that pair.
 Departures and choices:
 
 - The paper forms the dense m×n ``ΔW``; here ``ΔW`` is the FLoRIST stack ``B_st A_st`` and
-  its SVD is computed from the factors (``ops.factored``): same numbers, O((m+n)·Σr_k) memory.
+  its SVD is computed from the factors (``ops.factored``): same numbers, O((m+n)·Σr_k) memory;
+  on a GPU the layers of one shape are factorised in one batched call (``ops.batches``).
 - The server state keeps the whole aggregate at its numerical rank (singular values above
   ``S_1·1e-7``) as ``layer.B = U S`` (scaling folded in) and ``layer.A = Vᵀ``; the global
   model (``global_delta``) is that full aggregate, and each client's broadcast is its
@@ -55,7 +56,7 @@ from fedlora.methods.common import (
 )
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import global_scaling, stacked_update
-from fedlora.ops.stack import compress
+from fedlora.ops.stack import compress_layers
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class FlexLora(MethodBase[FlexLoraConfig]):
 
     def aggregate(self, state: ServerState, uploads: Sequence[Upload]) -> ServerState:
         stacks = stacked_update(uploads, self.setup)
-        return _state(state.round + 1, {n: compress(lf, rf) for n, (lf, rf) in stacks.items()})
+        return _state(state.round + 1, dict(compress_layers(stacks)))
 
     def global_delta(self, state: ServerState) -> dict[str, Factored]:
         return {n: (lf.clone(), rf.clone()) for n, (lf, rf) in _factored(state, self.setup).items()}

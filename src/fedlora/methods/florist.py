@@ -7,7 +7,8 @@ follow docs/methods.md ("FLoRIST"):
 
 1. Stack: ``B_st = [B_1 … B_K]``, ``A_st = [p_1 s_1 A_1; …; p_K s_K A_K]``, so
    ``B_st A_st = Σ p_k s_k B_k A_k = ΔW_agg`` exactly.
-2. SVD of ``B_st A_st`` from its factors (``ops.factored``); ΔW_agg is never formed.
+2. SVD of ``B_st A_st`` from its factors (``ops.factored``); ΔW_agg is never formed. On a
+   GPU the layers of one shape are factorised in one batched call (``ops.batches``).
 3. Energy threshold: per layer, the smallest ``k*`` with ``Σ_{i<=k*} S_i² / Σ S_i² >= tau``
    (``tau = 1``: the numerical rank, so the aggregate is reproduced exactly).
 4. Global adapter ``B_g = U_{k*} diag(S_{k*}) / s_g``, ``A_g = V_{k*}ᵀ``.
@@ -71,6 +72,7 @@ from fedlora.methods.common import (
 )
 from fedlora.methods.registry import register
 from fedlora.methods.stacked import global_scaling, stacked_update
+from fedlora.ops.batches import map_layers
 from fedlora.ops.factored import energy_rank, factored_svd
 from fedlora.validate import number, one_of
 
@@ -98,7 +100,13 @@ def threshold_svd(
 ) -> tuple[Tensor, Tensor, int]:
     """FLoRIST steps 2–4 for one layer: ``(A_g, B_g, k*)`` with
     ``scaling · B_g @ A_g`` = the energy-``tau`` truncation of ``left @ right``."""
-    u, s, v = factored_svd(left, right)
+    return thresholded(*factored_svd(left, right), tau, scaling)
+
+
+def thresholded(
+    u: Tensor, s: Tensor, v: Tensor, tau: float, scaling: float
+) -> tuple[Tensor, Tensor, int]:
+    """Steps 3–4 on one layer's thin SVD ``U diag(S) Vᵀ``: ``(A_g, B_g, k*)``."""
     k = energy_rank(s, tau)
     b_g = u[:, :k] * (s[:k] / scaling)
     a_g = v[:, :k].T.contiguous()
@@ -190,8 +198,9 @@ class Florist(MethodBase[FloristConfig]):
         s_g = global_scaling(self.setup)
         adapter: dict[str, LoraPair] = {}
         ranks: dict[str, int] = {}
-        for layer, (left, right) in stacked_update(uploads, self.setup).items():
-            a_g, b_g, k = threshold_svd(left, right, self.config.tau, s_g)
+        stacks = stacked_update(uploads, self.setup)
+        for layer, (u, s, v) in map_layers(factored_svd, stacks):
+            a_g, b_g, k = thresholded(u, s, v, self.config.tau, s_g)
             adapter[layer] = LoraPair(a_g, b_g)
             ranks[layer] = k
         log.info("FLoRIST round %d: per-layer ranks %s", state.round + 1, ranks)

@@ -20,20 +20,28 @@ def factored_svd(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
     Parameters
     ----------
-    left : (m, q) tensor
-    right : (q, n) tensor
+    left : (m, q) tensor, or (b, m, q) for a batch of b products
+    right : (q, n) tensor, or (b, q, n)
 
     Returns
     -------
     U (m, q'), S (q',), V (n, q') with ``left @ right == U @ diag(S) @ V.T`` and
-    ``q' = min(q, m, n)``; singular values in descending order.
+    ``q' = min(q, m, n)``; singular values in descending order. Batched inputs give batched
+    outputs (a leading b), each entry what the 2-D call on it returns.
     """
-    if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[0]:
-        raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
+    _check_chain(left, right)
     q_l, t_l = torch.linalg.qr(left, mode="reduced")
-    q_r, t_r = torch.linalg.qr(right.T, mode="reduced")
-    u_c, s, vh_c = torch.linalg.svd(t_l @ t_r.T, full_matrices=False)
-    return q_l @ u_c, s, q_r @ vh_c.T
+    q_r, t_r = torch.linalg.qr(right.mT, mode="reduced")
+    u_c, s, vh_c = torch.linalg.svd(t_l @ t_r.mT, full_matrices=False)
+    return q_l @ u_c, s, q_r @ vh_c.mT
+
+
+def _check_chain(left: Tensor, right: Tensor) -> None:
+    """Both 2-D or both 3-D with one batch size, and ``left``'s columns ``right``'s rows."""
+    if left.ndim not in (2, 3) or right.ndim != left.ndim or left.shape[-1] != right.shape[-2]:
+        raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
+    if left.shape[:-2] != right.shape[:-2]:
+        raise ValueError(f"batches differ: {tuple(left.shape)} and {tuple(right.shape)}")
 
 
 def numerical_rank(s: Tensor, cutoff: float = RELATIVE_RANK_CUTOFF) -> int:
@@ -81,10 +89,7 @@ def truncated_factors(
     products of one shape in one call of each factorisation (what a GPU needs: one launch per
     kernel instead of one per layer); the 2-D call computes exactly what one batch entry does.
     """
-    if left.ndim not in (2, 3) or right.ndim != left.ndim or left.shape[-1] != right.shape[-2]:
-        raise ValueError(f"factors do not chain: {tuple(left.shape)} @ {tuple(right.shape)}")
-    if left.shape[:-2] != right.shape[:-2]:
-        raise ValueError(f"batches differ: {tuple(left.shape)} and {tuple(right.shape)}")
+    _check_chain(left, right)
     if weights is not None and tuple(weights.shape) != (*left.shape[:-2], left.shape[-1]):
         raise ValueError(f"weights {tuple(weights.shape)} do not match {left.shape[-1]} columns")
     t_l = torch.linalg.qr(left, mode="r").R

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
+from fedlora.ops.batches import map_layers
 from fedlora.ops.factored import factored_svd, numerical_rank
 
 Tensor = torch.Tensor
@@ -51,9 +52,23 @@ def compress(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
     ``factored.numerical_rank``); the result has at most ``left.shape[1]`` columns and its
     right factor has orthonormal rows.
     """
-    u, s, v = factored_svd(left, right)
+    return at_numerical_rank(*factored_svd(left, right))
+
+
+def at_numerical_rank(u: Tensor, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``(U_k diag(S_k), V_kᵀ)`` of one thin SVD, ``k`` its numerical rank (new tensors)."""
     k = numerical_rank(s)
     return u[:, :k] * s[:k], v[:, :k].T.contiguous()
+
+
+def compress_layers(
+    stacks: Mapping[str, tuple[Tensor, Tensor]], budget: int | None = None
+) -> Iterator[tuple[str, tuple[Tensor, Tensor]]]:
+    """:func:`compress` of every layer's ``(L, R)``, the SVDs of the layers of one shape run
+    as one batched call on a GPU (:func:`fedlora.ops.batches.map_layers`; ``budget``: its
+    bytes per call, 0 one layer at a time)."""
+    for name, (u, s, v) in map_layers(factored_svd, stacks, budget):
+        yield name, at_numerical_rank(u, s, v)
 
 
 def fit_rank(a: Tensor, b: Tensor, rank: int) -> tuple[Tensor, Tensor]:
