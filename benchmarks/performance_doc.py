@@ -17,6 +17,12 @@ Blocks:
     round's training throughput against a bare PyTorch + PEFT loop and TRL's SFTTrainer on
     the same batches, and the share of the round spent outside training.
 
+``round``
+    Every ``benchmarks/round/results/*.json`` report: a whole round of each method at the
+    demo's budget (measured), in the FedSRD paper's setting (extrapolated from measured steps
+    on this machine), and on the paper's hardware (its FedAvg round plus this machine's server
+    and wire), each with FedSRD's round over FedAvg's.
+
 ``secagg``
     One row per federation size of every ``benchmarks/secagg/results/*.json`` report: a
     trained round plain and under secure aggregation, its seconds and bytes.
@@ -37,6 +43,7 @@ DOC = ROOT / "docs" / "performance.md"
 SERVER_RESULTS = ROOT / "benchmarks" / "server" / "results"
 SECAGG_RESULTS = ROOT / "benchmarks" / "secagg" / "results"
 CLIENT_RESULTS = ROOT / "benchmarks" / "client" / "results"
+ROUND_RESULTS = ROOT / "benchmarks" / "round" / "results"
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
@@ -117,6 +124,49 @@ def client_block(folder: Path = CLIENT_RESULTS) -> str:
     )
 
 
+def round_rows(name: str, report: Mapping[str, Any]) -> list[str]:
+    """The table rows of one round-cost report: each setting's methods (seconds)."""
+    before, after = report["load_before"][0], report["load_after"][0]
+    lead = f"| `{name}` | {before:.2g} → {after:.2g} |"
+    demo_ratio, paper_ratio = report.get("demo_round_ratio"), report.get("paper_round_ratio")
+    rows = []
+    for d in report["demo"]:
+        rows.append(
+            f"{lead} demo budget, measured | {d['method']} | {d['round_s']:.2f} | "
+            f"{d['train_s']:.2f} | {d['client_other_s']:.3f} | {d['server_s']:.3f} | – | "
+            f"{d['rest_s']:.3f} | {_ratio_cell(d['method'], demo_ratio)} |"
+        )
+    for p in report["paper"]:
+        rows.append(
+            f"{lead} paper setting, extrapolated | {p['method']} | {p['round_s']:.1f} | "
+            f"{p['client_train_s']:.1f} | – | {p['server_s']:.2f} | {p['wire_s']:.3f} | – | "
+            f"{_ratio_cell(p['method'], paper_ratio, '.4f')} |"
+        )
+    minutes = report.get("on_paper_hardware_minutes", {})
+    hardware_ratio = _ratio(minutes.get("fedsrd"), minutes.get("fedavg"))
+    for method, value in minutes.items():
+        rows.append(
+            f"{lead} the paper's FedAvg round + this machine's server and wire | {method} | "
+            f"{value * 60:.1f} | – | – | – | – | – | {_ratio_cell(method, hardware_ratio)} |"
+        )
+    return rows
+
+
+def _ratio_cell(method: str, ratio: float | None, spec: str = ".3f") -> str:
+    """FedSRD's round over FedAvg's, shown on FedSRD's row only."""
+    return _fmt(ratio, spec) if method == "fedsrd" else ""
+
+
+def round_block(folder: Path = ROUND_RESULTS) -> str:
+    """Every committed round-cost report as one table (files in name order)."""
+    return _table(
+        "report | load | setting | method | round s | training s | clients' other work s | "
+        "server step s | wire s (one way) | rest s | FedSRD / FedAvg",
+        folder.glob("*.json"),
+        round_rows,
+    )
+
+
 def secagg_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     """The table rows of one secure-aggregation report (KiB = 1024 bytes)."""
     rows = []
@@ -146,6 +196,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "server": server_block,
     "client": client_block,
     "secagg": secagg_block,
+    "round": round_block,
 }
 
 

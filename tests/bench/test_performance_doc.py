@@ -84,3 +84,59 @@ def test_a_client_row_is_computed_from_its_report() -> None:
         "| `client-x` | smollm2-135m, 2 threads, load 0.5 → 1.9 | fedavg | 5 | 812 | 790 | "
         "1.03× | 1.01× | – | 1.2% |"
     )
+
+
+def test_round_rows_are_computed_from_a_round_report() -> None:
+    # Prepare: the shape report_json writes (benchmarks.round), two methods
+    report = {
+        "load_before": [0.5, 0.4, 0.3],
+        "load_after": [1.8, 1.2, 0.8],
+        "demo": [
+            {
+                "method": "fedavg",
+                "round_s": 40.0,
+                "train_s": 39.0,
+                "client_other_s": 0.16,
+                "server_s": 0.11,
+                "rest_s": 0.73,
+            },
+            {
+                "method": "fedsrd",
+                "round_s": 39.6,
+                "train_s": 38.0,
+                "client_other_s": 0.9,
+                "server_s": 0.34,
+                "rest_s": 0.36,
+            },
+        ],
+        "paper": [
+            {
+                "method": "fedavg",
+                "client_train_s": 13000.0,
+                "wire_s": 1.08,
+                "server_s": 0.16,
+                "round_s": 13002.32,
+            },
+            {
+                "method": "fedsrd",
+                "client_train_s": 13000.0,
+                "wire_s": 0.2,
+                "server_s": 6.8,
+                "round_s": 13007.2,
+            },
+        ],
+        "demo_round_ratio": 0.99,
+        "paper_round_ratio": 13007.2 / 13002.32,
+        "on_paper_hardware_minutes": {"fedavg": 1.96, "fedsrd": 2.04},
+    }
+    # Execute
+    rows = pd.round_rows("round-x", report)
+    # Assert: one row per method and setting, the ratio on FedSRD's row
+    assert len(rows) == 6
+    assert rows[1] == (
+        "| `round-x` | 0.5 → 1.8 | demo budget, measured | fedsrd | 39.60 | 38.00 | 0.900 | "
+        "0.340 | – | 0.360 | 0.990 |"
+    )
+    assert rows[2].endswith("| fedavg | 13002.3 | 13000.0 | – | 0.16 | 1.080 | – |  |")
+    assert rows[3].endswith("| fedsrd | 13007.2 | 13000.0 | – | 6.80 | 0.200 | – | 1.0004 |")
+    assert rows[5].endswith("| fedsrd | 122.4 | – | – | – | – | – | 1.041 |")
