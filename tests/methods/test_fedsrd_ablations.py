@@ -124,7 +124,8 @@ def test_upload_report_matches_a_dense_recomputation() -> None:
     cid = 2
     start, trained = r2.starts[cid], r2.trained[cid]
     # Execute
-    report = method.upload_report(start, trained, setup.client(cid))
+    upload = next(u.payload for u in r2.uploads if u.cid == cid)
+    report = method.upload_report(start, trained, upload, setup.client(cid))
     # Assert: ratios from Pearson kurtosis of the dense float64 importance scores
     rhos: dict[str, list[float]] = {"A": [], "B": []}
     num = {"A": 0.0, "B": 0.0}
@@ -151,12 +152,22 @@ def test_upload_report_matches_a_dense_recomputation() -> None:
         assert summary["max"] == pytest.approx(max(rhos[part]), abs=1e-6)
         ratio = report[f"update_ratio_{part}"]
         assert ratio == pytest.approx(math.sqrt(num[part] / den[part]), rel=1e-9)
+    # the kept rank of ΔB is that of the uploaded ΔB (singular values above 1e-7 of the top)
+    kept = []
+    for layer in ("l0", "l1"):
+        entry = upload[f"{layer}.dB"]
+        d_b = entry.to_dense() if isinstance(entry, Sparse) else entry
+        s = torch.linalg.svdvals(d_b.double())
+        kept.append(int((s > s[0] * 1e-7).sum()) / setup.client(cid).rank)
+    assert report["kept_rank_B"]["min"] == pytest.approx(min(kept))
+    assert report["kept_rank_B"]["max"] == pytest.approx(max(kept))
 
 
 def test_update_ratio_of_a_zero_factor_is_null() -> None:
     setup = tiny_setup()
     method = registry.build("fedsrd", setup=setup)
     r1 = run_round(method, method.init_server(), setup)
-    report = method.upload_report(r1.starts[0], r1.trained[0], setup.client(0))
+    upload = next(u.payload for u in r1.uploads if u.cid == 0)
+    report = method.upload_report(r1.starts[0], r1.trained[0], upload, setup.client(0))
     assert report["update_ratio_B"] is None  # B^0 = 0
     assert report["update_ratio_A"] > 0

@@ -60,7 +60,8 @@ def test_every_round_reports_its_solve(name: str) -> None:
     assert report["solved_against"] == "A" and report["cond_max"] >= 1.0
     assert report["norm_a"] > 0 and report["norm_b"] > 0
     for u in res.uploads:
-        rank = method.upload_report(res.starts[u.cid], res.trained[u.cid], setup.client(u.cid))
+        start, trained = res.starts[u.cid], res.trained[u.cid]
+        rank = method.upload_report(start, trained, u.payload, setup.client(u.cid))
         assert 0 < rank["kept_rank_B"]["min"] <= 1.0
 
 

@@ -125,6 +125,7 @@ def test_none_returns_the_method_itself_and_reports_ratios() -> None:
     assert with_uplink(inner, sparsify="none", rule=RatioRule()) is inner
     method = with_uplink(inner, sparsify="magnitude", rule=RatioRule())
     setup, r1, _ = two_rounds(method)
-    report = method.upload_report(r1.starts[0], r1.trained[0], setup.client(0))
+    upload = next(u.payload for u in r1.uploads if u.cid == 0)
+    report = method.upload_report(r1.starts[0], r1.trained[0], upload, setup.client(0))
     assert 0.85 <= report["uplink_rho_A"]["min"] <= report["uplink_rho_A"]["max"] <= 0.96
     assert method.name == "fedavg"

@@ -9,7 +9,7 @@ A method is built for one federation (``registry.build(name, options, setup=...)
     mine_k    = method.personalise(start_k, own_k from its last round, client_k)
     trained_k = <local training of mine_k.adapter, only mine_k.trainable factors>
     upload_k  = method.upload(mine_k, trained_k, client_k, seed)
-    report_k  = method.upload_report(mine_k, trained_k, client_k)  # into metrics
+    report_k  = method.upload_report(mine_k, trained_k, upload_k, client_k)  # metrics
     own_k     = method.own_part(mine_k, trained_k, client_k)       # stays on the client
     state     = method.aggregate(state, [Upload(k, n_k, upload_k) ...])
     update    = method.global_delta(state)                          # evaluation, export
@@ -249,10 +249,11 @@ class UploadContract(Protocol):
         and bounded. Computed on the server from its mirror of the client's start."""
 
     def upload_report(
-        self, start: ClientStart, trained: Lora, client: ClientSpec
+        self, start: ClientStart, trained: Lora, upload: Payload, client: ClientSpec
     ) -> dict[str, Any]:
         """JSON-ready figures about this client's upload for the round's metrics (e.g. the
-        sparsity ratios FedSRD chose); ``{}`` by default. Computed on the client."""
+        sparsity ratios FedSRD chose); ``{}`` by default. Computed on the client, after
+        ``upload`` built ``upload`` (read it rather than building it again)."""
 
 
 class BaseMerging(Protocol):

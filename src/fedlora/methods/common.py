@@ -83,7 +83,7 @@ class MethodBase(Generic[ConfigT]):
         return None
 
     def upload_report(
-        self, start: ClientStart, trained: Lora, client: ClientSpec
+        self, start: ClientStart, trained: Lora, upload: Payload, client: ClientSpec
     ) -> dict[str, Any]:
         return {}
 

@@ -79,7 +79,7 @@ from fedlora.methods.base import (
     Upload,
     aggregation_weights,
 )
-from fedlora.methods.common import initial_payload, key, lora_payload
+from fedlora.methods.common import dense, initial_payload, key, lora_payload
 from fedlora.methods.fedsrd_report import norms_of, stability_report, update_ratio
 from fedlora.methods.fedsrd_server import (
     LayerInputs,
@@ -264,13 +264,13 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
         return out
 
     def upload_report(
-        self, start: ClientStart, trained: Lora, client: ClientSpec
+        self, start: ClientStart, trained: Lora, upload: Payload, client: ClientSpec
     ) -> dict[str, Any]:
         """Per-matrix ratios (mean, min, max over layers), the relative size of the
         client's local update of each factor, ``‖ΔA‖/‖A‖`` and ``‖ΔB‖/‖B‖`` (all layers
         together; null while the factor is zero, as B is in round 1), and the numerical rank
         of the kept ``ΔB`` as a share of r (mean, min, max over layers: a support collapsed
-        onto a few whole columns shows here; for the random sparsifier, of one draw)."""
+        onto a few whole columns shows here), read from the uploaded ``ΔB``."""
         rho: dict[str, list[float]] = {"A": [], "B": []}
         olds: dict[str, list[Tensor]] = {"A": [], "B": []}
         news: dict[str, list[Tensor]] = {"A": [], "B": []}
@@ -284,8 +284,9 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
             news["A"].append(a_new)
             news["B"].append(b_new)
         kept_rank = [
-            numerical_rank(torch.linalg.svdvals(d_b.delta.to_dense().double())) / client.rank
-            for _, d_b in self._sparsified(start, trained, 0).values()
+            numerical_rank(torch.linalg.svdvals(dense(upload[key(s.name, "dB")]).double()))
+            / client.rank
+            for s in self.setup.layers
         ]
         return {
             "rho_A": ratio_summary(rho["A"]),

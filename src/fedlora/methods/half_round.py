@@ -92,7 +92,7 @@ def half_round(
     with phase("upload"):
         seed = client_seed(method.setup.seed, Stream.UPLOAD, round_, client.cid)
         upload = method.upload(mine, trained, client, seed)
-    report = method.upload_report(mine, trained, client)
+    report = method.upload_report(mine, trained, upload, client)
     kept = method.own_part(mine, trained, client)
     return HalfRound(start, trained, upload, report, kept)
 

@@ -160,7 +160,7 @@ class SparseUplink:
         return out
 
     def upload_report(
-        self, start: ClientStart, trained: Lora, client: ClientSpec
+        self, start: ClientStart, trained: Lora, upload: Payload, client: ClientSpec
     ) -> dict[str, Any]:
         # The ratios only: from the factors' own differences (what every method that
         # qualifies uploads), without building the upload a second time.
@@ -170,7 +170,7 @@ class SparseUplink:
             new, old = getattr(trained[layer], part), getattr(start.adapter[layer], part)
             delta = (new - old).detach()
             rhos[part].append(self.rule.ratio(self._scores(name, delta, start, trained)))
-        report = dict(self.inner.upload_report(start, trained, client))
+        report = dict(self.inner.upload_report(start, trained, upload, client))
         for part, values in rhos.items():
             if values:
                 report[f"uplink_rho_{part}"] = ratio_summary(values)
