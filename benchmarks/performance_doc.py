@@ -12,6 +12,11 @@ Blocks:
     step against its roofline, and the wire (one client's upload encoded and decoded) against
     a copy of its bytes. A report's file name carries its device, date and code.
 
+``targets``
+    The server targets (``benchmarks/server/targets.toml``) that each report of
+    :data:`TARGET_REPORTS` evaluated, with the figure it measured and pass / fail; the
+    targets that apply to another device or setting are left out.
+
 ``client``
     One row per method of every ``benchmarks/client/results/client-*.json`` report: a client
     round's training throughput against a bare PyTorch + PEFT loop and TRL's SFTTrainer on
@@ -95,6 +100,32 @@ def server_block(folder: Path = SERVER_RESULTS) -> str:
         "upload (10⁶ bytes) | wire (median) | wire / copy",
         folder.glob("*.json"),
         server_rows,
+    )
+
+
+TARGET_REPORTS = ("server-cpu-2026-12-06-all-2d21b2f", "server-h200-2026-12-04")
+"""The server reports whose target checks the page shows: the latest run of every method on
+each device (a newer one replaces its device's entry here)."""
+
+
+def target_rows(name: str, report: Mapping[str, Any]) -> list[str]:
+    """One row per target the report evaluated (``passed`` true or false)."""
+    rows = []
+    for target in report.get("targets", []):
+        if target["passed"] is None:
+            continue
+        status = "pass" if target["passed"] else "fail"
+        note = f" ({target['note']})" if target.get("note") else ""
+        rows.append(f"| `{name}` | {target['name']} | {target['measured']}{note} | {status} |")
+    return rows
+
+
+def targets_block(folder: Path = SERVER_RESULTS, names: Iterable[str] = TARGET_REPORTS) -> str:
+    """The evaluated targets of the reports ``names`` (files in name order)."""
+    return _table(
+        "report | target | measured | status",
+        [folder / f"{name}.json" for name in names],
+        target_rows,
     )
 
 
@@ -194,6 +225,7 @@ def secagg_block(folder: Path = SECAGG_RESULTS) -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "server": server_block,
+    "targets": targets_block,
     "client": client_block,
     "secagg": secagg_block,
     "round": round_block,

@@ -140,3 +140,23 @@ def test_round_rows_are_computed_from_a_round_report() -> None:
     assert rows[2].endswith("| fedavg | 13002.3 | 13000.0 | – | 0.16 | 1.080 | – |  |")
     assert rows[3].endswith("| fedsrd | 13007.2 | 13000.0 | – | 6.80 | 0.200 | – | 1.0004 |")
     assert rows[5].endswith("| fedsrd | 122.4 | – | – | – | – | – | 1.041 |")
+
+
+def test_target_rows_show_the_evaluated_targets_only() -> None:
+    report = {
+        "targets": [
+            {"name": "fedsrd <= 1.1x", "passed": False, "measured": "1.47x", "note": ""},
+            {"name": "gpu only", "passed": None, "measured": "-", "note": "run: --device cuda"},
+            {"name": "peak", "passed": True, "measured": "0.39x", "note": "timed run"},
+        ]
+    }
+    rows = pd.target_rows("r", report)
+    assert rows == [
+        "| `r` | fedsrd <= 1.1x | 1.47x | fail |",
+        "| `r` | peak | 0.39x (timed run) | pass |",
+    ]
+
+
+def test_every_report_the_targets_block_names_is_committed() -> None:
+    for name in pd.TARGET_REPORTS:
+        assert (pd.SERVER_RESULTS / f"{name}.json").is_file(), name
