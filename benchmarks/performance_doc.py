@@ -40,6 +40,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,16 +94,6 @@ def server_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
-def server_block(folder: Path = SERVER_RESULTS) -> str:
-    """Every committed server report as one table (files in name order)."""
-    return _table(
-        "report | machine | method | whole-model step (median) | × its roofline | "
-        "upload (10⁶ bytes) | wire (median) | wire / copy",
-        folder.glob("*.json"),
-        server_rows,
-    )
-
-
 TARGET_REPORTS = ("server-cpu-2026-12-06-all-2d21b2f", "server-h200-2026-12-04")
 """The server reports whose target checks the page shows: the latest run of every method on
 each device (a newer one replaces its device's entry here)."""
@@ -120,15 +111,6 @@ def target_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
-def targets_block(folder: Path = SERVER_RESULTS, names: Iterable[str] = TARGET_REPORTS) -> str:
-    """The evaluated targets of the reports ``names`` (files in name order)."""
-    return _table(
-        "report | target | measured | status",
-        [folder / f"{name}.json" for name in names],
-        target_rows,
-    )
-
-
 def client_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     """The table rows of one client report (ratios: medians of per-repeat pairs)."""
     before, after = report["load_before"][0], report["load_after"][0]
@@ -142,17 +124,6 @@ def client_rows(name: str, report: Mapping[str, Any]) -> list[str]:
             f"{_fmt(m.get('trl_ratio'), '.2f', '×')} | {m['non_training_share']:.1%} |"
         )
     return rows
-
-
-def client_block(folder: Path = CLIENT_RESULTS) -> str:
-    """Every committed client report as one table (files in name order)."""
-    return _table(
-        "report | model, threads, load | method | repeats | fedlora tok/s | "
-        "bare loop tok/s | fedlora / bare, training | "
-        "fedlora / bare, whole round | fedlora / TRL | non-training share",
-        folder.glob("client-*.json"),
-        client_rows,
-    )
 
 
 def round_rows(name: str, report: Mapping[str, Any]) -> list[str]:
@@ -188,16 +159,6 @@ def _ratio_cell(method: str, ratio: float | None, spec: str = ".3f") -> str:
     return _fmt(ratio, spec) if method == "fedsrd" else ""
 
 
-def round_block(folder: Path = ROUND_RESULTS) -> str:
-    """Every committed round-cost report as one table (files in name order)."""
-    return _table(
-        "report | load | setting | method | round s | training s | clients' other work s | "
-        "server step s | wire s (one way) | rest s | FedSRD / FedAvg",
-        folder.glob("*.json"),
-        round_rows,
-    )
-
-
 def secagg_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     """The table rows of one secure-aggregation report (KiB = 1024 bytes)."""
     rows = []
@@ -213,22 +174,50 @@ def secagg_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
-def secagg_block(folder: Path = SECAGG_RESULTS) -> str:
-    """Every committed secure-aggregation report as one table (files in name order)."""
-    return _table(
-        "report | clients | neighbours | plain s | secure s | extra s | "
-        "upload KiB plain / secure | all secure messages KiB",
-        folder.glob("*.json"),
-        secagg_rows,
-    )
+@dataclass(frozen=True)
+class Block:
+    """One generated table: its column names (``" | "`` between them), the report files it
+    reads (listed when the page is built) and the rows of one report."""
+
+    header: str
+    files: Callable[[], Iterable[Path]]
+    rows: Rows
+
+    def __call__(self) -> str:
+        return _table(self.header, self.files(), self.rows)
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
-    "server": server_block,
-    "targets": targets_block,
-    "client": client_block,
-    "secagg": secagg_block,
-    "round": round_block,
+    "server": Block(
+        "report | machine | method | whole-model step (median) | × its roofline | "
+        "upload (10⁶ bytes) | wire (median) | wire / copy",
+        lambda: SERVER_RESULTS.glob("*.json"),
+        server_rows,
+    ),
+    "targets": Block(
+        "report | target | measured | status",
+        lambda: [SERVER_RESULTS / f"{name}.json" for name in TARGET_REPORTS],
+        target_rows,
+    ),
+    "client": Block(
+        "report | model, threads, load | method | repeats | fedlora tok/s | "
+        "bare loop tok/s | fedlora / bare, training | "
+        "fedlora / bare, whole round | fedlora / TRL | non-training share",
+        lambda: CLIENT_RESULTS.glob("client-*.json"),
+        client_rows,
+    ),
+    "secagg": Block(
+        "report | clients | neighbours | plain s | secure s | extra s | "
+        "upload KiB plain / secure | all secure messages KiB",
+        lambda: SECAGG_RESULTS.glob("*.json"),
+        secagg_rows,
+    ),
+    "round": Block(
+        "report | load | setting | method | round s | training s | clients' other work s | "
+        "server step s | wire s (one way) | rest s | FedSRD / FedAvg",
+        lambda: ROUND_RESULTS.glob("*.json"),
+        round_rows,
+    ),
 }
 
 

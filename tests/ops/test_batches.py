@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedlora.ops import batches
 from fedlora.ops.batches import Plan, map_layers, run_batched, shape_batches
 from fedlora.ops.factored import factored_svd
 from fedlora.ops.stack import compress, compress_layers
@@ -109,8 +108,3 @@ def test_compress_layers_batched_equals_compress_per_layer(dtype: torch.dtype) -
 def test_factored_svd_refuses_batches_of_different_sizes() -> None:
     with pytest.raises(ValueError, match="batches differ"):
         factored_svd(torch.zeros(2, 4, 3), torch.zeros(3, 3, 5))
-
-
-def test_default_budget_is_one_layer_on_the_cpu() -> None:
-    assert batches.default_budget(False) == 0
-    assert batches.default_budget(True) == batches.BATCH_BYTES
