@@ -314,10 +314,11 @@ def _bomb(payload: dict[str, Any]) -> bytes:
     """Every expected tensor as a sparse entry whose Rice parameter is 31."""
     from fedlora.wire import container as ct
 
-    tensors, description = {}, {}
-    for name, value in payload.items():
+    tensors: dict[str, Any] = {ct.VALUES_KEY: []}
+    description = {}
+    for name, value in sorted(payload.items()):
         numel = math.prod(value.shape)
-        tensors[ct.values_key(name)] = torch.ones(numel)
+        tensors[ct.VALUES_KEY].append(torch.ones(numel))
         tensors[ct.positions_key(name)] = torch.zeros(numel * 4, dtype=torch.uint8)
         description[name] = {
             "kind": "sparse",

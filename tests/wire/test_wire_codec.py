@@ -100,9 +100,12 @@ def test_sparse_round_trip_with_each_position_code(code: str) -> None:
         "zstd-gaps": P.encode_zstd_gaps,
     }
     enc = encoders[code](idx, numel)
+    where, key = {"encoding": code, **enc.params}, ct.positions_key("t.B")
+    if code == "zstd-gaps":  # a frame of one list, shared with nobody
+        where, key = {"encoding": code, "frame": 0}, ct.frame_key(0)
     buf = craft(
-        {"t.B": sparse_description([6, 10], 5, {"encoding": code, **enc.params})},
-        {ct.values_key("t.B"): values, ct.positions_key("t.B"): stream(enc.data)},
+        {"t.B": sparse_description([6, 10], 5, where)},
+        {ct.VALUES_KEY: values, key: stream(enc.data)},
     )
 
     # Execute
@@ -276,7 +279,7 @@ def test_unsorted_positions_are_rejected() -> None:
     data = np.packbits(np.array(bits, dtype=np.uint8), bitorder="little").tobytes()
     buf = craft(
         {"u.B": sparse_description([64], 2, {"encoding": "elias-fano", "low_bits": low_bits})},
-        {ct.values_key("u.B"): torch.ones(2), ct.positions_key("u.B"): stream(data)},
+        {ct.VALUES_KEY: torch.ones(2), ct.positions_key("u.B"): stream(data)},
     )
     assert_rejected(buf, "u.B", "strictly increasing")
 
@@ -285,7 +288,7 @@ def test_out_of_range_positions_are_rejected() -> None:
     enc = P.encode_rice(np.array([1, 90]), 100, param=3)
     buf = craft(
         {"o.B": sparse_description([50], 2, {"encoding": "rice", "param": 3})},
-        {ct.values_key("o.B"): torch.ones(2), ct.positions_key("o.B"): stream(enc.data)},
+        {ct.VALUES_KEY: torch.ones(2), ct.positions_key("o.B"): stream(enc.data)},
     )
     assert_rejected(buf, "o.B", "out of range")
 
@@ -294,7 +297,7 @@ def test_positions_count_must_equal_values_count() -> None:
     enc = P.encode_bitmap(np.array([1, 2, 3]), 8)
     buf = craft(
         {"c.B": sparse_description([8], 2, {"encoding": "bitmap"})},
-        {ct.values_key("c.B"): torch.ones(2), ct.positions_key("c.B"): stream(enc.data)},
+        {ct.VALUES_KEY: torch.ones(2), ct.positions_key("c.B"): stream(enc.data)},
     )
     assert_rejected(buf, "c.B", "marks more than 2 positions")
 
@@ -307,7 +310,7 @@ def test_seeded_mask_count_must_equal_values_count() -> None:
                 [100], true_count + 1, {"encoding": "seed", "seed": 5, "keep_prob": 0.5}
             )
         },
-        {ct.values_key("s.B"): torch.ones(true_count + 1)},
+        {ct.VALUES_KEY: torch.ones(true_count + 1)},
     )
     assert_rejected(buf, "s.B", "seeded mask keeps")
 
@@ -323,19 +326,19 @@ def test_huge_declared_seeded_tensor_is_refused_before_regeneration(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: a few bytes claiming a 2^40-element tensor; regeneration must never start.
-    import fedlora.wire.codec as codec
+    import fedlora.wire.received as received
 
     def forbidden(*args: object) -> None:
         raise AssertionError("mask regeneration was attempted")
 
-    monkeypatch.setattr(codec, "seeded_keep_mask", forbidden)
+    monkeypatch.setattr(received, "seeded_keep_mask", forbidden)
     buf = craft(
         {
             "h.B": sparse_description(
                 [1 << 20, 1 << 20], 1, {"encoding": "seed", "seed": 1, "keep_prob": 0.5}
             )
         },
-        {ct.values_key("h.B"): torch.ones(1)},
+        {ct.VALUES_KEY: torch.ones(1)},
     )
 
     # Execute / Assert
@@ -379,3 +382,175 @@ def test_a_nearly_full_sparse_entry_travels_dense_and_decodes_to_the_same_values
     assert stats.encodings() == {"x": {"dense": 1}}
     assert len(data) < 1024 * 4 + 512
     assert isinstance(back, torch.Tensor) and torch.equal(back, values)
+
+
+# --------------------------------------------------------------------------- shared frames
+
+
+def row_mask(rows: int, cols: int, seed: int, density: float = 0.3) -> torch.Tensor:
+    """A mask concentrated on a quarter of the rows, as the sparsifiers' masks are."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    chosen = torch.randperm(rows, generator=gen)[: rows // 4]
+    mask[chosen] = torch.rand(rows // 4, cols, generator=gen) < density
+    return mask
+
+
+def framed_payload(scale: int = 1) -> dict[str, Sparse]:
+    gen = torch.Generator().manual_seed(1)
+    out = {}
+    for layer in range(3):
+        for name, shape in (("A", (32 * scale, 64 * scale)), ("B", (64 * scale, 32 * scale))):
+            dense = torch.randn(*shape, generator=gen)
+            out[f"l{layer}.{name}"] = Sparse.from_mask(
+                dense, row_mask(*shape, 10 * layer + len(name))
+            )
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_entries_of_one_shape_share_a_frame_and_round_trip(dtype: str) -> None:
+    # Prepare: three A and three B factors, every mask sparse and row-structured.
+    payload = framed_payload()
+
+    # Execute
+    buf, sent = encode_with_stats(payload, value_dtype=dtype)
+    out, received = decode_with_stats(buf, expected=shapes_of(payload))
+    header = ct.read_header(buf)
+
+    # Assert: one frame per shape, every entry in its shape's frame, exact positions, and the
+    # frames' bytes charged to their entries in full.
+    frames = {key for key in header.stored if key.startswith("::frame::")}
+    assert frames == {ct.frame_key(0), ct.frame_key(1)}
+    where = {name: d["positions"] for name, d in header.description.items()}
+    assert {w["encoding"] for w in where.values()} == {"zstd-gaps"}
+    assert len({w["frame"] for n, w in where.items() if n.endswith(".A")}) == 1
+    assert where["l0.A"]["frame"] != where["l0.B"]["frame"]
+    for name, entry in payload.items():
+        assert torch.equal(out[name].indices, entry.indices)
+        assert torch.equal(out[name].values, entry.values.to(getattr(torch, dtype)).float())
+    frame_bytes = sum(header.stored[key].end - header.stored[key].start for key in frames)
+    assert sent == received
+    assert sent.position_bytes == frame_bytes
+
+
+def test_a_dense_mask_leaves_its_frame_for_a_bitmap() -> None:
+    # Prepare: two tensors of one shape: half of one is present at random (a bitmap is the
+    # smallest code for it), the other is sparse and structured.
+    gen = torch.Generator().manual_seed(2)
+    half = torch.rand(64, 64, generator=gen) < 0.5
+    payload = {
+        "h.B": Sparse.from_mask(torch.randn(64, 64, generator=gen), half),
+        "s.B": Sparse.from_mask(torch.randn(64, 64, generator=gen), row_mask(64, 64, 3)),
+    }
+
+    # Execute
+    buf, stats = encode_with_stats(payload)
+    out = decode(buf)
+
+    # Assert
+    assert {t.name: t.encoding for t in stats.tensors} == {"h.B": "bitmap", "s.B": "zstd-gaps"}
+    assert stats.tensors[0].position_bytes == 64 * 64 // 8
+    for name, entry in payload.items():
+        assert torch.equal(out[name].indices, entry.indices)
+
+
+def test_a_large_group_is_cut_into_frames_that_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedlora.wire import framing
+
+    payload = framed_payload(scale=8)  # about 9800 positions a tensor
+    monkeypatch.setattr(framing, "FRAME_POSITIONS", 15_000)
+    buf, stats = encode_with_stats(payload)
+    assert {t.encoding for t in stats.tensors} == {"zstd-gaps"}
+    assert len([k for k in ct.read_header(buf).stored if k.startswith("::frame::")]) == 6
+    for name, entry in decode(buf).items():
+        assert torch.equal(entry.indices, payload[name].indices)
+
+
+def test_an_older_format_version_is_refused() -> None:
+    buf = encode({"a.A": torch.ones(2)})
+    (size,) = struct.unpack("<Q", buf[:8])
+    head = json.loads(buf[8 : 8 + size])
+    meta = json.loads(head["__metadata__"]["fedlora"])
+    meta["version"] = 1
+    head["__metadata__"]["fedlora"] = json.dumps(meta)
+    text = json.dumps(head).encode()
+    text += b" " * (-len(text) % 8)
+    assert_rejected(struct.pack("<Q", len(text)) + text + buf[8 + size :], "payload", "version 1")
+
+
+def frame_of(lists: list[np.ndarray]) -> torch.Tensor:
+    """One zstd-gaps frame holding ``lists`` end to end, as an honest sender writes it."""
+    from fedlora.wire import gaps as G
+
+    gaps = G.batch(lists)
+    return stream(G.frames(gaps, [list(range(len(lists)))])[0])
+
+
+def framed(entries: dict[str, tuple[int, int]], frame: torch.Tensor, values: int) -> bytes:
+    """Entries name -> (numel, nnz), all in frame 0, with ``values`` shared values."""
+    description = {
+        name: sparse_description([numel], nnz, {"encoding": "zstd-gaps", "frame": 0})
+        for name, (numel, nnz) in entries.items()
+    }
+    return craft(description, {ct.VALUES_KEY: torch.ones(values), ct.frame_key(0): frame})
+
+
+def test_a_list_of_a_shared_frame_that_leaves_its_tensor_is_named() -> None:
+    # The frame is honest for tensors of 100 elements; the second entry claims only 40.
+    frame = frame_of([np.array([1, 5, 9]), np.array([2, 50])])
+    assert decode(framed({"a.B": (100, 3), "b.B": (100, 2)}, frame, 5))
+    assert_rejected(framed({"a.B": (100, 3), "b.B": (40, 2)}, frame, 5), "b.B", "out of range")
+
+
+def test_a_bad_shared_frame_names_its_first_tensor_and_the_frame() -> None:
+    frame = frame_of([np.array([1, 5, 9]), np.array([2, 50])])
+    assert_rejected(
+        framed({"a.B": (100, 3), "b.B": (100, 3)}, frame, 6), "a.B", "zstd-gaps frame 0"
+    )
+    garbage = stream(b"not a zstandard frame")
+    assert_rejected(framed({"a.B": (100, 3), "b.B": (100, 2)}, garbage, 5), "a.B", "frame 0")
+
+
+@pytest.mark.parametrize(
+    ("positions", "nnz", "stored", "problem"),
+    [
+        ({"encoding": "zstd-gaps", "frame": 3}, 2, "frame0", "frame 3 is not an index"),
+        ({"encoding": "zstd-gaps", "frame": 0}, 2, "no-frame", "'::frame::0' missing"),
+        ({"encoding": "zstd-gaps", "frame": -1}, 2, "frame0", "frame -1"),
+        ({"encoding": "zstd-gaps", "frame": "0"}, 2, "frame0", "frame '0'"),
+        ({"encoding": "zstd-gaps"}, 2, "frame0", "frame None"),
+        ({"encoding": "zstd-gaps", "frame": 0}, 0, "frame0", "no positions"),
+        ({"encoding": "zstd-gaps", "frame": 0}, 2, "values3", "does not match [2]"),
+        ({"encoding": "zstd-gaps", "frame": 0}, 2, "no-values", "'::values' is missing"),
+        ({"encoding": "zstd-gaps", "frame": 0}, 2, "extra-frame", "not described"),
+    ],
+)
+def test_a_malformed_shared_layout_is_refused_naming_the_entry(
+    positions: dict[str, object], nnz: int, stored: str, problem: str
+) -> None:
+    frame = frame_of([np.array([1, 5])])
+    tensors = {ct.VALUES_KEY: torch.ones(2), ct.frame_key(0): frame}
+    if stored == "values3":
+        tensors[ct.VALUES_KEY] = torch.ones(3)
+    elif stored == "no-values":
+        del tensors[ct.VALUES_KEY]
+    elif stored == "extra-frame":
+        tensors[ct.frame_key(1)] = frame
+    elif stored == "no-frame":
+        del tensors[ct.frame_key(0)]
+    buf = craft({"f.B": sparse_description([10], nnz, positions)}, tensors)
+    name = "::frame::1" if stored == "extra-frame" else "f.B"
+    assert_rejected(buf, name, problem)
+
+
+def test_sparse_entries_declaring_two_value_dtypes_are_refused() -> None:
+    frame = frame_of([np.array([1, 5]), np.array([2])])
+    description = {
+        "a.B": sparse_description([10], 2, {"encoding": "zstd-gaps", "frame": 0}),
+        "b.B": dict(
+            sparse_description([10], 1, {"encoding": "zstd-gaps", "frame": 0}), dtype="float16"
+        ),
+    }
+    buf = craft(description, {ct.VALUES_KEY: torch.ones(3), ct.frame_key(0): frame})
+    assert_rejected(buf, "a.B", "not one")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zstandard
 
+from fedlora.wire import framing as F
 from fedlora.wire import positions as P
 
 
@@ -34,14 +35,14 @@ def test_a_batch_encodes_and_decodes_each_list_as_alone() -> None:
     ]
 
     # Execute
-    batch = P.encode_smallest_many(lists)
+    batch = F.encode_smallest_many(lists)
     decoded = P.decode_many(
         [(e.encoding, e.params, e.data, n, i.size) for e, (i, n) in zip(batch, lists, strict=True)]
     )
 
     # Assert: the batch chose what one list alone chooses, and decodes exactly
     for enc, (idx, numel), back in zip(batch, lists, decoded, strict=True):
-        assert enc == P.encode_smallest(idx, numel)
+        assert enc == F.encode_smallest(idx, numel)
         np.testing.assert_array_equal(back, idx)
     assert P.encode_zstd_gaps(lists[2][0], 1 << 20).data  # escapes round trip on their own too
     np.testing.assert_array_equal(
@@ -60,7 +61,7 @@ def test_a_structured_mask_costs_fewer_bytes_in_zstd_gaps_than_in_rice() -> None
 
     # Execute
     rice = P.encode_rice(idx, numel)
-    chosen = P.encode_smallest(idx, numel)
+    chosen = F.encode_smallest(idx, numel)
 
     # Assert
     assert chosen.encoding == "zstd-gaps"
@@ -69,7 +70,7 @@ def test_a_structured_mask_costs_fewer_bytes_in_zstd_gaps_than_in_rice() -> None
 
 def test_uniformly_random_positions_keep_a_rice_or_elias_fano_code_when_smaller() -> None:
     idx = random_positions(1 << 16, 1 << 9, seed=2)
-    chosen = P.encode_smallest(idx, 1 << 16)
+    chosen = F.encode_smallest(idx, 1 << 16)
     sizes = {
         n: len(f(idx, 1 << 16).data)
         for n, f in [("rice", P.encode_rice), ("zstd-gaps", P.encode_zstd_gaps)]
@@ -113,7 +114,7 @@ def test_a_frame_declaring_more_than_five_bytes_a_position_is_refused_before_dec
 def test_a_batch_checks_each_list_on_its_own() -> None:
     # Lists may start below where the one before ended, and empty lists sit anywhere.
     ok = [(np.array([5, 9]), 10), (np.zeros(0, dtype=np.int64), 3), (np.array([0, 1]), 2)]
-    assert [e.encoding for e in P.encode_smallest_many(ok)]
+    assert [e.encoding for e in F.encode_smallest_many(ok)]
     for bad, index, problem in [
         (
             [(np.array([5, 9]), 10), (np.zeros(0, dtype=np.int64), 3), (np.array([1, 1]), 4)],
@@ -124,7 +125,7 @@ def test_a_batch_checks_each_list_on_its_own() -> None:
         ([(np.array([-1, 2]), 10), (np.array([0, 4]), 5)], 0, "out of range"),
     ]:
         with pytest.raises(P.PositionError, match=problem) as caught:
-            P.encode_smallest_many(bad)
+            F.encode_smallest_many(bad)
         assert caught.value.index == index
 
 

@@ -13,6 +13,7 @@ import torch
 
 from fedlora.ops.sparse import Sparse
 from fedlora.wire import encode_with_stats
+from fedlora.wire import framing as F
 from fedlora.wire import positions as P
 
 CODES = {
@@ -67,7 +68,7 @@ def test_encoder_picks_the_smallest_code(density: float) -> None:
     sizes = {code: len(fn(idx, numel).data) for code, fn in CODES.items()}
 
     # Execute
-    chosen = P.encode_smallest(idx, numel)
+    chosen = F.encode_smallest(idx, numel)
 
     # Assert
     assert len(chosen.data) == min(sizes.values())
@@ -76,8 +77,8 @@ def test_encoder_picks_the_smallest_code(density: float) -> None:
 
 def test_dense_masks_choose_bitmap_and_sparse_masks_a_delta_code() -> None:
     numel = 1 << 16
-    assert P.encode_smallest(random_positions(numel, numel // 2, 1), numel).encoding == "bitmap"
-    assert P.encode_smallest(random_positions(numel, numel // 100, 1), numel).encoding != "bitmap"
+    assert F.encode_smallest(random_positions(numel, numel // 2, 1), numel).encoding == "bitmap"
+    assert F.encode_smallest(random_positions(numel, numel // 100, 1), numel).encoding != "bitmap"
 
 
 @pytest.mark.parametrize("density", [0.01, 0.05, 0.10, 0.20, 0.50])
@@ -155,9 +156,9 @@ def test_nonzero_padding_is_rejected() -> None:
 
 def test_encoders_refuse_invalid_position_lists() -> None:
     with pytest.raises(ValueError, match="strictly increasing"):
-        P.encode_smallest(np.array([3, 3]), 10)
+        F.encode_smallest(np.array([3, 3]), 10)
     with pytest.raises(ValueError, match="out of range"):
-        P.encode_smallest(np.array([3, 10]), 10)
+        F.encode_smallest(np.array([3, 10]), 10)
 
 
 def _peak_bytes(fn: Any) -> int:

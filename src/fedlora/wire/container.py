@@ -1,52 +1,62 @@
 """The byte container of a payload: a safetensors buffer with a JSON description.
 
-Layout (format ``fedlora-payload``, version 1). The buffer is a plain safetensors file, so
+Layout (format ``fedlora-payload``, version 2). The buffer is a plain safetensors file, so
 any safetensors reader can open it::
 
     [8 bytes: little-endian u64 header length H][H bytes: JSON header][tensor data]
 
-Safetensors tensors, for each payload entry ``NAME``:
+Safetensors tensors:
 
-- dense entry: tensor ``NAME`` with the entry's shape and value dtype (F32, BF16 or F16);
-- sparse entry: tensor ``NAME::values`` (1-D, one value per kept position, value dtype) and,
-  unless the positions are sent as a seed, tensor ``NAME::positions`` (1-D U8: the position
-  stream of :mod:`fedlora.wire.positions`).
+- ``NAME`` for each dense entry, with the entry's shape and value dtype (F32, BF16 or F16);
+- ``::values`` (1-D, the value dtype): the values of every sparse entry end to end, entries
+  in the order of their names (sorted by code point), present when any sparse entry carries
+  values (every encoding but ``empty``);
+- ``::frame::F`` (1-D U8) for each shared ``zstd-gaps`` frame ``F`` (see
+  :mod:`fedlora.wire.framing`): the positions of the sparse entries that name frame ``F``,
+  in the order of their names;
+- ``NAME::positions`` (1-D U8) for a sparse entry whose positions have a code of their own
+  (``bitmap``, ``elias-fano`` or ``rice``; :mod:`fedlora.wire.positions`).
 
 Header ``__metadata__`` (safetensors allows only str -> str there) holds one key,
 ``fedlora``, whose value is a JSON object::
 
-    {"format": "fedlora-payload", "version": 1,
-     "tensors": {NAME: {"kind": "dense" | "sparse",
+    {"format": "fedlora-payload", "version": 2,
+     "tensors": {NAME: {"kind": "dense" | "sparse" | "seeded",
                         "shape": [d0, d1, ...],          # the dense shape of the entry
                         "dtype": "float32" | "bfloat16" | "float16",
                         # sparse only:
                         "nnz": k,                        # number of values
-                        "positions": {"encoding": "bitmap"}
+                        "positions": {"encoding": "empty"}
+                                   | {"encoding": "zstd-gaps", "frame": F}
+                                   | {"encoding": "bitmap"}
                                    | {"encoding": "elias-fano", "low_bits": l}
                                    | {"encoding": "rice", "param": b}
-                                   | {"encoding": "zstd-gaps"}
-                                   | {"encoding": "seed", "seed": s, "keep_prob": p}}}}
+                                   | {"encoding": "seed", "seed": s, "keep_prob": p},
+                        # seeded only: "rule": r, "seed": s}}}
 
-Payload names must not contain ``::``. Nothing here is pickled; this module only moves
-bytes and checks the container's own structure. It writes and reads the safetensors layout
-itself (the header is JSON; the data, each tensor's bytes in a row, wider dtypes first so every
-tensor is aligned), because the library's per-tensor overhead was most of a whole-model
-payload's time; the tests check that ``safetensors`` reads what it writes. Every check that can be made from the
-header (sizes, offsets, declared shapes) is made before tensor data is touched, so a hostile
-header cannot make the reader allocate more than the buffer it was given.
+Payload names must not contain ``::`` (so no name collides with the shared tensors). Nothing
+here is pickled; this module only moves bytes and checks the container's own structure. It
+writes and reads the safetensors layout itself (the header is JSON; the data, each tensor's
+bytes in a row, wider dtypes first so every tensor is aligned), because the library's
+per-tensor overhead was most of a whole-model payload's time; the tests check that
+``safetensors`` reads what it writes. Every check that can be made from the header (sizes,
+offsets, declared shapes) is made before tensor data is touched, so a hostile header cannot
+make the reader allocate more than the buffer it was given.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 FORMAT = "fedlora-payload"
-VERSION = 1
+VERSION = 2
 META_KEY = "fedlora"
 SEP = "::"
 VALUES = "values"
@@ -87,37 +97,65 @@ class Header:
     header_bytes: int
 
 
-def values_key(name: str) -> str:
-    return f"{name}{SEP}{VALUES}"
+VALUES_KEY = f"{SEP}{VALUES}"
+"""The stored tensor of every sparse entry's values."""
+
+
+def frame_key(frame: int) -> str:
+    return f"{SEP}frame{SEP}{frame}"
 
 
 def positions_key(name: str) -> str:
     return f"{name}{SEP}{POSITIONS}"
 
 
-def write(tensors: dict[str, torch.Tensor], description: dict[str, Any]) -> bytes:
-    """Serialise ``tensors`` and the fedlora ``description`` (the ``tensors`` map)."""
+def write(
+    tensors: Mapping[str, torch.Tensor | Sequence[torch.Tensor]], description: dict[str, Any]
+) -> bytes:
+    """Serialise ``tensors`` and the fedlora ``description`` (the ``tensors`` map). A
+    sequence of tensors of one dtype is stored as one 1-D tensor, their elements end to end
+    (written straight from the parts, without a joined copy)."""
     meta = {"format": FORMAT, "version": VERSION, "tensors": description}
     text = json.dumps(meta, separators=(",", ":"), sort_keys=True, allow_nan=False)
     header: dict[str, Any] = {"__metadata__": {META_KEY: text}}
-    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    parts = {name: _byte_parts(name, value) for name, value in tensors.items()}
+    order = sorted(parts, key=lambda name: (-parts[name][0].itemsize, name))
     chunks: list[Any] = []
     offset = 0
     for name in order:
-        tensor = tensors[name]
-        if tensor.dtype not in ST_CODES:
-            raise ValueError(f"tensor {name!r}: dtype {tensor.dtype} cannot be stored")
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        dtype, shape, data = parts[name]
+        size = sum(chunk.size for chunk in data)
         header[name] = {
-            "dtype": ST_CODES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + data.size],
+            "dtype": ST_CODES[dtype],
+            "shape": shape,
+            "data_offsets": [offset, offset + size],
         }
-        chunks.append(data)
-        offset += data.size
+        chunks.extend(data)
+        offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     return b"".join([struct.pack("<Q", len(head)), head, *chunks])
+
+
+def _byte_parts(
+    name: str, value: torch.Tensor | Sequence[torch.Tensor]
+) -> tuple[torch.dtype, list[int], list[np.ndarray]]:
+    """A stored tensor's dtype, shape and bytes (one array per part)."""
+    parts = [value] if isinstance(value, torch.Tensor) else list(value)
+    dtypes = {part.dtype for part in parts}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in ST_CODES:
+        raise ValueError(f"tensor {name!r}: dtype(s) {sorted(map(str, dtypes))} cannot be stored")
+    data = [_bytes_of(part) for part in parts]
+    shape = (
+        list(value.shape) if isinstance(value, torch.Tensor) else [sum(p.numel() for p in parts)]
+    )
+    return parts[0].dtype, shape, data
+
+
+def _bytes_of(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.device.type != "cpu" or tensor.requires_grad or not tensor.is_contiguous():
+        tensor = tensor.detach().cpu().contiguous()
+    return tensor.reshape(-1).view(torch.uint8).numpy()
 
 
 def _int(value: Any) -> bool:

@@ -64,19 +64,21 @@ def _check_entry(name: str, desc: object, header: ct.Header) -> _Spec:
         if nnz != 0:
             raise _fail(name, f"an empty sparse entry declares {nnz} values")
         return ("sparse", shape_t, dtype, 0, positions)
-    _check_stored(name, header, ct.values_key(name), ct.VALUE_DTYPES[dtype], (nnz,))
     if positions["encoding"] == "seed":
         seed, keep = positions.get("seed"), positions.get("keep_prob")
         if not _is_int(seed) or not 0 <= seed < 1 << 64:
             raise _fail(name, f"mask seed {seed!r} is not an integer in [0, 2^64)")
         if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0.0 <= keep <= 1.0:
             raise _fail(name, f"keep_prob {keep!r} is not a number in [0, 1]")
+    elif positions["encoding"] == "zstd-gaps":
+        frame = positions.get("frame")
+        if not _is_int(frame) or not 0 <= frame < len(header.description):
+            raise _fail(name, f"zstd-gaps frame {frame!r} is not an index below the entry count")
+        if nnz == 0:
+            raise _fail(name, "a zstd-gaps entry with no positions (send it as empty)")
+        _check_stream(name, header, ct.frame_key(frame))
     else:
-        key = ct.positions_key(name)
-        if key not in header.stored or header.stored[key].dtype != "U8":
-            raise _fail(name, "positions stream missing or not bytes")
-        if len(header.stored[key].shape) != 1:
-            raise _fail(name, "positions stream is not 1-D")
+        _check_stream(name, header, ct.positions_key(name))
     return ("sparse", shape_t, dtype, nnz, positions)
 
 
@@ -89,6 +91,33 @@ def _check_seeded(name: str, desc: dict[str, object], shape: tuple[int, ...]) ->
     if len(shape) != 2 or shape[1] < 1:
         raise _fail(name, f"a seeded init must be 2-D (rank, in_features >= 1), got {list(shape)}")
     return {"rule": rule, "seed": seed}
+
+
+def _check_stream(name: str, header: ct.Header, key: str) -> None:
+    if key not in header.stored or header.stored[key].dtype != "U8":
+        raise _fail(name, f"positions stream {key!r} missing or not bytes")
+    if len(header.stored[key].shape) != 1:
+        raise _fail(name, f"positions stream {key!r} is not 1-D")
+
+
+def carries_values(spec: _Spec) -> bool:
+    """Whether a checked entry's values are in the shared values tensor."""
+    kind, _, _, _, positions = spec
+    return kind == "sparse" and positions.get("encoding") != "empty"
+
+
+def check_values(specs: Mapping[str, _Spec], header: ct.Header) -> int:
+    """The shared values tensor holds exactly the sparse entries' values, in one dtype;
+    returns how many."""
+    carriers = [name for name, spec in specs.items() if carries_values(spec)]
+    if not carriers:
+        return 0
+    dtypes = {specs[name][2] for name in carriers}
+    if len(dtypes) != 1:
+        raise _fail(carriers[0], f"sparse entries declare value dtypes {sorted(dtypes)}, not one")
+    total = sum(specs[name][3] for name in carriers)
+    _check_stored(carriers[0], header, ct.VALUES_KEY, ct.VALUE_DTYPES[dtypes.pop()], (total,))
+    return total
 
 
 def _check_stored(
@@ -105,12 +134,16 @@ def _check_stored(
 
 def _check_stored_keys(specs: Mapping[str, _Spec], header: ct.Header) -> None:
     wanted: set[str] = set()
-    for name, (kind, _, _, _, positions) in specs.items():
+    for name, spec in specs.items():
+        kind, _, _, _, positions = spec
+        encoding = positions.get("encoding")
         if kind == "dense":
             wanted.add(name)
-        elif kind == "sparse" and positions.get("encoding") != "empty":
-            wanted.add(ct.values_key(name))
-            if positions.get("encoding") != "seed":
+        elif carries_values(spec):
+            wanted.add(ct.VALUES_KEY)
+            if encoding == "zstd-gaps":
+                wanted.add(ct.frame_key(int(str(positions["frame"]))))
+            elif encoding != "seed":
                 wanted.add(ct.positions_key(name))
     extra = sorted(set(header.stored) - wanted)
     if extra:

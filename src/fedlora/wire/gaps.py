@@ -4,7 +4,10 @@ A position list ``x_0 < … < x_{k-1}`` becomes its gaps ``d_i = x_i - x_{i-1} -
 (``x_{-1} = -1``), written as one byte each, ``min(d_i, 255)``, followed by one
 little-endian uint32 holding ``d_i`` for every byte that is 255 (in order), and the whole
 compressed as a single Zstandard frame that declares its content size. An empty list is an
-empty stream.
+empty stream. A frame may hold several lists (:mod:`fedlora.wire.framing` shares one between
+the tensors of one shape): their gap bytes end to end, then their escaped gaps in the same
+order; each list's first gap is its own first position, and the receiver splits the lists
+by the counts it was told.
 
 Why this code: the sparsifiers' masks are not uniformly random (importance concentrates on
 rows and columns), and an entropy coder over the gap bytes finds that structure where a
@@ -16,7 +19,7 @@ Decoding is strict about everything the stream means and bounded before it alloc
 frame must declare a content size of at most 5 bytes per position (the most ``k`` gaps can
 take), hold exactly one frame and nothing after it, and decompress to exactly ``k`` bytes
 plus 4 per escape; every escape must be at least 255 (a smaller gap has one spelling) and
-the last position must lie inside the tensor. The compressed bytes themselves may be any
+each list's last position must lie inside its tensor. The compressed bytes themselves may be any
 valid frame (another level or library version spells the same content differently).
 """
 
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from typing import TypeVar, cast
 
 import numpy as np
+import torch
 import zstandard
 
 ESCAPE = 255
@@ -42,7 +46,7 @@ small), searching only long repeats: the gap bytes gain little from short matche
 FedSRD upload of Llama-3.2-3B this was both 2x faster and 4% smaller than plain level 1."""
 
 PARALLEL_WORK = 1 << 18
-"""Positions in a batch above which its frames are (de)compressed in two threads."""
+"""Positions in a batch above which its frames are compressed in two threads."""
 
 T = TypeVar("T")
 
@@ -66,12 +70,6 @@ class Gaps:
     wide: np.ndarray  # those gaps, as little-endian uint32
     bounds: np.ndarray  # list i's escapes are ``wide[bounds[i]:bounds[i+1]]``
 
-    def content(self, i: int) -> bytes:
-        """List ``i``'s frame content: its gap bytes, then its escaped gaps."""
-        start, size = int(self.starts[i]), int(self.sizes[i])
-        lo, hi = int(self.bounds[i]), int(self.bounds[i + 1])
-        return self.symbols[start : start + size].tobytes() + self.wide[lo:hi].tobytes()
-
     def rice_bits(self, i: int, top: int) -> tuple[int, int]:
         """The exact size in bits of list ``i``'s Rice stream at its best parameter in
         ``[0, top]``, and that parameter (ties: the smaller), from a histogram of its gap
@@ -89,48 +87,66 @@ class Gaps:
         return int(bits[best]), best
 
 
-def gaps_of(flat: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The gaps of every list of a batch (``flat`` holds the lists one after another); a
-    list's first gap is its first position. All are >= 0 exactly when every list is strictly
-    increasing and starts at 0 or above."""
-    gaps = np.empty(flat.size, dtype=np.int64)
-    if flat.size == 0:
-        return gaps
-    np.subtract(flat[1:], flat[:-1], out=gaps[1:])
-    gaps -= 1
-    starts = _starts(sizes)[sizes > 0]
-    gaps[starts] = flat[starts]
-    return gaps
-
-
 def _starts(sizes: np.ndarray) -> np.ndarray:
     starts = np.zeros(sizes.size, dtype=np.int64)
     np.cumsum(sizes[:-1], out=starts[1:])
     return starts
 
 
-def batch(gaps: np.ndarray, sizes: np.ndarray) -> Gaps:
-    """The code's view of a batch's gaps (all >= 0)."""
-    symbols = np.minimum(gaps, ESCAPE).astype(np.uint8)
-    escaped = np.flatnonzero(symbols == ESCAPE)
+def batch(lists: Sequence[np.ndarray]) -> Gaps:
+    """The code's view of a batch of (int64) lists, each starting at 0 or above. Raises
+    :class:`StreamError` naming the first list that is not strictly increasing."""
+    sizes = np.array([idx.size for idx in lists], dtype=np.int64)
     starts = _starts(sizes)
-    bounds = np.searchsorted(escaped, np.append(starts, gaps.size))
-    return Gaps(sizes, starts, symbols, escaped, gaps[escaped].astype("<u4"), bounds)
+    steps = np.empty(int(sizes.sum()), dtype=np.int64)  # gap + 1
+    for idx, at in zip(lists, starts.tolist(), strict=True):
+        if idx.size:
+            steps[at] = idx[0] + 1
+            np.subtract(idx[1:], idx[:-1], out=steps[at + 1 : at + idx.size])
+    # Steps clamped to [0, 256] and less one, as bytes: 255 marks a gap of 255 or more, and
+    # also a step below 1 (a list that is not increasing), whose "escaped gap" is negative.
+    clamped = torch.from_numpy(steps).clamp(0, ESCAPE + 1).to(torch.uint8).numpy()
+    symbols = np.subtract(clamped, 1, out=clamped)
+    escaped = np.flatnonzero(symbols == ESCAPE)
+    wide = steps[escaped] - 1
+    if wide.size and int(wide.min()) < ESCAPE:
+        at = int(escaped[np.argmax(wide < ESCAPE)])
+        i = int(np.searchsorted(starts, at, side="right")) - 1
+        raise StreamError(i, "positions are not strictly increasing")
+    wide = wide.astype("<u4")
+    bounds = np.searchsorted(escaped, np.append(starts, symbols.size))
+    return Gaps(sizes, starts, symbols, escaped, wide, bounds)
 
 
-def encode_many(flat: np.ndarray, sizes: np.ndarray) -> list[bytes]:
-    """One stream per list; the lists must already be valid (strictly increasing, in range)."""
-    return streams(batch(gaps_of(flat, sizes), sizes))
+def encode_many(lists: Sequence[np.ndarray]) -> list[bytes]:
+    """One frame per (int64) list, alone; the lists must already be valid (strictly
+    increasing, in range). An empty list's stream is empty."""
+    gaps = batch(lists)
+    sizes = gaps.sizes
+    made = iter(frames(gaps, [[i] for i in np.flatnonzero(sizes).tolist()]))
+    return [next(made) if size else b"" for size in sizes.tolist()]
 
 
-def streams(gaps: Gaps) -> list[bytes]:
-    """Every list's stream (an empty list's is empty)."""
+def frame_content(gaps: Gaps, lists: Sequence[int]) -> bytes:
+    """The content of a frame holding ``lists`` (indices into the batch) in that order:
+    their gap bytes end to end, then their escaped gaps in the same order."""
+    symbols, wide = gaps.symbols.data, gaps.wide.view(np.uint8).data
+    starts, sizes, bounds = gaps.starts, gaps.sizes, 4 * gaps.bounds
+    parts = [symbols[starts[i] : starts[i] + sizes[i]] for i in lists]
+    parts += [wide[bounds[i] : bounds[i + 1]] for i in lists]
+    return b"".join(parts)
 
-    def stream(i: int) -> bytes:
+
+def frames(gaps: Gaps, members: Sequence[Sequence[int]]) -> list[bytes]:
+    """One compressed frame per group of lists of ``members`` (in two threads when the
+    positions pay for a second one)."""
+
+    def frame(g: int) -> bytes:
         # One compressor per thread: a Zstandard context is not shared between threads.
-        return _compressor().compress(gaps.content(i)) if gaps.sizes[i] else b""
+        return _compressor().compress(frame_content(gaps, members[g]))
 
-    return _in_two_threads(stream, gaps.sizes.size, int(gaps.sizes.sum()))
+    work = [int(gaps.sizes[list(group)].sum()) for group in members]
+    return _in_two_threads(frame, work)
 
 
 _local = threading.local()
@@ -148,13 +164,15 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return cast(zstandard.ZstdDecompressor, _local.decompressor)
 
 
-def _in_two_threads(fn: Callable[[int], T], count: int, work: int) -> list[T]:
-    """``[fn(i) for i in range(count)]``, the second half in a second thread when there is
-    enough ``work`` (positions) to pay for one: Zstandard releases the GIL while it runs.
-    The first exception by index is raised."""
-    if count < 2 or work < PARALLEL_WORK or (os.cpu_count() or 1) < 2:
+def _in_two_threads(fn: Callable[[int], T], work: Sequence[int]) -> list[T]:
+    """``[fn(i) for i in range(len(work))]``, the calls after the first half of the ``work``
+    (positions) in a second thread when there is enough to pay for one: Zstandard releases
+    the GIL while it runs. The first exception by index is raised."""
+    count = len(work)
+    total = sum(work)
+    if count < 2 or total < PARALLEL_WORK or (os.cpu_count() or 1) < 2:
         return [fn(i) for i in range(count)]
-    half = count // 2
+    half = min(count - 1, max(1, int(np.searchsorted(np.cumsum(work), total / 2))))
     second: list[T] = []
     failure: list[BaseException] = []
 
@@ -175,92 +193,108 @@ def _in_two_threads(fn: Callable[[int], T], count: int, work: int) -> list[T]:
     return first + second
 
 
-def _content(index: int, stream: bytes, nnz: int) -> bytes:
+def _content(stream: bytes, nnz: int) -> bytes:
     if nnz == 0:
         if stream:
-            raise StreamError(index, "zstd-gaps stream for zero positions must be empty")
+            raise ValueError("zstd-gaps stream for zero positions must be empty")
         return b""
     try:
         declared = zstandard.frame_content_size(stream)
     except zstandard.ZstdError:
-        raise StreamError(index, "zstd-gaps stream is not a Zstandard frame") from None
+        raise ValueError("zstd-gaps stream is not a Zstandard frame") from None
     if declared < 0:
-        raise StreamError(index, "zstd-gaps frame does not declare its content size")
+        raise ValueError("zstd-gaps frame does not declare its content size")
     if not nnz <= declared <= 5 * nnz:
-        raise StreamError(
-            index,
-            f"zstd-gaps frame declares {declared} bytes, {nnz} positions need {nnz}-{5 * nnz}",
+        raise ValueError(
+            f"zstd-gaps frame declares {declared} bytes, {nnz} positions need {nnz}-{5 * nnz}"
         )
     try:
         return _decompressor().decompress(stream, allow_extra_data=False)
     except zstandard.ZstdError as exc:
-        raise StreamError(index, f"zstd-gaps frame does not decompress: {exc}") from None
+        raise ValueError(f"zstd-gaps frame does not decompress: {exc}") from None
 
 
 def decode_many(
     streams: Sequence[bytes], numels: Sequence[int], nnzs: Sequence[int]
 ) -> list[np.ndarray]:
-    """Strictly decode a batch of streams; :class:`StreamError` names the first bad one."""
+    """Strictly decode streams of one list each; :class:`StreamError` names the first bad
+    one."""
+    if not len(streams) == len(numels) == len(nnzs):
+        raise ValueError(f"{len(streams)} streams for {len(nnzs)} position counts")
+    out = []
+    for i, (stream, numel, nnz) in enumerate(zip(streams, numels, nnzs, strict=True)):
+        try:
+            out.extend(decode_frame(stream, [numel], [nnz]))
+        except ValueError as exc:
+            raise StreamError(i, str(exc)) from None
+    return out
+
+
+class FrameError(ValueError):
+    """Frame ``frame`` of a batch is invalid; ``index`` names its bad list, or is None when
+    the frame itself is bad."""
+
+    def __init__(self, frame: int, index: int | None, problem: str) -> None:
+        super().__init__(problem)
+        self.frame = frame
+        self.index = index
+
+
+def decode_frames(
+    frames: Sequence[tuple[bytes, Sequence[int], Sequence[int]]],
+) -> list[list[np.ndarray]]:
+    """Strictly decode ``(stream, numels, nnzs)`` frames (see :func:`decode_frame`);
+    :class:`FrameError` names the first bad one. (One thread: a second one was slower here,
+    its many short numpy calls contending for the GIL.)"""
+    out = []
+    for f, (stream, numels, nnzs) in enumerate(frames):
+        try:
+            out.append(decode_frame(stream, numels, nnzs))
+        except StreamError as exc:
+            raise FrameError(f, exc.index, str(exc)) from None
+        except ValueError as exc:
+            raise FrameError(f, None, str(exc)) from None
+    return out
+
+
+def decode_frame(stream: bytes, numels: Sequence[int], nnzs: Sequence[int]) -> list[np.ndarray]:
+    """Strictly decode one frame holding lists of ``nnzs`` positions in tensors of
+    ``numels`` elements. A problem of the frame raises ``ValueError``; a list that ends
+    outside its tensor raises :class:`StreamError` with its index."""
     sizes = np.asarray(nnzs, dtype=np.int64)
-    if len(streams) != sizes.size:
-        raise ValueError(f"{len(streams)} streams for {sizes.size} position counts")
-    contents = _in_two_threads(
-        lambda i: _content(i, streams[i], int(sizes[i])), sizes.size, int(sizes.sum())
-    )
-    symbols = np.empty(int(sizes.sum()), dtype=np.uint8)
-    starts = _starts(sizes)
-    for content, start, size in zip(contents, starts.tolist(), sizes.tolist(), strict=True):
-        symbols[start : start + size] = np.frombuffer(content, dtype=np.uint8, count=size)
+    total = int(sizes.sum())
+    content = _content(stream, total)
+    if len(content) < total:
+        raise ValueError(f"zstd-gaps content is {len(content)} bytes, {total} positions need more")
+    symbols = np.frombuffer(content, dtype=np.uint8, count=total)
     escaped = np.flatnonzero(symbols == ESCAPE)
-    counts = np.diff(np.searchsorted(escaped, np.append(starts, symbols.size)))
-    wide = _escapes(contents, sizes, counts)
-    steps = np.add(symbols, 1, dtype=np.int64)  # gap + 1
-    steps[escaped] = wide + 1
-    return _positions(steps, starts, sizes, np.asarray(numels, dtype=np.int64))
-
-
-def _escapes(contents: list[bytes], sizes: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The escaped gaps of every stream, in order, each stream's count and values checked."""
-    wide = []
-    triples = zip(contents, sizes.tolist(), counts.tolist(), strict=True)
-    for i, (content, size, count) in enumerate(triples):
-        if len(content) != size + 4 * count:
-            raise StreamError(
-                i,
-                f"zstd-gaps content is {len(content)} bytes, {size} positions with {count} "
-                f"escapes need {size + 4 * count}",
-            )
-        if count:
-            values = np.frombuffer(content, dtype="<u4", offset=size)
-            if int(values.min()) < ESCAPE:
-                raise StreamError(i, f"zstd-gaps escape holds a gap below {ESCAPE}")
-            wide.append(values)
-    return np.concatenate(wide).astype(np.int64) if wide else np.zeros(0, dtype=np.int64)
+    if len(content) != total + 4 * escaped.size:
+        raise ValueError(
+            f"zstd-gaps content is {len(content)} bytes, {total} positions with "
+            f"{escaped.size} escapes need {total + 4 * escaped.size}"
+        )
+    wide = np.frombuffer(content, dtype="<u4", offset=total)
+    if wide.size and int(wide.min()) < ESCAPE:
+        raise ValueError(f"zstd-gaps escape holds a gap below {ESCAPE}")
+    # gap + 1 as int64 (torch's widening is several times numpy's mixed-type add)
+    steps = torch.from_numpy(symbols.copy()).to(torch.int64).add_(1).numpy()
+    steps[escaped] = wide.astype(np.int64) + 1
+    return _positions(steps, _starts(sizes), sizes, np.asarray(numels, dtype=np.int64))
 
 
 def _positions(
     steps: np.ndarray, starts: np.ndarray, sizes: np.ndarray, numels: np.ndarray
 ) -> list[np.ndarray]:
-    """Every list's positions from its ``gap + 1`` steps: one running sum over the batch,
-    then each list's sum before it taken off in place (lists are views of one array), each
-    list checked to end inside its tensor."""
-    np.cumsum(steps, out=steps)
-    stops = starts + sizes
-    before = np.where(starts > 0, steps[np.maximum(starts - 1, 0)], 0) if steps.size else starts
-    lasts = (
-        np.where(sizes > 0, steps[np.maximum(stops - 1, 0)] - before - 1, -1)
-        if steps.size
-        else starts - 1
-    )
+    """Every list's positions from its ``gap + 1`` steps (a running sum per list, each
+    first step less one), each list checked to end inside its tensor."""
+    full = starts[sizes > 0]
+    steps[full] -= 1
+    pieces = []
+    for start, stop in zip(starts.tolist(), (starts + sizes).tolist(), strict=True):
+        pieces.append(np.cumsum(steps[start:stop], out=steps[start:stop]))
+    lasts = np.where(sizes > 0, steps[np.maximum(starts + sizes - 1, 0)] if steps.size else 0, -1)
     outside = np.flatnonzero(lasts >= numels)
     if outside.size:
         i = int(outside[0])
         raise StreamError(i, f"positions out of range [0, {int(numels[i])})")
-    out = []
-    for start, stop, offset in zip(
-        starts.tolist(), stops.tolist(), (before + 1).tolist(), strict=True
-    ):
-        piece = steps[start:stop]
-        piece -= offset
-        out.append(piece)
-    return out
+    return pieces

@@ -321,8 +321,7 @@ def decode_rice(data: bytes, numel: int, nnz: int, param: int) -> np.ndarray:
 
 def encode_zstd_gaps(indices: np.ndarray, numel: int) -> Encoded:
     idx = _check_positions(indices, numel)
-    sizes = np.array([idx.size], dtype=np.int64)
-    return Encoded("zstd-gaps", {}, zstd_gaps.encode_many(idx, sizes)[0])
+    return Encoded("zstd-gaps", {}, zstd_gaps.encode_many([idx])[0])
 
 
 class PositionError(ValueError):
@@ -333,78 +332,49 @@ class PositionError(ValueError):
         self.index = index
 
 
-def encode_smallest(indices: np.ndarray, numel: int) -> Encoded:
-    """Encode ``indices`` with whichever code is smallest for them (ties: bitmap first)."""
-    return encode_smallest_many([(indices, numel)])[0]
-
-
-def encode_smallest_many(items: Sequence[tuple[np.ndarray, int]]) -> list[Encoded]:
-    """The smallest code of each ``(positions, numel)`` list of a batch (ties: the earlier
-    code of :data:`ENCODINGS`).
-
-    The gaps and the ``zstd-gaps`` streams are made for the whole batch at once; a bitmap's
-    and an Elias-Fano stream's sizes follow from the counts, and a Rice stream's exact size
-    (from a histogram of the gap bytes) is computed only where a lower bound on it does not
-    already lose. Raises :class:`PositionError`.
-    """
-    flat, sizes, numels = _batch(items)
-    gaps = zstd_gaps.batch(_checked_gaps(flat, sizes, numels), sizes)
-    out: list[Encoded] = []
-    for i, stream in enumerate(zstd_gaps.streams(gaps)):
-        size, numel = int(sizes[i]), int(numels[i])
-        costs = {
-            "bitmap": (bitmap_bits(numel) + 7) // 8,
-            "elias-fano": (elias_fano_bits(numel, size, best_low_bits(numel, size)) + 7) // 8,
-            "zstd-gaps": len(stream),
-        }
-        idx = flat[int(gaps.starts[i]) : int(gaps.starts[i]) + size]
-        rice_param = None
-        gap_sum = int(idx[-1]) + 1 - size if size else 0
-        if _rice_lower_bound(size, gap_sum) / 8 <= min(costs.values()):
-            bits, rice_param = gaps.rice_bits(i, max_param(numel))
-            costs["rice"] = (bits + 7) // 8
-        best = min(costs, key=lambda name: (costs[name], ENCODINGS.index(name)))
-        if best == "zstd-gaps":
-            out.append(Encoded("zstd-gaps", {}, stream))
-        elif best == "rice":
-            out.append(encode_rice(idx, numel, rice_param))
-        else:
-            out.append(_ENCODERS[best](idx, numel))
-    return out
-
-
-def _batch(items: Sequence[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The lists of a batch end to end, their sizes, and their tensors' sizes."""
+def batch_lists(
+    items: Sequence[tuple[np.ndarray, int]],
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The lists of a batch (flat int64), their sizes, and their tensors' sizes."""
     lists = [np.asarray(idx, dtype=np.int64).reshape(-1) for idx, _ in items]
     sizes = np.array([idx.size for idx in lists], dtype=np.int64)
     numels = np.array([int(numel) for _, numel in items], dtype=np.int64)
     for i, numel in enumerate(numels.tolist()):
         if not 0 <= numel <= MAX_NUMEL:
             raise PositionError(i, f"tensor of {numel} elements is outside [0, 2^31]")
-    flat = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
-    return flat, sizes, numels
+    return lists, sizes, numels
 
 
-def _checked_gaps(flat: np.ndarray, sizes: np.ndarray, numels: np.ndarray) -> np.ndarray:
-    """The batch's gaps, every list checked on the way: strictly increasing (every gap
-    >= 0), first position >= 0 (its gap) and last below its tensor's size."""
-    gaps = zstd_gaps.gaps_of(flat, sizes)
-    ends = np.cumsum(sizes)
-    full = np.flatnonzero(sizes > 0)
-    outside = np.flatnonzero(flat[ends[full] - 1] >= numels[full]) if full.size else full
+def checked_gaps(
+    lists: Sequence[np.ndarray], sizes: np.ndarray, numels: np.ndarray
+) -> zstd_gaps.Gaps:
+    """The batch's gaps, every list checked on the way: first position >= 0, last below its
+    tensor's size, strictly increasing."""
+    firsts = np.array([idx[0] if idx.size else 0 for idx in lists], dtype=np.int64)
+    lasts = np.array([idx[-1] if idx.size else -1 for idx in lists], dtype=np.int64)
+    outside = np.flatnonzero((firsts < 0) | (lasts >= numels))
     if outside.size:
-        i = int(full[outside[0]])
+        i = int(outside[0])
         raise PositionError(i, f"positions out of range [0, {int(numels[i])})")
-    if gaps.size and int(gaps.min()) < 0:
-        at = int(np.argmax(gaps < 0))
-        i = int(np.searchsorted(ends, at, side="right"))
-        first = at == ends[i] - sizes[i]
-        problem = f"positions out of range [0, {int(numels[i])})"
-        raise PositionError(i, problem if first else "positions are not strictly increasing")
-    return gaps
+    try:
+        return zstd_gaps.batch(lists)
+    except zstd_gaps.StreamError as exc:
+        raise PositionError(exc.index, str(exc)) from None
 
 
-def _rice_lower_bound(nnz: int, gap_sum: int) -> float:
+def elias_fano_bits_many(numels: np.ndarray, nnzs: np.ndarray) -> np.ndarray:
+    """:func:`elias_fano_bits` at :func:`best_low_bits` for arrays of non-empty lists."""
+    numels, nnzs = np.asarray(numels, dtype=np.int64), np.asarray(nnzs, dtype=np.int64)
+    guess = np.floor(np.log2(np.maximum(numels, 1) / nnzs)).astype(np.int64)
+    top = np.minimum(MAX_PARAM_BITS, np.maximum(1, np.ceil(np.log2(numels + 1)))).astype(np.int64)
+    best = np.full(numels.shape, np.iinfo(np.int64).max)
+    for step in (-1, 0, 1):
+        low = np.clip(guess + step, 0, top)
+        best = np.minimum(best, nnzs * low + nnzs + ((numels - 1) >> low) + 1)
+    return best
+
+
+def rice_lower_bound(nnz: int, gap_sum: int) -> float:
     """Fewer bits than any Rice parameter spends on ``nnz`` gaps summing to ``gap_sum``.
 
     Each quotient ``d >> b`` is at least ``(d - 2^b + 1) / 2^b``, so a parameter ``b`` costs
@@ -417,7 +387,15 @@ def _rice_lower_bound(nnz: int, gap_sum: int) -> float:
     return nnz * math.log2(ratio) + (gap_sum + nnz) / ratio
 
 
-_ENCODERS = {"bitmap": encode_bitmap, "elias-fano": encode_elias_fano, "rice": encode_rice}
+def rice_lower_bound_many(nnzs: np.ndarray, gap_sums: np.ndarray) -> np.ndarray:
+    """:func:`rice_lower_bound` for arrays of non-empty lists."""
+    nnzs, total = np.asarray(nnzs, dtype=np.float64), np.asarray(gap_sums, dtype=np.float64)
+    ratio = np.maximum((total + nnzs) * math.log(2) / nnzs, 1.0)
+    bound: np.ndarray = nnzs * np.log2(ratio) + (total + nnzs) / ratio
+    return bound
+
+
+ENCODERS = {"bitmap": encode_bitmap, "elias-fano": encode_elias_fano, "rice": encode_rice}
 
 
 def decode_positions(

@@ -6,6 +6,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
 from fedlora.wire.positions import information_bound_bits
 
 VALUE_BITS = {"float32": 32, "bfloat16": 16, "float16": 16}
@@ -18,7 +21,9 @@ class TensorStats:
     ``values`` is the number of values sent (``numel`` for dense entries, ``nnz`` for
     sparse ones, 0 for a seeded init); ``nonzero`` counts those values that are not zero;
     ``encoding`` is ``"dense"``, ``"seed-init"`` (a tensor sent as its init rule and seed) or
-    the position code (``bitmap``, ``elias-fano``, ``rice``, ``seed``).
+    the position code (``bitmap``, ``elias-fano``, ``rice``, ``zstd-gaps``, ``seed``,
+    ``empty``); ``position_bytes`` is its own stream's size, or for an entry in a shared
+    ``zstd-gaps`` frame its share of the frame by positions (a frame's shares sum to it).
     """
 
     name: str
@@ -121,3 +126,11 @@ class WireStats:
             "encodings": self.encodings(),
             "sparse_bound_ratio": self.sparse_bound_ratio(),
         }
+
+
+def count_nonzero(values: torch.Tensor) -> int:
+    """How many of ``values`` are not zero (a CPU tensor)."""
+    # numpy's count costs a small fraction of torch's per call, and a payload has hundreds.
+    if values.dtype == torch.float32:
+        return int(np.count_nonzero(values.numpy() != 0))  # a bool count is the fast one
+    return int(torch.count_nonzero(values))
