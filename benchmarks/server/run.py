@@ -275,38 +275,45 @@ def _bench_whole(
     ranks = [c.rank for c in setup_full.clients]
     result.stacked_bytes = sum(stacked_bytes(ranks, s.out_features, s.in_features) for s in full)
     result.dense_layer_bytes = max(s.out_features * s.in_features * 4 for s in full)
-    result.wire, result.upload_bytes = time_wire(whole.uploads[0].payload, config.repeats)
-    result.copy = time_copy(result.upload_bytes, max(config.repeats, COPY_REPEATS))
+    result.wire, result.copy, result.upload_bytes = time_wire(
+        whole.uploads[0].payload, max(config.repeats, WIRE_REPEATS)
+    )
 
 
-COPY_REPEATS = 20
-"""Copies timed for the wire's floor: a copy takes milliseconds and its time swings several
-times over with the allocator's state, so it gets more repeats than the steps."""
+WIRE_REPEATS = 15
+"""Round trips timed for the wire (each beside a copy): both take milliseconds, and their times
+swing several-fold with the machine's other tenants, so they get more repeats than the steps."""
 
 
-def time_copy(nbytes: int, repeats: int) -> Timing:
-    """Copying ``nbytes`` bytes twice (out to the wire and back in), the wire's floor."""
-    source = torch.empty(nbytes, dtype=torch.uint8)
+def time_wire(payload: Mapping[str, Any], repeats: int) -> tuple[Timing, Timing, int]:
+    """Encode one upload (float32 values, the positions' smallest code) and decode it
+    strictly, as a client and the server do, each time right after copying the encoded
+    bytes out and back (the wire's floor: two copies into fresh buffers). Alternating the
+    two puts both under the same load; returns the round trip's and the copy's best and
+    median of ``repeats``, and the upload's size."""
+    from fedlora.wire import decode, encode_with_stats
+
+    data, _ = encode_with_stats(dict(payload), value_dtype="float32")
+    source = torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
     def copies() -> None:
         torch.empty_like(source).copy_(source.clone())
 
-    timing, _ = time_call(copies, repeats)
-    return timing
+    def round_trip() -> None:
+        encoded, _ = encode_with_stats(dict(payload), value_dtype="float32")
+        decode(encoded, expected=None, max_bytes=len(encoded))
+
+    wire: list[Timing] = []
+    copy: list[Timing] = []
+    for _ in range(repeats):
+        copy.append(time_call(copies, 1)[0])
+        wire.append(time_call(round_trip, 1)[0])
+    return _merged(wire), _merged(copy), len(data)
 
 
-def time_wire(payload: Mapping[str, Any], repeats: int) -> tuple[Timing, int]:
-    """Encode one upload (float32 values, the positions' smallest code) and decode it
-    strictly, as a client and the server do; best and median of ``repeats``."""
-    from fedlora.wire import decode, encode_with_stats
-
-    def round_trip() -> int:
-        data, _ = encode_with_stats(dict(payload), value_dtype="float32")
-        decode(data, expected=None, max_bytes=len(data))
-        return len(data)
-
-    timing, size = time_call(round_trip, repeats)
-    return timing, int(size)
+def _merged(runs: list[Timing]) -> Timing:
+    times = [run.median for run in runs]
+    return Timing(min(times), statistics.median(times), len(times))
 
 
 # -- running and reporting -------------------------------------------------------------------
