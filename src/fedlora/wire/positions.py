@@ -17,7 +17,8 @@ A sparse tensor of ``n`` elements with ``k`` values has strictly increasing flat
     unary (that many 0s, then a 1). The best ``b`` is found by evaluating the exact cost.
 ``zstd-gaps``
     The gaps as bytes (escaped above 254) compressed with Zstandard: see
-    :mod:`fedlora.wire.gaps`. Encoded and decoded for a whole payload at once.
+    :mod:`fedlora.wire.gaps`. In a payload, the lists of one shape share frames
+    (:mod:`fedlora.wire.framing`); :func:`encode_zstd_gaps` writes one list's own frame.
 
 (The fourth code, ``seed``, sends no positions at all: see :mod:`fedlora.wire.codec`.)
 
