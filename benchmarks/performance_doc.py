@@ -22,6 +22,10 @@ Blocks:
     round's training throughput against a bare PyTorch + PEFT loop and TRL's SFTTrainer on
     the same batches, and the share of the round spent outside training.
 
+``scale``
+    One row per short federation of every client report's ``--clients`` runs: peak resident
+    memory and round time against the number of registered and sampled clients.
+
 ``round``
     Every ``benchmarks/round/results/*.json`` report: a whole round of each method at the
     demo's budget (measured), in the FedSRD paper's setting (extrapolated from measured steps
@@ -126,6 +130,23 @@ def client_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def scale_rows(name: str, report: Mapping[str, Any]) -> list[str]:
+    """The rows of one client report's many-clients runs; memory growth is against the
+    method's first run (its fewest registered clients)."""
+    runs = report.get("scale", [])
+    rows = []
+    for r in runs:
+        first = next(x for x in runs if x["method"] == r["method"])
+        growth = r["peak_rss_bytes"] / first["peak_rss_bytes"] - 1
+        rows.append(
+            f"| `{name}` | {report['model']} | {r['method']} | {r['registered']} | "
+            f"{r['sampled']} | {r['peak_rss_bytes'] / 2**20:.0f} | {growth:+.2%} | "
+            f"{r['round_s']:.3f} | {r['round_s_per_ktok']:.3f} | "
+            f"{1000 * r['server_s'] / r['sampled']:.2f} |"
+        )
+    return rows
+
+
 def round_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     """The table rows of one round-cost report: each setting's methods (seconds)."""
     before, after = report["load_before"][0], report["load_after"][0]
@@ -205,6 +226,12 @@ BLOCKS: dict[str, Callable[[], str]] = {
         "fedlora / bare, whole round | fedlora / TRL | non-training share",
         lambda: CLIENT_RESULTS.glob("client-*.json"),
         client_rows,
+    ),
+    "scale": Block(
+        "report | model | method | registered | sampled | peak MiB | vs first | round s | "
+        "round s per 1k tokens | server ms per sampled client",
+        lambda: CLIENT_RESULTS.glob("client-*.json"),
+        scale_rows,
     ),
     "secagg": Block(
         "report | clients | neighbours | plain s | secure s | extra s | "

@@ -160,3 +160,27 @@ def test_target_rows_show_the_evaluated_targets_only() -> None:
 def test_every_report_the_targets_block_names_is_committed() -> None:
     for name in pd.TARGET_REPORTS:
         assert (pd.SERVER_RESULTS / f"{name}.json").is_file(), name
+
+
+def test_scale_rows_show_memory_growth_against_the_methods_first_run() -> None:
+    def run(method: str, registered: int, rss_mib: float) -> dict[str, object]:
+        return {
+            "method": method,
+            "registered": registered,
+            "sampled": 10,
+            "peak_rss_bytes": int(rss_mib * 2**20),
+            "round_s": 1.5,
+            "round_s_per_ktok": 0.25,
+            "server_s": 0.02,
+        }
+
+    report = {
+        "model": "tiny-llama",
+        "scale": [run("fedavg", 10, 500), run("fedavg", 1000, 505), run("fedsrd", 10, 600)],
+    }
+    rows = pd.scale_rows("client-x", report)
+    assert rows[1] == (
+        "| `client-x` | tiny-llama | fedavg | 1000 | 10 | 505 | +1.00% | 1.500 | 0.250 | 2.00 |"
+    )
+    assert "| fedsrd | 10 | 10 | 600 | +0.00% |" in rows[2]
+    assert pd.scale_rows("client-y", {"model": "m", "methods": []}) == []
