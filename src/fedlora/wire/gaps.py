@@ -276,7 +276,7 @@ def decode_frame(stream: bytes, numels: Sequence[int], nnzs: Sequence[int]) -> l
     wide = np.frombuffer(content, dtype="<u4", offset=total)
     if wide.size and int(wide.min()) < ESCAPE:
         raise ValueError(f"zstd-gaps escape holds a gap below {ESCAPE}")
-    # gap + 1 as int64 (torch's widening is several times numpy's mixed-type add)
+    # gap + 1 as int64 (torch widens about twice as fast as numpy's mixed-type add)
     steps = torch.from_numpy(symbols.copy()).to(torch.int64).add_(1).numpy()
     steps[escaped] = wide.astype(np.int64) + 1
     return _positions(steps, _starts(sizes), sizes, np.asarray(numels, dtype=np.int64))
