@@ -34,7 +34,7 @@ def check_finite(specs: Mapping[str, _Spec], tensors: Mapping[str, torch.Tensor]
         keys.append(ct.VALUES_KEY)
     if all(_finite(tensors[key]) for key in keys):
         return
-    for name, values in _entry_values(specs, tensors).items():
+    for name, values in _entry_values(specs, tensors, _shared_spans(specs)).items():
         finite = torch.isfinite(values)
         if not bool(finite.all()):
             raise _fail(name, f"{int((~finite).sum())} non-finite value(s) (NaN or Inf)")
@@ -56,12 +56,14 @@ def _shared_spans(specs: Mapping[str, _Spec]) -> dict[str, tuple[int, int]]:
 
 
 def _entry_values(
-    specs: Mapping[str, _Spec], tensors: Mapping[str, torch.Tensor]
+    specs: Mapping[str, _Spec],
+    tensors: Mapping[str, torch.Tensor],
+    spans: Mapping[str, tuple[int, int]],
 ) -> dict[str, torch.Tensor]:
-    """Every entry's stored values: dense tensors, and each sparse entry's slice of the
-    shared values tensor."""
+    """Every entry's stored values: dense tensors, and each sparse entry's slice (its span,
+    from :func:`_shared_spans`) of the shared values tensor."""
     out = {name: tensors[name] for name, spec in specs.items() if spec[0] == "dense"}
-    for name, (start, stop) in _shared_spans(specs).items():
+    for name, (start, stop) in spans.items():
         out[name] = tensors[ct.VALUES_KEY][start:stop]
     return out
 
@@ -137,8 +139,9 @@ def decode_entries(
     positions: Mapping[str, tuple[np.ndarray, int]],
 ) -> dict[str, tuple[torch.Tensor | Sparse | SeededInit, TensorStats]]:
     """Every entry with its accounting."""
-    values = _entry_values(specs, tensors)
-    nonzero = _nonzero_counts(specs, tensors)
+    spans = _shared_spans(specs)
+    values = _entry_values(specs, tensors, spans)
+    nonzero = _nonzero_counts(specs, tensors, spans)
     return {
         name: _decode_entry(name, spec, values.get(name), nonzero.get(name, 0), positions.get(name))
         for name, spec in specs.items()
@@ -146,14 +149,15 @@ def decode_entries(
 
 
 def _nonzero_counts(
-    specs: Mapping[str, _Spec], tensors: Mapping[str, torch.Tensor]
+    specs: Mapping[str, _Spec],
+    tensors: Mapping[str, torch.Tensor],
+    spans: Mapping[str, tuple[int, int]],
 ) -> dict[str, int]:
     """Non-zero values per entry: each dense tensor counted alone; for the sparse entries,
     the zeros of the shared values tensor found in one pass and counted per entry."""
     counts = {
         name: count_nonzero(tensors[name]) for name, spec in specs.items() if spec[0] == "dense"
     }
-    spans = _shared_spans(specs)
     if spans:
         shared = tensors[ct.VALUES_KEY]
         if shared.dtype == torch.float32:
