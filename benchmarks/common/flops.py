@@ -6,13 +6,16 @@ products, QR, SVD, symmetric eigendecomposition) with its shapes, and counts it 
 standard operation counts (Golub & Van Loan, *Matrix Computations*, 4th ed.): ``2mkn`` for
 an ``m×k`` by ``k×n`` product; Householder QR of an ``m×n`` matrix (``m ≥ n``) ``2mn² −
 ⅔n³`` for R alone and twice that with the thin Q; thin SVD with vectors ``6mn² + 20n³``;
-symmetric eigendecomposition with vectors ``9n³``. Elementwise work is not counted. The
-machine's rate is measured on the kernel and shape that cost the step the most, so the
-achieved rate (counted flops / wall time) can be read against it.
+symmetric eigendecomposition with vectors ``9n³``. Elementwise work is not counted. A
+matrix product in float64 is its own kernel, ``matmul-f64``: it runs at a fraction of the
+float32 rate (about a third on the 2-core CPU here), so its flops are timed at its own
+measured rate. The machine's rate is measured on each kernel at the shape that cost the step
+the most, so the achieved rate (counted flops / wall time) can be read against it.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections import defaultdict
@@ -44,7 +47,8 @@ def kernel_flops(
         a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
         batch = a.shape[0] if a.ndim == 3 else 1
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-        return "matmul", (m, k, n), 2.0 * batch * m * k * n
+        kernel = "matmul-f64" if a.dtype == torch.float64 else "matmul"
+        return kernel, (m, k, n), 2.0 * batch * m * k * n
     if name == "linalg_qr":
         a = args[0]
         mode = kwargs.get("mode", args[1] if len(args) > 1 else "reduced")
@@ -114,16 +118,20 @@ CPU = torch.device("cpu")
 def machine_rates(
     counter: FlopCounter, device: torch.device = CPU, dtype: torch.dtype = torch.float32
 ) -> dict[str, float]:
-    """GFLOP/s of ``device`` on the matrix product (in ``dtype``) and the R-only QR (float32)
-    at the shapes that cost ``counter``'s step the most (on the CPU, torch's threads)."""
+    """GFLOP/s of ``device`` on the matrix product (in ``dtype``, and in float64 where the
+    step has float64 products) and the R-only QR (float32) at the shapes that cost
+    ``counter``'s step the most (on the CPU, torch's threads)."""
     gen = torch.Generator().manual_seed(0)
     rates: dict[str, float] = {}
-    mm = counter.heaviest("matmul")
-    if mm is not None:
+    for kernel, kind in (("matmul", dtype), ("matmul-f64", torch.float64)):
+        mm = counter.heaviest(kernel)
+        if mm is None:
+            continue
         m, k, n = mm
-        a = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
-        b = torch.randn(k, n, generator=gen).to(device=device, dtype=dtype)
-        rates["matmul"] = 2.0 * m * k * n / _median_seconds(lambda: a @ b, device) / 1e9
+        a = torch.randn(m, k, generator=gen).to(device=device, dtype=kind)
+        b = torch.randn(k, n, generator=gen).to(device=device, dtype=kind)
+        product = functools.partial(torch.matmul, a, b)
+        rates[kernel] = 2.0 * m * k * n / _median_seconds(product, device) / 1e9
     qr = counter.heaviest("qr")
     if qr is None:  # a step that factorises by SVD or eigh only: its rate at that size
         square = counter.heaviest("svd") or counter.heaviest("eigh")
@@ -139,11 +147,11 @@ def machine_rates(
 
 def roofline_seconds(counter: FlopCounter, rates: dict[str, float]) -> float | None:
     """The time the counted flops take at the measured kernel rates (GFLOP/s): matrix
-    products at the matmul rate, factorisations (QR, SVD, eigh) at the QR rate; None when a
-    rate the step needs was not measured."""
+    products at the matmul rate of their precision, factorisations (QR, SVD, eigh) at the QR
+    rate; None when a rate the step needs was not measured."""
     by_kind: dict[str, float] = defaultdict(float)
     for (kernel, _), flops in counter.by_kernel.items():
-        by_kind["matmul" if kernel == "matmul" else "qr"] += flops
+        by_kind[kernel if kernel.startswith("matmul") else "qr"] += flops
     if any(kind not in rates for kind, flops in by_kind.items() if flops > 0):
         return None
     return sum(flops / (rates[kind] * 1e9) for kind, flops in by_kind.items())

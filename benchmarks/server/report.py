@@ -52,7 +52,7 @@ HEADER = (
     "wire s",
     "GFLOP",
     "GFLOP/s",
-    "machine mm/qr",
+    "machine mm/mm64/qr",
     "x roofline",
     "wire/copy",
 )
@@ -60,9 +60,10 @@ HEADER = (
 
 def _row(r: MethodResult) -> list[str]:
     mem = r.memory
-    rates = "/".join(
-        f"{r.machine_gflop_per_s[k]:.0f}" for k in ("matmul", "qr") if k in r.machine_gflop_per_s
-    )
+    measured = r.machine_gflop_per_s
+    kernels = ("matmul", "matmul-f64", "qr")
+    rates = "/".join(f"{measured[k]:.0f}" if k in measured else "-" for k in kernels)
+    rates = rates if measured else ""
     return [
         r.method,
         _clients(r.ranks),

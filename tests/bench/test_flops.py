@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.common.flops import count_flops, machine_rates
+from benchmarks.common.flops import count_flops, machine_rates, roofline_seconds
 
 
 def test_each_kernel_is_counted_with_its_operation_count() -> None:
@@ -47,4 +47,19 @@ def test_a_server_step_is_counted_and_rated() -> None:
     assert counter.total > 0
     assert counter.heaviest("qr") is not None and counter.heaviest("matmul") is not None
     rates = machine_rates(counter)
-    assert set(rates) == {"matmul", "qr"} and all(v > 0 for v in rates.values())
+    # its pseudo-inverses' Grams are float64 products, rated apart from the float32 ones
+    assert counter.heaviest("matmul-f64") is not None
+    assert set(rates) == {"matmul", "matmul-f64", "qr"} and all(v > 0 for v in rates.values())
+
+
+def test_float64_products_are_timed_at_their_own_rate() -> None:
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    counter = count_flops(lambda: (a @ b, a.double() @ b.double()))
+    flops = 2 * 8 * 16 * 4
+    assert dict(counter.by_kernel) == {
+        ("matmul", (8, 16, 4)): flops,
+        ("matmul-f64", (8, 16, 4)): flops,
+    }
+    seconds = roofline_seconds(counter, {"matmul": 2.0, "matmul-f64": 0.5})
+    assert seconds == pytest.approx(flops / 2e9 + flops / 0.5e9)
+    assert roofline_seconds(counter, {"matmul": 2.0}) is None  # a rate it needs is missing
