@@ -95,11 +95,12 @@ from fedlora.methods.fedsrd_server import (
 from fedlora.methods.registry import register
 from fedlora.methods.secure import Shapes
 from fedlora.ops.factored import numerical_rank, truncated_factors
-from fedlora.ops.masks import dare_dense
+from fedlora.ops.masks import dare_dense_
 from fedlora.ops.ratio import SPARSIFIERS, SUPPORTS, RatioRule
+from fedlora.ops.scratch import Scratch
 from fedlora.ops.seeded_init import SeededInit
 from fedlora.ops.seeds import label_seed
-from fedlora.ops.solve import ClientDeltas, fixed, solve_a_clients, solve_b_clients
+from fedlora.ops.solve import Pinv, fixed_all, solve_a_clients, solve_b_clients
 from fedlora.ops.sparse import Sparse
 from fedlora.ops.sparsify import (
     SparseDelta,
@@ -300,14 +301,16 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
 
     def step(
         self,
-        a_prev: Tensor,
-        b_prev: Tensor,
-        deltas: ClientDeltas,
+        layer: LayerInputs,
         factor: str,
         target: Factored | None,
+        pinv: Pinv,
+        scratch: Scratch,
     ) -> Solved:
         """One layer's least-squares update of ``factor`` toward ``W_r − B^{t-1}A^{t-1}``
-        (``target``: ``W_r`` from :meth:`targets`, None where the method needs none)."""
+        (``target``: ``W_r`` from :meth:`targets`, None where the method needs none;
+        ``pinv``: the layer's :func:`~fedlora.ops.solve.fixed`, built with the round's others
+        in one batch; ``scratch``: working buffers shared by the round's layers)."""
         raise NotImplementedError
 
     def targets(
@@ -345,16 +348,19 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
                 tensors[key(name, "A")], tensors[key(name, "B")] = new.A, new.B
             ordered_ = {k: tensors[k] for name in layers for k in (key(name, "A"), key(name, "B"))}
             return ServerState(round=state.round + 1, tensors=ordered_, meta={"updated": "AB"})
+        scratch = Scratch()
+        pairs = [(layer.a_prev, layer.b_prev) for layer in layers.values()]
+        pinvs = dict(zip(layers, fixed_all(factor, pairs, self.config.ridge), strict=True))
         updates = (
-            (name, self.step(*layers[name], factor, target))
+            (name, self.step(layers[name], factor, target, pinvs.pop(name), scratch))
             for name, target in self.targets(layers, self.setup.max_rank)
         )
         return self.applied(state, updates)
 
     def applied(self, state: ServerState, updates: Iterable[tuple[str, Solved]]) -> ServerState:
         """The new state from each layer's least-squares update of the round's factor: the
-        update thinned by DARE (:func:`downlink_seed`) is added to the global factor and
-        kept as the delta to broadcast."""
+        update thinned by DARE (:func:`downlink_seed`, in place: the updates are consumed) is
+        added to the global factor and kept as the delta to broadcast."""
         round_ = state.round + 1
         factor = active_factor(round_)
         tensors: dict[str, Tensor] = {}
@@ -363,7 +369,7 @@ class _FedSRDBase(synced.DeltaSynced[FedSRDConfig]):
             a_prev = state.tensors[key(name, "A")]
             b_prev = state.tensors[key(name, "B")]
             conditions.append(cond)
-            applied = dare_dense(
+            applied = dare_dense_(
                 update, self.config.p_down, downlink_seed(self.setup.seed, round_, name)
             )
             prev = {"A": a_prev, "B": b_prev}
@@ -400,15 +406,14 @@ class FedSRD(_FedSRDBase):
 
     def step(
         self,
-        a_prev: Tensor,
-        b_prev: Tensor,
-        deltas: ClientDeltas,
+        layer: LayerInputs,
         factor: str,
         target: Factored | None,
+        pinv: Pinv,
+        scratch: Scratch,
     ) -> Solved:
         assert target is not None
-        pinv = fixed(factor, a_prev, b_prev, self.config.ridge)
-        update = least_squares_step(target, a_prev, b_prev, factor, pinv=pinv)
+        update = least_squares_step(target, layer.a_prev, layer.b_prev, factor, pinv=pinv)
         return Solved(update, pinv.condition)
 
 
@@ -463,17 +468,17 @@ class FedSRDE(_FedSRDBase):
 
     def step(
         self,
-        a_prev: Tensor,
-        b_prev: Tensor,
-        deltas: ClientDeltas,
+        layer: LayerInputs,
         factor: str,
         target: Factored | None,
+        pinv: Pinv,
+        scratch: Scratch,
     ) -> Solved:
-        pinv = fixed(factor, a_prev, b_prev, self.config.ridge)
+        a_prev, b_prev, deltas = layer
         if not self.config.reconstruct:
             target = averaged_aggregate(a_prev, b_prev, deltas)
             update = least_squares_step(target, a_prev, b_prev, factor, pinv=pinv)
             return Solved(update, pinv.condition)
         # The full aggregate's step needs no stack of products: r×r products (ops.solve).
         solve = solve_b_clients if factor == "B" else solve_a_clients
-        return Solved(solve(a_prev, b_prev, deltas, pinv=pinv), pinv.condition)
+        return Solved(solve(a_prev, b_prev, deltas, pinv=pinv, scratch=scratch), pinv.condition)

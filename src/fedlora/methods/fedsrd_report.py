@@ -8,6 +8,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from fedlora.methods.base import Setup, Tensor
 from fedlora.methods.common import key
 
@@ -63,16 +65,24 @@ def norms_of(
 ) -> dict[str, float]:
     """‖A‖_F and ‖B‖_F (``parts``) over all layers of a FedSRD state: read from the state's
     own round report (``meta``) when it has one (it was computed from these tensors), else
-    computed (float64 sums)."""
+    computed (one dot product per tensor in its own dtype, summed over layers in float64)."""
     report = (meta or {}).get("report") or {}
     if all(f"norm_{p.lower()}" in report for p in parts):
         return {p: float(report[f"norm_{p.lower()}"]) for p in parts}
     return {
-        p: math.sqrt(
-            sum(float(tensors[key(s.name, p)].double().pow(2).sum()) for s in setup.layers)
-        )
+        p: math.sqrt(sum(_squared_norm(tensors[key(s.name, p)]) for s in setup.layers))
         for p in parts
     }
+
+
+def _squared_norm(tensor: Tensor) -> float:
+    """``‖tensor‖²_F`` as one BLAS dot product: a float32 factor's (at most a few million
+    elements) comes out within about 1e-6 of the float64 sum, at a fraction of the cost of
+    widening it first."""
+    flat = tensor.reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.double()
+    return float(torch.dot(flat, flat))
 
 
 def update_ratio(old: Sequence[Tensor], new: Sequence[Tensor]) -> float | None:

@@ -18,7 +18,7 @@ from fedlora.ops.factored import truncated_factors
 from fedlora.ops.solve import (
     ClientDeltas,
     Pinv,
-    fixed,
+    fixed_all,
     projected_change,
     solve_a_terms,
     solve_b_terms,
@@ -178,9 +178,9 @@ def projected_updates(
     factor: str,
     ridge: float,
 ) -> Iterator[tuple[str, Solved]]:
-    """Each layer's least-squares update from the mean projected term."""
-    for s in setup.layers:
-        a, b = tensors[key(s.name, "A")], tensors[key(s.name, "B")]
-        pinv = fixed(factor, a, b, ridge)
+    """Each layer's least-squares update from the mean projected term (the layers'
+    pseudo-inverses built in one batch, :func:`fedlora.ops.solve.fixed_all`)."""
+    pairs = [(tensors[key(s.name, "A")], tensors[key(s.name, "B")]) for s in setup.layers]
+    for s, (a, b), pinv in zip(setup.layers, pairs, fixed_all(factor, pairs, ridge), strict=True):
         term = mean[key(s.name, "P" + factor)]
         yield s.name, Solved(solve_projected(term, a, b, factor, pinv=pinv), pinv.condition)

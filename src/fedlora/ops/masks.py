@@ -137,6 +137,16 @@ def dare_dense(delta: Tensor, drop: float, seed: int) -> Tensor:
     return torch.where(mask, delta / keep, torch.zeros((), dtype=delta.dtype, device=delta.device))
 
 
+def dare_dense_(delta: Tensor, drop: float, seed: int) -> Tensor:
+    """:func:`dare_dense` written into ``delta`` itself (returned): for a caller that owns the
+    delta and drops it afterwards, it saves two tensors of its size."""
+    _check_ratio(drop, "drop")
+    if drop == 0.0:
+        return delta
+    dropped = dare_mask(seed, tuple(delta.shape), drop).logical_not_().to(delta.device)
+    return delta.div_(1.0 - drop).masked_fill_(dropped, 0.0)
+
+
 def rescale_pruned(original: Tensor, pruned: Tensor) -> Tensor:
     """Scale ``pruned`` by ``Σ|original| / Σ|pruned|`` so the total magnitude is preserved.
 

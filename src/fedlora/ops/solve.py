@@ -9,10 +9,12 @@ intermediate is thin: ``L·(R·pinv(A))`` and ``(pinv(B)·L)·R``. Cost O((m+n)�
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
+from fedlora.ops.scratch import Scratch
 from fedlora.ops.sparse import Sparse
 
 Tensor = torch.Tensor
@@ -37,27 +39,31 @@ class Pinv:
     ``ridge > 0`` makes it the Tikhonov-regularised solve ``(MᵀM + μI)⁻¹Mᵀ`` with
     ``μ = ridge·λ_max``: each kept direction's gain ``σ/(σ² + μ)`` is at most
     ``1/(2√μ)``, so an ill-conditioned ``M`` can no longer amplify the right-hand side by
-    ``1/σ_min`` (``ridge = 0``: the plain pseudo-inverse)."""
+    ``1/σ_min`` (``ridge = 0``: the plain pseudo-inverse). :func:`pinvs` builds many at once."""
+
+    matrix: Tensor
+    gram: Tensor
+    """``MᵀM`` in float64."""
+    vec: Tensor
+    """Its eigenvectors."""
+    inv: Tensor
+    """The weights of the kept eigenvalues (``1/λ``, or ``1/(λ + μ)``), 0 for the others."""
+    condition: float
+    """``σ_max / σ_min`` over the kept directions (1 when none is kept)."""
 
     def __init__(self, matrix: Tensor, ridge: float = 0.0) -> None:
-        # The r×r algebra runs in float64: squaring σ into λ would otherwise cost float32 half
-        # its digits.
-        wide = matrix.double()
-        self.gram = wide.T @ wide
-        lam, self.vec = torch.linalg.eigh(self.gram)
-        top = lam.max().clamp(min=0)
-        rtol = max(matrix.shape) * torch.finfo(matrix.dtype).eps
-        noise = max(matrix.shape) * torch.finfo(torch.float64).eps
-        cutoff = max(rtol**2, noise) * top
-        keep = lam > cutoff if top > 0 else torch.zeros_like(lam, dtype=torch.bool)
-        shifted = lam + ridge * top
-        self.inv = torch.where(
-            keep, 1.0 / torch.where(keep, shifted, torch.ones_like(lam)), torch.zeros_like(lam)
-        )
-        kept = lam[keep]
-        # σ_max / σ_min over the directions the solve inverts (1 for a zero matrix).
-        self.condition = float((kept.max() / kept.min()).sqrt()) if kept.numel() else 1.0
-        self.matrix = matrix
+        (built,) = pinvs([matrix], ridge)
+        self.matrix, self.gram, self.vec, self.inv = built.matrix, built.gram, built.vec, built.inv
+        self.condition = built.condition
+
+    @classmethod
+    def _assembled(
+        cls, matrix: Tensor, gram: Tensor, vec: Tensor, inv: Tensor, condition: float
+    ) -> Pinv:
+        built = cls.__new__(cls)
+        built.matrix, built.gram, built.vec, built.inv = matrix, gram, vec, inv
+        built.condition = condition
+        return built
 
     def gram_pinv(self) -> Tensor:
         """The r×r pseudo-inverse of the Gram matrix, ``(MᵀM)⁺`` (float64)."""
@@ -69,6 +75,52 @@ class Pinv:
         # Tensor arithmetic operators are typed loosely (Any) in torch's stubs.
         solution: Tensor = (self.vec @ (self.inv[:, None] * (self.vec.T @ projected))).to(rhs.dtype)
         return solution
+
+
+def _gram(matrix: Tensor) -> Tensor:
+    # The r×r algebra runs in float64: squaring σ into λ would otherwise cost float32 half
+    # its digits.
+    wide = matrix.double()
+    gram: Tensor = wide.T @ wide
+    return gram
+
+
+def _spectral_inverse(
+    lam: Tensor, rows: Tensor, dtype: torch.dtype, ridge: float
+) -> tuple[Tensor, Tensor]:
+    """Batched over the leading dimension: the weights ``1/λ`` (or ``1/(λ + μ)``) of the
+    kept eigenvalues, 0 for the others, and each matrix's condition number over the kept
+    directions (1 where none is kept); ``rows``: each matrix's k, ``dtype``: its own."""
+    top = lam.amax(-1, keepdim=True).clamp(min=0)
+    rtol = rows[:, None] * torch.finfo(dtype).eps
+    noise = rows[:, None] * torch.finfo(torch.float64).eps
+    keep = (lam > torch.maximum(rtol**2, noise) * top) & (top > 0)
+    shifted = torch.where(keep, lam + ridge * top, torch.ones_like(lam))
+    inv = torch.where(keep, 1.0 / shifted, torch.zeros_like(lam))
+    kept_max = torch.where(keep, lam, torch.zeros_like(lam)).amax(-1)
+    kept_min = torch.where(keep, lam, torch.full_like(lam, math.inf)).amin(-1)
+    condition = torch.where(keep.any(-1), (kept_max / kept_min).sqrt(), torch.ones_like(kept_max))
+    return inv, condition
+
+
+def pinvs(matrices: Sequence[Tensor], ridge: float = 0.0) -> list[Pinv]:
+    """:class:`Pinv` of each matrix, the eigendecompositions of Grams of one size, dtype and
+    device done as one batched call (a server step builds one per layer: a Llama-style
+    model's 196 adapted layers all have r×r Grams, and one call on a stacked batch replaces
+    196 small ones, on the CPU and on a GPU alike); peak extra memory: the batch's Grams and
+    eigenvectors, three r×r float64 matrices per layer."""
+    grams = [_gram(m) for m in matrices]
+    groups: dict[tuple[int, torch.dtype, torch.device], list[int]] = {}
+    for i, m in enumerate(matrices):
+        groups.setdefault((m.shape[1], m.dtype, m.device), []).append(i)
+    built: list[Pinv | None] = [None] * len(matrices)
+    for (_, dtype, device), members in groups.items():
+        lam, vec = torch.linalg.eigh(torch.stack([grams[i] for i in members]))
+        rows = torch.tensor([max(matrices[i].shape) for i in members], dtype=torch.float64)
+        inv, condition = _spectral_inverse(lam, rows.to(device), dtype, ridge)
+        for j, (i, cond) in enumerate(zip(members, condition.tolist(), strict=True)):
+            built[i] = Pinv._assembled(matrices[i], grams[i], vec[j], inv[j], cond)
+    return [b for b in built if b is not None]
 
 
 Terms = Sequence[tuple[Tensor, Tensor]]
@@ -162,6 +214,14 @@ def fixed(factor: str, a: Tensor, b: Tensor, ridge: float = 0.0) -> Pinv:
     return Pinv(a.T, ridge) if factor == "B" else Pinv(b, ridge)
 
 
+def fixed_all(
+    factor: str, pairs: Sequence[tuple[Tensor, Tensor]], ridge: float = 0.0
+) -> list[Pinv]:
+    """:func:`fixed` of every layer's ``(A, B)``, their eigendecompositions batched
+    (:func:`pinvs`)."""
+    return pinvs([a.T if factor == "B" else b for a, b in pairs], ridge)
+
+
 def _as_dense(delta: Delta, like: Tensor) -> Tensor:
     d = delta.to_dense() if isinstance(delta, Sparse) else delta
     if tuple(d.shape) != tuple(like.shape):
@@ -174,10 +234,21 @@ def _fits(block: Delta, like: Tensor) -> None:
         raise ValueError(f"delta of shape {tuple(block.shape)} does not fit {tuple(like.shape)}")
 
 
-def _stacked(blocks: Sequence[Delta], like: Tensor, axis: int) -> Tensor:
+def _block_rows(indices: Tensor, cols: int) -> Tensor:
+    """The row of each flat position in a matrix of ``cols`` columns (a shift when ``cols``
+    is a power of two, as LoRA ranks usually are: integer division costs several times more)."""
+    if cols & (cols - 1) == 0:
+        return indices >> (cols.bit_length() - 1)
+    return indices // cols
+
+
+def _stacked(
+    blocks: Sequence[Delta], like: Tensor, axis: int, scratch: Scratch | None = None
+) -> Tensor:
     """``[X_0; X_1; …]`` (``axis = 0``) or ``[X_0, X_1, …]`` (``axis = 1``) of blocks shaped
-    like ``like``, in its dtype: a dense block copied, a sparse one scattered into place
-    (never densified on its own)."""
+    like ``like``, in its dtype and on its device: a dense block copied, a sparse one
+    scattered into place (never densified on its own). ``scratch``: the buffer comes from
+    it (valid until its next request of the same shape), else it is allocated."""
     rows, cols = like.shape
     count = len(blocks)
     # Row blocks are contiguous in a (count, rows, cols) buffer; column blocks interleave
@@ -185,7 +256,10 @@ def _stacked(blocks: Sequence[Delta], like: Tensor, axis: int) -> Tensor:
     # One zero fill of the whole buffer is a memset; zeroing each strided column block costs
     # several times more.
     shape = (count, rows, cols) if axis == 0 else (rows, count, cols)
-    out = torch.zeros(shape, dtype=like.dtype)
+    if scratch is None:
+        out = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    else:
+        out = scratch.zeros(shape, like.dtype, like.device)
     flat = out.view(-1)
     for k, block in enumerate(blocks):
         _fits(block, like)
@@ -196,13 +270,19 @@ def _stacked(blocks: Sequence[Delta], like: Tensor, axis: int) -> Tensor:
         if axis == 0:
             at = idx + k * rows * cols
         else:  # row i of block k starts at (i·count + k)·cols
-            at = idx + (idx // cols) * ((count - 1) * cols) + k * cols
+            at = torch.add(idx, _block_rows(idx, cols), alpha=(count - 1) * cols).add_(k * cols)
         flat.index_put_((at,), block.values.to(like.dtype))
     return out.view(count * rows, cols) if axis == 0 else out.view(rows, count * cols)
 
 
 def solve_b_clients(
-    a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 0.0, *, pinv: Pinv | None = None
+    a: Tensor,
+    b: Tensor,
+    clients: ClientDeltas,
+    ridge: float = 0.0,
+    *,
+    pinv: Pinv | None = None,
+    scratch: Scratch | None = None,
 ) -> Tensor:
     """``ΔB = (Σ_k p_k (B + ΔB_k)(A + ΔA_k) − B·A)·pinv(A)`` from r×r products per client.
 
@@ -213,37 +293,45 @@ def solve_b_clients(
     all ``Y_k`` come from one product with the stacked ``[ΔA_1; …; ΔA_K]``, and the update
     is one product ``[B, ΔB_1, …, ΔB_K]·[C_0G⁺; C_1G⁺; …]``. Equal to ``solve_b_terms`` on
     the stacked aggregate up to float error (``ridge`` as there: ``G⁺`` becomes
-    ``(G + μI)⁻¹``; ``pinv``: :func:`fixed` built already).
+    ``(G + μI)⁻¹``; ``pinv``: :func:`fixed` built already; ``scratch``: where the stacks are
+    built, each read in full before the next is asked for).
     """
     pinv = Pinv(a.T, ridge) if pinv is None else pinv
     g, g_plus = pinv.gram, pinv.gram_pinv()
     count, r = len(clients), a.shape[0]
     weights = torch.tensor([p for p, _, _ in clients], dtype=torch.float64)[:, None, None]
-    y = (_stacked([d_a for _, d_a, _ in clients], a, 0) @ a.T).double().view(count, r, r)
+    y = (_stacked([d_a for _, d_a, _ in clients], a, 0, scratch) @ a.T).double().view(count, r, r)
     c = weights * (g + y)
     coeff = torch.cat([(c.sum(0) - g)[None], c]) @ g_plus
-    left = _stacked([b, *(d_b for _, _, d_b in clients)], b, 1)
+    left = _stacked([b, *(d_b for _, _, d_b in clients)], b, 1, scratch)
     return left @ coeff.to(b.dtype).view((count + 1) * r, r)
 
 
 def solve_a_clients(
-    a: Tensor, b: Tensor, clients: ClientDeltas, ridge: float = 0.0, *, pinv: Pinv | None = None
+    a: Tensor,
+    b: Tensor,
+    clients: ClientDeltas,
+    ridge: float = 0.0,
+    *,
+    pinv: Pinv | None = None,
+    scratch: Scratch | None = None,
 ) -> Tensor:
     """``ΔA = pinv(B)·(Σ_k p_k (B + ΔB_k)(A + ΔA_k) − B·A)`` from r×r products per client.
 
     With ``H = Bᵀ·B``, ``Z_k = Bᵀ·ΔB_k`` and ``pinv(B) = H⁺·Bᵀ``:
     ``H⁺·(D_0·A + Σ_k D_k·ΔA_k)``, ``D_0 = Σ_k p_k (H + Z_k) − H``, ``D_k = p_k (H + Z_k)``:
     all ``Z_k`` from one product with ``[ΔB_1, …, ΔB_K]``, the update one product
-    ``[H⁺D_0, H⁺D_1, …]·[A; ΔA_1; …; ΔA_K]`` (see :func:`solve_b_clients`).
+    ``[H⁺D_0, H⁺D_1, …]·[A; ΔA_1; …; ΔA_K]`` (see :func:`solve_b_clients`, also for
+    ``scratch``).
     """
     pinv = Pinv(b, ridge) if pinv is None else pinv
     h, h_plus = pinv.gram, pinv.gram_pinv()
     count, r = len(clients), b.shape[1]
     weights = torch.tensor([p for p, _, _ in clients], dtype=torch.float64)[:, None, None]
-    z = (b.T @ _stacked([d_b for _, _, d_b in clients], b, 1)).double()
+    z = (b.T @ _stacked([d_b for _, _, d_b in clients], b, 1, scratch)).double()
     d = weights * (h + z.view(r, count, r).transpose(0, 1))
     coeff = h_plus @ torch.cat([(d.sum(0) - h)[None], d])
-    right = _stacked([a, *(d_a for _, d_a, _ in clients)], a, 0)
+    right = _stacked([a, *(d_a for _, d_a, _ in clients)], a, 0, scratch)
     return coeff.to(a.dtype).transpose(0, 1).reshape(r, (count + 1) * r) @ right
 
 
