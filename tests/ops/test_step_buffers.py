@@ -137,3 +137,17 @@ def test_factor_norms_match_the_float64_sum() -> None:
             sum(float(tensors[f"{s.name}.{part}"].double().pow(2).sum()) for s in specs)
         )
         assert got[part] == pytest.approx(want, rel=1e-6)
+
+
+def test_stacks_are_built_on_the_factors_device() -> None:
+    # A GPU step passes GPU factors and deltas; the meta device stands in for any device that
+    # is not the CPU (a stack left on the CPU would fail the product that reads it).
+    from fedlora.ops.solve import _stacked
+
+    like = torch.empty(6, 4, device="meta")
+    sparse = Sparse((6, 4), torch.tensor([1, 9], device="meta"), torch.ones(2, device="meta"))
+    for axis in (0, 1):
+        for scratch in (None, Scratch()):
+            out = _stacked([like, sparse], like, axis, scratch)
+            assert out.device.type == "meta"
+            assert out.shape == ((12, 4) if axis == 0 else (6, 8))
