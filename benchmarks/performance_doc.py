@@ -26,6 +26,12 @@ Blocks:
     One row per short federation of every client report's ``--clients`` runs: peak resident
     memory and round time against the number of registered and sampled clients.
 
+``batching``
+    One row per ``train.batching`` mode (and TRL) of every scenario of every
+    ``benchmarks/client/results/batching-*.json`` report: real (non-padding) tokens per
+    second, against padding and against TRL, the padding share and the model-flop
+    utilisation.
+
 ``round``
     Every ``benchmarks/round/results/*.json`` report: a whole round of each method at the
     demo's budget (measured), in the FedSRD paper's setting (extrapolated from measured steps
@@ -147,6 +153,26 @@ def scale_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     return rows
 
 
+def batching_rows(name: str, report: Any) -> list[str]:
+    """The rows of one batching report (a list of scenarios); ratios of real tokens/s."""
+    rows = []
+    for scenario in report:
+        speed, mfu = scenario["tokens_per_s"], scenario["mfu"]
+        data = (
+            f"{scenario['data']}, seq {scenario['seq_len']} "
+            f"(mean {scenario['mean_length']:.0f} tok)"
+        )
+        for mode, rate in speed.items():
+            padding = scenario["sides"][mode]["padding"]
+            rows.append(
+                f"| `{name}` | {data} | {mode} | {rate:.0f} | "
+                f"{_fmt(_ratio(rate, speed.get('pad')), '.2f')} | "
+                f"{_fmt(_ratio(rate, speed.get('trl')), '.2f')} | "
+                f"{_fmt(padding, '.1%')} | {_fmt(mfu.get(mode), '.1%')} |"
+            )
+    return rows
+
+
 def round_rows(name: str, report: Mapping[str, Any]) -> list[str]:
     """The table rows of one round-cost report: each setting's methods (seconds)."""
     before, after = report["load_before"][0], report["load_after"][0]
@@ -232,6 +258,11 @@ BLOCKS: dict[str, Callable[[], str]] = {
         "round s per 1k tokens | server ms per sampled client",
         lambda: CLIENT_RESULTS.glob("client-*.json"),
         scale_rows,
+    ),
+    "batching": Block(
+        "report | data | mode | real tok/s | × pad | × TRL | padding | MFU",
+        lambda: CLIENT_RESULTS.glob("batching-*.json"),
+        batching_rows,
     ),
     "secagg": Block(
         "report | clients | neighbours | plain s | secure s | extra s | "

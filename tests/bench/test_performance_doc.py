@@ -184,3 +184,26 @@ def test_scale_rows_show_memory_growth_against_the_methods_first_run() -> None:
     )
     assert "| fedsrd | 10 | 10 | 600 | +0.00% |" in rows[2]
     assert pd.scale_rows("client-y", {"model": "m", "methods": []}) == []
+
+
+def test_batching_rows_are_ratios_of_real_tokens_per_second() -> None:
+    def side(padding: float | None) -> dict[str, object]:
+        return {"padding": padding}
+
+    report = [
+        {
+            "data": "iid",
+            "seq_len": 512,
+            "mean_length": 70.4,
+            "sides": {"pad": side(0.3), "pack": side(0.024), "trl": side(None)},
+            "tokens_per_s": {"pad": 100.0, "pack": 150.0, "trl": 120.0},
+            "mfu": {"pad": 0.2, "pack": 0.3, "trl": 0.24},
+        }
+    ]
+    rows = pd.batching_rows("batching-x", report)
+    assert (
+        rows[1]
+        == "| `batching-x` | iid, seq 512 (mean 70 tok) | pack | 150 | 1.50 | 1.25 | 2.4% | 30.0% |"
+    )
+    assert rows[2].endswith("| trl | 120 | 1.20 | 1.00 | – | 24.0% |")
+    assert len(rows) == 3
