@@ -61,9 +61,8 @@ HEADER = (
 def _row(r: MethodResult) -> list[str]:
     mem = r.memory
     measured = r.machine_gflop_per_s
-    kernels = ("matmul", "matmul-f64", "qr")
-    rates = "/".join(f"{measured[k]:.0f}" if k in measured else "-" for k in kernels)
-    rates = rates if measured else ""
+    cells = (f"{measured[k]:.0f}" if k in measured else "-" for k in ("matmul", "matmul-f64", "qr"))
+    rates = "/".join(cells) if measured else ""
     return [
         r.method,
         _clients(r.ranks),

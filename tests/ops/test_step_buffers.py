@@ -13,7 +13,7 @@ from fedlora.methods.base import LayerSpec, Setup
 from fedlora.methods.fedsrd_report import norms_of
 from fedlora.ops.masks import dare, dare_dense_
 from fedlora.ops.scratch import Scratch
-from fedlora.ops.solve import Pinv, fixed, fixed_all, pinvs, solve_a_clients, solve_b_clients
+from fedlora.ops.solve import Pinv, fixed_all, pinvs, solve_a_clients, solve_b_clients
 from fedlora.ops.sparse import Sparse
 
 
@@ -101,7 +101,9 @@ def test_batched_pseudo_inverses_match_the_dense_pseudo_inverse() -> None:
         assert built.condition == pytest.approx(want_cond, rel=1e-6)
 
 
-def test_the_round_batch_is_the_per_layer_fixed_factor() -> None:
+def test_the_round_batch_solves_against_each_layers_fixed_factor() -> None:
+    # a B-round inverts Aᵀ (Gram A·Aᵀ), an A-round B (Gram Bᵀ·B), layer by layer in the batch;
+    # checked against float64 Grams and SVD condition numbers computed here
     gen = torch.Generator().manual_seed(4)
     pairs = [
         (torch.randn(4, n, generator=gen), torch.randn(m, 4, generator=gen))
@@ -109,8 +111,10 @@ def test_the_round_batch_is_the_per_layer_fixed_factor() -> None:
     ]
     for factor in ("A", "B"):
         for (a, b), built in zip(pairs, fixed_all(factor, pairs), strict=True):
-            torch.testing.assert_close(built.gram, fixed(factor, a, b).gram, rtol=0, atol=0)
-            assert built.matrix.shape == (b.shape if factor == "A" else a.T.shape)
+            against = (b if factor == "A" else a.T).double()
+            torch.testing.assert_close(built.gram, against.T @ against, rtol=1e-12, atol=1e-12)
+            s = torch.linalg.svdvals(against)
+            assert built.condition == pytest.approx(float(s[0] / s[-1]), rel=1e-8)
 
 
 @pytest.mark.parametrize("drop", [0.0, 0.5, 0.8])

@@ -130,11 +130,8 @@ def dare(delta: Tensor, drop: float, seed: int) -> Sparse:
 
 def dare_dense(delta: Tensor, drop: float, seed: int) -> Tensor:
     """``dare(delta, drop, seed).to_dense()``, bit for bit, without the sparse detour (for a
-    caller that applies the delta and keeps it dense)."""
-    _check_ratio(drop, "drop")
-    keep = 1.0 - drop
-    mask = dare_mask(seed, tuple(delta.shape), drop).to(delta.device)
-    return torch.where(mask, delta / keep, torch.zeros((), dtype=delta.dtype, device=delta.device))
+    caller that applies the delta and keeps it dense); ``delta`` is left as it was."""
+    return dare_dense_(delta.clone(), drop, seed)
 
 
 def dare_dense_(delta: Tensor, drop: float, seed: int) -> Tensor:

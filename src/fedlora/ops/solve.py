@@ -211,7 +211,8 @@ ClientDeltas = Sequence[tuple[float, Delta, Delta]]
 def fixed(factor: str, a: Tensor, b: Tensor, ridge: float = 0.0) -> Pinv:
     """The pseudo-inverse a ``factor``-round solves with: of ``Aᵀ`` when ``B`` is updated,
     of ``B`` when ``A`` is; built once per layer for the step and its condition number."""
-    return Pinv(a.T, ridge) if factor == "B" else Pinv(b, ridge)
+    (built,) = fixed_all(factor, [(a, b)], ridge)
+    return built
 
 
 def fixed_all(
