@@ -50,6 +50,50 @@ def test_a_batch_encodes_and_decodes_each_list_as_alone() -> None:
     )
 
 
+def reference_content(lists: list[np.ndarray]) -> bytes:
+    """The module docstring's frame content, gap by gap in plain Python."""
+    gap_bytes, escapes = bytearray(), bytearray()
+    for idx in lists:
+        before = -1
+        for x in idx.tolist():
+            gap = x - before - 1
+            gap_bytes.append(min(gap, 255))
+            if gap >= 255:
+                escapes += gap.to_bytes(4, "little")
+            before = x
+    return bytes(gap_bytes + escapes)
+
+
+def test_a_frames_content_is_the_gap_bytes_then_the_escapes_as_documented() -> None:
+    # Lists with gaps just below, at and above the escape, empty lists, and long ones.
+    from fedlora.wire import gaps as G
+
+    rng = np.random.default_rng(3)
+    lists = [
+        np.array([254, 255, 511, 767, 768], dtype=np.int64),
+        np.zeros(0, dtype=np.int64),
+        random_positions(1 << 20, 3_000, seed=4),
+        np.array([0, 1, 2, 100_000], dtype=np.int64),
+        np.sort(rng.choice(5_000, size=4_000, replace=False)).astype(np.int64),
+    ]
+    gaps = G.batch(lists)
+    order = list(range(len(lists)))
+    assert G.frame_content(gaps, order) == reference_content(lists)
+    # and each list decodes from a frame of its own
+    for idx, frame in zip(lists, G.encode_many(lists), strict=True):
+        if idx.size:
+            np.testing.assert_array_equal(decode(frame, 1 << 20, idx.size), idx)
+
+
+def test_a_list_that_falls_back_after_an_escape_is_refused() -> None:
+    from fedlora.wire import gaps as G
+
+    for bad in (np.array([0, 70_000, 3]), np.array([300, 300]), np.array([10, 2_000, 5, 9])):
+        with pytest.raises(G.StreamError, match="not strictly increasing") as caught:
+            G.batch([np.array([1, 2]), bad.astype(np.int64)])
+        assert caught.value.index == 1
+
+
 def test_a_structured_mask_costs_fewer_bytes_in_zstd_gaps_than_in_rice() -> None:
     # Prepare: a 256x1024 mask that keeps 4% of the entries, drawn within the 32 rows an
     # importance score favours (as the sparsifiers' masks concentrate on rows).

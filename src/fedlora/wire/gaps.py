@@ -95,25 +95,36 @@ def _starts(sizes: np.ndarray) -> np.ndarray:
 
 def batch(lists: Sequence[np.ndarray]) -> Gaps:
     """The code's view of a batch of (int64) lists, each starting at 0 or above. Raises
-    :class:`StreamError` naming the first list that is not strictly increasing."""
+    :class:`StreamError` naming the first list that is not strictly increasing.
+
+    Each list's gaps go through one buffer the size of the longest list, which stays in the
+    cache between the passes over it, so only the lists and their bytes cross memory."""
     sizes = np.array([idx.size for idx in lists], dtype=np.int64)
     starts = _starts(sizes)
-    steps = np.empty(int(sizes.sum()), dtype=np.int64)  # gap + 1
-    for idx, at in zip(lists, starts.tolist(), strict=True):
-        if idx.size:
-            steps[at] = idx[0] + 1
-            np.subtract(idx[1:], idx[:-1], out=steps[at + 1 : at + idx.size])
-    # Steps clamped to [0, 256] and less one, as bytes: 255 marks a gap of 255 or more, and
-    # also a step below 1 (a list that is not increasing), whose "escaped gap" is negative.
-    clamped = torch.from_numpy(steps).clamp(0, ESCAPE + 1).to(torch.uint8).numpy()
-    symbols = np.subtract(clamped, 1, out=clamped)
-    escaped = np.flatnonzero(symbols == ESCAPE)
-    wide = steps[escaped] - 1
-    if wide.size and int(wide.min()) < ESCAPE:
-        at = int(escaped[np.argmax(wide < ESCAPE)])
-        i = int(np.searchsorted(starts, at, side="right")) - 1
-        raise StreamError(i, "positions are not strictly increasing")
-    wide = wide.astype("<u4")
+    symbols = np.empty(int(sizes.sum()), dtype=np.uint8)
+    buffer = np.empty(int(sizes.max(initial=0)), dtype=np.int64)
+    escapes: list[np.ndarray] = []
+    wides: list[np.ndarray] = []
+    for i, (idx, at) in enumerate(zip(lists, starts.tolist(), strict=True)):
+        if not idx.size:
+            continue
+        gap = buffer[: idx.size]
+        gap[0] = idx[0]
+        np.subtract(idx[1:], idx[:-1], out=gap[1:])
+        gap[1:] -= 1
+        # Read as unsigned, a negative gap (a list that is not increasing) escapes too.
+        unsigned = gap.view(np.uint64)
+        local = np.flatnonzero(unsigned >= ESCAPE)
+        if local.size:
+            wide = gap[local]
+            if int(wide.min()) < 0:
+                raise StreamError(i, "positions are not strictly increasing")
+            escapes.append(local + at)
+            wides.append(wide)
+        np.minimum(unsigned, ESCAPE, out=unsigned)
+        np.copyto(symbols[at : at + idx.size], unsigned, casting="unsafe")
+    escaped = np.concatenate(escapes) if escapes else np.zeros(0, dtype=np.int64)
+    wide = (np.concatenate(wides) if wides else np.zeros(0, dtype=np.int64)).astype("<u4")
     bounds = np.searchsorted(escaped, np.append(starts, symbols.size))
     return Gaps(sizes, starts, symbols, escaped, wide, bounds)
 
@@ -289,9 +300,11 @@ def _positions(
     first step less one), each list checked to end inside its tensor."""
     full = starts[sizes > 0]
     steps[full] -= 1
+    running = torch.from_numpy(steps)  # torch's in-place cumsum is ~3x numpy's here
     pieces = []
     for start, stop in zip(starts.tolist(), (starts + sizes).tolist(), strict=True):
-        pieces.append(np.cumsum(steps[start:stop], out=steps[start:stop]))
+        running[start:stop].cumsum_(0)
+        pieces.append(steps[start:stop])
     lasts = np.where(sizes > 0, steps[np.maximum(starts + sizes - 1, 0)] if steps.size else 0, -1)
     outside = np.flatnonzero(lasts >= numels)
     if outside.size:
