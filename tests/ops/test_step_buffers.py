@@ -1,4 +1,4 @@
-"""The server step's shortcuts give what the plain path gives: stacks built in a reused
+"""The server step's shortcuts give what the plain path gives: deltas densified in a reused
 scratch buffer, pseudo-inverses built in one batch, DARE applied in place, and the factor
 norms from one dot product per tensor."""
 
@@ -33,7 +33,7 @@ def test_scratch_hands_out_one_zeroed_buffer_per_shape_and_dtype() -> None:
     assert scratch.nbytes == 12 * 4 + 12 * 8
 
 
-@pytest.mark.parametrize("rank", [4, 6])  # the rows of a column stack by a shift, by division
+@pytest.mark.parametrize("rank", [4, 6])
 def test_steps_through_one_scratch_equal_fresh_steps(rank: int) -> None:
     # Prepare: two layers of one shape in a row, so the second reuses the first's buffers
     gen = torch.Generator().manual_seed(3)
@@ -51,11 +51,11 @@ def test_steps_through_one_scratch_equal_fresh_steps(rank: int) -> None:
         # Execute
         got_b = solve_b_clients(a, b, clients, scratch=scratch)
         got_a = solve_a_clients(a, b, clients, scratch=scratch)
-        # Assert: the same bits as with fresh zeroed stacks
+        # Assert: the same bits as with fresh zeroed buffers
         assert torch.equal(got_b, solve_b_clients(a, b, clients))
         assert torch.equal(got_a, solve_a_clients(a, b, clients))
-    # four stacks of distinct shapes, each allocated once
-    assert scratch.nbytes == 8 * (2 * rank * n + m * 3 * rank + m * 2 * rank + 3 * rank * n)
+    # one buffer per delta shape (r×n and m×r), each allocated once
+    assert scratch.nbytes == 8 * (rank * n + m * rank)
 
 
 def _matrices() -> list[torch.Tensor]:
@@ -143,15 +143,14 @@ def test_factor_norms_match_the_float64_sum() -> None:
         assert got[part] == pytest.approx(want, rel=1e-6)
 
 
-def test_stacks_are_built_on_the_factors_device() -> None:
+def test_deltas_are_densified_on_the_factors_device() -> None:
     # A GPU step passes GPU factors and deltas; the meta device stands in for any device that
-    # is not the CPU (a stack left on the CPU would fail the product that reads it).
-    from fedlora.ops.solve import _stacked
+    # is not the CPU (a buffer left on the CPU would fail the product that reads it).
+    from fedlora.ops.solve import _dense_block
 
     like = torch.empty(6, 4, device="meta")
     sparse = Sparse((6, 4), torch.tensor([1, 9], device="meta"), torch.ones(2, device="meta"))
-    for axis in (0, 1):
+    for delta in (like, sparse):
         for scratch in (None, Scratch()):
-            out = _stacked([like, sparse], like, axis, scratch)
-            assert out.device.type == "meta"
-            assert out.shape == ((12, 4) if axis == 0 else (6, 8))
+            out = _dense_block(delta, like, scratch)
+            assert out.device.type == "meta" and out.shape == (6, 4)

@@ -235,45 +235,25 @@ def _fits(block: Delta, like: Tensor) -> None:
         raise ValueError(f"delta of shape {tuple(block.shape)} does not fit {tuple(like.shape)}")
 
 
-def _block_rows(indices: Tensor, cols: int) -> Tensor:
-    """The row of each flat position in a matrix of ``cols`` columns (a shift when ``cols``
-    is a power of two, as LoRA ranks usually are: integer division costs several times more)."""
-    if cols & (cols - 1) == 0:
-        return indices >> (cols.bit_length() - 1)
-    return indices // cols
-
-
-def _stacked(
-    blocks: Sequence[Delta], like: Tensor, axis: int, scratch: Scratch | None = None
-) -> Tensor:
-    """``[X_0; X_1; …]`` (``axis = 0``) or ``[X_0, X_1, …]`` (``axis = 1``) of blocks shaped
-    like ``like``, in its dtype and on its device: a dense block copied, a sparse one
-    scattered into place (never densified on its own). ``scratch``: the buffer comes from
-    it (valid until its next request of the same shape), else it is allocated."""
-    rows, cols = like.shape
-    count = len(blocks)
-    # Row blocks are contiguous in a (count, rows, cols) buffer; column blocks interleave
-    # row by row in a (rows, count, cols) one, which is the rows × count·cols matrix.
-    # One zero fill of the whole buffer is a memset; zeroing each strided column block costs
-    # several times more.
-    shape = (count, rows, cols) if axis == 0 else (rows, count, cols)
+def _dense_block(delta: Delta, like: Tensor, scratch: Scratch | None) -> Tensor:
+    """``delta`` as a dense matrix shaped like ``like``, in its dtype and on its device: a
+    dense delta as it is, a sparse one scattered into a zeroed buffer (from ``scratch``, valid
+    until its next request of this shape, else a new one). A reused buffer of one client's
+    delta stays in the cache for the product that reads it, where a stack of every client's
+    would go through main memory three times (zeroed, scattered into, read)."""
+    _fits(delta, like)
+    if not isinstance(delta, Sparse):
+        return delta.to(like.dtype)
     if scratch is None:
-        out = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        out = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
     else:
-        out = scratch.zeros(shape, like.dtype, like.device)
-    flat = out.view(-1)
-    for k, block in enumerate(blocks):
-        _fits(block, like)
-        if not isinstance(block, Sparse):
-            (out[k] if axis == 0 else out[:, k]).copy_(block)
-            continue
-        idx = block.indices
-        if axis == 0:
-            at = idx + k * rows * cols
-        else:  # row i of block k starts at (i·count + k)·cols
-            at = torch.add(idx, _block_rows(idx, cols), alpha=(count - 1) * cols).add_(k * cols)
-        flat.index_put_((at,), block.values.to(like.dtype))
-    return out.view(count * rows, cols) if axis == 0 else out.view(rows, count * cols)
+        out = scratch.zeros(tuple(like.shape), like.dtype, like.device)
+    out.view(-1).index_put_((delta.indices,), delta.values.to(like.dtype))
+    return out
+
+
+def _weights(clients: ClientDeltas) -> Tensor:
+    return torch.tensor([p for p, _, _ in clients], dtype=torch.float64)[:, None, None]
 
 
 def solve_b_clients(
@@ -290,22 +270,23 @@ def solve_b_clients(
     With ``G = A·Aᵀ``, ``Y_k = ΔA_k·Aᵀ`` and ``pinv(A) = Aᵀ·G⁺`` the target is
     ``(B·C_0 + Σ_k ΔB_k·C_k)·G⁺`` with ``C_0 = Σ_k p_k (G + Y_k) − G`` and
     ``C_k = p_k (G + Y_k)``: every m- or n-sized product has r columns and ``B·A`` cancels
-    in the r×r algebra (float64) instead of in m×r float32 sums. The deltas are read once:
-    all ``Y_k`` come from one product with the stacked ``[ΔA_1; …; ΔA_K]``, and the update
-    is one product ``[B, ΔB_1, …, ΔB_K]·[C_0G⁺; C_1G⁺; …]``. Equal to ``solve_b_terms`` on
-    the stacked aggregate up to float error (``ridge`` as there: ``G⁺`` becomes
-    ``(G + μI)⁻¹``; ``pinv``: :func:`fixed` built already; ``scratch``: where the stacks are
-    built, each read in full before the next is asked for).
+    in the r×r algebra (float64) instead of in m×r float32 sums. Each delta is read once,
+    densified in a buffer that its product reads straight away: first every ``Y_k``, then
+    the update ``B·C_0G⁺ + Σ_k ΔB_k·C_kG⁺`` accumulated in place. Equal to
+    ``solve_b_terms`` on the stacked aggregate up to float error (``ridge`` as there: ``G⁺``
+    becomes ``(G + μI)⁻¹``; ``pinv``: :func:`fixed` built already; ``scratch``: where the
+    dense deltas are built).
     """
     pinv = Pinv(a.T, ridge) if pinv is None else pinv
     g, g_plus = pinv.gram, pinv.gram_pinv()
-    count, r = len(clients), a.shape[0]
-    weights = torch.tensor([p for p, _, _ in clients], dtype=torch.float64)[:, None, None]
-    y = (_stacked([d_a for _, d_a, _ in clients], a, 0, scratch) @ a.T).double().view(count, r, r)
-    c = weights * (g + y)
-    coeff = torch.cat([(c.sum(0) - g)[None], c]) @ g_plus
-    left = _stacked([b, *(d_b for _, _, d_b in clients)], b, 1, scratch)
-    return left @ coeff.to(b.dtype).view((count + 1) * r, r)
+    a_t = a.T
+    y = torch.stack([_dense_block(d_a, a, scratch) @ a_t for _, d_a, _ in clients]).double()
+    c = _weights(clients) * (g + y)
+    coeff = (torch.cat([(c.sum(0) - g)[None], c]) @ g_plus).to(b.dtype)
+    update = b @ coeff[0]
+    for k, (_, _, d_b) in enumerate(clients, start=1):
+        update.addmm_(_dense_block(d_b, b, scratch), coeff[k])
+    return update
 
 
 def solve_a_clients(
@@ -321,19 +302,19 @@ def solve_a_clients(
 
     With ``H = Bᵀ·B``, ``Z_k = Bᵀ·ΔB_k`` and ``pinv(B) = H⁺·Bᵀ``:
     ``H⁺·(D_0·A + Σ_k D_k·ΔA_k)``, ``D_0 = Σ_k p_k (H + Z_k) − H``, ``D_k = p_k (H + Z_k)``:
-    all ``Z_k`` from one product with ``[ΔB_1, …, ΔB_K]``, the update one product
-    ``[H⁺D_0, H⁺D_1, …]·[A; ΔA_1; …; ΔA_K]`` (see :func:`solve_b_clients`, also for
-    ``scratch``).
+    every ``Z_k`` first, then the update ``H⁺D_0·A + Σ_k H⁺D_k·ΔA_k`` accumulated in place
+    (see :func:`solve_b_clients`, also for ``scratch``).
     """
     pinv = Pinv(b, ridge) if pinv is None else pinv
     h, h_plus = pinv.gram, pinv.gram_pinv()
-    count, r = len(clients), b.shape[1]
-    weights = torch.tensor([p for p, _, _ in clients], dtype=torch.float64)[:, None, None]
-    z = (b.T @ _stacked([d_b for _, _, d_b in clients], b, 1, scratch)).double()
-    d = weights * (h + z.view(r, count, r).transpose(0, 1))
-    coeff = h_plus @ torch.cat([(d.sum(0) - h)[None], d])
-    right = _stacked([a, *(d_a for _, d_a, _ in clients)], a, 0, scratch)
-    return coeff.to(a.dtype).transpose(0, 1).reshape(r, (count + 1) * r) @ right
+    b_t = b.T
+    z = torch.stack([b_t @ _dense_block(d_b, b, scratch) for _, _, d_b in clients]).double()
+    d = _weights(clients) * (h + z)
+    coeff = (h_plus @ torch.cat([(d.sum(0) - h)[None], d])).to(a.dtype)
+    update = coeff[0] @ a
+    for k, (_, d_a, _) in enumerate(clients, start=1):
+        update.addmm_(coeff[k], _dense_block(d_a, a, scratch))
+    return update
 
 
 def projected_change(a: Tensor, b: Tensor, d_a: Delta, d_b: Delta, factor: str) -> Tensor:
