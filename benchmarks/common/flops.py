@@ -39,12 +39,16 @@ def _batch(a: torch.Tensor) -> int:
     return count
 
 
+_PRODUCTS = ("mm", "bmm", "addmm", "addmm_", "baddbmm", "baddbmm_", "addbmm", "addbmm_")
+"""The matrix products counted: plain, with an added term, and their in-place forms."""
+
+
 def kernel_flops(
     name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, tuple[int, ...], float] | None:
     """``(kernel, shape, flops)`` of one dispatched op, or None if it is not counted."""
-    if name in ("mm", "addmm", "bmm", "baddbmm"):
-        a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+    if name in _PRODUCTS:
+        a, b = (args[0], args[1]) if name in ("mm", "bmm") else (args[1], args[2])
         batch = a.shape[0] if a.ndim == 3 else 1
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
         kernel = "matmul-f64" if a.dtype == torch.float64 else "matmul"

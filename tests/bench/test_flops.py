@@ -15,6 +15,15 @@ def test_each_kernel_is_counted_with_its_operation_count() -> None:
     square = torch.randn(6, 6)
     assert count_flops(lambda: a @ b).total == 2 * 3 * 4 * 5
     assert count_flops(lambda: torch.addmm(torch.zeros(3, 5), a, b)).total == 2 * 3 * 4 * 5
+    assert count_flops(lambda: torch.zeros(3, 5).addmm_(a, b)).total == 2 * 3 * 4 * 5
+    batch_a, batch_b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    assert (
+        count_flops(lambda: torch.zeros(2, 3, 5).baddbmm_(batch_a, batch_b)).total
+        == 2 * 2 * 3 * 4 * 5
+    )
+    assert (
+        count_flops(lambda: torch.zeros(3, 5).addbmm_(batch_a, batch_b)).total == 2 * 2 * 3 * 4 * 5
+    )
     r_only = 2 * 10 * 16 - 2 * 64 / 3
     assert count_flops(lambda: torch.linalg.qr(tall, mode="r")).total == pytest.approx(r_only)
     assert count_flops(lambda: torch.linalg.qr(tall.T)).total == pytest.approx(2 * r_only)
@@ -63,3 +72,23 @@ def test_float64_products_are_timed_at_their_own_rate() -> None:
     seconds = roofline_seconds(counter, {"matmul": 2.0, "matmul-f64": 0.5})
     assert seconds == pytest.approx(flops / 2e9 + flops / 0.5e9)
     assert roofline_seconds(counter, {"matmul": 2.0}) is None  # a rate it needs is missing
+
+
+def test_fedsrd_e_step_counts_every_product_it_runs() -> None:
+    # FedSRD-e's B-round per layer: the float64 Gram A·Aᵀ (r×n by n×r), one r×n by n×r
+    # product per client (Y_k), B by an r×r coefficient, then one m×r by r×r product per
+    # client accumulated in place (addmm_), and the r×r algebra.
+    from benchmarks.common.synthetic import make_setup, synthetic_round
+    from fedlora.methods.base import LayerSpec
+    from fedlora.methods.registry import build
+
+    m, n, r, clients = 64, 48, 4, 3
+    setup = make_setup((LayerSpec("l0", in_features=n, out_features=m),), (r,) * clients)
+    method = build("fedsrd-e", {}, setup=setup)
+    inputs = synthetic_round(method, 0)
+    counter = count_flops(lambda: method.aggregate(inputs.state, inputs.uploads))
+    assert inputs.state.round == 0  # round 1 updates B
+    f32 = dict((shape, f) for (kernel, shape), f in counter.by_kernel.items() if kernel == "matmul")
+    assert f32[(r, n, r)] == clients * 2 * r * n * r
+    assert f32[(m, r, r)] == (1 + clients) * 2 * m * r * r
+    assert counter.by_kernel[("matmul-f64", (r, n, r))] == 2 * r * n * r
