@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from fedlora.methods.base import LayerSpec, Setup
 from fedlora.methods.fedsrd_report import norms_of
 from fedlora.ops.masks import dare, dare_dense_
-from fedlora.ops.prng import seeded_keep_mask, seeded_keep_words
 from fedlora.ops.scratch import Scratch
 from fedlora.ops.solve import Pinv, fixed_all, pinvs, solve_a_clients, solve_b_clients
 from fedlora.ops.sparse import Sparse
@@ -127,49 +125,6 @@ def test_dare_in_place_is_dare_bit_for_bit(drop: float) -> None:
     got = dare_dense_(owned, drop, 17)
     assert got.data_ptr() == owned.data_ptr()
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
-
-
-@pytest.mark.parametrize("width", [np.uint32, np.uint64])
-def test_keep_words_are_the_keep_mask_in_chunks(width: type[np.unsignedinteger]) -> None:
-    numel = 150_000  # three chunks, the last one short
-    for keep in (0.0, 0.37, 1.0):
-        mask = seeded_keep_mask(9, numel, keep).numpy()
-        got = np.zeros(numel, dtype=width)
-        for lo, words in seeded_keep_words(9, numel, keep, width):
-            got[lo : lo + words.size] = words
-        want = np.where(mask, np.iinfo(width).max, 0).astype(width)
-        np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize(
-    "dtype, shape, contiguous",
-    [
-        (torch.float32, (300, 500), True),  # several chunks of the mask, the last one short
-        (torch.float64, (70_000,), True),
-        (torch.bfloat16, (200, 400), True),  # applied through torch
-        (torch.float32, (400, 200), False),  # a transposed view: applied through torch
-    ],
-)
-def test_dare_in_place_is_dare_bit_for_bit_on_every_path(
-    dtype: torch.dtype, shape: tuple[int, ...], contiguous: bool
-) -> None:
-    gen = torch.Generator().manual_seed(5)
-    delta = torch.randn(*shape, generator=gen).to(dtype)
-    if not contiguous:
-        delta = delta.T.contiguous().T
-    flat = delta.view(-1) if contiguous else delta.reshape(-1)
-    # values a mask must drop or keep exactly as torch does
-    specials = torch.tensor([-0.0, math.inf, -math.inf, math.nan, 1e-40], dtype=dtype)
-    if contiguous:
-        flat[:5] = specials
-    for drop in (0.3, 0.9):
-        want = dare(delta, drop, 23).to_dense()
-        got = dare_dense_(delta.clone(memory_format=torch.preserve_format), drop, 23)
-        assert got.is_contiguous() == contiguous
-        bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
-        if dtype == torch.float64:
-            bits = torch.int64
-        assert torch.equal(got.contiguous().view(bits), want.view(bits)), drop
 
 
 def test_factor_norms_match_the_float64_sum() -> None:

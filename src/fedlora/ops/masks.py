@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from fedlora.ops.prng import seeded_keep_mask, seeded_keep_words
+from fedlora.ops.prng import seeded_keep_mask
 from fedlora.ops.sparse import Sparse
 
 Tensor = torch.Tensor
@@ -141,29 +140,8 @@ def dare_dense_(delta: Tensor, drop: float, seed: int) -> Tensor:
     _check_ratio(drop, "drop")
     if drop == 0.0:
         return delta
-    keep = 1.0 - drop
-    width = _WORDS.get(delta.dtype)
-    if width is not None and delta.device.type == "cpu" and delta.is_contiguous():
-        # Each chunk of the mask is applied while it and its values are in the cache; numpy's
-        # division by the scalar in the tensor's precision is torch's ``div_``, bit for bit.
-        flat = delta.view(-1).numpy()
-        bits = flat.view(width)
-        scale = flat.dtype.type(keep)
-        for lo, words in seeded_keep_words(seed, flat.size, keep, width):
-            hi = lo + words.size
-            np.divide(flat[lo:hi], scale, out=flat[lo:hi])
-            np.bitwise_and(bits[lo:hi], words, out=bits[lo:hi])
-        return delta
     dropped = dare_mask(seed, tuple(delta.shape), drop).logical_not_().to(delta.device)
-    return delta.div_(keep).masked_fill_(dropped, 0.0)
-
-
-_WORDS: dict[torch.dtype, type[np.unsignedinteger]] = {
-    torch.float32: np.uint32,
-    torch.float64: np.uint64,
-}
-"""The float dtypes whose DARE is applied through numpy, a chunk at a time, with the unsigned
-integers of their width (others go through torch)."""
+    return delta.div_(1.0 - drop).masked_fill_(dropped, 0.0)
 
 
 def rescale_pruned(original: Tensor, pruned: Tensor) -> Tensor:

@@ -69,17 +69,6 @@ def splitmix64(seed: int, start: int, count: int) -> np.ndarray:
     return out
 
 
-def _limit(keep_prob: float) -> np.uint64 | None:
-    """The uint64 bound below which an output keeps its element (None: every one is kept)."""
-    if not 0.0 <= keep_prob <= 1.0:
-        raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
-    threshold = int(keep_prob * (1 << 53))
-    if threshold >= 1 << 53:  # every 53-bit fraction is below 1
-        return None
-    # (z >> 11) < t  <=>  z < t * 2^11 for integers, which saves a shift per element.
-    return np.uint64(threshold << 11)
-
-
 def seeded_keep_mask(seed: int, numel: int, keep_prob: float) -> torch.Tensor:
     """Boolean mask of ``numel`` elements, each kept independently with ``keep_prob``.
 
@@ -87,31 +76,14 @@ def seeded_keep_mask(seed: int, numel: int, keep_prob: float) -> torch.Tensor:
     in [0, 1), are below ``keep_prob``. The same (seed, numel, keep_prob) gives the same mask
     everywhere.
     """
-    limit = _limit(keep_prob)
-    if limit is None:
+    if not 0.0 <= keep_prob <= 1.0:
+        raise ValueError(f"keep_prob must be in [0, 1], got {keep_prob}")
+    threshold = int(keep_prob * (1 << 53))
+    if threshold >= 1 << 53:  # every 53-bit fraction is below 1
         return torch.ones(numel, dtype=torch.bool)
+    # (z >> 11) < t  <=>  z < t * 2^11 for integers, which saves a shift per element.
+    limit = np.uint64(threshold << 11)
     out = np.empty(numel, dtype=np.bool_)
     for lo, z in _chunks(seed, 0, numel):
         np.less(z, limit, out=out[lo : lo + z.size])
     return torch.from_numpy(out)
-
-
-def seeded_keep_words(
-    seed: int, numel: int, keep_prob: float, width: type[np.unsignedinteger]
-) -> Iterator[tuple[int, np.ndarray]]:
-    """:func:`seeded_keep_mask` a cache-sized chunk at a time, as ``(offset, words)``: unsigned
-    integers of ``width``, all ones where the mask keeps an element and zero where it drops
-    one. AND-ed into the bits of floats of the same width they zero the dropped elements
-    exactly as ``masked_fill_(dropped, 0.0)`` does, while the chunk is still in the cache.
-    One buffer is reused: a caller uses each chunk before asking for the next."""
-    limit = _limit(keep_prob)
-    ones = np.iinfo(width).max
-    words = np.empty(min(numel, _CHUNK), dtype=width)
-    for lo, z in _chunks(seed, 0, numel):
-        part = words[: z.size]
-        if limit is None:
-            part.fill(ones)
-        else:
-            np.less(z, limit, out=part, casting="unsafe")  # 1 where kept, else 0
-            np.multiply(part, ones, out=part)
-        yield lo, part
