@@ -150,7 +150,9 @@ def test_deltas_are_densified_on_the_factors_device() -> None:
 
     like = torch.empty(6, 4, device="meta")
     sparse = Sparse((6, 4), torch.tensor([1, 9], device="meta"), torch.ones(2, device="meta"))
-    for delta in (like, sparse):
+    # deltas decoded on the CPU beside factors on another device are moved to it
+    cpu_sparse = Sparse((6, 4), torch.tensor([1, 9]), torch.ones(2, dtype=torch.float64))
+    for delta in (like, sparse, torch.zeros(6, 4), cpu_sparse):
         for scratch in (None, Scratch()):
             out = _dense_block(delta, like, scratch)
             assert out.device.type == "meta" and out.shape == (6, 4)

@@ -243,12 +243,13 @@ def _dense_block(delta: Delta, like: Tensor, scratch: Scratch | None) -> Tensor:
     would go through main memory three times (zeroed, scattered into, read)."""
     _fits(delta, like)
     if not isinstance(delta, Sparse):
-        return delta.to(like.dtype)
+        return delta.to(like.device, like.dtype)
     if scratch is None:
         out = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
     else:
         out = scratch.zeros(tuple(like.shape), like.dtype, like.device)
-    out.view(-1).index_put_((delta.indices,), delta.values.to(like.dtype))
+    at, values = delta.indices.to(like.device), delta.values.to(like.device, like.dtype)
+    out.view(-1).index_put_((at,), values)
     return out
 
 
