@@ -1,11 +1,12 @@
 """Reusable working buffers for a server step that visits many layers of a few shapes.
 
-A step over a whole model builds, per layer, stacks of client factors that it reads once and
-drops. Allocating each stack afresh makes the operating system hand out and zero new pages
-every time; writing the next layer's stack of the same shape into the buffer the last one
-used costs one memset instead (docs/performance.md has the measured difference). A
-:class:`Scratch` lives for one step, owned by the caller, and a buffer it hands out is valid
-until the next request of the same shape and dtype.
+A step over a whole model builds, per layer, dense copies of the clients' sparse deltas that it
+reads once and drops. Allocating each afresh makes the operating system hand out and zero new
+pages every time; writing the next one of the same shape into the buffer the last one used
+costs one memset instead, and a buffer small enough stays in the cache between the two
+(docs/performance.md has the measured differences). A :class:`Scratch` lives for one step,
+owned by the caller, and a buffer it hands out is valid until the next request of the same
+shape and dtype.
 """
 
 from __future__ import annotations
