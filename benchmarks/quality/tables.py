@@ -80,7 +80,9 @@ def render_table(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | No
 def render_raw(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None) -> str:
     """Each domain's raw held-out loss and the choice tasks that discriminate."""
     all_rows = ([base] if base else []) + list(rows)
-    tasks = [t for t in task_columns(all_rows) if not t.startswith(OOD_NAME)]
+    # A local-only row also scores every client's own model per domain (``d@client<k>``); its
+    # domain losses already take the owning client's, so those columns are left out.
+    tasks = [t for t in task_columns(all_rows) if not t.startswith(OOD_NAME) and "@" not in t]
     losses = [t for t in tasks if t.endswith(".loss")]
     accs = discriminating(rows, [t for t in tasks if t.endswith(".acc")])
     head = ["method", "seeds", "mean ID loss ↓", *losses, *accs]

@@ -535,3 +535,31 @@ def test_a_pinned_sitting_runs_that_commits_benchmark_and_keeps_records_here(
     assert cmd[1:3] == ["-m", "benchmarks.quality"]
     assert cmd[cmd.index("--results") + 1] == str(pinned.RESULTS)  # this checkout's records
     assert cmd[-4:] == ["--claims", "1", "--max-minutes", "150"]
+
+
+def test_the_raw_table_renders_a_local_only_row_without_its_per_client_columns() -> None:
+    # A local-only row scores each client's own model per domain ("code@client0.loss"); its
+    # domain losses already hold the owning client's, so the table shows those alone.
+    from benchmarks.quality.tables import render_raw
+
+    def stat(value: float) -> dict[str, float]:
+        return {"mean": value, "lo": value, "hi": value}
+
+    fedavg = {
+        "label": "fedavg",
+        "seeds": [0],
+        "id_loss": stat(1.5),
+        "domain_loss": {"code": stat(1.5)},
+        "tasks": {"code.loss": stat(1.5)},
+    }
+    local = {
+        "label": "local",
+        "seeds": [0],
+        "id_loss": stat(1.2),
+        "domain_loss": {"code": stat(1.2)},
+        "tasks": {"code.loss": stat(2.0), "code@client0.loss": stat(1.2)},
+    }
+    table = render_raw([fedavg, local], None)
+    head, _, *lines = table.splitlines()
+    assert "code@client0" not in head and "code.loss" in head
+    assert lines[1].startswith("| local | 1 |") and "2.0" not in lines[1]
