@@ -88,7 +88,7 @@ def test_fedsrd_e_step_counts_every_product_it_runs() -> None:
     inputs = synthetic_round(method, 0)
     counter = count_flops(lambda: method.aggregate(inputs.state, inputs.uploads))
     assert inputs.state.round == 0  # round 1 updates B
-    f32 = dict((shape, f) for (kernel, shape), f in counter.by_kernel.items() if kernel == "matmul")
+    f32 = {shape: f for (kernel, shape), f in counter.by_kernel.items() if kernel == "matmul"}
     assert f32[(r, n, r)] == clients * 2 * r * n * r
     assert f32[(m, r, r)] == (1 + clients) * 2 * m * r * r
     assert counter.by_kernel[("matmul-f64", (r, n, r))] == 2 * r * n * r

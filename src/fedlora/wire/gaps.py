@@ -123,8 +123,9 @@ def batch(lists: Sequence[np.ndarray]) -> Gaps:
             wides.append(wide)
         np.minimum(unsigned, ESCAPE, out=unsigned)
         np.copyto(symbols[at : at + idx.size], unsigned, casting="unsafe")
-    escaped = np.concatenate(escapes) if escapes else np.zeros(0, dtype=np.int64)
-    wide = (np.concatenate(wides) if wides else np.zeros(0, dtype=np.int64)).astype("<u4")
+    none = np.zeros(0, dtype=np.int64)
+    escaped = np.concatenate([none, *escapes])
+    wide = np.concatenate([none, *wides]).astype("<u4")
     bounds = np.searchsorted(escaped, np.append(starts, symbols.size))
     return Gaps(sizes, starts, symbols, escaped, wide, bounds)
 
