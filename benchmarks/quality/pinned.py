@@ -8,6 +8,11 @@ plan's), where they are committed; each keeps the commit, the tree of ``src/fedl
 the environment it was made by, and a claim is never decided from rows of different code or
 environments. A later sitting pins the same commit and continues where the records end;
 ``--plan`` (passed through) lists what remains.
+
+A bug found in a pinned commit's benchmark tooling after it was pinned is fixed on main and
+carried to its worktree as a patch, ``pinned_fixes/<commit[:12]>-*.patch``, applied once. A
+patch may touch ``benchmarks/`` only: the records' provenance names the tree of
+``src/fedlora``, so a fix to the library itself would need a new pin instead.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "quality" / "results" / "default"
+FIXES = Path(__file__).resolve().parent / "pinned_fixes"
 
 
 def _git(*args: str, cwd: Path = ROOT) -> str:
@@ -38,8 +44,29 @@ def worktree(commit: str, base: Path) -> Path:
         )
     if _git("rev-parse", "HEAD", cwd=tree) != full:
         raise SystemExit(f"{tree} is not at {full}; remove it (git worktree remove) and retry")
+    apply_fixes(tree, sorted(FIXES.glob(f"{full[:12]}-*.patch")))
     subprocess.run(["make", "-C", str(tree), ".venv/.installed"], check=True)
     return tree
+
+
+def apply_fixes(tree: Path, patches: list[Path]) -> None:
+    """Apply each of ``patches`` to ``tree`` unless it is applied already; refuse one that
+    touches anything outside ``benchmarks/``."""
+    for patch in patches:
+        stat = _git("apply", "--numstat", str(patch.resolve()), cwd=tree)
+        outside = [line.split("\t")[-1] for line in stat.splitlines()]
+        outside = [path for path in outside if not path.startswith("benchmarks/")]
+        if outside:
+            raise SystemExit(f"{patch.name} touches {', '.join(outside)}: only benchmarks/ may be")
+        applied = ["git", "apply", "--reverse", "--check", str(patch.resolve())]
+        if subprocess.run(applied, cwd=tree, capture_output=True).returncode == 0:
+            continue
+        out = subprocess.run(
+            ["git", "apply", str(patch.resolve())], cwd=tree, capture_output=True, text=True
+        )
+        if out.returncode:
+            raise SystemExit(f"{patch.name} does not apply to {tree}: {out.stderr.strip()}")
+        print("pinned: applied", patch.name, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str]) -> int:

@@ -563,3 +563,60 @@ def test_the_raw_table_renders_a_local_only_row_without_its_per_client_columns()
     head, _, *lines = table.splitlines()
     assert "code@client0" not in head and "code.loss" in head
     assert lines[1].startswith("| local | 1 |") and "2.0" not in lines[1]
+
+
+def test_a_pinned_tree_gets_its_benchmark_fixes_once_and_never_a_library_change(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from benchmarks.quality import pinned
+
+    def git(*args: str) -> str:
+        return pinned._git(*args, cwd=tree)
+
+    tree = tmp_path / "tree"
+    (tree / "benchmarks").mkdir(parents=True)
+    (tree / "src").mkdir()
+    (tree / "benchmarks" / "tables.py").write_text("columns = 'all'\n")
+    (tree / "src" / "maths.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pinned")
+
+    def patch_of(path: str, text: str) -> Path:
+        (tree / path).write_text(text)
+        out = tmp_path / f"{path.replace('/', '_')}.patch"
+        out.write_text(git("diff") + "\n")
+        git("checkout", "--", path)
+        return out
+
+    fix = patch_of("benchmarks/tables.py", "columns = 'some'\n")
+    library = patch_of("src/maths.py", "x = 2\n")
+
+    pinned.apply_fixes(tree, [fix])
+    pinned.apply_fixes(tree, [fix])  # a later sitting: already applied, left as it is
+    assert (tree / "benchmarks" / "tables.py").read_text() == "columns = 'some'\n"
+
+    with pytest.raises(SystemExit, match="src/maths.py"):
+        pinned.apply_fixes(tree, [library])
+    assert (tree / "src" / "maths.py").read_text() == "x = 1\n"
+
+    (tree / "benchmarks" / "tables.py").write_text("columns = 'other'\n")
+    with pytest.raises(SystemExit, match="does not apply"):
+        pinned.apply_fixes(tree, [fix])
+    assert subprocess.run(["git", "diff", "--quiet", "src"], cwd=tree).returncode == 0
+
+
+def test_the_pinned_fixes_touch_only_the_benchmark() -> None:
+    from benchmarks.quality import pinned
+
+    patches = sorted(pinned.FIXES.glob("*.patch"))
+    assert patches, "the pinned commit 6e9ae10's raw-table fix is carried as a patch"
+    for patch in patches:
+        paths = [
+            line.split(" b/")[-1]
+            for line in patch.read_text().splitlines()
+            if line.startswith("diff --git ")
+        ]
+        assert paths and all(p.startswith("benchmarks/") for p in paths), patch.name
