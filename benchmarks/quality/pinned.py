@@ -54,8 +54,8 @@ def apply_fixes(tree: Path, patches: list[Path]) -> None:
     touches anything outside ``benchmarks/``."""
     for patch in patches:
         stat = _git("apply", "--numstat", str(patch.resolve()), cwd=tree)
-        outside = [line.split("\t")[-1] for line in stat.splitlines()]
-        outside = [path for path in outside if not path.startswith("benchmarks/")]
+        paths = [line.split("\t")[-1] for line in stat.splitlines()]
+        outside = [path for path in paths if not path.startswith("benchmarks/")]
         if outside:
             raise SystemExit(f"{patch.name} touches {', '.join(outside)}: only benchmarks/ may be")
         applied = ["git", "apply", "--reverse", "--check", str(patch.resolve())]
