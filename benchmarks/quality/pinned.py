@@ -49,21 +49,24 @@ def worktree(commit: str, base: Path) -> Path:
     return tree
 
 
+def foreign_paths(patch: Path) -> list[str]:
+    """The files ``patch`` changes outside ``benchmarks/`` (what a pinned fix may not touch)."""
+    stat = _git("apply", "--numstat", str(patch.resolve()))
+    paths = [line.split("\t")[-1] for line in stat.splitlines()]
+    return [path for path in paths if not path.startswith("benchmarks/")]
+
+
 def apply_fixes(tree: Path, patches: list[Path]) -> None:
     """Apply each of ``patches`` to ``tree`` unless it is applied already; refuse one that
     touches anything outside ``benchmarks/``."""
     for patch in patches:
-        stat = _git("apply", "--numstat", str(patch.resolve()), cwd=tree)
-        paths = [line.split("\t")[-1] for line in stat.splitlines()]
-        outside = [path for path in paths if not path.startswith("benchmarks/")]
-        if outside:
+        if outside := foreign_paths(patch):
             raise SystemExit(f"{patch.name} touches {', '.join(outside)}: only benchmarks/ may be")
-        applied = ["git", "apply", "--reverse", "--check", str(patch.resolve())]
+        path = str(patch.resolve())
+        applied = ["git", "apply", "--reverse", "--check", path]
         if subprocess.run(applied, cwd=tree, capture_output=True).returncode == 0:
             continue
-        out = subprocess.run(
-            ["git", "apply", str(patch.resolve())], cwd=tree, capture_output=True, text=True
-        )
+        out = subprocess.run(["git", "apply", path], cwd=tree, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"{patch.name} does not apply to {tree}: {out.stderr.strip()}")
         print("pinned: applied", patch.name, file=sys.stderr, flush=True)
