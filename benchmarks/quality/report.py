@@ -409,7 +409,9 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "per-domain verdict is exploratory. The macro weighs each domain alike in gap-closed "
         "units (a nat of a small-gap domain weighs more); a domain whose gap is under the "
         "floor of `claims.toml` is left out, and a run's score is floored there too. A claim "
-        "is not decided from rows made by different code or environments.",
+        "is not decided from rows made by different code or environments. Replications at "
+        "fresh seeds are decided on their own and never pooled with other runs; "
+        "`benchmarks/quality/README.md` lists them and their results.",
         "",
         render_claims(claims),
         *default_rule_section(claims),
