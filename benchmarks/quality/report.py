@@ -284,7 +284,7 @@ class Outcome:
 
 
 def results_doc(
-    specs: Sequence[RunSpec],
+    planned: Sequence[RunSpec],
     budget: Budget,
     outcome: Outcome,
     command: str,
@@ -294,6 +294,7 @@ def results_doc(
 ) -> dict[str, Any]:
     """Everything the report shows, as plain data: ``results.json``, from which
     :func:`render_markdown` and :func:`write_plots` regenerate the page and its plots;
+    ``planned``: the test runs the command was asked for (the rows of the stages it chose);
     ``fit`` is the budget's truncation table (:mod:`benchmarks.quality.fit`)."""
     done, missing = outcome.done, outcome.missing
     tuned, versions = outcome.tuned, outcome.versions
@@ -309,7 +310,7 @@ def results_doc(
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "partial": partial,
         "budget": asdict(budget),
-        "planned_runs": len(specs),
+        "planned_runs": len(planned),
         "finished_runs": sum(1 for r in done if r.get("finished", True)),
         "not_run": list(missing),
         "environment": environment(),

@@ -92,10 +92,15 @@ def all_stages(the_plan: Plan, specs: Sequence[RunSpec], methods: Sequence[str])
     return out
 
 
+def tested(chosen: Sequence[Stage]) -> list[RunSpec]:
+    """The test runs of the ``chosen`` stages that are rows of the table: what a report of
+    them counts as planned (the DP pilot's records are kept for its decision, not tabled)."""
+    return [s for st in chosen for s in st.runs if s.group != "dp-pilot"]
+
+
 def run_all(
     the_plan: Plan,
     chosen: Sequence[Stage],
-    specs: Sequence[RunSpec],
     budget: Budget,
     root: Path,
     results: Path,
@@ -123,11 +128,11 @@ def run_all(
     )
     tuning = Tuning(the_plan, budget)
     results.mkdir(parents=True, exist_ok=True)
-    # the pilot's records are kept for its decision, but it is no row of the table
-    tested = {key(s) for st in chosen for s in st.runs if s.group != "dp-pilot"}
+    planned = tested(chosen)
+    keys = {key(s) for s in planned}
 
     def outcome() -> Outcome:
-        done = [v for k, v in runner.done.items() if k in tested]
+        done = [v for k, v in runner.done.items() if k in keys]
         missing = [v for k, v in runner.missing.items()]
         versions = sorted({made_by(r) for r in runner.done.values()})
         return Outcome(done, missing, tuning.chosen(), versions)
@@ -136,7 +141,7 @@ def run_all(
         got = outcome()
         (results / "tuned.json").write_text(json.dumps(got.tuned, indent=1, sort_keys=True) + "\n")
         if got.done:
-            doc = results_doc(specs, budget, got, command, made_by_command(root), True)
+            doc = results_doc(planned, budget, got, command, made_by_command(root), True)
             write_report(doc, results, plots=False)
 
     run_stages(runner, tuning, chosen, changed)
@@ -321,7 +326,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = run_all(
         the_plan,
         chosen,
-        specs,
         budget,
         root,
         results,
@@ -333,16 +337,17 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             lambda text: print(f"· {text}", file=sys.stderr, flush=True),
         ),
     )
+    planned = tested(chosen)
     if out.done:
         fit = None if budget.quick_files else truncation(budget)
-        partial = bool(out.missing) or len(out.done) < len(specs)
-        doc = results_doc(specs, budget, out, command, made_by_command(root), partial, fit)
+        partial = bool(out.missing) or len(out.done) < len(planned)
+        doc = results_doc(planned, budget, out, command, made_by_command(root), partial, fit)
         write_report(doc, results)
     if args.publish:
         publish(results, Path(args.publish))
     log.info("benchmark took %.1f min", (time.time() - began) / 60)
     print(
-        f"results: {results / 'results.md'} ({len(out.done)} of {len(specs)} test runs finished)",
+        f"results: {results / 'results.md'} ({len(out.done)} of {len(planned)} test runs finished)",
         flush=True,
     )
     return 0 if out.done and not out.missing else 1

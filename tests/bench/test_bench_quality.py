@@ -343,6 +343,23 @@ def test_report_only_lists_a_run_without_a_record_as_not_run(quick: Path, tmp_pa
     assert [m["label"] for m in doc["not_run"]] == ["fedavg"]
 
 
+def test_a_report_of_some_claims_counts_only_their_runs(quick: Path, tmp_path: Path) -> None:
+    # Prepare: a copy of the finished quick benchmark, and its full count
+    out = tmp_path / "some"
+    shutil.copytree(quick, out)
+    whole = json.loads((quick / "results" / "results.json").read_text())
+
+    # Execute: a report of the first claim's stage only
+    code = main(["--quick", "--out", str(out), "--report-only", "--claims", "1"])
+    doc = json.loads((out / "results" / "results.json").read_text())
+
+    # Assert: every run it was asked for finished; the other rows are neither counted nor
+    # listed as not run
+    assert code == 0 and not doc["partial"] and doc["not_run"] == []
+    assert doc["finished_runs"] == doc["planned_runs"] == len(doc["runs"])
+    assert 0 < doc["planned_runs"] < whole["planned_runs"] == whole["finished_runs"]
+
+
 def test_a_claim_is_not_decided_from_rows_of_two_library_versions(
     quick: Path, tmp_path: Path
 ) -> None:
