@@ -97,7 +97,36 @@ def render_raw(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None
         lines.append("| " + " | ".join(cells) + " |")
     dropped = sorted(set(t for t in tasks if t.endswith(".acc")) - set(accs))
     note = f"\nChoice tasks dropped (every row scores the same): {', '.join(dropped)}.\n"
-    return "\n".join(lines) + "\n" + (note if dropped else "")
+    return "\n".join(lines) + "\n" + (note if dropped else "") + own_models_note(rows, base)
+
+
+def own_models_note(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None) -> str:
+    """What the raw table's columns score for the rows whose clients keep models of their
+    own: the domains' losses are the owning clients' models, the rest the global model's."""
+    mine = [r for r in rows if r.get("gap_all")]
+    if not mine:
+        return ""
+    labels = ", ".join(r["label"] for r in mine)
+    text = (
+        f"\nFor {labels}: each domain's loss is that of the model of the client that trains on "
+        "it; the mean ID loss, the accuracies and the OOD loss of the headline table score the "
+        "shared global model."
+    )
+    if base:
+        same = [r["label"] for r in mine if _same_mean(r["id_loss"], base["id_loss"])]
+        if same:
+            text += (
+                f" For {', '.join(same)} that is the base model's score (to float32 "
+                "rounding): the global model leaves the base model's outputs as they were."
+            )
+    return text + "\n"
+
+
+def _same_mean(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    if not a or not b or a.get("mean") is None or b.get("mean") is None:
+        return False
+    # float32 evaluation: a zero adapter reads the base model's loss to about 1e-7
+    return abs(a["mean"] - b["mean"]) <= 1e-6 * max(1.0, abs(b["mean"]))
 
 
 def runs_table(doc: Mapping[str, Any]) -> list[str]:

@@ -582,6 +582,33 @@ def test_the_raw_table_renders_a_local_only_row_without_its_per_client_columns()
     assert lines[1].startswith("| local | 1 |") and "2.0" not in lines[1]
 
 
+def test_the_raw_table_says_which_columns_score_the_global_model_of_own_model_rows() -> None:
+    # Rows whose clients keep their own models (gap_all) score the global model in the mean
+    # ID loss; where that equals the base model's, the note says so for that row only.
+    from benchmarks.quality.tables import render_raw
+
+    def stat(value: float) -> dict[str, float]:
+        return {"mean": value, "sd": 0.0}
+
+    base = {"label": "base model (round 0)", "seeds": [0], "id_loss": stat(4.4), "tasks": {}}
+
+    def row(label: str, id_loss: float, own: bool) -> dict[str, object]:
+        extra = {"gap_all": {"macro": stat(0.4)}} if own else {}
+        loss = {"code": stat(1.1)}
+        return {"label": label, "seeds": [0], "id_loss": stat(id_loss), "domain_loss": loss,
+                "tasks": {"code.loss": stat(1.1)}, **extra}  # fmt: skip
+
+    plain = render_raw([row("fedavg", 2.3, own=False)], base)
+    table = render_raw(
+        [row("fedavg", 2.3, False), row("local", 4.4, True), row("own", 2.9, True)], base
+    )
+
+    assert "global model" not in plain
+    note = table.splitlines()[-1]
+    assert note.startswith("For local, own: each domain's loss is that of the model of the client")
+    assert "For local that is the base model's score" in note and "For own," not in note
+
+
 def test_a_pinned_tree_gets_its_benchmark_fixes_once_and_never_a_library_change(
     tmp_path: Path,
 ) -> None:
