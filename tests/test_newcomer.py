@@ -133,6 +133,8 @@ def test_reading_a_dataset_writes_only_under_fedloras_cache(
     assert len(rows) == 36
     assert datasets_cache() == tmp_path / "cache" / "datasets"
     assert not (tmp_path / "hf").exists() and not (tmp_path / "hf-home").exists()
+    # and leaves nothing there: the rows are in memory, no Arrow copy or lock is kept
+    assert list(datasets_cache().iterdir()) == []
 
 
 def test_fedlora_data_says_which_counts_are_rows_and_which_examples(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,9 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
 
 def datasets_cache() -> Path:
     """Where the ``datasets`` library may write while reading a user's file: under fedlora's
-    cache (``FEDLORA_CACHE``), never ``~/.cache/huggingface``."""
+    cache (``FEDLORA_CACHE``), never ``~/.cache/huggingface``. Each read works in a folder of
+    its own there and removes it: the rows are kept in memory, and an Arrow copy of every
+    version of every file read would otherwise pile up."""
     return cache_root() / "datasets"
 
 
@@ -118,13 +121,17 @@ def _with_datasets(file: Path, kind: str) -> list[Row]:
                     raise DataError(f"{file}: a DatasetDict without a 'train' split")
                 loaded = loaded["train"]
         else:
-            # The builder still writes lock and info files to its cache folder: fedlora's.
+            # The builder writes an Arrow copy, lock and info files to its cache folder: a
+            # scratch folder under fedlora's, gone once the rows are in memory.
             read = {
                 "json": datasets.Dataset.from_json,
                 "csv": datasets.Dataset.from_csv,
                 "parquet": datasets.Dataset.from_parquet,
             }[kind]
-            loaded = read(str(file), keep_in_memory=True, cache_dir=str(datasets_cache()))
+            scratch = datasets_cache()
+            scratch.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="read-", dir=scratch) as work:
+                loaded = read(str(file), keep_in_memory=True, cache_dir=work)
     except DataError:
         raise
     except Exception as exc:  # pyarrow and datasets raise many types for a bad file
