@@ -22,9 +22,10 @@ def build(config_folder: Path, out: Path, seed: int = 0) -> Path:
     """Write the random-weight model folder ``out``; returns it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(config_folder)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    with torch.random.fork_rng(devices=[]):  # the caller's own draws stay as they were
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     for name in MODEL_FILES:
